@@ -1,0 +1,50 @@
+# Concord task runner. `just` lists the recipes; tools come from scripts/tools.sh
+# (`scripts/tools.sh` installs nats-server and just into ./.tools without root).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$@", so they are quoted safely.
+set positional-arguments
+
+concord := "target/release/concord"
+
+# List the recipes
+default:
+    @{{ just_executable() }} --list --unsorted
+
+# Release build of the concord binary
+build:
+    cargo build --release --bin concord
+
+# Start nats-server and a 3-node cluster in the background (data/, logs in data/*.log)
+cluster-up *args:
+    scripts/cluster-up.sh "$@"
+
+# Stop the local cluster (--wipe also deletes data/n1..n3)
+cluster-down *args:
+    scripts/cluster-down.sh "$@"
+
+# Show the local cluster's status (builds concord if needed)
+cluster-status *args:
+    cargo build --release --bin concord --quiet
+    {{ concord }} cluster status "$@"
+
+# All tests (unit + integration), with nats-server installed/found; args go to cargo test
+test *args:
+    scripts/test.sh "$@"
+
+# Integration tests only (tests/*.rs)
+it *args:
+    scripts/test.sh --test '*' "$@"
+
+# Formatting check and clippy with warnings as errors
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Format the code
+fmt:
+    cargo fmt
+
+# Install the dev tools (nats-server, just) into ./.tools if missing
+tools:
+    scripts/tools.sh

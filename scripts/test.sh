@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# scripts/test.sh — run the Rust test suite with a nats-server available.
+#
+# The integration tests start their own nats-server (on their own ports); they find it through
+# CONCORD_TEST_NATS_SERVER, which this script sets (from PATH, after scripts/tools.sh has put
+# .tools/bin there and installed nats-server if it was missing).
+#
+# Use:  scripts/test.sh [cargo test args...]
+#   With no target selection (--lib, --test NAME, --doc, ...) among the args, --all-targets is
+#   added. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# shellcheck source=scripts/tools.sh
+CONCORD_TOOLS="nats-server" source scripts/tools.sh
+export PATH CONCORD_TEST_NATS_SERVER
+echo "test.sh: nats-server $("$CONCORD_TEST_NATS_SERVER" --version 2>&1 | head -n 1 | sed 's/^nats-server: //') at $CONCORD_TEST_NATS_SERVER"
+
+# Did the caller pick targets? Only look before `--` (after it come the test binary's args).
+selected=0
+for arg in "$@"; do
+    case "$arg" in
+        --) break ;;
+        --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --benches | --bench | --bench=* | \
+            --examples | --example | --example=* | --doc | --all-targets) selected=1 ;;
+    esac
+done
+[[ "$selected" == 1 ]] || set -- --all-targets "$@"
+
+echo "test.sh: cargo test $*"
+exec cargo test "$@"

@@ -1,0 +1,166 @@
+//! `admin.status` and `admin.members`: what this node knows of itself and of the cluster.
+
+use async_nats::Message;
+use openraft::ServerState;
+use serde::Serialize;
+
+use super::codec;
+use super::Ctx;
+use crate::error::{internal, WireError};
+use crate::subjects::AdminOp;
+
+#[derive(Debug, Serialize)]
+pub struct Members {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StorageFigures {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub ok: bool,
+    pub node: u64,
+    pub cluster_name: String,
+    pub cluster_id: Option<uuid::Uuid>,
+    pub role: &'static str,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub revision: u64,
+    pub members: Members,
+    pub storage: StorageFigures,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeMember {
+    pub id: u64,
+    pub role: &'static str,
+    /// Last log index known to be replicated to it (leader's view only).
+    pub matched_index: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MembersReply {
+    pub ok: bool,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub nodes: Vec<NodeMember>,
+}
+
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
+    let res = async {
+        let body = codec::decode_admin(&msg.payload)?;
+        match op {
+            AdminOp::Status => status(ctx, body.digest).await.map(|s| codec::encode_ok(&s)),
+            AdminOp::Members => Ok(codec::encode_ok(&members(ctx))),
+        }
+    }
+    .await;
+    match res {
+        Ok(b) => b,
+        Err(e) => codec::encode_error(&e),
+    }
+}
+
+pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
+    let m = ctx.raft.metrics().borrow().clone();
+    let commit_index = ctx
+        .raft
+        .with_raft_state(|s| s.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten();
+    let digest = if with_digest {
+        let view = ctx.view.clone();
+        let (hex, _) = tokio::task::spawn_blocking(move || view.digest())
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(e.to_string()))?;
+        Some(hex)
+    } else {
+        None
+    };
+    let membership = m.membership_config.membership();
+    Ok(Status {
+        ok: true,
+        node: ctx.me,
+        cluster_name: ctx.cluster_name.clone(),
+        cluster_id: ctx.view.cluster_id(),
+        role: role_name(m.state),
+        leader: m.current_leader,
+        term: m.current_term,
+        commit_index,
+        last_applied: m.last_applied.map(|l| l.index),
+        last_log_index: m.last_log_index,
+        revision: ctx.view.revision(),
+        members: Members {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        },
+        storage: StorageFigures {
+            keys: ctx.view.approximate_keys(),
+            bytes: ctx.view.store().disk_bytes(),
+        },
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        digest,
+    })
+}
+
+pub fn members(ctx: &Ctx) -> MembersReply {
+    let m = ctx.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let learners: Vec<u64> = membership.learner_ids().collect();
+    let matched = |id: u64| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index)
+            .or_else(|| (id == ctx.me).then_some(m.last_log_index).flatten())
+    };
+    let nodes = voters
+        .iter()
+        .map(|&id| NodeMember {
+            id,
+            role: "voter",
+            matched_index: matched(id),
+        })
+        .chain(learners.iter().map(|&id| NodeMember {
+            id,
+            role: "learner",
+            matched_index: matched(id),
+        }))
+        .collect();
+    MembersReply {
+        ok: true,
+        leader: m.current_leader,
+        term: m.current_term,
+        voters,
+        learners,
+        nodes,
+    }
+}

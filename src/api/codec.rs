@@ -1,0 +1,335 @@
+//! Decoding client requests and encoding replies (DESIGN.md's JSON contract).
+//!
+//! Values stay as the client's JSON text from decode to disk to reply: never parsed into a
+//! tree, never re-encoded. No IO here.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{bad_request, WireError};
+use crate::store::state_machine::Item;
+use crate::subjects::KvOp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+/// A decoded client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvRequest {
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+        consistency: Consistency,
+        min_revision: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+    Scan {
+        prefix: String,
+        limit: Option<usize>,
+        after: Option<String>,
+        consistency: Consistency,
+        min_revision: Option<u64>,
+    },
+}
+
+/// Fields every request may carry besides its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Common {
+    pub token: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody<'a> {
+    key: String,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+    request_id: Option<uuid::Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetBody {
+    key: String,
+    #[serde(default)]
+    consistency: Consistency,
+    min_revision: Option<u64>,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    key: String,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+    request_id: Option<uuid::Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanBody {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    after: Option<String>,
+    #[serde(default)]
+    consistency: Consistency,
+    min_revision: Option<u64>,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// Admin requests: `{}` or `{"digest": true}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminBody {
+    #[serde(default)]
+    pub digest: bool,
+    pub token: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+fn common(token: Option<String>, timeout_ms: Option<u64>) -> Common {
+    Common {
+        token,
+        timeout: timeout_ms.map(Duration::from_millis),
+    }
+}
+
+/// Rejects what is not a JSON object before the typed decode, so the message says which.
+fn check_object(body: &[u8]) -> Result<(), WireError> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Err(bad_request(format!("request body is not JSON: {e}")));
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(bad_request("request body must be a JSON object"));
+    }
+    Ok(())
+}
+
+fn typed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's messages name the field ("missing field `key`", "unknown variant ...").
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        };
+        bad_request(format!("invalid request: {msg}"))
+    })
+}
+
+pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError> {
+    check_object(body)?;
+    Ok(match op {
+        KvOp::Put => {
+            let b: PutBody = typed(body)?;
+            let _ = b.request_id;
+            (
+                KvRequest::Put {
+                    key: b.key,
+                    value: b.value.get().to_string(),
+                },
+                common(b.token, b.timeout_ms),
+            )
+        }
+        KvOp::Get => {
+            let b: GetBody = typed(body)?;
+            (
+                KvRequest::Get {
+                    key: b.key,
+                    consistency: b.consistency,
+                    min_revision: b.min_revision,
+                },
+                common(b.token, b.timeout_ms),
+            )
+        }
+        KvOp::Delete => {
+            let b: DeleteBody = typed(body)?;
+            let _ = b.request_id;
+            (KvRequest::Delete { key: b.key }, common(b.token, b.timeout_ms))
+        }
+        KvOp::Scan => {
+            let b: ScanBody = typed(body)?;
+            (
+                KvRequest::Scan {
+                    prefix: b.prefix,
+                    limit: b.limit,
+                    after: b.after,
+                    consistency: b.consistency,
+                    min_revision: b.min_revision,
+                },
+                common(b.token, b.timeout_ms),
+            )
+        }
+    })
+}
+
+pub fn decode_admin(body: &[u8]) -> Result<AdminBody, WireError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(AdminBody::default());
+    }
+    check_object(body)?;
+    typed(body)
+}
+
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    ok: bool,
+    error: &'a WireError,
+}
+
+pub fn encode_error(e: &WireError) -> Vec<u8> {
+    serde_json::to_vec(&ErrorReply { ok: false, error: e }).unwrap_or_default()
+}
+
+/// A successful reply body, already shaped as the contract says.
+pub fn encode_ok<T: Serialize>(body: &T) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+pub struct PutReply {
+    pub ok: bool,
+    pub revision: u64,
+}
+
+#[derive(Serialize)]
+pub struct GetReply<'a> {
+    pub ok: bool,
+    pub value: &'a RawValue,
+    pub revision: u64,
+}
+
+#[derive(Serialize)]
+pub struct DeleteReply {
+    pub ok: bool,
+    pub deleted: bool,
+    pub revision: u64,
+}
+
+#[derive(Serialize)]
+struct ScanItem<'a> {
+    key: &'a str,
+    value: &'a RawValue,
+    revision: u64,
+}
+
+#[derive(Serialize)]
+struct ScanReply<'a> {
+    ok: bool,
+    items: Vec<ScanItem<'a>>,
+    more: bool,
+}
+
+/// Stored JSON was validated on the way in; a failure here means corrupt storage.
+fn raw(json: &[u8]) -> Result<&RawValue, WireError> {
+    let s = std::str::from_utf8(json)
+        .map_err(|_| crate::error::internal("stored value is not UTF-8"))?;
+    serde_json::from_str(s).map_err(|_| crate::error::internal("stored value is not JSON"))
+}
+
+pub fn encode_get(revision: u64, json: &[u8]) -> Result<Vec<u8>, WireError> {
+    Ok(encode_ok(&GetReply {
+        ok: true,
+        value: raw(json)?,
+        revision,
+    }))
+}
+
+pub fn encode_scan(items: &[Item], more: bool) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        out.push(ScanItem {
+            key: &it.key,
+            value: raw(&it.json)?,
+            revision: it.revision,
+        });
+    }
+    Ok(encode_ok(&ScanReply {
+        ok: true,
+        items: out,
+        more,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn code(r: Result<(KvRequest, Common), WireError>) -> ErrorKind {
+        r.expect_err("should fail").code
+    }
+
+    #[test]
+    fn put_keeps_value_text() {
+        let (req, c) =
+            decode_kv(KvOp::Put, br#"{"key":"a","value":{"x": [1, 2]},"timeout_ms":50}"#).unwrap();
+        assert_eq!(
+            req,
+            KvRequest::Put {
+                key: "a".into(),
+                value: r#"{"x": [1, 2]}"#.into()
+            }
+        );
+        assert_eq!(c.timeout, Some(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn bad_bodies_are_bad_request() {
+        assert_eq!(code(decode_kv(KvOp::Put, b"not json")), ErrorKind::BadRequest);
+        assert_eq!(code(decode_kv(KvOp::Put, b"[1,2]")), ErrorKind::BadRequest);
+        assert_eq!(code(decode_kv(KvOp::Put, br#"{"value":1}"#)), ErrorKind::BadRequest);
+        assert_eq!(code(decode_kv(KvOp::Get, br#"{"key":5}"#)), ErrorKind::BadRequest);
+        let e = decode_kv(KvOp::Get, br#"{"key":"a","consistency":"eventual"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorKind::BadRequest);
+        assert!(e.message.contains("eventual"), "{}", e.message);
+        let e = decode_kv(KvOp::Delete, br#"{"key":"a","bogus":1}"#).unwrap_err();
+        assert!(e.message.contains("bogus"), "{}", e.message);
+    }
+
+    #[test]
+    fn scan_defaults() {
+        let (req, _) = decode_kv(KvOp::Scan, b"{}").unwrap();
+        assert_eq!(
+            req,
+            KvRequest::Scan {
+                prefix: String::new(),
+                limit: None,
+                after: None,
+                consistency: Consistency::Linearizable,
+                min_revision: None
+            }
+        );
+    }
+
+    #[test]
+    fn replies_embed_raw_json() {
+        let r = encode_get(7, br#"{"a":1}"#).unwrap();
+        assert_eq!(r, br#"{"ok":true,"value":{"a":1},"revision":7}"#);
+        let e = encode_error(&crate::error::not_found("key 'a' not found"));
+        assert_eq!(
+            e,
+            br#"{"ok":false,"error":{"code":"not_found","message":"key 'a' not found"}}"#
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The client-facing side of a node: requests arrive on NATS ([`server`]), are decoded
+//! ([`codec`]), checked ([`validate`]) and routed ([`handler`]): the leader proposes writes
+//! to Raft and confirms leadership for reads; a follower forwards to the leader.
+//! [`admin`] answers status and membership questions.
+
+pub mod admin;
+pub mod codec;
+pub mod handler;
+pub mod server;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+
+use crate::raft::service::LeaderContact;
+use crate::raft::types::Raft;
+use crate::store::StateView;
+use crate::subjects::Subjects;
+
+/// What every request handler needs, shared by reference.
+pub struct Ctx {
+    pub me: u64,
+    pub cluster_name: String,
+    pub raft: Raft,
+    pub view: Arc<StateView>,
+    pub client: Client,
+    pub subjects: Subjects,
+    pub limits: validate::Limits,
+    pub default_timeout: Duration,
+    /// A node that has not heard from a leader within this long may not serve stale reads.
+    pub stale_window: Duration,
+    pub contact: Arc<LeaderContact>,
+    pub max_payload: usize,
+}

@@ -1,0 +1,150 @@
+//! NATS intake: one task per request, bounded by an in-flight semaphore (`busy` past it).
+//!
+//! Node subjects (`P.node.<id>.*`) are always served. The cluster subjects (`P.kv.*`,
+//! `P.admin.*`, one queue group) are served only while this node is a voter of a cluster
+//! whose id it knows, so a node waiting to join never answers for the cluster.
+
+use std::sync::Arc;
+
+use async_nats::{Message, Subscriber};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{admin, codec, handler, Ctx};
+use crate::error::busy;
+use crate::subjects::{last_token, AdminOp, KvOp};
+
+pub struct Server {
+    pub ctx: Arc<Ctx>,
+    pub permits: Arc<Semaphore>,
+}
+
+impl Server {
+    pub fn new(ctx: Arc<Ctx>, max_in_flight: usize) -> Arc<Server> {
+        Arc::new(Server {
+            ctx,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+        })
+    }
+
+    /// Serves `P.node.<me>.kv.*` and `P.node.<me>.admin.*` until cancelled.
+    pub async fn serve_node_subjects(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let s = &self.ctx.subjects;
+        let kv = self.ctx.client.subscribe(s.node_kv_wildcard(self.ctx.me)).await?;
+        let adm = self.ctx.client.subscribe(s.node_admin_wildcard(self.ctx.me)).await?;
+        let a = tracker.spawn(self.clone().pump(kv, cancel.clone(), tracker.clone()));
+        let b = tracker.spawn(self.clone().pump(adm, cancel, tracker.clone()));
+        let _ = tokio::join!(a, b);
+        Ok(())
+    }
+
+    /// Subscribes to the cluster subjects while this node may answer for the cluster.
+    pub async fn serve_cluster_subjects(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
+        let mut metrics = self.ctx.raft.metrics();
+        let mut cluster_id = self.ctx.view.watch_cluster_id();
+        let mut active: Option<CancellationToken> = None;
+        loop {
+            let eligible = {
+                let m = metrics.borrow_and_update();
+                let voter = m.membership_config.voter_ids().any(|id| id == self.ctx.me);
+                voter && cluster_id.borrow_and_update().is_some()
+            };
+            match (&active, eligible) {
+                (None, true) => {
+                    let child = cancel.child_token();
+                    match self.subscribe_cluster().await {
+                        Ok((kv, adm)) => {
+                            tracing::info!("serving the cluster subjects");
+                            tracker.spawn(self.clone().pump(kv, child.clone(), tracker.clone()));
+                            tracker.spawn(self.clone().pump(adm, child.clone(), tracker.clone()));
+                            active = Some(child);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot subscribe to cluster subjects"),
+                    }
+                }
+                (Some(child), false) => {
+                    tracing::info!("no longer a voter: leaving the cluster subjects");
+                    child.cancel();
+                    active = None;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = metrics.changed() => if r.is_err() { break },
+                r = cluster_id.changed() => if r.is_err() { break },
+            }
+        }
+    }
+
+    async fn subscribe_cluster(&self) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
+        let s = &self.ctx.subjects;
+        let kv = self
+            .ctx
+            .client
+            .queue_subscribe(s.kv_wildcard(), s.queue_group())
+            .await?;
+        let adm = self
+            .ctx
+            .client
+            .queue_subscribe(s.admin_wildcard(), s.queue_group())
+            .await?;
+        Ok((kv, adm))
+    }
+
+    /// Takes messages off one subscription, a task each, until cancelled.
+    async fn pump(self: Arc<Self>, mut sub: Subscriber, cancel: CancellationToken, tracker: TaskTracker) {
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = sub.next() => match m { Some(m) => m, None => break },
+            };
+            let Some(reply_to) = msg.reply.clone() else {
+                continue;
+            };
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let body = codec::encode_error(&busy("the node's in-flight request limit is reached; retry with backoff"));
+                    let _ = self.ctx.client.publish(reply_to, body.into()).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tracker.spawn(async move {
+                let body = this.dispatch(&msg).await;
+                if let Err(e) = this.ctx.client.publish(reply_to, body.into()).await {
+                    tracing::debug!(error = %e, "reply not sent");
+                }
+                drop(permit);
+            });
+        }
+        let _ = sub.unsubscribe().await;
+    }
+
+    async fn dispatch(&self, msg: &Message) -> Vec<u8> {
+        let op = last_token(&msg.subject);
+        let is_admin = msg.subject.contains(".admin.");
+        if is_admin {
+            match AdminOp::parse(op) {
+                Some(op) => admin::handle_admin(&self.ctx, op, msg).await,
+                None => codec::encode_error(&crate::error::bad_request(format!(
+                    "unknown admin operation '{op}'"
+                ))),
+            }
+        } else {
+            match KvOp::parse(op) {
+                Some(op) => handler::handle_kv(&self.ctx, op, msg).await,
+                None => codec::encode_error(&crate::error::bad_request(format!(
+                    "unknown operation '{op}' (put, get, delete, scan)"
+                ))),
+            }
+        }
+    }
+}

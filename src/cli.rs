@@ -1,0 +1,369 @@
+//! The `concord` command line: `serve` runs a node; the other commands are clients of the
+//! wire protocol. Every client command takes `--json` and exits non-zero with the error
+//! code on failure.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client::{Client, ClientError, ReadConsistency};
+use crate::config::{self, Config};
+
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about = "A distributed, strongly consistent key-value store on Raft and NATS")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (default: ./concord.toml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated [env: CONCORD_NATS__URL].
+    #[arg(long, global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix of the cluster [env: CONCORD_NATS__SUBJECT_PREFIX].
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub subject_prefix: Option<String>,
+    /// Request timeout in milliseconds (client commands).
+    #[arg(long, global = true, env = "CONCORD_TIMEOUT_MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Print replies as JSON, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Set KEY to VALUE (taken as JSON when it parses, else as a string).
+    Put { key: String, value: String },
+    /// Print the value of KEY.
+    Get {
+        key: String,
+        /// Read from the answering node's state, without a leader round trip (may lag).
+        #[arg(long)]
+        stale: bool,
+        /// With --stale: wait until the node has applied this revision.
+        #[arg(long, value_name = "N")]
+        min_revision: Option<u64>,
+    },
+    /// Delete KEY.
+    Delete { key: String },
+    /// List keys starting with PREFIX (all keys without one), following pages.
+    Scan {
+        prefix: Option<String>,
+        /// Stop after this many items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Leader, term, indices, members and each node's role and storage.
+    Status,
+    /// Voters and learners with their replication index.
+    Members,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This node's id [env: CONCORD_NODE__ID].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Data directory [env: CONCORD_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cluster name [env: CONCORD_CLUSTER__NAME].
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Initial voters, e.g. 1,2,3 [env: CONCORD_CLUSTER__INITIAL_MEMBERS].
+    #[arg(long, value_name = "IDS")]
+    pub initial_members: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Loads the layered configuration with the flags given on the command line on top.
+pub fn load_config(global: &Global, serve: Option<&ServeArgs>) -> Result<(Config, Vec<String>), config::Error> {
+    use figment::value::Value as F;
+    let mut overrides: Vec<(&str, F)> = Vec::new();
+    if let Some(u) = &global.nats_url {
+        overrides.push(("nats.url", F::from(u.clone())));
+    }
+    if let Some(p) = &global.subject_prefix {
+        overrides.push(("nats.subject_prefix", F::from(p.clone())));
+    }
+    if let Some(s) = serve {
+        if let Some(id) = s.node_id {
+            overrides.push(("node.id", F::from(id)));
+        }
+        if let Some(d) = &s.data_dir {
+            overrides.push(("data_dir", F::from(d.display().to_string())));
+        }
+        if let Some(n) = &s.cluster_name {
+            overrides.push(("cluster.name", F::from(n.clone())));
+        }
+        if let Some(m) = &s.initial_members {
+            overrides.push(("cluster.initial_members", F::from(m.clone())));
+        }
+    }
+    config::load(global.config.as_deref(), &overrides)
+}
+
+/// Parses a CLI value: JSON when it parses, else the text as a JSON string.
+pub fn parse_value(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
+    let (config, _) = load_config(global, None)?;
+    let timeout = Duration::from_millis(global.timeout_ms);
+    let client = match Client::connect(&config.nats, timeout).await {
+        Ok(c) => c.with_token(std::env::var("CONCORD_TOKEN").ok()),
+        Err(e) => return Ok(report(global, &e)),
+    };
+    let res = match cmd {
+        Cmd::Put { key, value } => client.put(&key, &parse_value(&value)).await.map(|rev| {
+            out(global, json!({"ok": true, "revision": rev}), || format!("OK (revision {rev})"))
+        }),
+        Cmd::Get {
+            key,
+            stale,
+            min_revision,
+        } => {
+            let c = if stale {
+                ReadConsistency::Stale
+            } else {
+                ReadConsistency::Linearizable
+            };
+            match client.get_with(&key, c, min_revision).await {
+                Ok(Some(v)) => Ok(out(
+                    global,
+                    json!({"ok": true, "value": v.value, "revision": v.revision}),
+                    || display_value(&v.value),
+                )),
+                Ok(None) => Err(ClientError::Server(crate::error::not_found(format!("key '{key}' not found")))),
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Delete { key } => client.delete(&key).await.map(|(deleted, rev)| {
+            out(global, json!({"ok": true, "deleted": deleted, "revision": rev}), || {
+                if deleted {
+                    format!("deleted (revision {rev})")
+                } else {
+                    format!("not found, nothing deleted (revision {rev})")
+                }
+            })
+        }),
+        Cmd::Scan { prefix, limit, after } => {
+            scan(&client, global, prefix.unwrap_or_default(), limit, after).await
+        }
+        Cmd::Cluster(ClusterCmd::Status) => cluster_status(&client, global).await,
+        Cmd::Cluster(ClusterCmd::Members) => client.members().await.map(|v| {
+            let text = members_text(&v);
+            out(global, v, || text)
+        }),
+        Cmd::Serve(_) => unreachable!("serve is dispatched by main"),
+    };
+    Ok(match res {
+        Ok(code) => code,
+        Err(e) => report(global, &e),
+    })
+}
+
+fn out(global: &Global, v: Value, human: impl FnOnce() -> String) -> i32 {
+    if global.json {
+        println!("{v}");
+    } else {
+        println!("{}", human());
+    }
+    0
+}
+
+fn report(global: &Global, e: &ClientError) -> i32 {
+    let code = e.code();
+    if global.json {
+        println!("{}", json!({"ok": false, "error": {"code": code, "message": e.to_string()}}));
+    }
+    eprintln!("error: {code}: {e}");
+    1
+}
+
+fn display_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn scan(
+    client: &Client,
+    global: &Global,
+    prefix: String,
+    limit: Option<usize>,
+    after: Option<String>,
+) -> Result<i32, ClientError> {
+    let mut items = Vec::new();
+    let mut after = after;
+    loop {
+        let want = limit.map(|l| l.saturating_sub(items.len()).min(1000));
+        let page = client
+            .scan(&prefix, want, after.as_deref(), ReadConsistency::Linearizable)
+            .await?;
+        after = page.items.last().map(|i| i.key.clone());
+        items.extend(page.items);
+        let full = limit.is_some_and(|l| items.len() >= l);
+        if !page.more || full || after.is_none() {
+            let more = page.more;
+            let json_items: Vec<Value> = items
+                .iter()
+                .map(|i| json!({"key": i.key, "value": i.value, "revision": i.revision}))
+                .collect();
+            return Ok(out(global, json!({"ok": true, "items": json_items, "more": more && full}), || {
+                items
+                    .iter()
+                    .map(|i| format!("{}\t{}", i.key, display_value(&i.value)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }));
+        }
+    }
+}
+
+async fn cluster_status(client: &Client, global: &Global) -> Result<i32, ClientError> {
+    let status = client.status().await?;
+    let members: Vec<u64> = status["members"]["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(status["members"]["learners"].as_array().into_iter().flatten())
+        .filter_map(Value::as_u64)
+        .collect();
+    let mut nodes = Vec::new();
+    for id in &members {
+        let s = match client.node_status(*id).await {
+            Ok(s) => s,
+            Err(e) => json!({"node": id, "role": "unreachable", "error": e.to_string()}),
+        };
+        nodes.push(s);
+    }
+    let leader = status["leader"].clone();
+    let leader_status = nodes
+        .iter()
+        .find(|n| n["node"] == leader && n["role"] == "leader")
+        .cloned()
+        .unwrap_or(status.clone());
+    let summary = json!({
+        "ok": true,
+        "cluster_name": status["cluster_name"],
+        "cluster_id": status["cluster_id"],
+        "leader": leader,
+        "term": leader_status["term"],
+        "commit_index": leader_status["commit_index"],
+        "last_applied": leader_status["last_applied"],
+        "revision": leader_status["revision"],
+        "members": status["members"],
+        "nodes": nodes,
+    });
+    let text = status_text(&summary);
+    Ok(out(global, summary, || text))
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn status_text(s: &Value) -> String {
+    let mut t = String::new();
+    t.push_str(&format!("cluster   {} ({})\n", show(&s["cluster_name"]), show(&s["cluster_id"])));
+    t.push_str(&format!("leader    node {}\n", show(&s["leader"])));
+    t.push_str(&format!("term      {}\n", show(&s["term"])));
+    t.push_str(&format!("commit    {}\n", show(&s["commit_index"])));
+    t.push_str(&format!("applied   {}\n", show(&s["last_applied"])));
+    t.push_str(&format!("revision  {}\n", show(&s["revision"])));
+    t.push_str(&format!(
+        "members   voters {} learners {}\n\n",
+        show(&s["members"]["voters"]),
+        show(&s["members"]["learners"])
+    ));
+    t.push_str(&format!(
+        "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}\n",
+        "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "KEYS", "BYTES"
+    ));
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}\n",
+            show(&n["node"]),
+            show(&n["role"]),
+            show(&n["term"]),
+            show(&n["commit_index"]),
+            show(&n["last_applied"]),
+            show(&n["storage"]["keys"]),
+            show(&n["storage"]["bytes"]),
+        ));
+    }
+    t.trim_end().to_string()
+}
+
+fn members_text(v: &Value) -> String {
+    let mut t = format!("leader node {} (term {})\n", show(&v["leader"]), show(&v["term"]));
+    t.push_str(&format!("{:<6} {:<8} {:>10}\n", "NODE", "ROLE", "MATCHED"));
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "{:<6} {:<8} {:>10}\n",
+            show(&n["id"]),
+            show(&n["role"]),
+            show(&n["matched_index"])
+        ));
+    }
+    t.trim_end().to_string()
+}
+
+/// `concord serve`.
+pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<i32> {
+    let (config, warnings) = load_config(global, Some(args))?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if args.check_config {
+        let v: Value = serde_json::from_str(&config.redacted()).context("config")?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    crate::node::run(config, shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

@@ -1,0 +1,256 @@
+//! `concord::Client`: an async client of the wire protocol, used by the CLI and the tests.
+//!
+//! It retries `cluster_not_ready` and `busy` (and a cluster nobody answers for yet) with
+//! backoff within its timeout; it never retries `timeout` or `internal`.
+
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::RequestErrorKind;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::config::NatsConfig;
+use crate::error::{ErrorKind, WireError};
+use crate::subjects::{AdminOp, KvOp, Subjects, HEADER_TIMEOUT_MS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster answered with an error code.
+    #[error("{0}")]
+    Server(WireError),
+    #[error(transparent)]
+    Connect(#[from] crate::nats::Error),
+    #[error("NATS request failed: {0}")]
+    Nats(String),
+    #[error("unreadable reply: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The wire code this error stands for, for exit statuses and `--json` output.
+    pub fn code(&self) -> ErrorKind {
+        match self {
+            ClientError::Server(e) => e.code,
+            ClientError::Connect(_) => ErrorKind::ClusterNotReady,
+            ClientError::Nats(_) => ErrorKind::Timeout,
+            ClientError::Decode(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A key's value and the revision that set it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Versioned {
+    pub value: Value,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ScanItem {
+    pub key: String,
+    pub value: Value,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ScanPage {
+    pub items: Vec<ScanItem>,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConsistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    subjects: Subjects,
+    timeout: Duration,
+    token: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(nats: &NatsConfig, timeout: Duration) -> Result<Client, ClientError> {
+        let client = crate::nats::connect(nats, "concord-cli", timeout.max(Duration::from_secs(2))).await?;
+        Ok(Client::from_nats(client, &nats.subject_prefix, timeout))
+    }
+
+    pub fn from_nats(nats: async_nats::Client, prefix: &str, timeout: Duration) -> Client {
+        Client {
+            nats,
+            subjects: Subjects::new(prefix, "-"),
+            timeout,
+            token: None,
+        }
+    }
+
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    pub async fn put(&self, key: &str, value: &Value) -> Result<u64, ClientError> {
+        let r = self
+            .call(self.subjects.kv(KvOp::Put), serde_json::json!({"key": key, "value": value}))
+            .await?;
+        revision(&r)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned>, ClientError> {
+        self.get_with(key, ReadConsistency::Linearizable, None).await
+    }
+
+    pub async fn get_with(
+        &self,
+        key: &str,
+        consistency: ReadConsistency,
+        min_revision: Option<u64>,
+    ) -> Result<Option<Versioned>, ClientError> {
+        let mut body = serde_json::json!({"key": key});
+        if consistency == ReadConsistency::Stale {
+            body["consistency"] = "stale".into();
+        }
+        if let Some(min) = min_revision {
+            body["min_revision"] = min.into();
+        }
+        match self.call(self.subjects.kv(KvOp::Get), body).await {
+            Ok(v) => serde_json::from_value(v).map(Some).map_err(|e| ClientError::Decode(e.to_string())),
+            Err(ClientError::Server(e)) if e.code == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Returns whether the key existed, and the revision after the delete.
+    pub async fn delete(&self, key: &str) -> Result<(bool, u64), ClientError> {
+        let r = self
+            .call(self.subjects.kv(KvOp::Delete), serde_json::json!({"key": key}))
+            .await?;
+        let deleted = r.get("deleted").and_then(Value::as_bool).unwrap_or(false);
+        Ok((deleted, revision(&r)?))
+    }
+
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        after: Option<&str>,
+        consistency: ReadConsistency,
+    ) -> Result<ScanPage, ClientError> {
+        let mut body = serde_json::json!({"prefix": prefix});
+        if let Some(l) = limit {
+            body["limit"] = l.into();
+        }
+        if let Some(a) = after {
+            body["after"] = a.into();
+        }
+        if consistency == ReadConsistency::Stale {
+            body["consistency"] = "stale".into();
+        }
+        let v = self.call(self.subjects.kv(KvOp::Scan), body).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Every key under `prefix`, following `more` from page to page.
+    pub async fn scan_all(&self, prefix: &str) -> Result<Vec<ScanItem>, ClientError> {
+        let mut out: Vec<ScanItem> = Vec::new();
+        loop {
+            let after = out.last().map(|i| i.key.clone());
+            let page = self
+                .scan(prefix, None, after.as_deref(), ReadConsistency::Linearizable)
+                .await?;
+            out.extend(page.items);
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `P.admin.status`, answered by some voter of the cluster.
+    pub async fn status(&self) -> Result<Value, ClientError> {
+        self.call(self.subjects.admin(AdminOp::Status), serde_json::json!({}))
+            .await
+    }
+
+    /// `P.node.<id>.admin.status`: that node's own view.
+    pub async fn node_status(&self, node: u64) -> Result<Value, ClientError> {
+        self.call_once(self.subjects.node_admin(node, AdminOp::Status), &serde_json::json!({}), self.timeout)
+            .await
+    }
+
+    pub async fn members(&self) -> Result<Value, ClientError> {
+        self.call(self.subjects.admin(AdminOp::Members), serde_json::json!({}))
+            .await
+    }
+
+    /// One request, retried on `cluster_not_ready`, `busy` and no responders until the timeout.
+    pub async fn call(&self, subject: String, body: Value) -> Result<Value, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let res = self.call_once(subject.clone(), &body, remaining).await;
+            let retry = match &res {
+                Err(ClientError::Server(e)) => e.code.is_retryable(),
+                Err(ClientError::Nats(m)) => m.starts_with("no responders"),
+                _ => false,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !retry || left < backoff {
+                return res;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    async fn call_once(&self, subject: String, body: &Value, timeout: Duration) -> Result<Value, ClientError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_TIMEOUT_MS, timeout.as_millis().max(1).to_string().as_str());
+        if let Some(t) = &self.token {
+            headers.insert("Authorization", format!("Bearer {t}").as_str());
+        }
+        let payload = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        // The server answers just before the header deadline; wait a little longer for it.
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .headers(headers)
+            .timeout(Some(timeout + Duration::from_millis(250)));
+        let reply = self.nats.send_request(subject.clone(), request).await.map_err(|e| {
+            match e.kind() {
+                RequestErrorKind::NoResponders => ClientError::Nats(format!("no responders on {subject}: is the cluster up?")),
+                RequestErrorKind::TimedOut => ClientError::Server(WireError::new(
+                    ErrorKind::Timeout,
+                    format!("no reply on {subject} within {} ms", timeout.as_millis()),
+                )),
+                _ => ClientError::Nats(e.to_string()),
+            }
+        })?;
+        let v: Value = serde_json::from_slice(&reply.payload).map_err(|e| ClientError::Decode(e.to_string()))?;
+        if v.get("ok").and_then(Value::as_bool) == Some(true) {
+            return Ok(v);
+        }
+        #[derive(Deserialize)]
+        struct ErrReply {
+            error: WireError,
+        }
+        match serde_json::from_value::<ErrReply>(v) {
+            Ok(e) => Err(ClientError::Server(e.error)),
+            Err(e) => Err(ClientError::Decode(format!("reply is neither ok nor an error: {e}"))),
+        }
+    }
+}
+
+fn revision(v: &Value) -> Result<u64, ClientError> {
+    v.get("revision")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ClientError::Decode("reply has no revision".into()))
+}

@@ -1,0 +1,75 @@
+//! What the Raft log replicates: a versioned envelope around a [`Command`], and the
+//! [`Outcome`] of applying it.
+//!
+//! Bincode encodes enum variants by index: new variants go at the end, never in between,
+//! so that entries written by an older build keep decoding.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Format version of [`LogCommand`]; bumped when the envelope itself changes shape.
+pub const COMMAND_FORMAT: u8 = 1;
+
+/// The envelope every log entry carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogCommand {
+    pub format: u8,
+    /// Client request id, reserved for exactly-once retries.
+    pub request_id: Option<Uuid>,
+    pub command: Command,
+}
+
+impl LogCommand {
+    pub fn new(command: Command) -> Self {
+        LogCommand {
+            format: COMMAND_FORMAT,
+            request_id: None,
+            command,
+        }
+    }
+}
+
+impl std::fmt::Display for LogCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print values: they may be secrets.
+        match &self.command {
+            Command::SetClusterId { id } => write!(f, "set_cluster_id({id})"),
+            Command::Put { value, .. } => write!(f, "put({} bytes)", value.len()),
+            Command::Delete { .. } => write!(f, "delete"),
+            Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first command of a new cluster: its identity, set once.
+    SetClusterId { id: Uuid },
+    /// `value` is the JSON text as the client sent it, stored without re-encoding.
+    Put { key: String, value: String },
+    Delete { key: String },
+    /// Several client writes sharing one log entry; each takes its own revision.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Bytes the command adds to an entry, for the size check before proposing.
+    pub fn approximate_size(&self) -> usize {
+        match self {
+            Command::SetClusterId { .. } => 32,
+            Command::Put { key, value } => key.len() + value.len() + 32,
+            Command::Delete { key } => key.len() + 16,
+            Command::Batch(cmds) => cmds.iter().map(Command::approximate_size).sum::<usize>() + 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Blank and membership entries.
+    None,
+    ClusterId { id: Uuid },
+    Put { revision: u64 },
+    Delete { deleted: bool, revision: u64 },
+    Batch(Vec<Outcome>),
+}

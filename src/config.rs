@@ -1,0 +1,444 @@
+//! Node configuration: built-in defaults < `concord.toml` (or `--config PATH`) < `CONCORD_*`
+//! environment < command-line flags, loaded by figment in [`load`] and checked once by
+//! [`Config::validate`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid setting `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where this node keeps its fjall database and snapshots.
+    pub data_dir: PathBuf,
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub nats: NatsConfig,
+    pub raft: RaftConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Names the Raft subjects; clusters sharing a NATS system need distinct prefixes.
+    pub name: String,
+    /// The voters of a new cluster; the lowest id bootstraps it.
+    #[serde(deserialize_with = "ids_from_list_or_csv")]
+    pub initial_members: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// One or more server URLs (a list, or a comma-separated string).
+    #[serde(deserialize_with = "strings_from_list_or_csv")]
+    pub url: Vec<String>,
+    pub subject_prefix: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot so slow followers can catch up without one.
+    pub max_in_snapshot_log_to_keep: u64,
+    pub install_snapshot_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest encoded value accepted by `put`; stays below the NATS max payload.
+    pub max_value_bytes: usize,
+    /// Requests a node works on at once before answering `busy`.
+    pub max_in_flight: usize,
+    /// Deadline of a request that names none.
+    pub default_timeout_ms: u64,
+    /// Largest `limit` a scan may ask for.
+    pub max_scan_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// fsync the log before acknowledging. Off only for benchmarks of its cost.
+    pub fsync: bool,
+    pub cache_size_mib: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            node: NodeConfig { id: 1 },
+            cluster: ClusterConfig::default(),
+            nats: NatsConfig::default(),
+            raft: RaftConfig::default(),
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1 }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "concord".into(),
+            initial_members: vec![1],
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: vec!["nats://127.0.0.1:4222".into()],
+            subject_prefix: "concord".into(),
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_every: 10_000,
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_value_bytes: 256 * 1024,
+            max_in_flight: 10_000,
+            default_timeout_ms: 3000,
+            max_scan_limit: 10_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            fsync: true,
+            cache_size_mib: 32,
+        }
+    }
+}
+
+impl RaftConfig {
+    pub fn election_timeout_min(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_min_ms)
+    }
+}
+
+impl LimitsConfig {
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_millis(self.default_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Checks every setting once; the error names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let field = |field: &'static str, reason: &str| Error::Field {
+            field,
+            reason: reason.to_string(),
+        };
+        if self.node.id == 0 {
+            return Err(field("node.id", "must be a positive integer"));
+        }
+        if self.cluster.name.is_empty() || !is_subject_token(&self.cluster.name) {
+            return Err(field(
+                "cluster.name",
+                "must be non-empty and hold only letters, digits, '-' and '_'",
+            ));
+        }
+        if self.cluster.initial_members.is_empty() {
+            return Err(field("cluster.initial_members", "must name at least one node id"));
+        }
+        if self.cluster.initial_members.contains(&0) {
+            return Err(field("cluster.initial_members", "node ids must be positive"));
+        }
+        if self.nats.url.is_empty() || self.nats.url.iter().any(|u| u.trim().is_empty()) {
+            return Err(field("nats.url", "must name at least one server URL"));
+        }
+        let prefix_ok = !self.nats.subject_prefix.is_empty()
+            && self.nats.subject_prefix.split('.').all(is_subject_token);
+        if !prefix_ok {
+            return Err(field(
+                "nats.subject_prefix",
+                "must be dot-separated tokens of letters, digits, '-' and '_'",
+            ));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return Err(field("raft.heartbeat_interval_ms", "must be positive"));
+        }
+        if r.election_timeout_min_ms < 3 * r.heartbeat_interval_ms {
+            return Err(field(
+                "raft.election_timeout_min_ms",
+                "must be at least 3x raft.heartbeat_interval_ms",
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(field(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms",
+            ));
+        }
+        if r.snapshot_every == 0 {
+            return Err(field("raft.snapshot_every", "must be positive"));
+        }
+        if self.limits.max_value_bytes == 0 {
+            return Err(field("limits.max_value_bytes", "must be positive"));
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(field("limits.max_in_flight", "must be positive"));
+        }
+        if self.limits.default_timeout_ms < 10 {
+            return Err(field("limits.default_timeout_ms", "must be at least 10"));
+        }
+        if self.limits.max_scan_limit == 0 {
+            return Err(field("limits.max_scan_limit", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn initial_members(&self) -> BTreeSet<u64> {
+        self.cluster.initial_members.iter().copied().collect()
+    }
+
+    /// The lowest initial member bootstraps a new cluster.
+    pub fn is_bootstrapper(&self) -> bool {
+        self.initial_members().first() == Some(&self.node.id)
+    }
+
+    /// The effective configuration as TOML, secrets masked, for the startup log.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        let mask = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("***".into());
+            }
+        };
+        mask(&mut c.nats.password);
+        mask(&mut c.nats.token);
+        serde_json::to_string(&c).unwrap_or_default()
+    }
+}
+
+fn is_subject_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Loads the layered configuration. `overrides` are the command-line flags, as
+/// `(dotted.key, value)` pairs, applied last. Unknown `CONCORD_*` variables are returned as
+/// warnings: the CLI's own variables share the prefix.
+pub fn load(
+    file: Option<&Path>,
+    overrides: &[(&str, figment::value::Value)],
+) -> Result<(Config, Vec<String>), Error> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    match file {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(Error::File {
+                    path: path.to_path_buf(),
+                    reason: "cannot read it (missing or not a file)".into(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None => {
+            let default = Path::new("concord.toml");
+            if default.is_file() {
+                figment = figment.merge(Toml::file_exact(default));
+            }
+        }
+    }
+    let known = known_keys();
+    let mut warnings = Vec::new();
+    for (name, _) in std::env::vars() {
+        if let Some(rest) = name.strip_prefix("CONCORD_") {
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if !known.contains(&key) && !CLI_ENV.contains(&name.as_str()) {
+                warnings.push(format!("ignoring unknown environment variable {name}"));
+            }
+        }
+    }
+    let env = Env::prefixed("CONCORD_")
+        .split("__")
+        .filter(move |k| known.contains(&k.as_str().to_ascii_lowercase().replace("__", ".")));
+    figment = figment.merge(env);
+    for (key, value) in overrides {
+        figment = figment.merge(Serialized::default(key, value.clone()));
+    }
+    let config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
+    config.validate()?;
+    Ok((config, warnings))
+}
+
+/// Environment variables read by the CLI, not by a node.
+const CLI_ENV: &[&str] = &["CONCORD_TOKEN", "CONCORD_TIMEOUT_MS", "CONCORD_JSON"];
+
+/// Every dotted key of the configuration (`nats.url`, `data_dir`, ...).
+fn known_keys() -> BTreeSet<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&key, v, out);
+                out.insert(key);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Ok(v) = serde_json::to_value(Config::default()) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
+/// figment errors name the key path and the source; keep both in one line.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            let mut s = if path.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("setting `{path}`: {}", e.kind)
+            };
+            if !source.is_empty() {
+                s.push_str(&format!(" (from {source})"));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrString<T> {
+    List(Vec<T>),
+    One(T),
+    Csv(String),
+}
+
+fn ids_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    match ListOrString::<u64>::deserialize(d)? {
+        ListOrString::List(v) => Ok(v),
+        ListOrString::One(v) => Ok(vec![v]),
+        ListOrString::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<u64>().map_err(|_| {
+                    serde::de::Error::custom(format!("'{s}' is not a node id (a positive integer)"))
+                })
+            })
+            .collect(),
+    }
+}
+
+fn strings_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match ListOrString::<String>::deserialize(d)? {
+        ListOrString::List(v) => Ok(v),
+        ListOrString::One(s) | ListOrString::Csv(s) => Ok(s
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_single_node() {
+        let c = Config::default();
+        c.validate().expect("defaults validate");
+        assert!(c.is_bootstrapper());
+        assert_eq!(c.nats.url, vec!["nats://127.0.0.1:4222".to_string()]);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut c = Config::default();
+        c.raft.election_timeout_min_ms = 100;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn members_parse_from_csv_or_list() {
+        let j: ClusterConfig =
+            serde_json::from_str(r#"{"name":"a","initial_members":"1, 2,3"}"#).unwrap();
+        assert_eq!(j.initial_members, vec![1, 2, 3]);
+        let j: ClusterConfig =
+            serde_json::from_str(r#"{"name":"a","initial_members":[4,5]}"#).unwrap();
+        assert_eq!(j.initial_members, vec![4, 5]);
+        assert!(serde_json::from_str::<ClusterConfig>(r#"{"initial_members":"1,x"}"#).is_err());
+    }
+}

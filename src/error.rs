@@ -1,0 +1,85 @@
+//! Wire error codes (DESIGN.md) and the reply envelope for errors.
+//!
+//! Every layer maps its own failures onto [`ErrorKind`]; clients match on the code, never on
+//! the message.
+
+use serde::{Deserialize, Serialize};
+
+/// The error codes of the wire contract, serialized as snake_case strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    InvalidKey,
+    ValueTooLarge,
+    BadRequest,
+    Unauthorized,
+    Busy,
+    NoSpace,
+    ClusterNotReady,
+    Timeout,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidKey => "invalid_key",
+            ErrorKind::ValueTooLarge => "value_too_large",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Busy => "busy",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::ClusterNotReady => "cluster_not_ready",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// Whether a client may resend the same request without knowing its outcome.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Busy | ErrorKind::ClusterNotReady)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as it travels on the wire: a code and a message naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    pub code: ErrorKind,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorKind, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Shorthand constructors, one per code used by the server.
+macro_rules! ctor {
+    ($name:ident, $kind:ident) => {
+        pub fn $name(message: impl Into<String>) -> WireError {
+            WireError::new(ErrorKind::$kind, message)
+        }
+    };
+}
+
+ctor!(not_found, NotFound);
+ctor!(invalid_key, InvalidKey);
+ctor!(value_too_large, ValueTooLarge);
+ctor!(bad_request, BadRequest);
+ctor!(busy, Busy);
+ctor!(cluster_not_ready, ClusterNotReady);
+ctor!(timeout, Timeout);
+ctor!(internal, Internal);

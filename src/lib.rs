@@ -1,0 +1,28 @@
+//! Concord: a distributed, strongly consistent key-value store.
+//!
+//! ```text
+//! client ─NATS req─▶ api::server ─▶ api::codec ─▶ api::validate ─▶ api::handler
+//!                                                                   │ leader: raft client_write / ensure_linearizable
+//!                                                                   │ follower: forward to P.node.<leader>.kv.<op>
+//!                                                                   ▼
+//!            raft::network ──NATS──▶ raft::service (peers)     store::log_store (fjall, fsynced)
+//!                                                                   ▼
+//!                                                       store::state_machine (fjall kv) ─▶ reply
+//! ```
+//!
+//! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod nats;
+pub mod node;
+pub mod raft;
+pub mod store;
+pub mod subjects;
+
+pub use client::Client;
+pub use error::{ErrorKind, WireError};

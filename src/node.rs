@@ -1,0 +1,270 @@
+//! One Concord node: wires NATS, the fjall store, Raft and the request servers, and owns
+//! the shutdown order (stop intake, `raft.shutdown()`, persist fjall, drain NATS).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, RequestErrorKind};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::api::{self, validate::Limits, Ctx};
+use crate::command::{Command, LogCommand};
+use crate::config::Config;
+use crate::raft::network::{Network, PAYLOAD_HEADROOM};
+use crate::raft::service::{LeaderContact, RaftService};
+use crate::raft::types::Raft;
+use crate::store::{self, LogStore, StateMachine, StateView, Store};
+use crate::subjects::{AdminOp, Subjects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Nats(#[from] crate::nats::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Raft(#[from] crate::raft::Error),
+    #[error("NATS subscription failed: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("{0}")]
+    OtherCluster(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// What answered `P.admin.status` when this node started.
+#[derive(Debug, serde::Deserialize)]
+struct PeerStatus {
+    node: u64,
+    cluster_name: String,
+    cluster_id: Option<Uuid>,
+}
+
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let me = config.node.id;
+    tracing::info!(node = me, config = %config.redacted(), "starting");
+    let client = crate::nats::connect(&config.nats, &format!("concord-{me}"), Duration::from_secs(10)).await?;
+    let max_payload = client.server_info().max_payload;
+    let max_entry_bytes = max_payload.saturating_sub(PAYLOAD_HEADROOM);
+    if config.limits.max_value_bytes > max_entry_bytes {
+        return Err(Error::Config(format!(
+            "limits.max_value_bytes ({}) must stay below the NATS server's max payload ({max_payload}) less {PAYLOAD_HEADROOM} bytes of headroom",
+            config.limits.max_value_bytes
+        )));
+    }
+    let subjects = Subjects::new(&config.nats.subject_prefix, &config.cluster.name);
+
+    let dir = config.data_dir.clone();
+    let (cache, fsync) = (config.storage.cache_size_mib, config.storage.fsync);
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache, fsync))
+        .await
+        .map_err(|e| store::Error::Io(std::io::Error::other(e)))??;
+    let pristine = store.is_pristine()?;
+    let view = StateView::open(store.clone())?;
+
+    let live_cluster = check_prefix(&client, &subjects, &config, view.cluster_id()).await?;
+
+    let network = Network {
+        client: client.clone(),
+        subjects: subjects.clone(),
+        me,
+        cluster_name: config.cluster.name.clone(),
+        cluster_id: view.watch_cluster_id(),
+        max_payload,
+    };
+    let raft = crate::raft::start(
+        &config,
+        max_payload,
+        network,
+        LogStore::new(store.clone()),
+        StateMachine::new(view.clone()),
+    )
+    .await?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let contact = Arc::new(LeaderContact::default());
+
+    let service = Arc::new(RaftService {
+        client: client.clone(),
+        subjects: subjects.clone(),
+        me,
+        cluster_name: config.cluster.name.clone(),
+        raft: raft.clone(),
+        view: view.clone(),
+        contact: contact.clone(),
+    });
+    tracker.spawn(log_failure("raft rpc service", service.clone().run(cancel.clone(), tracker.clone())));
+
+    let ctx = Arc::new(Ctx {
+        me,
+        cluster_name: config.cluster.name.clone(),
+        raft: raft.clone(),
+        view: view.clone(),
+        client: client.clone(),
+        subjects: subjects.clone(),
+        limits: Limits {
+            max_value_bytes: config.limits.max_value_bytes,
+            max_entry_bytes,
+            max_scan_limit: config.limits.max_scan_limit,
+        },
+        default_timeout: config.limits.default_timeout(),
+        stale_window: config.raft.election_timeout_min(),
+        contact,
+        max_payload,
+    });
+    let server = api::server::Server::new(ctx, config.limits.max_in_flight);
+    tracker.spawn(log_failure(
+        "node subjects",
+        server.clone().serve_node_subjects(cancel.clone(), tracker.clone()),
+    ));
+    tracker.spawn(server.clone().serve_cluster_subjects(cancel.clone(), tracker.clone()));
+    tracker.spawn(log_role_changes(raft.clone(), cancel.clone()));
+    tracker.spawn(ensure_cluster_id(raft.clone(), view.clone(), cancel.clone()));
+
+    if pristine && config.is_bootstrapper() {
+        if live_cluster {
+            tracing::warn!(
+                "a live cluster answers on prefix '{}': not initializing a new one; this node waits to be added (`concord cluster add {me}`)",
+                subjects.prefix()
+            );
+        } else {
+            bootstrap(&raft, &config.initial_members()).await?;
+        }
+    } else if pristine {
+        tracing::info!("empty data directory: waiting to be contacted by the cluster");
+    }
+    tracing::info!(node = me, prefix = subjects.prefix(), "node ready");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within 5 s");
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    drop(server);
+    drop(service);
+    let persist = tokio::task::spawn_blocking(move || store.db.persist(fjall::PersistMode::SyncAll)).await;
+    if let Ok(Err(e)) = persist {
+        tracing::error!(error = %e, "final fsync failed");
+    }
+    let _ = client.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn log_failure<E: std::fmt::Display>(what: &'static str, fut: impl std::future::Future<Output = Result<(), E>>) {
+    if let Err(e) = fut.await {
+        tracing::error!(error = %e, "{what} failed");
+    }
+}
+
+/// Asks `P.admin.status` who serves this prefix. Refuses to start if another cluster does;
+/// returns whether a live member of this cluster answered.
+async fn check_prefix(
+    client: &Client,
+    subjects: &Subjects,
+    config: &Config,
+    my_cluster_id: Option<Uuid>,
+) -> Result<bool, Error> {
+    let req = async_nats::Request::new()
+        .payload("{}".into())
+        .timeout(Some(Duration::from_millis(1500)));
+    let reply = match client.send_request(subjects.admin(AdminOp::Status), req).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => return Ok(false),
+        Err(e) => {
+            tracing::warn!(error = %e, "no answer on {}; assuming no cluster", subjects.admin(AdminOp::Status));
+            return Ok(false);
+        }
+    };
+    let Ok(peer) = serde_json::from_slice::<PeerStatus>(&reply.payload) else {
+        return Err(Error::OtherCluster(format!(
+            "something that is not a Concord node answers on '{}'; give this cluster its own nats.subject_prefix",
+            subjects.admin(AdminOp::Status)
+        )));
+    };
+    let other = peer.cluster_name != config.cluster.name
+        || matches!((peer.cluster_id, my_cluster_id), (Some(a), Some(b)) if a != b);
+    if other {
+        return Err(Error::OtherCluster(format!(
+            "another cluster ('{}', id {}) already answers on subject prefix '{}' (its node {}); \
+             this node belongs to '{}' (id {}). Give each cluster its own nats.subject_prefix",
+            peer.cluster_name,
+            peer.cluster_id.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into()),
+            subjects.prefix(),
+            peer.node,
+            config.cluster.name,
+            my_cluster_id.map(|u| u.to_string()).unwrap_or_else(|| "not yet assigned".into()),
+        )));
+    }
+    Ok(true)
+}
+
+async fn bootstrap(raft: &Raft, members: &BTreeSet<u64>) -> Result<(), Error> {
+    let nodes: BTreeMap<u64, BasicNode> = members.iter().map(|&id| (id, BasicNode::default())).collect();
+    match raft.initialize(nodes).await {
+        Ok(()) => {
+            tracing::info!(?members, "initialized a new cluster");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(RaftError::APIError(e)) => Err(Error::Config(format!("cannot initialize the cluster: {e}"))),
+        Err(RaftError::Fatal(e)) => Err(Error::Raft(e.into())),
+    }
+}
+
+/// A leader that finds no cluster id commits a fresh one; the state machine keeps only the
+/// first, so racing leaders agree.
+async fn ensure_cluster_id(raft: Raft, view: Arc<StateView>, cancel: CancellationToken) {
+    let mut metrics = raft.metrics();
+    loop {
+        let leader = metrics.borrow_and_update().state == ServerState::Leader;
+        if view.cluster_id().is_some() {
+            return;
+        }
+        if leader {
+            let cmd = LogCommand::new(Command::SetClusterId { id: Uuid::new_v4() });
+            match raft.client_write(cmd).await {
+                Ok(r) => {
+                    tracing::info!(outcome = ?r.data, "cluster id committed");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "committing the cluster id failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn log_role_changes(raft: Raft, cancel: CancellationToken) {
+    let mut metrics = raft.metrics();
+    let mut last = (None, ServerState::Learner, 0);
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            let now = (m.current_leader, m.state, m.current_term);
+            if now != last {
+                tracing::info!(role = api::admin::role_name(m.state), leader = ?m.current_leader, term = m.current_term, "raft role");
+                last = now;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Outbound Raft RPCs: each is one NATS request to `P.raft.<cluster>.<target>.<rpc>`.
+//!
+//! Error mapping follows openraft's retry rules: nobody subscribed means `Unreachable` (it
+//! backs off), a timeout is `Timeout`, an oversize append is `PayloadTooLarge` with a hint
+//! so openraft resends fewer entries.
+
+use std::time::Duration;
+
+use async_nats::{Client, RequestErrorKind};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::RPCTypes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::types::{Node, NodeId, TypeConfig};
+use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
+use crate::subjects::{RaftRpc, Subjects};
+
+/// Room left in a NATS message for headers and the envelope.
+pub const PAYLOAD_HEADROOM: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct Network {
+    pub client: Client,
+    pub subjects: Subjects,
+    pub me: NodeId,
+    pub cluster_name: String,
+    pub cluster_id: watch::Receiver<Option<Uuid>>,
+    pub max_payload: usize,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &Node) -> Connection {
+        Connection {
+            net: self.clone(),
+            target,
+        }
+    }
+}
+
+pub struct Connection {
+    net: Network,
+    target: NodeId,
+}
+
+#[derive(Debug)]
+struct Oversize;
+
+impl std::fmt::Display for Oversize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("message exceeds the NATS max payload")
+    }
+}
+
+impl std::error::Error for Oversize {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: RaftRpc,
+        action: RPCTypes,
+        body: Req,
+        ttl: Duration,
+        entries: u64,
+    ) -> Result<Resp, RPCError<NodeId, Node, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let net = &self.net;
+        let envelope = RpcRequest {
+            format: RPC_FORMAT,
+            cluster_name: net.cluster_name.clone(),
+            cluster_id: *net.cluster_id.borrow(),
+            from: net.me,
+            to: self.target,
+            body,
+        };
+        let bytes = wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let too_large = || -> RPCError<NodeId, Node, E> {
+            if entries > 1 {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
+            } else {
+                RPCError::Network(NetworkError::new(&Oversize))
+            }
+        };
+        if bytes.len() + 1024 > net.max_payload {
+            return Err(too_large());
+        }
+        let subject = net.subjects.raft(self.target, rpc);
+        let request = async_nats::Request::new()
+            .payload(bytes.into())
+            .timeout(Some(ttl));
+        let reply = match net.client.send_request(subject, request).await {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(match e.kind() {
+                    RequestErrorKind::NoResponders => RPCError::Unreachable(Unreachable::new(&e)),
+                    RequestErrorKind::TimedOut => RPCError::Timeout(Timeout {
+                        action,
+                        id: net.me,
+                        target: self.target,
+                        timeout: ttl,
+                    }),
+                    RequestErrorKind::Other if e.to_string().contains("payload") => too_large(),
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                })
+            }
+        };
+        match wire::decode::<RpcReply<Resp, E>>(&reply.payload) {
+            Ok(RpcReply::Ok(v)) => Ok(v),
+            Ok(RpcReply::Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            // A node of another cluster, or one we cannot talk to: back off.
+            Ok(RpcReply::Refused(msg)) => Err(RPCError::Unreachable(Unreachable::new(&Refused(msg)))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        self.call(RaftRpc::Append, RPCTypes::AppendEntries, rpc, option.hard_ttl(), n)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RaftRpc::Snapshot, RPCTypes::InstallSnapshot, rpc, option.hard_ttl(), 0)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(RaftRpc::Vote, RPCTypes::Vote, rpc, option.hard_ttl(), 0)
+            .await
+    }
+}

@@ -1,0 +1,178 @@
+//! Inbound Raft RPCs: subscribe to `P.raft.<cluster>.<me>.*`, check the envelope, hand the
+//! RPC to openraft, reply with its result.
+//!
+//! Each message gets its own task so a slow snapshot chunk never holds up heartbeats.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, Message};
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::types::{NodeId, Raft, TypeConfig};
+use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
+use crate::store::StateView;
+use crate::subjects::{last_token, RaftRpc, Subjects};
+
+/// When this node last accepted entries or a heartbeat from a leader; decides whether it
+/// may serve stale reads.
+pub struct LeaderContact {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last contact, `None` if never.
+    pub fn since(&self) -> Option<Duration> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(
+                self.origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+pub struct RaftService {
+    pub client: Client,
+    pub subjects: Subjects,
+    pub me: NodeId,
+    pub cluster_name: String,
+    pub raft: Raft,
+    pub view: Arc<StateView>,
+    pub contact: Arc<LeaderContact>,
+}
+
+impl RaftService {
+    pub async fn run(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let mut sub = self.client.subscribe(self.subjects.raft_wildcard(self.me)).await?;
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = sub.next() => match m { Some(m) => m, None => break },
+            };
+            let this = self.clone();
+            tracker.spawn(async move { this.handle(msg).await });
+        }
+        let _ = sub.unsubscribe().await;
+        Ok(())
+    }
+
+    async fn handle(&self, msg: Message) {
+        let Some(reply_to) = msg.reply.clone() else {
+            return;
+        };
+        let reply = match RaftRpc::parse(last_token(&msg.subject)) {
+            Some(RaftRpc::Append) => {
+                self.serve(&msg, |req: AppendEntriesRequest<TypeConfig>| async move {
+                    let leader_vote = req.vote;
+                    let res = self.raft.append_entries(req).await;
+                    if let Ok(resp) = &res {
+                        if resp.is_success() && leader_vote.is_committed() {
+                            self.contact.touch();
+                        }
+                    }
+                    res
+                })
+                .await
+            }
+            Some(RaftRpc::Vote) => {
+                self.serve(&msg, |req: VoteRequest<NodeId>| async move {
+                    self.raft.vote(req).await
+                })
+                .await
+            }
+            Some(RaftRpc::Snapshot) => {
+                self.serve(&msg, |req: InstallSnapshotRequest<TypeConfig>| async move {
+                    self.raft.install_snapshot(req).await
+                })
+                .await
+            }
+            None => return,
+        };
+        if let Err(e) = self.client.publish(reply_to, reply.into()).await {
+            tracing::debug!(error = %e, "raft rpc reply not sent");
+        }
+    }
+
+    /// Decodes and checks the envelope, runs `f`, encodes its result.
+    async fn serve<Req, Resp, E, F, Fut>(&self, msg: &Message, f: F) -> Vec<u8>
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: Serialize,
+        F: FnOnce(Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, E>>,
+    {
+        let refused = |why: String| {
+            wire::encode(&RpcReply::<(), ()>::Refused(why)).unwrap_or_default()
+        };
+        let req: RpcRequest<Req> = match wire::decode(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => return refused(format!("undecodable raft rpc: {e}")),
+        };
+        if let Err(why) = self.check(&req.format, &req.cluster_name, req.cluster_id, req.to) {
+            tracing::warn!(from = req.from, reason = %why, "refused raft rpc");
+            return refused(why);
+        }
+        let reply = match f(req.body).await {
+            Ok(v) => RpcReply::Ok(v),
+            Err(e) => RpcReply::Err(e),
+        };
+        wire::encode(&reply).unwrap_or_else(|e| refused(format!("unencodable reply: {e}")))
+    }
+
+    fn check(
+        &self,
+        format: &u8,
+        cluster_name: &str,
+        cluster_id: Option<Uuid>,
+        to: NodeId,
+    ) -> Result<(), String> {
+        if *format != RPC_FORMAT {
+            return Err(format!("raft rpc format {format} is not supported (this node speaks {RPC_FORMAT})"));
+        }
+        if cluster_name != self.cluster_name {
+            return Err(format!(
+                "rpc for cluster '{cluster_name}', this node is in '{}'",
+                self.cluster_name
+            ));
+        }
+        if to != self.me {
+            return Err(format!("rpc for node {to} reached node {}", self.me));
+        }
+        if let (Some(theirs), Some(ours)) = (cluster_id, self.view.cluster_id()) {
+            if theirs != ours {
+                return Err(format!("rpc from cluster id {theirs}, this node is in {ours}"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! [`RaftLogStorage`] on fjall: the vote, the log entries and the purge point.
+//!
+//! Contract (openraft storage v2): `save_vote` is durable before it returns; `append` makes
+//! entries readable at once and fires the flush callback only after they are fsynced;
+//! `purge` persists `last_purged` so a restarted node knows where its log starts.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+
+use super::{keys, Store};
+use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    pub fn new(store: Store) -> Self {
+        LogStore { store }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        read_bincode(&self.store.meta, keys::META_LAST_PURGED)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+            .map(Option::flatten)
+    }
+
+    /// fsync on the blocking pool: a slow disk must not stall the runtime's workers.
+    async fn sync(&self) -> Result<(), std::io::Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)
+    }
+}
+
+pub(crate) fn read_bincode<T: serde::de::DeserializeOwned>(
+    ks: &fjall::Keyspace,
+    key: &[u8],
+) -> Result<Option<T>, super::Error> {
+    match ks.get(key)? {
+        None => Ok(None),
+        Some(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| super::Error::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
+    }
+}
+
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::Error> {
+    let mut buf = Vec::with_capacity(64);
+    buf.push(keys::ENTRY_ENCODING_V1);
+    bincode::serialize_into(&mut buf, entry)?;
+    Ok(buf)
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, super::Error> {
+    match bytes.split_first() {
+        Some((&keys::ENTRY_ENCODING_V1, rest)) => bincode::deserialize(rest)
+            .map_err(|e| super::Error::Corrupt(format!("log entry: {e}"))),
+        Some((v, _)) => Err(super::Error::Corrupt(format!(
+            "log entry has unknown encoding version {v}"
+        ))),
+        None => Err(super::Error::Corrupt("empty log entry".into())),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(keys::log_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(keys::log_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for guard in self
+            .store
+            .log
+            .range::<[u8; 8], _>((Bound::Included(keys::log_key(start)), end))
+        {
+            let (_, value) = guard
+                .into_inner()
+                .map_err(|e| StorageIOError::read_logs(&e))?;
+            out.push(decode_entry(&value).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last = match self.store.log.last_key_value() {
+            None => None,
+            Some(guard) => {
+                let (_, value) = guard
+                    .into_inner()
+                    .map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(
+                    decode_entry(&value)
+                        .map_err(|e| StorageIOError::read_logs(&e))?
+                        .log_id,
+                )
+            }
+        };
+        // An empty log after a purge still ends at the purge point.
+        let last_log_id = last.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = bincode::serialize(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.store
+            .meta
+            .insert(keys::META_VOTE, bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.sync()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        read_bincode(&self.store.meta, keys::META_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not fsynced: a lost value only means replaying less on restart.
+        self.store
+            .meta
+            .insert(keys::META_COMMITTED, keys::encode_log_id(&committed))
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        read_bincode::<Option<LogId>>(&self.store.meta, keys::META_COMMITTED)
+            .map(Option::flatten)
+            .map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.store.db.batch();
+        for entry in entries {
+            let bytes = encode_entry(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.insert(&self.store.log, keys::log_key(entry.log_id.index), bytes);
+        }
+        batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        // Readable now; acknowledged to Raft only once the journal is on disk.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = store.sync().map_err(std::io::Error::other);
+            callback.log_io_completed(res);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = self.store.db.batch();
+        for guard in self.store.log.range(keys::log_key(log_id.index)..) {
+            let key = guard.key().map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(&self.store.log, key);
+        }
+        batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        self.sync()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = self.store.db.batch();
+        let purged = bincode::serialize(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
+        batch.insert(&self.store.meta, keys::META_LAST_PURGED, purged);
+        for guard in self.store.log.range(..=keys::log_key(log_id.index)) {
+            let key = guard.key().map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(&self.store.log, key);
+        }
+        batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        self.sync()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

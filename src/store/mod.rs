@@ -1,0 +1,106 @@
+//! On-disk state of a node: one fjall database holding the Raft vote and log
+//! ([`log_store`]), the state machine ([`state_machine`]) and snapshot metadata, with the
+//! snapshot files beside it ([`snapshot`]).
+//!
+//! Keyspaces: `meta` (format version, vote, purge point, current snapshot), `raft_log`
+//! (big-endian index → entry), `sm_meta` (last applied, membership, revision, cluster id,
+//! kv generation) and `kv_<generation>` (key → revision + JSON value).
+
+pub mod keys;
+pub mod log_store;
+pub mod migrations;
+pub mod snapshot;
+pub mod state_machine;
+
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+pub use log_store::LogStore;
+pub use state_machine::{StateMachine, StateView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Fjall(#[from] fjall::Error),
+    #[error("storage i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error(
+        "data directory {dir} was written by a newer Concord (format version {found}, this build knows up to {known}); upgrade this binary"
+    )]
+    NewerFormat {
+        dir: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("data directory {dir} is in use by another process (fjall lock): {reason}")]
+    Locked { dir: PathBuf, reason: String },
+}
+
+/// The open database and its fixed keyspaces, shared by the log store and state machine.
+#[derive(Clone)]
+pub struct Store {
+    pub db: Database,
+    pub meta: Keyspace,
+    pub log: Keyspace,
+    pub sm_meta: Keyspace,
+    pub dir: PathBuf,
+    /// fsync before acknowledging; off only to measure its cost.
+    pub fsync: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and brings its format up to date.
+    pub fn open(dir: &Path, cache_size_mib: u64, fsync: bool) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir)?;
+        let db_dir = dir.join("db");
+        let db = Database::builder(&db_dir)
+            .cache_size(cache_size_mib.max(1) * 1024 * 1024)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => Error::Locked {
+                    dir: dir.to_path_buf(),
+                    reason: "another node holds it".into(),
+                },
+                other => Error::Fjall(other),
+            })?;
+        let opts = KeyspaceCreateOptions::default;
+        let store = Store {
+            meta: db.keyspace("meta", opts)?,
+            log: db.keyspace("raft_log", opts)?,
+            sm_meta: db.keyspace("sm_meta", opts)?,
+            db,
+            dir: dir.to_path_buf(),
+            fsync,
+        };
+        migrations::run(&store)?;
+        std::fs::create_dir_all(store.snapshot_dir())?;
+        Ok(store)
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// Makes everything written so far durable (one journal covers every keyspace).
+    pub fn sync(&self) -> Result<(), fjall::Error> {
+        if self.fsync {
+            self.db.persist(PersistMode::SyncData)
+        } else {
+            self.db.persist(PersistMode::Buffer)
+        }
+    }
+
+    /// True when no Raft state was ever written: a brand-new data directory.
+    pub fn is_pristine(&self) -> Result<bool, Error> {
+        Ok(self.meta.get(keys::META_VOTE)?.is_none()
+            && self.log.is_empty()?
+            && self.sm_meta.get(keys::SM_LAST_APPLIED)?.is_none())
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}

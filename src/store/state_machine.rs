@@ -1,0 +1,608 @@
+//! [`RaftStateMachine`] on fjall: applies committed commands to the key space, builds
+//! snapshots from it and installs received ones.
+//!
+//! Contract: `apply` writes the data, `last_applied`, membership and revision in one atomic
+//! batch, so a crash recovers to a consistent point and openraft re-applies what follows.
+//! Snapshots stream to and from files; an install fills a fresh keyspace and switches to it
+//! with one durable batch.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fjall::{Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncSeekExt;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::log_store::read_bincode;
+use super::snapshot::{SnapshotHeader, SnapshotReader, SnapshotWriter};
+use super::{keys, Error, Store};
+use crate::command::{Command, Outcome};
+use crate::raft::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// Records per write batch while installing a snapshot.
+const INSTALL_BATCH: usize = 4096;
+
+/// One key of a scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub key: String,
+    pub revision: u64,
+    pub json: Vec<u8>,
+}
+
+/// What the state machine looks like now, shared with the request handlers, which read it
+/// directly (reads never go through the log).
+pub struct StateView {
+    store: Store,
+    /// std locks: held only for a handle clone, never across `.await`.
+    kv: RwLock<(u64, Keyspace)>,
+    revision: watch::Sender<u64>,
+    cluster_id: watch::Sender<Option<Uuid>>,
+    /// Serializes updates of the current-snapshot record (build and install may overlap).
+    snapshot_record: Mutex<()>,
+}
+
+/// The current snapshot as recorded in `meta`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+impl StateView {
+    pub fn open(store: Store) -> Result<Arc<StateView>, Error> {
+        let generation: u64 = read_bincode(&store.sm_meta, keys::SM_KV_GENERATION)?.unwrap_or(0);
+        let name = keys::kv_keyspace_name(generation);
+        let kv = store.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+        // Drop what an interrupted install left behind.
+        for other in store.db.list_keyspace_names() {
+            let other: &str = other.as_ref();
+            if other.starts_with("kv_") && other != name {
+                let ks = store.db.keyspace(other, KeyspaceCreateOptions::default)?;
+                store.db.delete_keyspace(ks)?;
+            }
+        }
+        let revision: u64 = read_bincode(&store.sm_meta, keys::SM_REVISION)?.unwrap_or(0);
+        let cluster_id: Option<Uuid> =
+            read_bincode::<Option<Uuid>>(&store.sm_meta, keys::SM_CLUSTER_ID)?.flatten();
+        // Leftover partial snapshot files from a crash.
+        if let Ok(dir) = std::fs::read_dir(store.snapshot_dir()) {
+            for f in dir.flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name.ends_with(".part") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        Ok(Arc::new(StateView {
+            store,
+            kv: RwLock::new((generation, kv)),
+            revision: watch::channel(revision).0,
+            cluster_id: watch::channel(cluster_id).0,
+            snapshot_record: Mutex::new(()),
+        }))
+    }
+
+    fn kv(&self) -> (u64, Keyspace) {
+        self.kv.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// `(revision, JSON)` of `key`, if present.
+    pub fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        let (_, kv) = self.kv();
+        match kv.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => {
+                let (rev, json) = keys::decode_value(&v)
+                    .ok_or_else(|| Error::Corrupt(format!("value of a key is {} bytes", v.len())))?;
+                Ok(Some((rev, json.to_vec())))
+            }
+        }
+    }
+
+    /// Keys starting with `prefix` and after `after`, in key order, up to `limit` items or
+    /// about `max_bytes` of keys and values. Returns the items and whether more remain.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Item>, bool), Error> {
+        let (_, kv) = self.kv();
+        let iter = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                let start = std::ops::Bound::Excluded(after.as_bytes().to_vec());
+                kv.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            }
+            _ => kv.prefix(prefix.as_bytes()),
+        };
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        for guard in iter {
+            let (k, v) = guard.into_inner()?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let (revision, json) = keys::decode_value(&v)
+                .ok_or_else(|| Error::Corrupt("short value in key space".into()))?;
+            let cost = k.len() + json.len() + 48;
+            if items.len() >= limit || (bytes + cost > max_bytes && !items.is_empty()) {
+                return Ok((items, true));
+            }
+            bytes += cost;
+            items.push(Item {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                revision,
+                json: json.to_vec(),
+            });
+        }
+        Ok((items, false))
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    pub fn cluster_id(&self) -> Option<Uuid> {
+        *self.cluster_id.borrow()
+    }
+
+    pub fn watch_cluster_id(&self) -> watch::Receiver<Option<Uuid>> {
+        self.cluster_id.subscribe()
+    }
+
+    /// Approximate number of keys (counts tombstones until compaction).
+    pub fn approximate_keys(&self) -> u64 {
+        self.kv().1.approximate_len() as u64
+    }
+
+    /// SHA-256 over every key, revision and value in order: equal digests on two nodes mean
+    /// equal state machines. O(n): only on request.
+    pub fn digest(&self) -> Result<(String, u64), Error> {
+        let (_, kv) = self.kv();
+        let snap = self.store.db.snapshot();
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        for guard in snap.iter(&kv) {
+            let (k, v) = guard.into_inner()?;
+            h.update((k.len() as u32).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u32).to_be_bytes());
+            h.update(&v);
+            n += 1;
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((hex, n))
+    }
+}
+
+pub struct StateMachine {
+    view: Arc<StateView>,
+    /// The file a snapshot is being received into (openraft writes the chunks).
+    receiving: Option<PathBuf>,
+}
+
+impl StateMachine {
+    pub fn new(view: Arc<StateView>) -> Self {
+        StateMachine {
+            view,
+            receiving: None,
+        }
+    }
+
+    pub fn view(&self) -> Arc<StateView> {
+        self.view.clone()
+    }
+}
+
+/// Applies one batch of entries; runs on the blocking pool.
+fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, Error> {
+    let store = &view.store;
+    let (_, kv) = view.kv();
+    let mut batch = store.db.batch();
+    let mut revision = view.revision();
+    let mut cluster_id = view.cluster_id();
+    let mut last_applied = None;
+    let mut membership = None;
+    // Keys written earlier in this batch: a later delete must see them.
+    let mut pending: HashMap<String, bool> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(entries.len());
+
+    fn exists(kv: &Keyspace, pending: &HashMap<String, bool>, key: &str) -> Result<bool, Error> {
+        match pending.get(key) {
+            Some(present) => Ok(*present),
+            None => Ok(kv.contains_key(key.as_bytes())?),
+        }
+    }
+
+    fn run(
+        cmd: Command,
+        kv: &Keyspace,
+        batch: &mut fjall::OwnedWriteBatch,
+        pending: &mut HashMap<String, bool>,
+        revision: &mut u64,
+        cluster_id: &mut Option<Uuid>,
+    ) -> Result<Outcome, Error> {
+        Ok(match cmd {
+            Command::SetClusterId { id } => {
+                // Set once: a second initializer cannot rename a live cluster.
+                let id = *cluster_id.get_or_insert(id);
+                Outcome::ClusterId { id }
+            }
+            Command::Put { key, value } => {
+                *revision += 1;
+                batch.insert(kv, key.as_bytes(), keys::encode_value(*revision, value.as_bytes()));
+                pending.insert(key, true);
+                Outcome::Put {
+                    revision: *revision,
+                }
+            }
+            Command::Delete { key } => {
+                if exists(kv, pending, &key)? {
+                    *revision += 1;
+                    batch.remove(kv, key.as_bytes());
+                    pending.insert(key, false);
+                    Outcome::Delete {
+                        deleted: true,
+                        revision: *revision,
+                    }
+                } else {
+                    Outcome::Delete {
+                        deleted: false,
+                        revision: *revision,
+                    }
+                }
+            }
+            Command::Batch(cmds) => {
+                let mut out = Vec::with_capacity(cmds.len());
+                for c in cmds {
+                    out.push(run(c, kv, batch, pending, revision, cluster_id)?);
+                }
+                Outcome::Batch(out)
+            }
+        })
+    }
+
+    for entry in entries {
+        last_applied = Some(entry.log_id);
+        let outcome = match entry.payload {
+            EntryPayload::Blank => Outcome::None,
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                Outcome::None
+            }
+            EntryPayload::Normal(cmd) => run(
+                cmd.command,
+                &kv,
+                &mut batch,
+                &mut pending,
+                &mut revision,
+                &mut cluster_id,
+            )?,
+        };
+        outcomes.push(outcome);
+    }
+
+    batch.insert(&store.sm_meta, keys::SM_LAST_APPLIED, enc(&last_applied));
+    if let Some(m) = &membership {
+        batch.insert(&store.sm_meta, keys::SM_MEMBERSHIP, enc(m));
+    }
+    batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&revision));
+    batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&cluster_id));
+    // Not fsynced: the log is durable and everything after `last_applied` is re-applied.
+    batch.commit()?;
+
+    view.revision.send_if_modified(|r| {
+        let changed = *r != revision;
+        *r = revision;
+        changed
+    });
+    view.cluster_id.send_if_modified(|c| {
+        let changed = *c != cluster_id;
+        *c = cluster_id;
+        changed
+    });
+    Ok(outcomes)
+}
+
+/// Encodes plain metadata; serializing such data into a `Vec` cannot fail.
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).unwrap_or_default()
+}
+
+fn read_state(
+    snap: &fjall::Snapshot,
+    store: &Store,
+) -> Result<(Option<LogId>, StoredMembership, u64, Option<Uuid>, u64), Error> {
+    let get = |key: &[u8]| -> Result<Option<fjall::Slice>, Error> {
+        Ok(snap.get(&store.sm_meta, key)?)
+    };
+    fn de<T: serde::de::DeserializeOwned>(v: Option<fjall::Slice>, what: &str) -> Result<Option<T>, Error> {
+        v.map(|b| bincode::deserialize(&b).map_err(|e| Error::Corrupt(format!("{what}: {e}"))))
+            .transpose()
+    }
+    let applied = de::<Option<LogId>>(get(keys::SM_LAST_APPLIED)?, "last_applied")?.flatten();
+    let membership = de::<StoredMembership>(get(keys::SM_MEMBERSHIP)?, "membership")?.unwrap_or_default();
+    let revision = de::<u64>(get(keys::SM_REVISION)?, "revision")?.unwrap_or(0);
+    let cluster_id = de::<Option<Uuid>>(get(keys::SM_CLUSTER_ID)?, "cluster_id")?.flatten();
+    let generation = de::<u64>(get(keys::SM_KV_GENERATION)?, "kv_generation")?.unwrap_or(0);
+    Ok((applied, membership, revision, cluster_id, generation))
+}
+
+/// Builds a snapshot file from one consistent fjall snapshot; runs on the blocking pool.
+fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
+    let store = &view.store;
+    let (generation, kv, snap) = loop {
+        let (generation, kv) = view.kv();
+        let snap = store.db.snapshot();
+        let (.., g) = read_state(&snap, store)?;
+        // An install switched keyspaces between the two reads: take both again.
+        if g == generation {
+            break (generation, kv, snap);
+        }
+    };
+    let _ = generation;
+    let (applied, membership, revision, cluster_id, _) = read_state(&snap, store)?;
+    let snapshot_id = format!(
+        "{}-{}-{}",
+        applied.map(|l| l.leader_id.term).unwrap_or(0),
+        applied.map(|l| l.index).unwrap_or(0),
+        Uuid::new_v4().simple()
+    );
+    let dir = store.snapshot_dir();
+    let part = dir.join(format!("{snapshot_id}.part"));
+    let mut w = SnapshotWriter::create(&part, &SnapshotHeader { revision, cluster_id })?;
+    for guard in snap.iter(&kv) {
+        let (k, v) = guard.into_inner()?;
+        w.record(&k, &v)?;
+    }
+    drop(snap);
+    let size = w.finish()?;
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let path = publish(view, &part, &meta)?;
+    Ok((meta, path, size))
+}
+
+/// Makes a complete snapshot file the current snapshot, durably, unless a newer one is
+/// already current. Returns the final path.
+fn publish(view: &StateView, part: &Path, meta: &SnapshotMeta) -> Result<PathBuf, Error> {
+    let store = &view.store;
+    let _guard = view.snapshot_record.lock().unwrap_or_else(|e| e.into_inner());
+    let file = format!("{}.snap", meta.snapshot_id);
+    let path = store.snapshot_dir().join(&file);
+    std::fs::rename(part, &path)?;
+    std::fs::File::open(store.snapshot_dir())?.sync_all()?;
+    let current: Option<SnapshotRecord> = read_bincode(&store.meta, keys::META_SNAPSHOT)?;
+    if let Some(cur) = &current {
+        if cur.meta.last_log_id > meta.last_log_id {
+            // An install overtook this build: keep the newer one.
+            let _ = std::fs::remove_file(&path);
+            return Ok(store.snapshot_dir().join(&cur.file));
+        }
+    }
+    let record = SnapshotRecord {
+        meta: meta.clone(),
+        file: file.clone(),
+    };
+    let bytes = bincode::serialize(&record).map_err(|e| Error::Corrupt(e.to_string()))?;
+    store.meta.insert(keys::META_SNAPSHOT, bytes)?;
+    store.db.persist(PersistMode::SyncAll)?;
+    // Only one snapshot is kept; older files go once the new record is durable.
+    for f in std::fs::read_dir(store.snapshot_dir())?.flatten() {
+        let name = f.file_name().to_string_lossy().to_string();
+        if name.ends_with(".snap") && name != file {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+    Ok(path)
+}
+
+/// Fills a fresh keyspace from a received snapshot and switches to it in one durable batch.
+fn install(view: &StateView, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), Error> {
+    let store = &view.store;
+    let (generation, old) = view.kv();
+    let next = generation + 1;
+    let name = keys::kv_keyspace_name(next);
+    if store.db.keyspace_exists(&name) {
+        let stale = store.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+        store.db.delete_keyspace(stale)?;
+    }
+    let fresh = store.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+    let filled = (|| -> Result<SnapshotHeader, Error> {
+        let mut reader = SnapshotReader::new(file)?;
+        let mut batch = store.db.batch();
+        let mut n = 0;
+        while let Some((k, v)) = reader.next_record()? {
+            batch.insert(&fresh, k, v);
+            n += 1;
+            if n % INSTALL_BATCH == 0 {
+                std::mem::replace(&mut batch, store.db.batch()).commit()?;
+            }
+        }
+        batch.commit()?;
+        Ok(reader.header.clone())
+    })();
+    let header = match filled {
+        Ok(h) => h,
+        Err(e) => {
+            store.db.delete_keyspace(fresh)?;
+            return Err(e);
+        }
+    };
+    store.db.persist(PersistMode::SyncAll)?;
+
+    let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
+    batch.insert(&store.sm_meta, keys::SM_LAST_APPLIED, enc(&meta.last_log_id));
+    batch.insert(&store.sm_meta, keys::SM_MEMBERSHIP, enc(&meta.last_membership));
+    batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&header.revision));
+    batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&header.cluster_id));
+    batch.insert(&store.sm_meta, keys::SM_KV_GENERATION, enc(&next));
+    batch.commit()?;
+
+    *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
+    store.db.delete_keyspace(old)?;
+    view.revision.send_replace(header.revision);
+    view.cluster_id.send_replace(header.cluster_id);
+    Ok(())
+}
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+/// Builds snapshots on the blocking pool while `apply` goes on.
+pub struct SnapshotBuilder {
+    view: Arc<StateView>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let view = self.view.clone();
+        let (meta, path, size) = blocking(move || build(&view)).await.map_err(snap_err)?;
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), size_bytes = size, "snapshot created");
+        let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let view = self.view.clone();
+        let (applied, membership, ..) = blocking(move || {
+            let snap = view.store.db.snapshot();
+            read_state(&snap, &view.store)
+        })
+        .await
+        .map_err(|e| StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())))?;
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let view = self.view.clone();
+        blocking(move || apply_entries(&view, entries))
+            .await
+            .map_err(sm_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            view: self.view.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        if let Some(old) = self.receiving.take() {
+            let _ = tokio::fs::remove_file(old).await;
+        }
+        let path = self
+            .view
+            .store
+            .snapshot_dir()
+            .join(format!("recv-{}.part", Uuid::new_v4().simple()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(snap_err)?;
+        self.receiving = Some(path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        use tokio::io::AsyncWriteExt;
+        snapshot.flush().await.map_err(snap_err)?;
+        snapshot.sync_all().await.map_err(snap_err)?;
+        snapshot.seek(SeekFrom::Start(0)).await.map_err(snap_err)?;
+        let file = snapshot.into_std().await;
+        let view = self.view.clone();
+        let received = self.receiving.take();
+        let meta = meta.clone();
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        blocking(move || {
+            install(&view, &meta, file)?;
+            match received {
+                Some(part) => {
+                    publish(&view, &part, &meta)?;
+                }
+                // No file of our own to keep: write one from the installed state.
+                None => {
+                    build(&view)?;
+                }
+            }
+            tracing::info!(index = ?meta.last_log_id.map(|l| l.index), size_bytes = size, "snapshot installed");
+            Ok(())
+        })
+        .await
+        .map_err(snap_err)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let record: Option<SnapshotRecord> =
+            read_bincode(&self.view.store.meta, keys::META_SNAPSHOT).map_err(snap_err)?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let path = self.view.store.snapshot_dir().join(&record.file);
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta: record.meta,
+                snapshot: Box::new(file),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(snap_err(e)),
+        }
+    }
+}

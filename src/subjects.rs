@@ -1,0 +1,173 @@
+//! The only place NATS subjects are built. `P` is the configured subject prefix.
+
+/// Client operations on the key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvOp {
+    Put,
+    Get,
+    Delete,
+    Scan,
+}
+
+impl KvOp {
+    pub const ALL: [KvOp; 4] = [KvOp::Put, KvOp::Get, KvOp::Delete, KvOp::Scan];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvOp::Put => "put",
+            KvOp::Get => "get",
+            KvOp::Delete => "delete",
+            KvOp::Scan => "scan",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KvOp> {
+        KvOp::ALL.into_iter().find(|op| op.as_str() == s)
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(self, KvOp::Put | KvOp::Delete)
+    }
+}
+
+/// Admin operations answered by the cluster or by one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOp {
+    Status,
+    Members,
+}
+
+impl AdminOp {
+    pub const ALL: [AdminOp; 2] = [AdminOp::Status, AdminOp::Members];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminOp::Status => "status",
+            AdminOp::Members => "members",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminOp> {
+        AdminOp::ALL.into_iter().find(|op| op.as_str() == s)
+    }
+}
+
+/// Raft RPC kinds carried on `P.raft.<cluster>.<id>.<rpc>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftRpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftRpc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftRpc::Append => "append",
+            RaftRpc::Vote => "vote",
+            RaftRpc::Snapshot => "snapshot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RaftRpc> {
+        [RaftRpc::Append, RaftRpc::Vote, RaftRpc::Snapshot]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// Header marking a request forwarded by a follower: it is never forwarded again.
+pub const HEADER_FORWARDED: &str = "Concord-Forwarded";
+/// Header carrying a request deadline in milliseconds.
+pub const HEADER_TIMEOUT_MS: &str = "Concord-Timeout-Ms";
+/// Header carrying the cluster id on forwarded requests.
+pub const HEADER_CLUSTER_ID: &str = "Concord-Cluster-Id";
+
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+    cluster: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str, cluster: &str) -> Self {
+        Subjects {
+            prefix: prefix.to_string(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `P.kv.<op>`: answered by whichever voter NATS picks.
+    pub fn kv(&self, op: KvOp) -> String {
+        format!("{}.kv.{}", self.prefix, op.as_str())
+    }
+
+    /// `P.kv.*`: the queue-group subscription of voters.
+    pub fn kv_wildcard(&self) -> String {
+        format!("{}.kv.*", self.prefix)
+    }
+
+    /// `P.node.<id>.kv.<op>`: one node, used for forwarding to the leader.
+    pub fn node_kv(&self, node: u64, op: KvOp) -> String {
+        format!("{}.node.{}.kv.{}", self.prefix, node, op.as_str())
+    }
+
+    pub fn node_kv_wildcard(&self, node: u64) -> String {
+        format!("{}.node.{}.kv.*", self.prefix, node)
+    }
+
+    pub fn admin(&self, op: AdminOp) -> String {
+        format!("{}.admin.{}", self.prefix, op.as_str())
+    }
+
+    pub fn admin_wildcard(&self) -> String {
+        format!("{}.admin.*", self.prefix)
+    }
+
+    pub fn node_admin(&self, node: u64, op: AdminOp) -> String {
+        format!("{}.node.{}.admin.{}", self.prefix, node, op.as_str())
+    }
+
+    pub fn node_admin_wildcard(&self, node: u64) -> String {
+        format!("{}.node.{}.admin.*", self.prefix, node)
+    }
+
+    pub fn raft(&self, node: u64, rpc: RaftRpc) -> String {
+        format!("{}.raft.{}.{}.{}", self.prefix, self.cluster, node, rpc.as_str())
+    }
+
+    pub fn raft_wildcard(&self, node: u64) -> String {
+        format!("{}.raft.{}.{}.*", self.prefix, self.cluster, node)
+    }
+
+    /// The queue group shared by the voters of this cluster.
+    pub fn queue_group(&self) -> String {
+        format!("{}-{}", self.prefix, self.cluster)
+    }
+}
+
+/// The last `.`-separated token of a subject: the operation name.
+pub fn last_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_contract() {
+        let s = Subjects::new("concord", "main");
+        assert_eq!(s.kv(KvOp::Put), "concord.kv.put");
+        assert_eq!(s.node_kv(3, KvOp::Get), "concord.node.3.kv.get");
+        assert_eq!(s.admin(AdminOp::Status), "concord.admin.status");
+        assert_eq!(s.raft(2, RaftRpc::Append), "concord.raft.main.2.append");
+        assert_eq!(last_token("concord.node.3.kv.scan"), "scan");
+        assert_eq!(KvOp::parse("delete"), Some(KvOp::Delete));
+        assert_eq!(KvOp::parse("nope"), None);
+    }
+}
