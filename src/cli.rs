@@ -13,7 +13,11 @@ use crate::client::{Client, ClientError, ReadConsistency};
 use crate::config::{self, Config};
 
 #[derive(Debug, Parser)]
-#[command(name = "concord", version, about = "A distributed, strongly consistent key-value store on Raft and NATS")]
+#[command(
+    name = "concord",
+    version,
+    about = "A distributed, strongly consistent key-value store on Raft and NATS"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -33,7 +37,12 @@ pub struct Global {
     #[arg(long, global = true, value_name = "PREFIX")]
     pub subject_prefix: Option<String>,
     /// Request timeout in milliseconds (client commands).
-    #[arg(long, global = true, env = "CONCORD_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub timeout_ms: u64,
     /// Print replies as JSON, for scripts.
     #[arg(long, global = true)]
@@ -71,6 +80,33 @@ pub enum Cmd {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Closed-loop load generator over the wire protocol.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// How long to run, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many operations (whichever of --ops and --duration comes first).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Operation weights.
+    #[arg(long, default_value = "put=100")]
+    pub mix: String,
+    /// Size of the key space.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Read consistency of gets: linearizable or stale.
+    #[arg(long, default_value = "linearizable")]
+    pub consistency: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,7 +137,10 @@ pub struct ServeArgs {
 }
 
 /// Loads the layered configuration with the flags given on the command line on top.
-pub fn load_config(global: &Global, serve: Option<&ServeArgs>) -> Result<(Config, Vec<String>), config::Error> {
+pub fn load_config(
+    global: &Global,
+    serve: Option<&ServeArgs>,
+) -> Result<(Config, Vec<String>), config::Error> {
     use figment::value::Value as F;
     let mut overrides: Vec<(&str, F)> = Vec::new();
     if let Some(u) = &global.nats_url {
@@ -142,7 +181,9 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
     };
     let res = match cmd {
         Cmd::Put { key, value } => client.put(&key, &parse_value(&value)).await.map(|rev| {
-            out(global, json!({"ok": true, "revision": rev}), || format!("OK (revision {rev})"))
+            out(global, json!({"ok": true, "revision": rev}), || {
+                format!("OK (revision {rev})")
+            })
         }),
         Cmd::Get {
             key,
@@ -160,27 +201,69 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
                     json!({"ok": true, "value": v.value, "revision": v.revision}),
                     || display_value(&v.value),
                 )),
-                Ok(None) => Err(ClientError::Server(crate::error::not_found(format!("key '{key}' not found")))),
+                Ok(None) => Err(ClientError::Server(crate::error::not_found(format!(
+                    "key '{key}' not found"
+                )))),
                 Err(e) => Err(e),
             }
         }
         Cmd::Delete { key } => client.delete(&key).await.map(|(deleted, rev)| {
-            out(global, json!({"ok": true, "deleted": deleted, "revision": rev}), || {
-                if deleted {
-                    format!("deleted (revision {rev})")
-                } else {
-                    format!("not found, nothing deleted (revision {rev})")
-                }
-            })
+            out(
+                global,
+                json!({"ok": true, "deleted": deleted, "revision": rev}),
+                || {
+                    if deleted {
+                        format!("deleted (revision {rev})")
+                    } else {
+                        format!("not found, nothing deleted (revision {rev})")
+                    }
+                },
+            )
         }),
-        Cmd::Scan { prefix, limit, after } => {
-            scan(&client, global, prefix.unwrap_or_default(), limit, after).await
-        }
+        Cmd::Scan {
+            prefix,
+            limit,
+            after,
+        } => scan(&client, global, prefix.unwrap_or_default(), limit, after).await,
         Cmd::Cluster(ClusterCmd::Status) => cluster_status(&client, global).await,
         Cmd::Cluster(ClusterCmd::Members) => client.members().await.map(|v| {
             let text = members_text(&v);
             out(global, v, || text)
         }),
+        Cmd::Bench(args) => {
+            let mix =
+                crate::bench::parse_mix(&args.mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+            let stale = match args.consistency.as_str() {
+                "linearizable" => false,
+                "stale" => true,
+                other => anyhow::bail!("--consistency: '{other}' is not linearizable or stale"),
+            };
+            let cfg = crate::bench::BenchConfig {
+                clients: args.clients.max(1),
+                duration: args.duration,
+                ops: args.ops,
+                mix,
+                keys: args.keys,
+                value_size: args.value_size,
+                stale,
+                timeout,
+            };
+            let s = crate::bench::run(
+                client.nats().clone(),
+                &config.nats.subject_prefix,
+                cfg,
+                !global.json,
+            )
+            .await;
+            let v = serde_json::to_value(&s)?;
+            Ok(out(global, v, || {
+                format!(
+                    "{} ops in {:.1}s: {:.0} ops/s | latency us p50 {} p90 {} p99 {} p99.9 {} max {} | errors {:?}",
+                    s.ops, s.seconds, s.ops_per_sec, s.latency_us["p50"], s.latency_us["p90"],
+                    s.latency_us["p99"], s.latency_us["p999"], s.latency_us["max"], s.errors
+                )
+            }))
+        }
         Cmd::Serve(_) => unreachable!("serve is dispatched by main"),
     };
     Ok(match res {
@@ -201,7 +284,10 @@ fn out(global: &Global, v: Value, human: impl FnOnce() -> String) -> i32 {
 fn report(global: &Global, e: &ClientError) -> i32 {
     let code = e.code();
     if global.json {
-        println!("{}", json!({"ok": false, "error": {"code": code, "message": e.to_string()}}));
+        println!(
+            "{}",
+            json!({"ok": false, "error": {"code": code, "message": e.to_string()}})
+        );
     }
     eprintln!("error: {code}: {e}");
     1
@@ -226,7 +312,12 @@ async fn scan(
     loop {
         let want = limit.map(|l| l.saturating_sub(items.len()).min(1000));
         let page = client
-            .scan(&prefix, want, after.as_deref(), ReadConsistency::Linearizable)
+            .scan(
+                &prefix,
+                want,
+                after.as_deref(),
+                ReadConsistency::Linearizable,
+            )
             .await?;
         after = page.items.last().map(|i| i.key.clone());
         items.extend(page.items);
@@ -237,13 +328,17 @@ async fn scan(
                 .iter()
                 .map(|i| json!({"key": i.key, "value": i.value, "revision": i.revision}))
                 .collect();
-            return Ok(out(global, json!({"ok": true, "items": json_items, "more": more && full}), || {
-                items
-                    .iter()
-                    .map(|i| format!("{}\t{}", i.key, display_value(&i.value)))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }));
+            return Ok(out(
+                global,
+                json!({"ok": true, "items": json_items, "more": more && full}),
+                || {
+                    items
+                        .iter()
+                        .map(|i| format!("{}\t{}", i.key, display_value(&i.value)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            ));
         }
     }
 }
@@ -254,7 +349,12 @@ async fn cluster_status(client: &Client, global: &Global) -> Result<i32, ClientE
         .as_array()
         .into_iter()
         .flatten()
-        .chain(status["members"]["learners"].as_array().into_iter().flatten())
+        .chain(
+            status["members"]["learners"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
         .filter_map(Value::as_u64)
         .collect();
     let mut nodes = Vec::new();
@@ -297,7 +397,11 @@ fn show(v: &Value) -> String {
 
 fn status_text(s: &Value) -> String {
     let mut t = String::new();
-    t.push_str(&format!("cluster   {} ({})\n", show(&s["cluster_name"]), show(&s["cluster_id"])));
+    t.push_str(&format!(
+        "cluster   {} ({})\n",
+        show(&s["cluster_name"]),
+        show(&s["cluster_id"])
+    ));
     t.push_str(&format!("leader    node {}\n", show(&s["leader"])));
     t.push_str(&format!("term      {}\n", show(&s["term"])));
     t.push_str(&format!("commit    {}\n", show(&s["commit_index"])));
@@ -328,7 +432,11 @@ fn status_text(s: &Value) -> String {
 }
 
 fn members_text(v: &Value) -> String {
-    let mut t = format!("leader node {} (term {})\n", show(&v["leader"]), show(&v["term"]));
+    let mut t = format!(
+        "leader node {} (term {})\n",
+        show(&v["leader"]),
+        show(&v["term"])
+    );
     t.push_str(&format!("{:<6} {:<8} {:>10}\n", "NODE", "ROLE", "MATCHED"));
     for n in v["nodes"].as_array().into_iter().flatten() {
         t.push_str(&format!(

@@ -76,7 +76,8 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(nats: &NatsConfig, timeout: Duration) -> Result<Client, ClientError> {
-        let client = crate::nats::connect(nats, "concord-cli", timeout.max(Duration::from_secs(2))).await?;
+        let client =
+            crate::nats::connect(nats, "concord-cli", timeout.max(Duration::from_secs(2))).await?;
         Ok(Client::from_nats(client, &nats.subject_prefix, timeout))
     }
 
@@ -100,13 +101,17 @@ impl Client {
 
     pub async fn put(&self, key: &str, value: &Value) -> Result<u64, ClientError> {
         let r = self
-            .call(self.subjects.kv(KvOp::Put), serde_json::json!({"key": key, "value": value}))
+            .call(
+                self.subjects.kv(KvOp::Put),
+                serde_json::json!({"key": key, "value": value}),
+            )
             .await?;
         revision(&r)
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>, ClientError> {
-        self.get_with(key, ReadConsistency::Linearizable, None).await
+        self.get_with(key, ReadConsistency::Linearizable, None)
+            .await
     }
 
     pub async fn get_with(
@@ -123,7 +128,9 @@ impl Client {
             body["min_revision"] = min.into();
         }
         match self.call(self.subjects.kv(KvOp::Get), body).await {
-            Ok(v) => serde_json::from_value(v).map(Some).map_err(|e| ClientError::Decode(e.to_string())),
+            Ok(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| ClientError::Decode(e.to_string())),
             Err(ClientError::Server(e)) if e.code == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -132,7 +139,10 @@ impl Client {
     /// Returns whether the key existed, and the revision after the delete.
     pub async fn delete(&self, key: &str) -> Result<(bool, u64), ClientError> {
         let r = self
-            .call(self.subjects.kv(KvOp::Delete), serde_json::json!({"key": key}))
+            .call(
+                self.subjects.kv(KvOp::Delete),
+                serde_json::json!({"key": key}),
+            )
             .await?;
         let deleted = r.get("deleted").and_then(Value::as_bool).unwrap_or(false);
         Ok((deleted, revision(&r)?))
@@ -165,7 +175,12 @@ impl Client {
         loop {
             let after = out.last().map(|i| i.key.clone());
             let page = self
-                .scan(prefix, None, after.as_deref(), ReadConsistency::Linearizable)
+                .scan(
+                    prefix,
+                    None,
+                    after.as_deref(),
+                    ReadConsistency::Linearizable,
+                )
                 .await?;
             out.extend(page.items);
             if !page.more {
@@ -182,8 +197,12 @@ impl Client {
 
     /// `P.node.<id>.admin.status`: that node's own view.
     pub async fn node_status(&self, node: u64) -> Result<Value, ClientError> {
-        self.call_once(self.subjects.node_admin(node, AdminOp::Status), &serde_json::json!({}), self.timeout)
-            .await
+        self.call_once(
+            self.subjects.node_admin(node, AdminOp::Status),
+            &serde_json::json!({}),
+            self.timeout,
+        )
+        .await
     }
 
     pub async fn members(&self) -> Result<Value, ClientError> {
@@ -212,9 +231,17 @@ impl Client {
         }
     }
 
-    async fn call_once(&self, subject: String, body: &Value, timeout: Duration) -> Result<Value, ClientError> {
+    async fn call_once(
+        &self,
+        subject: String,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_TIMEOUT_MS, timeout.as_millis().max(1).to_string().as_str());
+        headers.insert(
+            HEADER_TIMEOUT_MS,
+            timeout.as_millis().max(1).to_string().as_str(),
+        );
         if let Some(t) = &self.token {
             headers.insert("Authorization", format!("Bearer {t}").as_str());
         }
@@ -224,17 +251,22 @@ impl Client {
             .payload(payload.into())
             .headers(headers)
             .timeout(Some(timeout + Duration::from_millis(250)));
-        let reply = self.nats.send_request(subject.clone(), request).await.map_err(|e| {
-            match e.kind() {
-                RequestErrorKind::NoResponders => ClientError::Nats(format!("no responders on {subject}: is the cluster up?")),
+        let reply = self
+            .nats
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => {
+                    ClientError::Nats(format!("no responders on {subject}: is the cluster up?"))
+                }
                 RequestErrorKind::TimedOut => ClientError::Server(WireError::new(
                     ErrorKind::Timeout,
                     format!("no reply on {subject} within {} ms", timeout.as_millis()),
                 )),
                 _ => ClientError::Nats(e.to_string()),
-            }
-        })?;
-        let v: Value = serde_json::from_slice(&reply.payload).map_err(|e| ClientError::Decode(e.to_string()))?;
+            })?;
+        let v: Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         if v.get("ok").and_then(Value::as_bool) == Some(true) {
             return Ok(v);
         }
@@ -244,7 +276,9 @@ impl Client {
         }
         match serde_json::from_value::<ErrReply>(v) {
             Ok(e) => Err(ClientError::Server(e.error)),
-            Err(e) => Err(ClientError::Decode(format!("reply is neither ok nor an error: {e}"))),
+            Err(e) => Err(ClientError::Decode(format!(
+                "reply is neither ok nor an error: {e}"
+            ))),
         }
     }
 }

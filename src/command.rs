@@ -44,10 +44,17 @@ impl std::fmt::Display for LogCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// The first command of a new cluster: its identity, set once.
-    SetClusterId { id: Uuid },
+    SetClusterId {
+        id: Uuid,
+    },
     /// `value` is the JSON text as the client sent it, stored without re-encoding.
-    Put { key: String, value: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
     /// Several client writes sharing one log entry; each takes its own revision.
     Batch(Vec<Command>),
 }
@@ -68,8 +75,15 @@ impl Command {
 pub enum Outcome {
     /// Blank and membership entries.
     None,
-    ClusterId { id: Uuid },
-    Put { revision: u64 },
-    Delete { deleted: bool, revision: u64 },
+    ClusterId {
+        id: Uuid,
+    },
+    Put {
+        revision: u64,
+    },
+    Delete {
+        deleted: bool,
+        revision: u64,
+    },
     Batch(Vec<Outcome>),
 }

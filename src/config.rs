@@ -200,10 +200,16 @@ impl Config {
             ));
         }
         if self.cluster.initial_members.is_empty() {
-            return Err(field("cluster.initial_members", "must name at least one node id"));
+            return Err(field(
+                "cluster.initial_members",
+                "must name at least one node id",
+            ));
         }
         if self.cluster.initial_members.contains(&0) {
-            return Err(field("cluster.initial_members", "node ids must be positive"));
+            return Err(field(
+                "cluster.initial_members",
+                "node ids must be positive",
+            ));
         }
         if self.nats.url.is_empty() || self.nats.url.iter().any(|u| u.trim().is_empty()) {
             return Err(field("nats.url", "must name at least one server URL"));

@@ -13,6 +13,7 @@
 //! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod command;

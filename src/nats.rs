@@ -17,7 +17,11 @@ pub enum Error {
 /// Connects with the configured credentials. Later disconnects are retried forever by
 /// async-nats (subscriptions come back); the first connection must succeed within
 /// `connect_timeout` so a wrong URL fails fast with a clear message.
-pub async fn connect(cfg: &NatsConfig, name: &str, connect_timeout: Duration) -> Result<Client, Error> {
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+    connect_timeout: Duration,
+) -> Result<Client, Error> {
     let mut opts = ConnectOptions::new()
         .name(name)
         .connection_timeout(connect_timeout)
@@ -25,7 +29,9 @@ pub async fn connect(cfg: &NatsConfig, name: &str, connect_timeout: Duration) ->
             match event {
                 Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
                 Event::Connected => tracing::info!("NATS connected"),
-                Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer: messages dropped"),
+                Event::SlowConsumer(sid) => {
+                    tracing::warn!(sid, "NATS slow consumer: messages dropped")
+                }
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });
@@ -36,10 +42,13 @@ pub async fn connect(cfg: &NatsConfig, name: &str, connect_timeout: Duration) ->
         opts = opts.token(token.clone());
     }
     if let Some(path) = &cfg.creds_file {
-        opts = opts.credentials_file(path).await.map_err(|e| Error::Creds {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| Error::Creds {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
     }
     let urls = cfg.url.join(",");
     let attempt = opts.connect(cfg.url.clone());

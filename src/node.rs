@@ -45,10 +45,18 @@ struct PeerStatus {
     cluster_id: Option<Uuid>,
 }
 
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
     let me = config.node.id;
     tracing::info!(node = me, config = %config.redacted(), "starting");
-    let client = crate::nats::connect(&config.nats, &format!("concord-{me}"), Duration::from_secs(10)).await?;
+    let client = crate::nats::connect(
+        &config.nats,
+        &format!("concord-{me}"),
+        Duration::from_secs(10),
+    )
+    .await?;
     let max_payload = client.server_info().max_payload;
     let max_entry_bytes = max_payload.saturating_sub(PAYLOAD_HEADROOM);
     if config.limits.max_value_bytes > max_entry_bytes {
@@ -99,12 +107,20 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         view: view.clone(),
         contact: contact.clone(),
     });
-    tracker.spawn(log_failure("raft rpc service", service.clone().run(cancel.clone(), tracker.clone())));
+    tracker.spawn(log_failure(
+        "raft rpc service",
+        service.clone().run(cancel.clone(), tracker.clone()),
+    ));
 
     let ctx = Arc::new(Ctx {
         me,
         cluster_name: config.cluster.name.clone(),
         raft: raft.clone(),
+        proposer: api::propose::Proposer::start(
+            raft.clone(),
+            max_entry_bytes,
+            config.limits.max_in_flight,
+        ),
         view: view.clone(),
         client: client.clone(),
         subjects: subjects.clone(),
@@ -121,11 +137,21 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(
         "node subjects",
-        server.clone().serve_node_subjects(cancel.clone(), tracker.clone()),
+        server
+            .clone()
+            .serve_node_subjects(cancel.clone(), tracker.clone()),
     ));
-    tracker.spawn(server.clone().serve_cluster_subjects(cancel.clone(), tracker.clone()));
+    tracker.spawn(
+        server
+            .clone()
+            .serve_cluster_subjects(cancel.clone(), tracker.clone()),
+    );
     tracker.spawn(log_role_changes(raft.clone(), cancel.clone()));
-    tracker.spawn(ensure_cluster_id(raft.clone(), view.clone(), cancel.clone()));
+    tracker.spawn(ensure_cluster_id(
+        raft.clone(),
+        view.clone(),
+        cancel.clone(),
+    ));
 
     if pristine && config.is_bootstrapper() {
         if live_cluster {
@@ -145,7 +171,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     tracing::info!("shutting down");
     cancel.cancel();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests did not finish within 5 s");
     }
     if let Err(e) = raft.shutdown().await {
@@ -153,7 +182,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     drop(server);
     drop(service);
-    let persist = tokio::task::spawn_blocking(move || store.db.persist(fjall::PersistMode::SyncAll)).await;
+    let persist =
+        tokio::task::spawn_blocking(move || store.db.persist(fjall::PersistMode::SyncAll)).await;
     if let Ok(Err(e)) = persist {
         tracing::error!(error = %e, "final fsync failed");
     }
@@ -162,7 +192,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-async fn log_failure<E: std::fmt::Display>(what: &'static str, fut: impl std::future::Future<Output = Result<(), E>>) {
+async fn log_failure<E: std::fmt::Display>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) {
     if let Err(e) = fut.await {
         tracing::error!(error = %e, "{what} failed");
     }
@@ -179,7 +212,10 @@ async fn check_prefix(
     let req = async_nats::Request::new()
         .payload("{}".into())
         .timeout(Some(Duration::from_millis(1500)));
-    let reply = match client.send_request(subjects.admin(AdminOp::Status), req).await {
+    let reply = match client
+        .send_request(subjects.admin(AdminOp::Status), req)
+        .await
+    {
         Ok(m) => m,
         Err(e) if e.kind() == RequestErrorKind::NoResponders => return Ok(false),
         Err(e) => {
@@ -200,25 +236,34 @@ async fn check_prefix(
             "another cluster ('{}', id {}) already answers on subject prefix '{}' (its node {}); \
              this node belongs to '{}' (id {}). Give each cluster its own nats.subject_prefix",
             peer.cluster_name,
-            peer.cluster_id.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into()),
+            peer.cluster_id
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             subjects.prefix(),
             peer.node,
             config.cluster.name,
-            my_cluster_id.map(|u| u.to_string()).unwrap_or_else(|| "not yet assigned".into()),
+            my_cluster_id
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "not yet assigned".into()),
         )));
     }
     Ok(true)
 }
 
 async fn bootstrap(raft: &Raft, members: &BTreeSet<u64>) -> Result<(), Error> {
-    let nodes: BTreeMap<u64, BasicNode> = members.iter().map(|&id| (id, BasicNode::default())).collect();
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|&id| (id, BasicNode::default()))
+        .collect();
     match raft.initialize(nodes).await {
         Ok(()) => {
             tracing::info!(?members, "initialized a new cluster");
             Ok(())
         }
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(RaftError::APIError(e)) => Err(Error::Config(format!("cannot initialize the cluster: {e}"))),
+        Err(RaftError::APIError(e)) => {
+            Err(Error::Config(format!("cannot initialize the cluster: {e}")))
+        }
         Err(RaftError::Fatal(e)) => Err(Error::Raft(e.into())),
     }
 }
@@ -239,7 +284,9 @@ async fn ensure_cluster_id(raft: Raft, view: Arc<StateView>, cancel: Cancellatio
                     tracing::info!(outcome = ?r.data, "cluster id committed");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "committing the cluster id failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "committing the cluster id failed; will retry")
+                }
             }
         }
         tokio::select! {

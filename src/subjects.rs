@@ -137,7 +137,13 @@ impl Subjects {
     }
 
     pub fn raft(&self, node: u64, rpc: RaftRpc) -> String {
-        format!("{}.raft.{}.{}.{}", self.prefix, self.cluster, node, rpc.as_str())
+        format!(
+            "{}.raft.{}.{}.{}",
+            self.prefix,
+            self.cluster,
+            node,
+            rpc.as_str()
+        )
     }
 
     pub fn raft_wildcard(&self, node: u64) -> String {

@@ -75,7 +75,7 @@ pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
         let body = codec::decode_admin(&msg.payload)?;
         match op {
             AdminOp::Status => status(ctx, body.digest).await.map(|s| codec::encode_ok(&s)),
-            AdminOp::Members => Ok(codec::encode_ok(&members(ctx))),
+            AdminOp::Members => Ok(members_from_leader(ctx, msg).await),
         }
     }
     .await;
@@ -121,13 +121,45 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
             learners: membership.learner_ids().collect(),
         },
         storage: StorageFigures {
-            keys: ctx.view.approximate_keys(),
+            keys: ctx.view.key_count(),
             bytes: ctx.view.store().disk_bytes(),
         },
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         digest,
     })
+}
+
+/// Replication progress is known only to the leader: ask it, unless this node leads, the
+/// request was already forwarded, or the leader does not answer (then answer locally).
+async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
+    let forwarded = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::subjects::HEADER_FORWARDED))
+        .is_some();
+    let leader = ctx.raft.metrics().borrow().current_leader;
+    if let (Some(l), false) = (leader, forwarded) {
+        if l != ctx.me {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                crate::subjects::HEADER_FORWARDED,
+                ctx.me.to_string().as_str(),
+            );
+            let req = async_nats::Request::new()
+                .payload(msg.payload.clone())
+                .headers(headers)
+                .timeout(Some(std::time::Duration::from_secs(1)));
+            if let Ok(reply) = ctx
+                .client
+                .send_request(ctx.subjects.node_admin(l, AdminOp::Members), req)
+                .await
+            {
+                return reply.payload.to_vec();
+            }
+        }
+    }
+    codec::encode_ok(&members(ctx))
 }
 
 pub fn members(ctx: &Ctx) -> MembersReply {

@@ -165,7 +165,10 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
         KvOp::Delete => {
             let b: DeleteBody = typed(body)?;
             let _ = b.request_id;
-            (KvRequest::Delete { key: b.key }, common(b.token, b.timeout_ms))
+            (
+                KvRequest::Delete { key: b.key },
+                common(b.token, b.timeout_ms),
+            )
         }
         KvOp::Scan => {
             let b: ScanBody = typed(body)?;
@@ -198,7 +201,11 @@ struct ErrorReply<'a> {
 }
 
 pub fn encode_error(e: &WireError) -> Vec<u8> {
-    serde_json::to_vec(&ErrorReply { ok: false, error: e }).unwrap_or_default()
+    serde_json::to_vec(&ErrorReply {
+        ok: false,
+        error: e,
+    })
+    .unwrap_or_default()
 }
 
 /// A successful reply body, already shaped as the contract says.
@@ -282,8 +289,11 @@ mod tests {
 
     #[test]
     fn put_keeps_value_text() {
-        let (req, c) =
-            decode_kv(KvOp::Put, br#"{"key":"a","value":{"x": [1, 2]},"timeout_ms":50}"#).unwrap();
+        let (req, c) = decode_kv(
+            KvOp::Put,
+            br#"{"key":"a","value":{"x": [1, 2]},"timeout_ms":50}"#,
+        )
+        .unwrap();
         assert_eq!(
             req,
             KvRequest::Put {
@@ -296,10 +306,19 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_bad_request() {
-        assert_eq!(code(decode_kv(KvOp::Put, b"not json")), ErrorKind::BadRequest);
+        assert_eq!(
+            code(decode_kv(KvOp::Put, b"not json")),
+            ErrorKind::BadRequest
+        );
         assert_eq!(code(decode_kv(KvOp::Put, b"[1,2]")), ErrorKind::BadRequest);
-        assert_eq!(code(decode_kv(KvOp::Put, br#"{"value":1}"#)), ErrorKind::BadRequest);
-        assert_eq!(code(decode_kv(KvOp::Get, br#"{"key":5}"#)), ErrorKind::BadRequest);
+        assert_eq!(
+            code(decode_kv(KvOp::Put, br#"{"value":1}"#)),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            code(decode_kv(KvOp::Get, br#"{"key":5}"#)),
+            ErrorKind::BadRequest
+        );
         let e = decode_kv(KvOp::Get, br#"{"key":"a","consistency":"eventual"}"#).unwrap_err();
         assert_eq!(e.code, ErrorKind::BadRequest);
         assert!(e.message.contains("eventual"), "{}", e.message);

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use async_nats::header::HeaderMap;
 use async_nats::{Message, RequestErrorKind};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::codec::{self, Consistency, DeleteReply, KvRequest, PutReply};
+use super::propose::ProposeError;
 use super::{validate, Ctx};
-use crate::command::{Command, LogCommand, Outcome};
+use crate::command::{Command, Outcome};
 use crate::error::{cluster_not_ready, internal, not_found, timeout, WireError};
 use crate::subjects::{KvOp, HEADER_FORWARDED, HEADER_TIMEOUT_MS};
 
@@ -47,7 +48,11 @@ pub fn deadline_for(arrival: Instant, timeout: Duration) -> Instant {
 
 fn header_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
     let v = headers?.get(HEADER_TIMEOUT_MS)?;
-    v.as_str().trim().parse::<u64>().ok().map(Duration::from_millis)
+    v.as_str()
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 pub async fn handle_kv(ctx: &Ctx, op: KvOp, msg: &Message) -> Vec<u8> {
@@ -116,7 +121,10 @@ async fn route(
                 )))
             }
             None if forwarded => {
-                return Err(cluster_not_ready(format!("node {} knows no leader", ctx.me)))
+                return Err(cluster_not_ready(format!(
+                    "node {} knows no leader",
+                    ctx.me
+                )))
             }
             None => {
                 // Wait for an election to name one; the deadline bounds the wait.
@@ -172,7 +180,9 @@ async fn serve_on_leader(ctx: &Ctx, req: &KvRequest, handed: &AtomicBool) -> Res
             };
             match propose(ctx, cmd, handed).await? {
                 Outcome::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
-                other => Err(Step::Fail(internal(format!("unexpected outcome {other:?}")))),
+                other => Err(Step::Fail(internal(format!(
+                    "unexpected outcome {other:?}"
+                )))),
             }
         }
         KvRequest::Delete { key } => {
@@ -183,7 +193,9 @@ async fn serve_on_leader(ctx: &Ctx, req: &KvRequest, handed: &AtomicBool) -> Res
                     deleted,
                     revision,
                 })),
-                other => Err(Step::Fail(internal(format!("unexpected outcome {other:?}")))),
+                other => Err(Step::Fail(internal(format!(
+                    "unexpected outcome {other:?}"
+                )))),
             }
         }
         KvRequest::Get { .. } | KvRequest::Scan { .. } => {
@@ -208,15 +220,14 @@ async fn confirm_leadership(ctx: &Ctx) -> Result<(), Step> {
 
 async fn propose(ctx: &Ctx, cmd: Command, handed: &AtomicBool) -> Result<Outcome, Step> {
     handed.store(true, Ordering::Release);
-    match ctx.raft.client_write(LogCommand::new(cmd)).await {
-        Ok(resp) => Ok(resp.data),
+    match ctx.proposer.propose(cmd).await {
+        Ok(outcome) => Ok(outcome),
         // Not appended, or truncated before commit: it will never apply. Safe to retry.
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+        Err(ProposeError::NotLeader) => {
             handed.store(false, Ordering::Release);
             Err(Step::Retry)
         }
-        Err(RaftError::APIError(e)) => Err(Step::Fail(internal(e.to_string()))),
-        Err(RaftError::Fatal(e)) => Err(Step::Fail(internal(format!("raft stopped: {e}")))),
+        Err(ProposeError::Failed(e)) => Err(Step::Fail(internal(e))),
     }
 }
 
@@ -326,6 +337,11 @@ fn is_not_ready(payload: &[u8]) -> bool {
     }
     matches!(
         serde_json::from_slice::<Reply>(payload),
-        Ok(Reply { ok: false, error: Some(Code { code: crate::error::ErrorKind::ClusterNotReady }) })
+        Ok(Reply {
+            ok: false,
+            error: Some(Code {
+                code: crate::error::ErrorKind::ClusterNotReady
+            })
+        })
     )
 }

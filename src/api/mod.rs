@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod codec;
 pub mod handler;
+pub mod propose;
 pub mod server;
 pub mod validate;
 
@@ -24,6 +25,8 @@ pub struct Ctx {
     pub me: u64,
     pub cluster_name: String,
     pub raft: Raft,
+    /// Group commit of client writes on the leader.
+    pub proposer: propose::Proposer,
     pub view: Arc<StateView>,
     pub client: Client,
     pub subjects: Subjects,

@@ -36,8 +36,16 @@ impl Server {
         tracker: TaskTracker,
     ) -> Result<(), async_nats::SubscribeError> {
         let s = &self.ctx.subjects;
-        let kv = self.ctx.client.subscribe(s.node_kv_wildcard(self.ctx.me)).await?;
-        let adm = self.ctx.client.subscribe(s.node_admin_wildcard(self.ctx.me)).await?;
+        let kv = self
+            .ctx
+            .client
+            .subscribe(s.node_kv_wildcard(self.ctx.me))
+            .await?;
+        let adm = self
+            .ctx
+            .client
+            .subscribe(s.node_admin_wildcard(self.ctx.me))
+            .await?;
         let a = tracker.spawn(self.clone().pump(kv, cancel.clone(), tracker.clone()));
         let b = tracker.spawn(self.clone().pump(adm, cancel, tracker.clone()));
         let _ = tokio::join!(a, b);
@@ -45,7 +53,11 @@ impl Server {
     }
 
     /// Subscribes to the cluster subjects while this node may answer for the cluster.
-    pub async fn serve_cluster_subjects(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
+    pub async fn serve_cluster_subjects(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         let mut metrics = self.ctx.raft.metrics();
         let mut cluster_id = self.ctx.view.watch_cluster_id();
         let mut active: Option<CancellationToken> = None;
@@ -65,7 +77,9 @@ impl Server {
                             tracker.spawn(self.clone().pump(adm, child.clone(), tracker.clone()));
                             active = Some(child);
                         }
-                        Err(e) => tracing::warn!(error = %e, "cannot subscribe to cluster subjects"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot subscribe to cluster subjects")
+                        }
                     }
                 }
                 (Some(child), false) => {
@@ -83,7 +97,9 @@ impl Server {
         }
     }
 
-    async fn subscribe_cluster(&self) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
+    async fn subscribe_cluster(
+        &self,
+    ) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
         let s = &self.ctx.subjects;
         let kv = self
             .ctx
@@ -99,7 +115,12 @@ impl Server {
     }
 
     /// Takes messages off one subscription, a task each, until cancelled.
-    async fn pump(self: Arc<Self>, mut sub: Subscriber, cancel: CancellationToken, tracker: TaskTracker) {
+    async fn pump(
+        self: Arc<Self>,
+        mut sub: Subscriber,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -111,7 +132,9 @@ impl Server {
             let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    let body = codec::encode_error(&busy("the node's in-flight request limit is reached; retry with backoff"));
+                    let body = codec::encode_error(&busy(
+                        "the node's in-flight request limit is reached; retry with backoff",
+                    ));
                     let _ = self.ctx.client.publish(reply_to, body.into()).await;
                     continue;
                 }

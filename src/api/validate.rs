@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn key_rules() {
         assert_eq!(key("").unwrap_err().code, ErrorKind::InvalidKey);
-        assert_eq!(key(&"a".repeat(1025)).unwrap_err().code, ErrorKind::InvalidKey);
+        assert_eq!(
+            key(&"a".repeat(1025)).unwrap_err().code,
+            ErrorKind::InvalidKey
+        );
         assert!(key(&"a".repeat(1024)).is_ok());
         assert_eq!(key("a\nb").unwrap_err().code, ErrorKind::InvalidKey);
         assert_eq!(key("a\u{0}").unwrap_err().code, ErrorKind::InvalidKey);

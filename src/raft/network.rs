@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -92,7 +92,8 @@ impl Connection {
             to: self.target,
             body,
         };
-        let bytes = wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes =
+            wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let too_large = || -> RPCError<NodeId, Node, E> {
             if entries > 1 {
                 RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
@@ -127,7 +128,9 @@ impl Connection {
             Ok(RpcReply::Ok(v)) => Ok(v),
             Ok(RpcReply::Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             // A node of another cluster, or one we cannot talk to: back off.
-            Ok(RpcReply::Refused(msg)) => Err(RPCError::Unreachable(Unreachable::new(&Refused(msg)))),
+            Ok(RpcReply::Refused(msg)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&Refused(msg))))
+            }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
@@ -140,8 +143,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let n = rpc.entries.len() as u64;
-        self.call(RaftRpc::Append, RPCTypes::AppendEntries, rpc, option.hard_ttl(), n)
-            .await
+        self.call(
+            RaftRpc::Append,
+            RPCTypes::AppendEntries,
+            rpc,
+            option.hard_ttl(),
+            n,
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -152,8 +161,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(RaftRpc::Snapshot, RPCTypes::InstallSnapshot, rpc, option.hard_ttl(), 0)
-            .await
+        self.call(
+            RaftRpc::Snapshot,
+            RPCTypes::InstallSnapshot,
+            rpc,
+            option.hard_ttl(),
+            0,
+        )
+        .await
     }
 
     async fn vote(

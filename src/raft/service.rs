@@ -72,7 +72,10 @@ impl RaftService {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<(), async_nats::SubscribeError> {
-        let mut sub = self.client.subscribe(self.subjects.raft_wildcard(self.me)).await?;
+        let mut sub = self
+            .client
+            .subscribe(self.subjects.raft_wildcard(self.me))
+            .await?;
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -131,9 +134,8 @@ impl RaftService {
         F: FnOnce(Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, E>>,
     {
-        let refused = |why: String| {
-            wire::encode(&RpcReply::<(), ()>::Refused(why)).unwrap_or_default()
-        };
+        let refused =
+            |why: String| wire::encode(&RpcReply::<(), ()>::Refused(why)).unwrap_or_default();
         let req: RpcRequest<Req> = match wire::decode(&msg.payload) {
             Ok(r) => r,
             Err(e) => return refused(format!("undecodable raft rpc: {e}")),
@@ -157,7 +159,9 @@ impl RaftService {
         to: NodeId,
     ) -> Result<(), String> {
         if *format != RPC_FORMAT {
-            return Err(format!("raft rpc format {format} is not supported (this node speaks {RPC_FORMAT})"));
+            return Err(format!(
+                "raft rpc format {format} is not supported (this node speaks {RPC_FORMAT})"
+            ));
         }
         if cluster_name != self.cluster_name {
             return Err(format!(
@@ -170,7 +174,9 @@ impl RaftService {
         }
         if let (Some(theirs), Some(ours)) = (cluster_id, self.view.cluster_id()) {
             if theirs != ours {
-                return Err(format!("rpc from cluster id {theirs}, this node is in {ours}"));
+                return Err(format!(
+                    "rpc from cluster id {theirs}, this node is in {ours}"
+                ));
             }
         }
         Ok(())

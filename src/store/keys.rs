@@ -15,6 +15,7 @@ pub const SM_MEMBERSHIP: &[u8] = b"membership";
 pub const SM_REVISION: &[u8] = b"revision";
 pub const SM_CLUSTER_ID: &[u8] = b"cluster_id";
 pub const SM_KV_GENERATION: &[u8] = b"kv_generation";
+pub const SM_KEY_COUNT: &[u8] = b"key_count";
 
 /// Version byte in front of every bincode-encoded log entry.
 pub const ENTRY_ENCODING_V1: u8 = 1;

@@ -60,8 +60,9 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::Error> {
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, super::Error> {
     match bytes.split_first() {
-        Some((&keys::ENTRY_ENCODING_V1, rest)) => bincode::deserialize(rest)
-            .map_err(|e| super::Error::Corrupt(format!("log entry: {e}"))),
+        Some((&keys::ENTRY_ENCODING_V1, rest)) => {
+            bincode::deserialize(rest).map_err(|e| super::Error::Corrupt(format!("log entry: {e}")))
+        }
         Some((v, _)) => Err(super::Error::Corrupt(format!(
             "log entry has unknown encoding version {v}"
         ))),
@@ -161,7 +162,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read(&e).into())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -196,7 +201,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = self.store.db.batch();
-        let purged = bincode::serialize(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
+        let purged =
+            bincode::serialize(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
         batch.insert(&self.store.meta, keys::META_LAST_PURGED, purged);
         for guard in self.store.log.range(..=keys::log_key(log_id.index)) {
             let key = guard.key().map_err(|e| StorageIOError::write_logs(&e))?;

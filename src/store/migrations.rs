@@ -25,9 +25,10 @@ pub fn format_version(store: &Store) -> Result<u32, Error> {
     match store.meta.get(keys::META_FORMAT_VERSION)? {
         None => Ok(0),
         Some(v) => {
-            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| {
-                Error::Corrupt("format_version is not a 4-byte integer".into())
-            })?;
+            let bytes: [u8; 4] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| Error::Corrupt("format_version is not a 4-byte integer".into()))?;
             Ok(u32::from_be_bytes(bytes))
         }
     }
@@ -65,13 +66,19 @@ mod tests {
             assert_eq!(format_version(&store).unwrap(), CURRENT_FORMAT);
             store
                 .meta
-                .insert(keys::META_FORMAT_VERSION, (CURRENT_FORMAT + 1).to_be_bytes())
+                .insert(
+                    keys::META_FORMAT_VERSION,
+                    (CURRENT_FORMAT + 1).to_be_bytes(),
+                )
                 .unwrap();
             store.db.persist(PersistMode::SyncAll).unwrap();
         }
         let err = Store::open(dir.path(), 8, true).err().expect("refused");
         let msg = err.to_string();
         assert!(msg.contains("newer Concord"), "{msg}");
-        assert!(msg.contains(&format!("format version {}", CURRENT_FORMAT + 1)), "{msg}");
+        assert!(
+            msg.contains(&format!("format version {}", CURRENT_FORMAT + 1)),
+            "{msg}"
+        );
     }
 }

@@ -11,6 +11,8 @@ pub mod log_store;
 pub mod migrations;
 pub mod snapshot;
 pub mod state_machine;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 

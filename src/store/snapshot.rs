@@ -28,6 +28,7 @@ const MAX_FIELD_BYTES: u32 = 64 * 1024 * 1024;
 pub struct SnapshotHeader {
     pub revision: u64,
     pub cluster_id: Option<Uuid>,
+    pub key_count: u64,
 }
 
 /// Writes a snapshot, hashing as it goes.
@@ -103,6 +104,7 @@ impl<R: Read> SnapshotReader<R> {
             header: SnapshotHeader {
                 revision: 0,
                 cluster_id: None,
+                key_count: 0,
             },
             done: false,
         };
@@ -167,9 +169,9 @@ impl<R: Read> SnapshotReader<R> {
             TAG_END => {
                 let expected = self.hash.clone().finalize();
                 let mut found = [0u8; 32];
-                self.input.read_exact(&mut found).map_err(|_| {
-                    Error::Corrupt("snapshot is truncated (no checksum)".into())
-                })?;
+                self.input
+                    .read_exact(&mut found)
+                    .map_err(|_| Error::Corrupt("snapshot is truncated (no checksum)".into()))?;
                 if found[..] != expected[..] {
                     return Err(Error::Corrupt("snapshot checksum mismatch".into()));
                 }
@@ -189,10 +191,12 @@ mod tests {
         let header = SnapshotHeader {
             revision: 9,
             cluster_id: Some(Uuid::new_v4()),
+            key_count: 100,
         };
         let mut w = SnapshotWriter::create(path, &header).unwrap();
         for i in 0..100u32 {
-            w.record(format!("k{i:03}").as_bytes(), &i.to_be_bytes()).unwrap();
+            w.record(format!("k{i:03}").as_bytes(), &i.to_be_bytes())
+                .unwrap();
         }
         w.finish().unwrap();
     }

@@ -47,6 +47,8 @@ pub struct StateView {
     kv: RwLock<(u64, Keyspace)>,
     revision: watch::Sender<u64>,
     cluster_id: watch::Sender<Option<Uuid>>,
+    /// Exact number of keys, kept with every apply (fjall's own count includes tombstones).
+    key_count: std::sync::atomic::AtomicU64,
     /// Serializes updates of the current-snapshot record (build and install may overlap).
     snapshot_record: Mutex<()>,
 }
@@ -74,6 +76,7 @@ impl StateView {
         let revision: u64 = read_bincode(&store.sm_meta, keys::SM_REVISION)?.unwrap_or(0);
         let cluster_id: Option<Uuid> =
             read_bincode::<Option<Uuid>>(&store.sm_meta, keys::SM_CLUSTER_ID)?.flatten();
+        let key_count: u64 = read_bincode(&store.sm_meta, keys::SM_KEY_COUNT)?.unwrap_or(0);
         // Leftover partial snapshot files from a crash.
         if let Ok(dir) = std::fs::read_dir(store.snapshot_dir()) {
             for f in dir.flatten() {
@@ -88,6 +91,7 @@ impl StateView {
             kv: RwLock::new((generation, kv)),
             revision: watch::channel(revision).0,
             cluster_id: watch::channel(cluster_id).0,
+            key_count: key_count.into(),
             snapshot_record: Mutex::new(()),
         }))
     }
@@ -106,8 +110,9 @@ impl StateView {
         match kv.get(key.as_bytes())? {
             None => Ok(None),
             Some(v) => {
-                let (rev, json) = keys::decode_value(&v)
-                    .ok_or_else(|| Error::Corrupt(format!("value of a key is {} bytes", v.len())))?;
+                let (rev, json) = keys::decode_value(&v).ok_or_else(|| {
+                    Error::Corrupt(format!("value of a key is {} bytes", v.len()))
+                })?;
                 Ok(Some((rev, json.to_vec())))
             }
         }
@@ -169,9 +174,9 @@ impl StateView {
         self.cluster_id.subscribe()
     }
 
-    /// Approximate number of keys (counts tombstones until compaction).
-    pub fn approximate_keys(&self) -> u64 {
-        self.kv().1.approximate_len() as u64
+    /// Number of keys in the state machine.
+    pub fn key_count(&self) -> u64 {
+        self.key_count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// SHA-256 over every key, revision and value in order: equal digests on two nodes mean
@@ -218,8 +223,11 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
     let store = &view.store;
     let (_, kv) = view.kv();
     let mut batch = store.db.batch();
-    let mut revision = view.revision();
-    let mut cluster_id = view.cluster_id();
+    let mut tally = Tally {
+        revision: view.revision(),
+        cluster_id: view.cluster_id(),
+        key_count: view.key_count(),
+    };
     let mut last_applied = None;
     let mut membership = None;
     // Keys written earlier in this batch: a later delete must see them.
@@ -233,48 +241,62 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
         }
     }
 
+    /// The running figures of one apply batch.
+    struct Tally {
+        revision: u64,
+        cluster_id: Option<Uuid>,
+        key_count: u64,
+    }
+
     fn run(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
         pending: &mut HashMap<String, bool>,
-        revision: &mut u64,
-        cluster_id: &mut Option<Uuid>,
+        t: &mut Tally,
     ) -> Result<Outcome, Error> {
         Ok(match cmd {
             Command::SetClusterId { id } => {
                 // Set once: a second initializer cannot rename a live cluster.
-                let id = *cluster_id.get_or_insert(id);
+                let id = *t.cluster_id.get_or_insert(id);
                 Outcome::ClusterId { id }
             }
             Command::Put { key, value } => {
-                *revision += 1;
-                batch.insert(kv, key.as_bytes(), keys::encode_value(*revision, value.as_bytes()));
+                t.revision += 1;
+                if !exists(kv, pending, &key)? {
+                    t.key_count += 1;
+                }
+                batch.insert(
+                    kv,
+                    key.as_bytes(),
+                    keys::encode_value(t.revision, value.as_bytes()),
+                );
                 pending.insert(key, true);
                 Outcome::Put {
-                    revision: *revision,
+                    revision: t.revision,
                 }
             }
             Command::Delete { key } => {
                 if exists(kv, pending, &key)? {
-                    *revision += 1;
+                    t.revision += 1;
+                    t.key_count = t.key_count.saturating_sub(1);
                     batch.remove(kv, key.as_bytes());
                     pending.insert(key, false);
                     Outcome::Delete {
                         deleted: true,
-                        revision: *revision,
+                        revision: t.revision,
                     }
                 } else {
                     Outcome::Delete {
                         deleted: false,
-                        revision: *revision,
+                        revision: t.revision,
                     }
                 }
             }
             Command::Batch(cmds) => {
                 let mut out = Vec::with_capacity(cmds.len());
                 for c in cmds {
-                    out.push(run(c, kv, batch, pending, revision, cluster_id)?);
+                    out.push(run(c, kv, batch, pending, t)?);
                 }
                 Outcome::Batch(out)
             }
@@ -289,14 +311,9 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
                 membership = Some(StoredMembership::new(Some(entry.log_id), m));
                 Outcome::None
             }
-            EntryPayload::Normal(cmd) => run(
-                cmd.command,
-                &kv,
-                &mut batch,
-                &mut pending,
-                &mut revision,
-                &mut cluster_id,
-            )?,
+            EntryPayload::Normal(cmd) => {
+                run(cmd.command, &kv, &mut batch, &mut pending, &mut tally)?
+            }
         };
         outcomes.push(outcome);
     }
@@ -305,11 +322,19 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
     if let Some(m) = &membership {
         batch.insert(&store.sm_meta, keys::SM_MEMBERSHIP, enc(m));
     }
-    batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&revision));
-    batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&cluster_id));
+    batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&tally.revision));
+    batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&tally.cluster_id));
+    batch.insert(&store.sm_meta, keys::SM_KEY_COUNT, enc(&tally.key_count));
     // Not fsynced: the log is durable and everything after `last_applied` is re-applied.
     batch.commit()?;
 
+    let Tally {
+        revision,
+        cluster_id,
+        key_count,
+    } = tally;
+    view.key_count
+        .store(key_count, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_if_modified(|r| {
         let changed = *r != revision;
         *r = revision;
@@ -332,19 +357,29 @@ fn read_state(
     snap: &fjall::Snapshot,
     store: &Store,
 ) -> Result<(Option<LogId>, StoredMembership, u64, Option<Uuid>, u64), Error> {
-    let get = |key: &[u8]| -> Result<Option<fjall::Slice>, Error> {
-        Ok(snap.get(&store.sm_meta, key)?)
-    };
-    fn de<T: serde::de::DeserializeOwned>(v: Option<fjall::Slice>, what: &str) -> Result<Option<T>, Error> {
+    let get =
+        |key: &[u8]| -> Result<Option<fjall::Slice>, Error> { Ok(snap.get(&store.sm_meta, key)?) };
+    fn de<T: serde::de::DeserializeOwned>(
+        v: Option<fjall::Slice>,
+        what: &str,
+    ) -> Result<Option<T>, Error> {
         v.map(|b| bincode::deserialize(&b).map_err(|e| Error::Corrupt(format!("{what}: {e}"))))
             .transpose()
     }
     let applied = de::<Option<LogId>>(get(keys::SM_LAST_APPLIED)?, "last_applied")?.flatten();
-    let membership = de::<StoredMembership>(get(keys::SM_MEMBERSHIP)?, "membership")?.unwrap_or_default();
+    let membership =
+        de::<StoredMembership>(get(keys::SM_MEMBERSHIP)?, "membership")?.unwrap_or_default();
     let revision = de::<u64>(get(keys::SM_REVISION)?, "revision")?.unwrap_or(0);
     let cluster_id = de::<Option<Uuid>>(get(keys::SM_CLUSTER_ID)?, "cluster_id")?.flatten();
     let generation = de::<u64>(get(keys::SM_KV_GENERATION)?, "kv_generation")?.unwrap_or(0);
     Ok((applied, membership, revision, cluster_id, generation))
+}
+
+fn de_key_count(snap: &fjall::Snapshot, store: &Store) -> Result<u64, Error> {
+    match snap.get(&store.sm_meta, keys::SM_KEY_COUNT)? {
+        None => Ok(0),
+        Some(b) => bincode::deserialize(&b).map_err(|e| Error::Corrupt(format!("key_count: {e}"))),
+    }
 }
 
 /// Builds a snapshot file from one consistent fjall snapshot; runs on the blocking pool.
@@ -369,7 +404,13 @@ fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
     );
     let dir = store.snapshot_dir();
     let part = dir.join(format!("{snapshot_id}.part"));
-    let mut w = SnapshotWriter::create(&part, &SnapshotHeader { revision, cluster_id })?;
+    let key_count = de_key_count(&snap, store)?;
+    let header = SnapshotHeader {
+        revision,
+        cluster_id,
+        key_count,
+    };
+    let mut w = SnapshotWriter::create(&part, &header)?;
     for guard in snap.iter(&kv) {
         let (k, v) = guard.into_inner()?;
         w.record(&k, &v)?;
@@ -389,7 +430,10 @@ fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
 /// already current. Returns the final path.
 fn publish(view: &StateView, part: &Path, meta: &SnapshotMeta) -> Result<PathBuf, Error> {
     let store = &view.store;
-    let _guard = view.snapshot_record.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = view
+        .snapshot_record
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let file = format!("{}.snap", meta.snapshot_id);
     let path = store.snapshot_dir().join(&file);
     std::fs::rename(part, &path)?;
@@ -454,15 +498,26 @@ fn install(view: &StateView, meta: &SnapshotMeta, file: std::fs::File) -> Result
     store.db.persist(PersistMode::SyncAll)?;
 
     let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
-    batch.insert(&store.sm_meta, keys::SM_LAST_APPLIED, enc(&meta.last_log_id));
-    batch.insert(&store.sm_meta, keys::SM_MEMBERSHIP, enc(&meta.last_membership));
+    batch.insert(
+        &store.sm_meta,
+        keys::SM_LAST_APPLIED,
+        enc(&meta.last_log_id),
+    );
+    batch.insert(
+        &store.sm_meta,
+        keys::SM_MEMBERSHIP,
+        enc(&meta.last_membership),
+    );
     batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&header.revision));
     batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&header.cluster_id));
     batch.insert(&store.sm_meta, keys::SM_KV_GENERATION, enc(&next));
+    batch.insert(&store.sm_meta, keys::SM_KEY_COUNT, enc(&header.key_count));
     batch.commit()?;
 
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
     store.db.delete_keyspace(old)?;
+    view.key_count
+        .store(header.key_count, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_replace(header.revision);
     view.cluster_id.send_replace(header.cluster_id);
     Ok(())

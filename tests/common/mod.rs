@@ -20,7 +20,8 @@
 //!   them always, `CONCORD_TEST_KEEP_DIR=1` keeps the temp dir.
 //!
 //! Environment knobs: `CONCORD_TEST_NATS_SERVER` (path of the `nats-server` binary; default
-//! `nats-server` on PATH, then `.tools/bin/nats-server` in the repository).
+//! `nats-server` on PATH, then `.tools/bin/nats-server` in the repository) and
+//! `CONCORD_TEST_BIN` (the node binary; default the `concord` that cargo built for the test).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -483,6 +484,59 @@ impl Cluster {
         Ok(None)
     }
 
+    /// Stronger than [`Cluster::wait_for_leader`]: waits until *every* live node names the
+    /// same leader, reports role `leader` or `follower` and the full voter set, and has
+    /// applied up to the leader's commit index (as read in the same poll). Use it before
+    /// checking per-node state: a majority may elect a leader while one node is still
+    /// uninitialized. Returns the leader's id.
+    pub async fn wait_stable(&self, timeout: Duration) -> Result<u64> {
+        let found = std::cell::Cell::new(None);
+        let what = "every live node to follow one leader and apply its commit index";
+        let live = self.live_ids();
+        let (live, found_ref) = (&live, &found);
+        wait_until(timeout, what, || async move {
+            let polls = futures::future::join_all(live.iter().map(|&id| self.status(id))).await;
+            let mut statuses = BTreeMap::new();
+            for (id, r) in live.iter().zip(polls) {
+                statuses.insert(*id, r?);
+            }
+            let leader = statuses
+                .values()
+                .next()
+                .and_then(|s| s["leader"].as_u64())
+                .ok_or_else(|| anyhow!("no leader named: {statuses:?}"))?;
+            let Some(leader_status) = statuses.get(&leader) else {
+                bail!("leader {leader} is not a live node");
+            };
+            let commit = leader_status["commit_index"].as_u64().unwrap_or(0);
+            let voters = &leader_status["members"]["voters"];
+            for (id, s) in &statuses {
+                let want_role = if *id == leader { "leader" } else { "follower" };
+                if s["leader"].as_u64() != Some(leader)
+                    || s["role"] != json!(want_role)
+                    || s["members"]["voters"] != *voters
+                    || s["last_applied"].as_u64().unwrap_or(0) < commit
+                {
+                    bail!(
+                        "node {id}: role={} leader={} last_applied={} voters={} \
+                         (leader {leader} commit_index={commit})",
+                        s["role"],
+                        s["leader"],
+                        s["last_applied"],
+                        s["members"]["voters"]
+                    );
+                }
+            }
+            found_ref.set(Some(leader));
+            Ok(true)
+        })
+        .await
+        .map_err(|e| self.failed_with(e))?;
+        found
+            .get()
+            .ok_or_else(|| anyhow!("wait_stable finished without a leader"))
+    }
+
     /// Waits until node `id` reports `last_applied >= index`.
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> Result<()> {
         let what = format!("node {id} to apply log index {index}");
@@ -814,7 +868,7 @@ impl Cluster {
                 .open(&node.log_path)
                 .with_context(|| format!("opening {:?}", node.log_path))?;
             writeln!(log, "----- fixture: starting node {id} -----")?;
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
+            let mut cmd = Command::new(concord_binary());
             cmd.arg("serve")
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone()?))
@@ -831,7 +885,7 @@ impl Cluster {
             let child = cmd.spawn().with_context(|| {
                 format!(
                     "spawning {} serve for node {id}",
-                    env!("CARGO_BIN_EXE_concord")
+                    concord_binary().display()
                 )
             })?;
             node.child = Some(child);
@@ -995,6 +1049,13 @@ fn prepare_node(
         child: None,
         paused: false,
     })
+}
+
+/// The node binary: `CONCORD_TEST_BIN` (e.g. a release build) or the one cargo built.
+fn concord_binary() -> PathBuf {
+    std::env::var_os("CONCORD_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_concord")))
 }
 
 fn nats_server_binary() -> Result<PathBuf> {
@@ -1166,5 +1227,117 @@ impl Drop for FileLock {
         if read_pid(&self.path) == Some(self.pid) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+// ----- NATS outages (added for tests/faults.rs) ------------------------------------------
+
+impl Cluster {
+    /// The port of the fixture's NATS URL (`nats://127.0.0.1:<port>`).
+    fn nats_port(&self) -> Result<u16> {
+        self.nats_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .ok_or_else(|| anyhow!("cannot parse a port from the NATS URL {}", self.nats_url))
+    }
+
+    /// Whether the fixture's own `nats-server` process is running.
+    pub fn nats_running(&self) -> bool {
+        self.nats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// SIGKILLs the fixture's `nats-server` and reaps it. Every client (nodes and the test's
+    /// own) loses its connection; async-nats clients keep trying to reconnect.
+    pub async fn kill_nats(&self) -> Result<()> {
+        let r = (|| {
+            let mut child = self
+                .nats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| anyhow!("kill_nats: no nats-server of this fixture is running"))?;
+            child.kill().context("SIGKILL nats-server")?;
+            child.wait().context("reaping nats-server")?;
+            Ok(())
+        })();
+        r.map_err(|e| self.failed_with(e))
+    }
+
+    /// Starts `nats-server` again on the same address and port as before (so every client
+    /// reconnects to the URL it knows) and waits until it listens. The previous server log
+    /// is kept as `nats.log.<n>`. Retries for up to 15 s if the port is not free yet.
+    pub async fn start_nats(&self) -> Result<()> {
+        let r = async {
+            if self.nats_running() {
+                bail!("start_nats: nats-server is already running");
+            }
+            let log_path = self
+                .nats_log
+                .clone()
+                .ok_or_else(|| anyhow!("start_nats: this cluster uses an external NATS"))?;
+            let port = self.nats_port()?;
+            let dir = log_path
+                .parent()
+                .ok_or_else(|| anyhow!("nats log {log_path:?} has no parent"))?
+                .to_path_buf();
+            let binary = nats_server_binary()?;
+            const MARKER: &str = "Listening for client connections on ";
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if log_path.exists() {
+                    let mut n = 1;
+                    while dir.join(format!("nats.log.{n}")).exists() {
+                        n += 1;
+                    }
+                    std::fs::rename(&log_path, dir.join(format!("nats.log.{n}")))
+                        .with_context(|| format!("rotating {log_path:?}"))?;
+                }
+                let out = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("nats.stdout.log"))?;
+                let mut child = Command::new(&binary)
+                    .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
+                    .arg(&log_path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(out.try_clone()?))
+                    .stderr(Stdio::from(out))
+                    .spawn()
+                    .with_context(|| format!("spawning {}", binary.display()))?;
+                // Wait for this instance to listen, or to exit (port still taken).
+                let exited = loop {
+                    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if text.contains(MARKER) {
+                        *self.nats.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+                        return Ok(());
+                    }
+                    if let Some(status) = child.try_wait()? {
+                        break format!("nats-server exited with {status}; log:\n{text}");
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break format!("nats-server did not log {MARKER:?}; log:\n{text}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                if Instant::now() >= deadline {
+                    bail!("timed out after 15 s restarting nats-server on port {port}: {exited}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        .await;
+        r.map_err(|e| self.failed_with(e))
+    }
+
+    /// [`Cluster::kill_nats`] then [`Cluster::start_nats`] on the same port.
+    pub async fn restart_nats(&self) -> Result<()> {
+        self.kill_nats().await?;
+        self.start_nats().await
     }
 }
