@@ -12,6 +12,9 @@
 //!
 //! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol.
 
+// openraft's error types are large and fixed by its trait signatures.
+#![allow(clippy::result_large_err)]
+
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -191,7 +191,8 @@ async fn bad_config_is_refused_with_the_setting_named() -> Result<()> {
     let a_directory = a_directory.to_str().context("not UTF-8")?.to_string();
 
     // (what, --config file, env, text the message must hold)
-    let cases: Vec<(&str, Option<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown key nats.urll in the file",
             Some(unknown_key.as_str()),
@@ -570,8 +571,10 @@ async fn second_cluster(alpha: &Cluster, prefix: &str) -> Result<()> {
 /// Proves the deadline rule during an election: with the leader and one follower of 3 nodes
 /// SIGKILLed, a `P.kv.put` with `"timeout_ms": 1000` is answered within 1000 ms + 300 ms
 /// (client timeout 3 s) with `cluster_not_ready` or `timeout`, and a linearizable `P.kv.get`
-/// with `"timeout_ms": 800` within 800 ms + 300 ms likewise. Once the nodes are back the
-/// cluster acknowledges a write, and a put refused with `cluster_not_ready` was not applied.
+/// with `"timeout_ms": 800` within 800 ms + 300 ms likewise; both right after the loss (the
+/// survivor may still believe in the dead leader) and once the survivor campaigns. Once the
+/// nodes are back the cluster acknowledges a write, and the puts refused with
+/// `cluster_not_ready` were not applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_during_election_gets_cluster_not_ready_in_time() -> Result<()> {
     let cluster = Cluster::start(3).await?;
@@ -621,6 +624,37 @@ async fn during_election(cluster: &Cluster) -> Result<()> {
         );
     }
 
+    // Once the survivor has noticed the loss and campaigns: the election proper.
+    let mut refused = Vec::new();
+    if put_code.as_deref() == Some("cluster_not_ready") {
+        refused.push("bc:elect:during");
+    }
+    let noticed = cluster
+        .wait_until(
+            WAIT,
+            "the survivor to campaign (candidate, or no leader)",
+            || async {
+                let s = cluster.status(survivor).await?;
+                Ok(s["leader"].is_null() || s["role"] == json!("candidate"))
+            },
+        )
+        .await;
+    match noticed {
+        Err(e) => failures.push(format!("the survivor never noticed the loss: {e:#}")),
+        Ok(()) => {
+            let body = json!({"key": "bc:elect:campaign", "value": 2, "timeout_ms": 1000});
+            match answered_in_time(cluster, "kv.put", body, 1000).await {
+                Ok(code) if code == "cluster_not_ready" => refused.push("bc:elect:campaign"),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("put while the survivor campaigns: {e:#}")),
+            }
+            let body = json!({"key": "bc:elect:before", "timeout_ms": 800});
+            if let Err(e) = answered_in_time(cluster, "kv.get", body, 800).await {
+                failures.push(format!("get while the survivor campaigns: {e:#}"));
+            }
+        }
+    }
+
     let recovered = async {
         cluster.restart(leader).await?;
         cluster.restart(victim).await?;
@@ -630,13 +664,11 @@ async fn during_election(cluster: &Cluster) -> Result<()> {
             after > before,
             "revision {after} after recovery is not above {before}"
         );
-        if put_code.as_deref() == Some("cluster_not_ready") {
-            let reply = cluster
-                .request("kv.get", json!({"key": "bc:elect:during"}))
-                .await?;
+        for key in &refused {
+            let reply = cluster.request("kv.get", json!({"key": key})).await?;
             ensure!(
                 error_code(&reply) == Some("not_found"),
-                "a put refused with cluster_not_ready was applied: get answers {reply}"
+                "put {key}, refused with cluster_not_ready, was applied: get answers {reply}"
             );
         }
         Ok(())

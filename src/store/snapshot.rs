@@ -23,6 +23,9 @@ const TAG_END: u8 = 0;
 /// Bounds a header or record read from an untrusted file before allocating for it.
 const MAX_FIELD_BYTES: u32 = 64 * 1024 * 1024;
 
+/// One key and its stored value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// State-machine metadata carried in every snapshot, beside the key space.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
@@ -154,7 +157,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next `(key, value)` record, or `None` once the verified end is reached.
-    pub fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn next_record(&mut self) -> Result<Option<Record>, Error> {
         if self.done {
             return Ok(None);
         }

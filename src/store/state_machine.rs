@@ -353,10 +353,16 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).unwrap_or_default()
 }
 
-fn read_state(
-    snap: &fjall::Snapshot,
-    store: &Store,
-) -> Result<(Option<LogId>, StoredMembership, u64, Option<Uuid>, u64), Error> {
+/// State-machine metadata as of one fjall snapshot.
+struct SmMeta {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    revision: u64,
+    cluster_id: Option<Uuid>,
+    generation: u64,
+}
+
+fn read_state(snap: &fjall::Snapshot, store: &Store) -> Result<SmMeta, Error> {
     let get =
         |key: &[u8]| -> Result<Option<fjall::Slice>, Error> { Ok(snap.get(&store.sm_meta, key)?) };
     fn de<T: serde::de::DeserializeOwned>(
@@ -372,7 +378,13 @@ fn read_state(
     let revision = de::<u64>(get(keys::SM_REVISION)?, "revision")?.unwrap_or(0);
     let cluster_id = de::<Option<Uuid>>(get(keys::SM_CLUSTER_ID)?, "cluster_id")?.flatten();
     let generation = de::<u64>(get(keys::SM_KV_GENERATION)?, "kv_generation")?.unwrap_or(0);
-    Ok((applied, membership, revision, cluster_id, generation))
+    Ok(SmMeta {
+        applied,
+        membership,
+        revision,
+        cluster_id,
+        generation,
+    })
 }
 
 fn de_key_count(snap: &fjall::Snapshot, store: &Store) -> Result<u64, Error> {
@@ -385,17 +397,21 @@ fn de_key_count(snap: &fjall::Snapshot, store: &Store) -> Result<u64, Error> {
 /// Builds a snapshot file from one consistent fjall snapshot; runs on the blocking pool.
 fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
     let store = &view.store;
-    let (generation, kv, snap) = loop {
+    let (kv, snap) = loop {
         let (generation, kv) = view.kv();
         let snap = store.db.snapshot();
-        let (.., g) = read_state(&snap, store)?;
         // An install switched keyspaces between the two reads: take both again.
-        if g == generation {
-            break (generation, kv, snap);
+        if read_state(&snap, store)?.generation == generation {
+            break (kv, snap);
         }
     };
-    let _ = generation;
-    let (applied, membership, revision, cluster_id, _) = read_state(&snap, store)?;
+    let SmMeta {
+        applied,
+        membership,
+        revision,
+        cluster_id,
+        ..
+    } = read_state(&snap, store)?;
     let snapshot_id = format!(
         "{}-{}-{}",
         applied.map(|l| l.leader_id.term).unwrap_or(0),
@@ -562,13 +578,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let view = self.view.clone();
-        let (applied, membership, ..) = blocking(move || {
+        let meta = blocking(move || {
             let snap = view.store.db.snapshot();
             read_state(&snap, &view.store)
         })
         .await
         .map_err(|e| StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())))?;
-        Ok((applied, membership))
+        Ok((meta.applied, meta.membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
