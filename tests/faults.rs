@@ -50,6 +50,9 @@ async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
     const TASKS: usize = 8;
     const OPS_PER_TASK: usize = 400;
     const LOAD_FOR: Duration = Duration::from_secs(15);
+    /// At most one write per task per PACE, so that the load spans the kill and the
+    /// election (400 ops take at least 10 s) even on a fast machine.
+    const PACE: Duration = Duration::from_millis(25);
 
     let old_leader = cluster.wait_stable(LEADER_TIMEOUT).await?;
     eprintln!("leader before the kill: node {old_leader}");
@@ -63,7 +66,10 @@ async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
         let progress = progress.clone();
         writers.push(tokio::spawn(async move {
             let mut log = WriteLog::default();
+            let mut pace = tokio::time::interval(PACE);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for n in 0..OPS_PER_TASK {
+                pace.tick().await;
                 if load_start.elapsed() >= LOAD_FOR {
                     break;
                 }
@@ -85,10 +91,14 @@ async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
     .await?;
     let killed_at = Instant::now();
     cluster.kill(old_leader).await?;
+    let done_at_kill = progress.load(Ordering::Relaxed);
     eprintln!(
-        "killed leader {old_leader} after {:?} of load ({} writes done)",
+        "killed leader {old_leader} after {:?} of load ({done_at_kill} writes done)",
         load_start.elapsed(),
-        progress.load(Ordering::Relaxed)
+    );
+    ensure!(
+        done_at_kill < TASKS * OPS_PER_TASK,
+        "the write load was over before the kill: this run proves nothing"
     );
 
     // A new leader, another node, agreed by a majority, within 15 s of the kill.
@@ -122,6 +132,10 @@ async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
         load_start.elapsed()
     );
     ensure!(!log.acked.is_empty(), "no write was acknowledged at all");
+    ensure!(
+        log.acked.len() + log.refused.len() + log.unknown.len() > done_at_kill,
+        "no write was attempted after the kill"
+    );
 
     // The cluster keeps accepting writes after the failover.
     let rev = client
@@ -397,9 +411,10 @@ async fn overlapping_writers_body(cluster: &Cluster) -> Result<()> {
 }
 
 /// Proves that a follower that missed more than the leader keeps in its log catches up by
-/// snapshot installation, and that this works when the snapshot (> 4 MiB) is larger than
-/// the NATS max payload (1 MiB): the restarted node reaches the leader's revision and
-/// digest, reports a `snapshot_index`, and logs "snapshot installed".
+/// snapshot installation, and that this works when the snapshot (600 values of 8 KiB, over
+/// 4 MiB) is larger than the NATS max payload (1 MiB): once the leader has purged the log
+/// the stopped follower would need, the restarted follower reaches the leader's revision
+/// and digest, reports a `snapshot_index`, logs "snapshot installed", and holds the values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_by_snapshot_larger_than_max_payload() -> Result<()> {
     let opts = ClusterOptions::default()
@@ -447,33 +462,57 @@ async fn snapshot_catch_up_body(cluster: &Cluster) -> Result<()> {
         N * VALUE_BYTES / (1024 * 1024)
     );
 
-    // The log node `lagging` would need is gone: only a snapshot can bring it back.
-    let what = format!("the leader to purge its log beyond index {had} (what node {lagging} had)");
-    cluster
-        .wait_until(Duration::from_secs(60), &what, || async move {
-            let leader = cluster
-                .agreed_leader()
-                .await?
-                .ok_or_else(|| anyhow!("no agreed leader"))?;
-            let s = cluster.status(leader).await?;
-            let purged = s["purged_index"].as_u64();
-            ensure!(
-                purged.is_some_and(|p| p > had + 10),
-                "leader {leader}: purged_index={} snapshot_index={}",
-                s["purged_index"],
-                s["snapshot_index"]
-            );
-            Ok(true)
-        })
-        .await?;
-    let leader = cluster
-        .agreed_leader()
-        .await?
-        .ok_or_else(|| anyhow!("no agreed leader"))?;
-    let ls = cluster.status(leader).await?;
+    // The log node `lagging` would need must be gone, so that only a snapshot can bring it
+    // back. openraft purges in batches behind the latest snapshot (the node sets
+    // `purge_batch_size` 256), and several puts may share one entry, so the 600 puts may not
+    // be enough for a purge yet: top up with small writes (bounded) until the leader has
+    // purged beyond what `lagging` had.
+    const FILL_MAX: usize = 6000;
+    const FILL_BATCH: usize = 50;
+    let fill_for = Duration::from_secs(120);
+    let fill_start = Instant::now();
+    let mut filled = 0;
+    let (leader, ls) = loop {
+        let last = match leader_status(cluster).await {
+            Ok((leader, s)) if s["purged_index"].as_u64().is_some_and(|p| p > had + 10) => {
+                break (leader, s);
+            }
+            Ok((leader, s)) => format!(
+                "leader {leader}: last_log_index={} snapshot_index={} purged_index={}",
+                s["last_log_index"], s["snapshot_index"], s["purged_index"]
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            filled < FILL_MAX && fill_start.elapsed() < fill_for,
+            "the leader did not purge its log beyond index {had} (what node {lagging} had) \
+             after {filled} extra writes in {:?} (last: {last})",
+            fill_start.elapsed()
+        );
+        let results: Vec<(String, Result<u64, ClientError>)> =
+            stream::iter(filled..filled + FILL_BATCH)
+                .map(|i| {
+                    let client = client.clone();
+                    async move {
+                        let key = format!("fill-{i:05}");
+                        let res = client.put(&key, &json!(i)).await;
+                        (key, res)
+                    }
+                })
+                .buffer_unordered(4)
+                .collect()
+                .await;
+        for (key, res) in &results {
+            if let Err(e) = res {
+                bail!("put of {key} (two of three nodes up) failed: {e}");
+            }
+        }
+        filled += FILL_BATCH;
+    };
     eprintln!(
-        "leader {leader}: snapshot_index={} purged_index={} storage={}",
-        ls["snapshot_index"], ls["purged_index"], ls["storage"]
+        "leader {leader} after {filled} extra writes: last_log_index={} snapshot_index={} \
+         purged_index={} storage={}",
+        ls["last_log_index"], ls["snapshot_index"], ls["purged_index"], ls["storage"]
     );
 
     cluster.restart(lagging).await?;
@@ -925,6 +964,15 @@ async fn stale_get_on_node(
         Some("not_found") => Ok(None),
         _ => bail!("stale get of {key} on node {id}: {reply}"),
     }
+}
+
+/// The agreed leader and its status.
+async fn leader_status(cluster: &Cluster) -> Result<(u64, Value)> {
+    let leader = cluster
+        .agreed_leader()
+        .await?
+        .ok_or_else(|| anyhow!("no leader agreed by a majority"))?;
+    Ok((leader, cluster.status(leader).await?))
 }
 
 /// Waits until a majority agrees on a leader that has applied its commit index, and every

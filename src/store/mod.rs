@@ -21,6 +21,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 pub use log_store::LogStore;
 pub use state_machine::{StateMachine, StateView};
 
+/// Memory for one keyspace's memtable.
+pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage: {0}")]
@@ -68,7 +71,9 @@ impl Store {
                 },
                 other => Error::Fjall(other),
             })?;
-        let opts = KeyspaceCreateOptions::default;
+        // Small memtables keep resident memory small next to the dataset: they are flushed
+        // to disk early rather than held up to fjall's default 64 MiB per keyspace.
+        let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let store = Store {
             meta: db.keyspace("meta", opts)?,
             log: db.keyspace("raft_log", opts)?,

@@ -28,6 +28,10 @@ use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
+fn kv_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(super::MEMTABLE_BYTES)
+}
+
 /// Records per write batch while installing a snapshot.
 const INSTALL_BATCH: usize = 4096;
 
@@ -64,12 +68,12 @@ impl StateView {
     pub fn open(store: Store) -> Result<Arc<StateView>, Error> {
         let generation: u64 = read_bincode(&store.sm_meta, keys::SM_KV_GENERATION)?.unwrap_or(0);
         let name = keys::kv_keyspace_name(generation);
-        let kv = store.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+        let kv = store.db.keyspace(&name, kv_options)?;
         // Drop what an interrupted install left behind.
         for other in store.db.list_keyspace_names() {
             let other: &str = other.as_ref();
             if other.starts_with("kv_") && other != name {
-                let ks = store.db.keyspace(other, KeyspaceCreateOptions::default)?;
+                let ks = store.db.keyspace(other, kv_options)?;
                 store.db.delete_keyspace(ks)?;
             }
         }
@@ -486,10 +490,10 @@ fn install(view: &StateView, meta: &SnapshotMeta, file: std::fs::File) -> Result
     let next = generation + 1;
     let name = keys::kv_keyspace_name(next);
     if store.db.keyspace_exists(&name) {
-        let stale = store.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+        let stale = store.db.keyspace(&name, kv_options)?;
         store.db.delete_keyspace(stale)?;
     }
-    let fresh = store.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+    let fresh = store.db.keyspace(&name, kv_options)?;
     let filled = (|| -> Result<SnapshotHeader, Error> {
         let mut reader = SnapshotReader::new(file)?;
         let mut batch = store.db.batch();
