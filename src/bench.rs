@@ -23,6 +23,8 @@ pub struct BenchConfig {
     pub value_size: usize,
     pub stale: bool,
     pub timeout: Duration,
+    /// Send to a local echo responder instead of the cluster: the NATS round-trip floor.
+    pub echo: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +79,72 @@ fn next_rand(state: &mut u64) -> u64 {
     x
 }
 
+/// Answers every request on `subject` with `{"ok":true}` at once: what a reply costs when
+/// there is no work behind it.
+async fn echo_responder(
+    nats: async_nats::Client,
+    subject: String,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use futures::StreamExt;
+    let mut sub = nats.subscribe(subject).await.ok()?;
+    let _ = nats.flush().await;
+    Some(tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = nats
+                    .publish(reply, br#"{"ok":true}"#.as_slice().into())
+                    .await;
+            }
+        }
+    }))
+}
+
+/// Appends 4 KiB and fdatasyncs, `n` times, in `dir`: the disk's durability floor.
+pub fn fsync_floor(dir: &std::path::Path, n: usize) -> std::io::Result<Summary> {
+    use std::io::Write;
+    let path = dir.join(format!(".concord-fsync-probe-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let block = vec![0x5au8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        lat.push(t0.elapsed().as_micros() as u64);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(summarize(1, lat, BTreeMap::new(), seconds))
+}
+
+fn summarize(
+    clients: usize,
+    mut lat: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    seconds: f64,
+) -> Summary {
+    lat.sort_unstable();
+    let mut latency_us = BTreeMap::new();
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+        latency_us.insert(name.to_string(), percentile(&lat, q));
+    }
+    latency_us.insert("max".into(), lat.last().copied().unwrap_or(0));
+    let ops = lat.len() as u64;
+    Summary {
+        clients,
+        ops,
+        seconds,
+        ops_per_sec: ops as f64 / seconds.max(1e-9),
+        latency_us,
+        errors,
+    }
+}
+
 pub async fn run(
     nats: async_nats::Client,
     prefix: &str,
@@ -84,6 +152,12 @@ pub async fn run(
     progress: bool,
 ) -> Summary {
     let subjects = Subjects::new(prefix, "-");
+    let echo_subject = format!("{prefix}.bench.echo.{}", uuid::Uuid::new_v4().simple());
+    let echo = if cfg.echo {
+        echo_responder(nats.clone(), echo_subject.clone()).await
+    } else {
+        None
+    };
     let value = json!("x".repeat(cfg.value_size.saturating_sub(2))).to_string();
     let done = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
@@ -93,6 +167,7 @@ pub async fn run(
     for c in 0..cfg.clients {
         let (nats, subjects, cfg, value) =
             (nats.clone(), subjects.clone(), cfg.clone(), value.clone());
+        let echo_subject = echo_subject.clone();
         let (done, issued, completed) = (done.clone(), issued.clone(), completed.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -125,7 +200,12 @@ pub async fn run(
                 let req = async_nats::Request::new()
                     .payload(body.into_bytes().into())
                     .timeout(Some(cfg.timeout));
-                match nats.send_request(subjects.kv(op), req).await {
+                let subject = if cfg.echo {
+                    echo_subject.clone()
+                } else {
+                    subjects.kv(op)
+                };
+                match nats.send_request(subject, req).await {
                     Ok(reply) => {
                         let us = t0.elapsed().as_micros() as u64;
                         if reply.payload.starts_with(br#"{"ok":true"#) {
@@ -183,6 +263,9 @@ pub async fn run(
     };
     done.store(true, Ordering::Relaxed);
     ticker.abort();
+    if let Some(e) = echo {
+        e.abort();
+    }
     let seconds = start.elapsed().as_secs_f64();
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -192,21 +275,7 @@ pub async fn run(
             *errors.entry(k).or_default() += v;
         }
     }
-    lat.sort_unstable();
-    let mut latency_us = BTreeMap::new();
-    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
-        latency_us.insert(name.to_string(), percentile(&lat, q));
-    }
-    latency_us.insert("max".into(), lat.last().copied().unwrap_or(0));
-    let ops = lat.len() as u64;
-    Summary {
-        clients: cfg.clients,
-        ops,
-        seconds,
-        ops_per_sec: ops as f64 / seconds.max(1e-9),
-        latency_us,
-        errors,
-    }
+    summarize(cfg.clients, lat, errors, seconds)
 }
 
 #[cfg(test)]

@@ -107,6 +107,13 @@ pub struct BenchArgs {
     /// Read consistency of gets: linearizable or stale.
     #[arg(long, default_value = "linearizable")]
     pub consistency: String,
+    /// What to load: the cluster (`concord`), a local NATS echo responder (`echo`: the
+    /// round-trip floor), or 4 KiB appends with fdatasync in --fsync-dir (`fsync`).
+    #[arg(long, default_value = "concord")]
+    pub target: String,
+    /// Directory for `--target fsync` (use the disk the nodes' data lives on).
+    #[arg(long, default_value = ".")]
+    pub fsync_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +245,22 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
                 "stale" => true,
                 other => anyhow::bail!("--consistency: '{other}' is not linearizable or stale"),
             };
+            let echo = match args.target.as_str() {
+                "concord" => false,
+                "echo" => true,
+                "fsync" => {
+                    let n = args.ops.unwrap_or(2000) as usize;
+                    let s = crate::bench::fsync_floor(&args.fsync_dir, n)?;
+                    let v = serde_json::to_value(&s)?;
+                    return Ok(out(global, v, || {
+                        format!(
+                            "{} x (4 KiB append + fdatasync): p50 {} us p99 {} us, {:.0}/s",
+                            s.ops, s.latency_us["p50"], s.latency_us["p99"], s.ops_per_sec
+                        )
+                    }));
+                }
+                other => anyhow::bail!("--target: '{other}' is not concord, echo or fsync"),
+            };
             let cfg = crate::bench::BenchConfig {
                 clients: args.clients.max(1),
                 duration: args.duration,
@@ -247,6 +270,7 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
                 value_size: args.value_size,
                 stale,
                 timeout,
+                echo,
             };
             let s = crate::bench::run(
                 client.nats().clone(),

@@ -106,6 +106,7 @@ pub async fn run(
         raft: raft.clone(),
         view: view.clone(),
         contact: contact.clone(),
+        hold_votes: (pristine && live_cluster).into(),
     });
     tracker.spawn(log_failure(
         "raft rpc service",
@@ -121,6 +122,7 @@ pub async fn run(
             max_entry_bytes,
             config.limits.max_in_flight,
         ),
+        read_index: api::read_index::ReadIndex::start(raft.clone()),
         view: view.clone(),
         client: client.clone(),
         subjects: subjects.clone(),

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use async_nats::header::HeaderMap;
 use async_nats::{Message, RequestErrorKind};
-use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::codec::{self, Consistency, DeleteReply, KvRequest, PutReply};
 use super::propose::ProposeError;
+use super::read_index::ReadIndexError;
 use super::{validate, Ctx};
 use crate::command::{Command, Outcome};
 use crate::error::{cluster_not_ready, internal, not_found, timeout, WireError};
@@ -210,11 +210,10 @@ async fn serve_on_leader(ctx: &Ctx, req: &KvRequest, handed: &AtomicBool) -> Res
 /// ReadIndex: the leader confirms it still leads with a quorum round that starts after the
 /// read arrived, then waits until it has applied up to the commit index it saw.
 async fn confirm_leadership(ctx: &Ctx) -> Result<(), Step> {
-    match ctx.raft.ensure_linearizable().await {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(Step::Retry),
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Step::Retry),
-        Err(RaftError::Fatal(e)) => Err(Step::Fail(internal(format!("raft stopped: {e}")))),
+    match ctx.read_index.confirm().await {
+        Ok(()) => Ok(()),
+        Err(ReadIndexError::NotConfirmed) => Err(Step::Retry),
+        Err(ReadIndexError::Stopped(e)) => Err(Step::Fail(internal(format!("raft stopped: {e}")))),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod codec;
 pub mod handler;
 pub mod propose;
+pub mod read_index;
 pub mod server;
 pub mod validate;
 
@@ -27,6 +28,8 @@ pub struct Ctx {
     pub raft: Raft,
     /// Group commit of client writes on the leader.
     pub proposer: propose::Proposer,
+    /// Batched leadership confirmation for linearizable reads.
+    pub read_index: read_index::ReadIndex,
     pub view: Arc<StateView>,
     pub client: Client,
     pub subjects: Subjects,

@@ -3,7 +3,7 @@
 //!
 //! Each message gets its own task so a slow snapshot chunk never holds up heartbeats.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,10 @@ pub struct RaftService {
     pub raft: Raft,
     pub view: Arc<StateView>,
     pub contact: Arc<LeaderContact>,
+    /// Set for a node that started with an empty data dir while its cluster was live: it
+    /// may have voted in the current term before its data was lost, so it grants no vote
+    /// until a leader has reached it (and its vote is persisted again).
+    pub hold_votes: AtomicBool,
 }
 
 impl RaftService {
@@ -100,11 +104,20 @@ impl RaftService {
                     if let Ok(resp) = &res {
                         if resp.is_success() && leader_vote.is_committed() {
                             self.contact.touch();
+                            if self.hold_votes.swap(false, Ordering::Relaxed) {
+                                tracing::info!("reached by the leader; this node votes again");
+                            }
                         }
                     }
                     res
                 })
                 .await
+            }
+            Some(RaftRpc::Vote) if self.hold_votes.load(Ordering::Relaxed) => {
+                wire::encode(&RpcReply::<(), ()>::Refused(
+                    "this node restarted with an empty data dir and votes only after a leader reaches it".into(),
+                ))
+                .unwrap_or_default()
             }
             Some(RaftRpc::Vote) => {
                 self.serve(&msg, |req: VoteRequest<NodeId>| async move {
