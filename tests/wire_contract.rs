@@ -1386,3 +1386,72 @@ fn finish(cluster: Cluster, failures: Vec<String>) -> Result<()> {
         failures.join("\n- ")
     );
 }
+
+/// Proves the in-flight limit: with `limits.max_in_flight = 4`, a burst of 200 concurrent
+/// puts gets every request answered (no drop, no hang), some with `busy`, and a `busy` put
+/// was not applied while every acknowledged one was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_when_the_in_flight_limit_is_reached() -> Result<()> {
+    let c = Cluster::start_with(
+        1,
+        ClusterOptions::default().env("CONCORD_LIMITS__MAX_IN_FLIGHT", 4),
+    )
+    .await?;
+    c.wait_for_leader(LEADER_TIMEOUT).await?;
+    let nats = c.client();
+    let subject = c.subject("kv.put");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (nats, subject) = (nats.clone(), subject.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = to_bytes(&json!({"key": format!("busy:{i}"), "value": i}));
+            let req = async_nats::Request::new()
+                .payload(body)
+                .timeout(Some(Duration::from_secs(10)));
+            let reply = nats.send_request(subject, req).await?;
+            let v: Value = serde_json::from_slice(&reply.payload)?;
+            anyhow::Ok((i, v))
+        }));
+    }
+    let (mut acked, mut busy) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (i, v) = t.await??;
+        match error_code(&v) {
+            None if v["ok"] == json!(true) => acked.push(i),
+            Some("busy") => {
+                ensure!(
+                    v["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty()),
+                    "busy reply without a message: {v}"
+                );
+                busy.push(i)
+            }
+            other => return Err(anyhow!("put {i}: unexpected reply {v} ({other:?})")),
+        }
+    }
+    ensure!(
+        !busy.is_empty(),
+        "200 concurrent puts against a limit of 4 drew no busy"
+    );
+    ensure!(!acked.is_empty(), "no put was acknowledged");
+    for i in &acked {
+        let v = c
+            .request("kv.get", json!({"key": format!("busy:{i}")}))
+            .await?;
+        ensure!(
+            v["value"] == json!(i),
+            "acknowledged put {i} reads back as {v}"
+        );
+    }
+    for i in &busy {
+        let v = c
+            .request("kv.get", json!({"key": format!("busy:{i}")}))
+            .await?;
+        ensure!(
+            error_code(&v) == Some("not_found"),
+            "busy put {i} was applied: {v}"
+        );
+    }
+    Ok(())
+}
