@@ -296,24 +296,29 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
     })
 }
 
+/// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
 fn out(global: &Global, v: Value, human: impl FnOnce() -> String) -> i32 {
     if global.json {
-        println!("{v}");
+        emit(&v.to_string());
     } else {
-        println!("{}", human());
+        emit(&human());
     }
     0
 }
 
 fn report(global: &Global, e: &ClientError) -> i32 {
     let code = e.code();
+    let message = e.message();
     if global.json {
-        println!(
-            "{}",
-            json!({"ok": false, "error": {"code": code, "message": e.to_string()}})
-        );
+        emit(&json!({"ok": false, "error": {"code": code, "message": message}}).to_string());
     }
-    eprintln!("error: {code}: {e}");
+    eprintln!("error: {code}: {message}");
     1
 }
 

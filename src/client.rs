@@ -22,6 +22,9 @@ pub enum ClientError {
     Server(WireError),
     #[error(transparent)]
     Connect(#[from] crate::nats::Error),
+    /// Nobody subscribes to the subject: the request was never delivered.
+    #[error("{0}")]
+    NoResponders(String),
     #[error("NATS request failed: {0}")]
     Nats(String),
     #[error("unreadable reply: {0}")]
@@ -33,9 +36,17 @@ impl ClientError {
     pub fn code(&self) -> ErrorKind {
         match self {
             ClientError::Server(e) => e.code,
-            ClientError::Connect(_) => ErrorKind::ClusterNotReady,
+            ClientError::Connect(_) | ClientError::NoResponders(_) => ErrorKind::ClusterNotReady,
             ClientError::Nats(_) => ErrorKind::Timeout,
             ClientError::Decode(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The message without the code in front.
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Server(e) => e.message.clone(),
+            other => other.to_string(),
         }
     }
 }
@@ -219,7 +230,7 @@ impl Client {
             let res = self.call_once(subject.clone(), &body, remaining).await;
             let retry = match &res {
                 Err(ClientError::Server(e)) => e.code.is_retryable(),
-                Err(ClientError::Nats(m)) => m.starts_with("no responders"),
+                Err(ClientError::NoResponders(_)) => true,
                 _ => false,
             };
             let left = deadline.saturating_duration_since(Instant::now());
@@ -256,9 +267,9 @@ impl Client {
             .send_request(subject.clone(), request)
             .await
             .map_err(|e| match e.kind() {
-                RequestErrorKind::NoResponders => {
-                    ClientError::Nats(format!("no responders on {subject}: is the cluster up?"))
-                }
+                RequestErrorKind::NoResponders => ClientError::NoResponders(format!(
+                    "no node answers on {subject}: is the cluster up, with this subject prefix?"
+                )),
                 RequestErrorKind::TimedOut => ClientError::Server(WireError::new(
                     ErrorKind::Timeout,
                     format!("no reply on {subject} within {} ms", timeout.as_millis()),
