@@ -7,7 +7,7 @@
 #
 # Use:  scripts/test.sh [cargo test args...]
 #   With no target selection (--lib, --test NAME, --doc, ...) among the args, --all-targets is
-#   added. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
+#   added, and always --features failpoints. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +28,9 @@ for arg in "$@"; do
     esac
 done
 [[ "$selected" == 1 ]] || set -- --all-targets "$@"
+# The fault suite's own tests switch deliberate bugs on in the nodes (CONCORD_FAILPOINTS);
+# the code exists only in builds with this feature, never in `cargo build --release`.
+set -- --features failpoints "$@"
 
 echo "test.sh: cargo test $*"
 exec cargo test "$@"

@@ -17,11 +17,13 @@
 
 pub mod api;
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod nats;
 pub mod node;
 pub mod raft;

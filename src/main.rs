@@ -31,6 +31,7 @@ fn main() {
     let code = runtime.block_on(async move {
         let res = match cli.command {
             Cmd::Serve(ref args) => cli::serve(&cli.global, args).await,
+            Cmd::Check(ref args) => cli::check(&cli.global, args).await,
             cmd => cli::run_client(&cli.global, cmd).await,
         };
         match res {

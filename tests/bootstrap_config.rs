@@ -785,6 +785,28 @@ async fn log_is_fsynced_before_each_acknowledgement() -> Result<()> {
     Ok(())
 }
 
+/// Proves the durability audit catches a node that skips fsync while configured to sync:
+/// with the `skip-fsync` failpoint the same trace must show no journal sync before the
+/// replies, so the audit above would fail. (A `kill -9` nemesis keeps the page cache and
+/// cannot see a missing fsync; this audit is the suite's check for it.)
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_fsync_failpoint_is_caught_by_the_durability_audit() -> Result<()> {
+    let Some(strace) = find_on_path("strace") else {
+        eprintln!("SKIPPED skip_fsync_failpoint_is_caught_by_the_durability_audit: no strace");
+        return Ok(());
+    };
+    let run = traced_puts_with(&strace, true, 10, Some("skip-fsync")).await?;
+    let unsynced = run.puts.iter().filter(|o| o.journal_syncs == 0).count();
+    ensure!(
+        unsynced == run.puts.len() && run.syncs_in_window == 0,
+        "the audit did not notice the skipped fsync: {unsynced} of {} puts unsynced, {} syncs",
+        run.puts.len(),
+        run.syncs_in_window
+    );
+    Ok(())
+}
+
 /// What the trace shows for one put.
 struct PutObs {
     revision: u64,
@@ -807,10 +829,20 @@ struct TracedRun {
 }
 
 async fn traced_puts(strace: &Path, fsync: bool, puts: usize) -> Result<TracedRun> {
+    traced_puts_with(strace, fsync, puts, None).await
+}
+
+/// `failpoints`: a `CONCORD_FAILPOINTS` value for the node (build with the feature).
+async fn traced_puts_with(
+    strace: &Path,
+    fsync: bool,
+    puts: usize,
+    failpoints: Option<&str>,
+) -> Result<TracedRun> {
     let prefix = if fsync { "dur-sync" } else { "dur-nosync" };
     let opts = ClusterOptions::default().prefix(prefix).start_nodes(false);
     let cluster = Cluster::start_with(1, opts).await?;
-    let r = traced_puts_on(&cluster, strace, fsync, puts).await;
+    let r = traced_puts_on(&cluster, strace, fsync, puts, failpoints).await;
     if r.is_err() {
         cluster.mark_failed();
         if std::env::var_os("CONCORD_TEST_KEEP_DIR").is_none() {
@@ -825,6 +857,7 @@ async fn traced_puts_on(
     strace: &Path,
     fsync: bool,
     puts: usize,
+    failpoints: Option<&str>,
 ) -> Result<TracedRun> {
     let data_dir = cluster.data_dir(1);
     let node_dir = data_dir.parent().context("data dir has a parent")?;
@@ -862,6 +895,9 @@ async fn traced_puts_on(
         ("CONCORD_STORAGE__FSYNC", fsync.to_string()),
         ("RUST_LOG", "info".to_string()),
     ]);
+    if let Some(fp) = failpoints {
+        cmd.env("CONCORD_FAILPOINTS", fp);
+    }
     let mut traced = Traced {
         strace: cmd.spawn().context("spawning strace")?,
     };

@@ -110,6 +110,9 @@ async fn route(
         if is_stale_read(req) && may_serve_stale(ctx) {
             return read_local(ctx, req, handed).await;
         }
+        if !op.is_write() && crate::failpoints::enabled(crate::failpoints::Failpoint::StaleReads) {
+            return read_local(ctx, req, handed).await;
+        }
         let step = match leader {
             Some(l) if l == ctx.me => serve_on_leader(ctx, req, handed).await,
             Some(l) if !forwarded => forward(ctx, l, op, msg, deadline, handed).await,

@@ -93,7 +93,8 @@ impl Store {
 
     /// Makes everything written so far durable (one journal covers every keyspace).
     pub fn sync(&self) -> Result<(), fjall::Error> {
-        if self.fsync {
+        use crate::failpoints::{enabled, Failpoint};
+        if self.fsync && !enabled(Failpoint::SkipFsync) {
             self.db.persist(PersistMode::SyncData)
         } else {
             self.db.persist(PersistMode::Buffer)

@@ -1341,3 +1341,21 @@ impl Cluster {
         self.start_nats().await
     }
 }
+
+/// Holds the cluster-test locks for a test that runs its own cluster (e.g. `concord check`).
+pub struct Exclusive {
+    _guard: MutexGuard<'static, ()>,
+    _file: FileLock,
+}
+
+/// Takes the same locks as [`Cluster::start`], so such a test never overlaps another
+/// cluster test.
+#[allow(clippy::await_holding_lock)]
+pub async fn exclusive() -> Result<Exclusive> {
+    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let file = FileLock::acquire(Path::new(FILE_LOCK_PATH), FILE_LOCK_WAIT).await?;
+    Ok(Exclusive {
+        _guard: guard,
+        _file: file,
+    })
+}

@@ -1,0 +1,200 @@
+//! The nemesis: faults injected into the real node processes while the workload runs, each
+//! followed by a heal and a measure of how long the cluster takes to serve writes again.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::cluster::{CheckCluster, Error};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// `kill -9` of the leader (odd rounds: of a random node), then a restart.
+    Kill,
+    /// SIGSTOP of the leader for longer than an election timeout, then SIGCONT.
+    Pause,
+    /// The leader's (odd rounds: a random node's) links to the other servers cut, then healed.
+    Partition,
+    /// `kill -9` of every node, then all restarted.
+    Restart,
+}
+
+impl Fault {
+    pub fn parse(s: &str) -> Option<Fault> {
+        match s {
+            "kill" => Some(Fault::Kill),
+            "pause" => Some(Fault::Pause),
+            "partition" => Some(Fault::Partition),
+            "restart" => Some(Fault::Restart),
+            _ => None,
+        }
+    }
+
+    pub fn all() -> Vec<Fault> {
+        vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Restart]
+    }
+}
+
+/// One injected fault, as reported in the verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub fault: Fault,
+    /// The node it hit (`None` for all of them).
+    pub node: Option<u64>,
+    pub was_leader: bool,
+    /// Milliseconds since the check started.
+    pub at_ms: u64,
+    pub held_ms: u64,
+    /// From the heal until a write succeeded again; `None` if it never did in time.
+    pub recovery_ms: Option<u64>,
+}
+
+/// Timings of one fault.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a fault is held before it heals.
+    pub hold: Duration,
+    /// A pause must outlast the election timeout for a new leader to take over.
+    pub pause: Duration,
+    /// Quiet time between faults.
+    pub quiet: Duration,
+    /// Longest wait for the cluster to serve a write after a heal.
+    pub recovery_limit: Duration,
+}
+
+pub struct Nemesis {
+    pub timing: Timing,
+    pub started: Instant,
+    rng: u64,
+    round: u64,
+}
+
+impl Nemesis {
+    pub fn new(timing: Timing, started: Instant, seed: u64) -> Nemesis {
+        Nemesis {
+            timing,
+            started,
+            rng: seed | 1,
+            round: 0,
+        }
+    }
+
+    fn random_node(&mut self, ids: &[u64]) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        ids[(x % ids.len() as u64) as usize]
+    }
+
+    /// The leader on even rounds, a random node on odd ones (for kill and partition).
+    async fn target(&mut self, cluster: &CheckCluster, leader_only: bool) -> (u64, bool) {
+        let ids = cluster.ids();
+        let leader = cluster.leader().await;
+        self.round += 1;
+        match leader {
+            Some(l) if leader_only || self.round % 2 == 1 => (l, true),
+            _ => {
+                let n = self.random_node(&ids);
+                (n, Some(n) == leader)
+            }
+        }
+    }
+
+    /// Injects one fault, holds it, heals it, and waits for the cluster to serve writes.
+    pub async fn cycle(
+        &mut self,
+        cluster: &mut CheckCluster,
+        fault: Fault,
+    ) -> Result<FaultRecord, Error> {
+        let at = self.started.elapsed();
+        let (node, was_leader, held) = match fault {
+            Fault::Kill => {
+                let (n, l) = self.target(cluster, false).await;
+                cluster.kill(n).await?;
+                tokio::time::sleep(self.timing.hold).await;
+                cluster.start_node(n).await?;
+                (Some(n), l, self.timing.hold)
+            }
+            Fault::Pause => {
+                let (n, l) = self.target(cluster, true).await;
+                cluster.pause(n).await?;
+                tokio::time::sleep(self.timing.pause).await;
+                cluster.resume(n).await?;
+                (Some(n), l, self.timing.pause)
+            }
+            Fault::Partition => {
+                let (n, l) = self.target(cluster, false).await;
+                cluster.partition(n).await?;
+                tokio::time::sleep(self.timing.hold).await;
+                cluster.heal().await?;
+                (Some(n), l, self.timing.hold)
+            }
+            Fault::Restart => {
+                for id in cluster.ids() {
+                    cluster.kill(id).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                for id in cluster.ids() {
+                    cluster.start_node(id).await?;
+                }
+                (None, true, Duration::from_millis(500))
+            }
+        };
+        let healed = Instant::now();
+        let recovered = wait_writable(cluster, self.timing.recovery_limit).await;
+        Ok(FaultRecord {
+            fault,
+            node,
+            was_leader,
+            at_ms: at.as_millis() as u64,
+            held_ms: held.as_millis() as u64,
+            recovery_ms: recovered.then(|| healed.elapsed().as_millis() as u64),
+        })
+    }
+}
+
+/// Polls with probe writes (outside the checked keys) until one is acknowledged through
+/// every server, or `limit` passes.
+async fn wait_writable(cluster: &CheckCluster, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    let mut conns = Vec::new();
+    for url in cluster.all_client_urls() {
+        if let Ok(c) = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(1))
+            .connect(url.as_str())
+            .await
+        {
+            conns.push(c);
+        }
+    }
+    if conns.is_empty() {
+        return false;
+    }
+    let mut pending: Vec<usize> = (0..conns.len()).collect();
+    while Instant::now() < until {
+        let mut still = Vec::new();
+        for i in pending {
+            let body =
+                serde_json::json!({"key": format!("probe:{i}"), "value": 0, "timeout_ms": 1000});
+            let req = async_nats::Request::new()
+                .payload(body.to_string().into())
+                .timeout(Some(Duration::from_millis(1500)));
+            let ok = match conns[i].send_request("concord.kv.put", req).await {
+                Ok(m) => m.payload.starts_with(br#"{"ok":true"#),
+                Err(_) => false,
+            };
+            if !ok {
+                still.push(i);
+            }
+        }
+        if still.is_empty() {
+            return true;
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

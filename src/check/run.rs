@@ -1,0 +1,225 @@
+//! `concord check`: start a cluster, run the workload with the nemesis, heal, read every key
+//! once more, check the history, and give a verdict.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::cluster::{CheckCluster, Spec};
+use super::history;
+use super::linearizable::{self, Limits, Verdict as Lin};
+use super::nemesis::{Fault, FaultRecord, Nemesis, Timing};
+use super::workload::{self, Counts, Recorder, WorkloadConfig};
+
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Time given to each nemesis in `faults`.
+    pub duration: Duration,
+    pub faults: Vec<Fault>,
+    pub clients: usize,
+    pub keys: usize,
+    pub bin: PathBuf,
+    pub nats_server: PathBuf,
+    pub workdir: PathBuf,
+    /// Extra environment for every node (e.g. `CONCORD_FAILPOINTS`).
+    pub node_env: Vec<(String, String)>,
+    pub netns: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// Linearizable, no acknowledged write lost, every fault recovered from in time.
+    pub valid: bool,
+    pub checker: String,
+    pub ops: Counts,
+    pub faults: Vec<FaultRecord>,
+    pub keys_checked: usize,
+    pub lost_writes: Vec<String>,
+    pub max_recovery_ms: Option<u64>,
+    pub problems: Vec<String>,
+    pub explanation: Option<String>,
+    pub history: PathBuf,
+    pub netns: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] super::cluster::Error),
+    #[error("workload: {0}")]
+    Workload(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Node timings for the suite: elections within about a second, so faults heal quickly.
+pub fn node_timings() -> Vec<(String, String)> {
+    [
+        ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", "100"),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", "800"),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", "1600"),
+        ("CONCORD_RAFT__SNAPSHOT_EVERY", "2000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict, Error> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.workdir)?;
+    let mut env = node_timings();
+    env.extend(opts.node_env.iter().cloned());
+    let mut cluster = CheckCluster::start(Spec {
+        bin: opts.bin.clone(),
+        nats_server: opts.nats_server.clone(),
+        workdir: opts.workdir.clone(),
+        node_env: env,
+        use_netns: opts.netns,
+    })
+    .await?;
+    let netns = cluster.netns();
+    progress(&format!(
+        "cluster up ({}), leader {:?}",
+        if netns {
+            "one network namespace per node"
+        } else {
+            "loopback, no partitions"
+        },
+        cluster.leader().await
+    ));
+
+    let wl = WorkloadConfig {
+        urls: cluster.all_client_urls(),
+        prefix: "concord".into(),
+        clients: opts.clients.max(1),
+        keys: opts.keys.max(1),
+        op_timeout: Duration::from_millis(1000),
+    };
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(workload::run(wl.clone(), recorder.clone(), stop.clone()));
+
+    let timing = Timing {
+        hold: Duration::from_secs(4),
+        pause: Duration::from_secs(4),
+        quiet: Duration::from_secs(2),
+        recovery_limit: Duration::from_secs(20),
+    };
+    let mut nemesis = Nemesis::new(timing, started, opts.seed);
+    let mut faults = Vec::new();
+    let mut problems = Vec::new();
+    for fault in &opts.faults {
+        if *fault == Fault::Partition && !netns {
+            problems.push("partition nemesis skipped: network namespaces unavailable (needs root and `ip netns`)".into());
+            continue;
+        }
+        let phase_end = Instant::now() + opts.duration;
+        loop {
+            tokio::time::sleep(timing.quiet).await;
+            if Instant::now() + timing.hold + timing.quiet > phase_end
+                && faults.iter().any(|f: &FaultRecord| f.fault == *fault)
+            {
+                break;
+            }
+            let record = nemesis.cycle(&mut cluster, *fault).await?;
+            progress(&format!(
+                "{:?} node {:?} (leader: {}) held {} ms, writable again after {}",
+                record.fault,
+                record.node,
+                record.was_leader,
+                record.held_ms,
+                record
+                    .recovery_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_else(|| "NEVER".into())
+            ));
+            if record.recovery_ms.is_none() {
+                problems.push(format!(
+                    "the cluster did not serve writes within {:?} after {:?} healed",
+                    timing.recovery_limit, record.fault
+                ));
+            }
+            faults.push(record);
+            if Instant::now() >= phase_end {
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(timing.quiet).await;
+    stop.store(true, Ordering::Relaxed);
+    match load.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Error::Workload(e.to_string())),
+        Err(e) => return Err(Error::Workload(e.to_string())),
+    }
+    progress("workload stopped; final reads");
+    let finals =
+        match workload::final_reads(&wl, &recorder, 10_000_000, Duration::from_secs(30)).await {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(e);
+                Vec::new()
+            }
+        };
+    let history = recorder.history();
+    let history_path = opts.workdir.join("history.jsonl");
+    std::fs::write(&history_path, history::to_lines(&history))?;
+    let counts = workload::count(&history);
+    let lost = workload::lost_writes(&history, &finals);
+    progress(&format!("checking {} events", history.len()));
+    let (checker, explanation, keys_checked) =
+        match linearizable::check(&history, &Limits::default()) {
+            Ok(report) => {
+                let explanation = report
+                    .keys
+                    .iter()
+                    .filter_map(|k| k.explanation.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let verdict = match report.verdict {
+                    Lin::Linearizable => "linearizable",
+                    Lin::NotLinearizable => "NOT linearizable",
+                    Lin::Unknown => "unknown (the checker gave up: counted as a failure)",
+                };
+                (
+                    verdict.to_string(),
+                    (!explanation.is_empty()).then_some(explanation),
+                    report.keys.len(),
+                )
+            }
+            Err(e) => (format!("malformed history: {e}"), None, 0),
+        };
+    let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
+    let valid = checker == "linearizable"
+        && lost.is_empty()
+        && problems.iter().all(|p| p.contains("skipped"));
+    if !valid {
+        for id in cluster.ids() {
+            let _ = std::fs::write(
+                opts.workdir.join(format!("n{id}.tail.log")),
+                cluster.log_tail(id, 200),
+            );
+        }
+    }
+    cluster.shutdown().await;
+    Ok(Verdict {
+        valid,
+        checker,
+        ops: counts,
+        faults,
+        keys_checked,
+        lost_writes: lost,
+        max_recovery_ms,
+        problems,
+        explanation,
+        history: history_path,
+        netns,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
