@@ -48,3 +48,11 @@ fmt:
 # Install the dev tools (nats-server, just) into ./.tools if missing
 tools:
     scripts/tools.sh
+
+# Fault suite: every nemesis (kill, pause, partition, restart) 30 s each, then the verdict
+jepsen *args:
+    scripts/check.sh "$@"
+
+# Longer fault run (not in CI): 5 minutes per nemesis, 10 clients
+soak *args:
+    scripts/check.sh --duration 300s --clients 10 --out data/soak "$@"

@@ -5,9 +5,12 @@
 //! Two modes:
 //!
 //! - **Network namespaces** (root, `ip netns` works): server `i` and node `i` live in
-//!   namespace `cc<pid>n<i>`. Each namespace has one veth pair to the root namespace for
-//!   client traffic (`10.77.<i>.1` root side, `10.77.<i>.2` namespace side) and one veth pair
-//!   to each other namespace for the NATS cluster routes (`10.78.<k>.1/.2`, a /30 per pair).
+//!   namespace `cc<pid>n<i>` (`cc<pid>s<seq>n<i>` for a process's later clusters). Each
+//!   namespace has one veth pair to the root namespace for client traffic (`10.77.<i>.1`
+//!   root side, `10.77.<i>.2` namespace side) and one veth pair to each other namespace for
+//!   the NATS cluster routes (`10.78.<k>.1/.2`, a /30 per pair). Clusters running at the
+//!   same time on one machine (a `concord check` beside a test) each claim a slot, a file in
+//!   `/run/concord-check/`; slot `s` uses `10.77.<4s+i>.x` (slot 0 is the plan above).
 //!   A partition sets mesh links down; the client link of the isolated namespace stays up, so
 //!   a client pinned to its server still reaches it (and sees what a minority node does).
 //! - **Loopback** (not root, no `ip netns`, or not asked for): the three servers listen on
@@ -62,6 +65,10 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Loopback mode picks free ports and may lose a race for them: attempts before giving up.
 const LOOPBACK_ATTEMPTS: usize = 3;
+/// Slot files of the clusters running on this machine (tmpfs: gone after a reboot).
+const SLOT_DIR: &str = "/run/concord-check";
+/// Slots of client subnets: slot `s` uses `10.77.<4s+1 ..= 4s+3>.0/24`.
+const MAX_SLOTS: u8 = 60;
 /// Linux's limit for interface names (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 
@@ -178,7 +185,8 @@ struct Node {
 impl CheckCluster {
     /// Starts the three servers, waits until their routes carry messages both ways, starts
     /// the three nodes and waits (30 s) until all three follow one leader
-    /// ([`CheckCluster::wait_stable`]).
+    /// ([`CheckCluster::wait_stable`]). Falls back to loopback when namespaces were asked for
+    /// but are not possible ([`CheckCluster::fallback_reason`] says why).
     pub async fn start(spec: Spec) -> Result<CheckCluster, Error> {
         if !spec.bin.is_file() {
             return Err(Error::Spec(format!(
@@ -269,7 +277,7 @@ impl CheckCluster {
         }
     }
 
-    /// The namespaces of this cluster (empty in loopback mode or after shutdown).
+    /// The namespaces of this cluster (empty in loopback mode).
     pub fn namespaces(&self) -> Vec<String> {
         match &self.net {
             Net::Netns(n) => n.namespaces.clone(),
@@ -289,7 +297,7 @@ impl CheckCluster {
     /// stays on that server: the servers do not advertise each other to clients.
     pub fn client_url(&self, id: u64) -> String {
         match &self.net {
-            Net::Netns(_) => format!("nats://10.77.{id}.2:{NETNS_CLIENT_PORT}"),
+            Net::Netns(n) => format!("nats://{}:{NETNS_CLIENT_PORT}", n.client_ip(id, 2)),
             Net::Loopback { client_ports, .. } => {
                 let port = client_ports.get(index(id)).copied().unwrap_or(0);
                 format!("nats://127.0.0.1:{port}")
@@ -905,8 +913,7 @@ pub fn cleanup_stale_namespaces() -> Vec<String> {
         if pid == own || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        kill_namespace_processes(name);
-        if ip(&["netns", "del", name]).is_ok() {
+        if delete_namespace(name).is_ok() {
             deleted.push(name.to_string());
         }
     }
@@ -933,6 +940,8 @@ pub fn find_nats_server() -> Option<PathBuf> {
 /// exactly that, also after a setup that failed halfway.
 struct Netns {
     tag: String,
+    /// Our claim on the client subnets `10.77.<4 slot + i>.0/24`; removed at teardown.
+    slot: Option<(u8, PathBuf)>,
     namespaces: Vec<String>,
     root_links: Vec<String>,
     cut: BTreeSet<(u64, u64)>,
@@ -942,6 +951,7 @@ impl Netns {
     fn setup(tag: &str) -> Result<Netns, Error> {
         let mut netns = Netns {
             tag: tag.to_string(),
+            slot: None,
             namespaces: Vec::new(),
             root_links: Vec::new(),
             cut: BTreeSet::new(),
@@ -949,6 +959,61 @@ impl Netns {
         // On error `netns` is dropped, which tears down what was created so far.
         netns.build()?;
         Ok(netns)
+    }
+
+    /// `10.77.<4 slot + id>.<host>`: host 1 is the root side, 2 the namespace side.
+    fn client_ip(&self, id: u64, host: u8) -> String {
+        let slot = self.slot.as_ref().map_or(0, |(s, _)| u64::from(*s));
+        format!("10.77.{}.{host}", slot * 4 + id)
+    }
+
+    /// Claims the first free slot. A slot file is created with `create_new` (atomic, so two
+    /// processes never get the same slot) and holds its owner's pid; the file of a dead
+    /// owner is stale and taken over. A slot whose subnets are in use in the root namespace
+    /// for any other reason is skipped.
+    fn claim_slot(&mut self) -> Result<(), Error> {
+        let dir = Path::new(SLOT_DIR);
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {SLOT_DIR}")))?;
+        let addrs = ip_output(&["-4", "-o", "addr", "show"])?;
+        let own = format!("{} {}", std::process::id(), self.tag);
+        for slot in 0..MAX_SLOTS {
+            let in_use = IDS
+                .iter()
+                .any(|&id| addrs.contains(&format!(" 10.77.{}.1/", u64::from(slot) * 4 + id)));
+            if in_use {
+                continue;
+            }
+            let path = dir.join(format!("slot-{slot}"));
+            for _ in 0..2 {
+                match OpenOptions::new().write(true).create_new(true).open(&path) {
+                    Ok(mut file) => {
+                        file.write_all(own.as_bytes())
+                            .map_err(io_err(format!("writing {}", path.display())))?;
+                        self.slot = Some((slot, path));
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                        let alive = owner
+                            .split_whitespace()
+                            .next()
+                            .and_then(|p| p.parse::<u32>().ok())
+                            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                        // An empty file may be a claim being written right now: leave it.
+                        if alive || owner.is_empty() {
+                            break;
+                        }
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        return Err(io_err(format!("creating {}", path.display()))(e));
+                    }
+                }
+            }
+        }
+        Err(Error::Spec(format!(
+            "all {MAX_SLOTS} client subnet slots of {SLOT_DIR} are taken"
+        )))
     }
 
     fn build(&mut self) -> Result<(), Error> {
@@ -960,18 +1025,9 @@ impl Netns {
                 )));
             }
         }
-        // The client subnets live in the root namespace: refuse to shadow another cluster's
-        // (a second concurrent check cluster, or something else using 10.77.x.0/24).
-        let addrs = ip_output(&["-4", "-o", "addr", "show"])?;
-        for id in IDS {
-            let ours = format!(" 10.77.{id}.1/");
-            if addrs.contains(&ours) {
-                return Err(Error::Spec(format!(
-                    "10.77.{id}.1 is already assigned in the root namespace \
-                     (another check cluster running?)"
-                )));
-            }
-        }
+        // The client subnets live in the root namespace, where another cluster's would be
+        // ambiguous routes: claim subnets of our own.
+        self.claim_slot()?;
         for id in IDS {
             let ns = ns_name(&self.tag, id);
             ip(&["netns", "add", &ns])?;
@@ -983,14 +1039,20 @@ impl Netns {
                 "link", "add", &link, "type", "veth", "peer", "name", "c0", "netns", &ns,
             ])?;
             self.root_links.push(link.clone());
-            ip(&["addr", "add", &format!("10.77.{id}.1/24"), "dev", &link])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", self.client_ip(id, 1)),
+                "dev",
+                &link,
+            ])?;
             ip(&["link", "set", &link, "up"])?;
             ip(&[
                 "-n",
                 &ns,
                 "addr",
                 "add",
-                &format!("10.77.{id}.2/24"),
+                &format!("{}/24", self.client_ip(id, 2)),
                 "dev",
                 "c0",
             ])?;
@@ -1060,15 +1122,21 @@ impl Netns {
     /// namespace; it is deleted explicitly anyway.
     fn teardown(&mut self) {
         for link in self.root_links.drain(..) {
+            // Fails when the link is gone already; nothing to do then.
             let _ = ip(&["link", "del", &link]);
         }
         for ns in self.namespaces.drain(..) {
-            // Normally empty: the cluster killed its children first. A namespace with a
-            // process left in it would outlive `ip netns del`.
-            kill_namespace_processes(&ns);
-            let _ = ip(&["netns", "del", &ns]);
+            if let Err(e) = delete_namespace(&ns) {
+                tracing::warn!("could not delete network namespace {ns}: {e}");
+            }
         }
         self.cut.clear();
+        if let Some((_, path)) = self.slot.take() {
+            let own = format!("{} {}", std::process::id(), self.tag);
+            if std::fs::read_to_string(&path).is_ok_and(|owner| owner == own) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 
@@ -1132,6 +1200,25 @@ fn stale_candidate_pid(name: &str) -> Option<u32> {
         return None;
     }
     pid.parse().ok()
+}
+
+/// `ip netns del`, retried for up to 2 s while the namespace file remains. The unlink in
+/// `ip netns del` fails with EBUSY while another mount namespace still holds a copy of the
+/// namespace's bind mount, which happens for a moment after a process started by
+/// `ip netns exec` (each gets its own mount namespace) died. Processes still inside are
+/// killed first: a namespace with a live process would outlive its name.
+fn delete_namespace(ns: &str) -> Result<(), Error> {
+    let file = Path::new("/run/netns").join(ns);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        kill_namespace_processes(ns);
+        let result = ip(&["netns", "del", ns]);
+        if result.is_ok() || !file.exists() || Instant::now() >= deadline {
+            return result.or_else(|e| if file.exists() { Err(e) } else { Ok(()) });
+        }
+        // Called from `Drop` too, so it can only block; the wait is rare and short.
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// SIGKILLs every process in namespace `ns` (`ip netns pids`). Only used on namespaces this
@@ -1613,11 +1700,25 @@ mod tests {
         // A leftover of a crashed run (a pid that cannot exist: pids are < 2^22), with a
         // process inside: `start` must remove both.
         let stale = "cc4194304n2";
+        let stale_path = "/run/netns/cc4194304n2";
         ip(&["netns", "add", stale]).expect("ip netns add");
         let mut sleeper = Command::new("ip")
             .args(["netns", "exec", stale, "sleep", "600"])
             .spawn()
             .expect("sleep in the stale namespace");
+        // `ip netns exec` enters the namespace a moment after the spawn.
+        let entered = Instant::now();
+        while ip_output(&["netns", "pids", stale])
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            assert!(
+                entered.elapsed() < Duration::from_secs(5),
+                "sleeper never entered {stale}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         // A start that fails halfway (the "node" exits at once) leaves nothing behind.
         let failing = Spec {
@@ -1632,8 +1733,10 @@ mod tests {
             Err(e) => panic!("failing start: unexpected error {e}"),
             Ok(_) => panic!("a cluster of /bin/false started"),
         }
-        let left = namespaces_with("cc");
+        // Only this process's namespaces: other check clusters may run on the machine.
+        let left = namespaces_with(&format!("cc{}", std::process::id()));
         assert!(left.is_empty(), "namespaces left: {left:?}");
+        assert!(!Path::new(stale_path).exists(), "{stale_path} left");
         let sleeper_status = sleeper.wait().expect("reap the sleeper");
         eprintln!("stale namespace removed, its process ended with {sleeper_status}");
 
@@ -1703,15 +1806,24 @@ mod tests {
             .expect("term");
         eprintln!("partitioned {leader}: {new_leader} elected (term {new_term}) in {elected_in:?}");
 
-        // The majority serves writes; the isolated node cannot commit any.
-        let reply = put(
-            &cluster.client_url(new_leader),
-            "k",
-            2,
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("put through the majority");
+        // The majority serves writes; the isolated node cannot commit any. Right after the
+        // election a request may still be routed toward the isolated node's subscription
+        // (until its server declares the route dead) and be lost: retry a few times.
+        let mut reply = Err(Error::Spec("not tried".into()));
+        for _ in 0..5 {
+            reply = put(
+                &cluster.client_url(new_leader),
+                "k",
+                2,
+                Duration::from_secs(2),
+            )
+            .await;
+            if reply.as_ref().is_ok_and(|r| r["ok"] == json!(true)) {
+                break;
+            }
+            eprintln!("put through the majority, retrying: {reply:?}");
+        }
+        let reply = reply.expect("put through the majority");
         assert_eq!(reply["ok"], json!(true), "{reply}");
         let minority = put(&cluster.client_url(leader), "k", 3, Duration::from_secs(1)).await;
         assert!(
