@@ -52,9 +52,11 @@ async fn check(nemesis: &str, extra: &[&str]) -> Result<(bool, Value)> {
         )
     })?;
     if !output.status.success() {
-        // Keep what explains a failure in the test output.
-        eprintln!("verdict: {verdict:#}");
-        for f in std::fs::read_dir(out.path())?.flatten() {
+        // Keep what explains a failure: the verdict and log tails here, the history on disk.
+        let kept = out.keep();
+        eprintln!("verdict: {verdict:#}\nwork dir kept: {}", kept.display());
+        let out = kept;
+        for f in std::fs::read_dir(&out)?.flatten() {
             let name = f.file_name().to_string_lossy().to_string();
             if name.ends_with(".tail.log") {
                 eprintln!(

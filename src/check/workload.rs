@@ -272,14 +272,21 @@ pub async fn final_reads(
     Ok(out)
 }
 
-/// Acknowledged writes that the final state contradicts: for each key, the acknowledged
-/// write invoked last (with no write or delete invoked after it that could have replaced
-/// it) must be the final value.
+/// Acknowledged writes that the final state contradicts. An acknowledged write `w` is lost
+/// when whatever produced the final value had certainly finished before `w` began: the write
+/// of that value (or every delete, for a final "absent") was acknowledged before `w` was
+/// invoked. A write with an unknown outcome may land at any later time, so it excuses a
+/// final value it wrote.
 pub fn lost_writes(history: &[Event], finals: &[(String, Value)]) -> Vec<String> {
+    /// One write or delete: invoke time, the invoke event, completion (kind, time).
+    struct Op<'a> {
+        invoked: u64,
+        event: &'a Event,
+        done: Option<(EventType, u64)>,
+    }
     let mut lost = Vec::new();
     for (key, final_value) in finals {
-        // Invocations of writes/deletes on this key, with their outcome.
-        let mut invoked: Vec<(u64, &Event, Option<EventType>)> = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
         let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         for e in history
             .iter()
@@ -287,34 +294,52 @@ pub fn lost_writes(history: &[Event], finals: &[(String, Value)]) -> Vec<String>
         {
             match e.kind {
                 EventType::Invoke => {
-                    open.insert(e.process, invoked.len());
-                    invoked.push((e.time, e, None));
+                    open.insert(e.process, ops.len());
+                    ops.push(Op {
+                        invoked: e.time,
+                        event: e,
+                        done: None,
+                    });
                 }
-                k => {
+                kind => {
                     if let Some(i) = open.remove(&e.process) {
-                        invoked[i].2 = Some(k);
+                        ops[i].done = Some((kind, e.time));
                     }
                 }
             }
         }
-        // Writes and deletes that may have taken effect.
-        let maybe: Vec<&(u64, &Event, Option<EventType>)> = invoked
+        // The operations that could have produced the final value.
+        let producers: Vec<&Op> = ops
             .iter()
-            .filter(|(_, _, k)| *k != Some(EventType::Fail))
+            .filter(|o| !matches!(o.done, Some((EventType::Fail, _))))
+            .filter(|o| match o.event.f {
+                Func::Write => &o.event.value == final_value,
+                _ => final_value.is_null(),
+            })
             .collect();
-        let Some(last_acked) = maybe
-            .iter()
-            .rposition(|(_, e, k)| *k == Some(EventType::Ok) && e.f == Func::Write)
-        else {
-            continue;
-        };
-        let later_writer = maybe.len() > last_acked + 1;
-        let (_, w, _) = maybe[last_acked];
-        if !later_writer && &w.value != final_value {
-            lost.push(format!(
-                "key {key}: acknowledged write of {} (process {}) is the last write, but the final read returns {final_value}",
-                w.value, w.process
-            ));
+        for w in ops.iter().filter(|o| o.event.f == Func::Write) {
+            let Some((EventType::Ok, w_done)) = w.done else {
+                continue;
+            };
+            if &w.event.value == final_value {
+                continue;
+            }
+            // Superseded by a later acknowledged write or delete: not this write's to keep.
+            let superseded = ops
+                .iter()
+                .any(|o| o.invoked > w_done && matches!(o.done, Some((EventType::Ok, _))));
+            if superseded {
+                continue;
+            }
+            let all_before = producers
+                .iter()
+                .all(|p| matches!(p.done, Some((EventType::Ok, t)) if t < w.invoked));
+            if all_before {
+                lost.push(format!(
+                    "key {key}: acknowledged write of {} (process {}) was overwritten by nothing that started after it, yet the final read returns {final_value}",
+                    w.event.value, w.event.process
+                ));
+            }
         }
     }
     lost
@@ -346,6 +371,26 @@ mod tests {
         assert!(lost_writes(&h, &[("k".into(), json!(2))]).is_empty());
         assert_eq!(lost_writes(&h, &[("k".into(), json!(1))]).len(), 1);
         assert_eq!(lost_writes(&h, &[("k".into(), Value::Null)]).len(), 1);
+    }
+
+    #[test]
+    fn an_earlier_unknown_write_may_land_last() {
+        // w(1) invoked first and timed out; w(2) acknowledged later; w(1) may still apply.
+        let h = vec![
+            ev(1, EventType::Invoke, Func::Write, json!(1), 1),
+            ev(2, EventType::Invoke, Func::Write, json!(2), 2),
+            ev(2, EventType::Ok, Func::Write, json!(2), 3),
+            ev(1, EventType::Info, Func::Write, json!(1), 4),
+        ];
+        assert!(lost_writes(&h, &[("k".into(), json!(1))]).is_empty());
+        // Had w(1) been acknowledged before w(2) began, w(2) would be lost.
+        let h2 = vec![
+            ev(1, EventType::Invoke, Func::Write, json!(1), 1),
+            ev(1, EventType::Ok, Func::Write, json!(1), 2),
+            ev(2, EventType::Invoke, Func::Write, json!(2), 3),
+            ev(2, EventType::Ok, Func::Write, json!(2), 4),
+        ];
+        assert_eq!(lost_writes(&h2, &[("k".into(), json!(1))]).len(), 1);
     }
 
     #[test]
