@@ -49,6 +49,11 @@ fmt:
 tools:
     scripts/tools.sh
 
+# Env: SECS=5 REPS=3 per workload, QUICK=1 (smoke run), SYSTEMS="concord etcd ...", KEEP=1.
+# Concord vs etcd 3.4 vs NATS JetStream KV, one at a time on this machine -> data/bench-compare-*.md
+bench-compare:
+    scripts/bench-compare.sh
+
 # Fault suite: every nemesis (kill, pause, partition, restart) 30 s each, then the verdict
 jepsen *args:
     scripts/check.sh "$@"

@@ -2,15 +2,26 @@
 //! one request, waits for the reply, and sends the next; the summary gives throughput,
 //! latency percentiles and errors by code.
 
+//!
+//! The same loop drives every target through [`Driver`]: the same key choice (xorshift per
+//! client over `--keys`), the same mix, values of the same size, the same latency recording
+//! (from just before the request is sent to its answer) and error counting. Targets:
+//! `concord` (JSON request-reply on `P.kv.*`), `echo` (the NATS round-trip floor), `natskv`
+//! (NATS JetStream KV), `etcd` (etcd v3 gRPC, cargo feature `bench-etcd`).
+
+mod concord;
+pub mod cpu;
+#[cfg(feature = "bench-etcd")]
+mod etcd;
+mod natskv;
+
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
-
-use crate::subjects::{KvOp, Subjects};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -23,20 +34,114 @@ pub struct BenchConfig {
     pub value_size: usize,
     pub stale: bool,
     pub timeout: Duration,
-    /// Send to a local echo responder instead of the cluster: the NATS round-trip floor.
-    pub echo: bool,
+    /// Put every key of the key space once before the measured run (not measured), so that
+    /// gets find data.
+    pub preload: bool,
+    /// Processes whose CPU time (user + system) over the measured run goes in the summary.
+    pub cpu_pids: Vec<u32>,
+}
+
+/// What to load.
+pub enum Target {
+    /// The cluster's contract subjects `prefix.kv.*`.
+    Concord {
+        nats: async_nats::Client,
+        prefix: String,
+    },
+    /// A responder in this process that answers at once: the NATS round-trip floor.
+    Echo {
+        nats: async_nats::Client,
+        prefix: String,
+    },
+    /// A NATS JetStream KV bucket, created (history 1, file storage) if missing.
+    NatsKv {
+        nats: async_nats::Client,
+        bucket: String,
+        replicas: usize,
+    },
+    /// An etcd v3 cluster.
+    #[cfg(feature = "bench-etcd")]
+    Etcd {
+        endpoints: Vec<String>,
+        clients_per_conn: usize,
+    },
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Concord { .. } => "concord",
+            Target::Echo { .. } => "echo",
+            Target::NatsKv { .. } => "natskv",
+            #[cfg(feature = "bench-etcd")]
+            Target::Etcd { .. } => "etcd",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    pub target: String,
     pub clients: usize,
     pub ops: u64,
     pub seconds: f64,
     pub ops_per_sec: f64,
     pub latency_us: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// CPU seconds (user + system) of `--cpu-pids` during the measured run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    /// The same per 10,000 successful operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds_per_10k_ops: Option<f64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get,
+    Delete,
+}
+
+/// A served operation, or the short code of the failure (`busy`, `nats_TimedOut`,
+/// `etcd_unavailable`, `natskv_ack_timed_out`, ...).
+pub type Outcome = Result<(), String>;
+
+/// One client's connection to the system under test: all the closed loop needs.
+trait Driver: Send + 'static {
+    type Request: Send;
+    /// Builds the request for `op` on key number `key` (not timed).
+    fn prepare(&self, op: Op, key: u64) -> Self::Request;
+    /// Sends it and waits for the answer (timed).
+    fn execute(&mut self, op: Op, req: Self::Request) -> impl Future<Output = Outcome> + Send;
+}
+
+/// `DeadlineExceeded` → `deadline_exceeded`: error kinds as short codes.
+fn snake_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for (i, ch) in s.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The op of a mix `(put, get, delete)` for a draw `pick` in `0..put+get+delete`.
+fn pick_op(mix: (u32, u32, u32), pick: u32) -> Op {
+    if pick < mix.0 {
+        Op::Put
+    } else if pick < mix.0 + mix.1 {
+        Op::Get
+    } else {
+        Op::Delete
+    }
+}
 /// Parses `put=50,get=45,delete=5`.
 pub fn parse_mix(s: &str) -> Result<(u32, u32, u32), String> {
     let (mut p, mut g, mut d) = (0, 0, 0);
@@ -79,26 +184,6 @@ fn next_rand(state: &mut u64) -> u64 {
     x
 }
 
-/// Answers every request on `subject` with `{"ok":true}` at once: what a reply costs when
-/// there is no work behind it.
-async fn echo_responder(
-    nats: async_nats::Client,
-    subject: String,
-) -> Option<tokio::task::JoinHandle<()>> {
-    use futures::StreamExt;
-    let mut sub = nats.subscribe(subject).await.ok()?;
-    let _ = nats.flush().await;
-    Some(tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = nats
-                    .publish(reply, br#"{"ok":true}"#.as_slice().into())
-                    .await;
-            }
-        }
-    }))
-}
-
 /// Appends 4 KiB and fdatasyncs, `n` times, in `dir`: the disk's durability floor.
 pub fn fsync_floor(dir: &std::path::Path, n: usize) -> std::io::Result<Summary> {
     use std::io::Write;
@@ -119,10 +204,11 @@ pub fn fsync_floor(dir: &std::path::Path, n: usize) -> std::io::Result<Summary> 
     let seconds = start.elapsed().as_secs_f64();
     drop(f);
     let _ = std::fs::remove_file(&path);
-    Ok(summarize(1, lat, BTreeMap::new(), seconds))
+    Ok(summarize("fsync", 1, lat, BTreeMap::new(), seconds))
 }
 
 fn summarize(
+    target: &str,
     clients: usize,
     mut lat: Vec<u64>,
     errors: BTreeMap<String, u64>,
@@ -136,38 +222,149 @@ fn summarize(
     latency_us.insert("max".into(), lat.last().copied().unwrap_or(0));
     let ops = lat.len() as u64;
     Summary {
+        target: target.to_string(),
         clients,
         ops,
         seconds,
         ops_per_sec: ops as f64 / seconds.max(1e-9),
         latency_us,
         errors,
+        cpu_seconds: None,
+        cpu_seconds_per_10k_ops: None,
     }
 }
 
-pub async fn run(
-    nats: async_nats::Client,
-    prefix: &str,
-    cfg: BenchConfig,
+/// Runs the closed loop against `target`: connects (and creates the NATS KV bucket if
+/// needed), preloads the key space when asked, then `cfg.clients` clients each keep one
+/// request in flight until `cfg.duration` or `cfg.ops`.
+pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Result<Summary> {
+    let name = target.name();
+    match target {
+        Target::Concord { nats, prefix } => {
+            let h = concord::ConcordHandle::new(
+                nats,
+                &prefix,
+                None,
+                cfg.value_size,
+                cfg.stale,
+                cfg.timeout,
+            );
+            drive(name, |_| h.clone(), &cfg, progress).await
+        }
+        Target::Echo { nats, prefix } => {
+            let subject = format!("{prefix}.bench.echo.{}", uuid::Uuid::new_v4().simple());
+            let responder = concord::echo_responder(nats.clone(), subject.clone()).await?;
+            let h = concord::ConcordHandle::new(
+                nats,
+                &prefix,
+                Some(&subject),
+                cfg.value_size,
+                cfg.stale,
+                cfg.timeout,
+            );
+            let s = drive(name, |_| h.clone(), &cfg, progress).await;
+            responder.abort();
+            s
+        }
+        Target::NatsKv {
+            nats,
+            bucket,
+            replicas,
+        } => {
+            let h = natskv::open(
+                nats,
+                &bucket,
+                replicas,
+                cfg.value_size,
+                cfg.timeout,
+                progress,
+            )
+            .await?;
+            drive(name, |_| h.clone(), &cfg, progress).await
+        }
+        #[cfg(feature = "bench-etcd")]
+        Target::Etcd {
+            endpoints,
+            clients_per_conn,
+        } => {
+            let e = etcd::Etcd::connect(
+                &endpoints,
+                cfg.clients,
+                clients_per_conn,
+                cfg.value_size,
+                cfg.stale,
+                cfg.timeout,
+            )
+            .await?;
+            if progress {
+                eprintln!(
+                    "etcd: {} client(s) over {} channel(s) to {endpoints:?}",
+                    cfg.clients,
+                    e.connections()
+                );
+            }
+            drive(name, |c| e.handle(c), &cfg, progress).await
+        }
+    }
+}
+
+/// Puts every key of the key space once, `cfg.clients` at a time; returns the failures.
+async fn preload<D: Driver>(mut handle: impl FnMut(usize) -> D, cfg: &BenchConfig) -> u64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..cfg.clients {
+        let (mut h, next, keys) = (handle(c), next.clone(), cfg.keys);
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0u64;
+            loop {
+                let key = next.fetch_add(1, Ordering::Relaxed);
+                if key >= keys {
+                    break failed;
+                }
+                let req = h.prepare(Op::Put, key);
+                if h.execute(Op::Put, req).await.is_err() {
+                    failed += 1;
+                }
+            }
+        }));
+    }
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or(0))
+        .sum()
+}
+
+/// The closed loop, the same for every target.
+async fn drive<D: Driver>(
+    name: &str,
+    mut handle: impl FnMut(usize) -> D,
+    cfg: &BenchConfig,
     progress: bool,
-) -> Summary {
-    let subjects = Subjects::new(prefix, "-");
-    let echo_subject = format!("{prefix}.bench.echo.{}", uuid::Uuid::new_v4().simple());
-    let echo = if cfg.echo {
-        echo_responder(nats.clone(), echo_subject.clone()).await
-    } else {
+) -> anyhow::Result<Summary> {
+    if cfg.preload {
+        let t0 = Instant::now();
+        let failed = preload(&mut handle, cfg).await;
+        if progress || failed > 0 {
+            eprintln!(
+                "preloaded {} keys in {:.1}s ({failed} failed)",
+                cfg.keys,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let cpu_before = if cfg.cpu_pids.is_empty() {
         None
+    } else {
+        Some(cpu::ticks(&cfg.cpu_pids).map_err(|e| anyhow::anyhow!("--cpu-pids: {e}"))?)
     };
-    let value = json!("x".repeat(cfg.value_size.saturating_sub(2))).to_string();
     let done = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..cfg.clients {
-        let (nats, subjects, cfg, value) =
-            (nats.clone(), subjects.clone(), cfg.clone(), value.clone());
-        let echo_subject = echo_subject.clone();
+        let (mut h, cfg) = (handle(c), cfg.clone());
         let (done, issued, completed) = (done.clone(), issued.clone(), completed.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -183,49 +380,13 @@ pub async fn run(
                         break;
                     }
                 }
-                let key = format!("bench:{}", next_rand(&mut rng) % cfg.keys.max(1));
-                let pick = (next_rand(&mut rng) % total as u64) as u32;
-                let (op, body) = if pick < cfg.mix.0 {
-                    (KvOp::Put, format!(r#"{{"key":"{key}","value":{value}}}"#))
-                } else if pick < cfg.mix.0 + cfg.mix.1 {
-                    let c = if cfg.stale { "stale" } else { "linearizable" };
-                    (
-                        KvOp::Get,
-                        format!(r#"{{"key":"{key}","consistency":"{c}"}}"#),
-                    )
-                } else {
-                    (KvOp::Delete, format!(r#"{{"key":"{key}"}}"#))
-                };
+                let key = next_rand(&mut rng) % cfg.keys.max(1);
+                let op = pick_op(cfg.mix, (next_rand(&mut rng) % total as u64) as u32);
+                let req = h.prepare(op, key);
                 let t0 = Instant::now();
-                let req = async_nats::Request::new()
-                    .payload(body.into_bytes().into())
-                    .timeout(Some(cfg.timeout));
-                let subject = if cfg.echo {
-                    echo_subject.clone()
-                } else {
-                    subjects.kv(op)
-                };
-                match nats.send_request(subject, req).await {
-                    Ok(reply) => {
-                        let us = t0.elapsed().as_micros() as u64;
-                        if reply.payload.starts_with(br#"{"ok":true"#) {
-                            lat.push(us);
-                        } else {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&reply.payload).unwrap_or_default();
-                            let code = v["error"]["code"]
-                                .as_str()
-                                .unwrap_or("unreadable")
-                                .to_string();
-                            // A get of a key not yet written is a served read, not a failure.
-                            if code == "not_found" {
-                                lat.push(us);
-                            } else {
-                                *errors.entry(code).or_default() += 1;
-                            }
-                        }
-                    }
-                    Err(e) => *errors.entry(format!("nats_{:?}", e.kind())).or_default() += 1,
+                match h.execute(op, req).await {
+                    Ok(()) => lat.push(t0.elapsed().as_micros() as u64),
+                    Err(code) => *errors.entry(code).or_default() += 1,
                 }
                 completed.fetch_add(1, Ordering::Relaxed);
             }
@@ -263,10 +424,15 @@ pub async fn run(
     };
     done.store(true, Ordering::Relaxed);
     ticker.abort();
-    if let Some(e) = echo {
-        e.abort();
-    }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_ticks = match cpu_before {
+        Some(before) => Some(
+            cpu::ticks(&cfg.cpu_pids)
+                .map_err(|e| anyhow::anyhow!("--cpu-pids after the run: {e}"))?
+                .saturating_sub(before),
+        ),
+        None => None,
+    };
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for (l, e) in results.into_iter().flatten() {
@@ -275,7 +441,13 @@ pub async fn run(
             *errors.entry(k).or_default() += v;
         }
     }
-    summarize(cfg.clients, lat, errors, seconds)
+    let mut s = summarize(name, cfg.clients, lat, errors, seconds);
+    if let Some(t) = cpu_ticks {
+        let secs = cpu::ticks_to_seconds(t);
+        s.cpu_seconds = Some(secs);
+        s.cpu_seconds_per_10k_ops = (s.ops > 0).then(|| secs * 10_000.0 / s.ops as f64);
+    }
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -289,6 +461,30 @@ mod tests {
         assert!(parse_mix("put=x").is_err());
         assert!(parse_mix("scan=1").is_err());
         assert!(parse_mix("put=0").is_err());
+    }
+
+    #[test]
+    fn codes_in_snake_case() {
+        assert_eq!(snake_case("DeadlineExceeded"), "deadline_exceeded");
+        assert_eq!(snake_case("Unavailable"), "unavailable");
+        assert_eq!(snake_case("AckTimedOut"), "ack_timed_out");
+        assert_eq!(snake_case(""), "");
+    }
+
+    #[test]
+    fn mix_picks_ops_by_weight() {
+        let mix = (50, 45, 5);
+        assert_eq!(pick_op(mix, 0), Op::Put);
+        assert_eq!(pick_op(mix, 49), Op::Put);
+        assert_eq!(pick_op(mix, 50), Op::Get);
+        assert_eq!(pick_op(mix, 94), Op::Get);
+        assert_eq!(pick_op(mix, 95), Op::Delete);
+        assert_eq!(pick_op((0, 1, 0), 0), Op::Get);
+        let counts = (0..100).fold([0; 3], |mut c, p| {
+            c[pick_op((10, 90, 0), p) as usize] += 1;
+            c
+        });
+        assert_eq!(counts, [10, 90, 0]);
     }
 
     #[test]

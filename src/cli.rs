@@ -145,12 +145,33 @@ pub struct BenchArgs {
     #[arg(long, default_value = "linearizable")]
     pub consistency: String,
     /// What to load: the cluster (`concord`), a local NATS echo responder (`echo`: the
-    /// round-trip floor), or 4 KiB appends with fdatasync in --fsync-dir (`fsync`).
+    /// round-trip floor), 4 KiB appends with fdatasync in --fsync-dir (`fsync`), a NATS
+    /// JetStream KV bucket (`natskv`), or an etcd v3 cluster (`etcd`, in builds with
+    /// `--features bench-etcd`).
     #[arg(long, default_value = "concord")]
     pub target: String,
     /// Directory for `--target fsync` (use the disk the nodes' data lives on).
     #[arg(long, default_value = ".")]
     pub fsync_dir: PathBuf,
+    /// Put every key of the key space once before the measured run, so gets find data.
+    #[arg(long)]
+    pub preload: bool,
+    /// Report the CPU time (user + system) these processes spend during the run, in total
+    /// and per 10,000 operations: the servers under test, e.g. `--cpu-pids 101,102,103`.
+    #[arg(long, value_name = "PID,...")]
+    pub cpu_pids: Option<String>,
+    /// `--target etcd`: client endpoints, comma-separated.
+    #[arg(long, value_name = "URL,...", default_value = "http://127.0.0.1:2379")]
+    pub endpoints: String,
+    /// `--target etcd`: clients sharing one gRPC channel (one HTTP/2 connection per member).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub etcd_clients_per_conn: usize,
+    /// `--target natskv`: the KV bucket, created if missing.
+    #[arg(long, default_value = "bench")]
+    pub bucket: String,
+    /// `--target natskv`: replicas of a bucket this run creates.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +238,10 @@ pub fn parse_value(s: &str) -> Value {
 
 /// Runs a client command; returns the process exit code.
 pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
+    // Some bench targets (etcd, fsync) need no NATS connection.
+    if let Cmd::Bench(args) = cmd {
+        return bench(global, args).await;
+    }
     let (config, _) = load_config(global, None)?;
     let timeout = Duration::from_millis(global.timeout_ms);
     let client = match Client::connect(&config.nats, timeout).await {
@@ -274,63 +299,109 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             let text = members_text(&v);
             out(global, v, || text)
         }),
-        Cmd::Bench(args) => {
-            let mix =
-                crate::bench::parse_mix(&args.mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
-            let stale = match args.consistency.as_str() {
-                "linearizable" => false,
-                "stale" => true,
-                other => anyhow::bail!("--consistency: '{other}' is not linearizable or stale"),
-            };
-            let echo = match args.target.as_str() {
-                "concord" => false,
-                "echo" => true,
-                "fsync" => {
-                    let n = args.ops.unwrap_or(2000) as usize;
-                    let s = crate::bench::fsync_floor(&args.fsync_dir, n)?;
-                    let v = serde_json::to_value(&s)?;
-                    return Ok(out(global, v, || {
-                        format!(
-                            "{} x (4 KiB append + fdatasync): p50 {} us p99 {} us, {:.0}/s",
-                            s.ops, s.latency_us["p50"], s.latency_us["p99"], s.ops_per_sec
-                        )
-                    }));
-                }
-                other => anyhow::bail!("--target: '{other}' is not concord, echo or fsync"),
-            };
-            let cfg = crate::bench::BenchConfig {
-                clients: args.clients.max(1),
-                duration: args.duration,
-                ops: args.ops,
-                mix,
-                keys: args.keys,
-                value_size: args.value_size,
-                stale,
-                timeout,
-                echo,
-            };
-            let s = crate::bench::run(
-                client.nats().clone(),
-                &config.nats.subject_prefix,
-                cfg,
-                !global.json,
-            )
-            .await;
-            let v = serde_json::to_value(&s)?;
-            Ok(out(global, v, || {
-                format!(
-                    "{} ops in {:.1}s: {:.0} ops/s | latency us p50 {} p90 {} p99 {} p99.9 {} max {} | errors {:?}",
-                    s.ops, s.seconds, s.ops_per_sec, s.latency_us["p50"], s.latency_us["p90"],
-                    s.latency_us["p99"], s.latency_us["p999"], s.latency_us["max"], s.errors
-                )
-            }))
-        }
         Cmd::Serve(_) | Cmd::Check(_) => unreachable!("serve and check are dispatched by main"),
+        Cmd::Bench(_) => unreachable!("bench is dispatched above"),
     };
     Ok(match res {
         Ok(code) => code,
         Err(e) => report(global, &e),
     })
+}
+
+/// `concord bench`: connects to what `--target` names (NATS only for the targets that use
+/// it), runs the closed loop, prints the summary.
+async fn bench(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
+    use crate::bench::Target;
+    let mix = crate::bench::parse_mix(&args.mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+    let stale = match args.consistency.as_str() {
+        "linearizable" => false,
+        "stale" => true,
+        other => anyhow::bail!("--consistency: '{other}' is not linearizable or stale"),
+    };
+    let cpu_pids = match &args.cpu_pids {
+        Some(p) => {
+            crate::bench::cpu::parse_pids(p).map_err(|e| anyhow::anyhow!("--cpu-pids: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    let timeout = Duration::from_millis(global.timeout_ms);
+    if args.target == "fsync" {
+        let n = args.ops.unwrap_or(2000) as usize;
+        let s = crate::bench::fsync_floor(&args.fsync_dir, n)?;
+        let v = serde_json::to_value(&s)?;
+        return Ok(out(global, v, || {
+            format!(
+                "{} x (4 KiB append + fdatasync): p50 {} us p99 {} us, {:.0}/s",
+                s.ops, s.latency_us["p50"], s.latency_us["p99"], s.ops_per_sec
+            )
+        }));
+    }
+    let (config, _) = load_config(global, None)?;
+    let nats = || async {
+        Client::connect(&config.nats, timeout)
+            .await
+            .map(|c| c.nats().clone())
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.code(), e.message()))
+    };
+    let prefix = config.nats.subject_prefix.clone();
+    let target = match args.target.as_str() {
+        "concord" => Target::Concord {
+            nats: nats().await?,
+            prefix,
+        },
+        "echo" => Target::Echo {
+            nats: nats().await?,
+            prefix,
+        },
+        "natskv" => Target::NatsKv {
+            nats: nats().await?,
+            bucket: args.bucket.clone(),
+            replicas: args.replicas.max(1),
+        },
+        #[cfg(feature = "bench-etcd")]
+        "etcd" => Target::Etcd {
+            endpoints: args
+                .endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect(),
+            clients_per_conn: args.etcd_clients_per_conn.max(1),
+        },
+        #[cfg(not(feature = "bench-etcd"))]
+        "etcd" => anyhow::bail!(
+            "--target etcd: this build has no etcd client; rebuild with `cargo build --release --features bench-etcd` (needs protoc)"
+        ),
+        other => {
+            anyhow::bail!("--target: '{other}' is not concord, echo, fsync, natskv or etcd")
+        }
+    };
+    let cfg = crate::bench::BenchConfig {
+        clients: args.clients.max(1),
+        duration: args.duration,
+        ops: args.ops,
+        mix,
+        keys: args.keys,
+        value_size: args.value_size,
+        stale,
+        timeout,
+        preload: args.preload,
+        cpu_pids,
+    };
+    let s = crate::bench::run(target, cfg, !global.json).await?;
+    let v = serde_json::to_value(&s)?;
+    Ok(out(global, v, || {
+        let mut line = format!(
+            "{} ops in {:.1}s: {:.0} ops/s | latency us p50 {} p90 {} p99 {} p99.9 {} max {} | errors {:?}",
+            s.ops, s.seconds, s.ops_per_sec, s.latency_us["p50"], s.latency_us["p90"],
+            s.latency_us["p99"], s.latency_us["p999"], s.latency_us["max"], s.errors
+        );
+        if let (Some(c), Some(per)) = (s.cpu_seconds, s.cpu_seconds_per_10k_ops) {
+            line.push_str(&format!(" | cpu {c:.2} s, {per:.3} s per 10k ops"));
+        }
+        line
+    }))
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.

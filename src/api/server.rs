@@ -16,6 +16,10 @@ use super::{admin, codec, handler, Ctx};
 use crate::error::busy;
 use crate::subjects::{last_token, AdminOp, KvOp};
 
+/// Queue subscriptions the leader holds on `P.kv.*` (a follower holds one): with 3 nodes,
+/// 2 of 18 requests reach a follower first instead of 2 of 3.
+const LEADER_KV_SUBSCRIPTIONS: usize = 16;
+
 pub struct Server {
     pub ctx: Arc<Ctx>,
     pub permits: Arc<Semaphore>,
@@ -61,12 +65,45 @@ impl Server {
         let mut metrics = self.ctx.raft.metrics();
         let mut cluster_id = self.ctx.view.watch_cluster_id();
         let mut active: Option<CancellationToken> = None;
+        let mut boost: Option<CancellationToken> = None;
         loop {
-            let eligible = {
+            let (eligible, leader) = {
                 let m = metrics.borrow_and_update();
                 let voter = m.membership_config.voter_ids().any(|id| id == self.ctx.me);
-                voter && cluster_id.borrow_and_update().is_some()
+                let eligible = voter && cluster_id.borrow_and_update().is_some();
+                (
+                    eligible,
+                    eligible && m.state == openraft::ServerState::Leader,
+                )
             };
+            // Leader-direct routing: NATS picks a queue subscription at random, so the
+            // leader holds several and most requests skip the forwarding hop. Followers
+            // keep one each and still answer (by forwarding) whatever reaches them.
+            match (&boost, leader) {
+                (None, true) => {
+                    let child = cancel.child_token();
+                    for _ in 1..LEADER_KV_SUBSCRIPTIONS {
+                        match self.subscribe_kv().await {
+                            Ok(kv) => {
+                                tracker.spawn(self.clone().pump(
+                                    kv,
+                                    child.clone(),
+                                    tracker.clone(),
+                                ));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot add a leader subscription")
+                            }
+                        }
+                    }
+                    boost = Some(child);
+                }
+                (Some(child), false) => {
+                    child.cancel();
+                    boost = None;
+                }
+                _ => {}
+            }
             match (&active, eligible) {
                 (None, true) => {
                     let child = cancel.child_token();
@@ -95,6 +132,14 @@ impl Server {
                 r = cluster_id.changed() => if r.is_err() { break },
             }
         }
+    }
+
+    async fn subscribe_kv(&self) -> Result<Subscriber, async_nats::SubscribeError> {
+        let s = &self.ctx.subjects;
+        self.ctx
+            .client
+            .queue_subscribe(s.kv_wildcard(), s.queue_group())
+            .await
     }
 
     async fn subscribe_cluster(

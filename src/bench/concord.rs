@@ -1,0 +1,114 @@
+//! The `concord` and `echo` targets: a JSON request-reply on the contract subjects
+//! `P.kv.put|get|delete` (or, for `echo`, on a private subject answered at once by a
+//! responder in this process: the NATS round-trip floor).
+
+use std::time::Duration;
+
+use async_nats::Subject;
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{Driver, Op, Outcome};
+use crate::subjects::{KvOp, Subjects};
+
+#[derive(Clone)]
+pub struct ConcordHandle {
+    nats: async_nats::Client,
+    put: Subject,
+    get: Subject,
+    delete: Subject,
+    /// The value as JSON text: a string of `value_size` bytes with its quotes.
+    value: String,
+    stale: bool,
+    timeout: Duration,
+}
+
+impl ConcordHandle {
+    /// `echo`: every op goes to that subject instead of the cluster's.
+    pub fn new(
+        nats: async_nats::Client,
+        prefix: &str,
+        echo: Option<&str>,
+        value_size: usize,
+        stale: bool,
+        timeout: Duration,
+    ) -> ConcordHandle {
+        let subjects = Subjects::new(prefix, "-");
+        let subject = |op| Subject::from(echo.map_or_else(|| subjects.kv(op), str::to_string));
+        ConcordHandle {
+            nats,
+            put: subject(KvOp::Put),
+            get: subject(KvOp::Get),
+            delete: subject(KvOp::Delete),
+            value: json!("x".repeat(value_size.saturating_sub(2))).to_string(),
+            stale,
+            timeout,
+        }
+    }
+}
+
+impl Driver for ConcordHandle {
+    type Request = Bytes;
+
+    fn prepare(&self, op: Op, key: u64) -> Bytes {
+        let key = format!("bench:{key}");
+        let value = &self.value;
+        let body = match op {
+            Op::Put => format!(r#"{{"key":"{key}","value":{value}}}"#),
+            Op::Get => {
+                let c = if self.stale { "stale" } else { "linearizable" };
+                format!(r#"{{"key":"{key}","consistency":"{c}"}}"#)
+            }
+            Op::Delete => format!(r#"{{"key":"{key}"}}"#),
+        };
+        body.into_bytes().into()
+    }
+
+    async fn execute(&mut self, op: Op, body: Bytes) -> Outcome {
+        let subject = match op {
+            Op::Put => &self.put,
+            Op::Get => &self.get,
+            Op::Delete => &self.delete,
+        };
+        let req = async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(self.timeout));
+        match self.nats.send_request(subject.clone(), req).await {
+            Ok(reply) => {
+                if reply.payload.starts_with(br#"{"ok":true"#) {
+                    return Ok(());
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&reply.payload).unwrap_or_default();
+                let code = v["error"]["code"].as_str().unwrap_or("unreadable");
+                // A get of a key not yet written is a served read, not a failure.
+                if code == "not_found" {
+                    Ok(())
+                } else {
+                    Err(code.to_string())
+                }
+            }
+            Err(e) => Err(format!("nats_{:?}", e.kind())),
+        }
+    }
+}
+
+/// Answers every request on `subject` with `{"ok":true}` at once: what a reply costs when
+/// there is no work behind it.
+pub async fn echo_responder(
+    nats: async_nats::Client,
+    subject: String,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    use futures::StreamExt;
+    let mut sub = nats.subscribe(subject).await?;
+    let _ = nats.flush().await;
+    Ok(tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = nats
+                    .publish(reply, br#"{"ok":true}"#.as_slice().into())
+                    .await;
+            }
+        }
+    }))
+}
