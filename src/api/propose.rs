@@ -96,11 +96,22 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_bytes: usize
     }
 }
 
-async fn propose_batch(raft: &Raft, mut batch: Vec<Pending>) {
-    let command = if batch.len() == 1 {
-        batch[0].command.clone()
-    } else {
-        Command::Batch(batch.iter().map(|p| p.command.clone()).collect())
+async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
+    // Move the commands into the entry; only the reply channels stay behind.
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut commands = Vec::with_capacity(batch.len());
+    for p in batch {
+        replies.push(p.reply);
+        commands.push(p.command);
+    }
+    let single = commands.len() == 1;
+    let command = match commands.pop() {
+        Some(only) if single => only,
+        Some(last) => {
+            commands.push(last);
+            Command::Batch(commands)
+        }
+        None => return,
     };
     let result = match raft.client_write(LogCommand::new(command)).await {
         Ok(resp) => Ok(resp.data),
@@ -111,27 +122,27 @@ async fn propose_batch(raft: &Raft, mut batch: Vec<Pending>) {
         Err(RaftError::Fatal(e)) => Err(ProposeError::Failed(format!("raft stopped: {e}"))),
     };
     match result {
-        Ok(Outcome::Batch(outcomes)) if outcomes.len() == batch.len() => {
-            for (p, o) in batch.into_iter().zip(outcomes) {
-                let _ = p.reply.send(Ok(o));
+        Ok(Outcome::Batch(outcomes)) if !single && outcomes.len() == replies.len() => {
+            for (reply, o) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(o));
             }
         }
-        Ok(outcome) if batch.len() == 1 => {
-            if let Some(p) = batch.pop() {
-                let _ = p.reply.send(Ok(outcome));
+        Ok(outcome) if single => {
+            for reply in replies {
+                let _ = reply.send(Ok(outcome.clone()));
             }
         }
         Ok(other) => {
             let e = ProposeError::Failed(format!(
                 "batch outcome does not match its commands: {other:?}"
             ));
-            for p in batch {
-                let _ = p.reply.send(Err(e.clone()));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
         Err(e) => {
-            for p in batch {
-                let _ = p.reply.send(Err(e.clone()));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
