@@ -10,8 +10,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::command::{Command, LogCommand, Outcome};
 use crate::raft::types::Raft;
 
-/// Batches proposed at once: the next batch gathers while these are in flight.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Batches proposed at once: the next batch gathers while this one is in flight. openraft
+/// 0.9 flushes appends one after the other, so a second batch in flight only splits the
+/// queue into smaller entries: measured (3 nodes, 64 clients) 2 in flight gave 12–13k
+/// puts/s, 8 gave 9.5–10k, 1 gave 14–16k.
+const BATCHES_IN_FLIGHT: usize = 1;
 /// Commands per batch, at most.
 const MAX_BATCH: usize = 512;
 
