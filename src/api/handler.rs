@@ -19,6 +19,7 @@ use super::read_index::ReadIndexError;
 use super::{validate, Ctx};
 use crate::command::{Command, Outcome};
 use crate::error::{cluster_not_ready, internal, not_found, timeout, WireError};
+use crate::raft::types::RaftMetrics;
 use crate::subjects::{KvOp, HEADER_FORWARDED, HEADER_TIMEOUT_MS};
 
 /// Pause before retrying after a failed attempt, so a dead leader is not hammered.
@@ -107,7 +108,7 @@ async fn route(
     let mut metrics = ctx.raft.metrics();
     loop {
         let leader = metrics.borrow_and_update().current_leader;
-        if is_stale_read(req) && may_serve_stale(ctx) {
+        if is_stale_read(req) && may_serve_stale(ctx, &metrics) {
             return read_local(ctx, req, handed).await;
         }
         if !op.is_write() && crate::failpoints::enabled(crate::failpoints::Failpoint::StaleReads) {
@@ -157,8 +158,10 @@ fn is_stale_read(req: &KvRequest) -> bool {
 }
 
 /// A voter may answer stale reads only while in recent contact with a leader.
-fn may_serve_stale(ctx: &Ctx) -> bool {
-    let m = ctx.raft.metrics().borrow().clone();
+fn may_serve_stale(ctx: &Ctx, metrics: &tokio::sync::watch::Receiver<RaftMetrics>) -> bool {
+    // Borrowed, not cloned: this runs on every stale read, and the guard is never held
+    // across an await.
+    let m = metrics.borrow();
     let window = ctx.stale_window.as_millis() as u64;
     match m.state {
         ServerState::Leader => m.millis_since_quorum_ack.is_some_and(|ms| ms < window),
