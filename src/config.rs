@@ -31,6 +31,9 @@ pub struct Config {
     pub raft: RaftConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    /// Settings of the `concord` client commands (ignored by `serve`).
+    pub client: ClientConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,11 @@ pub struct ClusterConfig {
     /// The voters of a new cluster; the lowest id bootstraps it.
     #[serde(deserialize_with = "ids_from_list_or_csv")]
     pub initial_members: Vec<u64>,
+    /// Shared secret: every Raft RPC, RPC reply and forwarded client request carries an
+    /// HMAC-SHA256 under it, and unsigned or forged ones are dropped. Same on every node.
+    pub secret: Option<String>,
+    /// The secret read from a file instead (trailing newline ignored).
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +68,35 @@ pub struct NatsConfig {
     pub password: Option<String>,
     pub token: Option<String>,
     pub creds_file: Option<PathBuf>,
+    /// NKey seed (`SU...`) for NKey authentication.
+    pub nkey_seed: Option<String>,
+    /// File holding the NKey seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// Refuse a connection that is not TLS.
+    pub tls_required: bool,
+    /// PEM CA bundle that signs the server's certificate (implies TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a token on every request.
+    pub enabled: bool,
+    /// Bootstrap admin credential, accepted by this node as an admin token.
+    pub admin_token: Option<String>,
+    /// The admin credential read from a file instead (trailing newline ignored).
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Token the client commands send (`--token` and `CONCORD_TOKEN` take precedence).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +143,8 @@ impl Default for Config {
             raft: RaftConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            client: ClientConfig::default(),
         }
     }
 }
@@ -121,6 +160,8 @@ impl Default for ClusterConfig {
         ClusterConfig {
             name: "concord".into(),
             initial_members: vec![1],
+            secret: None,
+            secret_file: None,
         }
     }
 }
@@ -134,6 +175,12 @@ impl Default for NatsConfig {
             password: None,
             token: None,
             creds_file: None,
+            nkey_seed: None,
+            nkey_seed_file: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -253,7 +300,62 @@ impl Config {
         if self.limits.max_scan_limit == 0 {
             return Err(field("limits.max_scan_limit", "must be positive"));
         }
+        if self.cluster.secret.is_some() && self.cluster.secret_file.is_some() {
+            return Err(field(
+                "cluster.secret",
+                "set either cluster.secret or cluster.secret_file, not both",
+            ));
+        }
+        if let Some(s) = &self.cluster.secret {
+            if s.trim().chars().count() < MIN_SECRET_CHARS {
+                return Err(field(
+                    "cluster.secret",
+                    "must be at least 16 characters (use e.g. `openssl rand -hex 32`)",
+                ));
+            }
+        }
+        if self.auth.admin_token.is_some() && self.auth.admin_token_file.is_some() {
+            return Err(field(
+                "auth.admin_token",
+                "set either auth.admin_token or auth.admin_token_file, not both",
+            ));
+        }
+        if let Some(t) = &self.auth.admin_token {
+            if t.trim().chars().count() < MIN_SECRET_CHARS {
+                return Err(field("auth.admin_token", "must be at least 16 characters"));
+            }
+        }
+        if self.nats.nkey_seed.is_some() && self.nats.nkey_seed_file.is_some() {
+            return Err(field(
+                "nats.nkey_seed",
+                "set either nats.nkey_seed or nats.nkey_seed_file, not both",
+            ));
+        }
+        if self.nats.tls_cert_file.is_some() != self.nats.tls_key_file.is_some() {
+            return Err(field(
+                "nats.tls_cert_file",
+                "a client certificate needs both nats.tls_cert_file and nats.tls_key_file",
+            ));
+        }
         Ok(())
+    }
+
+    /// The cluster secret, from `cluster.secret` or `cluster.secret_file`.
+    pub fn cluster_secret(&self) -> Result<Option<String>, Error> {
+        read_secret(
+            "cluster.secret_file",
+            self.cluster.secret.as_deref(),
+            self.cluster.secret_file.as_deref(),
+        )
+    }
+
+    /// The bootstrap admin credential, from `auth.admin_token` or `auth.admin_token_file`.
+    pub fn admin_token(&self) -> Result<Option<String>, Error> {
+        read_secret(
+            "auth.admin_token_file",
+            self.auth.admin_token.as_deref(),
+            self.auth.admin_token_file.as_deref(),
+        )
     }
 
     pub fn initial_members(&self) -> BTreeSet<u64> {
@@ -275,8 +377,44 @@ impl Config {
         };
         mask(&mut c.nats.password);
         mask(&mut c.nats.token);
+        mask(&mut c.nats.nkey_seed);
+        mask(&mut c.cluster.secret);
+        mask(&mut c.auth.admin_token);
+        mask(&mut c.client.token);
         serde_json::to_string(&c).unwrap_or_default()
     }
+}
+
+/// Shortest accepted shared secret or admin credential.
+const MIN_SECRET_CHARS: usize = 16;
+
+/// A secret given inline or in a file; the file's trailing newline is not part of it.
+fn read_secret(
+    file_field: &'static str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, Error> {
+    if let Some(s) = inline {
+        return Ok(Some(s.trim().to_string()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Field {
+        field: file_field,
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let secret = text.trim().to_string();
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return Err(Error::Field {
+            field: file_field,
+            reason: format!(
+                "{} holds fewer than {MIN_SECRET_CHARS} characters",
+                path.display()
+            ),
+        });
+    }
+    Ok(Some(secret))
 }
 
 fn is_subject_token(s: &str) -> bool {

@@ -27,6 +27,7 @@ pub mod failpoints;
 pub mod nats;
 pub mod node;
 pub mod raft;
+pub mod signing;
 pub mod store;
 pub mod subjects;
 

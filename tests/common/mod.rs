@@ -74,6 +74,9 @@ pub struct ClusterOptions {
     /// cluster on the same NATS (give it another cluster name and prefix). Such a cluster does
     /// not take the test locks: the first cluster of the test already holds them.
     pub nats_url: Option<String>,
+    /// Token the fixture's own status and wait calls send (`Authorization: Bearer`), for
+    /// clusters with `auth.enabled`. Test requests carry their own credentials.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -85,6 +88,7 @@ impl Default for ClusterOptions {
             node_env: BTreeMap::new(),
             start_nodes: true,
             nats_url: None,
+            admin_token: None,
         }
     }
 }
@@ -117,6 +121,10 @@ impl ClusterOptions {
         self.nats_url = Some(url.into());
         self
     }
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
 }
 
 struct Node {
@@ -141,6 +149,7 @@ pub struct Cluster {
     prefix: String,
     cluster_name: String,
     initial_members: Vec<u64>,
+    admin_token: Option<String>,
     failed: AtomicBool,
     tmp: Option<tempfile::TempDir>,
     _file_lock: Option<FileLock>,
@@ -212,6 +221,7 @@ impl Cluster {
             prefix: opts.prefix.clone(),
             cluster_name: opts.cluster_name.clone(),
             initial_members,
+            admin_token: opts.admin_token.clone(),
             failed: AtomicBool::new(false),
             tmp: Some(tmp),
             _file_lock: file_lock,
@@ -395,6 +405,14 @@ impl Cluster {
         }
     }
 
+    /// `Authorization: Bearer <admin token>` when the cluster has one, for admin calls.
+    pub fn admin_headers(&self) -> Option<async_nats::HeaderMap> {
+        let token = self.admin_token.as_ref()?;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Authorization", format!("Bearer {token}").as_str());
+        Some(h)
+    }
+
     /// `<prefix>.node.<id>.admin.status`; fails unless the reply has `"ok": true`.
     pub async fn status(&self, id: u64) -> Result<Value> {
         self.status_within(id, STATUS_TIMEOUT).await
@@ -403,7 +421,7 @@ impl Cluster {
     async fn status_within(&self, id: u64, timeout: Duration) -> Result<Value> {
         let subject = self.subject(&format!("node.{id}.admin.status"));
         let reply = self
-            .request_raw(&subject, None, to_bytes(&json!({})), timeout)
+            .request_raw(&subject, self.admin_headers(), to_bytes(&json!({})), timeout)
             .await?;
         if reply["ok"] != json!(true) {
             bail!("status of node {id} is not ok: {reply}");
