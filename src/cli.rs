@@ -47,6 +47,16 @@ pub struct Global {
     /// Print replies as JSON, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Token sent with client commands (default: `client.token`, then `auth.admin_token`
+    /// of the config file).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,11 +90,37 @@ pub enum Cmd {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Access tokens (needs an admin credential when auth is on).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Closed-loop load generator over the wire protocol.
     Bench(BenchArgs),
     /// Fault suite: start a cluster, run a recorded workload under a nemesis, check the
     /// history for linearizability and lost writes, print a verdict.
     Check(CheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a new token and print it once: the cluster keeps only its SHA-256.
+    Create {
+        /// What the token may do: read (get, scan), readwrite (also put, delete) or admin.
+        #[arg(long, default_value = "read", value_parser = ["read", "readwrite", "admin"])]
+        role: String,
+        /// A label shown by `token list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 30d or 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List tokens: id, name, role, created, expires (never the tokens themselves).
+    List,
+    /// Revoke a token by its id (from `token list`) or by the token itself.
+    Revoke {
+        #[arg(value_name = "ID|TOKEN")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -245,8 +281,17 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
     }
     let (config, _) = load_config(global, None)?;
     let timeout = Duration::from_millis(global.timeout_ms);
+    let token = match client_token(global, &config) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(report(
+                global,
+                &ClientError::Server(crate::error::bad_request(e.to_string())),
+            ))
+        }
+    };
     let client = match Client::connect(&config.nats, timeout).await {
-        Ok(c) => c.with_token(std::env::var("CONCORD_TOKEN").ok()),
+        Ok(c) => c.with_token(token),
         Err(e) => return Ok(report(global, &e)),
     };
     let res = match cmd {
@@ -300,6 +345,7 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             let text = members_text(&v);
             out(global, v, || text)
         }),
+        Cmd::Token(cmd) => token_command(&client, global, cmd).await,
         Cmd::Serve(_) | Cmd::Check(_) => unreachable!("serve and check are dispatched by main"),
         Cmd::Bench(_) => unreachable!("bench is dispatched above"),
     };
@@ -403,6 +449,85 @@ async fn bench(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
         }
         line
     }))
+}
+
+/// The client's token: `--token` / `CONCORD_TOKEN`, then `client.token`, then the node's
+/// bootstrap admin credential when the config file has one.
+fn client_token(global: &Global, config: &Config) -> Result<Option<String>, config::Error> {
+    if let Some(t) = &global.token {
+        return Ok(Some(t.clone()));
+    }
+    if let Some(t) = &config.client.token {
+        return Ok(Some(t.clone()));
+    }
+    config.admin_token()
+}
+
+async fn token_command(
+    client: &Client,
+    global: &Global,
+    cmd: TokenCmd,
+) -> Result<i32, ClientError> {
+    use crate::subjects::AdminOp;
+    let (op, body) = match cmd {
+        TokenCmd::Create {
+            role,
+            name,
+            expires,
+        } => (
+            AdminOp::TokenCreate,
+            json!({"role": role, "name": name, "expires_in": expires}),
+        ),
+        TokenCmd::List => (AdminOp::TokenList, json!({})),
+        TokenCmd::Revoke { id } => (AdminOp::TokenRevoke, json!({ "id": id })),
+    };
+    let v = client.admin(op, body).await?;
+    let text = match op {
+        AdminOp::TokenCreate => format!(
+            "{}\n\nid {}, role {}, expires {}.\nStore the token now: it cannot be shown again.",
+            show(&v["token"]),
+            show(&v["id"]),
+            show(&v["role"]),
+            v["expires"].as_str().unwrap_or("never"),
+        ),
+        AdminOp::TokenRevoke => {
+            if v["revoked"] == json!(true) {
+                format!("revoked token {}", show(&v["id"]))
+            } else {
+                format!("token {} was already revoked", show(&v["id"]))
+            }
+        }
+        _ => tokens_text(&v),
+    };
+    Ok(out(global, v, || text))
+}
+
+fn tokens_text(v: &Value) -> String {
+    let empty = Vec::new();
+    let list = v["tokens"].as_array().unwrap_or(&empty);
+    if list.is_empty() {
+        return "no tokens".into();
+    }
+    let mut s = format!(
+        "{:<16}  {:<9}  {:<20}  {:<20}  {}",
+        "ID", "ROLE", "CREATED", "EXPIRES", "NAME"
+    );
+    for t in list {
+        let expires = match (t["expires"].as_str(), t["expired"] == json!(true)) {
+            (None, _) => "never".to_string(),
+            (Some(e), true) => format!("{e} (expired)"),
+            (Some(e), false) => e.to_string(),
+        };
+        s.push_str(&format!(
+            "\n{:<16}  {:<9}  {:<20}  {:<20}  {}",
+            show(&t["id"]),
+            show(&t["role"]),
+            show(&t["created"]),
+            expires,
+            t["name"].as_str().unwrap_or("-"),
+        ));
+    }
+    s
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.

@@ -216,6 +216,11 @@ impl Client {
         .await
     }
 
+    /// Any `P.admin.<op>` request; the reply when it is `ok`.
+    pub async fn admin(&self, op: AdminOp, body: Value) -> Result<Value, ClientError> {
+        self.call(self.subjects.admin(op), body).await
+    }
+
     pub async fn members(&self) -> Result<Value, ClientError> {
         self.call(self.subjects.admin(AdminOp::Members), serde_json::json!({}))
             .await

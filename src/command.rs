@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::auth::{TokenDigest, TokenRecord};
+
 /// Format version of [`LogCommand`]; bumped when the envelope itself changes shape.
 pub const COMMAND_FORMAT: u8 = 1;
 
@@ -37,6 +39,8 @@ impl std::fmt::Display for LogCommand {
             Command::Put { value, .. } => write!(f, "put({} bytes)", value.len()),
             Command::Delete { .. } => write!(f, "delete"),
             Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
+            Command::TokenCreate { record, .. } => write!(f, "token_create({})", record.id),
+            Command::TokenRevoke { .. } => write!(f, "token_revoke"),
         }
     }
 }
@@ -57,6 +61,15 @@ pub enum Command {
     },
     /// Several client writes sharing one log entry; each takes its own revision.
     Batch(Vec<Command>),
+    /// Adds a token to the replicated table: its digest, never the token itself.
+    TokenCreate {
+        digest: TokenDigest,
+        record: TokenRecord,
+    },
+    /// Removes a token from the table.
+    TokenRevoke {
+        digest: TokenDigest,
+    },
 }
 
 impl Command {
@@ -67,6 +80,10 @@ impl Command {
             Command::Put { key, value } => key.len() + value.len() + 32,
             Command::Delete { key } => key.len() + 16,
             Command::Batch(cmds) => cmds.iter().map(Command::approximate_size).sum::<usize>() + 8,
+            Command::TokenCreate { record, .. } => {
+                96 + record.id.len() + record.name.as_ref().map_or(0, String::len)
+            }
+            Command::TokenRevoke { .. } => 40,
         }
     }
 }
@@ -86,4 +103,9 @@ pub enum Outcome {
         revision: u64,
     },
     Batch(Vec<Outcome>),
+    /// A token command: whether it changed the table (false: the digest was already there,
+    /// or already gone).
+    Token {
+        changed: bool,
+    },
 }

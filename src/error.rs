@@ -79,6 +79,7 @@ ctor!(not_found, NotFound);
 ctor!(invalid_key, InvalidKey);
 ctor!(value_too_large, ValueTooLarge);
 ctor!(bad_request, BadRequest);
+ctor!(unauthorized, Unauthorized);
 ctor!(busy, Busy);
 ctor!(cluster_not_ready, ClusterNotReady);
 ctor!(timeout, Timeout);

@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod cli;

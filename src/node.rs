@@ -66,6 +66,14 @@ pub async fn run(
         )));
     }
     let subjects = Subjects::new(&config.nats.subject_prefix, &config.cluster.name);
+    let admin_token = config
+        .admin_token()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if config.auth.enabled && admin_token.is_none() {
+        tracing::warn!(
+            "auth is on without auth.admin_token: only admin-role tokens can administer this node"
+        );
+    }
 
     let dir = config.data_dir.clone();
     let (cache, fsync) = (config.storage.cache_size_mib, config.storage.fsync);
@@ -75,7 +83,14 @@ pub async fn run(
     let pristine = store.is_pristine()?;
     let view = StateView::open(store.clone())?;
 
-    let live_cluster = check_prefix(&client, &subjects, &config, view.cluster_id()).await?;
+    let live_cluster = check_prefix(
+        &client,
+        &subjects,
+        &config,
+        admin_token.as_deref(),
+        view.cluster_id(),
+    )
+    .await?;
 
     let network = Network {
         client: client.clone(),
@@ -135,6 +150,7 @@ pub async fn run(
         stale_window: config.raft.election_timeout_min(),
         contact,
         max_payload,
+        auth: crate::auth::Authorizer::new(config.auth.enabled, admin_token.as_deref()),
     });
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(
@@ -209,11 +225,17 @@ async fn check_prefix(
     client: &Client,
     subjects: &Subjects,
     config: &Config,
+    admin_token: Option<&str>,
     my_cluster_id: Option<Uuid>,
 ) -> Result<bool, Error> {
-    let req = async_nats::Request::new()
+    let mut req = async_nats::Request::new()
         .payload("{}".into())
         .timeout(Some(Duration::from_millis(1500)));
+    if let Some(t) = admin_token {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Authorization", format!("Bearer {t}").as_str());
+        req = req.headers(h);
+    }
     let reply = match client
         .send_request(subjects.admin(AdminOp::Status), req)
         .await
@@ -225,6 +247,20 @@ async fn check_prefix(
             return Ok(false);
         }
     };
+    if is_unauthorized(&reply.payload) {
+        if config.auth.enabled {
+            tracing::warn!(
+                "a node with auth answers on '{}' and refuses this node's credential; assuming it is this cluster (set auth.admin_token to the cluster's admin credential to check)",
+                subjects.admin(AdminOp::Status)
+            );
+            return Ok(true);
+        }
+        return Err(Error::OtherCluster(format!(
+            "a cluster with auth on answers on subject prefix '{}', and this node has auth off; \
+             give this cluster its own nats.subject_prefix, or turn auth on with its admin credential",
+            subjects.prefix()
+        )));
+    }
     let Ok(peer) = serde_json::from_slice::<PeerStatus>(&reply.payload) else {
         return Err(Error::OtherCluster(format!(
             "something that is not a Concord node answers on '{}'; give this cluster its own nats.subject_prefix",
@@ -250,6 +286,15 @@ async fn check_prefix(
         )));
     }
     Ok(true)
+}
+
+fn is_unauthorized(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        error: crate::error::WireError,
+    }
+    serde_json::from_slice::<Reply>(payload)
+        .is_ok_and(|r| r.error.code == crate::error::ErrorKind::Unauthorized)
 }
 
 async fn bootstrap(raft: &Raft, members: &BTreeSet<u64>) -> Result<(), Error> {

@@ -35,15 +35,28 @@ impl KvOp {
 pub enum AdminOp {
     Status,
     Members,
+    TokenCreate,
+    TokenRevoke,
+    TokenList,
 }
 
 impl AdminOp {
-    pub const ALL: [AdminOp; 2] = [AdminOp::Status, AdminOp::Members];
+    pub const ALL: [AdminOp; 5] = [
+        AdminOp::Status,
+        AdminOp::Members,
+        AdminOp::TokenCreate,
+        AdminOp::TokenRevoke,
+        AdminOp::TokenList,
+    ];
 
+    /// The subject after `P.admin.`.
     pub fn as_str(self) -> &'static str {
         match self {
             AdminOp::Status => "status",
             AdminOp::Members => "members",
+            AdminOp::TokenCreate => "token.create",
+            AdminOp::TokenRevoke => "token.revoke",
+            AdminOp::TokenList => "token.list",
         }
     }
 
@@ -124,8 +137,9 @@ impl Subjects {
         format!("{}.admin.{}", self.prefix, op.as_str())
     }
 
+    /// `P.admin.>`: status, members and the token operations.
     pub fn admin_wildcard(&self) -> String {
-        format!("{}.admin.*", self.prefix)
+        format!("{}.admin.>", self.prefix)
     }
 
     pub fn node_admin(&self, node: u64, op: AdminOp) -> String {
@@ -133,7 +147,23 @@ impl Subjects {
     }
 
     pub fn node_admin_wildcard(&self, node: u64) -> String {
-        format!("{}.node.{}.admin.*", self.prefix, node)
+        format!("{}.node.{}.admin.>", self.prefix, node)
+    }
+
+    /// What a subject this node subscribed to asks for: `kv.<op>` or `admin.<op>`, from
+    /// `P.…` or `P.node.<id>.…`.
+    pub fn classify<'a>(&self, subject: &'a str) -> Option<Addressed<'a>> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let rest = match rest.strip_prefix("node.") {
+            Some(r) => r.split_once('.')?.1,
+            None => rest,
+        };
+        if let Some(op) = rest.strip_prefix("kv.") {
+            return Some(Addressed::Kv(op));
+        }
+        rest.strip_prefix("admin.").map(Addressed::Admin)
     }
 
     pub fn raft(&self, node: u64, rpc: RaftRpc) -> String {
@@ -156,6 +186,13 @@ impl Subjects {
     }
 }
 
+/// The operation part of a client subject, see [`Subjects::classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressed<'a> {
+    Kv(&'a str),
+    Admin(&'a str),
+}
+
 /// The last `.`-separated token of a subject: the operation name.
 pub fn last_token(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or(subject)
@@ -175,5 +212,13 @@ mod tests {
         assert_eq!(last_token("concord.node.3.kv.scan"), "scan");
         assert_eq!(KvOp::parse("delete"), Some(KvOp::Delete));
         assert_eq!(KvOp::parse("nope"), None);
+        let t = Subjects::new("corp.admin", "main");
+        assert_eq!(t.classify("corp.admin.kv.put"), Some(Addressed::Kv("put")));
+        assert_eq!(
+            t.classify("corp.admin.node.2.admin.token.create"),
+            Some(Addressed::Admin("token.create"))
+        );
+        assert_eq!(t.classify("corp.kv.put"), None);
+        assert_eq!(AdminOp::parse("token.list"), Some(AdminOp::TokenList));
     }
 }

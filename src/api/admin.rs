@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::codec;
 use super::Ctx;
+use crate::auth::{Credential, Role};
 use crate::error::{internal, WireError};
 use crate::subjects::AdminOp;
 
@@ -71,11 +72,20 @@ pub fn role_name(state: ServerState) -> &'static str {
 }
 
 pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
+    if matches!(
+        op,
+        AdminOp::TokenCreate | AdminOp::TokenRevoke | AdminOp::TokenList
+    ) {
+        return super::tokens::handle_token(ctx, op, msg).await;
+    }
     let res = async {
         let body = codec::decode_admin(&msg.payload)?;
+        // Status and membership are this node's own view: checked against its own table.
+        let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+        ctx.auth.check(ctx.view.tokens(), cred, Role::Read)?;
         match op {
             AdminOp::Status => status(ctx, body.digest).await.map(|s| codec::encode_ok(&s)),
-            AdminOp::Members => Ok(members_from_leader(ctx, msg).await),
+            _ => Ok(members_from_leader(ctx, msg).await),
         }
     }
     .await;
@@ -141,7 +151,8 @@ async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
     let leader = ctx.raft.metrics().borrow().current_leader;
     if let (Some(l), false) = (leader, forwarded) {
         if l != ctx.me {
-            let mut headers = async_nats::HeaderMap::new();
+            // The client's headers go along: its credential may be there.
+            let mut headers = msg.headers.clone().unwrap_or_default();
             headers.insert(
                 crate::subjects::HEADER_FORWARDED,
                 ctx.me.to_string().as_str(),

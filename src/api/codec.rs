@@ -44,6 +44,12 @@ pub enum KvRequest {
     },
 }
 
+impl KvRequest {
+    pub fn is_write(&self) -> bool {
+        matches!(self, KvRequest::Put { .. } | KvRequest::Delete { .. })
+    }
+}
+
 /// Fields every request may carry besides its own.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Common {
@@ -114,7 +120,7 @@ fn common(token: Option<String>, timeout_ms: Option<u64>) -> Common {
 }
 
 /// Rejects what is not a JSON object before the typed decode, so the message says which.
-fn check_object(body: &[u8]) -> Result<(), WireError> {
+pub fn check_object(body: &[u8]) -> Result<(), WireError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         return Err(bad_request(format!("request body is not JSON: {e}")));
     }
@@ -125,7 +131,7 @@ fn check_object(body: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
-fn typed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+pub fn typed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
     serde_json::from_slice(body).map_err(|e| {
         // serde's messages name the field ("missing field `key`", "unknown variant ...").
         let msg = e.to_string();

@@ -8,7 +8,9 @@ pub mod codec;
 pub mod handler;
 pub mod propose;
 pub mod read_index;
+pub mod route;
 pub mod server;
+pub mod tokens;
 pub mod validate;
 
 use std::sync::Arc;
@@ -39,4 +41,6 @@ pub struct Ctx {
     pub stale_window: Duration,
     pub contact: Arc<LeaderContact>,
     pub max_payload: usize,
+    /// Token checks (`auth.enabled`).
+    pub auth: crate::auth::Authorizer,
 }

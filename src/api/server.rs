@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{admin, codec, handler, Ctx};
 use crate::error::busy;
-use crate::subjects::{last_token, AdminOp, KvOp};
+use crate::subjects::{Addressed, AdminOp, KvOp};
 
 /// Queue subscriptions the leader holds on `P.kv.*` (a follower holds one): with 3 nodes,
 /// 2 of 18 requests reach a follower first instead of 2 of 3.
@@ -197,22 +197,23 @@ impl Server {
     }
 
     async fn dispatch(&self, msg: &Message) -> Vec<u8> {
-        let op = last_token(&msg.subject);
-        let is_admin = msg.subject.contains(".admin.");
-        if is_admin {
-            match AdminOp::parse(op) {
+        match self.ctx.subjects.classify(&msg.subject) {
+            Some(Addressed::Admin(op)) => match AdminOp::parse(op) {
                 Some(op) => admin::handle_admin(&self.ctx, op, msg).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
-                    "unknown admin operation '{op}'"
+                    "unknown admin operation '{op}' (status, members, token.create, token.revoke, token.list)"
                 ))),
-            }
-        } else {
-            match KvOp::parse(op) {
+            },
+            Some(Addressed::Kv(op)) => match KvOp::parse(op) {
                 Some(op) => handler::handle_kv(&self.ctx, op, msg).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
                     "unknown operation '{op}' (put, get, delete, scan)"
                 ))),
-            }
+            },
+            None => codec::encode_error(&crate::error::bad_request(format!(
+                "unknown subject '{}'",
+                msg.subject
+            ))),
         }
     }
 }

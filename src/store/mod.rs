@@ -4,7 +4,8 @@
 //!
 //! Keyspaces: `meta` (format version, vote, purge point, current snapshot), `raft_log`
 //! (big-endian index → entry), `sm_meta` (last applied, membership, revision, cluster id,
-//! kv generation) and `kv_<generation>` (key → revision + JSON value).
+//! kv generation), `tokens` (SHA-256 of a token → its metadata) and `kv_<generation>`
+//! (key → revision + JSON value).
 
 pub mod keys;
 pub mod log_store;
@@ -51,6 +52,8 @@ pub struct Store {
     pub meta: Keyspace,
     pub log: Keyspace,
     pub sm_meta: Keyspace,
+    /// Token digest → token metadata (part of the state machine).
+    pub tokens: Keyspace,
     pub dir: PathBuf,
     /// fsync before acknowledging; off only to measure its cost.
     pub fsync: bool,
@@ -78,6 +81,7 @@ impl Store {
             meta: db.keyspace("meta", opts)?,
             log: db.keyspace("raft_log", opts)?,
             sm_meta: db.keyspace("sm_meta", opts)?,
+            tokens: db.keyspace("tokens", opts)?,
             db,
             dir: dir.to_path_buf(),
             fsync,

@@ -3,8 +3,11 @@
 //! ```text
 //! "CNCDSNAP" | u32 version | u32 header_len | header (bincode)
 //! { 0x01 | u32 key_len | key | u32 value_len | value }*      value = revision + JSON
+//! { 0x02 | u32 32 | token digest | u32 len | token record }*  (format 2 on)
 //! 0x00 | sha256 of every byte before it
 //! ```
+//!
+//! Format 1 had no token records; this build reads both and writes 2.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -17,14 +20,23 @@ use uuid::Uuid;
 use super::Error;
 
 const MAGIC: &[u8; 8] = b"CNCDSNAP";
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Oldest format this build still reads.
+const OLDEST_READABLE_FORMAT: u32 = 1;
 const TAG_RECORD: u8 = 1;
+const TAG_TOKEN: u8 = 2;
 const TAG_END: u8 = 0;
 /// Bounds a header or record read from an untrusted file before allocating for it.
 const MAX_FIELD_BYTES: u32 = 64 * 1024 * 1024;
 
-/// One key and its stored value.
-pub type Record = (Vec<u8>, Vec<u8>);
+/// One record of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A key and its stored value.
+    Kv(Vec<u8>, Vec<u8>),
+    /// A token digest and its record (bincode).
+    Token(Vec<u8>, Vec<u8>),
+}
 
 /// State-machine metadata carried in every snapshot, beside the key space.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +76,15 @@ impl SnapshotWriter {
     }
 
     pub fn record(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        self.put(&[TAG_RECORD])?;
+        self.tagged(TAG_RECORD, key, value)
+    }
+
+    pub fn token(&mut self, digest: &[u8], record: &[u8]) -> Result<(), Error> {
+        self.tagged(TAG_TOKEN, digest, record)
+    }
+
+    fn tagged(&mut self, tag: u8, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.put(&[tag])?;
         self.put(&(key.len() as u32).to_be_bytes())?;
         self.put(key)?;
         self.put(&(value.len() as u32).to_be_bytes())?;
@@ -117,9 +137,9 @@ impl<R: Read> SnapshotReader<R> {
             return Err(Error::Corrupt("not a Concord snapshot (bad magic)".into()));
         }
         let version = r.u32()?;
-        if version != SNAPSHOT_FORMAT {
+        if !(OLDEST_READABLE_FORMAT..=SNAPSHOT_FORMAT).contains(&version) {
             return Err(Error::Corrupt(format!(
-                "snapshot format {version} is not supported (this build reads {SNAPSHOT_FORMAT})"
+                "snapshot format {version} is not supported (this build reads {OLDEST_READABLE_FORMAT} to {SNAPSHOT_FORMAT})"
             )));
         }
         let header = r.field()?;
@@ -156,7 +176,7 @@ impl<R: Read> SnapshotReader<R> {
         Ok(buf)
     }
 
-    /// The next `(key, value)` record, or `None` once the verified end is reached.
+    /// The next record, or `None` once the verified end is reached.
     pub fn next_record(&mut self) -> Result<Option<Record>, Error> {
         if self.done {
             return Ok(None);
@@ -167,7 +187,12 @@ impl<R: Read> SnapshotReader<R> {
             TAG_RECORD => {
                 let key = self.field()?;
                 let value = self.field()?;
-                Ok(Some((key, value)))
+                Ok(Some(Record::Kv(key, value)))
+            }
+            TAG_TOKEN => {
+                let digest = self.field()?;
+                let record = self.field()?;
+                Ok(Some(Record::Token(digest, record)))
             }
             TAG_END => {
                 let expected = self.hash.clone().finalize();
@@ -197,6 +222,7 @@ mod tests {
             key_count: 100,
         };
         let mut w = SnapshotWriter::create(path, &header).unwrap();
+        w.token(&[7u8; 32], b"rec").unwrap();
         for i in 0..100u32 {
             w.record(format!("k{i:03}").as_bytes(), &i.to_be_bytes())
                 .unwrap();
@@ -212,9 +238,14 @@ mod tests {
         let mut r = SnapshotReader::open(&path).unwrap();
         assert_eq!(r.header.revision, 9);
         let mut n = 0;
-        while let Some((k, _)) = r.next_record().unwrap() {
-            assert_eq!(k, format!("k{n:03}").into_bytes());
-            n += 1;
+        while let Some(rec) = r.next_record().unwrap() {
+            match rec {
+                Record::Kv(k, _) => {
+                    assert_eq!(k, format!("k{n:03}").into_bytes());
+                    n += 1;
+                }
+                Record::Token(d, r) => assert_eq!((d, r), (vec![7u8; 32], b"rec".to_vec())),
+            }
         }
         assert_eq!(n, 100);
 

@@ -21,8 +21,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::log_store::read_bincode;
-use super::snapshot::{SnapshotHeader, SnapshotReader, SnapshotWriter};
+use super::snapshot::{Record as Streamed, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use super::{keys, Error, Store};
+use crate::auth::{TokenDigest, TokenRecord, TokenTable};
 use crate::command::{Command, Outcome};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -55,6 +56,8 @@ pub struct StateView {
     key_count: std::sync::atomic::AtomicU64,
     /// Serializes updates of the current-snapshot record (build and install may overlap).
     snapshot_record: Mutex<()>,
+    /// The applied token table, in memory: every authenticated request looks here.
+    tokens: TokenTable,
 }
 
 /// The current snapshot as recorded in `meta`.
@@ -90,6 +93,8 @@ impl StateView {
                 }
             }
         }
+        let tokens = TokenTable::default();
+        tokens.replace(load_tokens(&store.tokens)?);
         Ok(Arc::new(StateView {
             store,
             kv: RwLock::new((generation, kv)),
@@ -97,6 +102,7 @@ impl StateView {
             cluster_id: watch::channel(cluster_id).0,
             key_count: key_count.into(),
             snapshot_record: Mutex::new(()),
+            tokens,
         }))
     }
 
@@ -106,6 +112,10 @@ impl StateView {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn tokens(&self) -> &TokenTable {
+        &self.tokens
     }
 
     /// `(revision, JSON)` of `key`, if present.
@@ -198,6 +208,12 @@ impl StateView {
             h.update(&v);
             n += 1;
         }
+        for guard in snap.iter(&self.store.tokens) {
+            let (k, v) = guard.into_inner()?;
+            h.update(b"token");
+            h.update(&k);
+            h.update(&v);
+        }
         let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok((hex, n))
     }
@@ -231,6 +247,9 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
         revision: view.revision(),
         cluster_id: view.cluster_id(),
         key_count: view.key_count(),
+        tokens: Vec::new(),
+        table: &view.tokens,
+        tokens_ks: &store.tokens,
     };
     let mut last_applied = None;
     let mut membership = None;
@@ -246,10 +265,23 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
     }
 
     /// The running figures of one apply batch.
-    struct Tally {
+    struct Tally<'a> {
         revision: u64,
         cluster_id: Option<Uuid>,
         key_count: u64,
+        /// Token changes of this batch, applied to the in-memory table after the commit.
+        tokens: Vec<(TokenDigest, Option<TokenRecord>)>,
+        table: &'a TokenTable,
+        tokens_ks: &'a Keyspace,
+    }
+
+    impl Tally<'_> {
+        fn has_token(&self, d: &TokenDigest) -> bool {
+            match self.tokens.iter().rev().find(|(x, _)| x == d) {
+                Some((_, rec)) => rec.is_some(),
+                None => self.table.contains(d),
+            }
+        }
     }
 
     fn run(
@@ -304,6 +336,23 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
                 }
                 Outcome::Batch(out)
             }
+            Command::TokenCreate { digest, record } => {
+                // Ids are digest prefixes: refuse a (vanishingly unlikely) clash too.
+                let clash = t.has_token(&digest) || t.table.find_id(&record.id).is_some();
+                if !clash {
+                    batch.insert(t.tokens_ks, digest, enc(&record));
+                    t.tokens.push((digest, Some(record)));
+                }
+                Outcome::Token { changed: !clash }
+            }
+            Command::TokenRevoke { digest } => {
+                let present = t.has_token(&digest);
+                if present {
+                    batch.remove(t.tokens_ks, digest);
+                    t.tokens.push((digest, None));
+                }
+                Outcome::Token { changed: present }
+            }
         })
     }
 
@@ -336,7 +385,10 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
         revision,
         cluster_id,
         key_count,
+        tokens,
+        ..
     } = tally;
+    view.tokens.apply(tokens);
     view.key_count
         .store(key_count, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_if_modified(|r| {
@@ -355,6 +407,26 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
 /// Encodes plain metadata; serializing such data into a `Vec` cannot fail.
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).unwrap_or_default()
+}
+
+/// The token table as stored.
+fn load_tokens(ks: &Keyspace) -> Result<HashMap<TokenDigest, TokenRecord>, Error> {
+    let mut out = HashMap::new();
+    for guard in ks.iter() {
+        let (k, v) = guard.into_inner()?;
+        let (digest, record) = decode_token(&k, &v)?;
+        out.insert(digest, record);
+    }
+    Ok(out)
+}
+
+fn decode_token(k: &[u8], v: &[u8]) -> Result<(TokenDigest, TokenRecord), Error> {
+    let digest: TokenDigest = k
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("token key of {} bytes", k.len())))?;
+    let record =
+        bincode::deserialize(v).map_err(|e| Error::Corrupt(format!("token record: {e}")))?;
+    Ok((digest, record))
 }
 
 /// State-machine metadata as of one fjall snapshot.
@@ -431,6 +503,10 @@ fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
         key_count,
     };
     let mut w = SnapshotWriter::create(&part, &header)?;
+    for guard in snap.iter(&store.tokens) {
+        let (k, v) = guard.into_inner()?;
+        w.token(&k, &v)?;
+    }
     for guard in snap.iter(&kv) {
         let (k, v) = guard.into_inner()?;
         w.record(&k, &v)?;
@@ -494,15 +570,24 @@ fn install(view: &StateView, meta: &SnapshotMeta, file: std::fs::File) -> Result
         store.db.delete_keyspace(stale)?;
     }
     let fresh = store.db.keyspace(&name, kv_options)?;
+    let mut tokens = HashMap::new();
     let filled = (|| -> Result<SnapshotHeader, Error> {
         let mut reader = SnapshotReader::new(file)?;
         let mut batch = store.db.batch();
         let mut n = 0;
-        while let Some((k, v)) = reader.next_record()? {
-            batch.insert(&fresh, k, v);
-            n += 1;
-            if n % INSTALL_BATCH == 0 {
-                std::mem::replace(&mut batch, store.db.batch()).commit()?;
+        while let Some(record) = reader.next_record()? {
+            match record {
+                Streamed::Kv(k, v) => {
+                    batch.insert(&fresh, k, v);
+                    n += 1;
+                    if n % INSTALL_BATCH == 0 {
+                        std::mem::replace(&mut batch, store.db.batch()).commit()?;
+                    }
+                }
+                Streamed::Token(k, v) => {
+                    let (digest, record) = decode_token(&k, &v)?;
+                    tokens.insert(digest, record);
+                }
             }
         }
         batch.commit()?;
@@ -532,7 +617,15 @@ fn install(view: &StateView, meta: &SnapshotMeta, file: std::fs::File) -> Result
     batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&header.cluster_id));
     batch.insert(&store.sm_meta, keys::SM_KV_GENERATION, enc(&next));
     batch.insert(&store.sm_meta, keys::SM_KEY_COUNT, enc(&header.key_count));
+    // The token table is small: replace it within the same durable batch.
+    for guard in store.tokens.iter() {
+        batch.remove(&store.tokens, guard.key()?);
+    }
+    for (digest, record) in &tokens {
+        batch.insert(&store.tokens, *digest, enc(record));
+    }
     batch.commit()?;
+    view.tokens.replace(tokens);
 
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
     store.db.delete_keyspace(old)?;

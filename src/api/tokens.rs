@@ -1,0 +1,313 @@
+//! `P.admin.token.{create,revoke,list}`: the replicated token table, administered through
+//! the leader with an admin credential. A new token is made on the leader, stored as its
+//! SHA-256 through Raft, and shown once in the reply.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use async_nats::Message;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::handler::{confirm_leadership, propose};
+use super::route::{self, Routed, Step};
+use super::{codec, Ctx};
+use crate::auth::tokens::{self, Role, TokenRecord};
+use crate::auth::Credential;
+use crate::command::{Command, Outcome};
+use crate::error::{bad_request, internal, not_found, WireError};
+use crate::subjects::AdminOp;
+
+/// Longest token name.
+const MAX_NAME_CHARS: usize = 128;
+/// Longest lifetime `expires_in` may ask for.
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    role: Option<String>,
+    name: Option<String>,
+    /// A duration such as `30d` or `12h`; no expiry when absent.
+    expires_in: Option<String>,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    /// A token's id, or the token itself.
+    id: String,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListBody {
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// A token as listed: never the token itself.
+#[derive(Debug, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub created: String,
+    pub expires: Option<String>,
+    pub expired: bool,
+}
+
+impl TokenInfo {
+    fn of(r: &TokenRecord, now_ms: u64) -> TokenInfo {
+        TokenInfo {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            role: r.role,
+            created: tokens::rfc3339(r.created_ms),
+            expires: r.expires_ms.map(tokens::rfc3339),
+            expired: r.is_expired(now_ms),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Created<'a> {
+    ok: bool,
+    /// Shown once: the cluster keeps only its digest.
+    token: &'a str,
+    #[serde(flatten)]
+    info: TokenInfo,
+}
+
+#[derive(Serialize)]
+struct Revoked<'a> {
+    ok: bool,
+    revoked: bool,
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    ok: bool,
+    tokens: Vec<TokenInfo>,
+}
+
+/// What a token request asks for, decoded and checked before routing.
+enum TokenRequest {
+    Create {
+        role: Role,
+        name: Option<String>,
+        lifetime: Option<Duration>,
+    },
+    Revoke {
+        id: String,
+    },
+    List,
+}
+
+pub async fn handle_token(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
+    let arrival = Instant::now();
+    match handle_inner(ctx, op, msg, arrival).await {
+        Ok(b) => b,
+        Err(e) => codec::encode_error(&e),
+    }
+}
+
+async fn handle_inner(
+    ctx: &Ctx,
+    op: AdminOp,
+    msg: &Message,
+    arrival: Instant,
+) -> Result<Vec<u8>, WireError> {
+    let (req, token, timeout_ms) = decode(op, &msg.payload)?;
+    let timeout_len = route::header_timeout(msg.headers.as_ref())
+        .or(timeout_ms.map(Duration::from_millis))
+        .unwrap_or(ctx.default_timeout);
+    let handed = AtomicBool::new(false);
+    let r = Routed {
+        msg,
+        forwarded: route::is_forwarded(msg),
+        is_write: !matches!(req, TokenRequest::List),
+        deadline: route::deadline_for(arrival, timeout_len),
+        handed: &handed,
+    };
+    let cred = Credential::of(token.as_deref(), msg.headers.as_ref());
+    let routed = route::to_leader(
+        ctx,
+        &r,
+        |leader| ctx.subjects.node_admin(leader, op),
+        || serve_on_leader(ctx, &req, cred, &handed),
+    );
+    route::within_deadline(&r, timeout_len, routed).await
+}
+
+fn decode(
+    op: AdminOp,
+    body: &[u8],
+) -> Result<(TokenRequest, Option<String>, Option<u64>), WireError> {
+    let empty = body.iter().all(u8::is_ascii_whitespace);
+    let body: &[u8] = if empty { b"{}" } else { body };
+    codec::check_object(body)?;
+    match op {
+        AdminOp::TokenCreate => {
+            let b: CreateBody = codec::typed(body)?;
+            let role = match b.role.as_deref() {
+                None => Role::Read,
+                Some(s) => Role::parse(s).ok_or_else(|| {
+                    bad_request(format!("unknown role '{s}' (read, readwrite or admin)"))
+                })?,
+            };
+            if let Some(n) = &b.name {
+                if n.is_empty()
+                    || n.chars().count() > MAX_NAME_CHARS
+                    || n.chars().any(char::is_control)
+                {
+                    return Err(bad_request(format!(
+                        "name must be 1 to {MAX_NAME_CHARS} characters without control characters"
+                    )));
+                }
+            }
+            let lifetime = match b.expires_in.as_deref() {
+                None => None,
+                Some(s) => {
+                    let d = humantime::parse_duration(s).map_err(|e| {
+                        bad_request(format!(
+                            "expires_in '{s}' is not a duration like 30d or 12h: {e}"
+                        ))
+                    })?;
+                    if d.is_zero() || d > MAX_LIFETIME {
+                        return Err(bad_request(
+                            "expires_in must be more than 0 and at most 100 years",
+                        ));
+                    }
+                    Some(d)
+                }
+            };
+            Ok((
+                TokenRequest::Create {
+                    role,
+                    name: b.name,
+                    lifetime,
+                },
+                b.token,
+                b.timeout_ms,
+            ))
+        }
+        AdminOp::TokenRevoke => {
+            let b: RevokeBody = codec::typed(body)?;
+            Ok((TokenRequest::Revoke { id: b.id }, b.token, b.timeout_ms))
+        }
+        AdminOp::TokenList => {
+            let b: ListBody = codec::typed(body)?;
+            Ok((TokenRequest::List, b.token, b.timeout_ms))
+        }
+        AdminOp::Status | AdminOp::Members => Err(internal("not a token operation")),
+    }
+}
+
+async fn serve_on_leader(
+    ctx: &Ctx,
+    req: &TokenRequest,
+    cred: Credential<'_>,
+    handed: &AtomicBool,
+) -> Result<Vec<u8>, Step> {
+    route::leader_caught_up(ctx).await?;
+    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    match req {
+        TokenRequest::Create {
+            role,
+            name,
+            lifetime,
+        } => create(ctx, *role, name.clone(), *lifetime, handed).await,
+        TokenRequest::Revoke { id } => revoke(ctx, id, handed).await,
+        TokenRequest::List => {
+            confirm_leadership(ctx).await?;
+            let now = tokens::now_ms();
+            let list = ctx
+                .view
+                .tokens()
+                .list()
+                .iter()
+                .map(|r| TokenInfo::of(r, now))
+                .collect();
+            Ok(codec::encode_ok(&Listed {
+                ok: true,
+                tokens: list,
+            }))
+        }
+    }
+}
+
+async fn create(
+    ctx: &Ctx,
+    role: Role,
+    name: Option<String>,
+    lifetime: Option<Duration>,
+    handed: &AtomicBool,
+) -> Result<Vec<u8>, Step> {
+    let token = tokens::generate()
+        .map_err(|e| internal(format!("the OS random number generator failed: {e}")))?;
+    let digest = tokens::digest(&token);
+    let now = tokens::now_ms();
+    let record = TokenRecord {
+        id: tokens::id_of(&digest),
+        name,
+        role,
+        created_ms: now,
+        expires_ms: lifetime.map(|d| now.saturating_add(d.as_millis() as u64)),
+    };
+    let info = TokenInfo::of(&record, now);
+    match propose(ctx, Command::TokenCreate { digest, record }, handed).await? {
+        Outcome::Token { changed: true } => {
+            tracing::info!(id = %info.id, role = %info.role, "token created");
+            Ok(codec::encode_ok(&Created {
+                ok: true,
+                token: &token,
+                info,
+            }))
+        }
+        Outcome::Token { changed: false } => {
+            Err(Step::Fail(internal("token id clash; create it again")))
+        }
+        other => Err(Step::Fail(internal(format!(
+            "unexpected outcome {other:?}"
+        )))),
+    }
+}
+
+async fn revoke(ctx: &Ctx, id: &str, handed: &AtomicBool) -> Result<Vec<u8>, Step> {
+    let table = ctx.view.tokens();
+    let found = table.find_id(id).or_else(|| {
+        let d = tokens::digest(id);
+        table.contains(&d).then_some(d)
+    });
+    let Some(digest) = found else {
+        // Echo an id, never something that might be a token.
+        let shown = if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            format!("'{id}'")
+        } else {
+            "the given value".to_string()
+        };
+        return Err(Step::Fail(not_found(format!(
+            "no token has the id {shown} (nor is it a live token)"
+        ))));
+    };
+    let public_id = tokens::id_of(&digest);
+    match propose(ctx, Command::TokenRevoke { digest }, handed).await? {
+        Outcome::Token { changed } => {
+            tracing::info!(id = %public_id, "token revoked");
+            Ok(codec::encode_ok(&Revoked {
+                ok: true,
+                revoked: changed,
+                id: &public_id,
+            }))
+        }
+        other => Err(Step::Fail(internal(format!(
+            "unexpected outcome {other:?}"
+        )))),
+    }
+}
