@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(v("a.b", b"1", b"body", Some("zz")), Err(Rejected::Forged));
         let other = Signer::new(b"another-secret-of-16+");
         let theirs = to_hex(&other.request_mac("a.b", &[b"1"], b"body"));
-        assert_eq!(v("a.b", b"1", b"body", Some(&theirs)), Err(Rejected::Forged));
+        assert_eq!(
+            v("a.b", b"1", b"body", Some(&theirs)),
+            Err(Rejected::Forged)
+        );
         // A request MAC is not a valid reply MAC, and a reply binds to its request.
         let req = s.request_mac("a.b", &[b"1"], b"body");
         let forged = to_hex(&s.request_mac("a.b", &[], b"ok"));

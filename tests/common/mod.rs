@@ -421,7 +421,12 @@ impl Cluster {
     async fn status_within(&self, id: u64, timeout: Duration) -> Result<Value> {
         let subject = self.subject(&format!("node.{id}.admin.status"));
         let reply = self
-            .request_raw(&subject, self.admin_headers(), to_bytes(&json!({})), timeout)
+            .request_raw(
+                &subject,
+                self.admin_headers(),
+                to_bytes(&json!({})),
+                timeout,
+            )
             .await?;
         if reply["ok"] != json!(true) {
             bail!("status of node {id} is not ok: {reply}");
