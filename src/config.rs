@@ -381,7 +381,19 @@ impl Config {
         mask(&mut c.cluster.secret);
         mask(&mut c.auth.admin_token);
         mask(&mut c.client.token);
+        // A NATS URL may carry `user:password@` or `token@` itself.
+        c.nats.url = c.nats.url.iter().map(|u| redact_url(u)).collect();
         serde_json::to_string(&c).unwrap_or_default()
+    }
+}
+
+/// `url` with the user info of its authority (`user:password@`, `token@`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
     }
 }
 
@@ -573,6 +585,25 @@ mod tests {
         c.raft.election_timeout_min_ms = 100;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn redacted_masks_secrets_and_url_credentials() {
+        let mut c = Config::default();
+        c.nats.url = vec![
+            "nats://alice:url-pass@n1:4222".into(),
+            "tls://url-token@n2:4222/x@y".into(),
+            "n3:4222".into(),
+        ];
+        c.nats.password = Some("the-password".into());
+        c.nats.nkey_seed = Some("SUSEED".into());
+        let text = c.redacted();
+        for secret in ["url-pass", "url-token", "alice", "the-password", "SUSEED"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("nats://***@n1:4222"), "{text}");
+        assert!(text.contains("tls://***@n2:4222/x@y"), "{text}");
+        assert!(text.contains("\"n3:4222\""), "{text}");
     }
 
     #[test]

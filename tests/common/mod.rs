@@ -77,6 +77,10 @@ pub struct ClusterOptions {
     /// Token the fixture's own status and wait calls send (`Authorization: Bearer`), for
     /// clusters with `auth.enabled`. Test requests carry their own credentials.
     pub admin_token: Option<String>,
+    /// How the fixture's own test client connects (credentials, TLS), through
+    /// `concord::nats::connect` like a node; its `url` is replaced by the cluster's. `None`:
+    /// a plain connection.
+    pub nats_config: Option<concord::config::NatsConfig>,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +93,7 @@ impl Default for ClusterOptions {
             start_nodes: true,
             nats_url: None,
             admin_token: None,
+            nats_config: None,
         }
     }
 }
@@ -125,6 +130,11 @@ impl ClusterOptions {
         self.admin_token = Some(token.into());
         self
     }
+    /// The fixture's own client connects with these NATS settings (for a secured NATS).
+    pub fn nats_config(mut self, config: concord::config::NatsConfig) -> Self {
+        self.nats_config = Some(config);
+        self
+    }
 }
 
 struct Node {
@@ -150,6 +160,8 @@ pub struct Cluster {
     cluster_name: String,
     initial_members: Vec<u64>,
     admin_token: Option<String>,
+    /// `ClusterOptions::nats_config` with the cluster's URL, for [`Cluster::connect`].
+    nats_config: Option<concord::config::NatsConfig>,
     failed: AtomicBool,
     tmp: Option<tempfile::TempDir>,
     _file_lock: Option<FileLock>,
@@ -190,11 +202,20 @@ impl Cluster {
             }
         };
 
-        let client = async_nats::ConnectOptions::new()
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .connect(nats_url.as_str())
-            .await
-            .with_context(|| format!("connecting the test client to {nats_url}"))?;
+        let nats_config = opts.nats_config.clone().map(|mut c| {
+            c.url = vec![nats_url.clone()];
+            c
+        });
+        let client = match &nats_config {
+            Some(config) => connect_secured(config)
+                .await
+                .with_context(|| format!("connecting the test client to {nats_url}"))?,
+            None => async_nats::ConnectOptions::new()
+                .request_timeout(Some(REQUEST_TIMEOUT))
+                .connect(nats_url.as_str())
+                .await
+                .with_context(|| format!("connecting the test client to {nats_url}"))?,
+        };
 
         let initial_members: Vec<u64> = (1..=n).collect();
         let mut nodes = BTreeMap::new();
@@ -222,6 +243,7 @@ impl Cluster {
             cluster_name: opts.cluster_name.clone(),
             initial_members,
             admin_token: opts.admin_token.clone(),
+            nats_config,
             failed: AtomicBool::new(false),
             tmp: Some(tmp),
             _file_lock: file_lock,
@@ -255,6 +277,11 @@ impl Cluster {
 
     /// A fresh NATS connection (for tests that need their own subscriptions or flushes).
     pub async fn connect(&self) -> Result<async_nats::Client> {
+        if let Some(config) = &self.nats_config {
+            return connect_secured(config)
+                .await
+                .with_context(|| format!("connecting to {}", self.nats_url));
+        }
         async_nats::connect(self.nats_url.as_str())
             .await
             .with_context(|| format!("connecting to {}", self.nats_url))
@@ -1081,7 +1108,12 @@ fn concord_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_concord")))
 }
 
-fn nats_server_binary() -> Result<PathBuf> {
+/// A test client connected the way nodes connect (`concord::nats::connect`).
+async fn connect_secured(config: &concord::config::NatsConfig) -> Result<async_nats::Client> {
+    Ok(concord::nats::connect(config, "concord-it", Duration::from_secs(10)).await?)
+}
+
+pub fn nats_server_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("CONCORD_TEST_NATS_SERVER") {
         return Ok(PathBuf::from(path));
     }
