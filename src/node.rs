@@ -15,9 +15,11 @@ use uuid::Uuid;
 use crate::api::{self, validate::Limits, Ctx};
 use crate::command::{Command, LogCommand};
 use crate::config::Config;
+use crate::raft::inbox::Inbox;
 use crate::raft::network::{Network, PAYLOAD_HEADROOM};
 use crate::raft::service::{LeaderContact, RaftService};
 use crate::raft::types::Raft;
+use crate::signing::{Rejections, Signer};
 use crate::store::{self, LogStore, StateMachine, StateView, Store};
 use crate::subjects::{AdminOp, Subjects};
 
@@ -77,8 +79,28 @@ pub async fn run(
 
     let live_cluster = check_prefix(&client, &subjects, &config, view.cluster_id()).await?;
 
+    let signer = config
+        .cluster_secret()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .map(|secret| Signer::new(secret.as_bytes()));
+    if signer.is_some() {
+        tracing::info!("cluster.secret set: raft rpcs and their replies are signed and verified");
+    }
+    let rejections = Arc::new(Rejections::default());
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let inbox = Inbox::start(
+        client.clone(),
+        signer.clone(),
+        rejections.clone(),
+        cancel.clone(),
+        &tracker,
+    )
+    .await?;
+
     let network = Network {
-        client: client.clone(),
+        inbox,
         subjects: subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),
@@ -94,8 +116,6 @@ pub async fn run(
     )
     .await?;
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let contact = Arc::new(LeaderContact::default());
 
     let service = Arc::new(RaftService {
@@ -107,6 +127,8 @@ pub async fn run(
         view: view.clone(),
         contact: contact.clone(),
         hold_votes: (pristine && live_cluster).into(),
+        signer,
+        rejections: rejections.clone(),
     });
     tracker.spawn(log_failure(
         "raft rpc service",
@@ -135,6 +157,7 @@ pub async fn run(
         stale_window: config.raft.election_timeout_min(),
         contact,
         max_payload,
+        rejections,
     });
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(

@@ -39,4 +39,6 @@ pub struct Ctx {
     pub stale_window: Duration,
     pub contact: Arc<LeaderContact>,
     pub max_payload: usize,
+    /// Raft RPCs and replies dropped as unsigned or forged (`cluster.secret`).
+    pub rejections: Arc<crate::signing::Rejections>,
 }

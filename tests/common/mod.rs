@@ -421,7 +421,12 @@ impl Cluster {
     async fn status_within(&self, id: u64, timeout: Duration) -> Result<Value> {
         let subject = self.subject(&format!("node.{id}.admin.status"));
         let reply = self
-            .request_raw(&subject, self.admin_headers(), to_bytes(&json!({})), timeout)
+            .request_raw(
+                &subject,
+                self.admin_headers(),
+                to_bytes(&json!({})),
+                timeout,
+            )
             .await?;
         if reply["ok"] != json!(true) {
             bail!("status of node {id} is not ok: {reply}");
@@ -725,6 +730,16 @@ impl Cluster {
             Ok(())
         })();
         r.map_err(|e| self.failed_with(e))
+    }
+
+    /// Sets (or replaces) one env variable of node `id` for its next start (e.g. a
+    /// restart with another setting). The running process is not affected.
+    pub fn set_node_env(&self, id: u64, key: &str, value: &str) -> Result<()> {
+        self.with_node(id, |n| {
+            n.env.retain(|(k, _)| k != key);
+            n.env.push((key.to_string(), value.to_string()));
+            Ok(())
+        })
     }
 
     /// SIGSTOP: the process freezes (no heartbeats, no replies) but keeps its sockets.
