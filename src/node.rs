@@ -53,6 +53,14 @@ pub async fn run(
 ) -> Result<(), Error> {
     let me = config.node.id;
     tracing::info!(node = me, config = %config.redacted(), "starting");
+    // Read first: a missing secret file fails before anything is opened.
+    let signer = config
+        .cluster_secret()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .map(|secret| Signer::new(secret.as_bytes()));
+    if signer.is_some() {
+        tracing::info!("cluster.secret set: raft rpcs and their replies are signed and verified");
+    }
     let client = crate::nats::connect(
         &config.nats,
         &format!("concord-{me}"),
@@ -79,13 +87,6 @@ pub async fn run(
 
     let live_cluster = check_prefix(&client, &subjects, &config, view.cluster_id()).await?;
 
-    let signer = config
-        .cluster_secret()
-        .map_err(|e| Error::Config(e.to_string()))?
-        .map(|secret| Signer::new(secret.as_bytes()));
-    if signer.is_some() {
-        tracing::info!("cluster.secret set: raft rpcs and their replies are signed and verified");
-    }
     let rejections = Arc::new(Rejections::default());
 
     let cancel = CancellationToken::new();
