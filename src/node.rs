@@ -15,9 +15,11 @@ use uuid::Uuid;
 use crate::api::{self, validate::Limits, Ctx};
 use crate::command::{Command, LogCommand};
 use crate::config::Config;
+use crate::raft::inbox::Inbox;
 use crate::raft::network::{Network, PAYLOAD_HEADROOM};
 use crate::raft::service::{LeaderContact, RaftService};
 use crate::raft::types::Raft;
+use crate::signing::{Rejections, Signer};
 use crate::store::{self, LogStore, StateMachine, StateView, Store};
 use crate::subjects::{AdminOp, Subjects};
 
@@ -51,6 +53,14 @@ pub async fn run(
 ) -> Result<(), Error> {
     let me = config.node.id;
     tracing::info!(node = me, config = %config.redacted(), "starting");
+    // Read first: a missing secret file fails before anything is opened.
+    let signer = config
+        .cluster_secret()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .map(|secret| Signer::new(secret.as_bytes()));
+    if signer.is_some() {
+        tracing::info!("cluster.secret set: raft rpcs and their replies are signed and verified");
+    }
     let client = crate::nats::connect(
         &config.nats,
         &format!("concord-{me}"),
@@ -92,8 +102,21 @@ pub async fn run(
     )
     .await?;
 
+    let rejections = Arc::new(Rejections::default());
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let inbox = Inbox::start(
+        client.clone(),
+        signer.clone(),
+        rejections.clone(),
+        cancel.clone(),
+        &tracker,
+    )
+    .await?;
+
     let network = Network {
-        client: client.clone(),
+        inbox,
         subjects: subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),
@@ -109,8 +132,6 @@ pub async fn run(
     )
     .await?;
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let contact = Arc::new(LeaderContact::default());
 
     let service = Arc::new(RaftService {
@@ -122,6 +143,8 @@ pub async fn run(
         view: view.clone(),
         contact: contact.clone(),
         hold_votes: (pristine && live_cluster).into(),
+        signer,
+        rejections: rejections.clone(),
     });
     tracker.spawn(log_failure(
         "raft rpc service",
@@ -151,6 +174,7 @@ pub async fn run(
         contact,
         max_payload,
         auth: crate::auth::Authorizer::new(config.auth.enabled, admin_token.as_deref()),
+        rejections,
     });
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(

@@ -2,10 +2,14 @@
 //! header of every Raft RPC, every RPC reply and every forwarded client request.
 //!
 //! A request's MAC covers the subject and the body (for Raft RPCs the body carries the
-//! cluster name and id, the sender and the target). A reply's MAC covers the request's MAC
-//! and the reply body, so a reply published onto someone else's inbox does not verify.
+//! cluster name and id, the sender and the target, and the MAC also covers the reply
+//! subject, which is unique per call). A reply's MAC covers the request's MAC and the reply
+//! body, so a reply published onto someone else's inbox, or an old reply replayed onto a
+//! new call, does not verify. What was dropped is counted in [`Rejections`].
 //! Every part is length-prefixed and the two kinds are domain-separated, so no request MAC
 //! can be replayed as a reply MAC or the other way round.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -115,6 +119,124 @@ impl Rejected {
     }
 }
 
+/// The `Concord-Mac` header carrying `mac`.
+pub fn mac_header(mac: &Mac) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_MAC, to_hex(mac).as_str());
+    headers
+}
+
+/// The `Concord-Mac` header of a received message, as text.
+pub fn header_of(msg: &async_nats::Message) -> Option<&str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_MAC))
+        .map(|v| v.as_str())
+}
+
+/// Which way a dropped message was travelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// An RPC arriving at this node.
+    Request,
+    /// A reply arriving on this node's RPC inbox.
+    Reply,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Reply => "reply",
+        }
+    }
+}
+
+/// Node-to-node messages this node dropped because they were unsigned or forged. One per
+/// node, shared by the outbound and inbound RPC paths and read by `admin.status`.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    unsigned_requests: AtomicU64,
+    forged_requests: AtomicU64,
+    unsigned_replies: AtomicU64,
+    forged_replies: AtomicU64,
+}
+
+/// A copy of the [`Rejections`] counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RejectionCounts {
+    pub unsigned_requests: u64,
+    pub forged_requests: u64,
+    pub unsigned_replies: u64,
+    pub forged_replies: u64,
+}
+
+impl RejectionCounts {
+    pub fn unsigned(&self) -> u64 {
+        self.unsigned_requests + self.unsigned_replies
+    }
+
+    pub fn forged(&self) -> u64 {
+        self.forged_requests + self.forged_replies
+    }
+
+    pub fn total(&self) -> u64 {
+        self.unsigned() + self.forged()
+    }
+}
+
+impl Rejections {
+    /// Counts one dropped message and logs it: the first of each kind at `warn` (so a
+    /// misconfigured peer shows up in the log once), later ones at `debug` (so a flood of
+    /// forgeries cannot flood the log). `subject` is where it arrived, `reply` the reply
+    /// subject it named (which identifies the sending connection's inbox).
+    pub fn record(&self, direction: Direction, why: Rejected, subject: &str, reply: Option<&str>) {
+        let counter = match (direction, why) {
+            (Direction::Request, Rejected::Unsigned) => &self.unsigned_requests,
+            (Direction::Request, Rejected::Forged) => &self.forged_requests,
+            (Direction::Reply, Rejected::Unsigned) => &self.unsigned_replies,
+            (Direction::Reply, Rejected::Forged) => &self.forged_replies,
+        };
+        let first = counter.fetch_add(1, Ordering::Relaxed) == 0;
+        metrics::counter!(
+            "concord_raft_rpc_rejected_total",
+            "reason" => why.as_str(),
+            "direction" => direction.as_str()
+        )
+        .increment(1);
+        let reply = reply.unwrap_or("-");
+        if first {
+            tracing::warn!(
+                direction = direction.as_str(),
+                reason = why.as_str(),
+                subject,
+                reply,
+                "dropped a raft rpc {} that is {}: is cluster.secret the same on every node? \
+                 (further ones are logged at debug and counted in admin status)",
+                direction.as_str(),
+                why.as_str()
+            );
+        } else {
+            tracing::debug!(
+                direction = direction.as_str(),
+                reason = why.as_str(),
+                subject,
+                reply,
+                "dropped a raft rpc"
+            );
+        }
+    }
+
+    pub fn counts(&self) -> RejectionCounts {
+        RejectionCounts {
+            unsigned_requests: self.unsigned_requests.load(Ordering::Relaxed),
+            forged_requests: self.forged_requests.load(Ordering::Relaxed),
+            unsigned_replies: self.unsigned_replies.load(Ordering::Relaxed),
+            forged_replies: self.forged_replies.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub fn to_hex(mac: &Mac) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
@@ -191,5 +313,56 @@ mod tests {
             s.verify_reply(&req, b"ok", Some(&reply)),
             Err(Rejected::Forged)
         );
+    }
+
+    #[test]
+    fn rejections_count_by_kind() {
+        let r = Rejections::default();
+        r.record(
+            Direction::Request,
+            Rejected::Unsigned,
+            "p.raft.c.2.append",
+            None,
+        );
+        r.record(
+            Direction::Request,
+            Rejected::Forged,
+            "p.raft.c.2.append",
+            Some("_INBOX.x.1"),
+        );
+        r.record(
+            Direction::Request,
+            Rejected::Forged,
+            "p.raft.c.2.vote",
+            None,
+        );
+        r.record(Direction::Reply, Rejected::Forged, "_INBOX.x.7", None);
+        let c = r.counts();
+        assert_eq!(
+            c,
+            RejectionCounts {
+                unsigned_requests: 1,
+                forged_requests: 2,
+                unsigned_replies: 0,
+                forged_replies: 1,
+            }
+        );
+        assert_eq!((c.unsigned(), c.forged(), c.total()), (1, 3, 4));
+    }
+
+    #[test]
+    fn mac_header_round_trips() {
+        let s = Signer::new(b"0123456789abcdef-secret");
+        let mac = s.request_mac("a.b", &[], b"x");
+        let msg = async_nats::Message {
+            subject: "a.b".into(),
+            reply: None,
+            payload: bytes::Bytes::from_static(b"x"),
+            headers: Some(mac_header(&mac)),
+            status: None,
+            description: None,
+            length: 0,
+        };
+        assert_eq!(s.verify_request("a.b", &[], b"x", header_of(&msg)), Ok(mac));
     }
 }

@@ -41,6 +41,16 @@ pub struct Status {
     pub purged_index: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    pub security: Security,
+}
+
+/// Node-to-node message signing (`cluster.secret`), as seen by this node.
+#[derive(Debug, Serialize)]
+pub struct Security {
+    /// Raft RPCs and RPC replies dropped as unsigned or forged, since this node started.
+    pub rpc_rejected: u64,
+    pub rpc_rejected_unsigned: u64,
+    pub rpc_rejected_forged: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +147,17 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         digest,
+        security: security(ctx),
     })
+}
+
+fn security(ctx: &Ctx) -> Security {
+    let c = ctx.rejections.counts();
+    Security {
+        rpc_rejected: c.total(),
+        rpc_rejected_unsigned: c.unsigned(),
+        rpc_rejected_forged: c.forged(),
+    }
 }
 
 /// Replication progress is known only to the leader: ask it, unless this node leads, the

@@ -43,4 +43,6 @@ pub struct Ctx {
     pub max_payload: usize,
     /// Token checks (`auth.enabled`).
     pub auth: crate::auth::Authorizer,
+    /// Raft RPCs and replies dropped as unsigned or forged (`cluster.secret`).
+    pub rejections: Arc<crate::signing::Rejections>,
 }

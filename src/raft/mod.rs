@@ -1,6 +1,8 @@
 //! Consensus: openraft wired to NATS ([`network`] out, [`service`] in) and to the fjall
-//! store. [`start`] builds the Raft instance with explicit timings.
+//! store. [`start`] builds the Raft instance with explicit timings. Replies to outbound RPCs
+//! arrive on the node's [`inbox`].
 
+pub mod inbox;
 pub mod network;
 pub mod service;
 pub mod types;

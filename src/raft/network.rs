@@ -1,4 +1,5 @@
-//! Outbound Raft RPCs: each is one NATS request to `P.raft.<cluster>.<target>.<rpc>`.
+//! Outbound Raft RPCs: each is one NATS request to `P.raft.<cluster>.<target>.<rpc>`, its
+//! reply received (and, with `cluster.secret`, verified) by the node's [`Inbox`].
 //!
 //! Error mapping follows openraft's retry rules: nobody subscribed means `Unreachable` (it
 //! backs off), a timeout is `Timeout`, an oversize append is `PayloadTooLarge` with a hint
@@ -6,7 +7,8 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, RequestErrorKind};
+use std::sync::Arc;
+
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -21,6 +23,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::inbox::{CallError, Inbox};
 use super::types::{Node, NodeId, TypeConfig};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use crate::subjects::{RaftRpc, Subjects};
@@ -30,7 +33,8 @@ pub const PAYLOAD_HEADROOM: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct Network {
-    pub client: Client,
+    /// Sends RPCs and matches (and verifies) their replies.
+    pub inbox: Arc<Inbox>,
     pub subjects: Subjects,
     pub me: NodeId,
     pub cluster_name: String,
@@ -105,22 +109,21 @@ impl Connection {
             return Err(too_large());
         }
         let subject = net.subjects.raft(self.target, rpc);
-        let request = async_nats::Request::new()
-            .payload(bytes.into())
-            .timeout(Some(ttl));
-        let reply = match net.client.send_request(subject, request).await {
+        let reply = match net.inbox.request(subject, bytes.into(), ttl).await {
             Ok(m) => m,
             Err(e) => {
-                return Err(match e.kind() {
-                    RequestErrorKind::NoResponders => RPCError::Unreachable(Unreachable::new(&e)),
-                    RequestErrorKind::TimedOut => RPCError::Timeout(Timeout {
+                return Err(match e {
+                    CallError::NoResponders => RPCError::Unreachable(Unreachable::new(&e)),
+                    CallError::TimedOut(_) => RPCError::Timeout(Timeout {
                         action,
                         id: net.me,
                         target: self.target,
                         timeout: ttl,
                     }),
-                    RequestErrorKind::Other if e.to_string().contains("payload") => too_large(),
-                    _ => RPCError::Network(NetworkError::new(&e)),
+                    CallError::TooLarge => too_large(),
+                    CallError::Publish(_) | CallError::Closed => {
+                        RPCError::Network(NetworkError::new(&e))
+                    }
                 })
             }
         };

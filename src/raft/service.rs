@@ -1,5 +1,9 @@
-//! Inbound Raft RPCs: subscribe to `P.raft.<cluster>.<me>.*`, check the envelope, hand the
-//! RPC to openraft, reply with its result.
+//! Inbound Raft RPCs: subscribe to `P.raft.<cluster>.<me>.*`, verify the MAC (with
+//! `cluster.secret`), check the envelope, hand the RPC to openraft, reply with its result
+//! (signed with the reply MAC bound to the request's MAC).
+//!
+//! An unsigned or forged RPC is dropped before anything of it is decoded: no reply at all,
+//! only a count in [`Rejections`] (and a log line). Without a secret the header is ignored.
 //!
 //! Each message gets its own task so a slow snapshot chunk never holds up heartbeats.
 
@@ -18,6 +22,7 @@ use uuid::Uuid;
 
 use super::types::{NodeId, Raft, TypeConfig};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
+use crate::signing::{self, Direction, Rejections, Signer};
 use crate::store::StateView;
 use crate::subjects::{last_token, RaftRpc, Subjects};
 
@@ -68,6 +73,9 @@ pub struct RaftService {
     /// may have voted in the current term before its data was lost, so it grants no vote
     /// until a leader has reached it (and its vote is persisted again).
     pub hold_votes: AtomicBool,
+    /// Set with `cluster.secret`: RPCs must carry a valid MAC, replies are signed.
+    pub signer: Option<Signer>,
+    pub rejections: Arc<Rejections>,
 }
 
 impl RaftService {
@@ -93,6 +101,28 @@ impl RaftService {
     }
 
     async fn handle(&self, msg: Message) {
+        // Verified before anything is decoded. The request MAC also covers the reply subject
+        // (unique per call), which ties the reply we sign to this one call.
+        let request_mac = match &self.signer {
+            None => None,
+            Some(signer) => {
+                let reply = msg.reply.as_deref().unwrap_or_default();
+                let header = signing::header_of(&msg);
+                match signer.verify_request(&msg.subject, &[reply.as_bytes()], &msg.payload, header)
+                {
+                    Ok(mac) => Some(mac),
+                    Err(why) => {
+                        self.rejections.record(
+                            Direction::Request,
+                            why,
+                            &msg.subject,
+                            msg.reply.as_deref(),
+                        );
+                        return;
+                    }
+                }
+            }
+        };
         let Some(reply_to) = msg.reply.clone() else {
             return;
         };
@@ -133,7 +163,16 @@ impl RaftService {
             }
             None => return,
         };
-        if let Err(e) = self.client.publish(reply_to, reply.into()).await {
+        let sent = match (&self.signer, request_mac) {
+            (Some(signer), Some(mac)) => {
+                let headers = signing::mac_header(&signer.reply_mac(&mac, &reply));
+                self.client
+                    .publish_with_headers(reply_to, headers, reply.into())
+                    .await
+            }
+            _ => self.client.publish(reply_to, reply.into()).await,
+        };
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "raft rpc reply not sent");
         }
     }

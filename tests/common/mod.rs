@@ -759,6 +759,16 @@ impl Cluster {
         r.map_err(|e| self.failed_with(e))
     }
 
+    /// Sets (or replaces) one env variable of node `id` for its next start (e.g. a
+    /// restart with another setting). The running process is not affected.
+    pub fn set_node_env(&self, id: u64, key: &str, value: &str) -> Result<()> {
+        self.with_node(id, |n| {
+            n.env.retain(|(k, _)| k != key);
+            n.env.push((key.to_string(), value.to_string()));
+            Ok(())
+        })
+    }
+
     /// SIGSTOP: the process freezes (no heartbeats, no replies) but keeps its sockets.
     pub async fn pause(&self, id: u64) -> Result<()> {
         let r = (|| {
