@@ -47,6 +47,8 @@ pub enum Target {
     Concord {
         nats: async_nats::Client,
         prefix: String,
+        /// Sent as `Authorization: Bearer` on every request (clusters with auth on).
+        token: Option<String>,
     },
     /// A responder in this process that answers at once: the NATS round-trip floor.
     Echo {
@@ -240,7 +242,11 @@ fn summarize(
 pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Result<Summary> {
     let name = target.name();
     match target {
-        Target::Concord { nats, prefix } => {
+        Target::Concord {
+            nats,
+            prefix,
+            token,
+        } => {
             let h = concord::ConcordHandle::new(
                 nats,
                 &prefix,
@@ -248,7 +254,8 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
                 cfg.value_size,
                 cfg.stale,
                 cfg.timeout,
-            );
+            )
+            .with_token(token.as_deref());
             drive(name, |_| h.clone(), &cfg, progress).await
         }
         Target::Echo { nats, prefix } => {

@@ -395,6 +395,7 @@ async fn bench(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
         "concord" => Target::Concord {
             nats: nats().await?,
             prefix,
+            token: client_token(global, &config)?,
         },
         "echo" => Target::Echo {
             nats: nats().await?,

@@ -59,7 +59,7 @@ pub async fn run(
         .map_err(|e| Error::Config(e.to_string()))?
         .map(|secret| Signer::new(secret.as_bytes()));
     if signer.is_some() {
-        tracing::info!("cluster.secret set: raft rpcs and their replies are signed and verified");
+        tracing::info!("cluster.secret set: raft rpcs, forwarded requests and their replies are signed and verified");
     }
     let client = crate::nats::connect(
         &config.nats,
@@ -116,7 +116,7 @@ pub async fn run(
     .await?;
 
     let network = Network {
-        inbox,
+        inbox: inbox.clone(),
         subjects: subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),
@@ -143,7 +143,7 @@ pub async fn run(
         view: view.clone(),
         contact: contact.clone(),
         hold_votes: (pristine && live_cluster).into(),
-        signer,
+        signer: signer.clone(),
         rejections: rejections.clone(),
     });
     tracker.spawn(log_failure(
@@ -174,7 +174,9 @@ pub async fn run(
         contact,
         max_payload,
         auth: crate::auth::Authorizer::new(config.auth.enabled, admin_token.as_deref()),
+        signer,
         rejections,
+        inbox,
     });
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(

@@ -601,3 +601,133 @@ async fn stale_get(cluster: &Cluster, id: u64, key: &str) -> Result<Option<Value
         _ => bail!("stale get of {key} on node {id}: {reply}"),
     }
 }
+
+/// Forwarded client requests are signed too: a request marked forwarded that reaches the
+/// leader unsigned or with a wrong MAC is refused (`unauthorized`) and counted, nothing is
+/// written; a forged reply published onto a follower's forwarding inbox (the leader paused,
+/// so only the forgery can arrive first) is ignored, and the client gets the leader's real
+/// answer once it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_and_their_replies_are_signed() -> Result<()> {
+    let cluster = Cluster::start_with(3, signed(SECRET)).await?;
+    let r = forwarded_body(&cluster).await;
+    fail_on_err(&cluster, r)
+}
+
+async fn forwarded_body(cluster: &Cluster) -> Result<()> {
+    let leader = cluster.wait_stable(LEADER_TIMEOUT).await?;
+    let follower = other_than(cluster, &[leader])?;
+    // The normal path: a write through the follower is forwarded and signed.
+    put_on(cluster, follower, "fwd-ok", json!(1)).await?;
+
+    // Forged "forwarded" requests straight to the leader's node subject.
+    let before = rejected(&cluster.status(leader).await?)?;
+    let subject = cluster.subject(&format!("node.{leader}.kv.put"));
+    let body = to_bytes(&json!({"key": "fwd-forged", "value": "x"}));
+    let wrong = Signer::new(OTHER_SECRET.as_bytes());
+    for mac in [
+        None,
+        Some(signing::to_hex(&wrong.request_mac(&subject, &[], b"x"))),
+    ] {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Concord-Forwarded", follower.to_string().as_str());
+        if let Some(m) = &mac {
+            h.insert(signing::HEADER_MAC, m.as_str());
+        }
+        let reply = cluster
+            .request_raw(&subject, Some(h), body.clone(), Duration::from_secs(5))
+            .await?;
+        ensure!(
+            error_code(&reply) == Some("unauthorized"),
+            "forged forwarded put answered {reply}"
+        );
+    }
+    let after = rejected(&cluster.status(leader).await?)?;
+    ensure!(
+        after.0 == before.0 + 1 && after.1 == before.1 + 1,
+        "leader counted {before:?} -> {after:?}, expected one more unsigned and one more forged"
+    );
+    let got = cluster
+        .request(
+            &format!("node.{leader}.kv.get"),
+            json!({"key": "fwd-forged"}),
+        )
+        .await?;
+    ensure!(
+        error_code(&got) == Some("not_found"),
+        "forged write applied: {got}"
+    );
+
+    // A forged reply onto the follower's inbox while the leader is paused.
+    let nats = cluster.connect().await?;
+    let mut spy = nats.subscribe(subject.clone()).await?;
+    nats.flush().await?;
+    let before = rejected(&cluster.status(follower).await?)?;
+    cluster.pause(leader).await?;
+    let client_nats = cluster.connect().await?;
+    let put_subject = cluster.subject(&format!("node.{follower}.kv.put"));
+    let put = tokio::spawn(async move {
+        client_nats
+            .send_request(
+                put_subject,
+                async_nats::Request::new()
+                    .payload(to_bytes(
+                        &json!({"key": "fwd-real", "value": 7, "timeout_ms": 8000}),
+                    ))
+                    .timeout(Some(Duration::from_secs(9))),
+            )
+            .await
+    });
+    let forwarded = tokio::time::timeout(Duration::from_secs(5), spy.next())
+        .await
+        .context("no forwarded request seen")?
+        .ok_or_else(|| anyhow!("spy subscription closed"))?;
+    let inbox = forwarded
+        .reply
+        .clone()
+        .ok_or_else(|| anyhow!("forwarded request without a reply subject"))?;
+    let fake = to_bytes(&json!({"ok": true, "revision": 999_999}));
+    nats.publish(inbox.clone(), fake.clone()).await?;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        signing::HEADER_MAC,
+        signing::to_hex(&wrong.reply_mac(&[0; 32], &fake)).as_str(),
+    );
+    nats.publish_with_headers(inbox, h, fake).await?;
+    nats.flush().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = rejected(&cluster.status(follower).await?)?;
+        if now.0 > before.0 && now.1 > before.1 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "follower did not reject the forged replies: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.resume(leader).await?;
+    let reply = put.await??;
+    let reply: Value = serde_json::from_slice(&reply.payload)?;
+    ensure!(
+        reply["ok"] == json!(true),
+        "the forwarded put failed: {reply}"
+    );
+    let revision = u(&reply, "revision")?;
+    ensure!(
+        revision != 999_999,
+        "the client got the forged reply: {reply}"
+    );
+    let got = cluster
+        .request(
+            &format!("node.{follower}.kv.get"),
+            json!({"key": "fwd-real"}),
+        )
+        .await?;
+    ensure!(
+        got["value"] == json!(7) && got["revision"] == json!(revision),
+        "fwd-real reads {got}"
+    );
+    Ok(())
+}

@@ -163,13 +163,8 @@ fn security(ctx: &Ctx) -> Security {
 /// Replication progress is known only to the leader: ask it, unless this node leads, the
 /// request was already forwarded, or the leader does not answer (then answer locally).
 async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
-    let forwarded = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(crate::subjects::HEADER_FORWARDED))
-        .is_some();
     let leader = ctx.raft.metrics().borrow().current_leader;
-    if let (Some(l), false) = (leader, forwarded) {
+    if let (Some(l), false) = (leader, super::route::is_forwarded(msg)) {
         if l != ctx.me {
             // The client's headers go along: its credential may be there.
             let mut headers = msg.headers.clone().unwrap_or_default();
@@ -177,15 +172,17 @@ async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
                 crate::subjects::HEADER_FORWARDED,
                 ctx.me.to_string().as_str(),
             );
-            let req = async_nats::Request::new()
-                .payload(msg.payload.clone())
-                .headers(headers)
-                .timeout(Some(std::time::Duration::from_secs(1)));
-            if let Ok(reply) = ctx
-                .client
-                .send_request(ctx.subjects.node_admin(l, AdminOp::Members), req)
-                .await
-            {
+            let asked = ctx
+                .inbox
+                .request_with_headers(
+                    ctx.subjects.node_admin(l, AdminOp::Members),
+                    Some(headers),
+                    &super::route::SIGNED_FORWARD_HEADERS,
+                    msg.payload.clone(),
+                    std::time::Duration::from_secs(1),
+                )
+                .await;
+            if let Ok(reply) = asked {
                 return reply.payload.to_vec();
             }
         }

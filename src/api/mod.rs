@@ -43,6 +43,10 @@ pub struct Ctx {
     pub max_payload: usize,
     /// Token checks (`auth.enabled`).
     pub auth: crate::auth::Authorizer,
-    /// Raft RPCs and replies dropped as unsigned or forged (`cluster.secret`).
+    /// Signs forwarded requests and their replies (`cluster.secret`).
+    pub signer: Option<crate::signing::Signer>,
+    /// Messages dropped as unsigned or forged (`cluster.secret`).
     pub rejections: Arc<crate::signing::Rejections>,
+    /// Outbound requests to other nodes (Raft RPCs, forwarded requests) and their replies.
+    pub inbox: Arc<crate::raft::inbox::Inbox>,
 }

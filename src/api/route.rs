@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
-use async_nats::{Message, RequestErrorKind};
+use async_nats::Message;
 use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::Ctx;
-use crate::error::{cluster_not_ready, internal, timeout, WireError};
+use crate::error::{cluster_not_ready, internal, timeout, unauthorized, WireError};
+use crate::raft::inbox::{header_bytes, CallError};
+use crate::signing::{Direction, Mac, HEADER_MAC};
 use crate::subjects::{HEADER_FORWARDED, HEADER_TIMEOUT_MS};
 
 /// Pause before retrying after a failed attempt, so a dead leader is not hammered.
@@ -159,7 +161,13 @@ pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), Step> {
     }
 }
 
-/// Relays the request to the leader's node subject and its answer back.
+/// Headers of a forwarded request that its MAC covers, in order: the sender, the deadline
+/// and the client's credential.
+pub const SIGNED_FORWARD_HEADERS: [&str; 3] =
+    [HEADER_FORWARDED, HEADER_TIMEOUT_MS, "Authorization"];
+
+/// Relays the request to the leader's node subject and its answer back, through the node's
+/// inbox, which signs it and accepts only a verified reply (`cluster.secret`).
 async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Result<Vec<u8>, Step> {
     let msg = r.msg;
     let remaining = r.deadline.saturating_duration_since(Instant::now());
@@ -167,14 +175,20 @@ async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Res
     headers.insert(HEADER_FORWARDED, ctx.me.to_string().as_str());
     let inner = remaining.saturating_sub((remaining / 10).max(Duration::from_millis(2)));
     headers.insert(HEADER_TIMEOUT_MS, inner.as_millis().to_string().as_str());
-    let request = async_nats::Request::new()
-        .payload(msg.payload.clone())
-        .headers(headers)
-        .timeout(Some(remaining));
     if r.is_write {
         r.handed.store(true, Ordering::Release);
     }
-    match ctx.client.send_request(subject, request).await {
+    let sent = ctx
+        .inbox
+        .request_with_headers(
+            subject,
+            Some(headers),
+            &SIGNED_FORWARD_HEADERS,
+            msg.payload.clone(),
+            remaining,
+        )
+        .await;
+    match sent {
         Ok(reply) => {
             if is_not_ready(&reply.payload) {
                 // The leader refused it before Raft saw it.
@@ -184,21 +198,48 @@ async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Res
                 Ok(reply.payload.to_vec())
             }
         }
-        Err(e) => match e.kind() {
-            // Nobody listens on the leader's subject: certainly not delivered.
-            RequestErrorKind::NoResponders => {
-                r.handed.store(false, Ordering::Release);
-                Err(Step::Retry)
-            }
-            RequestErrorKind::TimedOut => Err(Step::Fail(timeout(format!(
-                "the leader (node {leader}) did not answer in time"
-            )))),
-            _ if r.is_write => Err(Step::Fail(timeout(format!(
-                "forwarding to the leader (node {leader}) failed after sending: {e}"
-            )))),
-            _ => Err(Step::Retry),
-        },
+        // Nobody listens on the leader's subject, or it never left: certainly not delivered.
+        Err(CallError::NoResponders | CallError::Publish(_) | CallError::TooLarge) => {
+            r.handed.store(false, Ordering::Release);
+            Err(Step::Retry)
+        }
+        Err(CallError::TimedOut(_)) => Err(Step::Fail(timeout(format!(
+            "the leader (node {leader}) did not answer in time"
+        )))),
+        Err(e @ CallError::Closed) if r.is_write => Err(Step::Fail(timeout(format!(
+            "forwarding to the leader (node {leader}) failed after sending: {e}"
+        )))),
+        Err(CallError::Closed) => Err(Step::Retry),
     }
+}
+
+/// On the receiving node: a request marked forwarded must carry a valid MAC when the cluster
+/// has a secret. Returns the MAC to bind the reply to, `None` for other requests.
+pub fn verify_forwarded(ctx: &Ctx, msg: &Message) -> Result<Option<Mac>, WireError> {
+    let Some(signer) = &ctx.signer else {
+        return Ok(None);
+    };
+    if !is_forwarded(msg) {
+        return Ok(None);
+    }
+    let headers = msg.headers.as_ref();
+    let mut extra: Vec<&[u8]> = vec![msg.reply.as_deref().unwrap_or("").as_bytes()];
+    extra.extend(
+        SIGNED_FORWARD_HEADERS
+            .iter()
+            .map(|n| header_bytes(headers, n)),
+    );
+    let given = headers.and_then(|h| h.get(HEADER_MAC)).map(|v| v.as_str());
+    signer
+        .verify_request(&msg.subject, &extra, &msg.payload, given)
+        .map(Some)
+        .map_err(|why| {
+            ctx.rejections
+                .record(Direction::Request, why, &msg.subject, msg.reply.as_deref());
+            unauthorized(format!(
+                "forwarded request refused: {why} (nodes of a cluster must share cluster.secret)"
+            ))
+        })
 }
 
 fn is_not_ready(payload: &[u8]) -> bool {

@@ -12,8 +12,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{admin, codec, handler, Ctx};
+use super::{admin, codec, handler, route, Ctx};
 use crate::error::busy;
+use crate::signing::{self, HEADER_MAC};
 use crate::subjects::{Addressed, AdminOp, KvOp};
 
 /// Queue subscriptions the leader holds on `P.kv.*` (a follower holds one): with 3 nodes,
@@ -186,8 +187,30 @@ impl Server {
             };
             let this = self.clone();
             tracker.spawn(async move {
-                let body = this.dispatch(&msg).await;
-                if let Err(e) = this.ctx.client.publish(reply_to, body.into()).await {
+                let sent = match route::verify_forwarded(&this.ctx, &msg) {
+                    Ok(None) => {
+                        let body = this.dispatch(&msg).await;
+                        this.ctx.client.publish(reply_to, body.into()).await
+                    }
+                    // A forwarded request's reply is bound to its MAC.
+                    Ok(Some(mac)) => {
+                        let body = this.dispatch(&msg).await;
+                        let reply_mac = this.ctx.signer.as_ref().map(|s| s.reply_mac(&mac, &body));
+                        let mut headers = async_nats::HeaderMap::new();
+                        if let Some(m) = reply_mac {
+                            headers.insert(HEADER_MAC, signing::to_hex(&m).as_str());
+                        }
+                        this.ctx
+                            .client
+                            .publish_with_headers(reply_to, headers, body.into())
+                            .await
+                    }
+                    Err(e) => {
+                        let body = codec::encode_error(&e);
+                        this.ctx.client.publish(reply_to, body.into()).await
+                    }
+                };
+                if let Err(e) = sent {
                     tracing::debug!(error = %e, "reply not sent");
                 }
                 drop(permit);

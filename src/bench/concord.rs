@@ -21,6 +21,7 @@ pub struct ConcordHandle {
     value: String,
     stale: bool,
     timeout: Duration,
+    headers: Option<async_nats::HeaderMap>,
 }
 
 impl ConcordHandle {
@@ -43,7 +44,17 @@ impl ConcordHandle {
             value: json!("x".repeat(value_size.saturating_sub(2))).to_string(),
             stale,
             timeout,
+            headers: None,
         }
+    }
+
+    pub fn with_token(mut self, token: Option<&str>) -> ConcordHandle {
+        self.headers = token.map(|t| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Authorization", format!("Bearer {t}").as_str());
+            h
+        });
+        self
     }
 }
 
@@ -70,9 +81,12 @@ impl Driver for ConcordHandle {
             Op::Get => &self.get,
             Op::Delete => &self.delete,
         };
-        let req = async_nats::Request::new()
+        let mut req = async_nats::Request::new()
             .payload(body)
             .timeout(Some(self.timeout));
+        if let Some(h) = &self.headers {
+            req = req.headers(h.clone());
+        }
         match self.nats.send_request(subject.clone(), req).await {
             Ok(reply) => {
                 if reply.payload.starts_with(br#"{"ok":true"#) {

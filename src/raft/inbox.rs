@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{Client, Message, PublishErrorKind, StatusCode};
+use async_nats::{Client, HeaderMap, Message, PublishErrorKind, StatusCode};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -121,26 +121,48 @@ impl Inbox {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, CallError> {
+        self.request_with_headers(subject, None, &[], payload, timeout)
+            .await
+    }
+
+    /// Like [`Inbox::request`], with headers; the values of the `signed` ones are covered by
+    /// the MAC (in that order, an absent header as empty).
+    pub async fn request_with_headers(
+        &self,
+        subject: String,
+        headers: Option<HeaderMap>,
+        signed: &[&str],
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let reply_to = format!("{}.{id}", self.prefix);
-        let mac = self
-            .signer
-            .as_ref()
-            .map(|s| s.request_mac(&subject, &[reply_to.as_bytes()], &payload));
+        let mac = self.signer.as_ref().map(|s| {
+            let mut extra: Vec<&[u8]> = vec![reply_to.as_bytes()];
+            extra.extend(
+                signed
+                    .iter()
+                    .map(|name| header_bytes(headers.as_ref(), name)),
+            );
+            s.request_mac(&subject, &extra, &payload)
+        });
         let (tx, rx) = oneshot::channel();
         // Registered before publishing: the reply may arrive before `publish` returns.
         self.pending_map().insert(id, Pending { mac, reply: tx });
         let _registered = Registered { inbox: self, id };
         let call = async {
-            let published = match &mac {
-                Some(mac) => {
+            let headers = match (&mac, headers) {
+                (Some(mac), Some(mut h)) => {
+                    h.insert(signing::HEADER_MAC, signing::to_hex(mac).as_str());
+                    Some(h)
+                }
+                (Some(mac), None) => Some(signing::mac_header(mac)),
+                (None, h) => h,
+            };
+            let published = match headers {
+                Some(h) => {
                     self.client
-                        .publish_with_reply_and_headers(
-                            subject,
-                            reply_to,
-                            signing::mac_header(mac),
-                            payload,
-                        )
+                        .publish_with_reply_and_headers(subject, reply_to, h, payload)
                         .await
                 }
                 None => {
@@ -206,4 +228,12 @@ impl Inbox {
         // and removes), so a poisoned lock is still usable.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A header's value as bytes for a MAC; an absent header counts as empty.
+pub fn header_bytes<'a>(headers: Option<&'a HeaderMap>, name: &str) -> &'a [u8] {
+    headers
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().as_bytes())
+        .unwrap_or(b"")
 }
