@@ -677,12 +677,12 @@ fn status_text(s: &Value) -> String {
         show(&s["members"]["learners"])
     ));
     t.push_str(&format!(
-        "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}\n",
-        "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "KEYS", "BYTES"
+        "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
+        "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "KEYS", "BYTES", "REJECTED"
     ));
     for n in s["nodes"].as_array().into_iter().flatten() {
         t.push_str(&format!(
-            "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}\n",
+            "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
             show(&n["node"]),
             show(&n["role"]),
             show(&n["term"]),
@@ -690,6 +690,7 @@ fn status_text(s: &Value) -> String {
             show(&n["last_applied"]),
             show(&n["storage"]["keys"]),
             show(&n["storage"]["bytes"]),
+            show(&n["security"]["rpc_rejected"]),
         ));
     }
     t.trim_end().to_string()
