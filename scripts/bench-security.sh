@@ -26,6 +26,10 @@ cargo build --release --quiet
 
 nats-server -a 127.0.0.1 -p "$PORT" -l "$OUT/nats.log" &
 natspid=$!
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done

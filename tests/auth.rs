@@ -273,30 +273,25 @@ async fn refusals_body(cluster: &Cluster) -> Result<()> {
     );
 
     // Bad token requests are bad requests, not crashes.
-    let r = call(
-        cluster,
-        "admin.token.create",
-        json!({"role": "root"}),
-        Cred::Header(ADMIN),
-    )
-    .await?;
-    ensure!(error_code(&r) == Some("bad_request"), "{r}");
-    let r = call(
-        cluster,
-        "admin.token.create",
-        json!({"expires_in": "soon"}),
-        Cred::Header(ADMIN),
-    )
-    .await?;
-    ensure!(error_code(&r) == Some("bad_request"), "{r}");
-    let r = call(
-        cluster,
-        "admin.token.revoke",
-        json!({"id": "ffffffffffffffff"}),
-        Cred::Header(ADMIN),
-    )
-    .await?;
-    ensure!(error_code(&r) == Some("not_found"), "{r}");
+    for (op, body, code) in [
+        ("admin.token.create", json!({"role": "root"}), "bad_request"),
+        (
+            "admin.token.create",
+            json!({"expires_in": "soon"}),
+            "bad_request",
+        ),
+        (
+            "admin.token.revoke",
+            json!({"id": "ffffffffffffffff"}),
+            "not_found",
+        ),
+    ] {
+        let r = call(cluster, op, body.clone(), Cred::Header(ADMIN)).await?;
+        ensure!(
+            error_code(&r) == Some(code),
+            "{op} {body}: expected {code}, got {r}"
+        );
+    }
 
     cli_manages_tokens(cluster).await
 }
