@@ -32,6 +32,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+    pub metrics: MetricsConfig,
     /// Settings of the `concord` client commands (ignored by `serve`).
     pub client: ClientConfig,
 }
@@ -92,6 +94,41 @@ pub struct AuthConfig {
     pub admin_token_file: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Publish events on `P.telemetry.>` at all (metrics are kept either way).
+    pub enabled: bool,
+    /// Per-request events `api.{put,get,delete,scan}`: `all`, `sampled:R` (0 < R <= 1) or `off`.
+    pub api_events: String,
+    /// Per-command events `operation.apply`: `all`, `sampled:R` or `off`.
+    pub apply_events: String,
+    /// Put keys into api and apply events (they may be sensitive).
+    pub include_keys: bool,
+    /// Period of the `cluster.status` event.
+    pub status_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`;
+    /// unset: no listener.
+    pub listen: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            api_events: "all".into(),
+            apply_events: "all".into(),
+            include_keys: false,
+            status_interval_ms: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
@@ -144,6 +181,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
             client: ClientConfig::default(),
         }
     }
