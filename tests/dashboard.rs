@@ -758,22 +758,80 @@ async fn run_dashboard_check(cluster: &Cluster, bin: &Path, metrics_ports: &[u16
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
     let prometheus = Prometheus::start(bin, &targets)?;
-    let api = prometheus.addr.clone();
+    let api: &str = &prometheus.addr;
     // Two scrapes of every node before the load, so that rates see it arrive.
-    wait_scraped(&api, targets.len(), 2).await?;
+    wait_scraped(api, targets.len(), 2).await?;
 
     let load = Instant::now();
     put_load(cluster).await?;
     println!("load took {:.1?}", load.elapsed());
     // The load is in every node's counters once three more scrapes have happened.
-    let before = scrape_count(&api).await?;
-    wait_scraped(&api, targets.len(), before + 3).await?;
+    let before = scrape_count(api).await?;
+    wait_scraped(api, targets.len(), before + 3).await?;
+
+    // The load itself reached the panels' metrics through Prometheus: exact request counts
+    // (each request counted once, on the node that answered the client), the failed auth,
+    // snapshots taken, a leader.
+    let figures = [
+        (
+            r#"sum(concord_requests_total{op="put", result="ok"})"#,
+            30.0,
+        ),
+        (
+            r#"sum(concord_requests_total{op="get", result="ok"})"#,
+            30.0,
+        ),
+        (
+            r#"sum(concord_requests_total{op="get", result="not_found"})"#,
+            3.0,
+        ),
+        (
+            r#"sum(concord_requests_total{op="delete", result="ok"})"#,
+            2.0,
+        ),
+        (
+            r#"sum(concord_requests_total{op="scan", result="ok"})"#,
+            1.0,
+        ),
+        (
+            r#"sum(concord_requests_total{op="put", result="unauthorized"})"#,
+            1.0,
+        ),
+        (r#"sum(concord_auth_failures_total{op="put"})"#, 1.0),
+        (r#"sum(concord_raft_state{state="leader"})"#, 1.0),
+    ];
+    for (query, want) in figures {
+        wait_for(
+            Duration::from_secs(15),
+            &format!("{query} == {want}"),
+            || async move {
+                let got = query_values(api, query).await?;
+                ensure!(got == [want], "got {got:?}");
+                Ok(())
+            },
+        )
+        .await?;
+        println!("{want:>5}  {query}");
+    }
+    wait_for(
+        Duration::from_secs(15),
+        "a snapshot created on every node",
+        || async move {
+            let got = query_values(api, r#"concord_snapshots_total{kind="created"}"#).await?;
+            ensure!(
+                got.len() == 3 && got.iter().all(|v| *v >= 1.0),
+                "got {got:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
 
     let dashboard = read_json(DASHBOARD)?;
     let mut failures = Vec::new();
     let queries = dashboard_queries(&dashboard)?;
     for query in &queries {
-        match instant_query(&api, query).await {
+        match instant_query(api, query).await {
             Ok(series) if series > 0 => println!("{series:>3} series  {query}"),
             Ok(_) => {
                 println!("  0 series  {query}");
