@@ -31,6 +31,8 @@ const DASHBOARD: &str = "grafana/dashboards/concord.json";
 const DATASOURCES: &str = "grafana/provisioning/datasources/prometheus.yml";
 const DASHBOARD_PROVIDERS: &str = "grafana/provisioning/dashboards/concord.yml";
 const KUBERNETES: &str = "deploy/kubernetes/concord.yaml";
+/// The Compose Specification's JSON Schema (see tests/schemas/README.md).
+const COMPOSE_SCHEMA: &str = "tests/schemas/compose-spec.json";
 
 /// Port of the nodes' metrics listener in the compose stack and the Kubernetes example.
 const METRICS_PORT: u16 = 9464;
@@ -71,7 +73,8 @@ const CONTRACT_METRICS: &[&str] = &[
 
 // ----- structure ---------------------------------------------------------------------------
 
-/// The compose stack has the three NATS servers routed into one cluster, three Concord nodes
+/// The compose file is valid under the Compose Specification's schema. The stack has the three
+/// NATS servers routed into one cluster, three Concord nodes
 /// built from the Dockerfile with the settings the brief names (checked against the node's
 /// real configuration keys), Prometheus and Grafana; published ports are unique and bound to
 /// localhost; every bind-mounted file exists and every named volume is declared.
@@ -95,6 +98,22 @@ fn compose_stack_is_complete_and_consistent() -> Result<()> {
     ensure!(
         names == expected,
         "compose services are {names:?}, want {expected:?}"
+    );
+
+    // What `docker compose config` checks first: the file is valid under the Compose
+    // Specification's JSON Schema (merge keys resolved, as compose resolves them).
+    let schema: Json = serde_json::from_str(&std::fs::read_to_string(repo_path(COMPOSE_SCHEMA))?)?;
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| anyhow!("{COMPOSE_SCHEMA} is not a usable schema: {e}"))?;
+    let instance = serde_json::to_value(&compose)?;
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    ensure!(
+        errors.is_empty(),
+        "{COMPOSE} breaks the Compose Specification:\n{}",
+        errors.join("\n")
     );
 
     let declared_volumes: BTreeSet<String> = mapping(&compose, "volumes")?
