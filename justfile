@@ -15,11 +15,11 @@ default:
 build:
     cargo build --release --bin concord
 
-# Start nats-server and a 3-node cluster in the background (data/, logs in data/*.log)
+# Start nats-server, 3 nodes (metrics on :9464-9466) and, if installed, Prometheus (:9090) in the background (data/)
 cluster-up *args:
     scripts/cluster-up.sh "$@"
 
-# Stop the local cluster (--wipe also deletes data/n1..n3)
+# Stop the local cluster and its Prometheus (--wipe also deletes data/n1..n3 and data/prometheus)
 cluster-down *args:
     scripts/cluster-down.sh "$@"
 

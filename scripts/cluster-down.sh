@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # scripts/cluster-down.sh — stop the local cluster that scripts/cluster-up.sh started.
 #
-# Stops the processes named by data/n1.pid .. data/n3.pid first, then data/nats.pid (nodes
-# first, so they don't spend their shutdown reconnecting to a NATS that is gone): SIGTERM, up
-# to 10 s for a clean exit, then SIGKILL. Removes the pid files. A NATS server that cluster-up
-# found already running (no pid file) is left alone.
+# Stops the processes named by data/n1.pid .. data/n3.pid first, then data/prometheus.pid,
+# then data/nats.pid (nodes first, so they don't spend their shutdown reconnecting to a NATS
+# that is gone): SIGTERM, up to 10 s for a clean exit, then SIGKILL. Removes the pid files. A
+# NATS server that cluster-up found already running (no pid file) is left alone.
 #
 # Options:
-#   --wipe    also delete the node data directories data/n1 .. data/n3 (logs are kept)
+#   --wipe    also delete the node data directories data/n1 .. data/n3 and Prometheus'
+#             data/prometheus (logs are kept)
 set -euo pipefail
 
-usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
 
 wipe=0
 for arg in "$@"; do
@@ -93,12 +94,13 @@ node_entries=()
 for i in "${NODES[@]}"; do node_entries+=("node $i=$DATA/n$i.pid"); done
 
 found=0
-for f in "${node_entries[@]#*=}" "$DATA/nats.pid"; do [[ -f "$f" ]] && found=1; done
+for f in "${node_entries[@]#*=}" "$DATA/prometheus.pid" "$DATA/nats.pid"; do [[ -f "$f" ]] && found=1; done
 if [[ "$found" == 0 ]]; then
     echo "no pid files in ${DATA#"$ROOT"/}/: nothing to stop"
 fi
 
 stop_group concord "${node_entries[@]}"
+stop_group prometheus "prometheus=$DATA/prometheus.pid"
 stop_group nats-server "nats-server=$DATA/nats.pid"
 
 if [[ "$wipe" == 1 ]]; then
@@ -114,4 +116,12 @@ if [[ "$wipe" == 1 ]]; then
             echo "wiped ${DATA#"$ROOT"/}/n$i"
         fi
     done
+    if [[ -f "$DATA/prometheus.pid" ]]; then
+        echo "cluster-down: prometheus may still be running; not wiping data/prometheus" >&2
+        exit 1
+    fi
+    if [[ -e "$DATA/prometheus" ]]; then
+        rm -rf "${DATA:?}/prometheus"
+        echo "wiped ${DATA#"$ROOT"/}/prometheus"
+    fi
 fi

@@ -4,21 +4,28 @@
 # Starts (in the background, detached from this terminal):
 #   nats-server on 127.0.0.1:4222     pid data/nats.pid, log data/nats.log
 #                                     (not started if something already listens on 4222)
-#   concord serve, nodes 1, 2, 3      pid data/n$i.pid, log data/n$i.log, data dir data/n$i
-# then waits (at most 30 s) until the cluster reports a leader.
-# Stop it with scripts/cluster-down.sh (--wipe to also delete the node data).
+#   concord serve, nodes 1, 2, 3      pid data/n$i.pid, log data/n$i.log, data dir data/n$i,
+#                                     metrics on 127.0.0.1:9464, :9465, :9466 (/metrics, /readyz)
+# then waits (at most 30 s) until the cluster reports a leader, and then, when `prometheus` is
+# on the PATH (Debian: apt-get install prometheus), starts it too:
+#   prometheus on 127.0.0.1:9090      pid data/prometheus.pid, log data/prometheus.log,
+#                                     config data/prometheus.yml, storage data/prometheus/
+# Stop it all with scripts/cluster-down.sh (--wipe to also delete the node data).
 #
 # Options:
-#   --no-build    use the existing target/release/concord instead of running cargo build
+#   --no-build       use the existing target/release/concord instead of running cargo build
+#   --no-prometheus  do not start Prometheus even if it is installed
 # Environment: RUST_LOG (node log filter) and other CONCORD_* settings pass through to the nodes.
 set -euo pipefail
 
-usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,19s/^# \{0,1\}//p' "$0"; }
 
 build=1
+want_prometheus=1
 for arg in "$@"; do
     case "$arg" in
         --no-build) build=0 ;;
+        --no-prometheus) want_prometheus=0 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "cluster-up: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -39,6 +46,12 @@ NODES=(1 2 3)
 DATA="$ROOT/data"
 BIN="$ROOT/target/release/concord"
 WAIT_SECS=30
+# Node i serves /metrics, /healthz and /readyz on 127.0.0.1:$((METRICS_BASE_PORT + i)); the
+# same host ports as compose/docker-compose.yml publishes.
+METRICS_HOST=127.0.0.1
+METRICS_BASE_PORT=9463
+PROM_HOST=127.0.0.1
+PROM_PORT=9090
 
 # The CLI calls below (cluster status) must reach the same NATS as the nodes.
 export CONCORD_NATS__URL="$NATS_URL"
@@ -114,6 +127,11 @@ for i in "${NODES[@]}"; do
         exit 1
     fi
     rm -f "$DATA/n$i.pid" # stale
+    # A node whose metrics port is taken exits at start; say which port instead.
+    if port_open "$METRICS_HOST" "$((METRICS_BASE_PORT + i))"; then
+        echo "cluster-up: $METRICS_HOST:$((METRICS_BASE_PORT + i)), node $i's metrics port, is in use" >&2
+        exit 1
+    fi
 done
 
 # --- NATS -----------------------------------------------------------------------------------
@@ -162,6 +180,7 @@ for i in "${NODES[@]}"; do
         CONCORD_CLUSTER__INITIAL_MEMBERS="$members" \
         CONCORD_DATA_DIR="$DATA/n$i" \
         CONCORD_NATS__URL="$NATS_URL" \
+        CONCORD_METRICS__LISTEN="$METRICS_HOST:$((METRICS_BASE_PORT + i))" \
         "$BIN" serve
 done
 
@@ -206,9 +225,71 @@ if [[ "$ready" != 1 ]]; then
     exit 1
 fi
 
+# --- Prometheus (optional) ---------------------------------------------------------------
+
+# Writes data/prometheus.yml and starts prometheus unless it is missing, unwanted or already
+# running. Never fails the cluster start: the cluster is up by now.
+prom_status="not started"
+start_prometheus() {
+    local bin pid targets=() i
+    if [[ "$want_prometheus" != 1 ]]; then
+        prom_status="not started (--no-prometheus)"
+        return 0
+    fi
+    if pid="$(live_pid "$DATA/prometheus.pid" prometheus)"; then
+        echo "==> prometheus already running (pid $pid)"
+        prom_status="http://$PROM_HOST:$PROM_PORT"
+        return 0
+    fi
+    rm -f "$DATA/prometheus.pid"
+    if ! bin="$(command -v prometheus)"; then
+        prom_status="not started: no \`prometheus\` on PATH (Debian: apt-get install --no-install-recommends prometheus)"
+        return 0
+    fi
+    if port_open "$PROM_HOST" "$PROM_PORT"; then
+        prom_status="not started: something else listens on $PROM_HOST:$PROM_PORT"
+        return 0
+    fi
+    for i in "${NODES[@]}"; do targets+=("\"$METRICS_HOST:$((METRICS_BASE_PORT + i))\""); done
+    cat >"$DATA/prometheus.yml" <<PROM
+# Written by scripts/cluster-up.sh: scrape the local cluster's nodes (job "concord", as in
+# compose/prometheus/prometheus.yml, which the Grafana dashboard expects).
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: concord
+    static_configs:
+      - targets: [$(IFS=,; echo "${targets[*]}")]
+PROM
+    mkdir -p "$DATA/prometheus"
+    echo "==> starting prometheus on $PROM_HOST:$PROM_PORT (config: data/prometheus.yml, log: data/prometheus.log)"
+    echo "===== cluster-up $(date -u +%FT%TZ) =====" >>"$DATA/prometheus.log"
+    start_bg "$DATA/prometheus.pid" "$DATA/prometheus.log" "$bin" \
+        --config.file="$DATA/prometheus.yml" \
+        --storage.tsdb.path="$DATA/prometheus" \
+        --storage.tsdb.retention.time=2d \
+        --web.listen-address="$PROM_HOST:$PROM_PORT"
+    for _ in $(seq 100); do
+        port_open "$PROM_HOST" "$PROM_PORT" && break
+        live_pid "$DATA/prometheus.pid" >/dev/null || break
+        sleep 0.1
+    done
+    if port_open "$PROM_HOST" "$PROM_PORT"; then
+        prom_status="http://$PROM_HOST:$PROM_PORT"
+    else
+        prom_status="failed to start; see data/prometheus.log"
+        echo "cluster-up: prometheus did not come up on $PROM_HOST:$PROM_PORT (the cluster is up)" >&2
+        tail -n 15 "$DATA/prometheus.log" >&2 || true
+    fi
+}
+start_prometheus
+
 echo
 "$BIN" cluster status || echo "(concord cluster status failed, though --json reported a leader)" >&2
 echo
+metrics_urls=""
+for i in "${NODES[@]}"; do metrics_urls+=" http://$METRICS_HOST:$((METRICS_BASE_PORT + i))/metrics"; done
 cat <<EOF
 Cluster is up. Try:
 
@@ -219,7 +300,12 @@ or straight over NATS (needs the optional \`nats\` CLI, natscli; any NATS client
 
   nats req concord.kv.get '{"key":"user:1"}'
 
-Status: ${show}target/release/concord cluster status
-Logs:   ${show}data/n{1,2,3}.log ${show}data/nats.log
-Stop:   ${show}scripts/cluster-down.sh   (add --wipe to delete the node data too)
+Status:     ${show}target/release/concord cluster status
+Events:     ${show}target/release/concord watch-telemetry
+Metrics:   ${metrics_urls}
+            (also /healthz and /readyz on each)
+Prometheus: ${prom_status}
+Grafana:    not run here; the dashboard is grafana/dashboards/concord.json (compose/ runs it)
+Logs:       ${show}data/n{1,2,3}.log ${show}data/nats.log
+Stop:       ${show}scripts/cluster-down.sh   (add --wipe to delete the node data too)
 EOF

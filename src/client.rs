@@ -110,6 +110,20 @@ impl Client {
         &self.nats
     }
 
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// `P.node.<id>.admin.snapshot`: that node builds a snapshot; the reply names its index.
+    pub async fn node_snapshot(&self, node: u64) -> Result<Value, ClientError> {
+        self.call_once(
+            self.subjects.node_admin(node, AdminOp::Snapshot),
+            &serde_json::json!({}),
+            self.timeout,
+        )
+        .await
+    }
+
     pub async fn put(&self, key: &str, value: &Value) -> Result<u64, ClientError> {
         let r = self
             .call(

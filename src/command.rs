@@ -73,6 +73,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name in telemetry (`operation` of an apply event).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::SetClusterId { .. } => "set_cluster_id",
+            Command::Put { .. } => "put",
+            Command::Delete { .. } => "delete",
+            Command::Batch(_) => "batch",
+            Command::TokenCreate { .. } => "token_create",
+            Command::TokenRevoke { .. } => "token_revoke",
+        }
+    }
+
     /// Bytes the command adds to an entry, for the size check before proposing.
     pub fn approximate_size(&self) -> usize {
         match self {

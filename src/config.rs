@@ -3,12 +3,15 @@
 //! [`Config::validate`].
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::observe::sample::Sampling;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +35,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+    pub metrics: MetricsConfig,
     /// Settings of the `concord` client commands (ignored by `serve`).
     pub client: ClientConfig,
 }
@@ -92,6 +97,77 @@ pub struct AuthConfig {
     pub admin_token_file: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Publish events on `P.telemetry.>` at all (metrics are kept either way).
+    pub enabled: bool,
+    /// Per-request events `api.{put,get,delete,scan}`: `all`, `sampled:R` (0 < R <= 1) or `off`.
+    pub api_events: String,
+    /// Per-command events `operation.apply`: `all`, `sampled:R` or `off`.
+    pub apply_events: String,
+    /// Put keys into api and apply events (they may be sensitive).
+    pub include_keys: bool,
+    /// Period of the `cluster.status` event.
+    pub status_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`;
+    /// unset: no listener.
+    pub listen: Option<String>,
+}
+
+/// Shortest accepted `telemetry.status_interval_ms`.
+const MIN_STATUS_INTERVAL_MS: u64 = 100;
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), Error> {
+        let field = |field: &'static str, reason: String| Error::Field { field, reason };
+        Sampling::parse(&self.api_events).map_err(|r| field("telemetry.api_events", r))?;
+        Sampling::parse(&self.apply_events).map_err(|r| field("telemetry.apply_events", r))?;
+        if self.status_interval_ms < MIN_STATUS_INTERVAL_MS {
+            return Err(field(
+                "telemetry.status_interval_ms",
+                format!("must be at least {MIN_STATUS_INTERVAL_MS}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.status_interval_ms)
+    }
+}
+
+impl MetricsConfig {
+    fn validate(&self) -> Result<(), Error> {
+        match &self.listen {
+            Some(addr) if addr.trim().parse::<SocketAddr>().is_err() => Err(Error::Field {
+                field: "metrics.listen",
+                reason: format!(
+                    "'{addr}' is not host:port with a numeric IP (e.g. 127.0.0.1:9464 or 0.0.0.0:9464)"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            api_events: "all".into(),
+            apply_events: "all".into(),
+            include_keys: false,
+            status_interval_ms: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
@@ -144,6 +220,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
             client: ClientConfig::default(),
         }
     }
@@ -337,7 +415,16 @@ impl Config {
                 "a client certificate needs both nats.tls_cert_file and nats.tls_key_file",
             ));
         }
-        Ok(())
+        self.telemetry.validate()?;
+        self.metrics.validate()
+    }
+
+    /// The `metrics.listen` address, when set (checked by [`Config::validate`]).
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics
+            .listen
+            .as_deref()
+            .and_then(|a| a.trim().parse().ok())
     }
 
     /// The cluster secret, from `cluster.secret` or `cluster.secret_file`.
@@ -585,6 +672,51 @@ mod tests {
         c.raft.election_timeout_min_ms = 100;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_and_metrics_settings_are_checked() {
+        let check = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(
+            check(&|c| c.telemetry.api_events = "sampled:0.1".into()),
+            None
+        );
+        assert_eq!(check(&|c| c.telemetry.apply_events = "off".into()), None);
+        assert_eq!(
+            check(&|c| c.metrics.listen = Some("127.0.0.1:9464".into())),
+            None
+        );
+        assert_eq!(check(&|c| c.metrics.listen = Some("[::1]:0".into())), None);
+        for (f, name) in [
+            (
+                &(|c: &mut Config| c.telemetry.api_events = "sampled:2".into())
+                    as &dyn Fn(&mut Config),
+                "telemetry.api_events",
+            ),
+            (
+                &|c: &mut Config| c.telemetry.apply_events = "most".into(),
+                "telemetry.apply_events",
+            ),
+            (
+                &|c: &mut Config| c.telemetry.status_interval_ms = 99,
+                "telemetry.status_interval_ms",
+            ),
+            (
+                &|c: &mut Config| c.metrics.listen = Some("localhost".into()),
+                "metrics.listen",
+            ),
+            (
+                &|c: &mut Config| c.metrics.listen = Some("1.2.3.4:99999".into()),
+                "metrics.listen",
+            ),
+        ] {
+            let err = check(f).expect("refused");
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

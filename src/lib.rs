@@ -10,7 +10,8 @@
 //!                                                       store::state_machine (fjall kv) ─▶ reply
 //! ```
 //!
-//! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol.
+//! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol;
+//! [`observe`] turns what happens along the way into metrics and telemetry events.
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
@@ -27,6 +28,7 @@ pub mod error;
 pub mod failpoints;
 pub mod nats;
 pub mod node;
+pub mod observe;
 pub mod raft;
 pub mod signing;
 pub mod store;

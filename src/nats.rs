@@ -8,11 +8,13 @@
 
 mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 
 use crate::config::NatsConfig;
+use crate::observe::Observer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -51,17 +53,41 @@ pub async fn connect(
     name: &str,
     connect_timeout: Duration,
 ) -> Result<Client, Error> {
+    connect_observed(cfg, name, connect_timeout, None).await
+}
+
+/// [`connect`], reporting the connection going down and coming back to `observer` (a
+/// node's `concord_nats_connected` and `concord_nats_reconnects_total`).
+pub async fn connect_observed(
+    cfg: &NatsConfig,
+    name: &str,
+    connect_timeout: Duration,
+    observer: Option<Arc<Observer>>,
+) -> Result<Client, Error> {
     let opts = ConnectOptions::new()
         .name(name)
         .connection_timeout(connect_timeout)
-        .event_callback(|event| async move {
-            match event {
-                Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                Event::Connected => tracing::info!("NATS connected"),
-                Event::SlowConsumer(sid) => {
-                    tracing::warn!(sid, "NATS slow consumer: messages dropped")
+        .event_callback(move |event| {
+            let observer = observer.clone();
+            async move {
+                match event {
+                    Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting");
+                        if let Some(o) = &observer {
+                            o.nats_connection(false);
+                        }
+                    }
+                    Event::Connected => {
+                        tracing::info!("NATS connected");
+                        if let Some(o) = &observer {
+                            o.nats_connection(true);
+                        }
+                    }
+                    Event::SlowConsumer(sid) => {
+                        tracing::warn!(sid, "NATS slow consumer: messages dropped")
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
                 }
-                other => tracing::info!(event = %other, "NATS event"),
             }
         });
     let (opts, credentials) = with_credentials(opts, cfg).await?;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::api::{self, validate::Limits, Ctx};
 use crate::command::{Command, LogCommand};
 use crate::config::Config;
+use crate::observe::{self, http::Endpoints, probe::Probe, Observer};
 use crate::raft::inbox::Inbox;
 use crate::raft::network::{Network, PAYLOAD_HEADROOM};
 use crate::raft::service::{LeaderContact, RaftService};
@@ -61,12 +62,28 @@ pub async fn run(
     if signer.is_some() {
         tracing::info!("cluster.secret set: raft rpcs, forwarded requests and their replies are signed and verified");
     }
-    let client = crate::nats::connect(
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // The metrics listener comes up first, so `/healthz` answers while the node starts.
+    let endpoints = match config.metrics_listen() {
+        Some(addr) => Some(serve_metrics(addr, cancel.clone(), &tracker).await?),
+        None => None,
+    };
+    let (observer, events) = Observer::new(me, &config.telemetry);
+    for id in config.initial_members() {
+        if id != me {
+            // Peer series exist from the start, before the first RPC.
+            let _ = observer.metrics.peer(id);
+        }
+    }
+    let client = crate::nats::connect_observed(
         &config.nats,
         &format!("concord-{me}"),
         Duration::from_secs(10),
+        Some(observer.clone()),
     )
     .await?;
+    observer.nats_connection(true);
     let max_payload = client.server_info().max_payload;
     let max_entry_bytes = max_payload.saturating_sub(PAYLOAD_HEADROOM);
     if config.limits.max_value_bytes > max_entry_bytes {
@@ -103,9 +120,16 @@ pub async fn run(
     .await?;
 
     let rejections = Arc::new(Rejections::default());
+    if let Some(rx) = events {
+        tracker.spawn(observe::publish::run(
+            observer.clone(),
+            rx,
+            client.clone(),
+            subjects.clone(),
+            cancel.clone(),
+        ));
+    }
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let inbox = Inbox::start(
         client.clone(),
         signer.clone(),
@@ -122,13 +146,14 @@ pub async fn run(
         cluster_name: config.cluster.name.clone(),
         cluster_id: view.watch_cluster_id(),
         max_payload,
+        observer: observer.clone(),
     };
     let raft = crate::raft::start(
         &config,
         max_payload,
         network,
         LogStore::new(store.clone()),
-        StateMachine::new(view.clone()),
+        StateMachine::new(view.clone(), observer.clone()),
     )
     .await?;
 
@@ -171,12 +196,13 @@ pub async fn run(
         },
         default_timeout: config.limits.default_timeout(),
         stale_window: config.raft.election_timeout_min(),
-        contact,
+        contact: contact.clone(),
         max_payload,
         auth: crate::auth::Authorizer::new(config.auth.enabled, admin_token.as_deref()),
         signer,
         rejections,
         inbox,
+        observer: observer.clone(),
     });
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(
@@ -190,7 +216,27 @@ pub async fn run(
             .clone()
             .serve_cluster_subjects(cancel.clone(), tracker.clone()),
     );
-    tracker.spawn(log_role_changes(raft.clone(), cancel.clone()));
+    tracker.spawn(observe::raft_watch::watch(
+        raft.clone(),
+        observer.clone(),
+        cancel.clone(),
+    ));
+    let probe = Arc::new(Probe {
+        me,
+        raft: raft.clone(),
+        view: view.clone(),
+        contact: contact.clone(),
+        observer: observer.clone(),
+        contact_window: config.raft.election_timeout_min(),
+    });
+    if let Some(e) = &endpoints {
+        let _ = e.probe.set(probe.clone());
+    }
+    tracker.spawn(observe::probe::status_loop(
+        probe,
+        config.telemetry.status_interval(),
+        cancel.clone(),
+    ));
     tracker.spawn(ensure_cluster_id(
         raft.clone(),
         view.clone(),
@@ -234,6 +280,29 @@ pub async fn run(
     let _ = client.drain().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs the metrics recorder, binds `metrics.listen` and serves it until cancelled.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Arc<Endpoints>, Error> {
+    let handle = observe::metrics::install().map_err(Error::Config)?;
+    let listener = observe::http::bind(addr).await.map_err(Error::Config)?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let endpoints = Arc::new(Endpoints {
+        handle: handle.clone(),
+        probe: std::sync::OnceLock::new(),
+    });
+    tracker.spawn(observe::http::serve(
+        listener,
+        endpoints.clone(),
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(observe::metrics::upkeep(handle, cancel));
+    Ok(endpoints)
 }
 
 async fn log_failure<E: std::fmt::Display>(
@@ -366,25 +435,6 @@ async fn ensure_cluster_id(raft: Raft, view: Arc<StateView>, cancel: Cancellatio
             _ = cancel.cancelled() => return,
             r = metrics.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
-async fn log_role_changes(raft: Raft, cancel: CancellationToken) {
-    let mut metrics = raft.metrics();
-    let mut last = (None, ServerState::Learner, 0);
-    loop {
-        {
-            let m = metrics.borrow_and_update();
-            let now = (m.current_leader, m.state, m.current_term);
-            if now != last {
-                tracing::info!(role = api::admin::role_name(m.state), leader = ?m.current_leader, term = m.current_term, "raft role");
-                last = now;
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
         }
     }
 }

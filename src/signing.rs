@@ -199,7 +199,7 @@ impl Rejections {
         };
         let first = counter.fetch_add(1, Ordering::Relaxed) == 0;
         metrics::counter!(
-            "concord_raft_rpc_rejected_total",
+            crate::observe::metrics::RAFT_RPC_REJECTED,
             "reason" => why.as_str(),
             "direction" => direction.as_str()
         )

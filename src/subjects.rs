@@ -38,15 +38,18 @@ pub enum AdminOp {
     TokenCreate,
     TokenRevoke,
     TokenList,
+    /// Build a snapshot now (`P.node.<id>.admin.snapshot`).
+    Snapshot,
 }
 
 impl AdminOp {
-    pub const ALL: [AdminOp; 5] = [
+    pub const ALL: [AdminOp; 6] = [
         AdminOp::Status,
         AdminOp::Members,
         AdminOp::TokenCreate,
         AdminOp::TokenRevoke,
         AdminOp::TokenList,
+        AdminOp::Snapshot,
     ];
 
     /// The subject after `P.admin.`.
@@ -57,6 +60,7 @@ impl AdminOp {
             AdminOp::TokenCreate => "token.create",
             AdminOp::TokenRevoke => "token.revoke",
             AdminOp::TokenList => "token.list",
+            AdminOp::Snapshot => "snapshot",
         }
     }
 
@@ -180,6 +184,16 @@ impl Subjects {
         format!("{}.raft.{}.{}.*", self.prefix, self.cluster, node)
     }
 
+    /// `P.telemetry.<path>`, e.g. `concord.telemetry.api.put`.
+    pub fn telemetry(&self, path: &str) -> String {
+        format!("{}.telemetry.{}", self.prefix, path)
+    }
+
+    /// `P.telemetry.>`: every event of every node.
+    pub fn telemetry_wildcard(&self) -> String {
+        format!("{}.telemetry.>", self.prefix)
+    }
+
     /// The queue group shared by the voters of this cluster.
     pub fn queue_group(&self) -> String {
         format!("{}-{}", self.prefix, self.cluster)
@@ -220,5 +234,11 @@ mod tests {
         );
         assert_eq!(t.classify("corp.kv.put"), None);
         assert_eq!(AdminOp::parse("token.list"), Some(AdminOp::TokenList));
+        assert_eq!(
+            s.node_admin(2, AdminOp::Snapshot),
+            "concord.node.2.admin.snapshot"
+        );
+        assert_eq!(s.telemetry("api.put"), "concord.telemetry.api.put");
+        assert_eq!(s.telemetry_wildcard(), "concord.telemetry.>");
     }
 }

@@ -88,6 +88,9 @@ pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
     ) {
         return super::tokens::handle_token(ctx, op, msg).await;
     }
+    if op == AdminOp::Snapshot {
+        return super::snapshot::handle_snapshot(ctx, msg).await;
+    }
     let res = async {
         let body = codec::decode_admin(&msg.payload)?;
         // Status and membership are this node's own view: checked against its own table.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::{bad_request, WireError};
+use crate::error::{bad_request, ErrorKind, WireError};
 use crate::store::state_machine::Item;
 use crate::subjects::KvOp;
 
@@ -214,6 +214,40 @@ pub fn encode_error(e: &WireError) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The outcome a reply body reports: `Ok` or its error code. Error replies start with
+/// `{"ok":false` (ours, and those relayed from the leader); only they are parsed.
+pub fn reply_code(body: &[u8]) -> Result<(), ErrorKind> {
+    if !body.starts_with(br#"{"ok":false"#) {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    struct Code {
+        code: ErrorKind,
+    }
+    #[derive(Deserialize)]
+    struct Reply {
+        error: Code,
+    }
+    match serde_json::from_slice::<Reply>(body) {
+        Ok(r) => Err(r.error.code),
+        Err(_) => Err(ErrorKind::Internal),
+    }
+}
+
+/// The key of a key-space request (the prefix of a scan), for telemetry events with
+/// `telemetry.include_keys`; `None` if the body has none.
+pub fn request_key(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Keyed<'a> {
+        #[serde(borrow)]
+        key: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        prefix: Option<std::borrow::Cow<'a, str>>,
+    }
+    let k: Keyed = serde_json::from_slice(body).ok()?;
+    k.key.or(k.prefix).map(|c| c.into_owned())
+}
+
 /// A successful reply body, already shaped as the contract says.
 pub fn encode_ok<T: Serialize>(body: &T) -> Vec<u8> {
     serde_json::to_vec(body).unwrap_or_default()
@@ -287,7 +321,6 @@ pub fn encode_scan(items: &[Item], more: bool) -> Result<Vec<u8>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     fn code(r: Result<(KvRequest, Common), WireError>) -> ErrorKind {
         r.expect_err("should fail").code
@@ -356,5 +389,19 @@ mod tests {
             e,
             br#"{"ok":false,"error":{"code":"not_found","message":"key 'a' not found"}}"#
         );
+    }
+
+    #[test]
+    fn reply_code_reads_the_error_code() {
+        assert_eq!(reply_code(br#"{"ok":true,"revision":3}"#), Ok(()));
+        let e = encode_error(&crate::error::unauthorized("no token"));
+        assert_eq!(reply_code(&e), Err(ErrorKind::Unauthorized));
+        assert_eq!(reply_code(br#"{"ok":false,"#), Err(ErrorKind::Internal));
+        assert_eq!(
+            request_key(br#"{"key":"a\"b","value":1}"#).as_deref(),
+            Some("a\"b")
+        );
+        assert_eq!(request_key(br#"{"prefix":"p:"}"#).as_deref(), Some("p:"));
+        assert_eq!(request_key(b"[1]"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The client-facing side of a node: requests arrive on NATS ([`server`]), are decoded
 //! ([`codec`]), checked ([`validate`]) and routed ([`handler`]): the leader proposes writes
 //! to Raft and confirms leadership for reads; a follower forwards to the leader.
-//! [`admin`] answers status and membership questions.
+//! [`admin`] answers status and membership questions, [`snapshot`] builds one on demand.
 
 pub mod admin;
 pub mod codec;
@@ -10,6 +10,7 @@ pub mod propose;
 pub mod read_index;
 pub mod route;
 pub mod server;
+pub mod snapshot;
 pub mod tokens;
 pub mod validate;
 
@@ -49,4 +50,6 @@ pub struct Ctx {
     pub rejections: Arc<crate::signing::Rejections>,
     /// Outbound requests to other nodes (Raft RPCs, forwarded requests) and their replies.
     pub inbox: Arc<crate::raft::inbox::Inbox>,
+    /// Metrics and telemetry events of this node.
+    pub observer: Arc<crate::observe::Observer>,
 }

@@ -1,10 +1,12 @@
 //! NATS intake: one task per request, bounded by an in-flight semaphore (`busy` past it).
+//! Every request this node answers for a client is counted here, once (see [`Server::record`]).
 //!
 //! Node subjects (`P.node.<id>.*`) are always served. The cluster subjects (`P.kv.*`,
 //! `P.admin.*`, one queue group) are served only while this node is a voter of a cluster
 //! whose id it knows, so a node waiting to join never answers for the cluster.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::{Message, Subscriber};
 use futures::StreamExt;
@@ -14,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{admin, codec, handler, route, Ctx};
 use crate::error::busy;
+use crate::observe::ReqOp;
 use crate::signing::{self, HEADER_MAC};
 use crate::subjects::{Addressed, AdminOp, KvOp};
 
@@ -175,23 +178,31 @@ impl Server {
             let Some(reply_to) = msg.reply.clone() else {
                 continue;
             };
+            let started = Instant::now();
+            // Counted where the client is answered: a forwarded request counts on the node
+            // that forwarded it.
+            let counted = if route::is_forwarded(&msg) {
+                None
+            } else {
+                self.counted_op(&msg.subject)
+            };
             let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     let body = codec::encode_error(&busy(
                         "the node's in-flight request limit is reached; retry with backoff",
                     ));
+                    if let Some(op) = counted {
+                        self.record(op, &msg, &body, started);
+                    }
                     let _ = self.ctx.client.publish(reply_to, body.into()).await;
                     continue;
                 }
             };
             let this = self.clone();
             tracker.spawn(async move {
-                let sent = match route::verify_forwarded(&this.ctx, &msg) {
-                    Ok(None) => {
-                        let body = this.dispatch(&msg).await;
-                        this.ctx.client.publish(reply_to, body.into()).await
-                    }
+                let (body, headers) = match route::verify_forwarded(&this.ctx, &msg) {
+                    Ok(None) => (this.dispatch(&msg).await, None),
                     // A forwarded request's reply is bound to its MAC.
                     Ok(Some(mac)) => {
                         let body = this.dispatch(&msg).await;
@@ -200,15 +211,17 @@ impl Server {
                         if let Some(m) = reply_mac {
                             headers.insert(HEADER_MAC, signing::to_hex(&m).as_str());
                         }
-                        this.ctx
-                            .client
-                            .publish_with_headers(reply_to, headers, body.into())
-                            .await
+                        (body, Some(headers))
                     }
-                    Err(e) => {
-                        let body = codec::encode_error(&e);
-                        this.ctx.client.publish(reply_to, body.into()).await
-                    }
+                    Err(e) => (codec::encode_error(&e), None),
+                };
+                if let Some(op) = counted {
+                    this.record(op, &msg, &body, started);
+                }
+                let client = &this.ctx.client;
+                let sent = match headers {
+                    Some(h) => client.publish_with_headers(reply_to, h, body.into()).await,
+                    None => client.publish(reply_to, body.into()).await,
                 };
                 if let Err(e) = sent {
                     tracing::debug!(error = %e, "reply not sent");
@@ -219,12 +232,29 @@ impl Server {
         let _ = sub.unsubscribe().await;
     }
 
+    /// The counted operation a subject asks for; `None` for unknown ones (bounded labels).
+    fn counted_op(&self, subject: &str) -> Option<ReqOp> {
+        match self.ctx.subjects.classify(subject)? {
+            Addressed::Kv(op) => KvOp::parse(op).map(ReqOp::Kv),
+            Addressed::Admin(op) => AdminOp::parse(op).and_then(ReqOp::of_admin),
+        }
+    }
+
+    /// Metrics and, for key-space requests, the api event of one answered request.
+    fn record(&self, op: ReqOp, msg: &Message, body: &[u8], started: Instant) {
+        self.ctx
+            .observer
+            .request_done(op, codec::reply_code(body), started.elapsed(), || {
+                codec::request_key(&msg.payload)
+            });
+    }
+
     async fn dispatch(&self, msg: &Message) -> Vec<u8> {
         match self.ctx.subjects.classify(&msg.subject) {
             Some(Addressed::Admin(op)) => match AdminOp::parse(op) {
                 Some(op) => admin::handle_admin(&self.ctx, op, msg).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
-                    "unknown admin operation '{op}' (status, members, token.create, token.revoke, token.list)"
+                    "unknown admin operation '{op}' (status, members, token.create, token.revoke, token.list, snapshot)"
                 ))),
             },
             Some(Addressed::Kv(op)) => match KvOp::parse(op) {

@@ -5,9 +5,8 @@
 //! backs off), a timeout is `Timeout`, an oversize append is `PayloadTooLarge` with a hint
 //! so openraft resends fewer entries.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -26,6 +25,8 @@ use uuid::Uuid;
 use super::inbox::{CallError, Inbox};
 use super::types::{Node, NodeId, TypeConfig};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
+use crate::observe::metrics::PeerMetrics;
+use crate::observe::{Observer, RpcFailure};
 use crate::subjects::{RaftRpc, Subjects};
 
 /// Room left in a NATS message for headers and the envelope.
@@ -40,6 +41,8 @@ pub struct Network {
     pub cluster_name: String,
     pub cluster_id: watch::Receiver<Option<Uuid>>,
     pub max_payload: usize,
+    /// RPC latency and error metrics, per peer.
+    pub observer: Arc<Observer>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -49,6 +52,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             net: self.clone(),
             target,
+            metrics: self.observer.metrics.peer(target),
         }
     }
 }
@@ -56,6 +60,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     net: Network,
     target: NodeId,
+    metrics: Arc<PeerMetrics>,
 }
 
 #[derive(Debug)]
@@ -74,7 +79,35 @@ impl std::error::Error for Oversize {}
 struct Refused(String);
 
 impl Connection {
+    /// One RPC, timed and counted by outcome.
     async fn call<Req, Resp, E>(
+        &self,
+        rpc: RaftRpc,
+        action: RPCTypes,
+        body: Req,
+        ttl: Duration,
+        entries: u64,
+    ) -> Result<Resp, RPCError<NodeId, Node, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let started = Instant::now();
+        let res = self.call_untimed(rpc, action, body, ttl, entries).await;
+        let failure = res.as_ref().err().map(|e| match e {
+            RPCError::Unreachable(_) => RpcFailure::Unreachable,
+            RPCError::Timeout(_) => RpcFailure::Timeout,
+            RPCError::RemoteError(_) => RpcFailure::Remote,
+            RPCError::PayloadTooLarge(_) => RpcFailure::PayloadTooLarge,
+            RPCError::Network(_) => RpcFailure::Network,
+        });
+        self.metrics
+            .rpc_done(rpc, started.elapsed().as_secs_f64(), failure);
+        res
+    }
+
+    async fn call_untimed<Req, Resp, E>(
         &self,
         rpc: RaftRpc,
         action: RPCTypes,

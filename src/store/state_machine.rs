@@ -25,6 +25,7 @@ use super::snapshot::{Record as Streamed, SnapshotHeader, SnapshotReader, Snapsh
 use super::{keys, Error, Store};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
 use crate::command::{Command, Outcome};
+use crate::observe::{AppliedFigures, ApplyProbe, Observer, SnapshotKind};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -223,13 +224,16 @@ pub struct StateMachine {
     view: Arc<StateView>,
     /// The file a snapshot is being received into (openraft writes the chunks).
     receiving: Option<PathBuf>,
+    /// Apply and snapshot events (`Observer::noop()` in tests).
+    observer: Arc<Observer>,
 }
 
 impl StateMachine {
-    pub fn new(view: Arc<StateView>) -> Self {
+    pub fn new(view: Arc<StateView>, observer: Arc<Observer>) -> Self {
         StateMachine {
             view,
             receiving: None,
+            observer,
         }
     }
 
@@ -238,8 +242,15 @@ impl StateMachine {
     }
 }
 
-/// Applies one batch of entries; runs on the blocking pool.
-fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, Error> {
+/// Applies one batch of entries; runs on the blocking pool. Each command's apply event is
+/// emitted once the batch is committed.
+fn apply_entries(
+    view: &StateView,
+    observer: &Observer,
+    entries: Vec<Entry>,
+) -> Result<Vec<Outcome>, Error> {
+    let started = std::time::Instant::now();
+    let mut probe = observer.apply_probe();
     let store = &view.store;
     let (_, kv) = view.kv();
     let mut batch = store.db.batch();
@@ -284,7 +295,44 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
         }
     }
 
+    /// Applies one command; a batch command by its parts, each with its own event.
     fn run(
+        cmd: Command,
+        kv: &Keyspace,
+        batch: &mut fjall::OwnedWriteBatch,
+        pending: &mut HashMap<String, bool>,
+        t: &mut Tally,
+        at: &mut Applying,
+    ) -> Result<Outcome, Error> {
+        if let Command::Batch(cmds) = cmd {
+            let mut out = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                out.push(run(c, kv, batch, pending, t, at)?);
+            }
+            return Ok(Outcome::Batch(out));
+        }
+        let Some(started) = at.probe.start() else {
+            return run_one(cmd, kv, batch, pending, t);
+        };
+        let operation = cmd.name();
+        let key = match &cmd {
+            Command::Put { key, .. } | Command::Delete { key } if at.probe.include_keys() => {
+                Some(key.clone())
+            }
+            _ => None,
+        };
+        let outcome = run_one(cmd, kv, batch, pending, t)?;
+        at.probe.record(started, operation, at.index, key);
+        Ok(outcome)
+    }
+
+    /// Where the batch is: the apply events so far and the index of the current entry.
+    struct Applying<'a, 'b> {
+        probe: &'b mut ApplyProbe<'a>,
+        index: u64,
+    }
+
+    fn run_one(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
@@ -329,13 +377,8 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
                     }
                 }
             }
-            Command::Batch(cmds) => {
-                let mut out = Vec::with_capacity(cmds.len());
-                for c in cmds {
-                    out.push(run(c, kv, batch, pending, t)?);
-                }
-                Outcome::Batch(out)
-            }
+            // `run` takes every batch apart before calling this.
+            Command::Batch(_) => unreachable!("run applies a batch by its parts"),
             Command::TokenCreate { digest, record } => {
                 // Ids are digest prefixes: refuse a (vanishingly unlikely) clash too.
                 let clash = t.has_token(&digest) || t.table.find_id(&record.id).is_some();
@@ -365,7 +408,18 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
                 Outcome::None
             }
             EntryPayload::Normal(cmd) => {
-                run(cmd.command, &kv, &mut batch, &mut pending, &mut tally)?
+                let mut at = Applying {
+                    probe: &mut probe,
+                    index: entry.log_id.index,
+                };
+                run(
+                    cmd.command,
+                    &kv,
+                    &mut batch,
+                    &mut pending,
+                    &mut tally,
+                    &mut at,
+                )?
             }
         };
         outcomes.push(outcome);
@@ -401,6 +455,14 @@ fn apply_entries(view: &StateView, entries: Vec<Entry>) -> Result<Vec<Outcome>, 
         *c = cluster_id;
         changed
     });
+    observer.applied(
+        probe,
+        started.elapsed(),
+        AppliedFigures {
+            revision,
+            key_count,
+        },
+    );
     Ok(outcomes)
 }
 
@@ -655,13 +717,18 @@ async fn blocking<T: Send + 'static>(
 /// Builds snapshots on the blocking pool while `apply` goes on.
 pub struct SnapshotBuilder {
     view: Arc<StateView>,
+    observer: Arc<Observer>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let view = self.view.clone();
         let (meta, path, size) = blocking(move || build(&view)).await.map_err(snap_err)?;
-        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), size_bytes = size, "snapshot created");
+        let index = meta.last_log_id.map(|l| l.index);
+        tracing::info!(index, size_bytes = size, "snapshot created");
+        self.observer
+            .snapshot(SnapshotKind::Created, size, index, started.elapsed());
         let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
         Ok(Snapshot {
             meta,
@@ -694,7 +761,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let view = self.view.clone();
-        blocking(move || apply_entries(&view, entries))
+        let observer = self.observer.clone();
+        blocking(move || apply_entries(&view, &observer, entries))
             .await
             .map_err(sm_err)
     }
@@ -702,6 +770,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             view: self.view.clone(),
+            observer: self.observer.clone(),
         }
     }
 
@@ -731,6 +800,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         use tokio::io::AsyncWriteExt;
+        let started = std::time::Instant::now();
         snapshot.flush().await.map_err(snap_err)?;
         snapshot.sync_all().await.map_err(snap_err)?;
         snapshot.seek(SeekFrom::Start(0)).await.map_err(snap_err)?;
@@ -739,6 +809,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let received = self.receiving.take();
         let meta = meta.clone();
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let index = meta.last_log_id.map(|l| l.index);
         blocking(move || {
             install(&view, &meta, file)?;
             match received {
@@ -750,11 +821,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     build(&view)?;
                 }
             }
-            tracing::info!(index = ?meta.last_log_id.map(|l| l.index), size_bytes = size, "snapshot installed");
+            tracing::info!(index, size_bytes = size, "snapshot installed");
             Ok(())
         })
         .await
-        .map_err(snap_err)
+        .map_err(snap_err)?;
+        self.observer
+            .snapshot(SnapshotKind::Installed, size, index, started.elapsed());
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

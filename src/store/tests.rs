@@ -22,7 +22,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             Store::open(dir.path(), 8, true).map_err(|e| openraft::StorageIOError::write(&e))?;
         let view =
             StateView::open(store.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
-        Ok((dir, LogStore::new(store), StateMachine::new(view)))
+        Ok((
+            dir,
+            LogStore::new(store),
+            StateMachine::new(view, crate::observe::Observer::noop()),
+        ))
     }
 }
 
@@ -67,7 +71,7 @@ fn log_vote_and_state_machine_survive_reopen() {
         {
             let (store, view) = open(dir.path());
             let mut log = LogStore::new(store.clone());
-            let mut sm = StateMachine::new(view.clone());
+            let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
             let vote = openraft::Vote::new_committed(3, 1);
             log.save_vote(&vote).await.unwrap();
             let membership = Entry::<TypeConfig> {
@@ -96,7 +100,7 @@ fn log_vote_and_state_machine_survive_reopen() {
         }
         let (store, view) = open(dir.path());
         let mut log = LogStore::new(store.clone());
-        let mut sm = StateMachine::new(view.clone());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
         assert_eq!(
             log.read_vote().await.unwrap(),
             Some(openraft::Vote::new_committed(3, 1))
@@ -141,7 +145,7 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
     let b = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (_, view_a) = open(a.path());
-        let mut sm_a = StateMachine::new(view_a.clone());
+        let mut sm_a = StateMachine::new(view_a.clone(), crate::observe::Observer::noop());
         let mut entries: Vec<Entry<TypeConfig>> = (1..=500)
             .map(|i| put(1, i, &format!("k{i:04}"), &format!("{i}")))
             .collect();
@@ -161,7 +165,7 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
         assert_eq!(snap.meta.last_log_id, Some(log_id(1, 501)));
 
         let (_, view_b) = open(b.path());
-        let mut sm_b = StateMachine::new(view_b.clone());
+        let mut sm_b = StateMachine::new(view_b.clone(), crate::observe::Observer::noop());
         // Data already there must be replaced, not merged.
         sm_b.apply(vec![put(1, 1, "stray", "0")]).await.unwrap();
         let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();

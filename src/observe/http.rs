@@ -1,0 +1,176 @@
+//! The `metrics.listen` HTTP/1.1 listener: `GET /metrics` (Prometheus text format),
+//! `GET /healthz` (200 while the process runs) and `GET /readyz` (200 when
+//! [`Probe::readiness`] says so, else 503 with the reason).
+//!
+//! Hand-written and deliberately small: one request per connection (`Connection: close`),
+//! a bounded request head, a read deadline and a cap on open connections, so a slow or
+//! hostile scraper cannot hold the node's resources.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::probe::Probe;
+
+/// Largest request head read; more is answered 431.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client gets to send its request head.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 32;
+
+/// What the endpoints read. The probe is set once the node's Raft is up; until then
+/// `/readyz` answers 503 "starting".
+pub struct Endpoints {
+    pub handle: PrometheusHandle,
+    pub probe: OnceLock<Arc<Probe>>,
+}
+
+/// Binds `addr`; the error says which setting to fix.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metrics.listen {addr}: cannot listen: {e}"))
+}
+
+/// Serves connections until cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: pause instead of spinning.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let endpoints = endpoints.clone();
+        tracker.spawn(async move {
+            if let Err(e) = handle(stream, &endpoints).await {
+                tracing::debug!(error = %e, "metrics listener: connection failed");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return respond(&mut stream, 408, TEXT, b"request timeout\n", false).await,
+    };
+    let Some(head) = head else {
+        return respond(&mut stream, 431, TEXT, b"request head too large\n", false).await;
+    };
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // Query strings are ignored.
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut stream, 405, TEXT, b"only GET and HEAD\n", false).await;
+    }
+    let (status, kind, body) = route(path, endpoints).await;
+    respond(&mut stream, status, kind, &body, method == "HEAD").await
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn route(path: &str, endpoints: &Endpoints) -> (u16, &'static str, Vec<u8>) {
+    match path {
+        "/metrics" => {
+            if let Some(probe) = endpoints.probe.get() {
+                probe.refresh().await;
+            }
+            (200, PROMETHEUS, endpoints.handle.render().into_bytes())
+        }
+        "/healthz" => (200, TEXT, b"ok\n".to_vec()),
+        "/readyz" => match endpoints.probe.get() {
+            None => (503, TEXT, b"starting\n".to_vec()),
+            Some(probe) => match probe.readiness().await {
+                Ok(()) => (200, TEXT, b"ready\n".to_vec()),
+                Err(why) => (503, TEXT, format!("{why}\n").into_bytes()),
+            },
+        },
+        _ => (
+            404,
+            TEXT,
+            b"not found (try /metrics, /healthz, /readyz)\n".to_vec(),
+        ),
+    }
+}
+
+/// Reads up to the blank line ending the request head; `None` if it is too large.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(None);
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Writes the response (without its body for `HEAD`) and closes the connection.
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    kind: &str,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body).await?;
+    }
+    stream.shutdown().await
+}
