@@ -2,10 +2,14 @@
 # scripts/bench-telemetry.sh — what observability costs: puts at 64 clients on a fresh 3-node
 # cluster (release build, private nats-server on loopback), with
 #   off      telemetry.enabled=false and no metrics listener
+#   metrics  telemetry.enabled=false, metrics listener on (what the Prometheus metrics cost)
 #   default  the built-in telemetry defaults, metrics listener on
 #   all      telemetry.api_events=all, telemetry.apply_events=all, metrics listener on
+#   watched  as all, with a subscriber (`concord watch-telemetry --json`) taking every event
+#            (it runs on the same cores, so this is an upper bound)
 # Variants alternate within each round so drift on a shared machine hits them all alike.
-# Use: scripts/bench-telemetry.sh [OUT_DIR]   (SECS=5 ROUNDS=3 VARIANTS="off default all")
+# Use: scripts/bench-telemetry.sh [OUT_DIR]   (SECS=5 ROUNDS=3 VARIANTS="off default all";
+#      any of off metrics default all watched)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +29,11 @@ cargo build --release --quiet
 
 nats-server -a 127.0.0.1 -p "$PORT" -l "$OUT/nats.log" &
 natspid=$!
+# Nodes refuse to start without NATS: wait until it listens.
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -38,9 +47,9 @@ export CONCORD_TIMEOUT_MS=10000
 run() {
     local variant=$1 env=()
     case "$variant" in
-        off) env=(CONCORD_TELEMETRY__ENABLED=false) ;;
+        off | metrics) env=(CONCORD_TELEMETRY__ENABLED=false) ;;
         default) env=(CONCORD_TELEMETRY__ENABLED=true) ;;
-        all) env=(CONCORD_TELEMETRY__ENABLED=true CONCORD_TELEMETRY__API_EVENTS=all
+        all | watched) env=(CONCORD_TELEMETRY__ENABLED=true CONCORD_TELEMETRY__API_EVENTS=all
                   CONCORD_TELEMETRY__APPLY_EVENTS=all) ;;
         *) echo "bench-telemetry: unknown variant $variant" >&2; exit 2 ;;
     esac
@@ -57,7 +66,10 @@ run() {
     done
     local ready=0
     for _ in $(seq 100); do
-        if "$BIN" cluster status --json 2>/dev/null \
+        for p in "${pids[@]}"; do
+            kill -0 "$p" 2>/dev/null || { echo "bench-telemetry: a node exited; see $OUT/data" >&2; exit 1; }
+        done
+        if "$BIN" --timeout-ms 1000 cluster status --json 2>/dev/null \
             | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("leader") else 1)' 2>/dev/null; then
             ready=1
             break
@@ -65,12 +77,22 @@ run() {
         sleep 0.3
     done
     [[ "$ready" == 1 ]] || { echo "bench-telemetry: no leader for $variant" >&2; exit 1; }
-    local cpids
+    local cpids watcher=""
     cpids=$(IFS=,; echo "${pids[*]}")
+    if [[ "$variant" == watched ]]; then
+        "$BIN" watch-telemetry --json >"$OUT/watched.jsonl" 2>/dev/null &
+        watcher=$!
+        sleep 0.5
+    fi
     printf '%s\t' "$variant" >>"$OUT/results.tsv"
     "$BIN" bench --json --duration "${SECS}s" --clients 64 --mix put=100 \
         --cpu-pids "$cpids" >>"$OUT/results.tsv"
-    if [[ "$variant" != off ]]; then
+    if [[ -n "$watcher" ]]; then
+        kill -INT "$watcher" 2>/dev/null || true
+        wait "$watcher" 2>/dev/null || true
+        echo "  watcher got $(wc -l <"$OUT/watched.jsonl") events" >&2
+    fi
+    if [[ "$variant" != off && "$variant" != metrics ]]; then
         # What the nodes published and dropped during the run.
         for i in 1 2 3; do
             curl -s "http://127.0.0.1:$((METRICS_PORT + i))/metrics" \

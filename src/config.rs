@@ -100,15 +100,18 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// Publish events on `P.telemetry.>` at all (metrics are kept either way).
+    /// Publish events on `P.telemetry.>` at all (metrics are kept either way). Default on.
     pub enabled: bool,
-    /// Per-request events `api.{put,get,delete,scan}`: `all`, `sampled:R` (0 < R <= 1) or `off`.
+    /// Per-request events `api.{put,get,delete,scan}`: `all`, `sampled:R` (0 < R <= 1) or
+    /// `off`. Default `all`.
     pub api_events: String,
-    /// Per-command events `operation.apply`: `all`, `sampled:R` or `off`.
+    /// Per-command events `operation.apply` (one per write on every node): `all`,
+    /// `sampled:R` or `off`. Default `off`: they multiply the event volume by the number of
+    /// nodes; turn them on to follow replication write by write.
     pub apply_events: String,
-    /// Put keys into api and apply events (they may be sensitive).
+    /// Put keys into api and apply events (they may be sensitive). Default off.
     pub include_keys: bool,
-    /// Period of the `cluster.status` event.
+    /// Period of the `cluster.status` event, at least 100. Default 10 s.
     pub status_interval_ms: u64,
 }
 
@@ -161,7 +164,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             enabled: true,
             api_events: "all".into(),
-            apply_events: "all".into(),
+            apply_events: "off".into(),
             include_keys: false,
             status_interval_ms: 10_000,
         }

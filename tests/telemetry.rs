@@ -29,8 +29,10 @@ const STATUS_INTERVAL_MS: u64 = 300;
 /// `status_interval_ms` with the node's figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_give_one_api_event_each_and_one_apply_event_per_node() -> Result<()> {
-    let opts =
-        ClusterOptions::default().env("CONCORD_TELEMETRY__STATUS_INTERVAL_MS", STATUS_INTERVAL_MS);
+    let opts = ClusterOptions::default()
+        .env("CONCORD_TELEMETRY__STATUS_INTERVAL_MS", STATUS_INTERVAL_MS)
+        .env("CONCORD_TELEMETRY__API_EVENTS", "all")
+        .env("CONCORD_TELEMETRY__APPLY_EVENTS", "all");
     let cluster = Cluster::start_with(3, opts).await?;
     let r = puts_body(&cluster).await;
     fail_on_err(&cluster, r)
@@ -175,7 +177,7 @@ async fn puts_body(cluster: &Cluster) -> Result<()> {
 }
 
 /// Proves that each node follows its own settings: with `include_keys` the api and apply
-/// events carry the key; `api_events = off` sends no api event and `apply_events =
+/// events carry the key (and the default `apply_events = off` can be turned to `all`); `api_events = off` sends no api event and `apply_events =
 /// sampled:0.5` every second apply event (without keys); `telemetry.enabled = false` sends
 /// nothing at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,6 +185,7 @@ async fn sampling_keys_and_off_follow_each_nodes_settings() -> Result<()> {
     let opts = ClusterOptions::default()
         .env("CONCORD_TELEMETRY__STATUS_INTERVAL_MS", STATUS_INTERVAL_MS)
         .node_env(1, "CONCORD_TELEMETRY__INCLUDE_KEYS", "true")
+        .node_env(1, "CONCORD_TELEMETRY__APPLY_EVENTS", "all")
         .node_env(2, "CONCORD_TELEMETRY__API_EVENTS", "off")
         .node_env(2, "CONCORD_TELEMETRY__APPLY_EVENTS", "sampled:0.5")
         .node_env(3, "CONCORD_TELEMETRY__ENABLED", "false");

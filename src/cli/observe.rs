@@ -37,9 +37,12 @@ pub async fn watch_telemetry(
             subjects.telemetry(filter.unwrap_or(">"))
         );
     }
+    // One listener for the whole run: a Ctrl-C between two events must not be missed.
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
     loop {
         let msg = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = &mut stop => return Ok(0),
             m = events.next() => match m {
                 Some(m) => m,
                 None => return Err(ClientError::Nats("the NATS connection closed".into())),

@@ -49,8 +49,12 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
         };
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -173,4 +177,65 @@ async fn respond(
         stream.write_all(body).await?;
     }
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    async fn ask(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn answers_each_endpoint_and_refuses_the_rest() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let endpoints = Arc::new(Endpoints {
+            // Not installed globally: a handle of its own, empty.
+            handle: PrometheusBuilder::new().build_recorder().handle(),
+            probe: OnceLock::new(),
+        });
+        let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
+        tokio::spawn(serve(listener, endpoints, cancel.clone(), tracker));
+
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = ask(addr, get("/healthz").as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"),
+            "{r}"
+        );
+        let r = ask(addr, get("/readyz").as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 503 ") && r.ends_with("starting\n"),
+            "{r}"
+        );
+        let r = ask(addr, get("/metrics?x=1").as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("version=0.0.4"),
+            "{r}"
+        );
+        let r = ask(addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(
+            r.contains("Content-Length: 3\r\n") && r.ends_with("\r\n\r\n"),
+            "{r}"
+        );
+        let r = ask(addr, get("/other").as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+        let r = ask(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+        // One byte over the limit, all of it read by the server: it closes cleanly.
+        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(MAX_HEAD + 1, b'a');
+        let r = ask(addr, &huge).await;
+        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+        cancel.cancel();
+    }
 }

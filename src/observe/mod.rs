@@ -2,10 +2,10 @@
 //! [`metrics`] and, with `telemetry.enabled`, are published as JSON on `P.telemetry.<path>`.
 //!
 //! ```text
-//! api::server ─ request done ─┐
-//! store::state_machine ─ apply, snapshot ─┤                     ┌─▶ metrics (atomic adds)
-//! raft::network ─ rpc done ───┼─▶ Observer ─┤
-//! raft_watch ─ role, gauges ──┘                    └─▶ bounded queue ─▶ publish task ─▶ NATS
+//! api::server          request done ──┐                 ┌─▶ metrics (atomic adds)
+//! store::state_machine apply, snapshot ┤                 │
+//! raft::network        rpc done ───────┼─▶ Observer ─────┤
+//! raft_watch, probe    role, status ───┘                 └─▶ bounded queue ─▶ publish task ─▶ NATS
 //! ```
 //!
 //! Never block or fail the caller: the hot path does atomic adds and a `try_send` of a small
