@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use common::{error_code, to_bytes, Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
@@ -464,7 +464,9 @@ async fn cluster_wide_body(cluster: &Cluster) -> Result<()> {
         .unwrap_or(0);
     cluster.kill(lagging).await?;
     let (late, _) = create_token(cluster, "admin", json!({"role": "read"})).await?;
-    fill_until_purged(cluster, &kept, had).await?;
+    let mut bearer = async_nats::HeaderMap::new();
+    bearer.insert("Authorization", format!("Bearer {kept}").as_str());
+    cluster.fill_until_purged(had, Some(bearer)).await?;
     cluster.restart(lagging).await?;
     let leader = cluster.wait_stable(LEADER_TIMEOUT).await?;
     let commit = cluster.status(leader).await?["commit_index"]
@@ -517,34 +519,6 @@ async fn cluster_wide_body(cluster: &Cluster) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Writes (bounded) until the leader has purged its log beyond `index`.
-async fn fill_until_purged(cluster: &Cluster, token: &str, index: u64) -> Result<()> {
-    const MAX_PUTS: usize = 4000;
-    for i in 0..MAX_PUTS {
-        ok(
-            cluster,
-            "kv.put",
-            json!({"key": format!("fill-{}", i % 50), "value": i}),
-            Cred::Header(token),
-        )
-        .await?;
-        if i % 50 == 49 {
-            let leader = cluster
-                .agreed_leader()
-                .await?
-                .ok_or_else(|| anyhow!("no leader"))?;
-            let purged = cluster.status(leader).await?["purged_index"]
-                .as_u64()
-                .unwrap_or(0);
-            if purged > index {
-                eprintln!("leader purged to {purged} after {} puts", i + 1);
-                return Ok(());
-            }
-        }
-    }
-    bail!("the leader did not purge beyond {index} within {MAX_PUTS} puts")
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {

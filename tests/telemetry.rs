@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use common::{error_code, to_bytes, Cluster, ClusterOptions};
+use common::{Cluster, ClusterOptions};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -407,7 +407,7 @@ async fn snapshots_body(cluster: &Cluster) -> Result<()> {
         .as_u64()
         .unwrap_or(0);
     cluster.kill(lagging).await?;
-    let purged = fill_until_purged(cluster, had + 10).await?;
+    let purged = cluster.fill_until_purged(had + 10, None).await?;
     cluster.restart(lagging).await?;
     events
         .wait(
@@ -585,39 +585,4 @@ fn check_shape(e: &Value) -> Result<()> {
         .unwrap_or_default();
     ensure!(keys.len() == 5, "unexpected top-level fields {keys:?}: {e}");
     Ok(())
-}
-
-/// Writes (one entry each) until the leader has purged its log beyond `index`; returns its
-/// purged index. Bounded in writes.
-async fn fill_until_purged(cluster: &Cluster, index: u64) -> Result<u64> {
-    const MAX_PUTS: usize = 3000;
-    for i in 0..MAX_PUTS {
-        let reply = cluster
-            .request_raw(
-                &cluster.subject("kv.put"),
-                None,
-                to_bytes(&json!({"key": format!("fill-{}", i % 50), "value": i})),
-                Duration::from_secs(10),
-            )
-            .await?;
-        ensure!(
-            reply["ok"] == json!(true),
-            "fill put {i} failed: {:?} {reply}",
-            error_code(&reply)
-        );
-        if i % 50 == 49 {
-            let leader = cluster
-                .agreed_leader()
-                .await?
-                .ok_or_else(|| anyhow!("no leader"))?;
-            let purged = cluster.status(leader).await?["purged_index"]
-                .as_u64()
-                .unwrap_or(0);
-            if purged > index {
-                eprintln!("leader purged to {purged} after {} puts", i + 1);
-                return Ok(purged);
-            }
-        }
-    }
-    bail!("the leader did not purge beyond {index} within {MAX_PUTS} puts")
 }

@@ -440,6 +440,44 @@ impl Cluster {
         Some(h)
     }
 
+    /// Puts (bounded, on `P.kv.put`, with `headers`) until the leader has purged its log
+    /// beyond `index`, so that a node behind `index` can only catch up by a snapshot.
+    /// Returns the leader's purged index.
+    pub async fn fill_until_purged(
+        &self,
+        index: u64,
+        headers: Option<async_nats::HeaderMap>,
+    ) -> Result<u64> {
+        const MAX_PUTS: usize = 4000;
+        for i in 0..MAX_PUTS {
+            let reply = self
+                .request_raw(
+                    &self.subject("kv.put"),
+                    headers.clone(),
+                    to_bytes(&json!({"key": format!("fill-{}", i % 50), "value": i})),
+                    Duration::from_secs(10),
+                )
+                .await?;
+            if reply["ok"] != json!(true) {
+                bail!("fill put {i} failed: {reply}");
+            }
+            if i % 50 == 49 {
+                let leader = self
+                    .agreed_leader()
+                    .await?
+                    .ok_or_else(|| anyhow!("no leader"))?;
+                let purged = self.status(leader).await?["purged_index"]
+                    .as_u64()
+                    .unwrap_or(0);
+                if purged > index {
+                    eprintln!("leader purged to {purged} after {} puts", i + 1);
+                    return Ok(purged);
+                }
+            }
+        }
+        bail!("the leader did not purge beyond {index} within {MAX_PUTS} puts")
+    }
+
     /// `<prefix>.node.<id>.admin.status`; fails unless the reply has `"ok": true`.
     pub async fn status(&self, id: u64) -> Result<Value> {
         self.status_within(id, STATUS_TIMEOUT).await
