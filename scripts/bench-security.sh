@@ -24,18 +24,9 @@ SECRET="bench-cluster-secret-0123456789"
 mkdir -p "$OUT"
 cargo build --release --quiet
 
-nats-server -a 127.0.0.1 -p "$PORT" -l "$OUT/nats.log" &
-natspid=$!
-for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    kill "$natspid" 2>/dev/null || true
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
+bench_start_nats "$OUT" "$PORT"
 export CONCORD_NATS__URL="nats://127.0.0.1:$PORT" CONCORD_NATS__SUBJECT_PREFIX=benchsec
 export CONCORD_TIMEOUT_MS=10000
 
@@ -47,39 +38,17 @@ run() {
         secret) env=(CONCORD_CLUSTER__SECRET="$SECRET") ;;
         both) env=(CONCORD_AUTH__ENABLED=true CONCORD_AUTH__ADMIN_TOKEN="$ADMIN" CONCORD_CLUSTER__SECRET="$SECRET") ;;
     esac
-    rm -rf "$OUT/data"
-    mkdir -p "$OUT/data"
-    pids=()
-    for i in 1 2 3; do
-        env "${env[@]}" CONCORD_NODE__ID=$i CONCORD_CLUSTER__INITIAL_MEMBERS=1,2,3 \
-            CONCORD_CLUSTER__NAME=bench CONCORD_DATA_DIR="$OUT/data/n$i" RUST_LOG=warn \
-            "$BIN" serve >>"$OUT/data/n$i.log" 2>&1 &
-        pids+=($!)
-    done
-    local ready=0
-    for _ in $(seq 100); do
-        if "$BIN" --token "$ADMIN" cluster status --json 2>/dev/null \
-            | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("leader") else 1)' 2>/dev/null; then
-            ready=1
-            break
-        fi
-        sleep 0.3
-    done
-    [[ "$ready" == 1 ]] || { echo "bench-security: no leader for $variant" >&2; exit 1; }
+    BENCH_STATUS_TOKEN="$ADMIN" bench_start_cluster "$OUT" "${env[@]}"
     if [[ "$variant" == auth || "$variant" == both ]]; then
         token=$("$BIN" --token "$ADMIN" --json token create --role readwrite \
             | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
     fi
     local mix="put=100" extra=()
     [[ "$workload" == get ]] && { mix="get=100"; extra=(--preload); }
-    local cpids
-    cpids=$(IFS=,; echo "${pids[*]}")
     printf '%s\t%s\t' "$variant" "$workload" >>"$OUT/results.tsv"
     CONCORD_TOKEN="$token" "$BIN" bench --json --duration "${SECS}s" --clients 64 --mix "$mix" \
-        "${extra[@]}" --cpu-pids "$cpids" >>"$OUT/results.tsv"
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
+        "${extra[@]}" --cpu-pids "$bench_cpids" >>"$OUT/results.tsv"
+    bench_stop_cluster
 }
 
 : >"$OUT/results.tsv"

@@ -27,19 +27,9 @@ BIN="$ROOT/target/release/concord"
 mkdir -p "$OUT"
 cargo build --release --quiet
 
-nats-server -a 127.0.0.1 -p "$PORT" -l "$OUT/nats.log" &
-natspid=$!
-# Nodes refuse to start without NATS: wait until it listens.
-for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    kill "$natspid" 2>/dev/null || true
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
+bench_start_nats "$OUT" "$PORT"
 export CONCORD_NATS__URL="nats://127.0.0.1:$PORT" CONCORD_NATS__SUBJECT_PREFIX=benchtel
 export CONCORD_TIMEOUT_MS=10000
 
@@ -53,32 +43,16 @@ run() {
                   CONCORD_TELEMETRY__APPLY_EVENTS=all) ;;
         *) echo "bench-telemetry: unknown variant $variant" >&2; exit 2 ;;
     esac
-    rm -rf "$OUT/data"
-    mkdir -p "$OUT/data"
-    pids=()
     for i in 1 2 3; do
-        local metrics=()
-        [[ "$variant" != off ]] && metrics=(CONCORD_METRICS__LISTEN="127.0.0.1:$((METRICS_PORT + i))")
-        env "${env[@]}" "${metrics[@]}" CONCORD_NODE__ID=$i CONCORD_CLUSTER__INITIAL_MEMBERS=1,2,3 \
-            CONCORD_CLUSTER__NAME=bench CONCORD_DATA_DIR="$OUT/data/n$i" RUST_LOG=warn \
-            "$BIN" serve >>"$OUT/data/n$i.log" 2>&1 &
-        pids+=($!)
-    done
-    local ready=0
-    for _ in $(seq 100); do
-        for p in "${pids[@]}"; do
-            kill -0 "$p" 2>/dev/null || { echo "bench-telemetry: a node exited; see $OUT/data" >&2; exit 1; }
-        done
-        if "$BIN" --timeout-ms 1000 cluster status --json 2>/dev/null \
-            | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("leader") else 1)' 2>/dev/null; then
-            ready=1
-            break
+        local v="BENCH_NODE_ENV_$i"
+        if [[ "$variant" != off ]]; then
+            printf -v "$v" 'CONCORD_METRICS__LISTEN=127.0.0.1:%s' "$((METRICS_PORT + i))"
+        else
+            printf -v "$v" ''
         fi
-        sleep 0.3
     done
-    [[ "$ready" == 1 ]] || { echo "bench-telemetry: no leader for $variant" >&2; exit 1; }
-    local cpids watcher=""
-    cpids=$(IFS=,; echo "${pids[*]}")
+    bench_start_cluster "$OUT" "${env[@]}"
+    local watcher=""
     if [[ "$variant" == watched ]]; then
         "$BIN" watch-telemetry --json >"$OUT/watched.jsonl" 2>/dev/null &
         watcher=$!
@@ -86,7 +60,7 @@ run() {
     fi
     printf '%s\t' "$variant" >>"$OUT/results.tsv"
     "$BIN" bench --json --duration "${SECS}s" --clients 64 --mix put=100 \
-        --cpu-pids "$cpids" >>"$OUT/results.tsv"
+        --cpu-pids "$bench_cpids" >>"$OUT/results.tsv"
     if [[ -n "$watcher" ]]; then
         kill -INT "$watcher" 2>/dev/null || true
         wait "$watcher" 2>/dev/null || true
@@ -99,9 +73,7 @@ run() {
                 | grep '^concord_telemetry_events_total' | sed "s/^/  node $i: /" >&2 || true
         done
     fi
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
+    bench_stop_cluster
 }
 
 : >"$OUT/results.tsv"

@@ -576,7 +576,7 @@ pub fn load(
 const CLI_ENV: &[&str] = &["CONCORD_TOKEN", "CONCORD_TIMEOUT_MS", "CONCORD_JSON"];
 
 /// Every dotted key of the configuration (`nats.url`, `data_dir`, ...).
-fn known_keys() -> BTreeSet<String> {
+pub fn known_keys() -> BTreeSet<String> {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
         if let serde_json::Value::Object(map) = v {
             for (k, v) in map {

@@ -1391,25 +1391,8 @@ fn mounts(service: &Yaml) -> Vec<Mount> {
         .collect()
 }
 
-/// Every dotted configuration key (`nats.url`, `metrics.listen`, ...), from the serialized
-/// defaults, as the node's own check of `CONCORD_*` variables does.
+/// Every dotted configuration key (`nats.url`, `metrics.listen`, ...), as the node's own
+/// check of `CONCORD_*` variables knows them.
 fn config_keys() -> BTreeSet<String> {
-    fn walk(prefix: &str, v: &Json, out: &mut BTreeSet<String>) {
-        if let Json::Object(map) = v {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                walk(&key, v, out);
-                out.insert(key);
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    let defaults =
-        serde_json::to_value(concord::config::Config::default()).expect("config serializes");
-    walk("", &defaults, &mut out);
-    out
+    concord::config::known_keys()
 }
