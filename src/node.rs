@@ -384,12 +384,7 @@ async fn check_prefix(
 }
 
 fn is_unauthorized(payload: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        error: crate::error::WireError,
-    }
-    serde_json::from_slice::<Reply>(payload)
-        .is_ok_and(|r| r.error.code == crate::error::ErrorKind::Unauthorized)
+    api::codec::reply_code(payload) == Err(crate::error::ErrorKind::Unauthorized)
 }
 
 async fn bootstrap(raft: &Raft, members: &BTreeSet<u64>) -> Result<(), Error> {

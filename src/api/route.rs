@@ -242,27 +242,7 @@ pub fn verify_forwarded(ctx: &Ctx, msg: &Message) -> Result<Option<Mac>, WireErr
         })
 }
 
+/// The leader refused the request before Raft saw it.
 fn is_not_ready(payload: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Code {
-        code: crate::error::ErrorKind,
-    }
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        ok: bool,
-        error: Option<Code>,
-    }
-    // Cheap pre-check: only error replies are parsed.
-    if payload.len() > 512 || !payload.starts_with(br#"{"ok":false"#) {
-        return false;
-    }
-    matches!(
-        serde_json::from_slice::<Reply>(payload),
-        Ok(Reply {
-            ok: false,
-            error: Some(Code {
-                code: crate::error::ErrorKind::ClusterNotReady
-            })
-        })
-    )
+    super::codec::reply_code(payload) == Err(crate::error::ErrorKind::ClusterNotReady)
 }

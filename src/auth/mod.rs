@@ -90,19 +90,21 @@ impl Authorizer {
         if self.admin.is_some_and(|a| tokens::same_digest(&a, &d)) {
             return Ok(());
         }
-        let Some(rec) = table.get(&d) else {
-            return Err(unauthorized("unknown or revoked token"));
-        };
-        if rec.is_expired(tokens::now_ms()) {
-            return Err(unauthorized(format!("token {} has expired", rec.id)));
-        }
-        if rec.role < needed {
-            return Err(unauthorized(format!(
-                "token {} has role {}; this operation needs {needed}",
-                rec.id, rec.role
-            )));
-        }
-        Ok(())
+        table.with(&d, |rec| {
+            let Some(rec) = rec else {
+                return Err(unauthorized("unknown or revoked token"));
+            };
+            if rec.is_expired(tokens::now_ms()) {
+                return Err(unauthorized(format!("token {} has expired", rec.id)));
+            }
+            if rec.role < needed {
+                return Err(unauthorized(format!(
+                    "token {} has role {}; this operation needs {needed}",
+                    rec.id, rec.role
+                )));
+            }
+            Ok(())
+        })
     }
 }
 
