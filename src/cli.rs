@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError, ReadConsistency};
 use crate::config::{self, Config};
 
+mod membership;
 mod observe;
 
 #[derive(Debug, Parser)]
@@ -230,8 +231,26 @@ pub struct BenchArgs {
 pub enum ClusterCmd {
     /// Leader, term, indices, members and each node's role and storage.
     Status,
-    /// Voters and learners with their replication index.
+    /// Voters and learners with their replication index and lag.
     Members,
+    /// Add a running node (started with `cluster.join = true`): as a learner, then, once it
+    /// has caught up, as a voter.
+    Add {
+        /// The node's id.
+        id: u64,
+        /// Stop after adding it as a learner.
+        #[arg(long)]
+        learner: bool,
+        /// How long to wait for it to catch up before giving up (it stays a learner).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Remove a voter or learner (the leader too: it steps down once the change commits).
+    /// The removed node stops and its data dir is marked as removed.
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +379,10 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             let text = members_text(&v);
             out(global, v, || text)
         }),
+        Cmd::Cluster(ClusterCmd::Add { id, learner, wait }) => {
+            membership::add(&client, global, id, learner, wait).await
+        }
+        Cmd::Cluster(ClusterCmd::Remove { id }) => membership::remove(&client, global, id).await,
         Cmd::Token(cmd) => token_command(&client, global, cmd).await,
         Cmd::WatchTelemetry { filter } => {
             observe::watch_telemetry(&client, global, filter.as_deref()).await
@@ -721,13 +744,17 @@ fn members_text(v: &Value) -> String {
         show(&v["leader"]),
         show(&v["term"])
     );
-    t.push_str(&format!("{:<6} {:<8} {:>10}\n", "NODE", "ROLE", "MATCHED"));
+    t.push_str(&format!(
+        "{:<6} {:<8} {:>10} {:>8}\n",
+        "NODE", "ROLE", "MATCHED", "LAG"
+    ));
     for n in v["nodes"].as_array().into_iter().flatten() {
         t.push_str(&format!(
-            "{:<6} {:<8} {:>10}\n",
+            "{:<6} {:<8} {:>10} {:>8}\n",
             show(&n["id"]),
             show(&n["role"]),
-            show(&n["matched_index"])
+            show(&n["matched_index"]),
+            show(&n["lag"])
         ));
     }
     t.trim_end().to_string()

@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     /// The voters of a new cluster; the lowest id bootstraps it.
     #[serde(deserialize_with = "ids_from_list_or_csv")]
     pub initial_members: Vec<u64>,
+    /// This node joins a running cluster (`concord cluster add`): it never bootstraps one,
+    /// and votes only once a leader has reached it.
+    pub join: bool,
     /// Shared secret: every Raft RPC, RPC reply and forwarded client request carries an
     /// HMAC-SHA256 under it, and unsigned or forged ones are dropped. Same on every node.
     pub secret: Option<String>,
@@ -241,6 +244,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             name: "concord".into(),
             initial_members: vec![1],
+            join: false,
             secret: None,
             secret_file: None,
         }

@@ -107,6 +107,13 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache, fsync))
         .await
         .map_err(|e| store::Error::Io(std::io::Error::other(e)))??;
+    if let Some(note) = store.removed_note()? {
+        return Err(Error::Config(format!(
+            "node {me} was removed from the cluster ({note}); its data dir {} may not serve again: \
+             wipe it, start the node with cluster.join = true and run `concord cluster add {me}`",
+            config.data_dir.display()
+        )));
+    }
     let pristine = store.is_pristine()?;
     let view = StateView::open(store.clone())?;
 
@@ -167,7 +174,7 @@ pub async fn run(
         raft: raft.clone(),
         view: view.clone(),
         contact: contact.clone(),
-        hold_votes: (pristine && live_cluster).into(),
+        hold_votes: (pristine && (live_cluster || config.cluster.join)).into(),
         signer: signer.clone(),
         rejections: rejections.clone(),
     });
@@ -176,6 +183,7 @@ pub async fn run(
         service.clone().run(cancel.clone(), tracker.clone()),
     ));
 
+    let removed = CancellationToken::new();
     let ctx = Arc::new(Ctx {
         me,
         cluster_name: config.cluster.name.clone(),
@@ -203,6 +211,7 @@ pub async fn run(
         rejections,
         inbox,
         observer: observer.clone(),
+        removed: removed.clone(),
     });
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     tracker.spawn(log_failure(
@@ -243,7 +252,11 @@ pub async fn run(
         cancel.clone(),
     ));
 
-    if pristine && config.is_bootstrapper() {
+    if pristine && config.cluster.join {
+        tracing::info!(
+            "cluster.join: waiting to be added (`concord cluster add {me}` against the running cluster)"
+        );
+    } else if pristine && config.is_bootstrapper() {
         if live_cluster {
             tracing::warn!(
                 "a live cluster answers on prefix '{}': not initializing a new one; this node waits to be added (`concord cluster add {me}`)",
@@ -257,7 +270,21 @@ pub async fn run(
     }
     tracing::info!(node = me, prefix = subjects.prefix(), "node ready");
 
-    shutdown.await;
+    let was_removed = tokio::select! {
+        _ = shutdown => false,
+        _ = removed.cancelled() => true,
+    };
+    if was_removed {
+        // The request that removed this node is still in flight: the tracker waits for it.
+        let note = format!(
+            "removed at {} while term {} was current",
+            crate::auth::tokens::rfc3339(crate::auth::tokens::now_ms()),
+            raft.metrics().borrow().current_term
+        );
+        if let Err(e) = store.mark_removed(&note) {
+            tracing::error!(error = %e, "could not mark the data dir as removed");
+        }
+    }
     tracing::info!("shutting down");
     cancel.cancel();
     tracker.close();

@@ -40,16 +40,28 @@ pub enum AdminOp {
     TokenList,
     /// Build a snapshot now (`P.node.<id>.admin.snapshot`).
     Snapshot,
+    /// Add a node as a learner.
+    MemberAdd,
+    /// Make a caught-up learner a voter.
+    MemberPromote,
+    /// Remove a voter or learner.
+    MemberRemove,
+    /// Sent by the leader to a node it removed (`P.node.<id>.admin.member.removed`).
+    MemberRemoved,
 }
 
 impl AdminOp {
-    pub const ALL: [AdminOp; 6] = [
+    pub const ALL: [AdminOp; 10] = [
         AdminOp::Status,
         AdminOp::Members,
         AdminOp::TokenCreate,
         AdminOp::TokenRevoke,
         AdminOp::TokenList,
         AdminOp::Snapshot,
+        AdminOp::MemberAdd,
+        AdminOp::MemberPromote,
+        AdminOp::MemberRemove,
+        AdminOp::MemberRemoved,
     ];
 
     /// The subject after `P.admin.`.
@@ -61,6 +73,10 @@ impl AdminOp {
             AdminOp::TokenRevoke => "token.revoke",
             AdminOp::TokenList => "token.list",
             AdminOp::Snapshot => "snapshot",
+            AdminOp::MemberAdd => "member.add",
+            AdminOp::MemberPromote => "member.promote",
+            AdminOp::MemberRemove => "member.remove",
+            AdminOp::MemberRemoved => "member.removed",
         }
     }
 

@@ -59,6 +59,8 @@ pub struct NodeMember {
     pub role: &'static str,
     /// Last log index known to be replicated to it (leader's view only).
     pub matched_index: Option<u64>,
+    /// Entries it still lacks (leader's view only).
+    pub lag: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +70,8 @@ pub struct MembersReply {
     pub term: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The answering node's last log index: the mark `lag` is measured against.
+    pub last_log_index: Option<u64>,
     pub nodes: Vec<NodeMember>,
 }
 
@@ -87,6 +91,15 @@ pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
         AdminOp::TokenCreate | AdminOp::TokenRevoke | AdminOp::TokenList
     ) {
         return super::tokens::handle_token(ctx, op, msg).await;
+    }
+    if matches!(
+        op,
+        AdminOp::MemberAdd
+            | AdminOp::MemberPromote
+            | AdminOp::MemberRemove
+            | AdminOp::MemberRemoved
+    ) {
+        return super::membership::handle_member(ctx, op, msg).await;
     }
     if op == AdminOp::Snapshot {
         return super::snapshot::handle_snapshot(ctx, msg).await;
@@ -205,18 +218,23 @@ pub fn members(ctx: &Ctx) -> MembersReply {
             .map(|l| l.index)
             .or_else(|| (id == ctx.me).then_some(m.last_log_index).flatten())
     };
+    let leading = m.state == ServerState::Leader;
+    let node = |id: u64, role: &'static str| NodeMember {
+        id,
+        role,
+        matched_index: matched(id),
+        lag: leading.then(|| {
+            if id == ctx.me {
+                0
+            } else {
+                super::membership::replication_lag(&m, id)
+            }
+        }),
+    };
     let nodes = voters
         .iter()
-        .map(|&id| NodeMember {
-            id,
-            role: "voter",
-            matched_index: matched(id),
-        })
-        .chain(learners.iter().map(|&id| NodeMember {
-            id,
-            role: "learner",
-            matched_index: matched(id),
-        }))
+        .map(|&id| node(id, "voter"))
+        .chain(learners.iter().map(|&id| node(id, "learner")))
         .collect();
     MembersReply {
         ok: true,
@@ -224,6 +242,7 @@ pub fn members(ctx: &Ctx) -> MembersReply {
         term: m.current_term,
         voters,
         learners,
+        last_log_index: m.last_log_index,
         nodes,
     }
 }

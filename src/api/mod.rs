@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod codec;
 pub mod handler;
+pub mod membership;
 pub mod propose;
 pub mod read_index;
 pub mod route;
@@ -52,4 +53,6 @@ pub struct Ctx {
     pub inbox: Arc<crate::raft::inbox::Inbox>,
     /// Metrics and telemetry events of this node.
     pub observer: Arc<crate::observe::Observer>,
+    /// Cancelled when this node learns it was removed from the cluster: the node stops.
+    pub removed: tokio_util::sync::CancellationToken,
 }

@@ -108,7 +108,7 @@ impl ReqOp {
     ];
 
     /// The counted operation of an admin request; `None` for the ones outside the contract's
-    /// `op` set (the admin snapshot).
+    /// `op` set (the admin snapshot and membership changes).
     pub fn of_admin(op: AdminOp) -> Option<ReqOp> {
         match op {
             AdminOp::Status => Some(ReqOp::Status),
@@ -116,7 +116,11 @@ impl ReqOp {
             AdminOp::TokenCreate => Some(ReqOp::TokenCreate),
             AdminOp::TokenRevoke => Some(ReqOp::TokenRevoke),
             AdminOp::TokenList => Some(ReqOp::TokenList),
-            AdminOp::Snapshot => None,
+            AdminOp::Snapshot
+            | AdminOp::MemberAdd
+            | AdminOp::MemberPromote
+            | AdminOp::MemberRemove
+            | AdminOp::MemberRemoved => None,
         }
     }
 

@@ -8,6 +8,8 @@ pub const META_VOTE: &[u8] = b"vote";
 pub const META_LAST_PURGED: &[u8] = b"last_purged";
 pub const META_COMMITTED: &[u8] = b"committed";
 pub const META_SNAPSHOT: &[u8] = b"snapshot";
+/// Set when the cluster removed this node: its data dir may not serve again.
+pub const META_REMOVED: &[u8] = b"removed";
 
 /// Keys of the `sm_meta` keyspace (state-machine metadata, written with every apply).
 pub const SM_LAST_APPLIED: &[u8] = b"last_applied";

@@ -112,6 +112,21 @@ impl Store {
             && self.sm_meta.get(keys::SM_LAST_APPLIED)?.is_none())
     }
 
+    /// Marks this data dir as belonging to a node the cluster removed, durably.
+    pub fn mark_removed(&self, note: &str) -> Result<(), Error> {
+        self.meta.insert(keys::META_REMOVED, note.as_bytes())?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Why this data dir may not serve again, if the cluster removed its node.
+    pub fn removed_note(&self) -> Result<Option<String>, Error> {
+        Ok(self
+            .meta
+            .get(keys::META_REMOVED)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }

@@ -168,6 +168,22 @@ pub struct Cluster {
     _guard: Option<MutexGuard<'static, ()>>,
 }
 
+/// What one run of the CLI printed.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// The `--json` reply on stdout.
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(self.stdout.trim())
+            .with_context(|| format!("CLI printed no JSON: {self:?}"))
+    }
+}
+
 impl Cluster {
     /// `n` nodes (ids 1..=n, all initial members) on a fresh `nats-server`, all started and
     /// answering their admin status. Does not wait for a leader.
@@ -876,6 +892,54 @@ impl Cluster {
         }
         .await;
         r.map_err(|e| self.failed_with(e))
+    }
+
+    /// Starts node `id` without waiting for it: for a start that is expected to fail.
+    pub fn launch(&self, id: u64) -> Result<()> {
+        self.spawn_node(id)
+    }
+
+    /// Waits until node `id` exits on its own and returns how.
+    pub async fn wait_exit(&self, id: u64, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait(id)? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {id} did not exit within {timeout:?}; log tail:\n{}",
+                    tail(&self.log(id), 3000)
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Runs the `concord` CLI against this cluster (its NATS URL, prefix and admin token)
+    /// with `args`, off the async runtime.
+    pub async fn run_cli(&self, args: &[&str]) -> Result<CliRun> {
+        let mut cmd = Command::new(concord_binary());
+        cmd.args(["--timeout-ms", "10000"]).args(args);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CONCORD_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("CONCORD_NATS__URL", &self.nats_url)
+            .env("CONCORD_NATS__SUBJECT_PREFIX", &self.prefix)
+            .current_dir(std::env::temp_dir());
+        if let Some(t) = &self.admin_token {
+            cmd.env("CONCORD_TOKEN", t);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .context("running concord")?;
+        Ok(CliRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     /// Prints every node log (and the NATS log) to stderr.

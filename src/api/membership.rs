@@ -1,0 +1,380 @@
+//! `P.admin.member.{add,promote,remove}`: membership changes, made by the leader with an
+//! admin credential. A node joins as a learner, is promoted to voter once it has caught up,
+//! and is removed outright (never kept as a learner).
+//!
+//! Two refusals keep a change from costing availability: the node named must answer on its
+//! subjects, and the voters that answer right now must be a majority of the new voter set.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::route::{self, Routed, Step};
+use super::{codec, Ctx};
+use crate::auth::{Credential, Role};
+use crate::error::{bad_request, internal, unauthorized, WireError};
+use crate::raft::types::NodeId;
+use crate::subjects::{AdminOp, HEADER_FORWARDED};
+
+/// How long a node has to answer the leader's "are you there".
+const PING_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A learner further behind than this is not promoted: as a voter it would slow every commit
+/// until it caught up, and could cost the quorum if another voter failed meanwhile.
+pub const PROMOTE_MAX_LAG: u64 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    id: NodeId,
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Changed {
+    ok: bool,
+    id: NodeId,
+    /// `learner`, `voter` or `removed`: where the node stands now.
+    role: &'static str,
+    /// False when the node already stood there.
+    changed: bool,
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+}
+
+pub async fn handle_member(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
+    let arrival = Instant::now();
+    let res = async {
+        let body = decode(&msg.payload)?;
+        let timeout_len = route::header_timeout(msg.headers.as_ref())
+            .or(body.timeout_ms.map(Duration::from_millis))
+            .unwrap_or(ctx.default_timeout);
+        if op == AdminOp::MemberRemoved {
+            return removed_notice(ctx, msg, &body);
+        }
+        let handed = AtomicBool::new(false);
+        let r = Routed {
+            msg,
+            forwarded: route::is_forwarded(msg),
+            is_write: true,
+            deadline: route::deadline_for(arrival, timeout_len),
+            handed: &handed,
+        };
+        let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+        let routed = route::to_leader(
+            ctx,
+            &r,
+            |leader| ctx.subjects.node_admin(leader, op),
+            || on_leader(ctx, op, body.id, cred, &handed),
+        );
+        route::within_deadline(&r, timeout_len, routed).await
+    }
+    .await;
+    match res {
+        Ok(b) => b,
+        Err(e) => codec::encode_error(&e),
+    }
+}
+
+fn decode(body: &[u8]) -> Result<MemberBody, WireError> {
+    codec::check_object(body)?;
+    codec::typed(body)
+}
+
+async fn on_leader(
+    ctx: &Ctx,
+    op: AdminOp,
+    id: NodeId,
+    cred: Credential<'_>,
+    handed: &AtomicBool,
+) -> Result<Vec<u8>, Step> {
+    route::leader_caught_up(ctx).await?;
+    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    let m = ctx.raft.metrics().borrow().clone();
+    if m.state != ServerState::Leader {
+        return Err(Step::Retry);
+    }
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+    if membership.get_joint_config().len() > 1 {
+        return Err(bad_request("a membership change is still in progress; try again").into());
+    }
+    let auth = authorization(cred);
+    match op {
+        AdminOp::MemberAdd => {
+            if voters.contains(&id) || learners.contains(&id) {
+                return done(ctx, id, false);
+            }
+            check_joiner(ctx, id, auth.as_deref()).await?;
+            handed.store(true, Ordering::Release);
+            ctx.raft
+                .add_learner(id, BasicNode::default(), false)
+                .await
+                .map_err(change_failed)?;
+            tracing::info!(node = id, "added as a learner");
+            done(ctx, id, true)
+        }
+        AdminOp::MemberPromote => {
+            if voters.contains(&id) {
+                return done(ctx, id, false);
+            }
+            if !learners.contains(&id) {
+                return Err(bad_request(format!(
+                    "node {id} is not a learner of this cluster; add it first (`concord cluster add {id}`)"
+                ))
+                .into());
+            }
+            let lag = replication_lag(&m, id);
+            if lag > PROMOTE_MAX_LAG {
+                return Err(bad_request(format!(
+                    "node {id} is {lag} log entries behind the leader (at most {PROMOTE_MAX_LAG} to be promoted); wait for it to catch up"
+                ))
+                .into());
+            }
+            let mut next = voters.clone();
+            next.insert(id);
+            check_majority(ctx, &next, auth.as_deref()).await?;
+            handed.store(true, Ordering::Release);
+            ctx.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+                .map_err(change_failed)?;
+            tracing::info!(node = id, "promoted to voter");
+            done(ctx, id, true)
+        }
+        AdminOp::MemberRemove => {
+            if learners.contains(&id) {
+                handed.store(true, Ordering::Release);
+                ctx.raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(change_failed)?;
+            } else if voters.contains(&id) {
+                let mut next = voters.clone();
+                next.remove(&id);
+                if next.is_empty() {
+                    return Err(bad_request(format!(
+                        "node {id} is the only voter; a cluster cannot remove its last voter"
+                    ))
+                    .into());
+                }
+                check_majority(ctx, &next, auth.as_deref()).await?;
+                handed.store(true, Ordering::Release);
+                ctx.raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(change_failed)?;
+            } else {
+                return done(ctx, id, false);
+            }
+            tracing::info!(node = id, "removed from the cluster");
+            notify_removed(ctx, id, auth.as_deref()).await;
+            done(ctx, id, true)
+        }
+        _ => Err(Step::Fail(internal("not a membership operation"))),
+    }
+}
+
+/// The reply, with the membership as this node now knows it.
+fn done(ctx: &Ctx, id: NodeId, changed: bool) -> Result<Vec<u8>, Step> {
+    let m = ctx.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let role = if voters.contains(&id) {
+        "voter"
+    } else if learners.contains(&id) {
+        "learner"
+    } else {
+        "removed"
+    };
+    Ok(codec::encode_ok(&Changed {
+        ok: true,
+        id,
+        role,
+        changed,
+        voters,
+        learners,
+    }))
+}
+
+/// Entries the learner still lacks, as the leader sees it.
+pub fn replication_lag(m: &crate::raft::types::RaftMetrics, id: NodeId) -> u64 {
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index + 1)
+        .unwrap_or(0);
+    let last = m.last_log_index.map(|i| i + 1).unwrap_or(0);
+    last.saturating_sub(matched)
+}
+
+fn change_failed(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Step {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Step::Retry,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )) => Step::Fail(bad_request(
+            "a membership change is still in progress; try again",
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Step::Fail(bad_request(format!("membership change refused: {e}")))
+        }
+        RaftError::Fatal(e) => Step::Fail(internal(format!("raft stopped: {e}"))),
+    }
+}
+
+/// The client's credential, passed on when this node asks other nodes for their status.
+fn authorization(cred: Credential<'_>) -> Option<String> {
+    match cred {
+        Credential::Token(t) => Some(format!("Bearer {t}")),
+        _ => None,
+    }
+}
+
+/// What a node says about itself on `P.node.<id>.admin.status`.
+#[derive(Debug, Deserialize)]
+struct Pong {
+    cluster_name: String,
+    cluster_id: Option<uuid::Uuid>,
+}
+
+async fn ping(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<Pong, String> {
+    let mut headers = HeaderMap::new();
+    if let Some(a) = auth {
+        headers.insert("Authorization", a);
+    }
+    let subject = ctx.subjects.node_admin(id, AdminOp::Status);
+    let req = async_nats::Request::new()
+        .payload("{}".into())
+        .headers(headers)
+        .timeout(Some(PING_TIMEOUT));
+    let reply = ctx
+        .client
+        .send_request(subject.clone(), req)
+        .await
+        .map_err(|e| format!("node {id} does not answer on {subject}: {e}"))?;
+    if let Err(code) = codec::reply_code(&reply.payload) {
+        return Err(format!(
+            "node {id} answered {subject} with {}",
+            code.as_str()
+        ));
+    }
+    serde_json::from_slice(&reply.payload)
+        .map_err(|e| format!("node {id} sent an unreadable status: {e}"))
+}
+
+/// A node joins only if it answers and belongs to no other cluster.
+async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), Step> {
+    let pong = ping(ctx, id, auth).await.map_err(|why| {
+        bad_request(format!(
+            "{why}; start it first (with cluster.join = true) and add it again"
+        ))
+    })?;
+    if pong.cluster_name != ctx.cluster_name {
+        return Err(bad_request(format!(
+            "node {id} belongs to cluster '{}', not '{}'",
+            pong.cluster_name, ctx.cluster_name
+        ))
+        .into());
+    }
+    match (pong.cluster_id, ctx.view.cluster_id()) {
+        (Some(theirs), Some(ours)) if theirs != ours => Err(bad_request(format!(
+            "node {id} holds data of another cluster (id {theirs}); wipe its data dir to join"
+        ))
+        .into()),
+        (Some(_), _) => Err(bad_request(format!(
+            "node {id} still holds this cluster's data from an earlier membership; wipe its data dir to join again"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a change after which the voters that answer now would not be a majority.
+async fn check_majority(
+    ctx: &Ctx,
+    next: &BTreeSet<NodeId>,
+    auth: Option<&str>,
+) -> Result<(), Step> {
+    let pings = next
+        .iter()
+        .filter(|&&v| v != ctx.me)
+        .map(|&v| async move { (v, ping(ctx, v, auth).await) });
+    let answers = futures::future::join_all(pings).await;
+    let silent: Vec<String> = answers
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(v, _)| v.to_string())
+        .collect();
+    let answering = next.len() - silent.len();
+    if answering * 2 <= next.len() {
+        return Err(bad_request(format!(
+            "refused: only {answering} of the {} voters of the new set answer now (node(s) {} do not), which is not a majority",
+            next.len(),
+            silent.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Tells a removed node to stop: the leader stops replicating to it before it could learn
+/// of its removal from the log, and left alone it would campaign. Best effort.
+async fn notify_removed(ctx: &Ctx, id: NodeId, auth: Option<&str>) {
+    if id == ctx.me {
+        ctx.removed.cancel();
+        return;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_FORWARDED, ctx.me.to_string().as_str());
+    if let Some(a) = auth {
+        headers.insert("Authorization", a);
+    }
+    let body = serde_json::json!({ "id": id }).to_string();
+    let sent = ctx
+        .inbox
+        .request_with_headers(
+            ctx.subjects.node_admin(id, AdminOp::MemberRemoved),
+            Some(headers),
+            &route::SIGNED_FORWARD_HEADERS,
+            body.into(),
+            PING_TIMEOUT,
+        )
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(node = id, error = %e, "could not tell the removed node; stop it by hand");
+    }
+}
+
+/// On the removed node: the leader says this node left the membership. Only a signed,
+/// forwarded notice from the leader this node follows is believed.
+fn removed_notice(ctx: &Ctx, msg: &Message, body: &MemberBody) -> Result<Vec<u8>, WireError> {
+    let sender = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_FORWARDED))
+        .and_then(|v| v.as_str().parse::<NodeId>().ok());
+    let leader = ctx.raft.metrics().borrow().current_leader;
+    if body.id != ctx.me || sender.is_none() || sender != leader {
+        return Err(unauthorized(
+            "a removal notice must come from the leader and name this node",
+        ));
+    }
+    let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    tracing::warn!(
+        node = ctx.me,
+        "removed from the cluster by the leader; stopping"
+    );
+    ctx.removed.cancel();
+    Ok(codec::encode_ok(&serde_json::json!({"ok": true})))
+}
