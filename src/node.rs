@@ -46,6 +46,14 @@ struct PeerStatus {
     node: u64,
     cluster_name: String,
     cluster_id: Option<Uuid>,
+    #[serde(default)]
+    members: Option<PeerMembers>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PeerMembers {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
 }
 
 pub async fn run(
@@ -123,6 +131,7 @@ pub async fn run(
         &config,
         admin_token.as_deref(),
         view.cluster_id(),
+        pristine,
     )
     .await?;
 
@@ -349,6 +358,7 @@ async fn check_prefix(
     config: &Config,
     admin_token: Option<&str>,
     my_cluster_id: Option<Uuid>,
+    pristine: bool,
 ) -> Result<bool, Error> {
     let mut req = async_nats::Request::new()
         .payload("{}".into())
@@ -406,6 +416,21 @@ async fn check_prefix(
                 .map(|u| u.to_string())
                 .unwrap_or_else(|| "not yet assigned".into()),
         )));
+    }
+    // A node the cluster removed while it could not be told must not rejoin with its old
+    // state: it would campaign and answer clients without ever reaching a leader.
+    if let (false, Some(m), Some(_)) = (pristine, &peer.members, my_cluster_id) {
+        let me = config.node.id;
+        if !m.voters.contains(&me) && !m.learners.contains(&me) {
+            return Err(Error::Config(format!(
+                "this cluster's members are voters {:?} and learners {:?} (says node {}); node {me} is not among them. \
+                 If it was removed, wipe {} and add it again with cluster.join = true and `concord cluster add {me}`",
+                m.voters,
+                m.learners,
+                peer.node,
+                config.data_dir.display()
+            )));
+        }
     }
     Ok(true)
 }
