@@ -108,6 +108,7 @@ pub async fn run(
         .await
         .map_err(|e| store::Error::Io(std::io::Error::other(e)))??;
     let pristine = store.is_pristine()?;
+    api::backup::clear_backups(&config.data_dir);
     let view = StateView::open(store.clone())?;
 
     let live_cluster = check_prefix(

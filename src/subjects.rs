@@ -40,16 +40,22 @@ pub enum AdminOp {
     TokenList,
     /// Build a snapshot now (`P.node.<id>.admin.snapshot`).
     Snapshot,
+    /// Write a backup file on the leader (`P.admin.backup`).
+    Backup,
+    /// Read part of a backup file (`P.node.<id>.admin.backup.chunk`).
+    BackupChunk,
 }
 
 impl AdminOp {
-    pub const ALL: [AdminOp; 6] = [
+    pub const ALL: [AdminOp; 8] = [
         AdminOp::Status,
         AdminOp::Members,
         AdminOp::TokenCreate,
         AdminOp::TokenRevoke,
         AdminOp::TokenList,
         AdminOp::Snapshot,
+        AdminOp::Backup,
+        AdminOp::BackupChunk,
     ];
 
     /// The subject after `P.admin.`.
@@ -61,6 +67,8 @@ impl AdminOp {
             AdminOp::TokenRevoke => "token.revoke",
             AdminOp::TokenList => "token.list",
             AdminOp::Snapshot => "snapshot",
+            AdminOp::Backup => "backup",
+            AdminOp::BackupChunk => "backup.chunk",
         }
     }
 
@@ -237,6 +245,11 @@ mod tests {
         assert_eq!(
             s.node_admin(2, AdminOp::Snapshot),
             "concord.node.2.admin.snapshot"
+        );
+        assert_eq!(AdminOp::parse("backup.chunk"), Some(AdminOp::BackupChunk));
+        assert_eq!(
+            s.node_admin(3, AdminOp::BackupChunk),
+            "concord.node.3.admin.backup.chunk"
         );
         assert_eq!(s.telemetry("api.put"), "concord.telemetry.api.put");
         assert_eq!(s.telemetry_wildcard(), "concord.telemetry.>");

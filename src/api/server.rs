@@ -254,7 +254,7 @@ impl Server {
             Some(Addressed::Admin(op)) => match AdminOp::parse(op) {
                 Some(op) => admin::handle_admin(&self.ctx, op, msg).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
-                    "unknown admin operation '{op}' (status, members, token.create, token.revoke, token.list, snapshot)"
+                    "unknown admin operation '{op}' (status, members, token.create, token.revoke, token.list, snapshot, backup, backup.chunk)"
                 ))),
             },
             Some(Addressed::Kv(op)) => match KvOp::parse(op) {

@@ -205,9 +205,11 @@ fn decode(
             let b: ListBody = codec::typed(body)?;
             Ok((TokenRequest::List, b.token, b.timeout_ms))
         }
-        AdminOp::Status | AdminOp::Members | AdminOp::Snapshot => {
-            Err(internal("not a token operation"))
-        }
+        AdminOp::Status
+        | AdminOp::Members
+        | AdminOp::Snapshot
+        | AdminOp::Backup
+        | AdminOp::BackupChunk => Err(internal("not a token operation")),
     }
 }
 

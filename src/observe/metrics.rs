@@ -116,7 +116,7 @@ impl ReqOp {
             AdminOp::TokenCreate => Some(ReqOp::TokenCreate),
             AdminOp::TokenRevoke => Some(ReqOp::TokenRevoke),
             AdminOp::TokenList => Some(ReqOp::TokenList),
-            AdminOp::Snapshot => None,
+            AdminOp::Snapshot | AdminOp::Backup | AdminOp::BackupChunk => None,
         }
     }
 
