@@ -388,12 +388,14 @@ async fn backed_up_cluster(n: u64, file: &Path) -> Result<(Value, Value)> {
         let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
         let client = cluster.client();
         for i in 0..n {
+            // 2 KB values: the file spans several chunks.
+            let value = json!({"i": i, "pad": "x".repeat(2000)});
             put(
                 &client,
                 &cluster.subject("kv.put"),
                 None,
                 &format!("k-{i:04}"),
-                &json!({"i": i}),
+                &value,
             )
             .await
             .ok_or_else(|| anyhow!("put {i} failed"))?;
@@ -414,6 +416,11 @@ async fn a_restore_into_the_bootstrapper_alone_fills_the_others_by_snapshot() {
     let file = work.path().join("b.backup");
     let (header, old_id) = backed_up_cluster(300, &file).await.unwrap();
     assert_eq!(header["key_count"], json!(300));
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(
+        size > 2 * 256 * 1024,
+        "the backup ({size} bytes) should span several chunks"
+    );
     let revision = header["revision"].as_u64().unwrap();
 
     let cluster = Cluster::start_with(3, ClusterOptions::default().start_nodes(false))
@@ -440,7 +447,7 @@ async fn a_restore_into_the_bootstrapper_alone_fills_the_others_by_snapshot() {
             let keys = all_keys(&cluster, None).await?;
             ensure!(keys.len() == 300, "{} keys", keys.len());
             ensure!(
-                keys["k-0123"].0 == json!({"i": 123}),
+                keys["k-0123"].0 == json!({"i": 123, "pad": "x".repeat(2000)}),
                 "{:?}",
                 keys["k-0123"]
             );
