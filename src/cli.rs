@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError, ReadConsistency};
 use crate::config::{self, Config};
 
+mod backup;
 mod membership;
 mod observe;
 
@@ -111,6 +112,16 @@ pub enum Cmd {
         #[arg(long, value_name = "ID")]
         node: Option<u64>,
     },
+    /// Write a consistent backup of the whole cluster (keys, revisions, tokens) to FILE: the
+    /// leader takes it at a linearizable point; it is downloaded and checked (admin).
+    Backup {
+        /// Where to write the backup (written as FILE.part, renamed when complete).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Seed a new, empty data directory from a backup (offline; no NATS needed). Restore the
+    /// same backup into every initial member's directory, then start the nodes.
+    Restore(RestoreArgs),
     /// Fault suite: start a cluster, run a recorded workload under a nemesis, check the
     /// history for linearizability and lost writes, print a verdict.
     Check(CheckArgs),
@@ -137,6 +148,21 @@ pub enum TokenCmd {
         #[arg(value_name = "ID|TOKEN")]
         id: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file (from `concord backup`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The node's data directory: must not exist or be empty (default: the config's
+    /// `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Voters of the restored cluster, e.g. 1,2,3 (default: the config's
+    /// `cluster.initial_members`).
+    #[arg(long, value_name = "IDS")]
+    pub members: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -388,7 +414,10 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             observe::watch_telemetry(&client, global, filter.as_deref()).await
         }
         Cmd::Snapshot { node } => observe::snapshot(&client, global, node).await,
-        Cmd::Serve(_) | Cmd::Check(_) => unreachable!("serve and check are dispatched by main"),
+        Cmd::Backup { out } => backup::backup(&client, global, &out).await,
+        Cmd::Serve(_) | Cmd::Check(_) | Cmd::Restore(_) => {
+            unreachable!("serve, check and restore are dispatched by main")
+        }
         Cmd::Bench(_) => unreachable!("bench is dispatched above"),
     };
     Ok(match res {
@@ -872,6 +901,11 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
         t
     });
     Ok(code)
+}
+
+/// `concord restore`.
+pub async fn restore(global: &Global, args: &RestoreArgs) -> anyhow::Result<i32> {
+    backup::restore(global, args).await
 }
 
 /// `concord serve`.

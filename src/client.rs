@@ -106,6 +106,26 @@ impl Client {
         self
     }
 
+    /// The same client with another per-request timeout (e.g. for a long backup).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Any `P.node.<id>.admin.<op>` request, retried like [`Client::call`].
+    pub async fn node_admin(
+        &self,
+        node: u64,
+        op: AdminOp,
+        body: Value,
+    ) -> Result<Value, ClientError> {
+        self.call(self.subjects.node_admin(node, op), body).await
+    }
+
     pub fn nats(&self) -> &async_nats::Client {
         &self.nats
     }

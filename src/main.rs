@@ -32,6 +32,7 @@ fn main() {
         let res = match cli.command {
             Cmd::Serve(ref args) => cli::serve(&cli.global, args).await,
             Cmd::Check(ref args) => cli::check(&cli.global, args).await,
+            Cmd::Restore(ref args) => cli::restore(&cli.global, args).await,
             cmd => cli::run_client(&cli.global, cmd).await,
         };
         match res {

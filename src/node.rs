@@ -123,6 +123,7 @@ pub async fn run(
         )));
     }
     let pristine = store.is_pristine()?;
+    api::backup::clear_backups(&config.data_dir);
     let view = StateView::open(store.clone())?;
 
     let live_cluster = check_prefix(

@@ -40,6 +40,10 @@ pub enum AdminOp {
     TokenList,
     /// Build a snapshot now (`P.node.<id>.admin.snapshot`).
     Snapshot,
+    /// Write a backup file on the leader (`P.admin.backup`).
+    Backup,
+    /// Read part of a backup file (`P.node.<id>.admin.backup.chunk`).
+    BackupChunk,
     /// Add a node as a learner.
     MemberAdd,
     /// Make a caught-up learner a voter.
@@ -51,13 +55,15 @@ pub enum AdminOp {
 }
 
 impl AdminOp {
-    pub const ALL: [AdminOp; 10] = [
+    pub const ALL: [AdminOp; 12] = [
         AdminOp::Status,
         AdminOp::Members,
         AdminOp::TokenCreate,
         AdminOp::TokenRevoke,
         AdminOp::TokenList,
         AdminOp::Snapshot,
+        AdminOp::Backup,
+        AdminOp::BackupChunk,
         AdminOp::MemberAdd,
         AdminOp::MemberPromote,
         AdminOp::MemberRemove,
@@ -73,6 +79,8 @@ impl AdminOp {
             AdminOp::TokenRevoke => "token.revoke",
             AdminOp::TokenList => "token.list",
             AdminOp::Snapshot => "snapshot",
+            AdminOp::Backup => "backup",
+            AdminOp::BackupChunk => "backup.chunk",
             AdminOp::MemberAdd => "member.add",
             AdminOp::MemberPromote => "member.promote",
             AdminOp::MemberRemove => "member.remove",
@@ -253,6 +261,11 @@ mod tests {
         assert_eq!(
             s.node_admin(2, AdminOp::Snapshot),
             "concord.node.2.admin.snapshot"
+        );
+        assert_eq!(AdminOp::parse("backup.chunk"), Some(AdminOp::BackupChunk));
+        assert_eq!(
+            s.node_admin(3, AdminOp::BackupChunk),
+            "concord.node.3.admin.backup.chunk"
         );
         assert_eq!(s.telemetry("api.put"), "concord.telemetry.api.put");
         assert_eq!(s.telemetry_wildcard(), "concord.telemetry.>");

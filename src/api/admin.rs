@@ -104,6 +104,12 @@ pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
     if op == AdminOp::Snapshot {
         return super::snapshot::handle_snapshot(ctx, msg).await;
     }
+    if op == AdminOp::Backup {
+        return super::backup::handle_backup(ctx, msg).await;
+    }
+    if op == AdminOp::BackupChunk {
+        return super::backup::handle_chunk(ctx, msg).await;
+    }
     let res = async {
         let body = codec::decode_admin(&msg.payload)?;
         // Status and membership are this node's own view: checked against its own table.

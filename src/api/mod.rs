@@ -1,9 +1,11 @@
 //! The client-facing side of a node: requests arrive on NATS ([`server`]), are decoded
 //! ([`codec`]), checked ([`validate`]) and routed ([`handler`]): the leader proposes writes
 //! to Raft and confirms leadership for reads; a follower forwards to the leader.
-//! [`admin`] answers status and membership questions, [`snapshot`] builds one on demand.
+//! [`admin`] answers status and membership questions, [`snapshot`] builds one on demand,
+//! [`backup`] writes a backup on the leader and serves it in chunks.
 
 pub mod admin;
+pub mod backup;
 pub mod codec;
 pub mod handler;
 pub mod membership;

@@ -117,6 +117,8 @@ impl ReqOp {
             AdminOp::TokenRevoke => Some(ReqOp::TokenRevoke),
             AdminOp::TokenList => Some(ReqOp::TokenList),
             AdminOp::Snapshot
+            | AdminOp::Backup
+            | AdminOp::BackupChunk
             | AdminOp::MemberAdd
             | AdminOp::MemberPromote
             | AdminOp::MemberRemove

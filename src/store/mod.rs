@@ -7,6 +7,7 @@
 //! kv generation), `tokens` (SHA-256 of a token → its metadata) and `kv_<generation>`
 //! (key → revision + JSON value).
 
+pub mod backup;
 pub mod keys;
 pub mod log_store;
 pub mod migrations;

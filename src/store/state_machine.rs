@@ -532,8 +532,45 @@ fn de_key_count(snap: &fjall::Snapshot, store: &Store) -> Result<u64, Error> {
     }
 }
 
+/// Writes the whole state (keys, tokens, revision, key count) to `path` as one snapshot
+/// stream read from one fjall snapshot: the body of a backup. Its header carries no cluster
+/// id (a restored cluster commits a fresh one); the state's id is returned beside it.
+/// Runs on the blocking pool; fjall snapshots are MVCC, so applies go on meanwhile.
+pub(crate) fn export(
+    view: &StateView,
+    path: &Path,
+) -> Result<(SnapshotHeader, Option<Uuid>, u64), Error> {
+    let store = &view.store;
+    let (kv, snap) = loop {
+        let (generation, kv) = view.kv();
+        let snap = store.db.snapshot();
+        // An install switched keyspaces between the two reads: take both again.
+        if read_state(&snap, store)?.generation == generation {
+            break (kv, snap);
+        }
+    };
+    let state = read_state(&snap, store)?;
+    let header = SnapshotHeader {
+        revision: state.revision,
+        cluster_id: None,
+        key_count: de_key_count(&snap, store)?,
+    };
+    let mut w = SnapshotWriter::create(path, &header)?;
+    for guard in snap.iter(&store.tokens) {
+        let (k, v) = guard.into_inner()?;
+        w.token(&k, &v)?;
+    }
+    for guard in snap.iter(&kv) {
+        let (k, v) = guard.into_inner()?;
+        w.record(&k, &v)?;
+    }
+    drop(snap);
+    let size = w.finish()?;
+    Ok((header, state.cluster_id, size))
+}
+
 /// Builds a snapshot file from one consistent fjall snapshot; runs on the blocking pool.
-fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
+pub(super) fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
     let store = &view.store;
     let (kv, snap) = loop {
         let (generation, kv) = view.kv();
@@ -622,7 +659,11 @@ fn publish(view: &StateView, part: &Path, meta: &SnapshotMeta) -> Result<PathBuf
 }
 
 /// Fills a fresh keyspace from a received snapshot and switches to it in one durable batch.
-fn install(view: &StateView, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), Error> {
+pub(super) fn install(
+    view: &StateView,
+    meta: &SnapshotMeta,
+    file: std::fs::File,
+) -> Result<(), Error> {
     let store = &view.store;
     let (generation, old) = view.kv();
     let next = generation + 1;

@@ -1,0 +1,283 @@
+//! `P.admin.backup`: the leader writes a backup of the whole state from a linearizable point
+//! (admin credential), and `P.node.<id>.admin.backup.chunk` serves that file in pieces.
+//!
+//! The point: a ReadIndex round that started after the request arrived, then the state as
+//! applied at least up to the commit index it saw, read from one fjall snapshot. The file
+//! lives in `<data_dir>/backups/` until it was read to its end or [`BACKUP_TTL`] passed;
+//! the directory is emptied when the node starts.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::Message;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::handler::confirm_leadership;
+use super::route::{self, Routed, Step};
+use super::{codec, Ctx};
+use crate::auth::{Credential, Role};
+use crate::error::{bad_request, cluster_not_ready, internal, not_found, timeout, WireError};
+use crate::store::backup;
+use crate::subjects::AdminOp;
+
+/// A backup file not read to its end is deleted after this long.
+pub const BACKUP_TTL: Duration = Duration::from_secs(10 * 60);
+/// Largest chunk of file in one reply (before base64).
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+/// Room for the JSON around a chunk's data.
+const CHUNK_ENVELOPE: usize = 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    token: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkBody {
+    id: String,
+    offset: u64,
+    token: Option<String>,
+    #[allow(dead_code)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Written<'a> {
+    ok: bool,
+    id: &'a str,
+    /// The node holding the file: fetch its chunks from `P.node.<node>.admin.backup.chunk`.
+    node: u64,
+    size: u64,
+    revision: u64,
+    key_count: u64,
+    cluster_id: Option<uuid::Uuid>,
+    created: &'a str,
+    /// SHA-256 of the whole file, hex.
+    sha256: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct Chunk<'a> {
+    ok: bool,
+    id: &'a str,
+    offset: u64,
+    size: u64,
+    eof: bool,
+    /// The bytes at `offset`, base64 (standard alphabet, padded).
+    data: String,
+}
+
+/// Where this node keeps backup files.
+pub fn backups_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("backups")
+}
+
+/// Deletes what an earlier run left in `backups/` (files of a previous process are never
+/// served: their TTL timers died with it).
+pub fn clear_backups(data_dir: &Path) {
+    let dir = backups_dir(data_dir);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(file = %e.path().display(), error = %err, "cannot delete an old backup file");
+            }
+        }
+    }
+}
+
+pub async fn handle_backup(ctx: &Ctx, msg: &Message) -> Vec<u8> {
+    let arrival = Instant::now();
+    match backup_inner(ctx, msg, arrival).await {
+        Ok(b) => b,
+        Err(e) => codec::encode_error(&e),
+    }
+}
+
+async fn backup_inner(ctx: &Ctx, msg: &Message, arrival: Instant) -> Result<Vec<u8>, WireError> {
+    let body: BackupBody = decode(&msg.payload)?;
+    let timeout_len = route::header_timeout(msg.headers.as_ref())
+        .or(body.timeout_ms.map(Duration::from_millis))
+        .unwrap_or(ctx.default_timeout);
+    // Set once the leader starts writing: past the deadline, the backup may still finish.
+    let started = AtomicBool::new(false);
+    let r = Routed {
+        msg,
+        forwarded: route::is_forwarded(msg),
+        is_write: false,
+        deadline: route::deadline_for(arrival, timeout_len),
+        handed: &started,
+    };
+    let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+    let routed = route::to_leader(
+        ctx,
+        &r,
+        |leader| ctx.subjects.node_admin(leader, AdminOp::Backup),
+        || write_on_leader(ctx, cred, &started),
+    );
+    match tokio::time::timeout_at(r.deadline, routed).await {
+        Ok(res) => res,
+        Err(_) if started.load(Ordering::Acquire) => Err(timeout(format!(
+            "the backup was not written within {} ms; allow more time (--timeout-ms)",
+            timeout_len.as_millis()
+        ))),
+        Err(_) => Err(cluster_not_ready(format!(
+            "no leader could take the backup within {} ms",
+            timeout_len.as_millis()
+        ))),
+    }
+}
+
+async fn write_on_leader(
+    ctx: &Ctx,
+    cred: Credential<'_>,
+    started: &AtomicBool,
+) -> Result<Vec<u8>, Step> {
+    route::leader_caught_up(ctx).await?;
+    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    // The linearizable point: every write acknowledged before the request arrived is
+    // applied here once this returns.
+    confirm_leadership(ctx).await?;
+    started.store(true, Ordering::Release);
+    let view = ctx.view.clone();
+    let dir = backups_dir(&view.store().dir);
+    let name = ctx.cluster_name.clone();
+    let me = ctx.me;
+    // Detached: a request that gives up does not stop the write, and the file still expires.
+    let task = tokio::spawn(async move {
+        let written =
+            tokio::task::spawn_blocking(move || backup::create(&view, &dir, &name, me)).await;
+        if let Ok(Ok(w)) = &written {
+            let path = w.path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(BACKUP_TTL).await;
+                if tokio::fs::remove_file(&path).await.is_ok() {
+                    tracing::info!(file = %path.display(), "backup file expired unread");
+                }
+            });
+        }
+        written
+    });
+    let w = match task.await {
+        Ok(Ok(Ok(w))) => w,
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "writing a backup failed");
+            return Err(Step::Fail(internal(format!(
+                "writing the backup failed: {e}"
+            ))));
+        }
+        Ok(Err(e)) | Err(e) => return Err(Step::Fail(internal(format!("backup task: {e}")))),
+    };
+    tracing::info!(
+        id = %w.id,
+        size_bytes = w.size,
+        revision = w.header.revision,
+        keys = w.header.key_count,
+        "backup written"
+    );
+    Ok(codec::encode_ok(&Written {
+        ok: true,
+        id: &w.id,
+        node: me,
+        size: w.size,
+        revision: w.header.revision,
+        key_count: w.header.key_count,
+        cluster_id: w.header.cluster_id,
+        created: &w.header.created,
+        sha256: &w.sha256,
+    }))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
+    let body: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        payload
+    };
+    codec::check_object(body)?;
+    codec::typed(body)
+}
+
+pub async fn handle_chunk(ctx: &Ctx, msg: &Message) -> Vec<u8> {
+    match chunk_inner(ctx, msg).await {
+        Ok(b) => b,
+        Err(e) => codec::encode_error(&e),
+    }
+}
+
+async fn chunk_inner(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
+    let own = ctx.subjects.node_admin(ctx.me, AdminOp::BackupChunk);
+    if msg.subject.as_str() != own {
+        return Err(bad_request(
+            "backup chunks are served by the node that wrote the backup: ask P.node.<node>.admin.backup.chunk with the node from the backup reply",
+        ));
+    }
+    let body: ChunkBody = decode(&msg.payload)?;
+    let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    // An id is a simple UUID: nothing else may reach the file system.
+    if body.id.len() != 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad_request(
+            "id must be the 32 hex digits of a backup id from P.admin.backup",
+        ));
+    }
+    let path = backups_dir(&ctx.view.store().dir).join(format!("{}.backup", body.id));
+    let room = ctx.max_payload.saturating_sub(CHUNK_ENVELOPE) / 4 * 3;
+    let max = MAX_CHUNK_BYTES.min(room).max(1);
+    let offset = body.offset;
+    let id = body.id.clone();
+    let read = tokio::task::spawn_blocking(move || read_chunk(&path, offset, max))
+        .await
+        .map_err(|e| internal(format!("chunk task: {e}")))?;
+    let (data, size) = match read {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(not_found(format!(
+                "node {} has no backup '{id}' (it was read to its end, expired after {} minutes, or the node restarted)",
+                ctx.me,
+                BACKUP_TTL.as_secs() / 60
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(bad_request(e.to_string()))
+        }
+        Err(e) => return Err(internal(format!("reading backup '{id}': {e}"))),
+    };
+    let eof = offset + data.len() as u64 >= size;
+    if eof {
+        // Read to its end: the client has it all.
+        let path = backups_dir(&ctx.view.store().dir).join(format!("{id}.backup"));
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    Ok(codec::encode_ok(&Chunk {
+        ok: true,
+        id: &id,
+        offset,
+        size,
+        eof,
+        data: base64::engine::general_purpose::STANDARD.encode(&data),
+    }))
+}
+
+/// Up to `max` bytes at `offset`, and the file's size.
+fn read_chunk(path: &Path, offset: u64, max: usize) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    if offset > size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("offset {offset} is past the end of the backup ({size} bytes)"),
+        ));
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let len = (size - offset).min(max as u64) as usize;
+    let mut data = vec![0u8; len];
+    f.read_exact(&mut data)?;
+    Ok((data, size))
+}
