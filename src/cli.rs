@@ -886,3 +886,25 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_shows_live_data_and_the_quota_share() {
+        assert_eq!(
+            data_text(&json!({"data_bytes": 512, "max_bytes": 2048})),
+            "512 (25%)"
+        );
+        assert_eq!(
+            data_text(&json!({"data_bytes": 512, "max_bytes": 0})),
+            "512"
+        );
+        assert_eq!(data_text(&json!({})), "-");
+        let s = json!({"nodes": [{"node": 1, "storage": {"keys": 3, "bytes": 9, "data_bytes": 10, "max_bytes": 100}}]});
+        let text = status_text(&s);
+        assert!(text.contains("DATA") && text.contains("10 (10%)"), "{text}");
+    }
+}
