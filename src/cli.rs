@@ -748,12 +748,12 @@ fn status_text(s: &Value) -> String {
         show(&s["members"]["learners"])
     ));
     t.push_str(&format!(
-        "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
-        "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "KEYS", "BYTES", "REJECTED"
+        "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12} {:>16} {:>9}\n",
+        "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "KEYS", "BYTES", "DATA", "REJECTED"
     ));
     for n in s["nodes"].as_array().into_iter().flatten() {
         t.push_str(&format!(
-            "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
+            "{:<6} {:<12} {:>6} {:>10} {:>10} {:>10} {:>12} {:>16} {:>9}\n",
             show(&n["node"]),
             show(&n["role"]),
             show(&n["term"]),
@@ -761,10 +761,23 @@ fn status_text(s: &Value) -> String {
             show(&n["last_applied"]),
             show(&n["storage"]["keys"]),
             show(&n["storage"]["bytes"]),
+            data_text(&n["storage"]),
             show(&n["security"]["rpc_rejected"]),
         ));
     }
     t.trim_end().to_string()
+}
+
+/// Live data size, with the quota's share when there is one: `1048576 (12%)`.
+fn data_text(storage: &Value) -> String {
+    let data = show(&storage["data_bytes"]);
+    match (
+        storage["data_bytes"].as_u64(),
+        storage["max_bytes"].as_u64(),
+    ) {
+        (Some(d), Some(max)) if max > 0 => format!("{data} ({}%)", d.saturating_mul(100) / max),
+        _ => data,
+    }
 }
 
 fn members_text(v: &Value) -> String {
@@ -932,5 +945,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_shows_live_data_and_the_quota_share() {
+        assert_eq!(
+            data_text(&json!({"data_bytes": 512, "max_bytes": 2048})),
+            "512 (25%)"
+        );
+        assert_eq!(
+            data_text(&json!({"data_bytes": 512, "max_bytes": 0})),
+            "512"
+        );
+        assert_eq!(data_text(&json!({})), "-");
+        let s = json!({"nodes": [{"node": 1, "storage": {"keys": 3, "bytes": 9, "data_bytes": 10, "max_bytes": 100}}]});
+        let text = status_text(&s);
+        assert!(text.contains("DATA") && text.contains("10 (10%)"), "{text}");
     }
 }

@@ -213,6 +213,9 @@ pub struct StorageConfig {
     /// fsync the log before acknowledging. Off only for benchmarks of its cost.
     pub fsync: bool,
     pub cache_size_mib: u64,
+    /// Quota on the live data size (key + stored value bytes of live keys): past it, puts
+    /// answer `no_space`. 0: no quota.
+    pub max_bytes: u64,
 }
 
 impl Default for Config {
@@ -299,6 +302,7 @@ impl Default for StorageConfig {
         StorageConfig {
             fsync: true,
             cache_size_mib: 32,
+            max_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -384,6 +388,18 @@ impl Config {
         }
         if self.limits.max_scan_limit == 0 {
             return Err(field("limits.max_scan_limit", "must be positive"));
+        }
+        // The largest put must fit in an empty store, or the quota could refuse every write.
+        let largest_entry = (self.limits.max_value_bytes + crate::api::validate::MAX_KEY_BYTES)
+            as u64
+            + crate::store::keys::VALUE_HEADER_BYTES as u64;
+        if self.storage.max_bytes != 0 && self.storage.max_bytes < largest_entry {
+            return Err(Error::Field {
+                field: "storage.max_bytes",
+                reason: format!(
+                    "must be 0 (no quota) or at least {largest_entry} (limits.max_value_bytes + the largest key + 8), so that one largest value fits"
+                ),
+            });
         }
         if self.cluster.secret.is_some() && self.cluster.secret_file.is_some() {
             return Err(field(
@@ -679,6 +695,19 @@ mod tests {
         c.raft.election_timeout_min_ms = 100;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn storage_quota_is_off_or_fits_one_largest_value() {
+        let mut c = Config::default();
+        assert_eq!(c.storage.max_bytes, 8 << 30);
+        c.storage.max_bytes = 0;
+        c.validate().expect("0 means no quota");
+        c.storage.max_bytes = c.limits.max_value_bytes as u64;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.max_bytes"), "{err}");
+        c.storage.max_bytes = c.limits.max_value_bytes as u64 + 1024 + 8;
+        c.validate().expect("one largest value fits");
     }
 
     #[test]

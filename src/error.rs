@@ -81,6 +81,7 @@ ctor!(value_too_large, ValueTooLarge);
 ctor!(bad_request, BadRequest);
 ctor!(unauthorized, Unauthorized);
 ctor!(busy, Busy);
+ctor!(no_space, NoSpace);
 ctor!(cluster_not_ready, ClusterNotReady);
 ctor!(timeout, Timeout);
 ctor!(internal, Internal);

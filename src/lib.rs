@@ -26,6 +26,8 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod failpoints;
+#[cfg(test)]
+mod golden;
 pub mod nats;
 pub mod node;
 pub mod observe;

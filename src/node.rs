@@ -92,6 +92,10 @@ pub async fn run(
     )
     .await?;
     observer.nats_connection(true);
+    observer
+        .metrics
+        .storage_max_bytes
+        .set(config.storage.max_bytes as f64);
     let max_payload = client.server_info().max_payload;
     let max_entry_bytes = max_payload.saturating_sub(PAYLOAD_HEADROOM);
     if config.limits.max_value_bytes > max_entry_bytes {
@@ -211,6 +215,7 @@ pub async fn run(
             max_value_bytes: config.limits.max_value_bytes,
             max_entry_bytes,
             max_scan_limit: config.limits.max_scan_limit,
+            max_data_bytes: config.storage.max_bytes,
         },
         default_timeout: config.limits.default_timeout(),
         stale_window: config.raft.election_timeout_min(),

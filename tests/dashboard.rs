@@ -65,6 +65,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_apply_duration_seconds",
     "concord_storage_keys",
     "concord_storage_bytes",
+    "concord_storage_data_bytes",
+    "concord_storage_max_bytes",
     "concord_revision",
     "concord_nats_connected",
     "concord_nats_reconnects_total",

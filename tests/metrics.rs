@@ -482,6 +482,8 @@ fn check_contract(m: &Scrape, node: u64) -> Result<()> {
         "concord_apply_duration_seconds_count",
         "concord_storage_keys",
         "concord_storage_bytes",
+        "concord_storage_data_bytes",
+        "concord_storage_max_bytes",
         "concord_revision",
         "concord_nats_reconnects_total",
     ] {
@@ -560,6 +562,11 @@ fn gauges_match(m: &Scrape, s: &Value) -> Result<()> {
             s["members"]["learners"].as_array().map_or(0, Vec::len) as f64,
         ),
         ("concord_storage_keys", num(&s["storage"]["keys"])),
+        (
+            "concord_storage_data_bytes",
+            num(&s["storage"]["data_bytes"]),
+        ),
+        ("concord_storage_max_bytes", num(&s["storage"]["max_bytes"])),
         ("concord_revision", num(&s["revision"])),
     ];
     for (name, want) in pairs {

@@ -20,6 +20,10 @@ pub struct Members {
 pub struct StorageFigures {
     pub keys: u64,
     pub bytes: u64,
+    /// Live data size: key + stored value bytes of live keys (what the quota counts).
+    pub data_bytes: u64,
+    /// `storage.max_bytes`; 0: no quota.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +169,8 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
         storage: StorageFigures {
             keys: ctx.view.key_count(),
             bytes: ctx.view.store().disk_bytes(),
+            data_bytes: ctx.view.data_bytes(),
+            max_bytes: ctx.limits.max_data_bytes,
         },
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),

@@ -141,6 +141,7 @@ async fn serve_on_leader(
     }
     match req {
         KvRequest::Put { key, value } => {
+            check_quota(ctx, key, value)?;
             let cmd = Command::Put {
                 key: key.clone(),
                 value: value.clone(),
@@ -174,6 +175,26 @@ async fn serve_on_leader(
                 .map_err(Step::Fail)
         }
     }
+}
+
+/// The storage quota, on the leader before proposing. It reads the applied state, so writes
+/// in flight may overshoot the limit by at most what is in flight.
+fn check_quota(ctx: &Ctx, key: &str, value: &str) -> Result<(), WireError> {
+    let limits = &ctx.limits;
+    if limits.max_data_bytes == 0 {
+        return Ok(());
+    }
+    let current = ctx.view.data_bytes();
+    let new = validate::put_bytes(key, value);
+    if validate::quota(limits, current, new, None).is_ok() {
+        return Ok(());
+    }
+    // Near the limit only: an overwrite counts what the key holds now.
+    let old = ctx.view.entry_bytes(key).map_err(|e| {
+        tracing::error!(error = %e, "read failed");
+        internal(format!("storage read failed: {e}"))
+    })?;
+    validate::quota(limits, current, new, old)
 }
 
 /// ReadIndex: the leader confirms it still leads with a quorum round that starts after the

@@ -1,7 +1,8 @@
 //! Request limits and key rules, checked before anything reaches Raft. No IO here.
 
 use crate::api::codec::KvRequest;
-use crate::error::{invalid_key, value_too_large, WireError};
+use crate::error::{invalid_key, no_space, value_too_large, WireError};
+use crate::store::keys;
 
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -11,6 +12,33 @@ pub struct Limits {
     /// Largest command that still travels in one NATS message (max payload less headroom).
     pub max_entry_bytes: usize,
     pub max_scan_limit: usize,
+    /// The storage quota on the live data size (`storage.max_bytes`); 0: none.
+    pub max_data_bytes: u64,
+}
+
+/// Bytes a put of `key` = `value` makes the key count for: the key, and the stored value
+/// (8-byte revision + JSON text).
+pub fn put_bytes(key: &str, value: &str) -> u64 {
+    keys::entry_bytes(key.len(), keys::VALUE_HEADER_BYTES + value.len())
+}
+
+/// The storage quota: a put that would take the live data size from `current` past the
+/// limit is refused. `old` is what the key counts for now (`None`: absent); the caller
+/// looks it up only when the put would not fit without it.
+pub fn quota(limits: &Limits, current: u64, new: u64, old: Option<u64>) -> Result<(), WireError> {
+    if limits.max_data_bytes == 0 {
+        return Ok(());
+    }
+    let after = current.saturating_sub(old.unwrap_or(0)).saturating_add(new);
+    // A put that does not grow the data is let through even over the limit: it frees
+    // nothing to refuse it.
+    if after <= limits.max_data_bytes || old.is_some_and(|o| new <= o) {
+        return Ok(());
+    }
+    Err(no_space(format!(
+        "storage quota reached: live data is {current} bytes and this put would make it {after}, over storage.max_bytes = {}; deletes still work and free space at once",
+        limits.max_data_bytes
+    )))
 }
 
 pub fn key(key: &str) -> Result<(), WireError> {
@@ -101,6 +129,7 @@ mod tests {
             max_value_bytes: 10,
             max_entry_bytes: 1000,
             max_scan_limit: 100,
+            max_data_bytes: 0,
         };
         let put = |v: &str| KvRequest::Put {
             key: "k".into(),
@@ -109,5 +138,29 @@ mod tests {
         assert!(request(&put("12345"), &limits).is_ok());
         let e = request(&put("12345678901"), &limits).unwrap_err();
         assert_eq!(e.code, ErrorKind::ValueTooLarge);
+    }
+
+    #[test]
+    fn quota_refuses_growth_past_the_limit_only() {
+        let limits = Limits {
+            max_value_bytes: 100,
+            max_entry_bytes: 1000,
+            max_scan_limit: 100,
+            max_data_bytes: 100,
+        };
+        assert!(quota(&limits, 90, 10, None).is_ok());
+        let e = quota(&limits, 90, 11, None).unwrap_err();
+        assert_eq!(e.code, ErrorKind::NoSpace);
+        assert!(e.message.contains("100") && e.message.contains("deletes still work"));
+        // Overwriting a key with a value of the same size or smaller always fits.
+        assert!(quota(&limits, 150, 20, Some(20)).is_ok());
+        assert!(quota(&limits, 95, 30, Some(25)).is_ok());
+        assert!(quota(&limits, 95, 40, Some(25)).is_err());
+        let off = Limits {
+            max_data_bytes: 0,
+            ..limits
+        };
+        assert!(quota(&off, u64::MAX, 1, None).is_ok());
+        assert_eq!(put_bytes("ab", "123"), 2 + 8 + 3);
     }
 }

@@ -41,6 +41,8 @@ pub const SNAPSHOT_DURATION: &str = "concord_snapshot_duration_seconds";
 pub const APPLY_DURATION: &str = "concord_apply_duration_seconds";
 pub const STORAGE_KEYS: &str = "concord_storage_keys";
 pub const STORAGE_BYTES: &str = "concord_storage_bytes";
+pub const STORAGE_DATA_BYTES: &str = "concord_storage_data_bytes";
+pub const STORAGE_MAX_BYTES: &str = "concord_storage_max_bytes";
 pub const REVISION: &str = "concord_revision";
 pub const NATS_CONNECTED: &str = "concord_nats_connected";
 pub const NATS_RECONNECTS: &str = "concord_nats_reconnects_total";
@@ -288,6 +290,8 @@ pub struct Metrics {
     pub apply_duration: Histogram,
     pub storage_keys: Gauge,
     pub storage_bytes: Gauge,
+    pub storage_data_bytes: Gauge,
+    pub storage_max_bytes: Gauge,
     pub revision: Gauge,
     pub nats_connected: Gauge,
     pub nats_reconnects: Counter,
@@ -338,6 +342,8 @@ impl Metrics {
             apply_duration: histogram!(APPLY_DURATION),
             storage_keys: gauge!(STORAGE_KEYS),
             storage_bytes: gauge!(STORAGE_BYTES),
+            storage_data_bytes: gauge!(STORAGE_DATA_BYTES),
+            storage_max_bytes: gauge!(STORAGE_MAX_BYTES),
             revision: gauge!(REVISION),
             nats_connected: gauge!(NATS_CONNECTED),
             nats_reconnects: counter!(NATS_RECONNECTS),
@@ -449,6 +455,14 @@ fn describe() {
     );
     describe_gauge!(STORAGE_KEYS, "Keys in the state machine.");
     describe_gauge!(STORAGE_BYTES, "Disk space of the node's fjall database.");
+    describe_gauge!(
+        STORAGE_DATA_BYTES,
+        "Live data size: key and stored value bytes of every live key (what the quota counts)."
+    );
+    describe_gauge!(
+        STORAGE_MAX_BYTES,
+        "The storage quota, storage.max_bytes (0: no quota)."
+    );
     describe_gauge!(
         REVISION,
         "Revision of the last write applied to the state machine."

@@ -143,6 +143,9 @@ impl Observer {
         self.metrics.apply_duration.record(elapsed.as_secs_f64());
         self.metrics.revision.set(applied.revision as f64);
         self.metrics.storage_keys.set(applied.key_count as f64);
+        self.metrics
+            .storage_data_bytes
+            .set(applied.data_bytes as f64);
         for e in probe.events {
             self.emit(e);
         }
@@ -213,6 +216,7 @@ impl Observer {
 pub struct AppliedFigures {
     pub revision: u64,
     pub key_count: u64,
+    pub data_bytes: u64,
 }
 
 /// Collects the apply events of one batch; they are emitted once the batch is committed.

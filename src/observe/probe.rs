@@ -45,6 +45,7 @@ impl Probe {
         g.raft_commit_index.set(commit_index.unwrap_or(0) as f64);
         g.storage_keys.set(storage_keys as f64);
         g.storage_bytes.set(storage_bytes as f64);
+        g.storage_data_bytes.set(self.view.data_bytes() as f64);
         g.revision.set(self.view.revision() as f64);
         let (leader, term, applied_index) = {
             let m = self.raft.metrics();

@@ -210,9 +210,10 @@ impl RaftService {
         cluster_id: Option<Uuid>,
         to: NodeId,
     ) -> Result<(), String> {
-        if *format != RPC_FORMAT {
+        // A build reads every format up to its own (the rolling-upgrade rule).
+        if *format == 0 || *format > RPC_FORMAT {
             return Err(format!(
-                "raft rpc format {format} is not supported (this node speaks {RPC_FORMAT})"
+                "raft rpc format {format} is not supported (this node reads 1 to {RPC_FORMAT})"
             ));
         }
         if cluster_name != self.cluster_name {

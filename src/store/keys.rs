@@ -18,6 +18,8 @@ pub const SM_REVISION: &[u8] = b"revision";
 pub const SM_CLUSTER_ID: &[u8] = b"cluster_id";
 pub const SM_KV_GENERATION: &[u8] = b"kv_generation";
 pub const SM_KEY_COUNT: &[u8] = b"key_count";
+/// Live data size: key bytes + stored value bytes of every live key (format 2 on).
+pub const SM_DATA_BYTES: &[u8] = b"data_bytes";
 
 /// Version byte in front of every bincode-encoded log entry.
 pub const ENTRY_ENCODING_V1: u8 = 1;
@@ -36,12 +38,20 @@ pub fn kv_keyspace_name(generation: u64) -> String {
     format!("kv_{generation}")
 }
 
+/// Bytes a stored value holds in front of the JSON text (the revision).
+pub const VALUE_HEADER_BYTES: usize = 8;
+
 /// A stored value: the revision that last set it, then the JSON text.
 pub fn encode_value(revision: u64, json: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + json.len());
     v.extend_from_slice(&revision.to_be_bytes());
     v.extend_from_slice(json);
     v
+}
+
+/// What one live key counts towards the live data size: its key and stored value bytes.
+pub fn entry_bytes(key_len: usize, stored_value_len: usize) -> u64 {
+    (key_len + stored_value_len) as u64
 }
 
 pub fn decode_value(bytes: &[u8]) -> Option<(u64, &[u8])> {

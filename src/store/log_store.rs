@@ -51,7 +51,7 @@ pub(crate) fn read_bincode<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::Error> {
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::Error> {
     let mut buf = Vec::with_capacity(64);
     buf.push(keys::ENTRY_ENCODING_V1);
     bincode::serialize_into(&mut buf, entry)?;

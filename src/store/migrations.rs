@@ -1,25 +1,26 @@
-//! The numbered steps of the on-disk format. A node records the version it has applied,
-//! runs the missing steps at start, and refuses a data directory from a newer build.
+//! The numbered steps of the on-disk format, one file each in the top-level `migrations/`
+//! (its README holds the rules). A node records the version it has applied, runs the
+//! missing steps at start, and refuses a data directory from a newer build.
 //!
-//! Each step is idempotent and ends with a durable write of its version, so a crash in the
-//! middle of a step reruns it.
+//! Each step is idempotent and returns its final writes as a batch; the new version is
+//! committed durably in that same batch, so a crash in the middle of a step reruns it.
 
-use fjall::PersistMode;
+use fjall::{OwnedWriteBatch, PersistMode};
 
 use super::{keys, Error, Store};
 
-/// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 1;
+#[path = "../../migrations/v0001_initial_layout.rs"]
+mod v0001_initial_layout;
+#[path = "../../migrations/v0002_data_bytes.rs"]
+mod v0002_data_bytes;
 
-type Step = fn(&Store) -> Result<(), Error>;
+/// The format this build writes.
+pub const CURRENT_FORMAT: u32 = 2;
+
+type Step = fn(&Store) -> Result<OwnedWriteBatch, Error>;
 
 /// `STEPS[i]` brings a store from format `i` to `i + 1`.
-const STEPS: [Step; CURRENT_FORMAT as usize] = [v1_initial_layout];
-
-/// Format 1: the keyspaces of [`super::Store`]; nothing to convert from an empty directory.
-fn v1_initial_layout(_store: &Store) -> Result<(), Error> {
-    Ok(())
-}
+const STEPS: [Step; CURRENT_FORMAT as usize] = [v0001_initial_layout::run, v0002_data_bytes::run];
 
 pub fn format_version(store: &Store) -> Result<u32, Error> {
     match store.meta.get(keys::META_FORMAT_VERSION)? {
@@ -34,7 +35,13 @@ pub fn format_version(store: &Store) -> Result<u32, Error> {
     }
 }
 
+/// Brings the store to [`CURRENT_FORMAT`].
 pub fn run(store: &Store) -> Result<(), Error> {
+    run_to(store, CURRENT_FORMAT)
+}
+
+/// Brings the store to format `target` (tests stop early to build old formats).
+pub(crate) fn run_to(store: &Store, target: u32) -> Result<(), Error> {
     let found = format_version(store)?;
     if found > CURRENT_FORMAT {
         return Err(Error::NewerFormat {
@@ -43,12 +50,14 @@ pub fn run(store: &Store) -> Result<(), Error> {
             known: CURRENT_FORMAT,
         });
     }
-    for version in found..CURRENT_FORMAT {
-        STEPS[version as usize](store)?;
-        store
-            .meta
-            .insert(keys::META_FORMAT_VERSION, (version + 1).to_be_bytes())?;
-        store.db.persist(PersistMode::SyncAll)?;
+    for version in found..target.min(CURRENT_FORMAT) {
+        let mut batch = STEPS[version as usize](store)?;
+        batch.insert(
+            &store.meta,
+            keys::META_FORMAT_VERSION,
+            (version + 1).to_be_bytes(),
+        );
+        batch.durability(Some(PersistMode::SyncAll)).commit()?;
         tracing::info!(from = version, to = version + 1, "migrated data directory");
     }
     Ok(())
@@ -57,6 +66,17 @@ pub fn run(store: &Store) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{Command, LogCommand};
+    use crate::observe::Observer;
+    use crate::store::{StateMachine, StateView};
+
+    fn set_version(store: &Store, version: u32) {
+        store
+            .meta
+            .insert(keys::META_FORMAT_VERSION, version.to_be_bytes())
+            .unwrap();
+        store.db.persist(PersistMode::SyncAll).unwrap();
+    }
 
     #[test]
     fn new_directory_gets_current_format_and_newer_is_refused() {
@@ -64,14 +84,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), 8, true).unwrap();
             assert_eq!(format_version(&store).unwrap(), CURRENT_FORMAT);
-            store
-                .meta
-                .insert(
-                    keys::META_FORMAT_VERSION,
-                    (CURRENT_FORMAT + 1).to_be_bytes(),
-                )
-                .unwrap();
-            store.db.persist(PersistMode::SyncAll).unwrap();
+            set_version(&store, CURRENT_FORMAT + 1);
         }
         let err = Store::open(dir.path(), 8, true).err().expect("refused");
         let msg = err.to_string();
@@ -80,5 +93,112 @@ mod tests {
             msg.contains(&format!("format version {}", CURRENT_FORMAT + 1)),
             "{msg}"
         );
+        assert!(
+            msg.contains(&format!("knows up to {CURRENT_FORMAT}")),
+            "{msg}"
+        );
+        // Refused without being touched: the version found is still there.
+        let store = Store::open_unmigrated(dir.path(), 8, true).unwrap();
+        assert_eq!(format_version(&store).unwrap(), CURRENT_FORMAT + 1);
+    }
+
+    /// Writes what a format-1 node's apply path wrote: `kv_0` records (revision + JSON) and
+    /// the `sm_meta` figures of that layout, with no `data_bytes`.
+    fn write_format_1_data(store: &Store, records: &[(&str, &str)]) -> u64 {
+        let kv = store
+            .db
+            .keyspace(
+                &keys::kv_keyspace_name(0),
+                super::super::state_machine::kv_options,
+            )
+            .unwrap();
+        let mut batch = store.db.batch();
+        let mut expected = 0;
+        for (i, (k, json)) in records.iter().enumerate() {
+            let stored = keys::encode_value(i as u64 + 1, json.as_bytes());
+            expected += (k.len() + stored.len()) as u64;
+            batch.insert(&kv, k.as_bytes(), stored);
+        }
+        let enc = |v: u64| bincode::serialize(&v).unwrap();
+        batch.insert(&store.sm_meta, keys::SM_REVISION, enc(records.len() as u64));
+        batch.insert(
+            &store.sm_meta,
+            keys::SM_KEY_COUNT,
+            enc(records.len() as u64),
+        );
+        batch.insert(&store.sm_meta, keys::SM_KV_GENERATION, enc(0));
+        batch.commit().unwrap();
+        store.db.persist(PersistMode::SyncAll).unwrap();
+        expected
+    }
+
+    #[test]
+    fn format_1_directory_is_migrated_and_rerun_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = [
+            ("user:1", r#"{"name":"ada"}"#),
+            ("user:2", "42"),
+            ("ñ-key", r#""text""#),
+        ];
+        let expected = {
+            let store = Store::open_unmigrated(dir.path(), 8, true).unwrap();
+            run_to(&store, 1).unwrap();
+            assert_eq!(format_version(&store).unwrap(), 1);
+            let expected = write_format_1_data(&store, &records);
+            assert!(store.sm_meta.get(keys::SM_DATA_BYTES).unwrap().is_none());
+            expected
+        };
+
+        for _ in 0..2 {
+            let store = Store::open(dir.path(), 8, true).unwrap();
+            assert_eq!(format_version(&store).unwrap(), CURRENT_FORMAT);
+            let view = StateView::open(store.clone()).unwrap();
+            assert_eq!(view.data_bytes(), expected);
+            assert_eq!(view.key_count(), records.len() as u64);
+            let (rev, json) = view.get("user:1").unwrap().unwrap();
+            assert_eq!((rev, json.as_slice()), (1, &br#"{"name":"ada"}"#[..]));
+            assert_eq!(view.get("ñ-key").unwrap().unwrap().1, br#""text""#);
+        }
+
+        // A crash before the version was written reruns step 2: same result.
+        let store = Store::open_unmigrated(dir.path(), 8, true).unwrap();
+        set_version(&store, 1);
+        run(&store).unwrap();
+        let view = StateView::open(store).unwrap();
+        assert_eq!(view.data_bytes(), expected);
+    }
+
+    /// After the migration the counter goes on with the apply path of the current format.
+    #[tokio::test]
+    async fn migrated_counter_follows_later_writes() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let store = Store::open_unmigrated(dir.path(), 8, true).unwrap();
+            run_to(&store, 1).unwrap();
+            write_format_1_data(&store, &[("a", "1"), ("b", "22")])
+        };
+        let store = Store::open(dir.path(), 8, true).unwrap();
+        let view = StateView::open(store).unwrap();
+        assert_eq!(view.data_bytes(), expected);
+        let mut sm = StateMachine::new(view.clone(), Observer::noop());
+        let entry = |index: u64, command: Command| crate::raft::types::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(LogCommand::new(command)),
+        };
+        sm.apply(vec![
+            entry(
+                1,
+                Command::Put {
+                    key: "b".into(),
+                    value: "3".into(),
+                },
+            ),
+            entry(2, Command::Delete { key: "a".into() }),
+        ])
+        .await
+        .unwrap();
+        // "a" gone (1 + 8 + 1), "b" shrank by one byte.
+        assert_eq!(view.data_bytes(), expected - 10 - 1);
     }
 }

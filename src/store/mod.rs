@@ -63,6 +63,18 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database in `dir` and brings its format up to date.
     pub fn open(dir: &Path, cache_size_mib: u64, fsync: bool) -> Result<Store, Error> {
+        let store = Store::open_unmigrated(dir, cache_size_mib, fsync)?;
+        migrations::run(&store)?;
+        std::fs::create_dir_all(store.snapshot_dir())?;
+        Ok(store)
+    }
+
+    /// Opens the database without running the migrations (tests build old formats with it).
+    pub(crate) fn open_unmigrated(
+        dir: &Path,
+        cache_size_mib: u64,
+        fsync: bool,
+    ) -> Result<Store, Error> {
         std::fs::create_dir_all(dir)?;
         let db_dir = dir.join("db");
         let db = Database::builder(&db_dir)
@@ -87,8 +99,6 @@ impl Store {
             dir: dir.to_path_buf(),
             fsync,
         };
-        migrations::run(&store)?;
-        std::fs::create_dir_all(store.snapshot_dir())?;
         Ok(store)
     }
 

@@ -24,13 +24,13 @@ use super::log_store::read_bincode;
 use super::snapshot::{Record as Streamed, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use super::{keys, Error, Store};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
-use crate::command::{Command, Outcome};
+use crate::command::{Command, Outcome, COMMAND_FORMAT};
 use crate::observe::{AppliedFigures, ApplyProbe, Observer, SnapshotKind};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-fn kv_options() -> KeyspaceCreateOptions {
+pub(crate) fn kv_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default().max_memtable_size(super::MEMTABLE_BYTES)
 }
 
@@ -55,6 +55,9 @@ pub struct StateView {
     cluster_id: watch::Sender<Option<Uuid>>,
     /// Exact number of keys, kept with every apply (fjall's own count includes tombstones).
     key_count: std::sync::atomic::AtomicU64,
+    /// Exact live data size (key + stored value bytes of live keys), kept like `key_count`:
+    /// the storage quota checks it.
+    data_bytes: std::sync::atomic::AtomicU64,
     /// Serializes updates of the current-snapshot record (build and install may overlap).
     snapshot_record: Mutex<()>,
     /// The applied token table, in memory: every authenticated request looks here.
@@ -85,6 +88,7 @@ impl StateView {
         let cluster_id: Option<Uuid> =
             read_bincode::<Option<Uuid>>(&store.sm_meta, keys::SM_CLUSTER_ID)?.flatten();
         let key_count: u64 = read_bincode(&store.sm_meta, keys::SM_KEY_COUNT)?.unwrap_or(0);
+        let data_bytes: u64 = read_bincode(&store.sm_meta, keys::SM_DATA_BYTES)?.unwrap_or(0);
         // Leftover partial snapshot files from a crash.
         if let Ok(dir) = std::fs::read_dir(store.snapshot_dir()) {
             for f in dir.flatten() {
@@ -102,6 +106,7 @@ impl StateView {
             revision: watch::channel(revision).0,
             cluster_id: watch::channel(cluster_id).0,
             key_count: key_count.into(),
+            data_bytes: data_bytes.into(),
             snapshot_record: Mutex::new(()),
             tokens,
         }))
@@ -194,6 +199,19 @@ impl StateView {
         self.key_count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Live data size: key bytes + stored value bytes of every live key, as applied.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes `key` counts for now (key + stored value), or `None` when it is absent.
+    pub fn entry_bytes(&self, key: &str) -> Result<Option<u64>, Error> {
+        let (_, kv) = self.kv();
+        Ok(kv
+            .size_of(key.as_bytes())?
+            .map(|v| keys::entry_bytes(key.len(), v as usize)))
+    }
+
     /// SHA-256 over every key, revision and value in order: equal digests on two nodes mean
     /// equal state machines. O(n): only on request.
     pub fn digest(&self) -> Result<(String, u64), Error> {
@@ -258,20 +276,27 @@ fn apply_entries(
         revision: view.revision(),
         cluster_id: view.cluster_id(),
         key_count: view.key_count(),
+        data_bytes: view.data_bytes(),
         tokens: Vec::new(),
         table: &view.tokens,
         tokens_ks: &store.tokens,
     };
     let mut last_applied = None;
     let mut membership = None;
-    // Keys written earlier in this batch: a later delete must see them.
-    let mut pending: HashMap<String, bool> = HashMap::new();
+    // Keys written earlier in this batch (stored value size, `None`: deleted): later
+    // commands of the batch must see them.
+    let mut pending: HashMap<String, Option<u64>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(entries.len());
 
-    fn exists(kv: &Keyspace, pending: &HashMap<String, bool>, key: &str) -> Result<bool, Error> {
+    /// The stored value size of `key`, or `None` when it is absent.
+    fn stored(
+        kv: &Keyspace,
+        pending: &HashMap<String, Option<u64>>,
+        key: &str,
+    ) -> Result<Option<u64>, Error> {
         match pending.get(key) {
-            Some(present) => Ok(*present),
-            None => Ok(kv.contains_key(key.as_bytes())?),
+            Some(size) => Ok(*size),
+            None => Ok(kv.size_of(key.as_bytes())?.map(u64::from)),
         }
     }
 
@@ -280,6 +305,7 @@ fn apply_entries(
         revision: u64,
         cluster_id: Option<Uuid>,
         key_count: u64,
+        data_bytes: u64,
         /// Token changes of this batch, applied to the in-memory table after the commit.
         tokens: Vec<(TokenDigest, Option<TokenRecord>)>,
         table: &'a TokenTable,
@@ -300,7 +326,7 @@ fn apply_entries(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
-        pending: &mut HashMap<String, bool>,
+        pending: &mut HashMap<String, Option<u64>>,
         t: &mut Tally,
         at: &mut Applying,
     ) -> Result<Outcome, Error> {
@@ -336,7 +362,7 @@ fn apply_entries(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
-        pending: &mut HashMap<String, bool>,
+        pending: &mut HashMap<String, Option<u64>>,
         t: &mut Tally,
     ) -> Result<Outcome, Error> {
         Ok(match cmd {
@@ -347,25 +373,32 @@ fn apply_entries(
             }
             Command::Put { key, value } => {
                 t.revision += 1;
-                if !exists(kv, pending, &key)? {
-                    t.key_count += 1;
+                match stored(kv, pending, &key)? {
+                    Some(old) => {
+                        t.data_bytes = t
+                            .data_bytes
+                            .saturating_sub(keys::entry_bytes(key.len(), old as usize))
+                    }
+                    None => t.key_count += 1,
                 }
-                batch.insert(
-                    kv,
-                    key.as_bytes(),
-                    keys::encode_value(t.revision, value.as_bytes()),
-                );
-                pending.insert(key, true);
+                let stored_value = keys::encode_value(t.revision, value.as_bytes());
+                t.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
+                let size = stored_value.len() as u64;
+                batch.insert(kv, key.as_bytes(), stored_value);
+                pending.insert(key, Some(size));
                 Outcome::Put {
                     revision: t.revision,
                 }
             }
             Command::Delete { key } => {
-                if exists(kv, pending, &key)? {
+                if let Some(old) = stored(kv, pending, &key)? {
                     t.revision += 1;
                     t.key_count = t.key_count.saturating_sub(1);
+                    t.data_bytes = t
+                        .data_bytes
+                        .saturating_sub(keys::entry_bytes(key.len(), old as usize));
                     batch.remove(kv, key.as_bytes());
-                    pending.insert(key, false);
+                    pending.insert(key, None);
                     Outcome::Delete {
                         deleted: true,
                         revision: t.revision,
@@ -408,6 +441,14 @@ fn apply_entries(
                 Outcome::None
             }
             EntryPayload::Normal(cmd) => {
+                // Applying a format this build does not know could diverge from the nodes
+                // that do: stop instead (the rolling-upgrade rule keeps this from happening).
+                if cmd.format == 0 || cmd.format > COMMAND_FORMAT {
+                    return Err(Error::Corrupt(format!(
+                        "log entry {} has command format {}, this build reads 1 to {COMMAND_FORMAT}; upgrade this node",
+                        entry.log_id.index, cmd.format
+                    )));
+                }
                 let mut at = Applying {
                     probe: &mut probe,
                     index: entry.log_id.index,
@@ -432,6 +473,7 @@ fn apply_entries(
     batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&tally.revision));
     batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&tally.cluster_id));
     batch.insert(&store.sm_meta, keys::SM_KEY_COUNT, enc(&tally.key_count));
+    batch.insert(&store.sm_meta, keys::SM_DATA_BYTES, enc(&tally.data_bytes));
     // Not fsynced: the log is durable and everything after `last_applied` is re-applied.
     batch.commit()?;
 
@@ -439,12 +481,15 @@ fn apply_entries(
         revision,
         cluster_id,
         key_count,
+        data_bytes,
         tokens,
         ..
     } = tally;
     view.tokens.apply(tokens);
     view.key_count
         .store(key_count, std::sync::atomic::Ordering::Relaxed);
+    view.data_bytes
+        .store(data_bytes, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_if_modified(|r| {
         let changed = *r != revision;
         *r = revision;
@@ -461,6 +506,7 @@ fn apply_entries(
         AppliedFigures {
             revision,
             key_count,
+            data_bytes,
         },
     );
     Ok(outcomes)
@@ -674,6 +720,8 @@ pub(super) fn install(
     }
     let fresh = store.db.keyspace(&name, kv_options)?;
     let mut tokens = HashMap::new();
+    // Recounted from the records: the live data size is not in the snapshot header.
+    let mut data_bytes = 0u64;
     let filled = (|| -> Result<SnapshotHeader, Error> {
         let mut reader = SnapshotReader::new(file)?;
         let mut batch = store.db.batch();
@@ -681,6 +729,7 @@ pub(super) fn install(
         while let Some(record) = reader.next_record()? {
             match record {
                 Streamed::Kv(k, v) => {
+                    data_bytes += keys::entry_bytes(k.len(), v.len());
                     batch.insert(&fresh, k, v);
                     n += 1;
                     if n % INSTALL_BATCH == 0 {
@@ -720,6 +769,7 @@ pub(super) fn install(
     batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&header.cluster_id));
     batch.insert(&store.sm_meta, keys::SM_KV_GENERATION, enc(&next));
     batch.insert(&store.sm_meta, keys::SM_KEY_COUNT, enc(&header.key_count));
+    batch.insert(&store.sm_meta, keys::SM_DATA_BYTES, enc(&data_bytes));
     // The token table is small: replace it within the same durable batch.
     for guard in store.tokens.iter() {
         batch.remove(&store.tokens, guard.key()?);
@@ -734,6 +784,8 @@ pub(super) fn install(
     store.db.delete_keyspace(old)?;
     view.key_count
         .store(header.key_count, std::sync::atomic::Ordering::Relaxed);
+    view.data_bytes
+        .store(data_bytes, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_replace(header.revision);
     view.cluster_id.send_replace(header.cluster_id);
     Ok(())

@@ -175,6 +175,9 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
 
         assert_eq!(view_b.revision(), 501);
         assert_eq!(view_b.key_count(), 499);
+        // The live data size is recounted on install.
+        assert_eq!(view_a.data_bytes(), snapshot_data_bytes());
+        assert_eq!(view_b.data_bytes(), snapshot_data_bytes());
         assert_eq!(view_b.get("stray").unwrap(), None);
         assert_eq!(view_b.get("k0007").unwrap(), None);
         assert_eq!(view_b.get("k0500").unwrap(), Some((500, b"500".to_vec())));
@@ -188,4 +191,13 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
     let (_, view_b) = open(b.path());
     assert_eq!(view_b.revision(), 501);
     assert_eq!(view_b.get("k0001").unwrap(), Some((1, b"1".to_vec())));
+    assert_eq!(view_b.data_bytes(), snapshot_data_bytes());
+}
+
+/// Live data size of the state built above: key + revision + JSON of each live key.
+fn snapshot_data_bytes() -> u64 {
+    (1..=500u64)
+        .filter(|&i| i != 7)
+        .map(|i| 5 + 8 + i.to_string().len() as u64)
+        .sum()
 }

@@ -704,6 +704,26 @@ impl Cluster {
         r.map_err(|e| self.failed_with(e))
     }
 
+    /// Starts a prepared node that is expected to refuse to start, and waits (bounded by
+    /// `timeout`) for it to exit. Returns its exit status; its output is in [`Cluster::log`].
+    pub async fn run_node_until_exit(&self, id: u64, timeout: Duration) -> Result<ExitStatus> {
+        self.spawn_node(id)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait(id)? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.kill(id).await;
+                bail!(
+                    "node {id} did not exit within {timeout:?}:\n{}",
+                    self.log(id)
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// SIGKILL, then reap, then wait until NATS has dropped the node's subscriptions (so
     /// that no request of the test is routed to the dead process).
     pub async fn kill(&self, id: u64) -> Result<()> {
