@@ -586,19 +586,39 @@ pub(crate) fn export(
     view: &StateView,
     path: &Path,
 ) -> Result<(SnapshotHeader, Option<Uuid>, u64), Error> {
+    let (state, header, size) = write_state(view, path, false)?;
+    Ok((header, state.cluster_id, size))
+}
+
+/// One consistent fjall snapshot of the state machine (keyspace generation checked).
+fn consistent_snapshot(view: &StateView) -> Result<(Keyspace, fjall::Snapshot, SmMeta), Error> {
     let store = &view.store;
-    let (kv, snap) = loop {
+    loop {
         let (generation, kv) = view.kv();
         let snap = store.db.snapshot();
+        let state = read_state(&snap, store)?;
         // An install switched keyspaces between the two reads: take both again.
-        if read_state(&snap, store)?.generation == generation {
-            break (kv, snap);
+        if state.generation == generation {
+            return Ok((kv, snap, state));
         }
-    };
-    let state = read_state(&snap, store)?;
+    }
+}
+
+/// Streams tokens and keys of one consistent snapshot to a snapshot file at `path`.
+fn write_state(
+    view: &StateView,
+    path: &Path,
+    with_cluster_id: bool,
+) -> Result<(SmMeta, SnapshotHeader, u64), Error> {
+    let store = &view.store;
+    let (kv, snap, state) = consistent_snapshot(view)?;
     let header = SnapshotHeader {
         revision: state.revision,
-        cluster_id: None,
+        cluster_id: if with_cluster_id {
+            state.cluster_id
+        } else {
+            None
+        },
         key_count: de_key_count(&snap, store)?,
     };
     let mut w = SnapshotWriter::create(path, &header)?;
@@ -612,52 +632,28 @@ pub(crate) fn export(
     }
     drop(snap);
     let size = w.finish()?;
-    Ok((header, state.cluster_id, size))
+    Ok((state, header, size))
 }
 
 /// Builds a snapshot file from one consistent fjall snapshot; runs on the blocking pool.
 pub(super) fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Error> {
     let store = &view.store;
-    let (kv, snap) = loop {
-        let (generation, kv) = view.kv();
-        let snap = store.db.snapshot();
-        // An install switched keyspaces between the two reads: take both again.
-        if read_state(&snap, store)?.generation == generation {
-            break (kv, snap);
-        }
-    };
+    // Named before the state is read; renamed to its final name once written.
+    let part = store
+        .snapshot_dir()
+        .join(format!("{}.part", Uuid::new_v4().simple()));
+    let (state, _, size) = write_state(view, &part, true)?;
     let SmMeta {
         applied,
         membership,
-        revision,
-        cluster_id,
         ..
-    } = read_state(&snap, store)?;
+    } = state;
     let snapshot_id = format!(
         "{}-{}-{}",
         applied.map(|l| l.leader_id.term).unwrap_or(0),
         applied.map(|l| l.index).unwrap_or(0),
         Uuid::new_v4().simple()
     );
-    let dir = store.snapshot_dir();
-    let part = dir.join(format!("{snapshot_id}.part"));
-    let key_count = de_key_count(&snap, store)?;
-    let header = SnapshotHeader {
-        revision,
-        cluster_id,
-        key_count,
-    };
-    let mut w = SnapshotWriter::create(&part, &header)?;
-    for guard in snap.iter(&store.tokens) {
-        let (k, v) = guard.into_inner()?;
-        w.token(&k, &v)?;
-    }
-    for guard in snap.iter(&kv) {
-        let (k, v) = guard.into_inner()?;
-        w.record(&k, &v)?;
-    }
-    drop(snap);
-    let size = w.finish()?;
     let meta = SnapshotMeta {
         last_log_id: applied,
         last_membership: membership,
