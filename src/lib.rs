@@ -26,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod failpoints;
+pub mod lock;
 pub mod nats;
 pub mod node;
 pub mod observe;
