@@ -73,6 +73,11 @@ pub async fn hand_off(raft: &Raft, net: &Network, wait: Duration) -> Outcome {
         {
             return Outcome::SoleVoter;
         }
+        // No follower has answered for a while (the others are down): nobody to wait for.
+        let wait_ms = wait.as_millis() as u64;
+        if m.millis_since_quorum_ack.is_none_or(|ms| ms > wait_ms) {
+            return Outcome::NoCandidate;
+        }
     }
     let (term, target) = {
         let found = tokio::time::timeout_at(
