@@ -165,6 +165,64 @@ async fn graceful_body(cluster: &Cluster) -> Result<()> {
     assert_digests_equal(cluster).await
 }
 
+/// Proves that a second SIGTERM during a graceful shutdown ends the process at once with
+/// exit code 130: the leader of a 3-node cluster whose followers are frozen (SIGSTOP) holds
+/// a put that cannot commit (its deadline is 30 s), so after the first SIGTERM it waits up to
+/// 5 s for that request; the second SIGTERM, 300 ms later, makes it exit with 130 (a graceful
+/// exit would be 0). The followers are resumed, the old leader restarted, and the cluster
+/// serves again; the put, never acknowledged, may or may not have been applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_forces_exit() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let r = async {
+        let leader = cluster.wait_stable(LEADER_TIMEOUT).await?;
+        let followers: Vec<u64> = cluster.ids().into_iter().filter(|&i| i != leader).collect();
+        for &f in &followers {
+            cluster.pause(f).await?;
+        }
+        let subject = cluster.subject(&format!("node.{leader}.kv.put"));
+        let body = json!({"key": "stuck", "value": 1, "timeout_ms": 30_000});
+        let stuck = cluster.request_raw(&subject, None, to_bytes(&body), Duration::from_secs(3));
+        let signals = async {
+            // The put is in flight once the leader has it; give it a moment to get there.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            cluster.signal_node(leader, "-TERM")?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.signal_node(leader, "-TERM")?;
+            let status = cluster.wait_exit(leader, EXIT_LIMIT).await?;
+            Ok::<_, anyhow::Error>((status, started.elapsed()))
+        };
+        let (reply, exited) = tokio::join!(stuck, signals);
+        let (status, after) = exited?;
+        eprintln!(
+            "leader {leader}: two SIGTERMs → {status} after {after:?}; the put got {reply:?}"
+        );
+        ensure!(
+            status.code() == Some(130),
+            "leader {leader} exited with {status}, not 130"
+        );
+        for &f in &followers {
+            cluster.resume(f).await?;
+        }
+        cluster
+            .wait_unsubscribed(leader, Duration::from_secs(10))
+            .await?;
+        cluster.start_node(leader).await?;
+        cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+        let reply = cluster
+            .request("kv.put", json!({"key": "after", "value": 2}))
+            .await?;
+        ensure!(reply["ok"] == json!(true), "put after the restart: {reply}");
+        Ok(())
+    }
+    .await;
+    if r.is_err() {
+        cluster.mark_failed();
+    }
+    r
+}
+
 /// SIGTERMs `id` (through the fixture's `stop`, which reaps it) while polling for a leader
 /// other than `id`. Returns the exit status, the time to exit, the new leader and the time
 /// until a majority agreed on it.
