@@ -293,7 +293,8 @@ pub struct ServeArgs {
     /// Initial voters, e.g. 1,2,3 [env: CONCORD_CLUSTER__INITIAL_MEMBERS].
     #[arg(long, value_name = "IDS")]
     pub initial_members: Option<String>,
-    /// Print the effective configuration and exit.
+    /// Print the effective configuration, each setting with where it came from (default,
+    /// config file, env variable or flag), secrets masked, and exit; `--json` for JSON.
     #[arg(long)]
     pub check_config: bool,
 }
@@ -303,29 +304,43 @@ pub fn load_config(
     global: &Global,
     serve: Option<&ServeArgs>,
 ) -> Result<(Config, Vec<String>), config::Error> {
+    config::load(global.config.as_deref(), &flags(global, serve))
+}
+
+/// The configuration flags given on the command line, as settings over every other layer.
+fn flags(global: &Global, serve: Option<&ServeArgs>) -> Vec<config::Flag> {
     use figment::value::Value as F;
-    let mut overrides: Vec<(&str, F)> = Vec::new();
+    let mut flags = Vec::new();
+    let mut set = |key, flag, value: F| flags.push(config::Flag { key, flag, value });
     if let Some(u) = &global.nats_url {
-        overrides.push(("nats.url", F::from(u.clone())));
+        set("nats.url", "--nats-url", F::from(u.clone()));
     }
     if let Some(p) = &global.subject_prefix {
-        overrides.push(("nats.subject_prefix", F::from(p.clone())));
+        set(
+            "nats.subject_prefix",
+            "--subject-prefix",
+            F::from(p.clone()),
+        );
     }
     if let Some(s) = serve {
         if let Some(id) = s.node_id {
-            overrides.push(("node.id", F::from(id)));
+            set("node.id", "--node-id", F::from(id));
         }
         if let Some(d) = &s.data_dir {
-            overrides.push(("data_dir", F::from(d.display().to_string())));
+            set("data_dir", "--data-dir", F::from(d.display().to_string()));
         }
         if let Some(n) = &s.cluster_name {
-            overrides.push(("cluster.name", F::from(n.clone())));
+            set("cluster.name", "--cluster-name", F::from(n.clone()));
         }
         if let Some(m) = &s.initial_members {
-            overrides.push(("cluster.initial_members", F::from(m.clone())));
+            set(
+                "cluster.initial_members",
+                "--initial-members",
+                F::from(m.clone()),
+            );
         }
     }
-    config::load(global.config.as_deref(), &overrides)
+    flags
 }
 
 /// Parses a CLI value: JSON when it parses, else the text as a JSON string.
@@ -923,29 +938,56 @@ pub async fn restore(global: &Global, args: &RestoreArgs) -> anyhow::Result<i32>
 
 /// `concord serve`.
 pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<i32> {
+    if args.check_config {
+        let (_, warnings, settings) =
+            config::load_with_sources(global.config.as_deref(), &flags(global, Some(args)))?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        if global.json {
+            emit(&serde_json::to_string_pretty(&config::settings_json(
+                &settings,
+            ))?);
+        } else {
+            emit(&config::settings_text(&settings));
+        }
+        return Ok(0);
+    }
     let (config, warnings) = load_config(global, Some(args))?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    if args.check_config {
-        let v: Value = serde_json::from_str(&config.redacted()).context("config")?;
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(0);
-    }
+    // Before NATS and the store: a second node on the same directory stops at once.
+    let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
     crate::node::run(config, shutdown_signal()).await?;
     Ok(0)
 }
 
+/// Resolves on the first SIGTERM or Ctrl-C. From then on a second one ends the process at
+/// once (exit 130) instead of waiting for the graceful shutdown.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
     };
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        // Acknowledged writes are already fsynced: this is no worse than a crash.
+        eprintln!("second signal during shutdown: exiting now");
+        std::process::exit(130);
+    });
 }
 
 #[cfg(test)]

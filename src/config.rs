@@ -545,13 +545,40 @@ fn is_subject_token(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Loads the layered configuration. `overrides` are the command-line flags, as
-/// `(dotted.key, value)` pairs, applied last. Unknown `CONCORD_*` variables are returned as
-/// warnings: the CLI's own variables share the prefix.
-pub fn load(
+/// A command-line flag that sets one setting, applied over every other layer.
+#[derive(Debug, Clone)]
+pub struct Flag {
+    /// The dotted key it sets, e.g. `node.id`.
+    pub key: &'static str,
+    /// The flag as typed, e.g. `--node-id`; named as the setting's source.
+    pub flag: &'static str,
+    pub value: figment::value::Value,
+}
+
+/// Loads the layered configuration. `flags` are the command-line flags, applied last.
+/// Unknown `CONCORD_*` variables are returned as warnings: the CLI's own variables share
+/// the prefix.
+pub fn load(file: Option<&Path>, flags: &[Flag]) -> Result<(Config, Vec<String>), Error> {
+    let (figment, warnings) = layers(file, flags)?;
+    let config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
+    config.validate()?;
+    Ok((config, warnings))
+}
+
+/// Like [`load`], and also where each setting's value came from, for `--check-config`.
+pub fn load_with_sources(
     file: Option<&Path>,
-    overrides: &[(&str, figment::value::Value)],
-) -> Result<(Config, Vec<String>), Error> {
+    flags: &[Flag],
+) -> Result<(Config, Vec<String>, Vec<Setting>), Error> {
+    let (figment, warnings) = layers(file, flags)?;
+    let config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
+    config.validate()?;
+    let settings = settings(&config, &figment);
+    Ok((config, warnings, settings))
+}
+
+/// The figment of every layer: defaults < file < `CONCORD_*` env < flags.
+fn layers(file: Option<&Path>, flags: &[Flag]) -> Result<(Figment, Vec<String>), Error> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     match file {
         Some(path) => {
@@ -583,13 +610,148 @@ pub fn load(
     let env = Env::prefixed("CONCORD_")
         .split("__")
         .filter(move |k| known.contains(&k.as_str().to_ascii_lowercase().replace("__", ".")));
-    figment = figment.merge(env);
-    for (key, value) in overrides {
-        figment = figment.merge(Serialized::default(key, value.clone()));
+    figment = figment.merge(Labeled {
+        inner: env,
+        name: None,
+        source: ENV_SOURCE.into(),
+    });
+    for f in flags {
+        figment = figment.merge(Labeled {
+            inner: Serialized::default(f.key, f.value.clone()),
+            name: Some(format!("flag {}", f.flag)),
+            source: format!("flag {}", f.flag),
+        });
     }
-    let config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
-    config.validate()?;
-    Ok((config, warnings))
+    Ok((figment, warnings))
+}
+
+/// Source label of the environment layer; each setting names its own variable.
+const ENV_SOURCE: &str = "env";
+
+/// A provider with its metadata's source (and optionally name) replaced, so that
+/// [`settings`] can tell the layers apart.
+struct Labeled<P> {
+    inner: P,
+    name: Option<String>,
+    source: String,
+}
+
+impl<P: figment::Provider> figment::Provider for Labeled<P> {
+    fn metadata(&self) -> figment::Metadata {
+        let mut md = self.inner.metadata();
+        if let Some(n) = &self.name {
+            md.name = n.clone().into();
+        }
+        md.source = Some(figment::Source::Custom(self.source.clone()));
+        md
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.inner.data()
+    }
+
+    fn profile(&self) -> Option<figment::Profile> {
+        self.inner.profile()
+    }
+}
+
+/// One setting of the effective configuration (secrets masked) and where it came from:
+/// `default`, the config file's path, `env CONCORD_...` or `flag --...`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub source: String,
+}
+
+/// Every leaf setting of `config`, masked as [`Config::redacted`], with its source.
+fn settings(config: &Config, figment: &Figment) -> Vec<Setting> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.clone())),
+        }
+    }
+    let masked: serde_json::Value =
+        serde_json::from_str(&config.redacted()).unwrap_or(serde_json::Value::Null);
+    let mut leaves = Vec::new();
+    walk("", &masked, &mut leaves);
+    leaves
+        .into_iter()
+        .map(|(key, value)| {
+            let source = source_of(figment, &key);
+            Setting { key, value, source }
+        })
+        .collect()
+}
+
+fn source_of(figment: &Figment, key: &str) -> String {
+    let Some(md) = figment.find_metadata(key) else {
+        return "default".into();
+    };
+    match &md.source {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        Some(figment::Source::Custom(s)) if s == ENV_SOURCE => {
+            format!(
+                "env CONCORD_{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            )
+        }
+        Some(figment::Source::Custom(s)) => s.clone(),
+        _ => "default".into(),
+    }
+}
+
+/// `--check-config` text: one `key = value   (source)` line per setting, sources aligned.
+pub fn settings_text(settings: &[Setting]) -> String {
+    let shown: Vec<(String, &str)> = settings
+        .iter()
+        .map(|s| {
+            let value = match &s.value {
+                serde_json::Value::Null => "unset".to_string(),
+                v => v.to_string(),
+            };
+            (format!("{} = {value}", s.key), s.source.as_str())
+        })
+        .collect();
+    // Aligned up to a point: one long list must not push every source off the screen.
+    let width = shown
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(56);
+    shown
+        .iter()
+        .map(|(line, source)| format!("{line:<width$}   ({source})"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `--check-config --json`: `{"key": {"value": ..., "source": "..."}}`.
+pub fn settings_json(settings: &[Setting]) -> serde_json::Value {
+    serde_json::Value::Object(
+        settings
+            .iter()
+            .map(|s| {
+                (
+                    s.key.clone(),
+                    serde_json::json!({"value": s.value, "source": s.source}),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Environment variables read by the CLI, not by a node.

@@ -28,6 +28,7 @@ pub mod error;
 pub mod failpoints;
 #[cfg(test)]
 mod golden;
+pub mod lock;
 pub mod nats;
 pub mod node;
 pub mod observe;

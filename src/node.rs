@@ -1,5 +1,6 @@
 //! One Concord node: wires NATS, the fjall store, Raft and the request servers, and owns
-//! the shutdown order (stop intake, `raft.shutdown()`, persist fjall, drain NATS).
+//! the shutdown order (stop intake and answer what is in flight, hand leadership off,
+//! `raft.shutdown()`, persist fjall, drain NATS).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -172,7 +173,7 @@ pub async fn run(
     let raft = crate::raft::start(
         &config,
         max_payload,
-        network,
+        network.clone(),
         LogStore::new(store.clone()),
         StateMachine::new(view.clone(), observer.clone()),
     )
@@ -228,17 +229,21 @@ pub async fn run(
         observer: observer.clone(),
         removed: removed.clone(),
     });
+    // Client intake (cluster and node subjects, and every request task) stops first at
+    // shutdown, while Raft and its RPCs keep running for the requests in flight.
+    let intake = cancel.child_token();
+    let intake_tracker = TaskTracker::new();
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
-    tracker.spawn(log_failure(
+    intake_tracker.spawn(log_failure(
         "node subjects",
         server
             .clone()
-            .serve_node_subjects(cancel.clone(), tracker.clone()),
+            .serve_node_subjects(intake.clone(), intake_tracker.clone()),
     ));
-    tracker.spawn(
+    intake_tracker.spawn(
         server
             .clone()
-            .serve_cluster_subjects(cancel.clone(), tracker.clone()),
+            .serve_cluster_subjects(intake.clone(), intake_tracker.clone()),
     );
     tracker.spawn(observe::raft_watch::watch(
         raft.clone(),
@@ -290,7 +295,7 @@ pub async fn run(
         _ = removed.cancelled() => true,
     };
     if was_removed {
-        // The request that removed this node is still in flight: the tracker waits for it.
+        // The request that removed this node is still in flight: the intake waits for it.
         let note = format!(
             "removed at {} while term {} was current",
             crate::auth::tokens::rfc3339(crate::auth::tokens::now_ms()),
@@ -300,17 +305,49 @@ pub async fn run(
             tracing::error!(error = %e, "could not mark the data dir as removed");
         }
     }
-    tracing::info!("shutting down");
-    cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+    let stopping = std::time::Instant::now();
+    tracing::info!("shutting down: taking no new requests, answering those in flight");
+    // 1. Intake: the subscriptions drain, so NATS routes new requests to the other nodes.
+    intake.cancel();
+    intake_tracker.close();
+    if tokio::time::timeout(IN_FLIGHT_WAIT, intake_tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests did not finish within 5 s");
+        tracing::warn!(
+            "requests still in flight after {} s; stopping anyway",
+            IN_FLIGHT_WAIT.as_secs()
+        );
     }
+    // 2. A leader hands off to a caught-up follower, so the cluster does not wait out an
+    //    election timeout.
+    let handoff_wait =
+        Duration::from_millis(config.raft.election_timeout_max_ms).min(HANDOFF_WAIT_MAX);
+    match crate::raft::handoff::hand_off(&raft, &network, handoff_wait).await {
+        crate::raft::handoff::Outcome::NotLeader | crate::raft::handoff::Outcome::SoleVoter => {}
+        crate::raft::handoff::Outcome::HandedTo { node, after } => {
+            tracing::info!(
+                to = node,
+                ms = after.as_millis() as u64,
+                "leadership handed off"
+            )
+        }
+        other => tracing::warn!(
+            outcome = ?other,
+            "leadership not handed off; the cluster elects a leader after an election timeout"
+        ),
+    }
+    // 3. Raft, then everything else, then the store and NATS.
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
+    }
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(TASKS_WAIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running; stopping anyway");
     }
     drop(server);
     drop(service);
@@ -319,10 +356,17 @@ pub async fn run(
     if let Ok(Err(e)) = persist {
         tracing::error!(error = %e, "final fsync failed");
     }
-    let _ = client.drain().await;
-    tracing::info!("stopped");
+    let _ = tokio::time::timeout(TASKS_WAIT, client.drain()).await;
+    tracing::info!(ms = stopping.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }
+
+/// Shutdown bounds: requests in flight, the leadership hand-off (an election timeout at
+/// most: past that the followers elect a leader by themselves), and background tasks and
+/// the NATS drain.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(5);
+const HANDOFF_WAIT_MAX: Duration = Duration::from_secs(5);
+const TASKS_WAIT: Duration = Duration::from_secs(2);
 
 /// Installs the metrics recorder, binds `metrics.listen` and serves it until cancelled.
 async fn serve_metrics(

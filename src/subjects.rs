@@ -117,6 +117,10 @@ impl RaftRpc {
     }
 }
 
+/// Last token of the hand-off request [`Subjects::raft_elect`]. Not a [`RaftRpc`]: it is
+/// ours, not openraft's, and has no RPC metrics.
+pub const RAFT_ELECT: &str = "elect";
+
 /// Header marking a request forwarded by a follower: it is never forwarded again.
 pub const HEADER_FORWARDED: &str = "Concord-Forwarded";
 /// Header carrying a request deadline in milliseconds.
@@ -201,6 +205,15 @@ impl Subjects {
             self.cluster,
             node,
             rpc.as_str()
+        )
+    }
+
+    /// `P.raft.<cluster>.<node>.elect`: a leader that shuts down asks a caught-up follower
+    /// to campaign at once (see `raft::handoff`).
+    pub fn raft_elect(&self, node: u64) -> String {
+        format!(
+            "{}.raft.{}.{}.{RAFT_ELECT}",
+            self.prefix, self.cluster, node
         )
     }
 

@@ -2,7 +2,10 @@
 //! processes:
 //!
 //! - `concord serve --check-config` shows the layering defaults < file < `CONCORD_*` env <
-//!   flags, and a bad setting stops `serve` at once with a message that names it;
+//!   flags with each setting's source, secrets masked, and a bad setting stops `serve` at
+//!   once with a message that names it;
+//! - a second node on a data directory is refused by its lock, which a SIGKILL never leaves
+//!   stuck;
 //! - a bootstrapper whose data dir was wiped never forms a new cluster, and a node of another
 //!   cluster refuses to start on a prefix that is already served;
 //! - a request sent while the cluster has no quorum is answered before its deadline;
@@ -322,7 +325,7 @@ async fn bad_config_is_refused_with_the_setting_named() -> Result<()> {
     let r = async {
         let run = run_concord(
             dir,
-            &["serve", "--check-config"],
+            &["serve", "--check-config", "--json"],
             &[("CONCORD_FOO", "1")],
             CONFIG_EXIT_LIMIT,
         )
@@ -374,6 +377,238 @@ async fn bad_config_is_refused_with_the_setting_named() -> Result<()> {
         failures.join("\n- ")
     );
     Ok(())
+}
+
+/// Proves that `serve --check-config` names where each setting came from: `default`, the
+/// `--config` file's path, `env CONCORD_...` and `flag --...`, one `key = value   (source)`
+/// line each, and the same as `{"key": {"value", "source"}}` with `--json`; and that no
+/// secret (NATS password, token, NKey seed, credentials in `nats.url`, cluster secret,
+/// admin token, client token) appears in either output, while they are shown as set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_names_each_source_and_masks_secrets() -> Result<()> {
+    let tmp = tempdir()?;
+    let dir = tmp.path();
+    let file = dir.join("sources.toml");
+    std::fs::write(
+        &file,
+        "[cluster]\nname = \"from-file\"\nsecret = \"file-secret-0123456789\"\n\
+         [raft]\nheartbeat_interval_ms = 100\n",
+    )?;
+    let file_arg = file.to_str().context("temp path is not UTF-8")?;
+    let secrets = [
+        "file-secret-0123456789",
+        "url-pass-5d1e",
+        "env-password-77c1",
+        "env-token-a9f0",
+        "SUAENVSEEDNOTREAL",
+        "admin-token-0123456789",
+        "client-token-4b2e",
+    ];
+    let env = [
+        (
+            "CONCORD_NATS__URL",
+            "nats://bob:url-pass-5d1e@127.0.0.1:4222",
+        ),
+        ("CONCORD_NATS__PASSWORD", secrets[2]),
+        ("CONCORD_NATS__TOKEN", secrets[3]),
+        ("CONCORD_NATS__NKEY_SEED", secrets[4]),
+        ("CONCORD_AUTH__ADMIN_TOKEN", secrets[5]),
+        ("CONCORD_CLIENT__TOKEN", secrets[6]),
+        ("CONCORD_LIMITS__MAX_IN_FLIGHT", "77"),
+    ];
+    let flags = [
+        "serve",
+        "--check-config",
+        "--config",
+        file_arg,
+        "--node-id",
+        "4",
+        "--data-dir",
+        "/srv/from-flag",
+    ];
+    // (key, value as printed, source)
+    let want = [
+        ("node.id", "4", "flag --node-id".to_string()),
+        (
+            "data_dir",
+            "\"/srv/from-flag\"",
+            "flag --data-dir".to_string(),
+        ),
+        ("cluster.name", "\"from-file\"", file_arg.to_string()),
+        ("raft.heartbeat_interval_ms", "100", file_arg.to_string()),
+        ("cluster.secret", "\"***\"", file_arg.to_string()),
+        (
+            "limits.max_in_flight",
+            "77",
+            "env CONCORD_LIMITS__MAX_IN_FLIGHT".into(),
+        ),
+        (
+            "nats.url",
+            "[\"nats://***@127.0.0.1:4222\"]",
+            "env CONCORD_NATS__URL".into(),
+        ),
+        (
+            "nats.password",
+            "\"***\"",
+            "env CONCORD_NATS__PASSWORD".into(),
+        ),
+        ("nats.token", "\"***\"", "env CONCORD_NATS__TOKEN".into()),
+        (
+            "nats.nkey_seed",
+            "\"***\"",
+            "env CONCORD_NATS__NKEY_SEED".into(),
+        ),
+        (
+            "auth.admin_token",
+            "\"***\"",
+            "env CONCORD_AUTH__ADMIN_TOKEN".into(),
+        ),
+        (
+            "client.token",
+            "\"***\"",
+            "env CONCORD_CLIENT__TOKEN".into(),
+        ),
+        ("nats.subject_prefix", "\"concord\"", "default".into()),
+        ("raft.election_timeout_min_ms", "1000", "default".into()),
+        ("nats.user", "unset", "default".into()),
+    ];
+
+    let run = run_concord(dir, &flags, &env, CONFIG_EXIT_LIMIT).await?;
+    ensure!(
+        run.status.success(),
+        "--check-config exited {}; stderr:\n{}",
+        run.status,
+        run.stderr
+    );
+    let text = run.stdout;
+    eprintln!("--check-config:\n{text}");
+    for s in secrets {
+        ensure!(!text.contains(s), "the text output shows the secret {s:?}");
+        ensure!(!run.stderr.contains(s), "stderr shows the secret {s:?}");
+    }
+    for (key, value, source) in &want {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .ok_or_else(|| anyhow!("no line for {key} in:\n{text}"))?;
+        let (setting, from) = line
+            .rsplit_once("   (")
+            .ok_or_else(|| anyhow!("{key}: no `   (source)` in {line:?}"))?;
+        ensure!(
+            setting.trim_end() == format!("{key} = {value}"),
+            "{key}: line {line:?}, expected value {value}"
+        );
+        ensure!(
+            from.strip_suffix(')') == Some(source.as_str()),
+            "{key}: line {line:?}, expected source {source:?}"
+        );
+    }
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    let keys = concord::config::known_keys();
+    let leaves = keys
+        .iter()
+        .filter(|k| !keys.iter().any(|o| o.starts_with(&format!("{k}."))))
+        .count();
+    ensure!(
+        lines == leaves,
+        "{lines} lines for {leaves} settings:\n{text}"
+    );
+
+    let mut json_flags = flags.to_vec();
+    json_flags.push("--json");
+    let run = run_concord(dir, &json_flags, &env, CONFIG_EXIT_LIMIT).await?;
+    ensure!(
+        run.status.success(),
+        "--check-config --json exited {}",
+        run.status
+    );
+    for s in secrets {
+        ensure!(
+            !run.stdout.contains(s),
+            "the JSON output shows the secret {s:?}"
+        );
+    }
+    let v: Value = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("--check-config --json is not JSON:\n{}", run.stdout))?;
+    for (key, value, source) in &want {
+        let want_value = if *value == "unset" {
+            Value::Null
+        } else {
+            serde_json::from_str(value)?
+        };
+        ensure!(
+            v[key] == json!({"value": want_value, "source": source}),
+            "{key}: {}",
+            v[key]
+        );
+    }
+    Ok(())
+}
+
+// ----- the data directory lock -------------------------------------------------------------
+
+/// Proves the data directory lock: a second `concord serve` on a running node's data dir
+/// exits non-zero within 5 s with `data directory ... is in use by another Concord process
+/// (pid N); stop it first` naming the running node's pid, before it tries NATS (its NATS
+/// URL points nowhere); and after that node is killed with SIGKILL, which leaves
+/// `concord.lock` behind, the node restarts on the same data dir, leads again and holds its
+/// data, and the lock file holds the new pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_lock_refuses_a_second_node_and_survives_kill_9() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let r = async {
+        cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+        wait_cluster_id(&cluster, &[1]).await?;
+        let rev = put(&cluster, "lock:before", json!("kept")).await?;
+        let data_dir = cluster.data_dir(1);
+        let data_arg = data_dir.to_str().context("not UTF-8")?;
+        let pid = cluster.pid(1).ok_or_else(|| anyhow!("node 1 has no pid"))?;
+        let tmp = tempdir()?;
+        let run = run_concord(
+            tmp.path(),
+            &["serve", "--data-dir", data_arg, "--node-id", "1"],
+            &[("CONCORD_NATS__URL", "nats://127.0.0.1:1")],
+            Duration::from_secs(5),
+        )
+        .await?;
+        let stderr = strip_ansi(&run.stderr);
+        eprintln!(
+            "second serve: {} after {:?}: {}",
+            run.status,
+            run.elapsed,
+            stderr.trim()
+        );
+        ensure!(!run.status.success(), "a second node on {data_arg} exited 0");
+        let want = format!(
+            "data directory {data_arg} is in use by another Concord process (pid {pid}); stop it first"
+        );
+        ensure!(stderr.contains(&want), "stderr lacks {want:?}:\n{stderr}");
+
+        cluster.kill(1).await?;
+        let lock = data_dir.join("concord.lock");
+        ensure!(lock.exists(), "no {lock:?} after SIGKILL");
+        cluster.start_node(1).await?;
+        cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+        let new_pid = cluster.pid(1).ok_or_else(|| anyhow!("node 1 has no pid"))?;
+        let held = std::fs::read_to_string(&lock)?;
+        ensure!(
+            held.trim() == new_pid.to_string(),
+            "{lock:?} holds {held:?}, the node's pid is {new_pid}"
+        );
+        let reply = cluster
+            .request("kv.get", json!({"key": "lock:before"}))
+            .await?;
+        ensure!(
+            reply["value"] == json!("kept") && reply["revision"] == json!(rev),
+            "after the restart: {reply}"
+        );
+        Ok(())
+    }
+    .await;
+    if r.is_err() {
+        cluster.mark_failed();
+    }
+    r
 }
 
 // ----- bootstrap -------------------------------------------------------------------------
@@ -1298,9 +1533,10 @@ async fn run_concord(
     })
 }
 
-/// `concord serve --check-config <flags>` must exit 0 within 10 s and print JSON.
+/// `concord serve --check-config --json <flags>` must exit 0 within 10 s and print JSON:
+/// `{"key": {"value": ..., "source": ...}}`.
 async fn check_config(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Result<Value> {
-    let mut args = vec!["serve", "--check-config"];
+    let mut args = vec!["serve", "--check-config", "--json"];
     args.extend_from_slice(flags);
     let run = run_concord(dir, &args, env, CONFIG_EXIT_LIMIT).await?;
     ensure!(
@@ -1317,11 +1553,13 @@ async fn check_config(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Resul
     })
 }
 
+/// `pointer` names the setting as a JSON pointer into the config (`/nats/url`).
 fn expect_setting(config: &Value, pointer: &str, want: Value, what: &str) -> Result<()> {
-    let got = config.pointer(pointer).cloned().unwrap_or(Value::Null);
+    let key = pointer.trim_start_matches('/').replace('/', ".");
+    let got = config[&key]["value"].clone();
     ensure!(
         got == want,
-        "{what}: {pointer} is {got}, expected {want}; effective config:\n{config:#}"
+        "{what}: {key} is {got}, expected {want}; effective config:\n{config:#}"
     );
     Ok(())
 }

@@ -129,8 +129,9 @@ async fn grow_to_five_and_shrink_to_three_under_load() -> Result<()> {
     wait_identical(&cluster, &remaining).await?;
 
     // A removed node's data dir may not serve again.
-    cluster.launch(second)?;
-    let exit = cluster.wait_exit(second, Duration::from_secs(20)).await?;
+    let exit = cluster
+        .run_node_until_exit(second, Duration::from_secs(20))
+        .await?;
     ensure!(!exit.success(), "a removed node started again");
     ensure!(cluster.log(second).contains("was removed from the cluster"));
     Ok(())

@@ -350,7 +350,13 @@ async fn check_config_masks_nats_secrets() -> Result<()> {
         env("CONCORD_NATS__NKEY_SEED", &seed),
         env("CONCORD_NATS__TLS_CA_FILE", "/etc/concord/ca.pem"),
     ];
-    let (out, _) = run_concord(tmp.path(), &vars, &["serve", "--check-config"], CLI_LIMIT).await?;
+    let (out, _) = run_concord(
+        tmp.path(),
+        &vars,
+        &["serve", "--check-config", "--json"],
+        CLI_LIMIT,
+    )
+    .await?;
     let stdout = text(&out.stdout);
     ensure!(
         out.status.success(),
@@ -364,16 +370,16 @@ async fn check_config_masks_nats_secrets() -> Result<()> {
         );
     }
     let v: Value = serde_json::from_str(&stdout).context("--check-config output")?;
-    let n = &v["nats"];
+    let n = |key: &str| v[format!("nats.{key}")]["value"].clone();
     ensure!(
-        n["password"] == json!("***") && n["token"] == json!("***"),
-        "{n}"
+        n("password") == json!("***") && n("token") == json!("***"),
+        "{v}"
     );
-    ensure!(n["nkey_seed"] == json!("***"), "{n}");
-    ensure!(n["url"] == json!(["nats://***@127.0.0.1:4222"]), "{n}");
+    ensure!(n("nkey_seed") == json!("***"), "{v}");
+    ensure!(n("url") == json!(["nats://***@127.0.0.1:4222"]), "{v}");
     ensure!(
-        n["user"] == json!("alice") && n["tls_ca_file"] == json!("/etc/concord/ca.pem"),
-        "{n}"
+        n("user") == json!("alice") && n("tls_ca_file") == json!("/etc/concord/ca.pem"),
+        "{v}"
     );
     Ok(())
 }

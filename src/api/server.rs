@@ -24,6 +24,9 @@ use crate::subjects::{Addressed, AdminOp, KvOp};
 /// 2 of 18 requests reach a follower first instead of 2 of 3.
 const LEADER_KV_SUBSCRIPTIONS: usize = 16;
 
+/// Longest a cancelled subscription keeps delivering what NATS had routed to it.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct Server {
     pub ctx: Arc<Ctx>,
     pub permits: Arc<Semaphore>,
@@ -163,17 +166,38 @@ impl Server {
         Ok((kv, adm))
     }
 
-    /// Takes messages off one subscription, a task each, until cancelled.
+    /// Takes messages off one subscription, a task each, until cancelled. Then it drains
+    /// the subscription: NATS stops routing to it (a queue group's other members get the
+    /// new requests), and what was already routed here is still answered.
     async fn pump(
         self: Arc<Self>,
         mut sub: Subscriber,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) {
+        // Set once draining: the stream ends when NATS confirms the unsubscribe, which a
+        // lost connection may never do.
+        let mut draining: Option<tokio::time::Instant> = None;
         loop {
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => break,
-                m = sub.next() => match m { Some(m) => m, None => break },
+            let next = if let Some(until) = draining {
+                match tokio::time::timeout_at(until, sub.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        if sub.drain().await.is_err() {
+                            break;
+                        }
+                        draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                        continue;
+                    }
+                    m = sub.next() => m,
+                }
+            };
+            let Some(msg) = next else {
+                break;
             };
             let Some(reply_to) = msg.reply.clone() else {
                 continue;
@@ -229,7 +253,9 @@ impl Server {
                 drop(permit);
             });
         }
-        let _ = sub.unsubscribe().await;
+        if draining.is_none() {
+            let _ = sub.unsubscribe().await;
+        }
     }
 
     /// The counted operation a subject asks for; `None` for unknown ones (bounded labels).

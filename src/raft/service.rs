@@ -1,4 +1,5 @@
-//! Inbound Raft RPCs: subscribe to `P.raft.<cluster>.<me>.*`, verify the MAC (with
+//! Inbound Raft RPCs: subscribe to `P.raft.<cluster>.<me>.*` (openraft's three RPCs and
+//! our `elect`, see [`handoff`](super::handoff)), verify the MAC (with
 //! `cluster.secret`), check the envelope, hand the RPC to openraft, reply with its result
 //! (signed with the reply MAC bound to the request's MAC).
 //!
@@ -20,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::handoff::{self, ElectRequest};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use crate::signing::{self, Direction, Rejections, Signer};
 use crate::store::StateView;
-use crate::subjects::{last_token, RaftRpc, Subjects};
+use crate::subjects::{last_token, RaftRpc, Subjects, RAFT_ELECT};
 
 /// When this node last accepted entries or a heartbeat from a leader; decides whether it
 /// may serve stale reads.
@@ -158,6 +160,15 @@ impl RaftService {
             Some(RaftRpc::Snapshot) => {
                 self.serve(&msg, |req: InstallSnapshotRequest<TypeConfig>| async move {
                     self.raft.install_snapshot(req).await
+                })
+                .await
+            }
+            None if last_token(&msg.subject) == RAFT_ELECT => {
+                self.serve(&msg, |req: ElectRequest| async move {
+                    if self.hold_votes.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    handoff::campaign(&self.raft, &req).await
                 })
                 .await
             }

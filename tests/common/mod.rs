@@ -802,6 +802,31 @@ impl Cluster {
         r.map_err(|e| self.failed_with(e))
     }
 
+    /// Sends `sig` (e.g. `"-TERM"`) to node `id` without waiting; see [`Cluster::wait_exit`].
+    pub fn signal_node(&self, id: u64, sig: &str) -> Result<()> {
+        let pid = self
+            .pid(id)
+            .ok_or_else(|| anyhow!("signal: node {id} is not running"))?;
+        signal(pid, sig)
+    }
+
+    /// Waits up to `timeout` for node `id` to exit and reaps it; returns its exit status.
+    pub async fn wait_exit(&self, id: u64, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait(id)? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failed_with(anyhow!(
+                    "node {id} did not exit within {timeout:?}; log tail:\n{}",
+                    tail(&self.log(id), 3000)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts node `id` again with the same id, data dir and env (stopping it gracefully first
     /// if it is still running) and waits until it answers its admin status. Its log file is
     /// appended to.
@@ -912,28 +937,6 @@ impl Cluster {
         }
         .await;
         r.map_err(|e| self.failed_with(e))
-    }
-
-    /// Starts node `id` without waiting for it: for a start that is expected to fail.
-    pub fn launch(&self, id: u64) -> Result<()> {
-        self.spawn_node(id)
-    }
-
-    /// Waits until node `id` exits on its own and returns how.
-    pub async fn wait_exit(&self, id: u64, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait(id)? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "node {id} did not exit within {timeout:?}; log tail:\n{}",
-                    tail(&self.log(id), 3000)
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
     }
 
     /// Runs the `concord` CLI against this cluster (its NATS URL, prefix and admin token)
