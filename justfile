@@ -23,6 +23,10 @@ cluster-up *args:
 cluster-down *args:
     scripts/cluster-down.sh "$@"
 
+# Start one more local node (cluster.join = true) for `concord cluster add ID`
+node-join id:
+    scripts/node-join.sh "$1"
+
 # Show the local cluster's status (builds concord if needed)
 cluster-status *args:
     cargo build --release --bin concord --quiet

@@ -24,7 +24,13 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="$ROOT/data"
+# The three of cluster-up, and any node started by scripts/node-join.sh.
 NODES=(1 2 3)
+for f in "$DATA"/n*.pid; do
+    [[ -f "$f" ]] || continue
+    i="${f##*/n}"; i="${i%.pid}"
+    [[ "$i" =~ ^[0-9]+$ && "$i" -gt 3 ]] && NODES+=("$i")
+done
 GRACE_SECS=10
 
 # Is pid alive? kill -0 alone would also count a zombie (dead, not yet reaped) as alive.
