@@ -311,6 +311,10 @@ impl RaftConfig {
     pub fn election_timeout_min(&self) -> Duration {
         Duration::from_millis(self.election_timeout_min_ms)
     }
+
+    pub fn election_timeout_max(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_max_ms)
+    }
 }
 
 impl LimitsConfig {

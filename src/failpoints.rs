@@ -1,4 +1,5 @@
-//! Deliberate bugs for proving that the fault suite can fail. Compiled in only with the
+//! Deliberate bugs for proving that the fault suite can fail, and lost messages for proving
+//! that a node copes. Compiled in only with the
 //! `failpoints` cargo feature (the tests use it), and then active only when named in
 //! `CONCORD_FAILPOINTS` (comma-separated). A release build has none of this code.
 
@@ -8,6 +9,8 @@ pub enum Failpoint {
     StaleReads,
     /// Never fsync the log or the vote.
     SkipFsync,
+    /// Drop the leader's notice that this node was removed, as a partition would.
+    IgnoreRemovalNotice,
 }
 
 impl Failpoint {
@@ -15,6 +18,7 @@ impl Failpoint {
         match self {
             Failpoint::StaleReads => "stale-reads",
             Failpoint::SkipFsync => "skip-fsync",
+            Failpoint::IgnoreRemovalNotice => "ignore-removal-notice",
         }
     }
 }

@@ -233,6 +233,12 @@ pub async fn run(
     // shutdown, while Raft and its RPCs keep running for the requests in flight.
     let intake = cancel.child_token();
     let intake_tracker = TaskTracker::new();
+    tracker.spawn(api::membership::watch_removal(
+        ctx.clone(),
+        admin_token.clone(),
+        (config.raft.election_timeout_max() * 3).max(Duration::from_secs(3)),
+        cancel.clone(),
+    ));
     let server = api::server::Server::new(ctx, config.limits.max_in_flight);
     intake_tracker.spawn(log_failure(
         "node subjects",
@@ -321,8 +327,7 @@ pub async fn run(
     }
     // 2. A leader hands off to a caught-up follower, so the cluster does not wait out an
     //    election timeout.
-    let handoff_wait =
-        Duration::from_millis(config.raft.election_timeout_max_ms).min(HANDOFF_WAIT_MAX);
+    let handoff_wait = config.raft.election_timeout_max().min(HANDOFF_WAIT_MAX);
     match crate::raft::handoff::hand_off(&raft, &network, handoff_wait).await {
         crate::raft::handoff::Outcome::NotLeader | crate::raft::handoff::Outcome::SoleVoter => {}
         crate::raft::handoff::Outcome::HandedTo { node, after } => {

@@ -242,5 +242,56 @@ async fn learner_receives_data_but_does_not_vote_and_unsafe_changes_are_refused(
             .is_some_and(|l| l.is_empty()),
         "{s}"
     );
+
+    // A voter removed while it is down learns it at its next start and refuses to serve.
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let gone = others[1];
+    cluster.kill(gone).await?;
+    let run = cluster
+        .run_cli(&["--json", "cluster", "remove", &gone.to_string()])
+        .await?;
+    ensure!(run.code == Some(0), "{run:?}");
+    let exit = cluster
+        .run_node_until_exit(gone, Duration::from_secs(20))
+        .await?;
+    ensure!(!exit.success(), "a removed voter started serving again");
+    ensure!(
+        cluster.log(gone).contains("is not among them"),
+        "{}",
+        cluster.log(gone)
+    );
+
+    // A voter that misses the leader's removal notice (dropped here by a failpoint, as a
+    // partition would) hears from no leader afterwards; it asks the cluster, finds itself
+    // left out, and stops.
+    cluster.set_node_env(others[0], "CONCORD_FAILPOINTS", "ignore-removal-notice")?;
+    cluster.restart(others[0]).await?;
+    cluster.wait_stable(Duration::from_secs(30)).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    ensure!(
+        leader != others[0],
+        "the node with the failpoint leads; it must be a follower"
+    );
+    let run = cluster
+        .run_cli(&["--json", "cluster", "remove", &others[0].to_string()])
+        .await?;
+    ensure!(run.code == Some(0), "{run:?}");
+    let exit = cluster
+        .wait_exit(others[0], Duration::from_secs(30))
+        .await?;
+    ensure!(
+        exit.success(),
+        "the silently removed voter exited with {exit}"
+    );
+    ensure!(
+        cluster.log(others[0]).contains("no longer lists this node"),
+        "{}",
+        cluster.log(others[0])
+    );
+
+    let r = cluster
+        .request("kv.put", json!({"key": "alone", "value": 1}))
+        .await?;
+    ensure!(r["ok"] == true, "the last voter still serves: {r}");
     Ok(())
 }

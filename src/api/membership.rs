@@ -140,7 +140,7 @@ async fn on_leader(
             }
             let mut next = voters.clone();
             next.insert(id);
-            check_majority(ctx, &next, auth.as_deref()).await?;
+            check_majority(ctx, &voters, &next, auth.as_deref()).await?;
             handed.store(true, Ordering::Release);
             ctx.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
@@ -165,7 +165,7 @@ async fn on_leader(
                     ))
                     .into());
                 }
-                check_majority(ctx, &next, auth.as_deref()).await?;
+                check_majority(ctx, &voters, &next, auth.as_deref()).await?;
                 handed.store(true, Ordering::Release);
                 ctx.raft
                     .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -299,30 +299,35 @@ async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), S
     }
 }
 
-/// Refuses a change after which the voters that answer now would not be a majority.
+/// Refuses a change unless the voters that answer now are a majority of the new voter set
+/// and of the current one: the change commits through a joint configuration that needs both.
 async fn check_majority(
     ctx: &Ctx,
+    current: &BTreeSet<NodeId>,
     next: &BTreeSet<NodeId>,
     auth: Option<&str>,
 ) -> Result<(), Step> {
-    let pings = next
-        .iter()
+    let pings = current
+        .union(next)
         .filter(|&&v| v != ctx.me)
-        .map(|&v| async move { (v, ping(ctx, v, auth).await) });
+        .map(|&v| async move { (v, ping(ctx, v, auth).await.is_ok()) });
     let answers = futures::future::join_all(pings).await;
-    let silent: Vec<String> = answers
+    let silent: BTreeSet<NodeId> = answers
         .iter()
-        .filter(|(_, r)| r.is_err())
-        .map(|(v, _)| v.to_string())
+        .filter(|(_, ok)| !ok)
+        .map(|(v, _)| *v)
         .collect();
-    let answering = next.len() - silent.len();
-    if answering * 2 <= next.len() {
-        return Err(bad_request(format!(
-            "refused: only {answering} of the {} voters of the new set answer now (node(s) {} do not), which is not a majority",
-            next.len(),
-            silent.join(", ")
-        ))
-        .into());
+    for (set, which) in [(next, "new"), (current, "current")] {
+        let down: Vec<String> = set.intersection(&silent).map(|v| v.to_string()).collect();
+        let answering = set.len() - down.len();
+        if answering * 2 <= set.len() {
+            return Err(bad_request(format!(
+                "refused: only {answering} of the {} voters of the {which} set answer now (node(s) {} do not), which is not a majority",
+                set.len(),
+                down.join(", ")
+            ))
+            .into());
+        }
     }
     Ok(())
 }
@@ -371,10 +376,86 @@ fn removed_notice(ctx: &Ctx, msg: &Message, body: &MemberBody) -> Result<Vec<u8>
     }
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
     ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    if crate::failpoints::enabled(crate::failpoints::Failpoint::IgnoreRemovalNotice) {
+        return Err(internal("failpoint ignore-removal-notice: notice dropped"));
+    }
     tracing::warn!(
         node = ctx.me,
         "removed from the cluster by the leader; stopping"
     );
     ctx.removed.cancel();
     Ok(codec::encode_ok(&serde_json::json!({"ok": true})))
+}
+
+/// A node removed while it could not be told (paused, partitioned) never hears from the
+/// leader again, yet would keep campaigning and answering clients. When a member has had no
+/// leader contact for `quiet`, it asks the cluster whether it is still a member, and stops
+/// if the leader's membership leaves it out.
+pub async fn watch_removal(
+    ctx: std::sync::Arc<Ctx>,
+    admin_token: Option<String>,
+    quiet: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(quiet / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let m = ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        // A node waiting to be added is not in its own membership: nothing to check.
+        let listed = membership
+            .voter_ids()
+            .chain(membership.learner_ids())
+            .any(|id| id == ctx.me);
+        let heard = ctx.contact.since().is_some_and(|d| d < quiet);
+        if m.state == ServerState::Leader || !listed || heard {
+            continue;
+        }
+        if leader_dropped_me(&ctx, admin_token.as_deref()).await {
+            tracing::warn!(
+                node = ctx.me,
+                "the leader's membership no longer lists this node: it was removed while it could not be told; stopping"
+            );
+            ctx.removed.cancel();
+            return;
+        }
+    }
+}
+
+/// Asks `P.admin.members` (answered by the leader); true only when a leader other than this
+/// node answers and lists it neither as voter nor as learner.
+async fn leader_dropped_me(ctx: &Ctx, admin_token: Option<&str>) -> bool {
+    #[derive(Deserialize)]
+    struct Listed {
+        leader: Option<NodeId>,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(t) = admin_token {
+        headers.insert("Authorization", format!("Bearer {t}").as_str());
+    }
+    let req = async_nats::Request::new()
+        .payload("{}".into())
+        .headers(headers)
+        .timeout(Some(PING_TIMEOUT));
+    let Ok(reply) = ctx
+        .client
+        .send_request(ctx.subjects.admin(AdminOp::Members), req)
+        .await
+    else {
+        return false;
+    };
+    match serde_json::from_slice::<Listed>(&reply.payload) {
+        Ok(l) => {
+            l.leader.is_some_and(|leader| leader != ctx.me)
+                && !l.voters.contains(&ctx.me)
+                && !l.learners.contains(&ctx.me)
+        }
+        Err(_) => false,
+    }
 }
