@@ -672,25 +672,14 @@ pub struct Setting {
 
 /// Every leaf setting of `config`, masked as [`Config::redacted`], with its source.
 fn settings(config: &Config, figment: &Figment) -> Vec<Setting> {
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            other => out.push((prefix.to_string(), other.clone())),
-        }
-    }
     let masked: serde_json::Value =
         serde_json::from_str(&config.redacted()).unwrap_or(serde_json::Value::Null);
     let mut leaves = Vec::new();
-    walk("", &masked, &mut leaves);
+    visit_keys("", &masked, &mut |key, value| {
+        if !value.is_object() {
+            leaves.push((key.to_string(), value.clone()));
+        }
+    });
     leaves
         .into_iter()
         .map(|(key, value)| {
@@ -763,24 +752,28 @@ const CLI_ENV: &[&str] = &["CONCORD_TOKEN", "CONCORD_TIMEOUT_MS", "CONCORD_JSON"
 
 /// Every dotted key of the configuration (`nats.url`, `data_dir`, ...).
 pub fn known_keys() -> BTreeSet<String> {
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
-        if let serde_json::Value::Object(map) = v {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                walk(&key, v, out);
-                out.insert(key);
-            }
-        }
-    }
     let mut out = BTreeSet::new();
     if let Ok(v) = serde_json::to_value(Config::default()) {
-        walk("", &v, &mut out);
+        visit_keys("", &v, &mut |key, _| {
+            out.insert(key.to_string());
+        });
     }
     out
+}
+
+/// Calls `f` with the dotted path of every key under `v` (sections and leaves).
+fn visit_keys(prefix: &str, v: &serde_json::Value, f: &mut impl FnMut(&str, &serde_json::Value)) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, v) in map {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            f(&key, v);
+            visit_keys(&key, v, f);
+        }
+    }
 }
 
 /// figment errors name the key path and the source; keep both in one line.
