@@ -168,7 +168,7 @@ async fn graceful_body(cluster: &Cluster) -> Result<()> {
 /// Proves that a second SIGTERM during a graceful shutdown ends the process at once with
 /// exit code 130: the leader of a 3-node cluster whose followers are frozen (SIGSTOP) holds
 /// a put that cannot commit (its deadline is 30 s), so after the first SIGTERM it waits up to
-/// 5 s for that request; the second SIGTERM, 300 ms later, makes it exit with 130 (a graceful
+/// 5 s for that request; a second SIGTERM once it has begun shutting down makes it exit with 130 (a graceful
 /// exit would be 0). The followers are resumed, the old leader restarted, and the cluster
 /// serves again; the put, never acknowledged, may or may not have been applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,15 +180,33 @@ async fn second_sigterm_forces_exit() -> Result<()> {
         for &f in &followers {
             cluster.pause(f).await?;
         }
+        let last_log = |s: Value| s["last_log_index"].as_u64().unwrap_or(0);
+        let before = last_log(cluster.status(leader).await?);
         let subject = cluster.subject(&format!("node.{leader}.kv.put"));
         let body = json!({"key": "stuck", "value": 1, "timeout_ms": 30_000});
         let stuck = cluster.request_raw(&subject, None, to_bytes(&body), Duration::from_secs(3));
         let signals = async {
-            // The put is in flight once the leader has it; give it a moment to get there.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The put is in flight once the leader has appended it.
+            cluster
+                .wait_until(
+                    Duration::from_secs(10),
+                    "the put in the leader's log",
+                    || async { Ok(last_log(cluster.status(leader).await?) > before) },
+                )
+                .await?;
             let started = Instant::now();
             cluster.signal_node(leader, "-TERM")?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster
+                .wait_until(
+                    Duration::from_secs(10),
+                    "the leader to begin its shutdown",
+                    || async {
+                        Ok(cluster
+                            .log(leader)
+                            .contains("shutting down: taking no new requests"))
+                    },
+                )
+                .await?;
             cluster.signal_node(leader, "-TERM")?;
             let status = cluster.wait_exit(leader, EXIT_LIMIT).await?;
             Ok::<_, anyhow::Error>((status, started.elapsed()))
