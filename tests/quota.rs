@@ -211,12 +211,7 @@ async fn quota_scenario(cluster: &Cluster) -> Result<()> {
         .into_iter()
         .find(|&id| id != leader)
         .unwrap_or(1);
-    let had = cluster.status(lagging).await?["last_applied"]
-        .as_u64()
-        .unwrap_or(0);
-    cluster.kill(lagging).await?;
-    let purged = cluster.fill_until_purged(had + 10, None).await?;
-    cluster.restart(lagging).await?;
+    let purged = cluster.restart_behind_snapshot(lagging).await?;
     let (expected, _) = scanned_bytes(cluster).await?;
     wait_all_report(cluster, expected).await?;
     let snapshot_index = cluster.status(lagging).await?["snapshot_index"]

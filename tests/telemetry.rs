@@ -403,12 +403,7 @@ async fn snapshots_body(cluster: &Cluster) -> Result<()> {
 
     // A follower left behind until only a snapshot can bring it back.
     let lagging = if leader == 3 { 2 } else { 3 };
-    let had = cluster.status(lagging).await?["last_applied"]
-        .as_u64()
-        .unwrap_or(0);
-    cluster.kill(lagging).await?;
-    let purged = cluster.fill_until_purged(had + 10, None).await?;
-    cluster.restart(lagging).await?;
+    let purged = cluster.restart_behind_snapshot(lagging).await?;
     events
         .wait(
             Duration::from_secs(60),

@@ -456,6 +456,17 @@ impl Cluster {
         Some(h)
     }
 
+    /// Leaves node `id` behind: kills it, writes until the leader has purged its log past
+    /// what `id` had applied, and restarts it, so it can only catch up by a snapshot
+    /// install. Returns the leader's purged index.
+    pub async fn restart_behind_snapshot(&self, id: u64) -> Result<u64> {
+        let had = self.status(id).await?["last_applied"].as_u64().unwrap_or(0);
+        self.kill(id).await?;
+        let purged = self.fill_until_purged(had + 10, None).await?;
+        self.restart(id).await?;
+        Ok(purged)
+    }
+
     /// Puts (bounded, on `P.kv.put`, with `headers`) until the leader has purged its log
     /// beyond `index`, so that a node behind `index` can only catch up by a snapshot.
     /// Returns the leader's purged index.
