@@ -102,9 +102,11 @@ pub async fn handle_backup(ctx: &Ctx, msg: &Message) -> Vec<u8> {
 
 async fn backup_inner(ctx: &Ctx, msg: &Message, arrival: Instant) -> Result<Vec<u8>, WireError> {
     let body: BackupBody = decode(&msg.payload)?;
-    let timeout_len = route::header_timeout(msg.headers.as_ref())
-        .or(body.timeout_ms.map(Duration::from_millis))
-        .unwrap_or(ctx.default_timeout);
+    let timeout_len = route::timeout_len(
+        msg,
+        body.timeout_ms.map(Duration::from_millis),
+        ctx.default_timeout,
+    );
     // Set once the leader starts writing: past the deadline, the backup may still finish.
     let started = AtomicBool::new(false);
     let r = Routed {

@@ -38,9 +38,7 @@ async fn handle_kv_inner(
 ) -> Result<Vec<u8>, WireError> {
     let (req, common) = codec::decode_kv(op, &msg.payload)?;
     validate::request(&req, &ctx.limits)?;
-    let timeout_len = route::header_timeout(msg.headers.as_ref())
-        .or(common.timeout)
-        .unwrap_or(ctx.default_timeout);
+    let timeout_len = route::timeout_len(msg, common.timeout, ctx.default_timeout);
     let handed = AtomicBool::new(false);
     let r = Routed {
         msg,

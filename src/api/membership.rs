@@ -52,9 +52,11 @@ pub async fn handle_member(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
     let arrival = Instant::now();
     let res = async {
         let body = decode(&msg.payload)?;
-        let timeout_len = route::header_timeout(msg.headers.as_ref())
-            .or(body.timeout_ms.map(Duration::from_millis))
-            .unwrap_or(ctx.default_timeout);
+        let timeout_len = route::timeout_len(
+            msg,
+            body.timeout_ms.map(Duration::from_millis),
+            ctx.default_timeout,
+        );
         if op == AdminOp::MemberRemoved {
             return removed_notice(ctx, msg, &body);
         }

@@ -56,7 +56,15 @@ pub fn deadline_for(arrival: Instant, timeout: Duration) -> Instant {
     arrival + timeout.saturating_sub(margin)
 }
 
-pub fn header_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
+/// How long a request may take: the `Concord-Timeout-Ms` header, else the body's
+/// `timeout_ms`, else the node's default.
+pub fn timeout_len(msg: &Message, body: Option<Duration>, default: Duration) -> Duration {
+    header_timeout(msg.headers.as_ref())
+        .or(body)
+        .unwrap_or(default)
+}
+
+fn header_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
     let v = headers?.get(HEADER_TIMEOUT_MS)?;
     v.as_str()
         .trim()

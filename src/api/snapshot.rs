@@ -37,9 +37,11 @@ async fn snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     let body = codec::decode_admin(&msg.payload)?;
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
     ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
-    let timeout_len = route::header_timeout(msg.headers.as_ref())
-        .or(body.timeout_ms.map(Duration::from_millis))
-        .unwrap_or(ctx.default_timeout);
+    let timeout_len = route::timeout_len(
+        msg,
+        body.timeout_ms.map(Duration::from_millis),
+        ctx.default_timeout,
+    );
     let deadline = route::deadline_for(arrival, timeout_len);
     let mut metrics = ctx.raft.metrics();
     let target = metrics.borrow().last_applied.map(|l| l.index);

@@ -124,9 +124,11 @@ async fn handle_inner(
     arrival: Instant,
 ) -> Result<Vec<u8>, WireError> {
     let (req, token, timeout_ms) = decode(op, &msg.payload)?;
-    let timeout_len = route::header_timeout(msg.headers.as_ref())
-        .or(timeout_ms.map(Duration::from_millis))
-        .unwrap_or(ctx.default_timeout);
+    let timeout_len = route::timeout_len(
+        msg,
+        timeout_ms.map(Duration::from_millis),
+        ctx.default_timeout,
+    );
     let handed = AtomicBool::new(false);
     let r = Routed {
         msg,
