@@ -90,44 +90,35 @@ pub fn role_name(state: ServerState) -> &'static str {
 }
 
 pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
-    if matches!(
-        op,
-        AdminOp::TokenCreate | AdminOp::TokenRevoke | AdminOp::TokenList
-    ) {
-        return super::tokens::handle_token(ctx, op, msg).await;
-    }
-    if matches!(
-        op,
+    match op {
+        AdminOp::TokenCreate | AdminOp::TokenRevoke | AdminOp::TokenList => {
+            super::tokens::handle_token(ctx, op, msg).await
+        }
         AdminOp::MemberAdd
-            | AdminOp::MemberPromote
-            | AdminOp::MemberRemove
-            | AdminOp::MemberRemoved
-    ) {
-        return super::membership::handle_member(ctx, op, msg).await;
-    }
-    if op == AdminOp::Snapshot {
-        return super::snapshot::handle_snapshot(ctx, msg).await;
-    }
-    if op == AdminOp::Backup {
-        return super::backup::handle_backup(ctx, msg).await;
-    }
-    if op == AdminOp::BackupChunk {
-        return super::backup::handle_chunk(ctx, msg).await;
-    }
-    let res = async {
-        let body = codec::decode_admin(&msg.payload)?;
-        // Status and membership are this node's own view: checked against its own table.
-        let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-        ctx.auth.check(ctx.view.tokens(), cred, Role::Read)?;
-        match op {
-            AdminOp::Status => status(ctx, body.digest).await.map(|s| codec::encode_ok(&s)),
-            _ => Ok(members_from_leader(ctx, msg).await),
+        | AdminOp::MemberPromote
+        | AdminOp::MemberRemove
+        | AdminOp::MemberRemoved => super::membership::handle_member(ctx, op, msg).await,
+        AdminOp::Snapshot => super::snapshot::handle_snapshot(ctx, msg).await,
+        AdminOp::Backup => super::backup::handle_backup(ctx, msg).await,
+        AdminOp::BackupChunk => super::backup::handle_chunk(ctx, msg).await,
+        AdminOp::Status | AdminOp::Members => {
+            match own_view(ctx, op == AdminOp::Status, msg).await {
+                Ok(b) => b,
+                Err(e) => codec::encode_error(&e),
+            }
         }
     }
-    .await;
-    match res {
-        Ok(b) => b,
-        Err(e) => codec::encode_error(&e),
+}
+
+/// Status and membership are this node's own view: checked against its own token table.
+async fn own_view(ctx: &Ctx, status_asked: bool, msg: &Message) -> Result<Vec<u8>, WireError> {
+    let body = codec::decode_admin(&msg.payload)?;
+    let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+    ctx.auth.check(ctx.view.tokens(), cred, Role::Read)?;
+    if status_asked {
+        status(ctx, body.digest).await.map(|s| codec::encode_ok(&s))
+    } else {
+        Ok(members_from_leader(ctx, msg).await)
     }
 }
 
