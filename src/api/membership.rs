@@ -27,6 +27,8 @@ const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 /// A learner further behind than this is not promoted: as a voter it would slow every commit
 /// until it caught up, and could cost the quorum if another voter failed meanwhile.
 pub const PROMOTE_MAX_LAG: u64 = 100;
+/// In the refusal of a learner that is too far behind: the CLI waits and asks again.
+pub const BEHIND_LEADER: &str = "log entries behind the leader";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,7 +138,7 @@ async fn on_leader(
             let lag = replication_lag(&m, id);
             if lag > PROMOTE_MAX_LAG {
                 return Err(bad_request(format!(
-                    "node {id} is {lag} log entries behind the leader (at most {PROMOTE_MAX_LAG} to be promoted); wait for it to catch up"
+                    "node {id} is {lag} {BEHIND_LEADER} (at most {PROMOTE_MAX_LAG} to be promoted); wait for it to catch up"
                 ))
                 .into());
             }
