@@ -8,16 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use common::writes::{assert_digests_equal, check_write_log, wait_converged, WriteLog};
 use common::{to_bytes, Cluster};
-use concord::client::{Client, ClientError};
-use concord::ErrorKind;
-use futures::stream::{self, StreamExt};
+use concord::client::Client;
 use serde_json::{json, Value};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,7 +114,7 @@ async fn graceful_body(cluster: &Cluster) -> Result<()> {
     );
     let done_at_stop = progress.load(Ordering::Relaxed);
     cluster.restart(leader).await?;
-    wait_converged(cluster, CATCH_UP_TIMEOUT).await?;
+    wait_converged(cluster, &cluster.ids(), CATCH_UP_TIMEOUT).await?;
     ramp().await?;
 
     // 2. A follower.
@@ -160,9 +158,10 @@ async fn graceful_body(cluster: &Cluster) -> Result<()> {
         "writes with an unknown outcome (a graceful stop answers what is in flight): {:?}",
         log.unknown
     );
-    check_acked(&client, &log).await?;
-    wait_converged(cluster, CATCH_UP_TIMEOUT).await?;
-    assert_digests_equal(cluster).await
+    check_write_log(cluster, &client, &log).await?;
+    let ids = cluster.ids();
+    wait_converged(cluster, &ids, CATCH_UP_TIMEOUT).await?;
+    assert_digests_equal(cluster, &ids).await
 }
 
 /// Proves that a second SIGTERM during a graceful shutdown ends the process at once with
@@ -270,145 +269,4 @@ async fn stop_measured(
     let (status, exited_after) = stopped?;
     let (leader, elected_after) = elected?;
     Ok((status, exited_after, leader, elected_after))
-}
-
-/// What the writers learned, by outcome.
-#[derive(Default)]
-struct WriteLog {
-    acked: BTreeMap<String, (Value, u64)>,
-    /// `cluster_not_ready` / `busy` / no responders: never applied.
-    refused: BTreeMap<String, String>,
-    unknown: BTreeMap<String, String>,
-}
-
-impl WriteLog {
-    fn record(&mut self, key: String, value: Value, res: Result<u64, ClientError>) {
-        match res {
-            Ok(rev) => {
-                self.acked.insert(key, (value, rev));
-            }
-            Err(e) if not_applied(&e) => {
-                self.refused.insert(key, e.to_string());
-            }
-            Err(e) => {
-                self.unknown.insert(key, e.to_string());
-            }
-        }
-    }
-
-    fn merge(&mut self, other: WriteLog) {
-        self.acked.extend(other.acked);
-        self.refused.extend(other.refused);
-        self.unknown.extend(other.unknown);
-    }
-}
-
-fn not_applied(e: &ClientError) -> bool {
-    match e {
-        ClientError::Server(w) => matches!(w.code, ErrorKind::ClusterNotReady | ErrorKind::Busy),
-        ClientError::Nats(m) => m.starts_with("no responders"),
-        _ => false,
-    }
-}
-
-/// Every acked key reads back (linearizable) with its acked value and revision; acked
-/// revisions are distinct; refused keys are absent.
-async fn check_acked(client: &Client, log: &WriteLog) -> Result<()> {
-    let mut by_revision: BTreeMap<u64, &str> = BTreeMap::new();
-    for (key, (_, rev)) in &log.acked {
-        if let Some(other) = by_revision.insert(*rev, key) {
-            bail!("revision {rev} was acked for two puts: {other} and {key}");
-        }
-    }
-    let keys: Vec<&String> = log.acked.keys().chain(log.refused.keys()).collect();
-    let results: Vec<_> = stream::iter(keys)
-        .map(|key| {
-            let client = client.clone();
-            async move { (key, client.get(key).await) }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut failures = Vec::new();
-    for (key, got) in results {
-        match (log.acked.get(key), got) {
-            (Some((value, rev)), Ok(Some(v))) if v.value == *value && v.revision == *rev => {}
-            (Some((value, rev)), Ok(Some(v))) => failures.push(format!(
-                "{key}: acked {value} at revision {rev}, reads {} at revision {}",
-                v.value, v.revision
-            )),
-            (Some((value, rev)), Ok(None)) => failures.push(format!(
-                "{key}: acked {value} at revision {rev}, now missing"
-            )),
-            (None, Ok(None)) => {}
-            (None, Ok(Some(v))) => failures.push(format!(
-                "{key} was refused ({}) but holds {v:?}",
-                log.refused[key]
-            )),
-            (_, Err(e)) => failures.push(format!("{key}: get failed: {e}")),
-        }
-    }
-    ensure!(
-        failures.is_empty(),
-        "{} lost or wrong writes:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    eprintln!("{} acked writes read back exactly", log.acked.len());
-    Ok(())
-}
-
-/// Waits until all three nodes have applied the leader's commit index and reached its
-/// revision.
-async fn wait_converged(cluster: &Cluster, timeout: Duration) -> Result<()> {
-    cluster
-        .wait_until(timeout, "every node to reach the leader's revision", || async {
-            let leader = cluster
-                .agreed_leader()
-                .await?
-                .ok_or_else(|| anyhow!("no agreed leader"))?;
-            let ls = cluster.status(leader).await?;
-            let commit = ls["commit_index"].as_u64().unwrap_or(0);
-            for id in cluster.ids() {
-                let s = cluster.status(id).await?;
-                ensure!(
-                    s["last_applied"].as_u64().unwrap_or(0) >= commit
-                        && s["revision"] == ls["revision"],
-                    "node {id}: last_applied {} revision {} (leader {leader}: commit {commit} revision {})",
-                    s["last_applied"],
-                    s["revision"],
-                    ls["revision"]
-                );
-            }
-            Ok(true)
-        })
-        .await
-}
-
-/// The keyspace digests of the three nodes are identical (no write in flight).
-async fn assert_digests_equal(cluster: &Cluster) -> Result<()> {
-    let mut digests = BTreeMap::new();
-    for id in cluster.ids() {
-        let subject = cluster.subject(&format!("node.{id}.admin.status"));
-        let s = cluster
-            .request_raw(
-                &subject,
-                None,
-                to_bytes(&json!({"digest": true})),
-                Duration::from_secs(15),
-            )
-            .await
-            .with_context(|| format!("digest status of node {id}"))?;
-        let d = s["digest"]
-            .as_str()
-            .ok_or_else(|| anyhow!("status of node {id} has no digest: {s}"))?;
-        digests.insert(id, (d.to_string(), s["revision"].clone()));
-    }
-    let first = digests.values().next().map(|(d, _)| d.clone());
-    ensure!(
-        digests.values().all(|(d, _)| Some(d) == first.as_ref()),
-        "keyspace digests differ: {digests:?}"
-    );
-    eprintln!("digests equal: {digests:?}");
-    Ok(())
 }

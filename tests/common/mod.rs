@@ -24,6 +24,8 @@
 //! `CONCORD_TEST_BIN` (the node binary; default the `concord` that cargo built for the test).
 #![allow(dead_code)]
 
+pub mod writes;
+
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
