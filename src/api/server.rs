@@ -20,9 +20,11 @@ use crate::observe::ReqOp;
 use crate::signing::{self, HEADER_MAC};
 use crate::subjects::{Addressed, AdminOp, KvOp};
 
-/// Queue subscriptions the leader holds on `P.kv.*` (a follower holds one): with 3 nodes,
-/// 2 of 18 requests reach a follower first instead of 2 of 3.
-const LEADER_KV_SUBSCRIPTIONS: usize = 16;
+/// Queue subscriptions the leader holds on `P.kv.*` (a follower holds one): NATS picks a
+/// queue member at random, so with 3 nodes 2 of 66 requests reach a follower first (and pay a
+/// forwarding hop) instead of 2 of 3. Measured at 64 clients against 16 subscriptions (2 of
+/// 18): 8 % more puts and 10-20 % more linearizable gets per second, 8-12 % less CPU per op.
+const LEADER_KV_SUBSCRIPTIONS: usize = 64;
 
 /// Longest a cancelled subscription keeps delivering what NATS had routed to it.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
