@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::log_store::read_bincode;
+use super::sizes::{BatchSizes, SizeCache};
 use super::snapshot::{Record as Streamed, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use super::{keys, Error, Store};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
@@ -62,6 +63,8 @@ pub struct StateView {
     snapshot_record: Mutex<()>,
     /// The applied token table, in memory: every authenticated request looks here.
     tokens: TokenTable,
+    /// Stored value sizes of recently applied keys (apply only).
+    sizes: SizeCache,
 }
 
 /// The current snapshot as recorded in `meta`.
@@ -109,6 +112,7 @@ impl StateView {
             data_bytes: data_bytes.into(),
             snapshot_record: Mutex::new(()),
             tokens,
+            sizes: SizeCache::default(),
         }))
     }
 
@@ -270,7 +274,8 @@ fn apply_entries(
     let started = std::time::Instant::now();
     let mut probe = observer.apply_probe();
     let store = &view.store;
-    let (_, kv) = view.kv();
+    let (generation, kv) = view.kv();
+    let mut sizes = view.sizes.batch(&kv, generation);
     let mut batch = store.db.batch();
     let mut tally = Tally {
         revision: view.revision(),
@@ -283,22 +288,7 @@ fn apply_entries(
     };
     let mut last_applied = None;
     let mut membership = None;
-    // Keys written earlier in this batch (stored value size, `None`: deleted): later
-    // commands of the batch must see them.
-    let mut pending: HashMap<String, Option<u64>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(entries.len());
-
-    /// The stored value size of `key`, or `None` when it is absent.
-    fn stored(
-        kv: &Keyspace,
-        pending: &HashMap<String, Option<u64>>,
-        key: &str,
-    ) -> Result<Option<u64>, Error> {
-        match pending.get(key) {
-            Some(size) => Ok(*size),
-            None => Ok(kv.size_of(key.as_bytes())?.map(u64::from)),
-        }
-    }
 
     /// The running figures of one apply batch.
     struct Tally<'a> {
@@ -326,19 +316,19 @@ fn apply_entries(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
-        pending: &mut HashMap<String, Option<u64>>,
+        sizes: &mut BatchSizes,
         t: &mut Tally,
         at: &mut Applying,
     ) -> Result<Outcome, Error> {
         if let Command::Batch(cmds) = cmd {
             let mut out = Vec::with_capacity(cmds.len());
             for c in cmds {
-                out.push(run(c, kv, batch, pending, t, at)?);
+                out.push(run(c, kv, batch, sizes, t, at)?);
             }
             return Ok(Outcome::Batch(out));
         }
         let Some(started) = at.probe.start() else {
-            return run_one(cmd, kv, batch, pending, t);
+            return run_one(cmd, kv, batch, sizes, t);
         };
         let operation = cmd.name();
         let key = match &cmd {
@@ -347,7 +337,7 @@ fn apply_entries(
             }
             _ => None,
         };
-        let outcome = run_one(cmd, kv, batch, pending, t)?;
+        let outcome = run_one(cmd, kv, batch, sizes, t)?;
         at.probe.record(started, operation, at.index, key);
         Ok(outcome)
     }
@@ -362,7 +352,7 @@ fn apply_entries(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
-        pending: &mut HashMap<String, Option<u64>>,
+        sizes: &mut BatchSizes,
         t: &mut Tally,
     ) -> Result<Outcome, Error> {
         Ok(match cmd {
@@ -373,7 +363,7 @@ fn apply_entries(
             }
             Command::Put { key, value } => {
                 t.revision += 1;
-                match stored(kv, pending, &key)? {
+                match sizes.get(&key)? {
                     Some(old) => {
                         t.data_bytes = t
                             .data_bytes
@@ -385,20 +375,20 @@ fn apply_entries(
                 t.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
                 let size = stored_value.len() as u64;
                 batch.insert(kv, key.as_bytes(), stored_value);
-                pending.insert(key, Some(size));
+                sizes.set(key, Some(size));
                 Outcome::Put {
                     revision: t.revision,
                 }
             }
             Command::Delete { key } => {
-                if let Some(old) = stored(kv, pending, &key)? {
+                if let Some(old) = sizes.get(&key)? {
                     t.revision += 1;
                     t.key_count = t.key_count.saturating_sub(1);
                     t.data_bytes = t
                         .data_bytes
                         .saturating_sub(keys::entry_bytes(key.len(), old as usize));
                     batch.remove(kv, key.as_bytes());
-                    pending.insert(key, None);
+                    sizes.set(key, None);
                     Outcome::Delete {
                         deleted: true,
                         revision: t.revision,
@@ -457,7 +447,7 @@ fn apply_entries(
                     cmd.command,
                     &kv,
                     &mut batch,
-                    &mut pending,
+                    &mut sizes,
                     &mut tally,
                     &mut at,
                 )?
@@ -476,6 +466,7 @@ fn apply_entries(
     batch.insert(&store.sm_meta, keys::SM_DATA_BYTES, enc(&tally.data_bytes));
     // Not fsynced: the log is durable and everything after `last_applied` is re-applied.
     batch.commit()?;
+    sizes.committed();
 
     let Tally {
         revision,

@@ -186,12 +186,20 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
         assert_eq!(applied, Some(log_id(1, 501)));
         let current = sm_b.get_current_snapshot().await.unwrap().expect("kept");
         assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+
+        // Keys this node wrote before the install are new again after it (no stale size
+        // from before the install counts).
+        sm_b.apply(vec![put(1, 502, "stray", "1"), put(1, 503, "k0007", "2")])
+            .await
+            .unwrap();
+        assert_eq!(view_b.key_count(), 501);
+        assert_eq!(view_b.data_bytes(), live_data_bytes(&view_b));
     });
     // And it survives a reopen of the installing node.
     let (_, view_b) = open(b.path());
-    assert_eq!(view_b.revision(), 501);
+    assert_eq!(view_b.revision(), 503);
     assert_eq!(view_b.get("k0001").unwrap(), Some((1, b"1".to_vec())));
-    assert_eq!(view_b.data_bytes(), snapshot_data_bytes());
+    assert_eq!(view_b.data_bytes(), live_data_bytes(&view_b));
 }
 
 /// Live data size of the state built above: key + revision + JSON of each live key.
@@ -199,5 +207,66 @@ fn snapshot_data_bytes() -> u64 {
     (1..=500u64)
         .filter(|&i| i != 7)
         .map(|i| 5 + 8 + i.to_string().len() as u64)
+        .sum()
+}
+
+/// Key count and live data size stay exact over puts, overwrites and deletes of the same keys
+/// within one batch and across batches (where the sizes of earlier batches are remembered).
+#[test]
+fn apply_keeps_key_count_and_data_size_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (_, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        let delete = |index, key: &str| Entry::<TypeConfig> {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(LogCommand::new(Command::Delete { key: key.into() })),
+        };
+        sm.apply(vec![
+            put(1, 1, "a", "1"),
+            put(1, 2, "b", "22"),
+            put(1, 3, "a", "333"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            (view.key_count(), view.data_bytes()),
+            (2, live_data_bytes(&view))
+        );
+        sm.apply(vec![
+            delete(4, "b"),
+            put(1, 5, "c", "4"),
+            put(1, 6, "a", "55"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            (view.key_count(), view.data_bytes()),
+            (2, live_data_bytes(&view))
+        );
+        sm.apply(vec![delete(7, "b"), put(1, 8, "b", "6666"), delete(9, "c")])
+            .await
+            .unwrap();
+        assert_eq!(
+            (view.key_count(), view.data_bytes()),
+            (2, live_data_bytes(&view))
+        );
+        assert_eq!(view.data_bytes(), (1 + 8 + 2) + (1 + 8 + 4));
+    });
+    // The figures written with the last batch are what a reopened node starts from.
+    let (_, view) = open(dir.path());
+    assert_eq!(
+        (view.key_count(), view.data_bytes()),
+        (2, live_data_bytes(&view))
+    );
+}
+
+/// Live data size recounted from the keyspace: key + revision + JSON of every key.
+fn live_data_bytes(view: &StateView) -> u64 {
+    let (items, more) = view.scan("", None, usize::MAX, usize::MAX).unwrap();
+    assert!(!more);
+    items
+        .iter()
+        .map(|i| (i.key.len() + 8 + i.json.len()) as u64)
         .sum()
 }
