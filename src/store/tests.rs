@@ -222,35 +222,22 @@ fn apply_keeps_key_count_and_data_size_exact() {
             log_id: log_id(1, index),
             payload: EntryPayload::Normal(LogCommand::new(Command::Delete { key: key.into() })),
         };
-        sm.apply(vec![
-            put(1, 1, "a", "1"),
-            put(1, 2, "b", "22"),
-            put(1, 3, "a", "333"),
-        ])
-        .await
-        .unwrap();
-        assert_eq!(
-            (view.key_count(), view.data_bytes()),
-            (2, live_data_bytes(&view))
-        );
-        sm.apply(vec![
-            delete(4, "b"),
-            put(1, 5, "c", "4"),
-            put(1, 6, "a", "55"),
-        ])
-        .await
-        .unwrap();
-        assert_eq!(
-            (view.key_count(), view.data_bytes()),
-            (2, live_data_bytes(&view))
-        );
-        sm.apply(vec![delete(7, "b"), put(1, 8, "b", "6666"), delete(9, "c")])
-            .await
-            .unwrap();
-        assert_eq!(
-            (view.key_count(), view.data_bytes()),
-            (2, live_data_bytes(&view))
-        );
+        let batches = vec![
+            vec![
+                put(1, 1, "a", "1"),
+                put(1, 2, "b", "22"),
+                put(1, 3, "a", "333"),
+            ],
+            vec![delete(4, "b"), put(1, 5, "c", "4"), put(1, 6, "a", "55")],
+            vec![delete(7, "b"), put(1, 8, "b", "6666"), delete(9, "c")],
+        ];
+        for batch in batches {
+            sm.apply(batch).await.unwrap();
+            assert_eq!(
+                (view.key_count(), view.data_bytes()),
+                (2, live_data_bytes(&view))
+            );
+        }
         assert_eq!(view.data_bytes(), (1 + 8 + 2) + (1 + 8 + 4));
     });
     // The figures written with the last batch are what a reopened node starts from.
