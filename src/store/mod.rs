@@ -11,7 +11,7 @@ pub mod backup;
 pub mod keys;
 pub mod log_store;
 pub mod migrations;
-mod sizes;
+mod recent;
 pub mod snapshot;
 pub mod state_machine;
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::log_store::read_bincode;
-use super::sizes::{BatchSizes, SizeCache};
+use super::recent::{BatchWrites, RecentWrites};
 use super::snapshot::{Record as Streamed, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use super::{keys, Error, Store};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
@@ -63,8 +63,8 @@ pub struct StateView {
     snapshot_record: Mutex<()>,
     /// The applied token table, in memory: every authenticated request looks here.
     tokens: TokenTable,
-    /// Stored value sizes of recently applied keys (apply only).
-    sizes: SizeCache,
+    /// Stored values of recently applied keys: apply and gets look here before fjall.
+    recent: RecentWrites,
 }
 
 /// The current snapshot as recorded in `meta`.
@@ -112,7 +112,7 @@ impl StateView {
             data_bytes: data_bytes.into(),
             snapshot_record: Mutex::new(()),
             tokens,
-            sizes: SizeCache::default(),
+            recent: RecentWrites::default(),
         }))
     }
 
@@ -130,15 +130,19 @@ impl StateView {
 
     /// `(revision, JSON)` of `key`, if present.
     pub fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
-        let (_, kv) = self.kv();
-        match kv.get(key.as_bytes())? {
-            None => Ok(None),
-            Some(v) => {
-                let (rev, json) = keys::decode_value(&v).ok_or_else(|| {
-                    Error::Corrupt(format!("value of a key is {} bytes", v.len()))
-                })?;
-                Ok(Some((rev, json.to_vec())))
-            }
+        let (generation, kv) = self.kv();
+        let decode = |v: &[u8]| {
+            let (rev, json) = keys::decode_value(v)
+                .ok_or_else(|| Error::Corrupt(format!("value of a key is {} bytes", v.len())))?;
+            Ok(Some((rev, json.to_vec())))
+        };
+        match self.recent.get(generation, key) {
+            Some(None) => Ok(None),
+            Some(Some(v)) => decode(&v),
+            None => match kv.get(key.as_bytes())? {
+                None => Ok(None),
+                Some(v) => decode(&v),
+            },
         }
     }
 
@@ -275,7 +279,7 @@ fn apply_entries(
     let mut probe = observer.apply_probe();
     let store = &view.store;
     let (generation, kv) = view.kv();
-    let mut sizes = view.sizes.batch(&kv, generation);
+    let mut writes = view.recent.batch(&kv, generation);
     let mut batch = store.db.batch();
     let mut tally = Tally {
         revision: view.revision(),
@@ -316,19 +320,19 @@ fn apply_entries(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
-        sizes: &mut BatchSizes,
+        writes: &mut BatchWrites,
         t: &mut Tally,
         at: &mut Applying,
     ) -> Result<Outcome, Error> {
         if let Command::Batch(cmds) = cmd {
             let mut out = Vec::with_capacity(cmds.len());
             for c in cmds {
-                out.push(run(c, kv, batch, sizes, t, at)?);
+                out.push(run(c, kv, batch, writes, t, at)?);
             }
             return Ok(Outcome::Batch(out));
         }
         let Some(started) = at.probe.start() else {
-            return run_one(cmd, kv, batch, sizes, t);
+            return run_one(cmd, kv, batch, writes, t);
         };
         let operation = cmd.name();
         let key = match &cmd {
@@ -337,7 +341,7 @@ fn apply_entries(
             }
             _ => None,
         };
-        let outcome = run_one(cmd, kv, batch, sizes, t)?;
+        let outcome = run_one(cmd, kv, batch, writes, t)?;
         at.probe.record(started, operation, at.index, key);
         Ok(outcome)
     }
@@ -352,7 +356,7 @@ fn apply_entries(
         cmd: Command,
         kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
-        sizes: &mut BatchSizes,
+        writes: &mut BatchWrites,
         t: &mut Tally,
     ) -> Result<Outcome, Error> {
         Ok(match cmd {
@@ -363,7 +367,7 @@ fn apply_entries(
             }
             Command::Put { key, value } => {
                 t.revision += 1;
-                match sizes.get(&key)? {
+                match writes.size(&key)? {
                     Some(old) => {
                         t.data_bytes = t
                             .data_bytes
@@ -373,22 +377,22 @@ fn apply_entries(
                 }
                 let stored_value = keys::encode_value(t.revision, value.as_bytes());
                 t.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
-                let size = stored_value.len() as u64;
-                batch.insert(kv, key.as_bytes(), stored_value);
-                sizes.set(key, Some(size));
+                let stored_value: std::sync::Arc<[u8]> = stored_value.into();
+                batch.insert(kv, key.as_bytes(), &*stored_value);
+                writes.set(key, Some(stored_value));
                 Outcome::Put {
                     revision: t.revision,
                 }
             }
             Command::Delete { key } => {
-                if let Some(old) = sizes.get(&key)? {
+                if let Some(old) = writes.size(&key)? {
                     t.revision += 1;
                     t.key_count = t.key_count.saturating_sub(1);
                     t.data_bytes = t
                         .data_bytes
                         .saturating_sub(keys::entry_bytes(key.len(), old as usize));
                     batch.remove(kv, key.as_bytes());
-                    sizes.set(key, None);
+                    writes.set(key, None);
                     Outcome::Delete {
                         deleted: true,
                         revision: t.revision,
@@ -447,7 +451,7 @@ fn apply_entries(
                     cmd.command,
                     &kv,
                     &mut batch,
-                    &mut sizes,
+                    &mut writes,
                     &mut tally,
                     &mut at,
                 )?
@@ -466,7 +470,7 @@ fn apply_entries(
     batch.insert(&store.sm_meta, keys::SM_DATA_BYTES, enc(&tally.data_bytes));
     // Not fsynced: the log is durable and everything after `last_applied` is re-applied.
     batch.commit()?;
-    sizes.committed();
+    writes.committed();
 
     let Tally {
         revision,

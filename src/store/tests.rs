@@ -193,6 +193,7 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
             .await
             .unwrap();
         assert_eq!(view_b.key_count(), 501);
+        assert_eq!(view_b.get("stray").unwrap(), Some((502, b"1".to_vec())));
         assert_eq!(view_b.data_bytes(), live_data_bytes(&view_b));
     });
     // And it survives a reopen of the installing node.
@@ -239,6 +240,10 @@ fn apply_keeps_key_count_and_data_size_exact() {
             );
         }
         assert_eq!(view.data_bytes(), (1 + 8 + 2) + (1 + 8 + 4));
+        // Gets see the last write of each key, deletes included.
+        assert_eq!(view.get("a").unwrap(), Some((6, b"55".to_vec())));
+        assert_eq!(view.get("b").unwrap(), Some((7, b"6666".to_vec())));
+        assert_eq!(view.get("c").unwrap(), None);
     });
     // The figures written with the last batch are what a reopened node starts from.
     let (_, view) = open(dir.path());
