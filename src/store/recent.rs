@@ -9,9 +9,9 @@
 //! new one, and readers of the new keyspace ignore the old entries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use fjall::Keyspace;
+use fjall::{Keyspace, Slice};
 
 use super::Error;
 
@@ -20,8 +20,9 @@ const MAX_KEYS: usize = 1 << 17;
 /// Stored bytes remembered at most (keys and values).
 const MAX_BYTES: usize = 32 << 20;
 
-/// A key's stored bytes (revision + JSON, as in fjall), `None` for a key known to be absent.
-pub type Stored = Option<Arc<[u8]>>;
+/// A key's stored bytes (revision + JSON, the very slice fjall holds; clones share it),
+/// `None` for a key known to be absent.
+pub type Stored = Option<Slice>;
 
 #[derive(Default)]
 pub struct RecentWrites {

@@ -128,22 +128,23 @@ impl StateView {
         &self.tokens
     }
 
+    /// The stored bytes (revision + JSON) of `key`: a recent write if known, else fjall.
+    fn stored(&self, key: &str) -> Result<Option<fjall::Slice>, Error> {
+        let (generation, kv) = self.kv();
+        match self.recent.get(generation, key) {
+            Some(known) => Ok(known),
+            None => Ok(kv.get(key.as_bytes())?),
+        }
+    }
+
     /// `(revision, JSON)` of `key`, if present.
     pub fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
-        let (generation, kv) = self.kv();
-        let decode = |v: &[u8]| {
-            let (rev, json) = keys::decode_value(v)
-                .ok_or_else(|| Error::Corrupt(format!("value of a key is {} bytes", v.len())))?;
-            Ok(Some((rev, json.to_vec())))
+        let Some(v) = self.stored(key)? else {
+            return Ok(None);
         };
-        match self.recent.get(generation, key) {
-            Some(None) => Ok(None),
-            Some(Some(v)) => decode(&v),
-            None => match kv.get(key.as_bytes())? {
-                None => Ok(None),
-                Some(v) => decode(&v),
-            },
-        }
+        let (rev, json) = keys::decode_value(&v)
+            .ok_or_else(|| Error::Corrupt(format!("value of a key is {} bytes", v.len())))?;
+        Ok(Some((rev, json.to_vec())))
     }
 
     /// Keys starting with `prefix` and after `after`, in key order, up to `limit` items or
@@ -214,10 +215,9 @@ impl StateView {
 
     /// Bytes `key` counts for now (key + stored value), or `None` when it is absent.
     pub fn entry_bytes(&self, key: &str) -> Result<Option<u64>, Error> {
-        let (_, kv) = self.kv();
-        Ok(kv
-            .size_of(key.as_bytes())?
-            .map(|v| keys::entry_bytes(key.len(), v as usize)))
+        Ok(self
+            .stored(key)?
+            .map(|v| keys::entry_bytes(key.len(), v.len())))
     }
 
     /// SHA-256 over every key, revision and value in order: equal digests on two nodes mean
@@ -377,8 +377,8 @@ fn apply_entries(
                 }
                 let stored_value = keys::encode_value(t.revision, value.as_bytes());
                 t.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
-                let stored_value: std::sync::Arc<[u8]> = stored_value.into();
-                batch.insert(kv, key.as_bytes(), &*stored_value);
+                let stored_value = fjall::Slice::from(stored_value);
+                batch.insert(kv, key.as_bytes(), stored_value.clone());
                 writes.set(key, Some(stored_value));
                 Outcome::Put {
                     revision: t.revision,
