@@ -100,13 +100,6 @@ async fn create_token(cluster: &Cluster, via: &str, body: Value) -> Result<(Stri
     Ok((token, id))
 }
 
-fn fail_on_err(cluster: &Cluster, r: Result<()>) -> Result<()> {
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
-}
-
 // ----- the tests -------------------------------------------------------------------------
 
 /// Every `kv.*` and `admin.*` subject, on the cluster subjects and on a node's own subjects,
@@ -117,7 +110,7 @@ fn fail_on_err(cluster: &Cluster, r: Result<()>) -> Result<()> {
 async fn bad_credentials_are_refused_everywhere_and_roles_hold() -> Result<()> {
     let cluster = Cluster::start_with(3, auth_options()).await?;
     let r = refusals_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn refusals_body(cluster: &Cluster) -> Result<()> {
@@ -371,7 +364,7 @@ async fn tokens_are_cluster_wide_and_revocation_is_immediate_and_durable() -> Re
         .env("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", 5);
     let cluster = Cluster::start_with(3, opts).await?;
     let r = cluster_wide_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn cluster_wide_body(cluster: &Cluster) -> Result<()> {
@@ -577,7 +570,7 @@ async fn auth_off_ignores_tokens() -> Result<()> {
         Ok(())
     }
     .await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 #[derive(Debug)]

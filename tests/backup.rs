@@ -404,10 +404,7 @@ async fn backed_up_cluster(n: u64, file: &Path) -> Result<(Value, Value)> {
         Ok((backup(&cluster, None, file).await?, id))
     }
     .await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

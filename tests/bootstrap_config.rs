@@ -605,10 +605,7 @@ async fn data_dir_lock_refuses_a_second_node_and_survives_kill_9() -> Result<()>
         Ok(())
     }
     .await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 // ----- bootstrap -------------------------------------------------------------------------
@@ -623,10 +620,7 @@ async fn data_dir_lock_refuses_a_second_node_and_survives_kill_9() -> Result<()>
 async fn wiped_bootstrap_node_does_not_form_a_new_cluster() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = wiped_bootstrapper(&cluster).await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 async fn wiped_bootstrapper(cluster: &Cluster) -> Result<()> {
@@ -814,10 +808,7 @@ async fn second_cluster(alpha: &Cluster, prefix: &str) -> Result<()> {
 async fn request_during_election_gets_cluster_not_ready_in_time() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = during_election(&cluster).await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 async fn during_election(cluster: &Cluster) -> Result<()> {

@@ -43,7 +43,7 @@ const POLL: Duration = Duration::from_millis(100);
 async fn acknowledged_writes_survive_leader_kill() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = leader_kill_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
@@ -164,7 +164,7 @@ async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
 async fn whole_cluster_kill_and_restart_keeps_acknowledged_data() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = whole_cluster_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn whole_cluster_body(cluster: &Cluster) -> Result<()> {
@@ -229,7 +229,7 @@ async fn whole_cluster_body(cluster: &Cluster) -> Result<()> {
 async fn concurrent_writers_on_overlapping_keys_converge() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = overlapping_writers_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 /// One acked operation of the overlapping-writers test.
@@ -422,7 +422,7 @@ async fn lagging_node_catches_up_by_snapshot_larger_than_max_payload() -> Result
         .env("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", 10);
     let cluster = Cluster::start_with(3, opts).await?;
     let r = snapshot_catch_up_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn snapshot_catch_up_body(cluster: &Cluster) -> Result<()> {
@@ -554,7 +554,7 @@ async fn snapshot_catch_up_body(cluster: &Cluster) -> Result<()> {
 async fn node_rejoins_after_nats_restart() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = nats_restart_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn nats_restart_body(cluster: &Cluster) -> Result<()> {
@@ -650,7 +650,7 @@ async fn nats_restart_body(cluster: &Cluster) -> Result<()> {
 async fn paused_leader_does_not_serve_stale_linearizable_reads() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = paused_leader_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn paused_leader_body(cluster: &Cluster) -> Result<()> {
@@ -778,14 +778,6 @@ async fn paused_leader_body(cluster: &Cluster) -> Result<()> {
 }
 
 // ----- helpers ---------------------------------------------------------------------------
-
-/// Marks the cluster failed (so its node logs are printed) when the test body failed.
-fn fail_on_err(cluster: &Cluster, r: Result<()>) -> Result<()> {
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
-}
 
 fn kv_client(cluster: &Cluster, timeout: Duration) -> Client {
     Client::from_nats(cluster.client(), cluster.prefix(), timeout)

@@ -38,10 +38,7 @@ const POLL: Duration = Duration::from_millis(20);
 async fn sigterm_leader_then_follower_under_load_loses_nothing() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = graceful_body(&cluster).await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 async fn graceful_body(cluster: &Cluster) -> Result<()> {
@@ -234,10 +231,7 @@ async fn second_sigterm_forces_exit() -> Result<()> {
         Ok(())
     }
     .await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 /// SIGTERMs `id` (through the fixture's `stop`, which reaps it) while polling for a leader

@@ -55,7 +55,7 @@ async fn contract_series_gauges_and_probes() -> Result<()> {
     let ports = free_ports(3)?;
     let cluster = Cluster::start_with(3, with_metrics(ClusterOptions::default(), &ports)).await?;
     let r = contract_body(&cluster, &ports).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn contract_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
@@ -158,7 +158,7 @@ async fn request_counters_move_on_the_answering_node_only() -> Result<()> {
         .admin_token(ADMIN);
     let cluster = Cluster::start_with(3, opts).await?;
     let r = counters_body(&cluster, &ports).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn counters_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
@@ -294,13 +294,6 @@ async fn counters_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
 }
 
 // ----- helpers ---------------------------------------------------------------------------
-
-fn fail_on_err(cluster: &Cluster, r: Result<()>) -> Result<()> {
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
-}
 
 /// Ports free right now (bound to port 0, read back, released).
 fn free_ports(n: usize) -> Result<Vec<u16>> {

@@ -81,10 +81,7 @@ async fn quota_refuses_puts_when_full_and_deletes_free_space() -> Result<()> {
         .env("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", 10);
     let cluster = Cluster::start_with(3, opts).await?;
     let r = quota_scenario(&cluster).await;
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
+    cluster.fail_on_err(r)
 }
 
 async fn quota_scenario(cluster: &Cluster) -> Result<()> {
@@ -194,11 +191,7 @@ async fn quota_scenario(cluster: &Cluster) -> Result<()> {
 
     // Persisted: a follower restarted after kill -9 reports the same figure.
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap_or(1);
+    let follower = cluster.a_follower(leader)?;
     cluster.kill(follower).await?;
     cluster.restart(follower).await?;
     wait_all_report(cluster, now).await?;
@@ -206,11 +199,7 @@ async fn quota_scenario(cluster: &Cluster) -> Result<()> {
     // Recounted on snapshot install: a follower left behind until the leader has purged
     // its log catches up by snapshot and reports the same figure as the rest.
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
-    let lagging = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap_or(1);
+    let lagging = cluster.a_follower(leader)?;
     let purged = cluster.restart_behind_snapshot(lagging).await?;
     let (expected, _) = scanned_bytes(cluster).await?;
     wait_all_report(cluster, expected).await?;

@@ -51,7 +51,7 @@ fn signed(secret: &str) -> ClusterOptions {
 async fn forged_append_entries_are_dropped_unanswered() -> Result<()> {
     let cluster = Cluster::start_with(3, signed(SECRET)).await?;
     let r = forged_append_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn forged_append_body(cluster: &Cluster) -> Result<()> {
@@ -224,7 +224,7 @@ async fn forged_replies_on_the_leader_inbox_are_ignored() -> Result<()> {
     let cluster = Cluster::start_with(3, signed(SECRET)).await?;
     let r = forged_reply_body(&cluster).await;
     // Never leave a node frozen behind a failed assertion (Drop kills it either way).
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn forged_reply_body(cluster: &Cluster) -> Result<()> {
@@ -326,7 +326,7 @@ async fn forged_reply_body(cluster: &Cluster) -> Result<()> {
 async fn node_with_wrong_secret_cannot_join_or_disrupt() -> Result<()> {
     let cluster = Cluster::start_with(3, signed(SECRET)).await?;
     let r = wrong_secret_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn wrong_secret_body(cluster: &Cluster) -> Result<()> {
@@ -419,7 +419,7 @@ async fn wrong_secret_body(cluster: &Cluster) -> Result<()> {
 async fn same_secret_cluster_works_through_leader_kill() -> Result<()> {
     let cluster = Cluster::start_with(3, signed(SECRET)).await?;
     let r = same_secret_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn same_secret_body(cluster: &Cluster) -> Result<()> {
@@ -490,13 +490,6 @@ async fn same_secret_body(cluster: &Cluster) -> Result<()> {
 }
 
 // ----- helpers ---------------------------------------------------------------------------
-
-fn fail_on_err(cluster: &Cluster, r: Result<()>) -> Result<()> {
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
-}
 
 fn u(status: &Value, field: &str) -> Result<u64> {
     status[field]
@@ -611,7 +604,7 @@ async fn stale_get(cluster: &Cluster, id: u64, key: &str) -> Result<Option<Value
 async fn forwarded_requests_and_their_replies_are_signed() -> Result<()> {
     let cluster = Cluster::start_with(3, signed(SECRET)).await?;
     let r = forwarded_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn forwarded_body(cluster: &Cluster) -> Result<()> {

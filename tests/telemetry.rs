@@ -35,7 +35,7 @@ async fn puts_give_one_api_event_each_and_one_apply_event_per_node() -> Result<(
         .env("CONCORD_TELEMETRY__APPLY_EVENTS", "all");
     let cluster = Cluster::start_with(3, opts).await?;
     let r = puts_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn puts_body(cluster: &Cluster) -> Result<()> {
@@ -191,7 +191,7 @@ async fn sampling_keys_and_off_follow_each_nodes_settings() -> Result<()> {
         .node_env(3, "CONCORD_TELEMETRY__ENABLED", "false");
     let cluster = Cluster::start_with(3, opts).await?;
     let r = sampling_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn sampling_body(cluster: &Cluster) -> Result<()> {
@@ -280,7 +280,7 @@ async fn sampling_body(cluster: &Cluster) -> Result<()> {
 async fn leader_kill_gives_state_change_events_naming_the_new_leader() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let r = leader_kill_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn leader_kill_body(cluster: &Cluster) -> Result<()> {
@@ -344,7 +344,7 @@ async fn snapshots_give_created_and_installed_events() -> Result<()> {
         .env("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", 10);
     let cluster = Cluster::start_with(3, opts).await?;
     let r = snapshots_body(&cluster).await;
-    fail_on_err(&cluster, r)
+    cluster.fail_on_err(r)
 }
 
 async fn snapshots_body(cluster: &Cluster) -> Result<()> {
@@ -430,13 +430,6 @@ async fn snapshots_body(cluster: &Cluster) -> Result<()> {
 }
 
 // ----- helpers ---------------------------------------------------------------------------
-
-fn fail_on_err(cluster: &Cluster, r: Result<()>) -> Result<()> {
-    if r.is_err() {
-        cluster.mark_failed();
-    }
-    r
-}
 
 /// Every event seen on `P.telemetry.>` since [`Events::subscribe`], with its subject.
 struct Events {

@@ -369,6 +369,15 @@ impl Cluster {
         self.failed.store(true, Ordering::SeqCst);
     }
 
+    /// Passes a test body's result through, marking the cluster failed (so its node logs are
+    /// printed) when it is an error.
+    pub fn fail_on_err<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.mark_failed();
+        }
+        r
+    }
+
     // ----- requests ----------------------------------------------------------------------
 
     /// Request `<prefix>.<suffix>` with a JSON body; the reply parsed as JSON (whatever its
@@ -562,6 +571,14 @@ impl Cluster {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// Some node of the cluster other than `leader`.
+    pub fn a_follower(&self, leader: u64) -> Result<u64> {
+        self.ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .ok_or_else(|| anyhow!("no node besides the leader {leader}"))
     }
 
     /// One poll of [`Cluster::wait_for_leader`]: `Some(leader)` when a majority of voters
