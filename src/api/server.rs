@@ -1,4 +1,6 @@
-//! NATS intake: one task per request, bounded by an in-flight semaphore (`busy` past it).
+//! NATS intake: a request that can be answered at once (a stale get, a malformed request) is
+//! answered by the intake task itself; any other gets a task of its own, bounded by an
+//! in-flight semaphore (`busy` past it).
 //! Every request this node answers for a client is counted here, once (see [`Server::record`]).
 //!
 //! Node subjects (`P.node.<id>.*`) are always served. The cluster subjects (`P.kv.*`,
@@ -14,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::handler::Intake;
 use super::{admin, codec, handler, route, Ctx};
 use crate::error::busy;
 use crate::observe::ReqOp;
@@ -205,12 +208,29 @@ impl Server {
                 continue;
             };
             let started = Instant::now();
+            let forwarded = route::is_forwarded(&msg);
             // Counted where the client is answered: a forwarded request counts on the node
             // that forwarded it.
-            let counted = if route::is_forwarded(&msg) {
+            let counted = if forwarded {
                 None
             } else {
                 self.counted_op(&msg.subject)
+            };
+            // A forwarded request is verified (and its reply signed) in its task.
+            let call = match self.kv_op(&msg.subject).filter(|_| !forwarded) {
+                Some(op) => match handler::intake(&self.ctx, op, &msg) {
+                    Intake::Answered(body) => {
+                        if let Some(op) = counted {
+                            self.record(op, &msg, &body, started);
+                        }
+                        if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
+                            tracing::debug!(error = %e, "reply not sent");
+                        }
+                        continue;
+                    }
+                    Intake::Call(call) => Some(call),
+                },
+                None => None,
             };
             let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -228,7 +248,10 @@ impl Server {
             let this = self.clone();
             tracker.spawn(async move {
                 let (body, headers) = match route::verify_forwarded(&this.ctx, &msg) {
-                    Ok(None) => (this.dispatch(&msg).await, None),
+                    Ok(None) => match call {
+                        Some(call) => (handler::handle_call(&this.ctx, call, &msg).await, None),
+                        None => (this.dispatch(&msg).await, None),
+                    },
                     // A forwarded request's reply is bound to its MAC.
                     Ok(Some(mac)) => {
                         let body = this.dispatch(&msg).await;
@@ -260,6 +283,14 @@ impl Server {
         }
     }
 
+    /// The key-space operation a subject asks for, if it is one.
+    fn kv_op(&self, subject: &str) -> Option<KvOp> {
+        match self.ctx.subjects.classify(subject)? {
+            Addressed::Kv(op) => KvOp::parse(op),
+            Addressed::Admin(_) => None,
+        }
+    }
+
     /// The counted operation a subject asks for; `None` for unknown ones (bounded labels).
     fn counted_op(&self, subject: &str) -> Option<ReqOp> {
         match self.ctx.subjects.classify(subject)? {
@@ -280,7 +311,8 @@ impl Server {
     async fn dispatch(&self, msg: &Message) -> Vec<u8> {
         match self.ctx.subjects.classify(&msg.subject) {
             Some(Addressed::Admin(op)) => match AdminOp::parse(op) {
-                Some(op) => admin::handle_admin(&self.ctx, op, msg).await,
+                // Boxed: admin requests are rare and their futures large.
+                Some(op) => Box::pin(admin::handle_admin(&self.ctx, op, msg)).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
                     "unknown admin operation '{op}' ({})",
                     AdminOp::ALL.map(AdminOp::as_str).join(", ")
