@@ -268,8 +268,26 @@ impl StateMachine {
     }
 }
 
-/// Applies one batch of entries; runs on the blocking pool. Each command's apply event is
-/// emitted once the batch is committed.
+/// Applies of at most this many client commands run on openraft's state-machine task itself.
+/// They take microseconds, less than the blocking pool's two thread hand-offs, which sit on
+/// the path of every write at low load (at 1 client, put p50 10 % lower: median of 9
+/// alternating pairs, 8 of them lower). The larger applies of high load keep the async
+/// workers free.
+const INLINE_APPLY_COMMANDS: usize = 8;
+
+/// Client commands in one log entry: each command of a batch counts.
+fn commands_in(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(c) => match &c.command {
+            Command::Batch(cmds) => cmds.len(),
+            _ => 1,
+        },
+        _ => 1,
+    }
+}
+
+/// Applies one batch of entries, on the blocking pool unless it is small. Each command's
+/// apply event is emitted once the batch is committed.
 fn apply_entries(
     view: &StateView,
     observer: &Observer,
@@ -843,6 +861,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         if entries.is_empty() {
             return Ok(Vec::new());
+        }
+        if entries.iter().map(commands_in).sum::<usize>() <= INLINE_APPLY_COMMANDS {
+            return apply_entries(&self.view, &self.observer, entries).map_err(sm_err);
         }
         let view = self.view.clone();
         let observer = self.observer.clone();
