@@ -46,14 +46,20 @@ impl RecentWrites {
         g.entries.get(key).cloned()
     }
 
-    /// The view of one apply batch on keyspace `kv` of `generation`. Batches run one at a
-    /// time.
-    pub fn batch<'a>(&'a self, kv: &'a Keyspace, generation: u64) -> BatchWrites<'a> {
+    /// The view of one apply batch of about `writes` writes on keyspace `kv` of
+    /// `generation`. Batches run one at a time.
+    pub fn batch<'a>(
+        &'a self,
+        kv: &'a Keyspace,
+        generation: u64,
+        writes: usize,
+    ) -> BatchWrites<'a> {
         BatchWrites {
             recent: self,
             kv,
             generation,
-            pending: HashMap::new(),
+            // Sized once: growing it write by write was 3 % of a follower's CPU under puts.
+            pending: HashMap::with_capacity(writes),
         }
     }
 

@@ -297,7 +297,8 @@ fn apply_entries(
     let mut probe = observer.apply_probe();
     let store = &view.store;
     let (generation, kv) = view.kv();
-    let mut writes = view.recent.batch(&kv, generation);
+    let commands = entries.iter().map(commands_in).sum();
+    let mut writes = view.recent.batch(&kv, generation, commands);
     let mut batch = store.db.batch();
     let mut tally = Tally {
         revision: view.revision(),
