@@ -57,11 +57,9 @@ pub fn intake(ctx: &Ctx, op: KvOp, msg: &Message) -> Intake {
     {
         let caught_up = min_revision.is_none_or(|min| ctx.view.revision() >= min);
         if caught_up && may_serve_stale(ctx, &ctx.raft.metrics()) {
-            let access = Access {
-                cred: Credential::of(common.token.as_deref(), msg.headers.as_ref()),
-                needed: Role::Read,
-            };
-            let read = access.check(ctx).and_then(|()| read_now(ctx, &req));
+            let read = Access::of(op, &common, msg)
+                .check(ctx)
+                .and_then(|()| read_now(ctx, &req));
             return Intake::Answered(read.unwrap_or_else(|e| codec::encode_error(&e)));
         }
     }
@@ -97,14 +95,7 @@ pub async fn handle_call(ctx: &Ctx, call: KvCall, msg: &Message) -> Vec<u8> {
         deadline: route::deadline_for(arrival, timeout_len),
         handed: &handed,
     };
-    let access = Access {
-        cred: Credential::of(common.token.as_deref(), msg.headers.as_ref()),
-        needed: if op.is_write() {
-            Role::Readwrite
-        } else {
-            Role::Read
-        },
-    };
+    let access = Access::of(op, &common, msg);
     route::within_deadline(&r, timeout_len, kv_route(ctx, op, &req, &r, access))
         .await
         .unwrap_or_else(|e| codec::encode_error(&e))
@@ -117,7 +108,19 @@ struct Access<'a> {
     needed: Role,
 }
 
-impl Access<'_> {
+impl<'a> Access<'a> {
+    /// What `op` needs, and the credential its request presented (body or header).
+    fn of(op: KvOp, common: &'a Common, msg: &'a Message) -> Self {
+        Access {
+            cred: Credential::of(common.token.as_deref(), msg.headers.as_ref()),
+            needed: if op.is_write() {
+                Role::Readwrite
+            } else {
+                Role::Read
+            },
+        }
+    }
+
     fn check(&self, ctx: &Ctx) -> Result<(), WireError> {
         ctx.auth.check(ctx.view.tokens(), self.cred, self.needed)
     }

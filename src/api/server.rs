@@ -208,21 +208,19 @@ impl Server {
                 continue;
             };
             let started = Instant::now();
-            let forwarded = route::is_forwarded(&msg);
             // Counted where the client is answered: a forwarded request counts on the node
             // that forwarded it.
-            let counted = if forwarded {
+            let counted = if route::is_forwarded(&msg) {
                 None
             } else {
                 self.counted_op(&msg.subject)
             };
-            // A forwarded request is verified (and its reply signed) in its task.
-            let call = match self.kv_op(&msg.subject).filter(|_| !forwarded) {
-                Some(op) => match handler::intake(&self.ctx, op, &msg) {
+            // Counted means not forwarded: a forwarded request is verified (and its reply
+            // signed) in its task.
+            let call = match counted {
+                Some(ReqOp::Kv(op)) => match handler::intake(&self.ctx, op, &msg) {
                     Intake::Answered(body) => {
-                        if let Some(op) = counted {
-                            self.record(op, &msg, &body, started);
-                        }
+                        self.record(ReqOp::Kv(op), &msg, &body, started);
                         if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
                             tracing::debug!(error = %e, "reply not sent");
                         }
@@ -230,7 +228,7 @@ impl Server {
                     }
                     Intake::Call(call) => Some(call),
                 },
-                None => None,
+                _ => None,
             };
             let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -280,14 +278,6 @@ impl Server {
         }
         if draining.is_none() {
             let _ = sub.unsubscribe().await;
-        }
-    }
-
-    /// The key-space operation a subject asks for, if it is one.
-    fn kv_op(&self, subject: &str) -> Option<KvOp> {
-        match self.ctx.subjects.classify(subject)? {
-            Addressed::Kv(op) => KvOp::parse(op),
-            Addressed::Admin(_) => None,
         }
     }
 

@@ -39,11 +39,16 @@ struct Generation {
 impl RecentWrites {
     /// What is known of `key` in keyspace `generation`; `None` when nothing is.
     pub fn get(&self, generation: u64, key: &str) -> Option<Stored> {
+        self.peek(generation, key, Stored::clone)
+    }
+
+    /// `f` of what is known of `key` in keyspace `generation`, under the read lock.
+    fn peek<R>(&self, generation: u64, key: &str, f: impl FnOnce(&Stored) -> R) -> Option<R> {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
         if g.generation != generation {
             return None;
         }
-        g.entries.get(key).cloned()
+        g.entries.get(key).map(f)
     }
 
     /// The view of one apply batch of about `writes` writes on keyspace `kv` of
@@ -100,12 +105,13 @@ pub struct BatchWrites<'a> {
 impl BatchWrites<'_> {
     /// The stored value size of `key`, or `None` when it is absent.
     pub fn size(&self, key: &str) -> Result<Option<u64>, Error> {
+        let len = |stored: &Stored| stored.as_ref().map(|v| v.len() as u64);
         let known = match self.pending.get(key) {
-            Some(s) => Some(s.clone()),
-            None => self.recent.get(self.generation, key),
+            Some(stored) => Some(len(stored)),
+            None => self.recent.peek(self.generation, key, len),
         };
         match known {
-            Some(stored) => Ok(stored.map(|v| v.len() as u64)),
+            Some(size) => Ok(size),
             None => Ok(self.kv.size_of(key.as_bytes())?.map(u64::from)),
         }
     }

@@ -286,18 +286,18 @@ fn commands_in(entry: &Entry) -> usize {
     }
 }
 
-/// Applies one batch of entries, on the blocking pool unless it is small. Each command's
-/// apply event is emitted once the batch is committed.
+/// Applies one batch of entries (`commands` client commands in all), on the blocking pool
+/// unless it is small. Each command's apply event is emitted once the batch is committed.
 fn apply_entries(
     view: &StateView,
     observer: &Observer,
     entries: Vec<Entry>,
+    commands: usize,
 ) -> Result<Vec<Outcome>, Error> {
     let started = std::time::Instant::now();
     let mut probe = observer.apply_probe();
     let store = &view.store;
     let (generation, kv) = view.kv();
-    let commands = entries.iter().map(commands_in).sum();
     let mut writes = view.recent.batch(&kv, generation, commands);
     let mut batch = store.db.batch();
     let mut tally = Tally {
@@ -863,12 +863,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        if entries.iter().map(commands_in).sum::<usize>() <= INLINE_APPLY_COMMANDS {
-            return apply_entries(&self.view, &self.observer, entries).map_err(sm_err);
+        let commands = entries.iter().map(commands_in).sum();
+        if commands <= INLINE_APPLY_COMMANDS {
+            return apply_entries(&self.view, &self.observer, entries, commands).map_err(sm_err);
         }
         let view = self.view.clone();
         let observer = self.observer.clone();
-        blocking(move || apply_entries(&view, &observer, entries))
+        blocking(move || apply_entries(&view, &observer, entries, commands))
             .await
             .map_err(sm_err)
     }
