@@ -356,8 +356,14 @@ pub async fn run(
     }
     drop(server);
     drop(service);
-    let persist =
-        tokio::task::spawn_blocking(move || store.db.persist(fjall::PersistMode::SyncAll)).await;
+    // Flushed so that a restart has nothing to re-apply from the log.
+    let persist = tokio::task::spawn_blocking(move || {
+        if let Err(e) = view.flush() {
+            tracing::warn!(error = %e, "state-machine flush");
+        }
+        store.db.persist(fjall::PersistMode::SyncAll)
+    })
+    .await;
     if let Ok(Err(e)) = persist {
         tracing::error!(error = %e, "final fsync failed");
     }

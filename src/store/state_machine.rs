@@ -1,8 +1,10 @@
 //! [`RaftStateMachine`] on fjall: applies committed commands to the key space, builds
 //! snapshots from it and installs received ones.
 //!
-//! Contract: `apply` writes the data, `last_applied`, membership and revision in one atomic
-//! batch, so a crash recovers to a consistent point and openraft re-applies what follows.
+//! Contract: `apply` records its writes in memory ([`RecentWrites`]); a flush writes them to
+//! fjall with `last_applied`, membership and revision in one atomic batch, so fjall always
+//! holds the state as of some applied index, a crash recovers to it, and openraft re-applies
+//! the log from there. Scans, digests and snapshots flush first and then read fjall.
 //! Snapshots stream to and from files; an install fills a fresh keyspace and switches to it
 //! with one durable batch.
 
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::log_store::read_bincode;
-use super::recent::{BatchWrites, RecentWrites};
+use super::recent::{BatchWrites, Meta, RecentWrites};
 use super::snapshot::{Record as Streamed, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use super::{keys, Error, Store};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
@@ -63,8 +65,11 @@ pub struct StateView {
     snapshot_record: Mutex<()>,
     /// The applied token table, in memory: every authenticated request looks here.
     tokens: TokenTable,
-    /// Stored values of recently applied keys: apply and gets look here before fjall.
+    /// Stored values of recently applied keys, some not yet flushed: apply and gets look
+    /// here before fjall.
     recent: RecentWrites,
+    /// Flushes run one at a time, and never during a snapshot install.
+    flush_lock: Mutex<()>,
 }
 
 /// The current snapshot as recorded in `meta`.
@@ -113,6 +118,7 @@ impl StateView {
             snapshot_record: Mutex::new(()),
             tokens,
             recent: RecentWrites::default(),
+            flush_lock: Mutex::new(()),
         }))
     }
 
@@ -137,6 +143,36 @@ impl StateView {
         }
     }
 
+    /// Writes what apply recorded and fjall does not hold yet, in one batch.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.flush_with(self.store.db.batch())
+    }
+
+    /// [`Self::flush`] in one batch with `batch` (an apply's token changes). Not fsynced,
+    /// as apply never was: the log is durable and openraft re-applies it past `last_applied`.
+    fn flush_with(&self, mut batch: fjall::OwnedWriteBatch) -> Result<(), Error> {
+        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, kv) = self.kv();
+        let Some(unflushed) = self.recent.unflushed(generation) else {
+            if !batch.is_empty() {
+                batch.commit()?;
+            }
+            return Ok(());
+        };
+        for (key, stored) in &unflushed.writes {
+            match stored {
+                Some(v) => batch.insert(&kv, key.as_bytes(), v.clone()),
+                None => batch.remove(&kv, key.as_bytes()),
+            }
+        }
+        for (k, v) in &unflushed.meta {
+            batch.insert(&self.store.sm_meta, *k, v.clone());
+        }
+        batch.commit()?;
+        self.recent.flushed(&unflushed);
+        Ok(())
+    }
+
     /// `(revision, JSON)` of `key`, if present.
     pub fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
         let Some(v) = self.stored(key)? else {
@@ -156,6 +192,7 @@ impl StateView {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Item>, bool), Error> {
+        self.flush()?;
         let (_, kv) = self.kv();
         let iter = match after {
             Some(after) if after.as_bytes() >= prefix.as_bytes() => {
@@ -223,6 +260,7 @@ impl StateView {
     /// SHA-256 over every key, revision and value in order: equal digests on two nodes mean
     /// equal state machines. O(n): only on request.
     pub fn digest(&self) -> Result<(String, u64), Error> {
+        self.flush()?;
         let (_, kv) = self.kv();
         let snap = self.store.db.snapshot();
         let mut h = Sha256::new();
@@ -275,6 +313,21 @@ impl StateMachine {
 /// workers free.
 const INLINE_APPLY_COMMANDS: usize = 8;
 
+/// Whether applying `entry` writes to fjall at once: anything but key-space writes.
+fn flushes_at_once(entry: &Entry) -> bool {
+    match &entry.payload {
+        EntryPayload::Normal(c) => match &c.command {
+            Command::Batch(cmds) => cmds
+                .iter()
+                .any(|c| !matches!(c, Command::Put { .. } | Command::Delete { .. })),
+            Command::Put { .. } | Command::Delete { .. } => false,
+            _ => true,
+        },
+        EntryPayload::Membership(_) => true,
+        EntryPayload::Blank => false,
+    }
+}
+
 /// Client commands in one log entry: each command of a batch counts.
 fn commands_in(entry: &Entry) -> usize {
     match &entry.payload {
@@ -287,12 +340,14 @@ fn commands_in(entry: &Entry) -> usize {
 }
 
 /// Applies one batch of entries (`commands` client commands in all), on the blocking pool
-/// unless it is small. Each command's apply event is emitted once the batch is committed.
+/// unless it is small and flushes nothing (`inline`). Each command's apply event is emitted
+/// once the batch is applied.
 fn apply_entries(
     view: &StateView,
     observer: &Observer,
     entries: Vec<Entry>,
     commands: usize,
+    inline: bool,
 ) -> Result<Vec<Outcome>, Error> {
     let started = std::time::Instant::now();
     let mut probe = observer.apply_probe();
@@ -337,7 +392,6 @@ fn apply_entries(
     /// Applies one command; a batch command by its parts, each with its own event.
     fn run(
         cmd: Command,
-        kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
         writes: &mut BatchWrites,
         t: &mut Tally,
@@ -346,12 +400,12 @@ fn apply_entries(
         if let Command::Batch(cmds) = cmd {
             let mut out = Vec::with_capacity(cmds.len());
             for c in cmds {
-                out.push(run(c, kv, batch, writes, t, at)?);
+                out.push(run(c, batch, writes, t, at)?);
             }
             return Ok(Outcome::Batch(out));
         }
         let Some(started) = at.probe.start() else {
-            return run_one(cmd, kv, batch, writes, t);
+            return run_one(cmd, batch, writes, t);
         };
         let operation = cmd.name();
         let key = match &cmd {
@@ -360,7 +414,7 @@ fn apply_entries(
             }
             _ => None,
         };
-        let outcome = run_one(cmd, kv, batch, writes, t)?;
+        let outcome = run_one(cmd, batch, writes, t)?;
         at.probe.record(started, operation, at.index, key);
         Ok(outcome)
     }
@@ -371,9 +425,9 @@ fn apply_entries(
         index: u64,
     }
 
+    /// Key-space writes go to `writes` (flushed later); token changes to `batch`.
     fn run_one(
         cmd: Command,
-        kv: &Keyspace,
         batch: &mut fjall::OwnedWriteBatch,
         writes: &mut BatchWrites,
         t: &mut Tally,
@@ -396,9 +450,7 @@ fn apply_entries(
                 }
                 let stored_value = keys::encode_value(t.revision, value.as_bytes());
                 t.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
-                let stored_value = fjall::Slice::from(stored_value);
-                batch.insert(kv, key.as_bytes(), stored_value.clone());
-                writes.set(key, Some(stored_value));
+                writes.set(key, Some(fjall::Slice::from(stored_value)));
                 Outcome::Put {
                     revision: t.revision,
                 }
@@ -410,7 +462,6 @@ fn apply_entries(
                     t.data_bytes = t
                         .data_bytes
                         .saturating_sub(keys::entry_bytes(key.len(), old as usize));
-                    batch.remove(kv, key.as_bytes());
                     writes.set(key, None);
                     Outcome::Delete {
                         deleted: true,
@@ -466,30 +517,31 @@ fn apply_entries(
                     probe: &mut probe,
                     index: entry.log_id.index,
                 };
-                run(
-                    cmd.command,
-                    &kv,
-                    &mut batch,
-                    &mut writes,
-                    &mut tally,
-                    &mut at,
-                )?
+                run(cmd.command, &mut batch, &mut writes, &mut tally, &mut at)?
             }
         };
         outcomes.push(outcome);
     }
 
-    batch.insert(&store.sm_meta, keys::SM_LAST_APPLIED, enc(&last_applied));
+    let mut meta: Meta = vec![
+        (keys::SM_LAST_APPLIED, enc(&last_applied)),
+        (keys::SM_REVISION, enc(&tally.revision)),
+        (keys::SM_CLUSTER_ID, enc(&tally.cluster_id)),
+        (keys::SM_KEY_COUNT, enc(&tally.key_count)),
+        (keys::SM_DATA_BYTES, enc(&tally.data_bytes)),
+    ];
     if let Some(m) = &membership {
-        batch.insert(&store.sm_meta, keys::SM_MEMBERSHIP, enc(m));
+        meta.push((keys::SM_MEMBERSHIP, enc(m)));
     }
-    batch.insert(&store.sm_meta, keys::SM_REVISION, enc(&tally.revision));
-    batch.insert(&store.sm_meta, keys::SM_CLUSTER_ID, enc(&tally.cluster_id));
-    batch.insert(&store.sm_meta, keys::SM_KEY_COUNT, enc(&tally.key_count));
-    batch.insert(&store.sm_meta, keys::SM_DATA_BYTES, enc(&tally.data_bytes));
-    // Not fsynced: the log is durable and everything after `last_applied` is re-applied.
-    batch.commit()?;
-    writes.committed();
+    // Membership, cluster id and tokens change rarely and are not in the write table: they
+    // go to fjall with this batch, so the `sm_meta` of any later flush stays true for them.
+    let flush_now =
+        membership.is_some() || !batch.is_empty() || tally.cluster_id != view.cluster_id();
+    writes.applied(meta, commands);
+    // A due flush waits for an apply off the async workers (`apply` sends it there).
+    if flush_now || (!inline && view.recent.flush_due(generation, 0)) {
+        view.flush_with(batch)?;
+    }
 
     let Tally {
         revision,
@@ -607,6 +659,7 @@ pub(crate) fn export(
 /// One consistent fjall snapshot of the state machine (keyspace generation checked).
 fn consistent_snapshot(view: &StateView) -> Result<(Keyspace, fjall::Snapshot, SmMeta), Error> {
     let store = &view.store;
+    view.flush()?;
     loop {
         let (generation, kv) = view.kv();
         let snap = store.db.snapshot();
@@ -721,6 +774,8 @@ pub(super) fn install(
     file: std::fs::File,
 ) -> Result<(), Error> {
     let store = &view.store;
+    // The snapshot supersedes whatever is unflushed: no flush may write it over the new state.
+    let _no_flush = view.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
     let (generation, old) = view.kv();
     let next = generation + 1;
     let name = keys::kv_keyspace_name(next);
@@ -846,6 +901,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let view = self.view.clone();
         let meta = blocking(move || {
+            view.flush()?;
             let snap = view.store.db.snapshot();
             read_state(&snap, &view.store)
         })
@@ -864,12 +920,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let commands = entries.iter().map(commands_in).sum();
-        if commands <= INLINE_APPLY_COMMANDS {
-            return apply_entries(&self.view, &self.observer, entries, commands).map_err(sm_err);
+        let (generation, _) = self.view.kv();
+        if commands <= INLINE_APPLY_COMMANDS
+            && !entries.iter().any(flushes_at_once)
+            && !self.view.recent.flush_due(generation, commands)
+        {
+            return apply_entries(&self.view, &self.observer, entries, commands, true)
+                .map_err(sm_err);
         }
         let view = self.view.clone();
         let observer = self.observer.clone();
-        blocking(move || apply_entries(&view, &observer, entries, commands))
+        blocking(move || apply_entries(&view, &observer, entries, commands, false))
             .await
             .map_err(sm_err)
     }

@@ -262,3 +262,101 @@ fn live_data_bytes(view: &StateView) -> u64 {
         .map(|i| (i.key.len() + 8 + i.json.len()) as u64)
         .sum()
 }
+
+fn membership_entry(index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Membership(Membership::new(vec![[1, 2, 3].into()], None)),
+    }
+}
+
+/// Puts are applied in memory and reach fjall in a flush. Reads see them at once; a crash
+/// (a reopen with no flush) goes back to the last flush, and re-applying the log from there
+/// gives the same state; a scan flushes, after which a reopen has nothing to re-apply.
+#[test]
+fn unflushed_puts_are_read_at_once_and_recovered_by_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = || {
+        vec![
+            put(1, 2, "a", "1"),
+            put(1, 3, "b", "2"),
+            put(1, 4, "a", "3"),
+        ]
+    };
+    let check = |view: &StateView| {
+        assert_eq!(view.get("a").unwrap(), Some((3, b"3".to_vec())));
+        assert_eq!(view.get("b").unwrap(), Some((2, b"2".to_vec())));
+        assert_eq!(view.revision(), 3);
+        assert_eq!(view.key_count(), 2);
+    };
+    rt().block_on(async {
+        {
+            let (_store, view) = open(dir.path());
+            let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+            // A membership change goes to fjall at once.
+            sm.apply(vec![membership_entry(1)]).await.unwrap();
+            for p in puts() {
+                sm.apply(vec![p]).await.unwrap();
+            }
+            check(&view);
+            // Dropped with no flush: a crash.
+        }
+        let (_store, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        let (applied, membership) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1)), "back to the last flush");
+        assert_eq!(membership.voter_ids().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(view.get("a").unwrap(), None);
+        assert_eq!(view.revision(), 0);
+        // What openraft re-applies from the log.
+        sm.apply(puts()).await.unwrap();
+        check(&view);
+        let (items, more) = view.scan("", None, 10, usize::MAX).unwrap();
+        assert!(!more);
+        let keys: Vec<_> = items.iter().map(|i| (i.key.as_str(), i.revision)).collect();
+        assert_eq!(keys, vec![("a", 3), ("b", 2)]);
+    });
+    rt().block_on(async {
+        let (_store, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 4)), "the scan flushed");
+        check(&view);
+    });
+}
+
+/// A snapshot install drops the writes that were applied but not flushed: no later flush
+/// may write them over the installed state.
+#[test]
+fn an_install_drops_unflushed_writes() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rt().block_on(async {
+        let (_store_a, view_a) = open(dir_a.path());
+        let mut a = StateMachine::new(view_a.clone(), crate::observe::Observer::noop());
+        a.apply(vec![membership_entry(1), put(1, 2, "k", "from-a")])
+            .await
+            .unwrap();
+        let snapshot = a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let (_store_b, view_b) = open(dir_b.path());
+        let mut b = StateMachine::new(view_b.clone(), crate::observe::Observer::noop());
+        b.apply(vec![membership_entry(1)]).await.unwrap();
+        b.apply(vec![put(1, 2, "stale", "x")]).await.unwrap();
+        assert!(view_b.get("stale").unwrap().is_some());
+        let mut recv = b.begin_receiving_snapshot().await.unwrap();
+        let mut src = snapshot.snapshot;
+        tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+        b.install_snapshot(&snapshot.meta, recv).await.unwrap();
+        view_b.flush().unwrap();
+        assert_eq!(view_b.get("stale").unwrap(), None);
+        assert_eq!(view_b.get("k").unwrap(), Some((1, b"from-a".to_vec())));
+        assert_eq!(view_a.digest().unwrap(), view_b.digest().unwrap());
+        let (applied, _) = b.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 2)));
+    });
+}
