@@ -360,3 +360,37 @@ fn an_install_drops_unflushed_writes() {
         assert_eq!(applied, Some(log_id(1, 2)));
     });
 }
+
+/// Past `FLUSH_COMMANDS` applied commands a flush is due: the apply that crosses it writes
+/// to fjall by itself, so a crash afterwards has nothing before it to re-apply.
+#[test]
+fn a_flush_is_due_after_enough_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = super::recent::FLUSH_COMMANDS as u64 + 1;
+    rt().block_on(async {
+        let (_store, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        sm.apply(vec![membership_entry(1)]).await.unwrap();
+        // Overwrites of 100 keys: the flush writes each key once.
+        let puts = (2..=n + 1).map(|i| put(1, i, &format!("k{}", i % 100), &i.to_string()));
+        sm.apply(puts.collect::<Vec<_>>()).await.unwrap();
+        // Dropped with no flush of its own: a crash.
+    });
+    rt().block_on(async {
+        let (_store, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(
+            applied,
+            Some(log_id(1, n + 1)),
+            "the due flush wrote the batch"
+        );
+        assert_eq!(view.key_count(), 100);
+        assert_eq!(view.revision(), n);
+        let last = n + 1;
+        assert_eq!(
+            view.get(&format!("k{}", last % 100)).unwrap(),
+            Some((n, last.to_string().into_bytes()))
+        );
+    });
+}
