@@ -153,20 +153,20 @@ impl StateView {
     fn flush_with(&self, mut batch: fjall::OwnedWriteBatch) -> Result<(), Error> {
         let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (generation, kv) = self.kv();
-        let Some(unflushed) = self.recent.unflushed(generation) else {
+        let Some(mut unflushed) = self.recent.unflushed(generation) else {
             if !batch.is_empty() {
                 batch.commit()?;
             }
             return Ok(());
         };
-        for (key, stored) in &unflushed.writes {
+        for (key, stored) in std::mem::take(&mut unflushed.writes) {
             match stored {
-                Some(v) => batch.insert(&kv, key.as_bytes(), v.clone()),
-                None => batch.remove(&kv, key.as_bytes()),
+                Some(v) => batch.insert(&kv, key, v),
+                None => batch.remove(&kv, key),
             }
         }
-        for (k, v) in &unflushed.meta {
-            batch.insert(&self.store.sm_meta, *k, v.clone());
+        for (k, v) in std::mem::take(&mut unflushed.meta) {
+            batch.insert(&self.store.sm_meta, k, v);
         }
         batch.commit()?;
         self.recent.flushed(&unflushed);
