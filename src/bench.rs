@@ -176,6 +176,36 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A put's value: `len` random bytes from a 64-letter alphabet, new for every put, so no
+/// system stores values it can compress (fjall compresses blobs and deeper tables with LZ4;
+/// etcd and NATS KV store values as they are). Valid in a JSON string as it is.
+pub(crate) fn fresh_value(len: usize) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+    }
+    fn seed() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        h.finish() | 1
+    }
+    STATE.with(|cell| {
+        let mut state = cell.get();
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let mut bits = next_rand(&mut state);
+            // Ten 6-bit letters per draw.
+            for _ in 0..10.min(len - out.len()) {
+                out.push(ALPHABET[(bits & 63) as usize]);
+                bits >>= 6;
+            }
+        }
+        cell.set(state);
+        out
+    })
+}
+
 /// xorshift: cheap, good enough to spread keys; no need for a crypto RNG here.
 fn next_rand(state: &mut u64) -> u64 {
     let mut x = *state;
@@ -456,6 +486,22 @@ async fn drive<D: Driver>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_values_are_fresh_and_need_no_json_escaping() {
+        for len in [0, 1, 9, 10, 11, 100, 65_536] {
+            let v = fresh_value(len);
+            assert_eq!(v.len(), len);
+            assert!(v
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
+        }
+        assert_ne!(fresh_value(100), fresh_value(100));
+        // Random letters: LZ4-style matching finds nothing to take out of a 4 KiB value.
+        let v = fresh_value(4096);
+        let distinct: std::collections::HashSet<&[u8]> = v.windows(8).collect();
+        assert!(distinct.len() > 4000, "repeats in a fresh value");
+    }
 
     #[test]
     fn mix_parses_and_rejects() {

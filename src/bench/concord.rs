@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
-use serde_json::json;
 
 use super::{Driver, Op, Outcome};
 use crate::subjects::{KvOp, Subjects};
@@ -17,8 +16,8 @@ pub struct ConcordHandle {
     put: Subject,
     get: Subject,
     delete: Subject,
-    /// The value as JSON text: a string of `value_size` bytes with its quotes.
-    value: String,
+    /// Bytes in a put's value (its JSON string, quotes included).
+    value_size: usize,
     stale: bool,
     timeout: Duration,
     headers: Option<async_nats::HeaderMap>,
@@ -41,7 +40,7 @@ impl ConcordHandle {
             put: subject(KvOp::Put),
             get: subject(KvOp::Get),
             delete: subject(KvOp::Delete),
-            value: json!("x".repeat(value_size.saturating_sub(2))).to_string(),
+            value_size,
             stale,
             timeout,
             headers: None,
@@ -63,9 +62,13 @@ impl Driver for ConcordHandle {
 
     fn prepare(&self, op: Op, key: u64) -> Bytes {
         let key = format!("bench:{key}");
-        let value = &self.value;
         let body = match op {
-            Op::Put => format!(r#"{{"key":"{key}","value":{value}}}"#),
+            Op::Put => {
+                let value = super::fresh_value(self.value_size.saturating_sub(2));
+                // The alphabet needs no escaping in a JSON string.
+                let value = String::from_utf8_lossy(&value);
+                format!(r#"{{"key":"{key}","value":"{value}"}}"#)
+            }
             Op::Get => {
                 let c = if self.stale { "stale" } else { "linearizable" };
                 format!(r#"{{"key":"{key}","consistency":"{c}"}}"#)

@@ -17,7 +17,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
 use super::{snake_case, Driver, Op, Outcome};
@@ -25,13 +24,13 @@ use super::{snake_case, Driver, Op, Outcome};
 #[derive(Clone)]
 pub struct EtcdHandle {
     kv: KvClient,
-    value: Bytes,
+    value_size: usize,
     stale: bool,
 }
 
 pub struct Etcd {
     conns: Vec<Client>,
-    value: Bytes,
+    value_size: usize,
     stale: bool,
 }
 
@@ -63,7 +62,7 @@ impl Etcd {
             .map_err(|e| anyhow::anyhow!("etcd {endpoints:?} does not answer: {e}"))?;
         Ok(Etcd {
             conns,
-            value: Bytes::from(vec![b'x'; value_size]),
+            value_size,
             stale,
         })
     }
@@ -76,22 +75,27 @@ impl Etcd {
     pub fn handle(&self, c: usize) -> EtcdHandle {
         EtcdHandle {
             kv: self.conns[c % self.conns.len()].kv_client(),
-            value: self.value.clone(),
+            value_size: self.value_size,
             stale: self.stale,
         }
     }
 }
 
 impl Driver for EtcdHandle {
-    type Request = String;
+    /// The key, and for a put its value.
+    type Request = (String, Vec<u8>);
 
-    fn prepare(&self, _op: Op, key: u64) -> String {
-        format!("bench:{key}")
+    fn prepare(&self, op: Op, key: u64) -> (String, Vec<u8>) {
+        let value = match op {
+            Op::Put => super::fresh_value(self.value_size),
+            Op::Get | Op::Delete => Vec::new(),
+        };
+        (format!("bench:{key}"), value)
     }
 
-    async fn execute(&mut self, op: Op, key: String) -> Outcome {
+    async fn execute(&mut self, op: Op, (key, value): (String, Vec<u8>)) -> Outcome {
         let res = match op {
-            Op::Put => self.kv.put(key, self.value.to_vec(), None).await.map(drop),
+            Op::Put => self.kv.put(key, value, None).await.map(drop),
             Op::Get => {
                 let opts = self.stale.then(|| GetOptions::new().with_serializable());
                 // An empty result (key not yet written) is a served read.

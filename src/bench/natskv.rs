@@ -14,7 +14,7 @@ use super::{snake_case, Driver, Op, Outcome};
 #[derive(Clone)]
 pub struct NatsKvHandle {
     store: kv::Store,
-    value: Bytes,
+    value_size: usize,
 }
 
 /// Opens the bucket, creating it (history 1, `replicas` copies, file storage) if missing.
@@ -50,41 +50,38 @@ pub async fn open(
             cfg.name, cfg.num_replicas, cfg.storage, cfg.max_messages_per_subject, cfg.allow_direct
         );
     }
-    Ok(NatsKvHandle {
-        store,
-        value: Bytes::from(vec![b'x'; value_size]),
-    })
+    Ok(NatsKvHandle { store, value_size })
 }
 
 impl Driver for NatsKvHandle {
-    type Request = String;
+    /// The key, and for a put its value.
+    type Request = (String, Bytes);
 
     /// KV keys allow only `[-/_=.a-zA-Z0-9]`, so `bench:N` becomes `bench_N` (one subject
     /// token, like the other targets' one key segment).
-    fn prepare(&self, _op: Op, key: u64) -> String {
-        format!("bench_{key}")
+    fn prepare(&self, op: Op, key: u64) -> (String, Bytes) {
+        let value = match op {
+            Op::Put => Bytes::from(super::fresh_value(self.value_size)),
+            Op::Get | Op::Delete => Bytes::new(),
+        };
+        (format!("bench_{key}"), value)
     }
 
-    async fn execute(&mut self, op: Op, key: String) -> Outcome {
+    async fn execute(&mut self, op: Op, (key, value): (String, Bytes)) -> Outcome {
         let code = |kind: String| format!("natskv_{}", snake_case(&kind));
         match op {
-            Op::Put => self
-                .store
-                .put(key, self.value.clone())
-                .await
-                .map(drop)
-                .map_err(|e| {
-                    // An ack error wraps the publish error that says why (timed out, ...).
-                    use std::error::Error;
-                    let why = e
-                        .source()
-                        .and_then(|s| s.downcast_ref::<jetstream::context::PublishError>())
-                        .map(|p| format!("{:?}", p.kind()));
-                    match why {
-                        Some(why) => code(format!("{:?}{why}", e.kind())),
-                        None => code(format!("{:?}", e.kind())),
-                    }
-                }),
+            Op::Put => self.store.put(key, value).await.map(drop).map_err(|e| {
+                // An ack error wraps the publish error that says why (timed out, ...).
+                use std::error::Error;
+                let why = e
+                    .source()
+                    .and_then(|s| s.downcast_ref::<jetstream::context::PublishError>())
+                    .map(|p| format!("{:?}", p.kind()));
+                match why {
+                    Some(why) => code(format!("{:?}{why}", e.kind())),
+                    None => code(format!("{:?}", e.kind())),
+                }
+            }),
             // A missing key (`None`) is a served read, as for the other targets.
             Op::Get => self
                 .store

@@ -5,7 +5,7 @@
 //! Keyspaces: `meta` (format version, vote, purge point, current snapshot), `raft_log`
 //! (big-endian index → entry), `sm_meta` (last applied, membership, revision, cluster id,
 //! kv generation), `tokens` (SHA-256 of a token → its metadata) and `kv_<generation>`
-//! (key → revision + JSON value).
+//! (key → revision + JSON value; values from 1 KiB on in blob files).
 
 pub mod backup;
 pub mod keys;

@@ -394,3 +394,93 @@ fn a_flush_is_due_after_enough_commands() {
         );
     });
 }
+
+/// A JSON string value of `len` bytes, different for each `i`.
+fn big_value(i: u64, len: usize) -> String {
+    let body: String = (0..len - 2)
+        .map(|n| char::from(b'a' + ((n as u64 * 7 + i) % 26) as u8))
+        .collect();
+    format!("\"{body}\"")
+}
+
+/// Values of 1 KiB and more go to blob files, out of the LSM tables; they read back the
+/// same from memory, from the blob files, and after a reopen, and a snapshot carries them.
+#[test]
+fn large_values_live_in_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (_, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        let entries: Vec<Entry<TypeConfig>> = (1..=40)
+            .map(|i| put(1, i, &format!("big{i:02}"), &big_value(i, 8 * 1024)))
+            .chain((41..=50).map(|i| put(1, i, &format!("small{i:02}"), &format!("{i}"))))
+            .collect();
+        sm.apply(entries).await.unwrap();
+        // The digest flushes the state machine; the rotation writes the memtable out.
+        let digest = view.digest().unwrap();
+        let (_, kv) = view.kv();
+        kv.rotate_memtable_and_wait().unwrap();
+        assert!(kv.is_kv_separated());
+        assert!(kv.blob_file_count() > 0, "no blob file after a flush");
+        assert_eq!(
+            view.get("big07").unwrap(),
+            Some((7, big_value(7, 8 * 1024).into_bytes()))
+        );
+        assert_eq!(view.get("small42").unwrap(), Some((42, b"42".to_vec())));
+        assert_eq!(view.data_bytes(), live_data_bytes(&view));
+
+        // A snapshot built from blob-held values installs equal on another node.
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let (_, view_b) = open(other.path());
+        let mut sm_b = StateMachine::new(view_b.clone(), crate::observe::Observer::noop());
+        let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
+        let mut src = snap.snapshot;
+        tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+        sm_b.install_snapshot(&snap.meta, recv).await.unwrap();
+        assert_eq!(view_b.digest().unwrap(), digest);
+    });
+    let (_, view) = open(dir.path());
+    assert_eq!(
+        view.get("big40").unwrap(),
+        Some((40, big_value(40, 8 * 1024).into_bytes()))
+    );
+    assert_eq!(view.key_count(), 50);
+}
+
+/// A data keyspace created before values were separated keeps its own settings when it is
+/// opened again: its values stay in the tables and read back as before.
+#[test]
+fn a_kv_keyspace_from_before_separation_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // As an older build left it: the data keyspace created without separation.
+        let store = Store::open_unmigrated(dir.path(), 8, true).unwrap();
+        let plain = fjall::KeyspaceCreateOptions::default;
+        let kv = store
+            .db
+            .keyspace(&super::keys::kv_keyspace_name(0), plain)
+            .unwrap();
+        assert!(!kv.is_kv_separated());
+    }
+    rt().block_on(async {
+        let (_, view) = open(dir.path());
+        let mut sm = StateMachine::new(view.clone(), crate::observe::Observer::noop());
+        sm.apply(vec![put(1, 1, "big", &big_value(1, 4096))])
+            .await
+            .unwrap();
+        view.digest().unwrap();
+        let (_, kv) = view.kv();
+        assert!(!kv.is_kv_separated(), "the stored settings win");
+    });
+    let (_, view) = open(dir.path());
+    assert_eq!(
+        view.get("big").unwrap(),
+        Some((1, big_value(1, 4096).into_bytes()))
+    );
+}
