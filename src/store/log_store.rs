@@ -204,7 +204,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged =
             bincode::serialize(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
         batch.insert(&self.store.meta, keys::META_LAST_PURGED, purged);
-        for guard in self.store.log.range(..=keys::log_key(log_id.index)) {
+        let upto = keys::log_key(log_id.index);
+        for guard in self.store.log.range(..=upto) {
             let key = guard.key().map_err(|e| StorageIOError::write_logs(&e))?;
             batch.remove(&self.store.log, key);
         }
@@ -212,6 +213,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        // The tombstones hide the purged entries, but their bytes stay on disk until
+        // compaction reaches them: gigabytes with large values. Drop every table that holds
+        // only purged entries. Not awaited: it waits for fjall's compaction lock, and the
+        // purge is already durable without it.
+        let log = self.store.log.clone();
+        tokio::task::spawn_blocking(move || {
+            use fjall::AbstractTree;
+            if let Err(e) = log.tree.drop_range(..=upto) {
+                tracing::warn!(error = %e, "dropping purged log tables failed");
+            }
+        });
         Ok(())
     }
 }

@@ -55,6 +55,17 @@ fn open(dir: &std::path::Path) -> (Store, Arc<StateView>) {
     (store, view)
 }
 
+/// Writes entries into the log as the log store's `append` does. The flush callback that
+/// `append` takes is internal to openraft.
+fn write_log(store: &Store, entries: &[Entry<TypeConfig>]) {
+    let mut batch = store.db.batch();
+    for e in entries {
+        let buf = super::log_store::encode_entry(e).unwrap();
+        batch.insert(&store.log, super::keys::log_key(e.log_id.index), buf);
+    }
+    batch.commit().unwrap();
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,15 +95,7 @@ fn log_vote_and_state_machine_survive_reopen() {
                 put(1, 3, "b", r#"{"x":true}"#),
                 put(2, 4, "a", "2"),
             ];
-            // The flush callback is internal to openraft; write through the reader path
-            // by appending via the blocking batch the storage uses.
-            let mut batch = store.db.batch();
-            for e in &entries {
-                let mut buf = vec![super::keys::ENTRY_ENCODING_V1];
-                bincode::serialize_into(&mut buf, e).unwrap();
-                batch.insert(&store.log, super::keys::log_key(e.log_id.index), buf);
-            }
-            batch.commit().unwrap();
+            write_log(&store, &entries);
             let outcomes = sm.apply(entries).await.unwrap();
             assert_eq!(outcomes[1], Outcome::Put { revision: 1 });
             assert_eq!(outcomes[3], Outcome::Put { revision: 3 });
@@ -135,6 +138,44 @@ fn purge_point_survives_reopen() {
         let s = log.get_log_state().await.unwrap();
         assert_eq!(s.last_purged_log_id, Some(log_id(2, 10)));
         assert_eq!(s.last_log_id, Some(log_id(2, 10)));
+    });
+}
+
+/// A purge frees the disk space of the purged entries, not only hides them: tables that
+/// hold only purged entries are dropped.
+#[test]
+fn purge_frees_the_space_of_purged_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (store, _) = open(dir.path());
+        let mut log = LogStore::new(store.clone());
+        let value = big_value(0, 16 * 1024);
+        for round in 0..4u64 {
+            let entries: Vec<_> = (1..=100)
+                .map(|i| put(1, round * 100 + i, "k", &value))
+                .collect();
+            write_log(&store, &entries);
+            // One table per round.
+            store.log.rotate_memtable_and_wait().unwrap();
+        }
+        let before = store.log.disk_space();
+        assert!(before > 4 * 100 * 16 * 1024, "{before} bytes on disk");
+        log.purge(log_id(1, 390)).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.log.disk_space() > before / 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "purged tables still on disk: {} of {before} bytes",
+                store.log.disk_space()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 390)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 400)));
+        let kept = log.try_get_log_entries(391..=400).await.unwrap();
+        assert_eq!(kept.len(), 10);
+        assert!(log.try_get_log_entries(1..=390).await.unwrap().is_empty());
     });
 }
 
