@@ -29,7 +29,7 @@
 # summaries (one line per run) in data/bench-compare-<stamp>.jsonl.
 #
 # Environment:
-#   SECS=5 REPS=3     seconds per run, rounds (about 19 min in all, plus the build)
+#   SECS=5 REPS=3     seconds per run, rounds (about 14 min in all, plus the build)
 #   QUICK=1           smoke run: SECS=3 REPS=1 unless those are set
 #   SYSTEMS="..."     subset of: concord etcd natskv-always natskv-default
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it

@@ -184,11 +184,13 @@ pub(crate) fn fresh_value(len: usize) -> Vec<u8> {
     thread_local! {
         static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
     }
+    /// Random keys per process and thread; xorshift needs a nonzero state.
     fn seed() -> u64 {
         use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id() as u64);
-        h.finish() | 1
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1
     }
     STATE.with(|cell| {
         let mut state = cell.get();

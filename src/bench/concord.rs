@@ -64,18 +64,19 @@ impl Driver for ConcordHandle {
         let key = format!("bench:{key}");
         let body = match op {
             Op::Put => {
-                let value = super::fresh_value(self.value_size.saturating_sub(2));
                 // The alphabet needs no escaping in a JSON string.
-                let value = String::from_utf8_lossy(&value);
-                format!(r#"{{"key":"{key}","value":"{value}"}}"#)
+                let mut body = format!(r#"{{"key":"{key}","value":""#).into_bytes();
+                body.extend(super::fresh_value(self.value_size.saturating_sub(2)));
+                body.extend_from_slice(br#""}"#);
+                body
             }
             Op::Get => {
                 let c = if self.stale { "stale" } else { "linearizable" };
-                format!(r#"{{"key":"{key}","consistency":"{c}"}}"#)
+                format!(r#"{{"key":"{key}","consistency":"{c}"}}"#).into_bytes()
             }
-            Op::Delete => format!(r#"{{"key":"{key}"}}"#),
+            Op::Delete => format!(r#"{{"key":"{key}"}}"#).into_bytes(),
         };
-        body.into_bytes().into()
+        body.into()
     }
 
     async fn execute(&mut self, op: Op, body: Bytes) -> Outcome {

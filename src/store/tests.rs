@@ -66,6 +66,26 @@ fn write_log(store: &Store, entries: &[Entry<TypeConfig>]) {
     batch.commit().unwrap();
 }
 
+async fn build_snapshot(sm: &mut StateMachine) -> openraft::Snapshot<TypeConfig> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
+/// Sends `snap` to `to` as openraft does: into its receiving file, then installed.
+async fn install(
+    to: &mut StateMachine,
+    snap: openraft::Snapshot<TypeConfig>,
+) -> openraft::SnapshotMeta<u64, crate::raft::types::Node> {
+    let mut recv = to.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+    to.install_snapshot(&snap.meta, recv).await.unwrap();
+    snap.meta
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -197,22 +217,14 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
             })),
         });
         sm_a.apply(entries).await.unwrap();
-        let snap = sm_a
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = build_snapshot(&mut sm_a).await;
         assert_eq!(snap.meta.last_log_id, Some(log_id(1, 501)));
 
         let (_, view_b) = open(b.path());
         let mut sm_b = StateMachine::new(view_b.clone(), crate::observe::Observer::noop());
         // Data already there must be replaced, not merged.
         sm_b.apply(vec![put(1, 1, "stray", "0")]).await.unwrap();
-        let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
-        let mut src = snap.snapshot;
-        tokio::io::copy(&mut src, &mut *recv).await.unwrap();
-        sm_b.install_snapshot(&snap.meta, recv).await.unwrap();
+        let snap_meta = install(&mut sm_b, snap).await;
 
         assert_eq!(view_b.revision(), 501);
         assert_eq!(view_b.key_count(), 499);
@@ -226,7 +238,7 @@ fn snapshot_builds_and_installs_into_a_fresh_keyspace() {
         let (applied, _) = sm_b.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(1, 501)));
         let current = sm_b.get_current_snapshot().await.unwrap().expect("kept");
-        assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+        assert_eq!(current.meta.snapshot_id, snap_meta.snapshot_id);
 
         // Keys this node wrote before the install are new again after it (no stale size
         // from before the install counts).
@@ -377,22 +389,14 @@ fn an_install_drops_unflushed_writes() {
         a.apply(vec![membership_entry(1), put(1, 2, "k", "from-a")])
             .await
             .unwrap();
-        let snapshot = a
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build_snapshot(&mut a).await;
 
         let (_store_b, view_b) = open(dir_b.path());
         let mut b = StateMachine::new(view_b.clone(), crate::observe::Observer::noop());
         b.apply(vec![membership_entry(1)]).await.unwrap();
         b.apply(vec![put(1, 2, "stale", "x")]).await.unwrap();
         assert!(view_b.get("stale").unwrap().is_some());
-        let mut recv = b.begin_receiving_snapshot().await.unwrap();
-        let mut src = snapshot.snapshot;
-        tokio::io::copy(&mut src, &mut *recv).await.unwrap();
-        b.install_snapshot(&snapshot.meta, recv).await.unwrap();
+        install(&mut b, snapshot).await;
         view_b.flush().unwrap();
         assert_eq!(view_b.get("stale").unwrap(), None);
         assert_eq!(view_b.get("k").unwrap(), Some((1, b"from-a".to_vec())));
@@ -472,18 +476,10 @@ fn large_values_live_in_blob_files() {
         assert_eq!(view.data_bytes(), live_data_bytes(&view));
 
         // A snapshot built from blob-held values installs equal on another node.
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = build_snapshot(&mut sm).await;
         let (_, view_b) = open(other.path());
         let mut sm_b = StateMachine::new(view_b.clone(), crate::observe::Observer::noop());
-        let mut recv = sm_b.begin_receiving_snapshot().await.unwrap();
-        let mut src = snap.snapshot;
-        tokio::io::copy(&mut src, &mut *recv).await.unwrap();
-        sm_b.install_snapshot(&snap.meta, recv).await.unwrap();
+        install(&mut sm_b, snap).await;
         assert_eq!(view_b.digest().unwrap(), digest);
     });
     let (_, view) = open(dir.path());
