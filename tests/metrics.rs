@@ -265,6 +265,16 @@ async fn counters_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
         );
     }
 
+    // Each put's commit reached the followers in a one-way notice, not a call.
+    for peer in (1..=3u64).filter(|&p| p != leader).map(|p| p.to_string()) {
+        let labels: Labels = &[("peer", &peer)];
+        let notices = moved(false, "concord_raft_commit_notices_total", labels)?;
+        ensure!(
+            notices >= 1.0,
+            "leader sent {notices} one-way commit notices to node {peer} for {K} puts"
+        );
+    }
+
     // Every node applied the K puts.
     let revision = cluster.status(leader).await?["revision"]
         .as_u64()
@@ -489,6 +499,7 @@ fn check_contract(m: &Scrape, node: u64) -> Result<()> {
     ensure!(states == 1.0, ctx(&format!("raft_state sums to {states}")));
     for peer in (1..=3u64).filter(|&p| p != node).map(|p| p.to_string()) {
         m.value("concord_raft_replication_lag", &[("peer", &peer)])?;
+        m.value("concord_raft_commit_notices_total", &[("peer", &peer)])?;
         for rpc in ["append", "vote", "snapshot"] {
             m.value(
                 "concord_raft_rpc_duration_seconds_count",

@@ -17,7 +17,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
+use openraft::{LogId, RPCTypes, Vote};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -53,14 +53,46 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             net: self.clone(),
             target,
             metrics: self.observer.metrics.peer(target),
+            acked: None,
         }
     }
 }
+
+/// A one-way commit notice is sent only while the target's last real reply on this
+/// connection is younger than this.
+const ONE_WAY_FRESH: Duration = Duration::from_millis(100);
 
 pub struct Connection {
     net: Network,
     target: NodeId,
     metrics: Arc<PeerMetrics>,
+    /// The target's last successful append reply on this connection.
+    acked: Option<Acked>,
+}
+
+/// An append the target accepted: in `vote`, its log matching ours up to `matched`, told
+/// that `committed` is committed.
+struct Acked {
+    vote: Vote<NodeId>,
+    matched: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    at: Instant,
+}
+
+impl Acked {
+    /// Whether `rpc` only tells the target a newer commit index. openraft 0.9 sends one
+    /// after each commit and waits for its reply before the next entries go out. A reply
+    /// could only repeat the last one (same vote, same log), so it is sent one-way and
+    /// answered here, as etcd's transport does with every message. A connection that has
+    /// not had a reply yet, like the fresh one openraft opens for each ReadIndex round,
+    /// always makes the real call, so leadership is confirmed by real replies only.
+    fn covers(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        rpc.entries.is_empty()
+            && rpc.vote == self.vote
+            && rpc.prev_log_id == self.matched
+            && rpc.leader_commit > self.committed
+            && self.at.elapsed() < ONE_WAY_FRESH
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +111,23 @@ impl std::error::Error for Oversize {}
 struct Refused(String);
 
 impl Connection {
+    /// `body` in the RPC envelope, encoded.
+    fn envelope<Req: Serialize, E: std::error::Error>(
+        &self,
+        body: Req,
+    ) -> Result<Vec<u8>, RPCError<NodeId, Node, E>> {
+        let net = &self.net;
+        let envelope = RpcRequest {
+            format: RPC_FORMAT,
+            cluster_name: net.cluster_name.clone(),
+            cluster_id: *net.cluster_id.borrow(),
+            from: net.me,
+            to: self.target,
+            body,
+        };
+        wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
     /// One RPC, timed and counted by outcome.
     async fn call<Req, Resp, E>(
         &self,
@@ -121,16 +170,7 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let net = &self.net;
-        let envelope = RpcRequest {
-            format: RPC_FORMAT,
-            cluster_name: net.cluster_name.clone(),
-            cluster_id: *net.cluster_id.borrow(),
-            from: net.me,
-            to: self.target,
-            body,
-        };
-        let bytes =
-            wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = self.envelope(body)?;
         let too_large = || -> RPCError<NodeId, Node, E> {
             if entries > 1 {
                 RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
@@ -178,15 +218,45 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if let Some(acked) = self.acked.as_mut().filter(|a| a.covers(&rpc)) {
+            acked.committed = rpc.leader_commit;
+            let bytes = self.envelope(rpc)?;
+            let subject = self.net.subjects.raft(self.target, RaftRpc::Append);
+            return match self.net.inbox.notify(subject, bytes.into()).await {
+                Ok(()) => {
+                    self.metrics.commit_notices.increment(1);
+                    Ok(AppendEntriesResponse::Success)
+                }
+                Err(e) => {
+                    self.acked = None;
+                    Err(RPCError::Network(NetworkError::new(&e)))
+                }
+            };
+        }
         let n = rpc.entries.len() as u64;
-        self.call(
-            RaftRpc::Append,
-            RPCTypes::AppendEntries,
-            rpc,
-            option.hard_ttl(),
-            n,
-        )
-        .await
+        let sent = Acked {
+            vote: rpc.vote,
+            matched: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            committed: rpc.leader_commit,
+            at: Instant::now(),
+        };
+        let res = self
+            .call(
+                RaftRpc::Append,
+                RPCTypes::AppendEntries,
+                rpc,
+                option.hard_ttl(),
+                n,
+            )
+            .await;
+        self.acked = match res {
+            Ok(AppendEntriesResponse::Success) => Some(Acked {
+                at: Instant::now(),
+                ..sent
+            }),
+            _ => None,
+        };
+        res
     }
 
     async fn install_snapshot(
@@ -214,5 +284,71 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(RaftRpc::Vote, RPCTypes::Vote, rpc, option.hard_ttl(), 0)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn append(
+        vote: Vote<NodeId>,
+        prev: u64,
+        entries: u64,
+        commit: u64,
+    ) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote,
+            prev_log_id: Some(log_id(2, prev)),
+            entries: (prev + 1..=prev + entries)
+                .map(|i| Entry {
+                    log_id: log_id(2, i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: Some(log_id(2, commit)),
+        }
+    }
+
+    fn acked(vote: Vote<NodeId>, matched: u64, committed: u64, age: Duration) -> Acked {
+        Acked {
+            vote,
+            matched: Some(log_id(2, matched)),
+            committed: Some(log_id(2, committed)),
+            at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        }
+    }
+
+    #[test]
+    fn only_a_fresh_commit_notice_goes_one_way() {
+        let vote = Vote::new_committed(2, 1);
+        let fresh = acked(vote, 10, 8, Duration::ZERO);
+        assert!(
+            fresh.covers(&append(vote, 10, 0, 10)),
+            "a newer commit only"
+        );
+
+        assert!(
+            !fresh.covers(&append(vote, 10, 2, 10)),
+            "entries need a reply"
+        );
+        assert!(
+            !fresh.covers(&append(vote, 10, 0, 8)),
+            "no newer commit: a heartbeat"
+        );
+        assert!(
+            !fresh.covers(&append(vote, 9, 0, 10)),
+            "another prev log id"
+        );
+        let newer = Vote::new_committed(3, 1);
+        assert!(!fresh.covers(&append(newer, 10, 0, 10)), "another vote");
+
+        let stale = acked(vote, 10, 8, ONE_WAY_FRESH * 2);
+        assert!(!stale.covers(&append(vote, 10, 0, 10)), "no recent reply");
     }
 }
