@@ -161,7 +161,9 @@ pub async fn run(
     )
     .await?;
 
+    let log_store = LogStore::new(store.clone());
     let network = Network {
+        log_end: log_store.end(),
         inbox: inbox.clone(),
         subjects: subjects.clone(),
         me,
@@ -174,7 +176,7 @@ pub async fn run(
         &config,
         max_payload,
         network.clone(),
-        LogStore::new(store.clone()),
+        log_store,
         StateMachine::new(view.clone(), observer.clone()),
     )
     .await?;

@@ -59,7 +59,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_raft_rpc_duration_seconds",
     "concord_raft_rpc_errors_total",
     "concord_raft_rpc_rejected_total",
-    "concord_raft_commit_notices_total",
+    "concord_raft_commit_notices_skipped_total",
     "concord_snapshots_total",
     "concord_snapshot_size_bytes",
     "concord_snapshot_duration_seconds",

@@ -35,7 +35,7 @@ pub const RAFT_RPC_DURATION: &str = "concord_raft_rpc_duration_seconds";
 pub const RAFT_RPC_ERRORS: &str = "concord_raft_rpc_errors_total";
 /// Counted in `signing::Rejections::record`.
 pub const RAFT_RPC_REJECTED: &str = "concord_raft_rpc_rejected_total";
-pub const RAFT_COMMIT_NOTICES: &str = "concord_raft_commit_notices_total";
+pub const RAFT_COMMIT_NOTICES_SKIPPED: &str = "concord_raft_commit_notices_skipped_total";
 pub const SNAPSHOTS: &str = "concord_snapshots_total";
 pub const SNAPSHOT_SIZE: &str = "concord_snapshot_size_bytes";
 pub const SNAPSHOT_DURATION: &str = "concord_snapshot_duration_seconds";
@@ -244,8 +244,9 @@ pub struct PeerMetrics {
     pub lag: Gauge,
     rpc_duration: [Histogram; 3],
     rpc_errors: [[Counter; 5]; 3],
-    /// Appends that only told the peer a newer commit index, sent one-way.
-    pub commit_notices: Counter,
+    /// Appends that only told the peer a newer commit index, not sent: the next append
+    /// carries it.
+    pub commit_notices_skipped: Counter,
 }
 
 impl PeerMetrics {
@@ -261,7 +262,7 @@ impl PeerMetrics {
                     counter!(RAFT_RPC_ERRORS, "rpc" => rpc.as_str(), "peer" => p.clone(), "kind" => kind.label())
                 })
             }),
-            commit_notices: counter!(RAFT_COMMIT_NOTICES, "peer" => p.clone()),
+            commit_notices_skipped: counter!(RAFT_COMMIT_NOTICES_SKIPPED, "peer" => p.clone()),
         }
     }
 
@@ -440,9 +441,9 @@ fn describe() {
          network, payload_too_large)."
     );
     describe_counter!(
-        RAFT_COMMIT_NOTICES,
-        "Appends that only told a peer a newer commit index, sent one-way (no reply awaited), \
-         by peer."
+        RAFT_COMMIT_NOTICES_SKIPPED,
+        "Appends that only told a peer a newer commit index, not sent because entries already \
+         waiting for the peer carry it, by peer."
     );
     describe_counter!(
         RAFT_RPC_REJECTED,

@@ -125,24 +125,6 @@ impl Inbox {
             .await
     }
 
-    /// Sends `payload` to `subject` with no reply subject: a one-way message, signed like a
-    /// request whose reply subject is empty.
-    pub async fn notify(&self, subject: String, payload: Bytes) -> Result<(), CallError> {
-        let published = match &self.signer {
-            Some(s) => {
-                let mac = s.request_mac(&subject, &[b""], &payload);
-                self.client
-                    .publish_with_headers(subject, signing::mac_header(&mac), payload)
-                    .await
-            }
-            None => self.client.publish(subject, payload).await,
-        };
-        published.map_err(|e| match e.kind() {
-            PublishErrorKind::MaxPayloadExceeded => CallError::TooLarge,
-            _ => CallError::Publish(e),
-        })
-    }
-
     /// Like [`Inbox::request`], with headers; the values of the `signed` ones are covered by
     /// the MAC (in that order, an absent header as empty).
     pub async fn request_with_headers(

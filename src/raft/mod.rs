@@ -5,6 +5,7 @@
 pub mod handoff;
 pub mod inbox;
 pub mod network;
+mod notice;
 pub mod service;
 pub mod types;
 pub mod wire;

@@ -3,7 +3,8 @@
 //!
 //! Error mapping follows openraft's retry rules: nobody subscribed means `Unreachable` (it
 //! backs off), a timeout is `Timeout`, an oversize append is `PayloadTooLarge` with a hint
-//! so openraft resends fewer entries.
+//! so openraft resends fewer entries. A commit notice that the next append will carry is not
+//! sent at all (see [`notice`](super::notice)).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,12 +18,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{LogId, RPCTypes, Vote};
+use openraft::RPCTypes;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::inbox::{CallError, Inbox};
+use super::notice::{Awaited, Notices, NOTICE_WAIT};
 use super::types::{Node, NodeId, TypeConfig};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use crate::observe::metrics::PeerMetrics;
@@ -34,6 +36,8 @@ pub const PAYLOAD_HEADROOM: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct Network {
+    /// The index of the last entry in this node's log.
+    pub log_end: watch::Receiver<u64>,
     /// Sends RPCs and matches (and verifies) their replies.
     pub inbox: Arc<Inbox>,
     pub subjects: Subjects,
@@ -49,50 +53,26 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, _node: &Node) -> Connection {
+        self.connect(target)
+    }
+}
+
+impl Network {
+    fn connect(&self, target: NodeId) -> Connection {
         Connection {
             net: self.clone(),
             target,
             metrics: self.observer.metrics.peer(target),
-            acked: None,
+            notices: Notices::default(),
         }
     }
 }
-
-/// A one-way commit notice is sent only while the target's last real reply on this
-/// connection is younger than this.
-const ONE_WAY_FRESH: Duration = Duration::from_millis(100);
 
 pub struct Connection {
     net: Network,
     target: NodeId,
     metrics: Arc<PeerMetrics>,
-    /// The target's last successful append reply on this connection.
-    acked: Option<Acked>,
-}
-
-/// An append the target accepted: in `vote`, its log matching ours up to `matched`, told
-/// that `committed` is committed.
-struct Acked {
-    vote: Vote<NodeId>,
-    matched: Option<LogId<NodeId>>,
-    committed: Option<LogId<NodeId>>,
-    at: Instant,
-}
-
-impl Acked {
-    /// Whether `rpc` only tells the target a newer commit index. openraft 0.9 sends one
-    /// after each commit and waits for its reply before the next entries go out. A reply
-    /// could only repeat the last one (same vote, same log), so it is sent one-way and
-    /// answered here, as etcd's transport does with every message. A connection that has
-    /// not had a reply yet, like the fresh one openraft opens for each ReadIndex round,
-    /// always makes the real call, so leadership is confirmed by real replies only.
-    fn covers(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
-        rpc.entries.is_empty()
-            && rpc.vote == self.vote
-            && rpc.prev_log_id == self.matched
-            && rpc.leader_commit > self.committed
-            && self.at.elapsed() < ONE_WAY_FRESH
-    }
+    notices: Notices,
 }
 
 #[derive(Debug)]
@@ -111,6 +91,16 @@ impl std::error::Error for Oversize {}
 struct Refused(String);
 
 impl Connection {
+    async fn append(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        self.call(RaftRpc::Append, RPCTypes::AppendEntries, rpc, ttl, n)
+            .await
+    }
+
     /// `body` in the RPC envelope, encoded.
     fn envelope<Req: Serialize, E: std::error::Error>(
         &self,
@@ -218,45 +208,18 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        if let Some(acked) = self.acked.as_mut().filter(|a| a.covers(&rpc)) {
-            acked.committed = rpc.leader_commit;
-            let bytes = self.envelope(rpc)?;
-            let subject = self.net.subjects.raft(self.target, RaftRpc::Append);
-            return match self.net.inbox.notify(subject, bytes.into()).await {
-                Ok(()) => {
-                    self.metrics.commit_notices.increment(1);
-                    Ok(AppendEntriesResponse::Success)
-                }
-                Err(e) => {
-                    self.acked = None;
-                    Err(RPCError::Network(NetworkError::new(&e)))
-                }
-            };
+        if let Some(matched) = self.notices.skippable(&rpc) {
+            let carried = self.net.log_end.wait_for(|&end| end > matched);
+            if let Ok(Ok(_)) = tokio::time::timeout(NOTICE_WAIT, carried).await {
+                self.notices.skipped(&rpc);
+                self.metrics.commit_notices_skipped.increment(1);
+                return Ok(AppendEntriesResponse::Success);
+            }
         }
-        let n = rpc.entries.len() as u64;
-        let sent = Acked {
-            vote: rpc.vote,
-            matched: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
-            committed: rpc.leader_commit,
-            at: Instant::now(),
-        };
-        let res = self
-            .call(
-                RaftRpc::Append,
-                RPCTypes::AppendEntries,
-                rpc,
-                option.hard_ttl(),
-                n,
-            )
-            .await;
-        self.acked = match res {
-            Ok(AppendEntriesResponse::Success) => Some(Acked {
-                at: Instant::now(),
-                ..sent
-            }),
-            _ => None,
-        };
-        res
+        let sent = Awaited::new(&rpc);
+        let reply = self.append(rpc, option.hard_ttl()).await;
+        self.notices.after(sent, &reply);
+        reply
     }
 
     async fn install_snapshot(
@@ -284,71 +247,5 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(RaftRpc::Vote, RPCTypes::Vote, rpc, option.hard_ttl(), 0)
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload};
-
-    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
-    }
-
-    fn append(
-        vote: Vote<NodeId>,
-        prev: u64,
-        entries: u64,
-        commit: u64,
-    ) -> AppendEntriesRequest<TypeConfig> {
-        AppendEntriesRequest {
-            vote,
-            prev_log_id: Some(log_id(2, prev)),
-            entries: (prev + 1..=prev + entries)
-                .map(|i| Entry {
-                    log_id: log_id(2, i),
-                    payload: EntryPayload::Blank,
-                })
-                .collect(),
-            leader_commit: Some(log_id(2, commit)),
-        }
-    }
-
-    fn acked(vote: Vote<NodeId>, matched: u64, committed: u64, age: Duration) -> Acked {
-        Acked {
-            vote,
-            matched: Some(log_id(2, matched)),
-            committed: Some(log_id(2, committed)),
-            at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-        }
-    }
-
-    #[test]
-    fn only_a_fresh_commit_notice_goes_one_way() {
-        let vote = Vote::new_committed(2, 1);
-        let fresh = acked(vote, 10, 8, Duration::ZERO);
-        assert!(
-            fresh.covers(&append(vote, 10, 0, 10)),
-            "a newer commit only"
-        );
-
-        assert!(
-            !fresh.covers(&append(vote, 10, 2, 10)),
-            "entries need a reply"
-        );
-        assert!(
-            !fresh.covers(&append(vote, 10, 0, 8)),
-            "no newer commit: a heartbeat"
-        );
-        assert!(
-            !fresh.covers(&append(vote, 9, 0, 10)),
-            "another prev log id"
-        );
-        let newer = Vote::new_committed(3, 1);
-        assert!(!fresh.covers(&append(newer, 10, 0, 10)), "another vote");
-
-        let stale = acked(vote, 10, 8, ONE_WAY_FRESH * 2);
-        assert!(!stale.covers(&append(vote, 10, 0, 10)), "no recent reply");
     }
 }

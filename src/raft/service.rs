@@ -125,13 +125,10 @@ impl RaftService {
                 }
             }
         };
-        let rpc = RaftRpc::parse(last_token(&msg.subject));
-        // Only an append may come one-way: a commit notice, see `network::Acked::covers`.
-        let reply_to = msg.reply.clone();
-        if reply_to.is_none() && rpc != Some(RaftRpc::Append) {
+        let Some(reply_to) = msg.reply.clone() else {
             return;
-        }
-        let reply = match rpc {
+        };
+        let reply = match RaftRpc::parse(last_token(&msg.subject)) {
             Some(RaftRpc::Append) => {
                 self.serve(&msg, |req: AppendEntriesRequest<TypeConfig>| async move {
                     let leader_vote = req.vote;
@@ -176,9 +173,6 @@ impl RaftService {
                 .await
             }
             None => return,
-        };
-        let Some(reply_to) = reply_to else {
-            return;
         };
         let sent = match (&self.signer, request_mac) {
             (Some(signer), Some(mac)) => {

@@ -6,9 +6,11 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use tokio::sync::watch;
 
 use super::{keys, Store};
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -16,11 +18,22 @@ use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    /// The index of the last entry written to the log (0 before the first append).
+    end: Arc<watch::Sender<u64>>,
 }
 
 impl LogStore {
     pub fn new(store: Store) -> Self {
-        LogStore { store }
+        LogStore {
+            store,
+            end: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// A live view of the index of the last entry appended, for the Raft network: entries
+    /// past a follower's matched index are about to be sent to it.
+    pub fn end(&self) -> watch::Receiver<u64> {
+        self.end.subscribe()
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -172,11 +185,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = self.store.db.batch();
+        let mut last = None;
         for entry in entries {
             let bytes = encode_entry(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.insert(&self.store.log, keys::log_key(entry.log_id.index), bytes);
+            last = Some(entry.log_id.index);
         }
         batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        if let Some(last) = last {
+            self.end.send_replace(last);
+        }
         // Readable now; acknowledged to Raft only once the journal is on disk.
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -187,6 +205,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let before = log_id.index.saturating_sub(1);
+        self.end.send_if_modified(|end| {
+            let moved = *end > before;
+            *end = (*end).min(before);
+            moved
+        });
         let mut batch = self.store.db.batch();
         for guard in self.store.log.range(keys::log_key(log_id.index)..) {
             let key = guard.key().map_err(|e| StorageIOError::write_logs(&e))?;
