@@ -53,12 +53,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, _node: &Node) -> Connection {
-        self.connect(target)
-    }
-}
-
-impl Network {
-    fn connect(&self, target: NodeId) -> Connection {
         Connection {
             net: self.clone(),
             target,
@@ -91,33 +85,6 @@ impl std::error::Error for Oversize {}
 struct Refused(String);
 
 impl Connection {
-    async fn append(
-        &self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        ttl: Duration,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let n = rpc.entries.len() as u64;
-        self.call(RaftRpc::Append, RPCTypes::AppendEntries, rpc, ttl, n)
-            .await
-    }
-
-    /// `body` in the RPC envelope, encoded.
-    fn envelope<Req: Serialize, E: std::error::Error>(
-        &self,
-        body: Req,
-    ) -> Result<Vec<u8>, RPCError<NodeId, Node, E>> {
-        let net = &self.net;
-        let envelope = RpcRequest {
-            format: RPC_FORMAT,
-            cluster_name: net.cluster_name.clone(),
-            cluster_id: *net.cluster_id.borrow(),
-            from: net.me,
-            to: self.target,
-            body,
-        };
-        wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))
-    }
-
     /// One RPC, timed and counted by outcome.
     async fn call<Req, Resp, E>(
         &self,
@@ -160,7 +127,16 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let net = &self.net;
-        let bytes = self.envelope(body)?;
+        let envelope = RpcRequest {
+            format: RPC_FORMAT,
+            cluster_name: net.cluster_name.clone(),
+            cluster_id: *net.cluster_id.borrow(),
+            from: net.me,
+            to: self.target,
+            body,
+        };
+        let bytes =
+            wire::encode(&envelope).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let too_large = || -> RPCError<NodeId, Node, E> {
             if entries > 1 {
                 RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
@@ -217,7 +193,16 @@ impl RaftNetwork<TypeConfig> for Connection {
             }
         }
         let sent = Awaited::new(&rpc);
-        let reply = self.append(rpc, option.hard_ttl()).await;
+        let n = rpc.entries.len() as u64;
+        let reply = self
+            .call(
+                RaftRpc::Append,
+                RPCTypes::AppendEntries,
+                rpc,
+                option.hard_ttl(),
+                n,
+            )
+            .await;
         self.notices.after(sent, &reply);
         reply
     }
