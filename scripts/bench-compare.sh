@@ -376,6 +376,13 @@ run_etcd() {
 # --- NATS JetStream KV ------------------------------------------------------------------------
 
 # $1: system name; $2: "always" or "default" (sync_interval).
+# One put to the bench bucket (created if missing) that succeeds: the bench exits 0 even
+# when its operations fail, so the errors are read from its JSON summary.
+natskv_put_works() {
+    "$BIN" bench --json "${TARGET_ARGS[@]}" --ops 1 --clients 1 |
+        python3 -c 'import json, sys; sys.exit(1 if json.load(sys.stdin)["errors"] else 0)'
+}
+
 run_natskv() {
     local system="$1" sync="$2" i conf routes="" pids=()
     for i in 0 1 2; do routes+="${routes:+, }nats-route://127.0.0.1:${JS_ROUTE_PORTS[$i]}"; done
@@ -404,8 +411,9 @@ run_natskv() {
     # wherever JetStream placed it.
     TARGET_ARGS=(--nats-url "nats://127.0.0.1:${JS_PORTS[0]}" --target natskv --bucket bench --replicas 3)
     WATCH=("${pids[@]}")
-    # Creating the R3 bucket succeeds once the JetStream meta group has a leader and peers.
-    wait_for 60 "$BIN" bench --json "${TARGET_ARGS[@]}" --ops 1 --clients 1 || {
+    # Creating the R3 bucket succeeds once the JetStream meta group has a leader and peers;
+    # a put succeeds once the bucket's stream has a leader too.
+    wait_for 60 natskv_put_works || {
         show_logs "$WORK/$system"-s*.log
         die "$system: JetStream KV not ready within 60 s"
     }
