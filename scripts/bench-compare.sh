@@ -375,7 +375,6 @@ run_etcd() {
 
 # --- NATS JetStream KV ------------------------------------------------------------------------
 
-# $1: system name; $2: "always" or "default" (sync_interval).
 # One put to the bench bucket (created if missing) that succeeds: the bench exits 0 even
 # when its operations fail, so the errors are read from its JSON summary.
 natskv_put_works() {
@@ -383,6 +382,7 @@ natskv_put_works() {
         python3 -c 'import json, sys; sys.exit(1 if json.load(sys.stdin)["errors"] else 0)'
 }
 
+# $1: system name; $2: "always" or "default" (sync_interval).
 run_natskv() {
     local system="$1" sync="$2" i conf routes="" pids=()
     for i in 0 1 2; do routes+="${routes:+, }nats-route://127.0.0.1:${JS_ROUTE_PORTS[$i]}"; done

@@ -184,7 +184,7 @@ pub(crate) fn fresh_value(len: usize) -> Vec<u8> {
     thread_local! {
         static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
     }
-    /// Random keys per process and thread; xorshift needs a nonzero state.
+    /// A random state per thread; xorshift needs it nonzero.
     fn seed() -> u64 {
         use std::hash::{BuildHasher, Hasher};
         std::collections::hash_map::RandomState::new()

@@ -23,7 +23,7 @@ use super::types::{NodeId, TypeConfig};
 /// now, so the leader's quorum-acknowledgment clock (used for the stale-read window and
 /// status, never for linearizable reads) may run ahead of the real replies by at most this.
 /// A notice follows a commit, which itself needed a quorum of real replies just before.
-pub const NOTICE_FRESH: Duration = Duration::from_millis(20);
+const NOTICE_FRESH: Duration = Duration::from_millis(20);
 
 /// How long a notice waits for entries to carry it before it is sent.
 pub const NOTICE_WAIT: Duration = Duration::from_millis(1);

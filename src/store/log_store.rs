@@ -18,7 +18,8 @@ use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
-    /// The index of the last entry written to the log (0 before the first append).
+    /// The index of the last entry this process appended to the log (0 before its first
+    /// append, which only makes the network send commit notices it could skip).
     end: Arc<watch::Sender<u64>>,
 }
 
