@@ -47,6 +47,17 @@ pub struct Notices {
 pub struct Awaited(Acked);
 
 impl Awaited {
+    /// The reply came at `at` (an early append's), not now.
+    pub fn at(mut self, at: Instant) -> Awaited {
+        self.0.at = at;
+        self
+    }
+
+    /// The index the target's log matches ours up to if it accepts.
+    pub fn matched(&self) -> Option<u64> {
+        self.0.matched.map(|m| m.index)
+    }
+
     pub fn new(rpc: &AppendEntriesRequest<TypeConfig>) -> Awaited {
         Awaited(Acked {
             vote: rpc.vote,
