@@ -19,7 +19,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
+use openraft::{EntryPayload, RPCTypes};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -58,9 +58,15 @@ pub struct Network {
 impl Network {
     /// Sends the entries the leader is appending to every follower that holds everything
     /// before them, without waiting for the leader's fsync. Entries of `size` bytes that
-    /// need splitting go the usual way only.
+    /// need splitting go the usual way only, and so does a membership change: openraft
+    /// alone knows whom it goes to (a removed node must not receive the change that removes
+    /// it, see `api::membership::watch_removal`).
     pub fn send_early(&self, rpc: AppendEntriesRequest<TypeConfig>, size: usize) {
-        if size + PAYLOAD_HEADROOM > self.max_payload {
+        let membership = rpc
+            .entries
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        if membership || size + PAYLOAD_HEADROOM > self.max_payload {
             return;
         }
         let rpc = Arc::new(rpc);
