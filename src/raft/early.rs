@@ -183,24 +183,9 @@ fn follower(all: &mut HashMap<NodeId, Follower>, target: NodeId, vote: Vote) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{Entry, EntryPayload, LogId};
-
-    fn log_id(index: u64) -> LogId<NodeId> {
-        LogId::new(openraft::CommittedLeaderId::new(2, 1), index)
-    }
 
     fn append(vote: Vote, prev: u64, entries: u64) -> AppendEntriesRequest<TypeConfig> {
-        AppendEntriesRequest {
-            vote,
-            prev_log_id: Some(log_id(prev)),
-            entries: (prev + 1..=prev + entries)
-                .map(|i| Entry {
-                    log_id: log_id(i),
-                    payload: EntryPayload::Blank,
-                })
-                .collect(),
-            leader_commit: None,
-        }
+        crate::raft::notice::tests::append(vote, prev, entries, 0)
     }
 
     const PEER: NodeId = 2;

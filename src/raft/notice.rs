@@ -103,7 +103,7 @@ impl Acked {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
@@ -111,7 +111,8 @@ mod tests {
         LogId::new(CommittedLeaderId::new(2, 1), index)
     }
 
-    fn append(
+    /// An append of `entries` blank entries after `prev`, all of leader 1 in term 2.
+    pub(in crate::raft) fn append(
         vote: Vote<NodeId>,
         prev: u64,
         entries: u64,
