@@ -6,10 +6,16 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use serde_json::Value;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use concord::check::cluster::{find_nats_server, CheckCluster, Spec};
+use concord::raft::handoff::ElectRequest;
+use concord::raft::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
+use concord::subjects::Subjects;
+use serde_json::{json, Value};
 
 /// Seconds each nemesis runs in CI (issue 3: about 30–60 s each).
 const SECONDS: u64 = 30;
@@ -162,4 +168,257 @@ async fn stale_reads_failpoint_is_caught() -> Result<()> {
         "no operations named"
     );
     Ok(())
+}
+
+/// Proves that a write left unanswered on a former leader does not hold up that node's
+/// writes once it leads again. The leader, cut off from both others, appends a write that
+/// cannot commit; the others elect a new leader, which writes until it has purged its log;
+/// after the heal the former leader catches up by installing a snapshot, so openraft never
+/// answers its write (it answers a proposal only when the entry applies or is truncated).
+/// Asked to campaign the way a departing leader asks (raft::handoff), the node leads again
+/// and must accept a write on its own subject within 20 s, in the term it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn former_leader_behind_a_snapshot_serves_writes_when_it_leads_again() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: partitions need root for network namespaces (CI runs as root)");
+        return Ok(());
+    }
+    let _lock = common::exclusive().await?;
+    let work = tempfile::Builder::new()
+        .prefix("concord-orphan-")
+        .tempdir()?;
+    let nats_server = std::env::var_os("CONCORD_TEST_NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(find_nats_server)
+        .context("no nats-server: run scripts/test.sh")?;
+    let env = [
+        ("CONCORD_CLUSTER__NAME", CLUSTER),
+        ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", "100"),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", "800"),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", "1600"),
+        ("CONCORD_RAFT__SNAPSHOT_EVERY", "100"),
+        ("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", "10"),
+    ];
+    let mut cluster = CheckCluster::start(Spec {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_concord")),
+        nats_server,
+        workdir: work.path().to_path_buf(),
+        node_env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        use_netns: true,
+    })
+    .await?;
+    let r = orphaned_write_body(&mut cluster).await;
+    if r.is_err() {
+        for id in cluster.ids() {
+            eprintln!("--- node {id}\n{}", cluster.log_tail(id, 60));
+        }
+    }
+    cluster.shutdown().await;
+    r
+}
+
+const CLUSTER: &str = "orphan";
+
+async fn orphaned_write_body(cluster: &mut CheckCluster) -> Result<()> {
+    ensure!(
+        cluster.netns(),
+        "no namespaces: {:?}",
+        cluster.fallback_reason()
+    );
+    let old = cluster.wait_stable(Duration::from_secs(30)).await?;
+    let on_old = connect(&cluster.client_url(old)).await?;
+
+    cluster.partition(old).await?;
+    let reply = request(
+        &on_old,
+        &format!("concord.node.{old}.kv.put"),
+        json!({"key": "orphan", "value": 1, "timeout_ms": 1000}),
+    )
+    .await?;
+    ensure!(
+        reply["error"]["code"] == "timeout",
+        "a put on leader {old}, cut off from both others, answered {reply}, not timeout"
+    );
+    let old_last = cluster.status(old).await?["last_log_index"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("node {old} reports no last_log_index"))?;
+    eprintln!("leader {old} holds a write it cannot commit (last log index {old_last})");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match cluster.leader().await {
+            Some(leader) if leader != old => break leader,
+            _ => ensure!(
+                Instant::now() < deadline,
+                "the two nodes cut off from leader {old} elected none within 30 s"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elected_at = Instant::now();
+    let on_new = connect(&cluster.client_url(new)).await?;
+    let purged = fill_until_purged(cluster, &on_new, new, old_last + 10).await?;
+    eprintln!("new leader {new} purged its log to {purged}; healing");
+
+    cluster.heal().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster.status(old).await;
+        let caught_up = s
+            .as_ref()
+            .is_ok_and(|s| s["role"] == "follower" && s["snapshot_index"].as_u64() >= Some(purged));
+        if caught_up {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "node {old} did not install a snapshot within 60 s: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `new` votes for another candidate only once it has led for `election_timeout_max`
+    // (1.6 s here); the third node, hearing from `new`, refuses, and follows the winner.
+    tokio::time::sleep_until((elected_at + Duration::from_secs(3)).into()).await;
+    let new_term = cluster.status(new).await?["term"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("node {new} reports no term"))?;
+    ask_to_campaign(&on_old, old, new, new_term).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let term = loop {
+        let s = cluster.status(old).await;
+        if let Ok(s) = &s {
+            if s["role"] == "leader" {
+                break s["term"].as_u64();
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "node {old} did not lead again within 20 s: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("node {old} leads again in term {term:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let revision = loop {
+        let reply = request(
+            &on_old,
+            &format!("concord.node.{old}.kv.put"),
+            json!({"key": "after", "value": 2, "timeout_ms": 2000}),
+        )
+        .await?;
+        if reply["ok"] == true {
+            break reply["revision"].as_u64();
+        }
+        // `timeout` is what an unanswered write holding up the node looked like.
+        ensure!(
+            matches!(
+                reply["error"]["code"].as_str(),
+                Some("cluster_not_ready" | "busy" | "timeout")
+            ),
+            "put on node {old} failed: {reply}"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "node {old}, leading again, did not accept a write within 20 s: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = cluster.status(old).await?;
+    ensure!(
+        s["role"] == "leader" && s["term"].as_u64() == term,
+        "node {old} stopped leading term {term:?} while the write went through: {s}"
+    );
+    eprintln!("node {old} accepted a write at revision {revision:?}");
+
+    let got = request(&on_old, "concord.kv.get", json!({"key": "orphan"})).await?;
+    ensure!(
+        got["error"]["code"] == "not_found" || got["value"] == 1,
+        "the write of unknown outcome reads back as {got}"
+    );
+    Ok(())
+}
+
+/// A client that stays on the server at `url` (the servers know each other's addresses).
+async fn connect(url: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .ignore_discovered_servers()
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+async fn request(client: &async_nats::Client, subject: &str, body: Value) -> Result<Value> {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject.to_string(), serde_json::to_vec(&body)?.into()),
+    )
+    .await
+    .with_context(|| format!("no reply on {subject} within 10 s"))??;
+    Ok(serde_json::from_slice(&reply.payload)?)
+}
+
+/// Puts through `leader`'s own subject (bounded) until it has purged its log beyond
+/// `index`, so that a node behind `index` can only catch up by a snapshot.
+async fn fill_until_purged(
+    cluster: &CheckCluster,
+    client: &async_nats::Client,
+    leader: u64,
+    index: u64,
+) -> Result<u64> {
+    const MAX_PUTS: usize = 4000;
+    let subject = format!("concord.node.{leader}.kv.put");
+    for i in 0..MAX_PUTS {
+        let reply = request(
+            client,
+            &subject,
+            json!({"key": format!("fill-{}", i % 50), "value": i}),
+        )
+        .await?;
+        ensure!(reply["ok"] == true, "fill put {i} failed: {reply}");
+        if i % 50 == 49 {
+            let purged = cluster.status(leader).await?["purged_index"]
+                .as_u64()
+                .unwrap_or(0);
+            if purged > index {
+                return Ok(purged);
+            }
+        }
+    }
+    bail!("node {leader} did not purge beyond {index} within {MAX_PUTS} puts")
+}
+
+/// Sends node `to` the hand-off request its leader `leader` of `term` sends when it shuts
+/// down (unsigned: the cluster has no `cluster.secret`); fails unless `to` campaigns.
+async fn ask_to_campaign(
+    client: &async_nats::Client,
+    to: u64,
+    leader: u64,
+    term: u64,
+) -> Result<()> {
+    let request = RpcRequest {
+        format: RPC_FORMAT,
+        cluster_name: CLUSTER.to_string(),
+        cluster_id: None,
+        from: leader,
+        to,
+        body: ElectRequest { leader, term },
+    };
+    let subject = Subjects::new("concord", CLUSTER).raft_elect(to);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject, wire::encode(&request)?.into()),
+    )
+    .await
+    .context("no answer to the hand-off request")??;
+    match wire::decode::<RpcReply<bool, String>>(&reply.payload)? {
+        RpcReply::Ok(true) => Ok(()),
+        other => bail!(
+            "node {to} did not campaign when asked by leader {leader} of term {term}: {other:?}"
+        ),
+    }
 }

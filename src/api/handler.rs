@@ -15,7 +15,7 @@ use super::route::{self, Routed, Step};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
 use crate::command::{Command, Outcome};
-use crate::error::{internal, not_found, WireError};
+use crate::error::{internal, not_found, timeout, WireError};
 use crate::raft::types::RaftMetrics;
 use crate::subjects::KvOp;
 
@@ -270,6 +270,7 @@ pub(super) async fn propose(ctx: &Ctx, cmd: Command, handed: &AtomicBool) -> Res
             Err(Step::Retry)
         }
         Err(ProposeError::Failed(e)) => Err(Step::Fail(internal(e))),
+        Err(ProposeError::Unknown(e)) => Err(Step::Fail(timeout(e))),
     }
 }
 

@@ -3,9 +3,11 @@
 //! append, one fsync and one replication round. Each write still takes its own revision.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use openraft::ServerState;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, LogCommand, Outcome};
 use crate::raft::types::Raft;
@@ -17,6 +19,11 @@ use crate::raft::types::Raft;
 const BATCHES_IN_FLIGHT: usize = 1;
 /// Commands per batch, at most.
 const MAX_BATCH: usize = 512;
+/// How long a batch still waits for openraft's answer once this node no longer leads the
+/// term it was proposed in. openraft 0.9 answers a proposal only when its entry applies or
+/// is truncated; a former leader that catches up by installing a snapshot does neither, so
+/// without this bound the batch would wait forever.
+const ORPHAN_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub enum ProposeError {
@@ -24,6 +31,9 @@ pub enum ProposeError {
     NotLeader,
     /// Raft refused or stopped; the outcome is unknown.
     Failed(String),
+    /// This node lost its leadership while the write was in flight and no answer came: the
+    /// new leader may still have committed it.
+    Unknown(String),
 }
 
 struct Pending {
@@ -91,15 +101,14 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_bytes: usize
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            propose_batch(&raft, batch).await;
-            drop(slot);
-        });
+        tokio::spawn(propose_batch(raft.clone(), batch, slot));
     }
 }
 
-async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
+/// Proposes one batch and answers its writers. The slot is given back when openraft
+/// answers, or as soon as this node stops leading the term the batch was proposed in: an
+/// answer that may never come must not hold up the writes of a later leadership.
+async fn propose_batch(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
     // Move the commands into the entry; only the reply channels stay behind.
     let mut replies = Vec::with_capacity(batch.len());
     let mut commands = Vec::with_capacity(batch.len());
@@ -116,7 +125,36 @@ async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
         }
         None => return,
     };
-    let result = match raft.client_write(LogCommand::new(command)).await {
+    let term = raft.metrics().borrow().current_term;
+    let write = raft.client_write(LogCommand::new(command));
+    tokio::pin!(write);
+    let answer = tokio::select! {
+        answer = &mut write => Some(answer),
+        () = leadership_lost(&raft, term) => None,
+    };
+    drop(slot);
+    let answer = match answer {
+        Some(answer) => answer,
+        None => match tokio::time::timeout(ORPHAN_WAIT, write).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(
+                    term,
+                    writes = replies.len(),
+                    "no answer for a batch proposed before this node lost its leadership"
+                );
+                let e = ProposeError::Unknown(format!(
+                    "this node stopped leading term {term} while the write was in flight; \
+                     it may have been committed by the new leader"
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        },
+    };
+    let result = match answer {
         Ok(resp) => Ok(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
             Err(ProposeError::NotLeader)
@@ -149,4 +187,12 @@ async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
             }
         }
     }
+}
+
+/// Resolves once this node is not the leader of `term` (or Raft stopped).
+async fn leadership_lost(raft: &Raft, term: u64) {
+    let mut metrics = raft.metrics();
+    let _ = metrics
+        .wait_for(|m| m.state != ServerState::Leader || m.current_term != term)
+        .await;
 }
