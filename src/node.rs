@@ -171,7 +171,14 @@ pub async fn run(
         cluster_id: view.watch_cluster_id(),
         max_payload,
         observer: observer.clone(),
+        early: Default::default(),
+        early_ttl: config.raft.election_timeout_min(),
     };
+    let early_net = network.clone();
+    log_store.send_early(
+        me,
+        Box::new(move |rpc, size| early_net.send_early(rpc, size)),
+    );
     let raft = crate::raft::start(
         &config,
         max_payload,
@@ -180,6 +187,7 @@ pub async fn run(
         StateMachine::new(view.clone(), observer.clone()),
     )
     .await?;
+    network.early.set_metrics(raft.metrics());
 
     let contact = Arc::new(LeaderContact::default());
 

@@ -60,6 +60,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_raft_rpc_errors_total",
     "concord_raft_rpc_rejected_total",
     "concord_raft_commit_notices_skipped_total",
+    "concord_raft_early_appends_total",
+    "concord_raft_appends_answered_early_total",
     "concord_snapshots_total",
     "concord_snapshot_size_bytes",
     "concord_snapshot_duration_seconds",

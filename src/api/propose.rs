@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, LogCommand, Outcome};
 use crate::raft::types::Raft;
@@ -51,7 +51,8 @@ impl Proposer {
     /// Starts the batching task. `max_batch_bytes` keeps one entry inside a NATS message.
     pub fn start(raft: Raft, max_batch_bytes: usize, queue: usize) -> Proposer {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(raft, rx, max_batch_bytes));
+        let leading = watch_leadership(&raft);
+        tokio::spawn(run(raft, rx, max_batch_bytes, leading));
         Proposer { tx }
     }
 
@@ -71,7 +72,34 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_bytes: usize) {
+/// The term this node leads, `None` while it leads none.
+type Leading = watch::Receiver<Option<u64>>;
+
+/// A watch of the term this node leads. Raft's own metrics change with every append and
+/// commit; this one only when leadership does, so a batch in flight waits on it for free.
+fn watch_leadership(raft: &Raft) -> Leading {
+    let mut metrics = raft.metrics();
+    let leading = |m: &crate::raft::types::RaftMetrics| {
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    };
+    let (tx, rx) = watch::channel(leading(&metrics.borrow_and_update()));
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            let now = leading(&metrics.borrow_and_update());
+            tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+        }
+        // Raft stopped: no term is led any more.
+        tx.send_replace(None);
+    });
+    rx
+}
+
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch_bytes: usize,
+    leading: Leading,
+) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut carry: Option<Pending> = None;
     loop {
@@ -101,14 +129,19 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_bytes: usize
                 Err(_) => break,
             }
         }
-        tokio::spawn(propose_batch(raft.clone(), batch, slot));
+        tokio::spawn(propose_batch(raft.clone(), batch, slot, leading.clone()));
     }
 }
 
 /// Proposes one batch and answers its writers. The slot is given back when openraft
 /// answers, or as soon as this node stops leading the term the batch was proposed in: an
 /// answer that may never come must not hold up the writes of a later leadership.
-async fn propose_batch(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
+async fn propose_batch(
+    raft: Raft,
+    batch: Vec<Pending>,
+    slot: OwnedSemaphorePermit,
+    mut leading: Leading,
+) {
     // Move the commands into the entry; only the reply channels stay behind.
     let mut replies = Vec::with_capacity(batch.len());
     let mut commands = Vec::with_capacity(batch.len());
@@ -125,12 +158,13 @@ async fn propose_batch(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePerm
         }
         None => return,
     };
-    let term = raft.metrics().borrow().current_term;
+    // Not leading now: client_write answers ForwardToLeader at once.
+    let term = leading.borrow().unwrap_or_default();
     let write = raft.client_write(LogCommand::new(command));
     tokio::pin!(write);
     let answer = tokio::select! {
         answer = &mut write => Some(answer),
-        () = leadership_lost(&raft, term) => None,
+        _ = leading.wait_for(|now| *now != Some(term)) => None,
     };
     drop(slot);
     let answer = match answer {
@@ -187,12 +221,4 @@ async fn propose_batch(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePerm
             }
         }
     }
-}
-
-/// Resolves once this node is not the leader of `term` (or Raft stopped).
-async fn leadership_lost(raft: &Raft, term: u64) {
-    let mut metrics = raft.metrics();
-    let _ = metrics
-        .wait_for(|m| m.state != ServerState::Leader || m.current_term != term)
-        .await;
 }

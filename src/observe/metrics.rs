@@ -36,6 +36,8 @@ pub const RAFT_RPC_ERRORS: &str = "concord_raft_rpc_errors_total";
 /// Counted in `signing::Rejections::record`.
 pub const RAFT_RPC_REJECTED: &str = "concord_raft_rpc_rejected_total";
 pub const RAFT_COMMIT_NOTICES_SKIPPED: &str = "concord_raft_commit_notices_skipped_total";
+pub const RAFT_EARLY_APPENDS: &str = "concord_raft_early_appends_total";
+pub const RAFT_APPENDS_ANSWERED_EARLY: &str = "concord_raft_appends_answered_early_total";
 pub const SNAPSHOTS: &str = "concord_snapshots_total";
 pub const SNAPSHOT_SIZE: &str = "concord_snapshot_size_bytes";
 pub const SNAPSHOT_DURATION: &str = "concord_snapshot_duration_seconds";
@@ -247,6 +249,10 @@ pub struct PeerMetrics {
     /// Appends that only told the peer a newer commit index, not sent: the next append
     /// carries it.
     pub commit_notices_skipped: Counter,
+    /// Appends sent before the leader's fsync: accepted, refused.
+    early_appends: [Counter; 2],
+    /// openraft appends not sent: an early append's `Success` answered them.
+    pub answered_early: Counter,
 }
 
 impl PeerMetrics {
@@ -263,7 +269,14 @@ impl PeerMetrics {
                 })
             }),
             commit_notices_skipped: counter!(RAFT_COMMIT_NOTICES_SKIPPED, "peer" => p.clone()),
+            early_appends: ["accepted", "refused"]
+                .map(|r| counter!(RAFT_EARLY_APPENDS, "peer" => p.clone(), "result" => r)),
+            answered_early: counter!(RAFT_APPENDS_ANSWERED_EARLY, "peer" => p.clone()),
         }
+    }
+
+    pub fn early_append_done(&self, accepted: bool) {
+        self.early_appends[usize::from(!accepted)].increment(1);
     }
 
     pub fn rpc_done(&self, rpc: RaftRpc, seconds: f64, failure: Option<RpcFailure>) {
@@ -444,6 +457,16 @@ fn describe() {
         RAFT_COMMIT_NOTICES_SKIPPED,
         "Appends that only told a peer a newer commit index, not sent because entries already \
          waiting for the peer carry it, by peer."
+    );
+    describe_counter!(
+        RAFT_EARLY_APPENDS,
+        "Appends sent to a peer before the leader's own fsync completed, by peer and by the \
+         peer's answer (accepted, refused)."
+    );
+    describe_counter!(
+        RAFT_APPENDS_ANSWERED_EARLY,
+        "Appends not sent to a peer because it had already accepted their entries in an early \
+         append, by peer."
     );
     describe_counter!(
         RAFT_RPC_REJECTED,

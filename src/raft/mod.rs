@@ -2,6 +2,7 @@
 //! store. [`start`] builds the Raft instance with explicit timings. Replies to outbound RPCs
 //! arrive on the node's [`inbox`].
 
+pub mod early;
 pub mod handoff;
 pub mod inbox;
 pub mod network;

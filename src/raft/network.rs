@@ -4,7 +4,8 @@
 //! Error mapping follows openraft's retry rules: nobody subscribed means `Unreachable` (it
 //! backs off), a timeout is `Timeout`, an oversize append is `PayloadTooLarge` with a hint
 //! so openraft resends fewer entries. A commit notice that the next append will carry is not
-//! sent at all (see [`notice`](super::notice)).
+//! sent at all (see [`notice`](super::notice)), and an append whose entries already went out
+//! early is answered by that early append's reply (see [`early`](super::early)).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +19,12 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
+use openraft::{EntryPayload, RPCTypes};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::early::{Answer, EarlyAppends};
 use super::inbox::{CallError, Inbox};
 use super::notice::{Awaited, Notices, NOTICE_WAIT};
 use super::types::{Node, NodeId, TypeConfig};
@@ -47,18 +49,73 @@ pub struct Network {
     pub max_payload: usize,
     /// RPC latency and error metrics, per peer.
     pub observer: Arc<Observer>,
+    /// The leader's entries sent before its own fsync completed, per follower.
+    pub early: Arc<EarlyAppends>,
+    /// How long an early append waits for its reply.
+    pub early_ttl: Duration,
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Connection;
+impl Network {
+    /// Sends the entries the leader is appending to every follower that holds everything
+    /// before them, without waiting for the leader's fsync. Entries of `size` bytes that
+    /// need splitting go the usual way only, and so does a membership change: openraft
+    /// alone knows whom it goes to (a removed node must not receive the change that removes
+    /// it, see `api::membership::watch_removal`).
+    pub fn send_early(&self, rpc: AppendEntriesRequest<TypeConfig>, size: usize) {
+        let membership = rpc
+            .entries
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        if membership || size + PAYLOAD_HEADROOM > self.max_payload {
+            return;
+        }
+        let rpc = Arc::new(rpc);
+        for target in self.early.targets(self.me) {
+            let Some(answer) = self.early.plan(target, &rpc) else {
+                continue;
+            };
+            let conn = self.connect(target);
+            let rpc = rpc.clone();
+            tokio::spawn(async move {
+                let n = rpc.entries.len() as u64;
+                let reply: Result<
+                    AppendEntriesResponse<NodeId>,
+                    RPCError<NodeId, Node, RaftError<NodeId>>,
+                > = conn
+                    .call(
+                        RaftRpc::Append,
+                        RPCTypes::AppendEntries,
+                        &*rpc,
+                        conn.net.early_ttl,
+                        n,
+                    )
+                    .await;
+                let got = match reply {
+                    Ok(AppendEntriesResponse::Success) => Answer::Accepted(Instant::now()),
+                    _ => Answer::Refused,
+                };
+                conn.metrics.early_append_done(got != Answer::Refused);
+                answer.send_replace(Some(got));
+                conn.net.early.answered(target, rpc.vote, got);
+            });
+        }
+    }
 
-    async fn new_client(&mut self, target: NodeId, _node: &Node) -> Connection {
+    fn connect(&self, target: NodeId) -> Connection {
         Connection {
             net: self.clone(),
             target,
             metrics: self.observer.metrics.peer(target),
             notices: Notices::default(),
         }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &Node) -> Connection {
+        self.connect(target)
     }
 }
 
@@ -178,6 +235,25 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// When the entries of `rpc` went early and the target accepted them: when it did.
+    async fn answered_early(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Option<Instant> {
+        let mut pending = self.net.early.covering(self.target, rpc)?;
+        let answer = match tokio::time::timeout(ttl, pending.wait_for(Option::is_some)).await {
+            Ok(Ok(a)) => *a,
+            _ => None,
+        };
+        match answer {
+            Some(Answer::Accepted(at)) => Some(at),
+            _ => None,
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
@@ -192,7 +268,17 @@ impl RaftNetwork<TypeConfig> for Connection {
                 return Ok(AppendEntriesResponse::Success);
             }
         }
+        if let Some(at) = self.answered_early(&rpc, option.hard_ttl()).await {
+            self.metrics.answered_early.increment(1);
+            self.notices.after::<()>(
+                Awaited::new(&rpc).at(at),
+                &Ok(AppendEntriesResponse::Success),
+            );
+            return Ok(AppendEntriesResponse::Success);
+        }
+        self.net.early.sending(self.target, &rpc);
         let sent = Awaited::new(&rpc);
+        let (vote, matched) = (rpc.vote, sent.matched());
         let n = rpc.entries.len() as u64;
         let reply = self
             .call(
@@ -204,6 +290,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             )
             .await;
         self.notices.after(sent, &reply);
+        self.net.early.replied(self.target, vote, matched, &reply);
         reply
     }
 

@@ -47,6 +47,17 @@ pub struct Notices {
 pub struct Awaited(Acked);
 
 impl Awaited {
+    /// The reply came at `at` (an early append's), not now.
+    pub fn at(mut self, at: Instant) -> Awaited {
+        self.0.at = at;
+        self
+    }
+
+    /// The index the target's log matches ours up to if it accepts.
+    pub fn matched(&self) -> Option<u64> {
+        self.0.matched.map(|m| m.index)
+    }
+
     pub fn new(rpc: &AppendEntriesRequest<TypeConfig>) -> Awaited {
         Awaited(Acked {
             vote: rpc.vote,
@@ -92,7 +103,7 @@ impl Acked {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
@@ -100,7 +111,8 @@ mod tests {
         LogId::new(CommittedLeaderId::new(2, 1), index)
     }
 
-    fn append(
+    /// An append of `entries` blank entries after `prev`, all of leader 1 in term 2.
+    pub(in crate::raft) fn append(
         vote: Vote<NodeId>,
         prev: u64,
         entries: u64,

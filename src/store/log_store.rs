@@ -6,14 +6,19 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use openraft::raft::AppendEntriesRequest;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use tokio::sync::watch;
 
 use super::{keys, Store};
-use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+/// Takes the entries this node appends as leader, as an append request for its followers,
+/// with the size of the entries encoded.
+pub type EarlySink = Box<dyn Fn(AppendEntriesRequest<TypeConfig>, usize) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -21,6 +26,18 @@ pub struct LogStore {
     /// The index of the last entry this process appended to the log (0 before its first
     /// append, which only makes the network send commit notices it could skip).
     end: Arc<watch::Sender<u64>>,
+    /// What this process last saved, to build an early append from a leader's entries.
+    tail: Arc<Mutex<Tail>>,
+    early: Arc<OnceLock<(NodeId, EarlySink)>>,
+}
+
+#[derive(Default)]
+struct Tail {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    /// The last entry appended; `None` when unknown (before the first append, after a
+    /// truncation).
+    last: Option<LogId>,
 }
 
 impl LogStore {
@@ -28,7 +45,62 @@ impl LogStore {
         LogStore {
             store,
             end: Arc::new(watch::Sender::new(0)),
+            tail: Arc::default(),
+            early: Arc::default(),
         }
+    }
+
+    /// From now on, entries node `me` appends as leader also go to `sink` before they are
+    /// fsynced.
+    pub fn send_early(&self, me: NodeId, sink: EarlySink) {
+        let _ = self.early.set((me, sink));
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // Single-field updates: a poisoned lock is still consistent.
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The append request for `entries` if this node proposed them as the leader of its
+    /// current vote, with their previous log id known.
+    fn early_request(
+        &self,
+        me: NodeId,
+        entries: &[Entry],
+    ) -> Option<AppendEntriesRequest<TypeConfig>> {
+        let first = entries.first()?.log_id;
+        let (vote, committed, last) = {
+            let t = self.tail();
+            (t.vote?, t.committed, t.last)
+        };
+        let leading = vote.is_committed()
+            && vote.leader_id().voted_for() == Some(me)
+            && *vote.leader_id() == first.leader_id;
+        if !leading {
+            return None;
+        }
+        let prev_log_id = match first.index.checked_sub(1) {
+            None => None,
+            Some(i) if last.is_some_and(|l| l.index == i) => last,
+            Some(i) => Some(self.log_id_at(i)?),
+        };
+        Some(AppendEntriesRequest {
+            vote,
+            prev_log_id,
+            entries: entries.to_vec(),
+            leader_commit: committed,
+        })
+    }
+
+    /// The id of the entry at `index`, read back (or the purge point's, if it is that).
+    fn log_id_at(&self, index: u64) -> Option<LogId> {
+        if let Ok(Some(bytes)) = self.store.log.get(keys::log_key(index)) {
+            return decode_entry(&bytes).ok().map(|e| e.log_id);
+        }
+        self.last_purged()
+            .ok()
+            .flatten()
+            .filter(|p| p.index == index)
     }
 
     /// A live view of the index of the last entry appended, for the Raft network: entries
@@ -153,6 +225,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.tail().vote = Some(*vote);
         Ok(())
     }
 
@@ -167,6 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .meta
             .insert(keys::META_COMMITTED, keys::encode_log_id(&committed))
             .map_err(|e| StorageIOError::write(&e))?;
+        self.tail().committed = committed;
         Ok(())
     }
 
@@ -185,28 +259,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let mut batch = self.store.db.batch();
-        let mut last = None;
-        for entry in entries {
-            let bytes = encode_entry(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut size = 0;
+        for entry in &entries {
+            let bytes = encode_entry(entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            size += bytes.len();
             batch.insert(&self.store.log, keys::log_key(entry.log_id.index), bytes);
-            last = Some(entry.log_id.index);
         }
         batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
-        if let Some(last) = last {
-            self.end.send_replace(last);
-        }
         // Readable now; acknowledged to Raft only once the journal is on disk.
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let res = store.sync().map_err(std::io::Error::other);
             callback.log_io_completed(res);
         });
+        if let Some((me, sink)) = self.early.get() {
+            if let Some(rpc) = self.early_request(*me, &entries) {
+                sink(rpc, size);
+            }
+        }
+        if let Some(last) = entries.last().map(|e| e.log_id) {
+            self.tail().last = Some(last);
+            self.end.send_replace(last.index);
+        }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let before = log_id.index.saturating_sub(1);
+        self.tail().last = None;
         self.end.send_if_modified(|end| {
             let moved = *end > before;
             *end = (*end).min(before);
