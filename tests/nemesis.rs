@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use concord::check::cluster::{find_nats_server, CheckCluster, Spec};
+use concord::check::cluster::{self, find_nats_server, CheckCluster, Spec};
 use concord::raft::handoff::ElectRequest;
 use concord::raft::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use concord::subjects::Subjects;
@@ -229,7 +229,7 @@ async fn orphaned_write_body(cluster: &mut CheckCluster) -> Result<()> {
         cluster.fallback_reason()
     );
     let old = cluster.wait_stable(Duration::from_secs(30)).await?;
-    let on_old = connect(&cluster.client_url(old)).await?;
+    let on_old = cluster.client(old)?.clone();
 
     cluster.partition(old).await?;
     let reply = request(
@@ -259,7 +259,7 @@ async fn orphaned_write_body(cluster: &mut CheckCluster) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let elected_at = Instant::now();
-    let on_new = connect(&cluster.client_url(new)).await?;
+    let on_new = cluster.client(new)?.clone();
     let purged = fill_until_purged(cluster, &on_new, new, old_last + 10).await?;
     eprintln!("new leader {new} purged its log to {purged}; healing");
 
@@ -343,23 +343,9 @@ async fn orphaned_write_body(cluster: &mut CheckCluster) -> Result<()> {
     Ok(())
 }
 
-/// A client that stays on the server at `url` (the servers know each other's addresses).
-async fn connect(url: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .ignore_discovered_servers()
-        .connect(url)
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
+/// A request on one server's client, with the check cluster's own helper (10 s).
 async fn request(client: &async_nats::Client, subject: &str, body: Value) -> Result<Value> {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(subject.to_string(), serde_json::to_vec(&body)?.into()),
-    )
-    .await
-    .with_context(|| format!("no reply on {subject} within 10 s"))??;
-    Ok(serde_json::from_slice(&reply.payload)?)
+    Ok(cluster::request(client, subject, &body, Duration::from_secs(10)).await?)
 }
 
 /// Puts through `leader`'s own subject (bounded) until it has purged its log beyond

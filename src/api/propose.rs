@@ -10,7 +10,7 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, LogCommand, Outcome};
-use crate::raft::types::Raft;
+use crate::raft::types::{Raft, RaftMetrics};
 
 /// Batches proposed at once: the next batch gathers while this one is in flight. openraft
 /// 0.9 flushes appends one after the other, so a second batch in flight only splits the
@@ -79,9 +79,7 @@ type Leading = watch::Receiver<Option<u64>>;
 /// commit; this one only when leadership does, so a batch in flight waits on it for free.
 fn watch_leadership(raft: &Raft) -> Leading {
     let mut metrics = raft.metrics();
-    let leading = |m: &crate::raft::types::RaftMetrics| {
-        (m.state == ServerState::Leader).then_some(m.current_term)
-    };
+    let leading = |m: &RaftMetrics| (m.state == ServerState::Leader).then_some(m.current_term);
     let (tx, rx) = watch::channel(leading(&metrics.borrow_and_update()));
     tokio::spawn(async move {
         while metrics.changed().await.is_ok() {

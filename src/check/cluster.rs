@@ -305,6 +305,11 @@ impl CheckCluster {
         }
     }
 
+    /// The client connected to server `id` (see [`CheckCluster::client_url`]).
+    pub fn client(&self, id: u64) -> Result<&async_nats::Client, Error> {
+        self.clients.get(index(id)).ok_or(Error::UnknownNode(id))
+    }
+
     pub fn all_client_urls(&self) -> Vec<String> {
         IDS.iter().map(|&id| self.client_url(id)).collect()
     }
@@ -342,7 +347,7 @@ impl CheckCluster {
     /// Node `id`'s `P.node.<id>.admin.status`, asked through server `id` (1 s timeout).
     /// Fails unless the reply has `"ok": true`.
     pub async fn status(&self, id: u64) -> Result<Value, Error> {
-        let client = self.clients.get(index(id)).ok_or(Error::UnknownNode(id))?;
+        let client = self.client(id)?;
         let subject = format!("{}.node.{id}.admin.status", self.prefix);
         let reply = request(client, &subject, &json!({}), STATUS_TIMEOUT).await?;
         if reply["ok"] != json!(true) {
@@ -1452,7 +1457,7 @@ fn env_value(env: &[(String, String)], key: &str) -> Option<String> {
 }
 
 /// Request with a JSON body, reply parsed as JSON (whatever its `ok`).
-async fn request(
+pub async fn request(
     client: &async_nats::Client,
     subject: &str,
     body: &Value,
