@@ -348,21 +348,8 @@ async fn skipped_notices_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
     }
 
     // Every follower learns every commit: its revision reaches the leader's.
-    let revision = cluster.status(leader).await?["revision"]
-        .as_u64()
-        .context("no revision")?;
     for peer in &followers {
-        let node: usize = peer.parse()?;
-        let port = ports[node - 1];
-        cluster
-            .wait_until(
-                Duration::from_secs(10),
-                &format!("node {node} applies revision {revision}"),
-                || async move {
-                    Ok(scrape(port).await?.value("concord_revision", &[])? >= revision as f64)
-                },
-            )
-            .await?;
+        applies_leaders_revision(cluster, ports, leader, peer.parse()?).await?;
     }
     Ok(())
 }
@@ -431,19 +418,7 @@ async fn early_appends_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
     cluster.restart(down).await?;
     puts_until(counts, 10.0, "c").await?;
 
-    let revision = cluster.status(leader).await?["revision"]
-        .as_u64()
-        .context("no revision")?;
-    let port = ports[down as usize - 1];
-    cluster
-        .wait_until(
-            Duration::from_secs(10),
-            &format!("node {down} applies revision {revision}"),
-            || async move {
-                Ok(scrape(port).await?.value("concord_revision", &[])? >= revision as f64)
-            },
-        )
-        .await?;
+    applies_leaders_revision(cluster, ports, leader, down).await?;
     let r = send(
         cluster,
         down,
@@ -460,6 +435,28 @@ async fn early_appends_body(cluster: &Cluster, ports: &[u16]) -> Result<()> {
 }
 
 // ----- helpers ---------------------------------------------------------------------------
+
+/// Waits (10 s at most) until `node`'s `concord_revision` reaches the leader's revision now.
+async fn applies_leaders_revision(
+    cluster: &Cluster,
+    ports: &[u16],
+    leader: u64,
+    node: u64,
+) -> Result<()> {
+    let revision = cluster.status(leader).await?["revision"]
+        .as_u64()
+        .context("no revision")?;
+    let port = ports[node as usize - 1];
+    cluster
+        .wait_until(
+            Duration::from_secs(10),
+            &format!("node {node} applies revision {revision}"),
+            || async move {
+                Ok(scrape(port).await?.value("concord_revision", &[])? >= revision as f64)
+            },
+        )
+        .await
+}
 
 /// Ports free right now (bound to port 0, read back, released).
 fn free_ports(n: usize) -> Result<Vec<u16>> {

@@ -270,9 +270,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
         // Readable now; acknowledged to Raft only once the journal is on disk. A leader's
         // own entries sync on the blocking pool, since its core must keep replicating
-        // meanwhile. A follower answers the leader only after the sync anyway, so its core
-        // syncs here: the hand-off to a parked pool thread and back cost about 30 µs a put.
-        let own = match (self.early.get(), entries.first()) {
+        // meanwhile, and go early to its followers. A follower answers the leader only after
+        // the sync anyway, so its core syncs here: the hand-off to a parked pool thread and
+        // back cost about 30 µs a put.
+        let early = self.early.get();
+        let own = match (early, entries.first()) {
             (Some((me, _)), Some(first)) => first.log_id.leader_id.node_id == *me,
             _ => true,
         };
@@ -282,14 +284,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let res = store.sync().map_err(std::io::Error::other);
                 callback.log_io_completed(res);
             });
+            if let Some((me, sink)) = early {
+                if let Some(rpc) = self.early_request(*me, &entries) {
+                    sink(rpc, size);
+                }
+            }
         } else {
             let res = self.store.sync().map_err(std::io::Error::other);
             callback.log_io_completed(res);
-        }
-        if let Some((me, sink)) = self.early.get() {
-            if let Some(rpc) = self.early_request(*me, &entries) {
-                sink(rpc, size);
-            }
         }
         if let Some(last) = entries.last().map(|e| e.log_id) {
             self.tail().last = Some(last);
