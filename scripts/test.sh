@@ -7,7 +7,8 @@
 #
 # Use:  scripts/test.sh [cargo test args...]
 #   With no target selection (--lib, --test NAME, --doc, ...) among the args, --all-targets is
-#   added, and always --features failpoints. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
+#   added (and Prometheus, which tests/dashboard.rs needs, is installed when possible), and
+#   always --features failpoints. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +29,13 @@ for arg in "$@"; do
     esac
 done
 [[ "$selected" == 1 ]] || set -- --all-targets "$@"
+# The whole suite includes tests/dashboard.rs, which runs a real Prometheus: try to install
+# Debian's package (needs root or sudo, as in .ci/run), but only warn when that fails, so a
+# fresh machine without root still runs every other test.
+if [[ "$selected" == 0 && -z "${CONCORD_TEST_PROMETHEUS:-}" ]] && ! command -v prometheus >/dev/null 2>&1; then
+    scripts/tools.sh prometheus >/dev/null ||
+        echo "test.sh: could not install prometheus; tests/dashboard.rs will fail (see its message)" >&2
+fi
 # The fault suite's own tests switch deliberate bugs on in the nodes (CONCORD_FAILPOINTS);
 # the code exists only in builds with this feature, never in `cargo build --release`.
 set -- --features failpoints "$@"
