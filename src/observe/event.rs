@@ -105,6 +105,19 @@ impl Event {
             out.push(b'"');
         }
         out.extend_from_slice(br#"],"measurements":{"#);
+        self.write_measurements(out);
+        out.extend_from_slice(br#"},"metadata":{"#);
+        self.write_metadata(node, out);
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            r#"}},"node":{node},"time":"{}"}}"#,
+            humantime::format_rfc3339_micros(time)
+        );
+    }
+
+    /// The numbers of the event: its `measurements` object's fields.
+    fn write_measurements(&self, out: &mut Vec<u8>) {
         let mut m = Fields::new(out);
         match self {
             Event::Api { duration_us, .. } | Event::Apply { duration_us, .. } => {
@@ -133,7 +146,10 @@ impl Event {
             }
             Event::StateChange { .. } | Event::NatsConnection { .. } => {}
         }
-        out.extend_from_slice(br#"},"metadata":{"#);
+    }
+
+    /// What the event is about: its `metadata` object's fields.
+    fn write_metadata(&self, node: u64, out: &mut Vec<u8>) {
         let mut m = Fields::new(out);
         match self {
             Event::Api { error, key, .. } => {
@@ -196,12 +212,6 @@ impl Event {
                 );
             }
         }
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            r#"}},"node":{node},"time":"{}"}}"#,
-            humantime::format_rfc3339_micros(time)
-        );
     }
 }
 

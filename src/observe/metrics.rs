@@ -405,6 +405,11 @@ impl Metrics {
 
 /// `# HELP` lines: what each metric means.
 fn describe() {
+    describe_requests_and_raft();
+    describe_snapshots_storage_and_nats();
+}
+
+fn describe_requests_and_raft() {
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_counter!(
         REQUESTS,
@@ -473,6 +478,9 @@ fn describe() {
         "Raft RPCs, RPC replies and forwarded requests dropped as unsigned or forged \
          (cluster.secret), by reason and direction."
     );
+}
+
+fn describe_snapshots_storage_and_nats() {
     describe_counter!(
         SNAPSHOTS,
         "Snapshots built (created) or received (installed)."
