@@ -93,49 +93,15 @@ pub(super) async fn wire(
     ));
 
     let removed = CancellationToken::new();
-    let ctx = Arc::new(Ctx {
-        cluster: api::Cluster {
-            me,
-            name: config.cluster.name.clone(),
-            subjects: opened.subjects.clone(),
-            client: opened.client.clone(),
-            inbox,
-        },
-        consensus: api::Consensus {
-            raft: raft.clone(),
-            proposer: api::propose::Proposer::start(
-                raft.clone(),
-                opened.max_entry_bytes,
-                config.limits.max_in_flight,
-                &tracker,
-                cancel.clone(),
-            ),
-            read_index: api::read_index::ReadIndex::start(raft.clone(), &tracker, cancel.clone()),
-            view: opened.view.clone(),
-            contact: ContactWindow::new(contact.clone(), config.raft.election_timeout_min()),
-        },
-        security: api::Security {
-            auth: crate::auth::Authorizer::new(config.auth.enabled, opened.admin_token.as_deref()),
-            signer: opened.signer.clone(),
-            rejections,
-        },
-        limits: api::RequestLimits {
-            sizes: Limits {
-                max_value_bytes: config.limits.max_value_bytes,
-                max_entry_bytes: opened.max_entry_bytes,
-                max_scan_limit: config.limits.max_scan_limit,
-                max_data_bytes: config.storage.max_bytes,
-            },
-            default_timeout: config.limits.default_timeout(),
-            max_payload: opened.max_payload,
-        },
-        observer: opened.observer.clone(),
-        lifecycle: api::Lifecycle {
-            removed: removed.clone(),
-            cancel: cancel.clone(),
-            tracker: tracker.clone(),
-        },
-    });
+    let ctx = request_context(
+        config,
+        &opened,
+        &raft,
+        inbox,
+        rejections,
+        contact.clone(),
+        &removed,
+    );
     // Client intake (cluster and node subjects, and every request task) stops first at
     // shutdown, while Raft and its RPCs keep running for the requests in flight.
     let intake = cancel.child_token();
@@ -172,6 +138,63 @@ pub(super) async fn wire(
         store: opened.store,
         view: opened.view,
         client: opened.client,
+    })
+}
+
+/// What every request handler shares, grouped by what it is for (see [`Ctx`]).
+fn request_context(
+    config: &Config,
+    opened: &Opened,
+    raft: &Raft,
+    inbox: Arc<Inbox>,
+    rejections: Arc<Rejections>,
+    contact: Arc<LeaderContact>,
+    removed: &CancellationToken,
+) -> Arc<Ctx> {
+    let me = config.node.id;
+    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
+    Arc::new(Ctx {
+        cluster: api::Cluster {
+            me,
+            name: config.cluster.name.clone(),
+            subjects: opened.subjects.clone(),
+            client: opened.client.clone(),
+            inbox,
+        },
+        consensus: api::Consensus {
+            raft: raft.clone(),
+            proposer: api::propose::Proposer::start(
+                raft.clone(),
+                opened.max_entry_bytes,
+                config.limits.max_in_flight,
+                tracker,
+                cancel.clone(),
+            ),
+            read_index: api::read_index::ReadIndex::start(raft.clone(), tracker, cancel.clone()),
+            view: opened.view.clone(),
+            contact: ContactWindow::new(contact, config.raft.election_timeout_min()),
+        },
+        security: api::Security {
+            auth: crate::auth::Authorizer::new(config.auth.enabled, opened.admin_token.as_deref()),
+            signer: opened.signer.clone(),
+            rejections,
+        },
+        limits: api::RequestLimits {
+            sizes: Limits {
+                max_value_bytes: config.limits.max_value_bytes,
+                max_entry_bytes: opened.max_entry_bytes,
+                max_scan_limit: config.limits.max_scan_limit,
+                max_data_bytes: config.storage.max_bytes,
+            },
+            default_timeout: config.limits.default_timeout(),
+            max_payload: opened.max_payload,
+        },
+        observer: opened.observer.clone(),
+        lifecycle: api::Lifecycle {
+            removed: removed.clone(),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        },
     })
 }
 
