@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::codec::{self, Common, Consistency, DeleteReply, KvRequest, PutReply};
 use super::propose::ProposeError;
 use super::read_index::ReadIndexError;
-use super::route::{self, Delivery, Routed, Step};
+use super::route::{self, AttemptError, Delivery, Routed};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
 use crate::command::{Command, Outcome};
@@ -175,7 +175,7 @@ async fn serve_on_leader(
     req: &KvRequest,
     delivery: &Delivery,
     access: Access<'_>,
-) -> Result<Vec<u8>, Step> {
+) -> Result<Vec<u8>, AttemptError> {
     if req.is_write() {
         // Writes are authorized against the applied token table of a caught-up leader.
         route::leader_caught_up(ctx).await?;
@@ -190,7 +190,7 @@ async fn serve_on_leader(
             };
             match propose(ctx, cmd, delivery).await? {
                 Outcome::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
-                other => Err(Step::Fail(internal(format!(
+                other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
             }
@@ -203,7 +203,7 @@ async fn serve_on_leader(
                     deleted,
                     revision,
                 })),
-                other => Err(Step::Fail(internal(format!(
+                other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
             }
@@ -214,7 +214,7 @@ async fn serve_on_leader(
             }
             read_local(ctx, req, delivery, access)
                 .await
-                .map_err(Step::Fail)
+                .map_err(AttemptError::Fail)
         }
     }
 }
@@ -241,25 +241,31 @@ fn check_quota(ctx: &Ctx, key: &str, value: &str) -> Result<(), WireError> {
 
 /// ReadIndex: the leader confirms it still leads with a quorum round that starts after the
 /// read arrived, then waits until it has applied up to the commit index it saw.
-pub(crate) async fn confirm_leadership(ctx: &Ctx) -> Result<(), Step> {
+pub(crate) async fn confirm_leadership(ctx: &Ctx) -> Result<(), AttemptError> {
     match ctx.consensus.read_index.confirm().await {
         Ok(()) => Ok(()),
-        Err(ReadIndexError::NotConfirmed) => Err(Step::Retry),
-        Err(ReadIndexError::Stopped(e)) => Err(Step::Fail(internal(format!("raft stopped: {e}")))),
+        Err(ReadIndexError::NotConfirmed) => Err(AttemptError::Retry),
+        Err(ReadIndexError::Stopped(e)) => {
+            Err(AttemptError::Fail(internal(format!("raft stopped: {e}"))))
+        }
     }
 }
 
-pub(crate) async fn propose(ctx: &Ctx, cmd: Command, delivery: &Delivery) -> Result<Outcome, Step> {
+pub(crate) async fn propose(
+    ctx: &Ctx,
+    cmd: Command,
+    delivery: &Delivery,
+) -> Result<Outcome, AttemptError> {
     delivery.mark();
     match ctx.consensus.proposer.propose(cmd).await {
         Ok(outcome) => Ok(outcome),
         // Not appended, or truncated before commit: it will never apply. Safe to retry.
         Err(ProposeError::NotLeader) => {
             delivery.unmark();
-            Err(Step::Retry)
+            Err(AttemptError::Retry)
         }
-        Err(ProposeError::Failed(e)) => Err(Step::Fail(internal(e))),
-        Err(ProposeError::Unknown(e)) => Err(Step::Fail(timeout(e))),
+        Err(ProposeError::Failed(e)) => Err(AttemptError::Fail(internal(e))),
+        Err(ProposeError::Unknown(e)) => Err(AttemptError::Fail(timeout(e))),
     }
 }
 

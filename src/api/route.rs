@@ -26,15 +26,15 @@ use crate::subjects::{HEADER_FORWARDED, HEADER_TIMEOUT_MS};
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why an attempt did not produce a reply.
-pub enum Step {
+pub enum AttemptError {
     /// Not handed to Raft (or certainly not applied): try again, perhaps elsewhere.
     Retry,
     Fail(WireError),
 }
 
-impl From<WireError> for Step {
+impl From<WireError> for AttemptError {
     fn from(e: WireError) -> Self {
-        Step::Fail(e)
+        AttemptError::Fail(e)
     }
 }
 
@@ -140,7 +140,7 @@ impl<'a> Routed<'a> {
     where
         S: Fn(u64) -> String + 'b,
         F: FnMut() -> Fut + 'b,
-        Fut: Future<Output = Result<Vec<u8>, Step>> + 'b,
+        Fut: Future<Output = Result<Vec<u8>, AttemptError>> + 'b,
     {
         self.within_deadline(to_leader(ctx, self, leader_subject, serve))
     }
@@ -205,12 +205,12 @@ pub async fn to_leader<F, Fut>(
 ) -> Result<Vec<u8>, WireError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, Step>>,
+    Fut: Future<Output = Result<Vec<u8>, AttemptError>>,
 {
     let mut metrics = ctx.consensus.raft.metrics();
     loop {
         let leader = metrics.borrow_and_update().current_leader;
-        let step = match leader {
+        let attempt = match leader {
             Some(l) if l == ctx.cluster.me => serve().await,
             // Boxed: forwarding is rare (leader-direct routing), and inline its future would
             // size every request task.
@@ -234,10 +234,10 @@ where
                 continue;
             }
         };
-        match step {
+        match attempt {
             Ok(bytes) => return Ok(bytes),
-            Err(Step::Fail(e)) => return Err(e),
-            Err(Step::Retry) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(AttemptError::Fail(e)) => return Err(e),
+            Err(AttemptError::Retry) => tokio::time::sleep(RETRY_PAUSE).await,
         }
     }
 }
@@ -245,7 +245,7 @@ where
 /// A leader decides authorization only once it has applied an entry of its own term: by
 /// then every entry committed before it was elected (a token revocation among them) is
 /// applied too. Without auth there is nothing to wait for.
-pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), Step> {
+pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), AttemptError> {
     if !ctx.security.auth.enabled() {
         return Ok(());
     }
@@ -258,11 +258,11 @@ pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), Step> {
         })
         .await
         .map(|m| m.state == ServerState::Leader)
-        .map_err(|e| Step::Fail(internal(format!("raft stopped: {e}"))))?;
+        .map_err(|e| AttemptError::Fail(internal(format!("raft stopped: {e}"))))?;
     if still_leader {
         Ok(())
     } else {
-        Err(Step::Retry)
+        Err(AttemptError::Retry)
     }
 }
 
@@ -273,7 +273,12 @@ pub const SIGNED_FORWARD_HEADERS: [&str; 3] =
 
 /// Relays the request to the leader's node subject and its answer back, through the node's
 /// inbox, which signs it and accepts only a verified reply (`cluster.secret`).
-async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Result<Vec<u8>, Step> {
+async fn forward(
+    ctx: &Ctx,
+    r: &Routed<'_>,
+    leader: u64,
+    subject: String,
+) -> Result<Vec<u8>, AttemptError> {
     let msg = r.msg;
     let remaining = r.deadline.saturating_duration_since(Instant::now());
     let mut headers = msg.headers.clone().unwrap_or_default();
@@ -299,7 +304,7 @@ async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Res
             if is_not_ready(&reply.payload) {
                 // The leader refused it before Raft saw it.
                 r.delivery.unmark();
-                Err(Step::Retry)
+                Err(AttemptError::Retry)
             } else {
                 Ok(reply.payload.to_vec())
             }
@@ -307,15 +312,15 @@ async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Res
         // Nobody listens on the leader's subject, or it never left: certainly not delivered.
         Err(CallError::NoResponders | CallError::Publish(_) | CallError::TooLarge) => {
             r.delivery.unmark();
-            Err(Step::Retry)
+            Err(AttemptError::Retry)
         }
-        Err(CallError::TimedOut(_)) => Err(Step::Fail(timeout(format!(
+        Err(CallError::TimedOut(_)) => Err(AttemptError::Fail(timeout(format!(
             "the leader (node {leader}) did not answer in time"
         )))),
-        Err(e @ CallError::Closed) if r.is_write => Err(Step::Fail(timeout(format!(
+        Err(e @ CallError::Closed) if r.is_write => Err(AttemptError::Fail(timeout(format!(
             "forwarding to the leader (node {leader}) failed after sending: {e}"
         )))),
-        Err(CallError::Closed) => Err(Step::Retry),
+        Err(CallError::Closed) => Err(AttemptError::Retry),
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::api::handler::confirm_leadership;
-use crate::api::route::{self, DeadlineWording, Delivery, Routed, Step};
+use crate::api::route::{self, AttemptError, DeadlineWording, Delivery, Routed};
 use crate::api::{codec, Ctx};
 use crate::auth::{Credential, Role};
 use crate::error::{bad_request, internal, not_found, WireError};
@@ -118,7 +118,7 @@ async fn write_on_leader(
     ctx: &Ctx,
     cred: Credential<'_>,
     started: &Delivery,
-) -> Result<Vec<u8>, Step> {
+) -> Result<Vec<u8>, AttemptError> {
     route::leader_caught_up(ctx).await?;
     ctx.security
         .auth
@@ -146,11 +146,13 @@ async fn write_on_leader(
         Ok(Ok(Ok(w))) => w,
         Ok(Ok(Err(e))) => {
             tracing::error!(error = %e, "writing a backup failed");
-            return Err(Step::Fail(internal(format!(
+            return Err(AttemptError::Fail(internal(format!(
                 "writing the backup failed: {e}"
             ))));
         }
-        Ok(Err(e)) | Err(e) => return Err(Step::Fail(internal(format!("backup task: {e}")))),
+        Ok(Err(e)) | Err(e) => {
+            return Err(AttemptError::Fail(internal(format!("backup task: {e}"))))
+        }
     };
     tracing::info!(
         id = %w.id,

@@ -14,7 +14,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::api::route::{self, Delivery, Routed, Step};
+use crate::api::route::{self, AttemptError, Delivery, Routed};
 use crate::api::{codec, Ctx};
 use crate::auth::{Credential, Role};
 use crate::error::{bad_request, internal, unauthorized, WireError};
@@ -79,14 +79,14 @@ async fn on_leader(
     id: NodeId,
     cred: Credential<'_>,
     delivery: &Delivery,
-) -> Result<Vec<u8>, Step> {
+) -> Result<Vec<u8>, AttemptError> {
     route::leader_caught_up(ctx).await?;
     ctx.security
         .auth
         .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
     let m = ctx.consensus.raft.metrics().borrow().clone();
     if m.state != ServerState::Leader {
-        return Err(Step::Retry);
+        return Err(AttemptError::Retry);
     }
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -170,12 +170,12 @@ async fn on_leader(
             notify_removed(ctx, id, auth.as_deref()).await;
             done(ctx, id, true)
         }
-        _ => Err(Step::Fail(internal("not a membership operation"))),
+        _ => Err(AttemptError::Fail(internal("not a membership operation"))),
     }
 }
 
 /// The reply, with the membership as this node now knows it.
-fn done(ctx: &Ctx, id: NodeId, changed: bool) -> Result<Vec<u8>, Step> {
+fn done(ctx: &Ctx, id: NodeId, changed: bool) -> Result<Vec<u8>, AttemptError> {
     let m = ctx.consensus.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
@@ -209,18 +209,18 @@ pub fn replication_lag(m: &crate::raft::types::RaftMetrics, id: NodeId) -> u64 {
     last.saturating_sub(matched)
 }
 
-fn change_failed(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Step {
+fn change_failed(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> AttemptError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Step::Retry,
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => AttemptError::Retry,
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(_),
-        )) => Step::Fail(bad_request(
+        )) => AttemptError::Fail(bad_request(
             "a membership change is still in progress; try again",
         )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Step::Fail(bad_request(format!("membership change refused: {e}")))
+            AttemptError::Fail(bad_request(format!("membership change refused: {e}")))
         }
-        RaftError::Fatal(e) => Step::Fail(internal(format!("raft stopped: {e}"))),
+        RaftError::Fatal(e) => AttemptError::Fail(internal(format!("raft stopped: {e}"))),
     }
 }
 
@@ -266,7 +266,7 @@ async fn ping(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<Pong, String>
 }
 
 /// A node joins only if it answers and belongs to no other cluster.
-async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), Step> {
+async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), AttemptError> {
     let pong = ping(ctx, id, auth).await.map_err(|why| {
         bad_request(format!(
             "{why}; start it first (with cluster.join = true) and add it again"
@@ -299,7 +299,7 @@ async fn check_majority(
     current: &BTreeSet<NodeId>,
     next: &BTreeSet<NodeId>,
     auth: Option<&str>,
-) -> Result<(), Step> {
+) -> Result<(), AttemptError> {
     let pings = current
         .union(next)
         .filter(|&&v| v != ctx.cluster.me)

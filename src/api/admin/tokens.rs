@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::api::handler::{confirm_leadership, propose};
-use crate::api::route::{self, Delivery, Routed, Step};
+use crate::api::route::{self, AttemptError, Delivery, Routed};
 use crate::api::{codec, Ctx};
 use crate::auth::tokens::{self, Role, TokenRecord};
 use crate::auth::Credential;
@@ -201,7 +201,7 @@ async fn serve_on_leader(
     req: &TokenRequest,
     cred: Credential<'_>,
     delivery: &Delivery,
-) -> Result<Vec<u8>, Step> {
+) -> Result<Vec<u8>, AttemptError> {
     route::leader_caught_up(ctx).await?;
     ctx.security
         .auth
@@ -238,7 +238,7 @@ async fn create(
     name: Option<String>,
     lifetime: Option<Duration>,
     delivery: &Delivery,
-) -> Result<Vec<u8>, Step> {
+) -> Result<Vec<u8>, AttemptError> {
     let token = tokens::generate()
         .map_err(|e| internal(format!("the OS random number generator failed: {e}")))?;
     let digest = tokens::digest(&token);
@@ -260,16 +260,16 @@ async fn create(
                 info,
             }))
         }
-        Outcome::Token { changed: false } => {
-            Err(Step::Fail(internal("token id clash; create it again")))
-        }
-        other => Err(Step::Fail(internal(format!(
+        Outcome::Token { changed: false } => Err(AttemptError::Fail(internal(
+            "token id clash; create it again",
+        ))),
+        other => Err(AttemptError::Fail(internal(format!(
             "unexpected outcome {other:?}"
         )))),
     }
 }
 
-async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, Step> {
+async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, AttemptError> {
     let table = ctx.consensus.view.tokens();
     let found = table.find_id(id).or_else(|| {
         let d = tokens::digest(id);
@@ -282,7 +282,7 @@ async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, Ste
         } else {
             "the given value".to_string()
         };
-        return Err(Step::Fail(not_found(format!(
+        return Err(AttemptError::Fail(not_found(format!(
             "no token has the id {shown} (nor is it a live token)"
         ))));
     };
@@ -296,7 +296,7 @@ async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, Ste
                 id: &public_id,
             }))
         }
-        other => Err(Step::Fail(internal(format!(
+        other => Err(AttemptError::Fail(internal(format!(
             "unexpected outcome {other:?}"
         )))),
     }
