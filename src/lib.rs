@@ -1,8 +1,10 @@
 //! Concord: a distributed, strongly consistent key-value store.
 //!
 //! ```text
-//! client ─NATS req─▶ api::server ─▶ api::codec ─▶ api::validate ─▶ api::handler
-//!                                                                   │ leader: raft client_write / ensure_linearizable
+//! client ─NATS req─▶ api::server ─▶ api::codec ─▶ api::validate ─▶ api::handler, api::admin
+//!                                                                   │ api::route: deadline, leader or forward
+//!                                                                   │ leader: api::propose (client_write) /
+//!                                                                   │         api::read_index (ensure_linearizable)
 //!                                                                   │ follower: forward to P.node.<leader>.kv.<op>
 //!                                                                   ▼
 //!            raft::network ──NATS──▶ raft::service (peers)     store::log_store (fjall, fsynced)
@@ -10,7 +12,8 @@
 //!                                                       store::state_machine (fjall kv) ─▶ reply
 //! ```
 //!
-//! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol;
+//! [`node`] opens, wires and bootstraps the pieces, answers `/readyz` (`node::health`) and
+//! owns shutdown; [`client::Client`] speaks the protocol;
 //! [`observe`] turns what happens along the way into metrics and telemetry events.
 
 // openraft's error types are large and fixed by its trait signatures.

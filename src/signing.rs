@@ -134,6 +134,35 @@ pub fn header_of(msg: &async_nats::Message) -> Option<&str> {
         .map(|v| v.as_str())
 }
 
+/// Verifies the MAC of a request another node sent: over its subject, its reply subject
+/// (unique per call, which ties the reply signed later to this one call), the values of
+/// `signed_headers` in order (empty when absent), and its body. A rejection is counted in
+/// `rejections`. Returns the MAC to bind the reply to.
+///
+/// Both inbound paths use it: Raft RPCs (`raft::service`, no signed headers) and forwarded
+/// client requests (`api::route`, the forwarding headers).
+pub fn verify_received(
+    signer: &Signer,
+    rejections: &Rejections,
+    msg: &async_nats::Message,
+    signed_headers: &[&str],
+) -> Result<Mac, Rejected> {
+    let headers = msg.headers.as_ref();
+    let mut extra: Vec<&[u8]> = Vec::with_capacity(1 + signed_headers.len());
+    extra.push(msg.reply.as_deref().unwrap_or_default().as_bytes());
+    extra.extend(signed_headers.iter().map(|name| {
+        headers
+            .and_then(|h| h.get(*name))
+            .map(|v| v.as_str().as_bytes())
+            .unwrap_or(b"")
+    }));
+    signer
+        .verify_request(&msg.subject, &extra, &msg.payload, header_of(msg))
+        .inspect_err(|why| {
+            rejections.record(Direction::Request, *why, &msg.subject, msg.reply.as_deref());
+        })
+}
+
 /// Which way a dropped message was travelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

@@ -192,14 +192,6 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
     })
 }
 
-pub fn decode_admin(body: &[u8]) -> Result<AdminBody, WireError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(AdminBody::default());
-    }
-    check_object(body)?;
-    typed(body)
-}
-
 #[derive(Serialize)]
 struct ErrorReply<'a> {
     ok: bool,

@@ -2,8 +2,6 @@
 //! a leader; everything else goes to the leader ([`route`]), which proposes writes and
 //! confirms leadership (ReadIndex) before linearizable reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use async_nats::Message;
 use openraft::ServerState;
 use tokio::time::Instant;
@@ -11,7 +9,7 @@ use tokio::time::Instant;
 use super::codec::{self, Common, Consistency, DeleteReply, KvRequest, PutReply};
 use super::propose::ProposeError;
 use super::read_index::ReadIndexError;
-use super::route::{self, Routed, Step};
+use super::route::{self, AttemptError, Delivery, Routed};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
 use crate::command::{Command, Outcome};
@@ -43,8 +41,9 @@ pub enum Intake {
 /// leader's CPU under stale-read load).
 pub fn intake(ctx: &Ctx, op: KvOp, msg: &Message) -> Intake {
     let arrival = Instant::now();
-    let decoded = codec::decode_kv(op, &msg.payload)
-        .and_then(|(req, common)| validate::request(&req, &ctx.limits).map(|()| (req, common)));
+    let decoded = codec::decode_kv(op, &msg.payload).and_then(|(req, common)| {
+        validate::request(&req, &ctx.limits.sizes).map(|()| (req, common))
+    });
     let (req, common) = match decoded {
         Ok(d) => d,
         Err(e) => return Intake::Answered(codec::encode_error(&e)),
@@ -55,8 +54,8 @@ pub fn intake(ctx: &Ctx, op: KvOp, msg: &Message) -> Intake {
         ..
     } = &req
     {
-        let caught_up = min_revision.is_none_or(|min| ctx.view.revision() >= min);
-        if caught_up && may_serve_stale(ctx, &ctx.raft.metrics()) {
+        let caught_up = min_revision.is_none_or(|min| ctx.consensus.view.revision() >= min);
+        if caught_up && may_serve_stale(ctx, &ctx.consensus.raft.metrics()) {
             let read = Access::of(op, &common, msg)
                 .check(ctx)
                 .and_then(|()| read_now(ctx, &req));
@@ -86,17 +85,9 @@ pub async fn handle_call(ctx: &Ctx, call: KvCall, msg: &Message) -> Vec<u8> {
         common,
         arrival,
     } = call;
-    let timeout_len = route::timeout_len(msg, common.timeout, ctx.default_timeout);
-    let handed = AtomicBool::new(false);
-    let r = Routed {
-        msg,
-        forwarded: route::is_forwarded(msg),
-        is_write: op.is_write(),
-        deadline: route::deadline_for(arrival, timeout_len),
-        handed: &handed,
-    };
+    let r = Routed::new(ctx, msg, arrival, common.timeout, op.is_write());
     let access = Access::of(op, &common, msg);
-    route::within_deadline(&r, timeout_len, kv_route(ctx, op, &req, &r, access))
+    r.within_deadline(kv_route(ctx, op, &req, &r, access))
         .await
         .unwrap_or_else(|e| codec::encode_error(&e))
 }
@@ -122,7 +113,9 @@ impl<'a> Access<'a> {
     }
 
     fn check(&self, ctx: &Ctx) -> Result<(), WireError> {
-        ctx.auth.check(ctx.view.tokens(), self.cred, self.needed)
+        ctx.security
+            .auth
+            .check(ctx.consensus.view.tokens(), self.cred, self.needed)
     }
 }
 
@@ -133,17 +126,17 @@ async fn kv_route(
     r: &Routed<'_>,
     access: Access<'_>,
 ) -> Result<Vec<u8>, WireError> {
-    if is_stale_read(req) && may_serve_stale(ctx, &ctx.raft.metrics()) {
-        return read_local(ctx, req, r.handed, access).await;
+    if is_stale_read(req) && may_serve_stale(ctx, &ctx.consensus.raft.metrics()) {
+        return read_local(ctx, req, &r.delivery, access).await;
     }
     if !op.is_write() && crate::failpoints::enabled(crate::failpoints::Failpoint::StaleReads) {
-        return read_local(ctx, req, r.handed, access).await;
+        return read_local(ctx, req, &r.delivery, access).await;
     }
     route::to_leader(
         ctx,
         r,
-        |leader| ctx.subjects.node_kv(leader, op),
-        || serve_on_leader(ctx, req, r.handed, access),
+        |leader| ctx.cluster.subjects.node_kv(leader, op),
+        || serve_on_leader(ctx, req, &r.delivery, access),
     )
     .await
 }
@@ -166,27 +159,23 @@ fn may_serve_stale(ctx: &Ctx, metrics: &tokio::sync::watch::Receiver<RaftMetrics
     // Borrowed, not cloned: this runs on every stale read, and the guard is never held
     // across an await.
     let m = metrics.borrow();
-    let window = ctx.stale_window.as_millis() as u64;
-    match m.state {
-        ServerState::Leader => m.millis_since_quorum_ack.is_some_and(|ms| ms < window),
-        ServerState::Follower => {
-            let voter = m.membership_config.voter_ids().any(|id| id == ctx.me);
-            voter
-                && ctx
-                    .contact
-                    .since()
-                    .is_some_and(|d| d.as_millis() < window as u128)
-        }
+    let member = match m.state {
+        ServerState::Leader => true,
+        ServerState::Follower => m
+            .membership_config
+            .voter_ids()
+            .any(|id| id == ctx.cluster.me),
         _ => false,
-    }
+    };
+    member && ctx.consensus.contact.check(&m).is_ok()
 }
 
 async fn serve_on_leader(
     ctx: &Ctx,
     req: &KvRequest,
-    handed: &AtomicBool,
+    delivery: &Delivery,
     access: Access<'_>,
-) -> Result<Vec<u8>, Step> {
+) -> Result<Vec<u8>, AttemptError> {
     if req.is_write() {
         // Writes are authorized against the applied token table of a caught-up leader.
         route::leader_caught_up(ctx).await?;
@@ -199,22 +188,22 @@ async fn serve_on_leader(
                 key: key.clone(),
                 value: value.clone(),
             };
-            match propose(ctx, cmd, handed).await? {
+            match propose(ctx, cmd, delivery).await? {
                 Outcome::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
-                other => Err(Step::Fail(internal(format!(
+                other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
             }
         }
         KvRequest::Delete { key } => {
             let cmd = Command::Delete { key: key.clone() };
-            match propose(ctx, cmd, handed).await? {
+            match propose(ctx, cmd, delivery).await? {
                 Outcome::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
                     ok: true,
                     deleted,
                     revision,
                 })),
-                other => Err(Step::Fail(internal(format!(
+                other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
             }
@@ -223,9 +212,9 @@ async fn serve_on_leader(
             if !is_stale_read(req) {
                 confirm_leadership(ctx).await?;
             }
-            read_local(ctx, req, handed, access)
+            read_local(ctx, req, delivery, access)
                 .await
-                .map_err(Step::Fail)
+                .map_err(AttemptError::Fail)
         }
     }
 }
@@ -233,17 +222,17 @@ async fn serve_on_leader(
 /// The storage quota, on the leader before proposing. It reads the applied state, so writes
 /// in flight may overshoot the limit by at most what is in flight.
 fn check_quota(ctx: &Ctx, key: &str, value: &str) -> Result<(), WireError> {
-    let limits = &ctx.limits;
+    let limits = &ctx.limits.sizes;
     if limits.max_data_bytes == 0 {
         return Ok(());
     }
-    let current = ctx.view.data_bytes();
+    let current = ctx.consensus.view.data_bytes();
     let new = validate::put_bytes(key, value);
     if validate::quota(limits, current, new, None).is_ok() {
         return Ok(());
     }
     // Near the limit only: an overwrite counts what the key holds now.
-    let old = ctx.view.entry_bytes(key).map_err(|e| {
+    let old = ctx.consensus.view.entry_bytes(key).map_err(|e| {
         tracing::error!(error = %e, "read failed");
         internal(format!("storage read failed: {e}"))
     })?;
@@ -252,25 +241,31 @@ fn check_quota(ctx: &Ctx, key: &str, value: &str) -> Result<(), WireError> {
 
 /// ReadIndex: the leader confirms it still leads with a quorum round that starts after the
 /// read arrived, then waits until it has applied up to the commit index it saw.
-pub(super) async fn confirm_leadership(ctx: &Ctx) -> Result<(), Step> {
-    match ctx.read_index.confirm().await {
+pub(crate) async fn confirm_leadership(ctx: &Ctx) -> Result<(), AttemptError> {
+    match ctx.consensus.read_index.confirm().await {
         Ok(()) => Ok(()),
-        Err(ReadIndexError::NotConfirmed) => Err(Step::Retry),
-        Err(ReadIndexError::Stopped(e)) => Err(Step::Fail(internal(format!("raft stopped: {e}")))),
+        Err(ReadIndexError::NotConfirmed) => Err(AttemptError::Retry),
+        Err(ReadIndexError::Stopped(e)) => {
+            Err(AttemptError::Fail(internal(format!("raft stopped: {e}"))))
+        }
     }
 }
 
-pub(super) async fn propose(ctx: &Ctx, cmd: Command, handed: &AtomicBool) -> Result<Outcome, Step> {
-    handed.store(true, Ordering::Release);
-    match ctx.proposer.propose(cmd).await {
+pub(crate) async fn propose(
+    ctx: &Ctx,
+    cmd: Command,
+    delivery: &Delivery,
+) -> Result<Outcome, AttemptError> {
+    delivery.mark();
+    match ctx.consensus.proposer.propose(cmd).await {
         Ok(outcome) => Ok(outcome),
         // Not appended, or truncated before commit: it will never apply. Safe to retry.
         Err(ProposeError::NotLeader) => {
-            handed.store(false, Ordering::Release);
-            Err(Step::Retry)
+            delivery.unmark();
+            Err(AttemptError::Retry)
         }
-        Err(ProposeError::Failed(e)) => Err(Step::Fail(internal(e))),
-        Err(ProposeError::Unknown(e)) => Err(Step::Fail(timeout(e))),
+        Err(ProposeError::Failed(e)) => Err(AttemptError::Fail(internal(e))),
+        Err(ProposeError::Unknown(e)) => Err(AttemptError::Fail(timeout(e))),
     }
 }
 
@@ -280,7 +275,7 @@ pub(super) async fn propose(ctx: &Ctx, cmd: Command, handed: &AtomicBool) -> Res
 async fn read_local(
     ctx: &Ctx,
     req: &KvRequest,
-    handed: &AtomicBool,
+    delivery: &Delivery,
     access: Access<'_>,
 ) -> Result<Vec<u8>, WireError> {
     access.check(ctx)?;
@@ -289,10 +284,10 @@ async fn read_local(
         _ => None,
     };
     if let Some(min) = min_revision {
-        if ctx.view.revision() < min {
+        if ctx.consensus.view.revision() < min {
             // From here a deadline means "not yet", not "no leader".
-            handed.store(true, Ordering::Release);
-            let mut rx = ctx.view.watch_revision();
+            delivery.mark();
+            let mut rx = ctx.consensus.view.watch_revision();
             let _ = rx.wait_for(|r| *r >= min).await;
         }
     }
@@ -306,7 +301,7 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
         internal(format!("storage read failed: {e}"))
     };
     match req {
-        KvRequest::Get { key, .. } => match ctx.view.get(key).map_err(storage)? {
+        KvRequest::Get { key, .. } => match ctx.consensus.view.get(key).map_err(storage)? {
             Some((revision, json)) => codec::encode_get(revision, &json),
             None => Err(not_found(format!("key '{key}' not found"))),
         },
@@ -317,8 +312,13 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
             ..
         } => {
             let limit = limit.unwrap_or(DEFAULT_SCAN_LIMIT);
-            let max_bytes = ctx.max_payload.saturating_sub(64 * 1024).max(16 * 1024);
+            let max_bytes = ctx
+                .limits
+                .max_payload
+                .saturating_sub(64 * 1024)
+                .max(16 * 1024);
             let (items, more) = ctx
+                .consensus
                 .view
                 .scan(prefix, after.as_deref(), limit, max_bytes)
                 .map_err(storage)?;

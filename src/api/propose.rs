@@ -8,6 +8,8 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::command::{Command, LogCommand, Outcome};
 use crate::raft::types::{Raft, RaftMetrics};
@@ -36,7 +38,8 @@ pub enum ProposeError {
     Unknown(String),
 }
 
-struct Pending {
+/// One client write waiting in the queue to join a batch, with the channel its outcome goes to.
+struct QueuedWrite {
     command: Command,
     size: usize,
     reply: oneshot::Sender<Result<Outcome, ProposeError>>,
@@ -44,15 +47,28 @@ struct Pending {
 
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<QueuedWrite>,
 }
 
 impl Proposer {
-    /// Starts the batching task. `max_batch_bytes` keeps one entry inside a NATS message.
-    pub fn start(raft: Raft, max_batch_bytes: usize, queue: usize) -> Proposer {
+    /// Starts the batching task on the node's `tracker`; it stops when `cancel` fires.
+    /// `max_batch_bytes` keeps one entry inside a NATS message.
+    pub fn start(
+        raft: Raft,
+        max_batch_bytes: usize,
+        queue: usize,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Proposer {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let leading = watch_leadership(&raft);
-        tokio::spawn(run(raft, rx, max_batch_bytes, leading));
+        let leading = watch_leadership(&raft, tracker, cancel.clone());
+        let batcher = Batcher {
+            raft,
+            max_batch_bytes,
+            leading,
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(batcher.run(rx, cancel));
         Proposer { tx }
     }
 
@@ -60,7 +76,7 @@ impl Proposer {
         let (reply, rx) = oneshot::channel();
         let size = command.approximate_size();
         self.tx
-            .send(Pending {
+            .send(QueuedWrite {
                 command,
                 size,
                 reply,
@@ -77,12 +93,16 @@ type Leading = watch::Receiver<Option<u64>>;
 
 /// A watch of the term this node leads. Raft's own metrics change with every append and
 /// commit; this one only when leadership does, so a batch in flight waits on it for free.
-fn watch_leadership(raft: &Raft) -> Leading {
+fn watch_leadership(raft: &Raft, tracker: &TaskTracker, cancel: CancellationToken) -> Leading {
     let mut metrics = raft.metrics();
     let leading = |m: &RaftMetrics| (m.state == ServerState::Leader).then_some(m.current_term);
     let (tx, rx) = watch::channel(leading(&metrics.borrow_and_update()));
-    tokio::spawn(async move {
-        while metrics.changed().await.is_ok() {
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = metrics.changed() => if r.is_err() { break },
+            }
             let now = leading(&metrics.borrow_and_update());
             tx.send_if_modified(|was| std::mem::replace(was, now) != now);
         }
@@ -92,42 +112,70 @@ fn watch_leadership(raft: &Raft) -> Leading {
     rx
 }
 
-async fn run(
+/// The batching task: gathers queued writes into batches and proposes each on a task of
+/// its own.
+struct Batcher {
     raft: Raft,
-    mut rx: mpsc::Receiver<Pending>,
     max_batch_bytes: usize,
     leading: Leading,
-) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let mut carry: Option<Pending> = None;
-    loop {
-        // Wait for a slot first: writes pile up in the channel meanwhile and form the batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
-        };
+    tracker: TaskTracker,
+}
+
+impl Batcher {
+    async fn run(self, mut rx: mpsc::Receiver<QueuedWrite>, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let mut carry: Option<QueuedWrite> = None;
+        loop {
+            // Wait for a slot first: writes pile up in the channel meanwhile and form the
+            // batch.
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => return,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            let first = match carry.take() {
+                Some(w) => w,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    w = rx.recv() => match w {
+                        Some(w) => w,
+                        None => return,
+                    },
+                },
+            };
+            let (batch, next) = self.gather(first, &mut rx);
+            carry = next;
+            self.tracker.spawn(propose_batch(
+                self.raft.clone(),
+                batch,
+                slot,
+                self.leading.clone(),
+            ));
+        }
+    }
+
+    /// Adds what is queued to `first` until the batch is full; returns the batch and the
+    /// write that did not fit.
+    fn gather(
+        &self,
+        first: QueuedWrite,
+        rx: &mut mpsc::Receiver<QueuedWrite>,
+    ) -> (Vec<QueuedWrite>, Option<QueuedWrite>) {
         let mut bytes = first.size;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) if bytes + p.size <= max_batch_bytes => {
-                    bytes += p.size;
-                    batch.push(p);
+                Ok(w) if bytes + w.size <= self.max_batch_bytes => {
+                    bytes += w.size;
+                    batch.push(w);
                 }
-                Ok(p) => {
-                    carry = Some(p);
-                    break;
-                }
+                Ok(w) => return (batch, Some(w)),
                 Err(_) => break,
             }
         }
-        tokio::spawn(propose_batch(raft.clone(), batch, slot, leading.clone()));
+        (batch, None)
     }
 }
 
@@ -136,16 +184,16 @@ async fn run(
 /// answer that may never come must not hold up the writes of a later leadership.
 async fn propose_batch(
     raft: Raft,
-    batch: Vec<Pending>,
+    batch: Vec<QueuedWrite>,
     slot: OwnedSemaphorePermit,
     mut leading: Leading,
 ) {
     // Move the commands into the entry; only the reply channels stay behind.
     let mut replies = Vec::with_capacity(batch.len());
     let mut commands = Vec::with_capacity(batch.len());
-    for p in batch {
-        replies.push(p.reply);
-        commands.push(p.command);
+    for w in batch {
+        replies.push(w.reply);
+        commands.push(w.command);
     }
     let single = commands.len() == 1;
     let command = match commands.pop() {

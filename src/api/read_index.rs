@@ -7,6 +7,8 @@
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::raft::types::Raft;
 
@@ -29,9 +31,10 @@ pub struct ReadIndex {
 }
 
 impl ReadIndex {
-    pub fn start(raft: Raft) -> ReadIndex {
+    /// Starts the round task on the node's `tracker`; it stops when `cancel` fires.
+    pub fn start(raft: Raft, tracker: &TaskTracker, cancel: CancellationToken) -> ReadIndex {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tracker.spawn(run(raft, rx, cancel));
         ReadIndex { tx }
     }
 
@@ -47,9 +50,16 @@ impl ReadIndex {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, cancel: CancellationToken) {
     let mut last_round = 0usize;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            w = rx.recv() => match w {
+                Some(w) => w,
+                None => return,
+            },
+        };
         // Under load, let the request tasks already woken on this thread queue their reads
         // before the round starts: each round costs two heartbeat RPCs however many reads
         // it serves. Measured at 64 clients: 5 % more linearizable gets. A lone read never

@@ -18,27 +18,57 @@ use tokio::time::Instant;
 
 use super::Ctx;
 use crate::error::{cluster_not_ready, internal, timeout, unauthorized, WireError};
-use crate::raft::inbox::{header_bytes, CallError};
-use crate::signing::{Direction, Mac, HEADER_MAC};
+use crate::raft::inbox::CallError;
+use crate::signing::{self, Mac};
 use crate::subjects::{HEADER_FORWARDED, HEADER_TIMEOUT_MS};
 
 /// Pause before retrying after a failed attempt, so a dead leader is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why an attempt did not produce a reply.
-pub enum Step {
+pub enum AttemptError {
     /// Not handed to Raft (or certainly not applied): try again, perhaps elsewhere.
     Retry,
     Fail(WireError),
 }
 
-impl From<WireError> for Step {
+impl From<WireError> for AttemptError {
     fn from(e: WireError) -> Self {
-        Step::Fail(e)
+        AttemptError::Fail(e)
     }
 }
 
-/// One request on its way to the leader.
+/// Whether a request may have taken effect: marked once its command may have reached Raft
+/// (or a backup started being written), unmarked when it certainly did not. At the deadline
+/// it decides between `timeout` and `cluster_not_ready`.
+#[derive(Default)]
+pub struct Delivery(AtomicBool);
+
+impl Delivery {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn unmark(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    pub fn may_have_effect(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the reply at the deadline says, by kind of request.
+#[derive(Clone, Copy)]
+pub enum DeadlineWording {
+    /// A command for Raft: it "reached Raft and may still be applied".
+    Command,
+    /// A backup: it "was not written" yet, and may still finish.
+    Backup,
+}
+
+/// One request on its way to the leader: the routing preamble every routed request
+/// (key space, membership, tokens, backup) shares.
 pub struct Routed<'a> {
     pub msg: &'a Message,
     /// Marked forwarded by a follower: never forwarded again.
@@ -46,8 +76,92 @@ pub struct Routed<'a> {
     /// May sending it change state (a write)?
     pub is_write: bool,
     pub deadline: Instant,
-    /// Set once the command may have reached Raft.
-    pub handed: &'a AtomicBool,
+    /// How long the request may take: named in the reply at the deadline.
+    pub timeout_len: Duration,
+    pub delivery: Delivery,
+    wording: DeadlineWording,
+}
+
+impl<'a> Routed<'a> {
+    /// A request that arrived at `arrival`, with the body's own `timeout_ms` if it has one.
+    pub fn new(
+        ctx: &Ctx,
+        msg: &'a Message,
+        arrival: Instant,
+        body_timeout: Option<Duration>,
+        is_write: bool,
+    ) -> Routed<'a> {
+        let timeout_len = timeout_len(msg, body_timeout, ctx.limits.default_timeout);
+        Routed {
+            msg,
+            forwarded: is_forwarded(msg),
+            is_write,
+            deadline: deadline_for(arrival, timeout_len),
+            timeout_len,
+            delivery: Delivery::default(),
+            wording: DeadlineWording::Command,
+        }
+    }
+
+    /// Words the reply at the deadline for this kind of request.
+    pub fn worded(mut self, wording: DeadlineWording) -> Routed<'a> {
+        self.wording = wording;
+        self
+    }
+
+    /// Runs `route` until the deadline; at the deadline answers `timeout` if the request
+    /// may have taken effect and `cluster_not_ready` if it certainly did not.
+    ///
+    /// A combinator, not an `async fn`: as an `async fn` it kept `route` both as its
+    /// argument and inside the timeout, 2.6 KiB around a 1.2 KiB route, and every request
+    /// task carried that.
+    pub fn within_deadline<'b, F>(
+        &'b self,
+        route: F,
+    ) -> impl Future<Output = Result<Vec<u8>, WireError>> + 'b
+    where
+        F: Future<Output = Result<Vec<u8>, WireError>> + 'b,
+    {
+        let (delivery, ms, wording) = (&self.delivery, self.timeout_len.as_millis(), self.wording);
+        tokio::time::timeout_at(self.deadline, route).map(move |res| match res {
+            Ok(res) => res,
+            Err(_) => Err(late(wording, delivery.may_have_effect(), ms)),
+        })
+    }
+
+    /// Serves the request with `serve` on the leader, or forwards it to the leader's
+    /// subject `leader_subject(id)`, within the deadline (see [`to_leader`]).
+    pub fn to_leader_within_deadline<'b, S, F, Fut>(
+        &'b self,
+        ctx: &'b Ctx,
+        leader_subject: S,
+        serve: F,
+    ) -> impl Future<Output = Result<Vec<u8>, WireError>> + 'b
+    where
+        S: Fn(u64) -> String + 'b,
+        F: FnMut() -> Fut + 'b,
+        Fut: Future<Output = Result<Vec<u8>, AttemptError>> + 'b,
+    {
+        self.within_deadline(to_leader(ctx, self, leader_subject, serve))
+    }
+}
+
+/// The reply at the deadline.
+fn late(wording: DeadlineWording, may_have_effect: bool, ms: u128) -> WireError {
+    match (wording, may_have_effect) {
+        (DeadlineWording::Command, true) => timeout(format!(
+            "no outcome within {ms} ms; the command reached Raft and may still be applied"
+        )),
+        (DeadlineWording::Command, false) => {
+            cluster_not_ready(format!("no leader could serve the request within {ms} ms"))
+        }
+        (DeadlineWording::Backup, true) => timeout(format!(
+            "the backup was not written within {ms} ms; allow more time (--timeout-ms)"
+        )),
+        (DeadlineWording::Backup, false) => {
+            cluster_not_ready(format!("no leader could take the backup within {ms} ms"))
+        }
+    }
 }
 
 /// The deadline of a request: its own `timeout_ms` (field or header) or the default, less a
@@ -81,33 +195,6 @@ pub fn is_forwarded(msg: &Message) -> bool {
         .is_some()
 }
 
-/// Runs `route` until the deadline; at the deadline answers `timeout` if the command may
-/// have reached Raft and `cluster_not_ready` if it certainly did not.
-///
-/// A combinator, not an `async fn`: as an `async fn` it kept `route` both as its argument and
-/// inside the timeout, 2.6 KiB around a 1.2 KiB route, and every request task carried that.
-pub fn within_deadline<'a, F>(
-    r: &Routed<'a>,
-    timeout_len: Duration,
-    route: F,
-) -> impl Future<Output = Result<Vec<u8>, WireError>> + 'a
-where
-    F: Future<Output = Result<Vec<u8>, WireError>> + 'a,
-{
-    let handed = r.handed;
-    tokio::time::timeout_at(r.deadline, route).map(move |res| match res {
-        Ok(res) => res,
-        Err(_) if handed.load(Ordering::Acquire) => Err(timeout(format!(
-            "no outcome within {} ms; the command reached Raft and may still be applied",
-            timeout_len.as_millis()
-        ))),
-        Err(_) => Err(cluster_not_ready(format!(
-            "no leader could serve the request within {} ms",
-            timeout_len.as_millis()
-        ))),
-    })
-}
-
 /// Serves the request with `serve` on the leader, or forwards it to the leader's subject
 /// `leader_subject(id)`, or waits for an election; retries what certainly had no effect.
 pub async fn to_leader<F, Fut>(
@@ -118,13 +205,13 @@ pub async fn to_leader<F, Fut>(
 ) -> Result<Vec<u8>, WireError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, Step>>,
+    Fut: Future<Output = Result<Vec<u8>, AttemptError>>,
 {
-    let mut metrics = ctx.raft.metrics();
+    let mut metrics = ctx.consensus.raft.metrics();
     loop {
         let leader = metrics.borrow_and_update().current_leader;
-        let step = match leader {
-            Some(l) if l == ctx.me => serve().await,
+        let attempt = match leader {
+            Some(l) if l == ctx.cluster.me => serve().await,
             // Boxed: forwarding is rare (leader-direct routing), and inline its future would
             // size every request task.
             Some(l) if !r.forwarded => Box::pin(forward(ctx, r, l, leader_subject(l))).await,
@@ -132,13 +219,13 @@ where
             Some(l) => {
                 return Err(cluster_not_ready(format!(
                     "node {} is not the leader (node {l} is)",
-                    ctx.me
+                    ctx.cluster.me
                 )))
             }
             None if r.forwarded => {
                 return Err(cluster_not_ready(format!(
                     "node {} knows no leader",
-                    ctx.me
+                    ctx.cluster.me
                 )))
             }
             None => {
@@ -147,10 +234,10 @@ where
                 continue;
             }
         };
-        match step {
+        match attempt {
             Ok(bytes) => return Ok(bytes),
-            Err(Step::Fail(e)) => return Err(e),
-            Err(Step::Retry) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(AttemptError::Fail(e)) => return Err(e),
+            Err(AttemptError::Retry) => tokio::time::sleep(RETRY_PAUSE).await,
         }
     }
 }
@@ -158,11 +245,11 @@ where
 /// A leader decides authorization only once it has applied an entry of its own term: by
 /// then every entry committed before it was elected (a token revocation among them) is
 /// applied too. Without auth there is nothing to wait for.
-pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), Step> {
-    if !ctx.auth.enabled() {
+pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), AttemptError> {
+    if !ctx.security.auth.enabled() {
         return Ok(());
     }
-    let mut rx = ctx.raft.metrics();
+    let mut rx = ctx.consensus.raft.metrics();
     let still_leader = rx
         .wait_for(|m| {
             m.state != ServerState::Leader
@@ -171,11 +258,11 @@ pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), Step> {
         })
         .await
         .map(|m| m.state == ServerState::Leader)
-        .map_err(|e| Step::Fail(internal(format!("raft stopped: {e}"))))?;
+        .map_err(|e| AttemptError::Fail(internal(format!("raft stopped: {e}"))))?;
     if still_leader {
         Ok(())
     } else {
-        Err(Step::Retry)
+        Err(AttemptError::Retry)
     }
 }
 
@@ -186,17 +273,23 @@ pub const SIGNED_FORWARD_HEADERS: [&str; 3] =
 
 /// Relays the request to the leader's node subject and its answer back, through the node's
 /// inbox, which signs it and accepts only a verified reply (`cluster.secret`).
-async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Result<Vec<u8>, Step> {
+async fn forward(
+    ctx: &Ctx,
+    r: &Routed<'_>,
+    leader: u64,
+    subject: String,
+) -> Result<Vec<u8>, AttemptError> {
     let msg = r.msg;
     let remaining = r.deadline.saturating_duration_since(Instant::now());
     let mut headers = msg.headers.clone().unwrap_or_default();
-    headers.insert(HEADER_FORWARDED, ctx.me.to_string().as_str());
+    headers.insert(HEADER_FORWARDED, ctx.cluster.me.to_string().as_str());
     let inner = remaining.saturating_sub((remaining / 10).max(Duration::from_millis(2)));
     headers.insert(HEADER_TIMEOUT_MS, inner.as_millis().to_string().as_str());
     if r.is_write {
-        r.handed.store(true, Ordering::Release);
+        r.delivery.mark();
     }
     let sent = ctx
+        .cluster
         .inbox
         .request_with_headers(
             subject,
@@ -210,54 +303,48 @@ async fn forward(ctx: &Ctx, r: &Routed<'_>, leader: u64, subject: String) -> Res
         Ok(reply) => {
             if is_not_ready(&reply.payload) {
                 // The leader refused it before Raft saw it.
-                r.handed.store(false, Ordering::Release);
-                Err(Step::Retry)
+                r.delivery.unmark();
+                Err(AttemptError::Retry)
             } else {
                 Ok(reply.payload.to_vec())
             }
         }
         // Nobody listens on the leader's subject, or it never left: certainly not delivered.
         Err(CallError::NoResponders | CallError::Publish(_) | CallError::TooLarge) => {
-            r.handed.store(false, Ordering::Release);
-            Err(Step::Retry)
+            r.delivery.unmark();
+            Err(AttemptError::Retry)
         }
-        Err(CallError::TimedOut(_)) => Err(Step::Fail(timeout(format!(
+        Err(CallError::TimedOut(_)) => Err(AttemptError::Fail(timeout(format!(
             "the leader (node {leader}) did not answer in time"
         )))),
-        Err(e @ CallError::Closed) if r.is_write => Err(Step::Fail(timeout(format!(
+        Err(e @ CallError::Closed) if r.is_write => Err(AttemptError::Fail(timeout(format!(
             "forwarding to the leader (node {leader}) failed after sending: {e}"
         )))),
-        Err(CallError::Closed) => Err(Step::Retry),
+        Err(CallError::Closed) => Err(AttemptError::Retry),
     }
 }
 
 /// On the receiving node: a request marked forwarded must carry a valid MAC when the cluster
 /// has a secret. Returns the MAC to bind the reply to, `None` for other requests.
 pub fn verify_forwarded(ctx: &Ctx, msg: &Message) -> Result<Option<Mac>, WireError> {
-    let Some(signer) = &ctx.signer else {
+    let Some(signer) = &ctx.security.signer else {
         return Ok(None);
     };
     if !is_forwarded(msg) {
         return Ok(None);
     }
-    let headers = msg.headers.as_ref();
-    let mut extra: Vec<&[u8]> = vec![msg.reply.as_deref().unwrap_or("").as_bytes()];
-    extra.extend(
-        SIGNED_FORWARD_HEADERS
-            .iter()
-            .map(|n| header_bytes(headers, n)),
-    );
-    let given = headers.and_then(|h| h.get(HEADER_MAC)).map(|v| v.as_str());
-    signer
-        .verify_request(&msg.subject, &extra, &msg.payload, given)
-        .map(Some)
-        .map_err(|why| {
-            ctx.rejections
-                .record(Direction::Request, why, &msg.subject, msg.reply.as_deref());
-            unauthorized(format!(
-                "forwarded request refused: {why} (nodes of a cluster must share cluster.secret)"
-            ))
-        })
+    signing::verify_received(
+        signer,
+        &ctx.security.rejections,
+        msg,
+        &SIGNED_FORWARD_HEADERS,
+    )
+    .map(Some)
+    .map_err(|why| {
+        unauthorized(format!(
+            "forwarded request refused: {why} (nodes of a cluster must share cluster.secret)"
+        ))
+    })
 }
 
 /// The leader refused the request before Raft saw it.

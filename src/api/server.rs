@@ -51,16 +51,18 @@ impl Server {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<(), async_nats::SubscribeError> {
-        let s = &self.ctx.subjects;
+        let s = &self.ctx.cluster.subjects;
         let kv = self
             .ctx
+            .cluster
             .client
-            .subscribe(s.node_kv_wildcard(self.ctx.me))
+            .subscribe(s.node_kv_wildcard(self.ctx.cluster.me))
             .await?;
         let adm = self
             .ctx
+            .cluster
             .client
-            .subscribe(s.node_admin_wildcard(self.ctx.me))
+            .subscribe(s.node_admin_wildcard(self.ctx.cluster.me))
             .await?;
         let a = tracker.spawn(self.clone().pump(kv, cancel.clone(), tracker.clone()));
         let b = tracker.spawn(self.clone().pump(adm, cancel, tracker.clone()));
@@ -74,14 +76,17 @@ impl Server {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let mut metrics = self.ctx.raft.metrics();
-        let mut cluster_id = self.ctx.view.watch_cluster_id();
+        let mut metrics = self.ctx.consensus.raft.metrics();
+        let mut cluster_id = self.ctx.consensus.view.watch_cluster_id();
         let mut active: Option<CancellationToken> = None;
         let mut boost: Option<CancellationToken> = None;
         loop {
             let (eligible, leader) = {
                 let m = metrics.borrow_and_update();
-                let voter = m.membership_config.voter_ids().any(|id| id == self.ctx.me);
+                let voter = m
+                    .membership_config
+                    .voter_ids()
+                    .any(|id| id == self.ctx.cluster.me);
                 let eligible = voter && cluster_id.borrow_and_update().is_some();
                 (
                     eligible,
@@ -147,8 +152,9 @@ impl Server {
     }
 
     async fn subscribe_kv(&self) -> Result<Subscriber, async_nats::SubscribeError> {
-        let s = &self.ctx.subjects;
+        let s = &self.ctx.cluster.subjects;
         self.ctx
+            .cluster
             .client
             .queue_subscribe(s.kv_wildcard(), s.queue_group())
             .await
@@ -157,14 +163,16 @@ impl Server {
     async fn subscribe_cluster(
         &self,
     ) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
-        let s = &self.ctx.subjects;
+        let s = &self.ctx.cluster.subjects;
         let kv = self
             .ctx
+            .cluster
             .client
             .queue_subscribe(s.kv_wildcard(), s.queue_group())
             .await?;
         let adm = self
             .ctx
+            .cluster
             .client
             .queue_subscribe(s.admin_wildcard(), s.queue_group())
             .await?;
@@ -221,7 +229,8 @@ impl Server {
                 Some(ReqOp::Kv(op)) => match handler::intake(&self.ctx, op, &msg) {
                     Intake::Answered(body) => {
                         self.record(ReqOp::Kv(op), &msg, &body, started);
-                        if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
+                        if let Err(e) = self.ctx.cluster.client.publish(reply_to, body.into()).await
+                        {
                             tracing::debug!(error = %e, "reply not sent");
                         }
                         continue;
@@ -239,51 +248,70 @@ impl Server {
                     if let Some(op) = counted {
                         self.record(op, &msg, &body, started);
                     }
-                    let _ = self.ctx.client.publish(reply_to, body.into()).await;
+                    let _ = self.ctx.cluster.client.publish(reply_to, body.into()).await;
                     continue;
                 }
             };
-            let this = self.clone();
-            tracker.spawn(async move {
-                let (body, headers) = match route::verify_forwarded(&this.ctx, &msg) {
-                    Ok(None) => match call {
-                        Some(call) => (handler::handle_call(&this.ctx, call, &msg).await, None),
-                        None => (this.dispatch(&msg).await, None),
-                    },
-                    // A forwarded request's reply is bound to its MAC.
-                    Ok(Some(mac)) => {
-                        let body = this.dispatch(&msg).await;
-                        let reply_mac = this.ctx.signer.as_ref().map(|s| s.reply_mac(&mac, &body));
-                        let mut headers = async_nats::HeaderMap::new();
-                        if let Some(m) = reply_mac {
-                            headers.insert(HEADER_MAC, signing::to_hex(&m).as_str());
-                        }
-                        (body, Some(headers))
-                    }
-                    Err(e) => (codec::encode_error(&e), None),
-                };
-                if let Some(op) = counted {
-                    this.record(op, &msg, &body, started);
-                }
-                let client = &this.ctx.client;
-                let sent = match headers {
-                    Some(h) => client.publish_with_headers(reply_to, h, body.into()).await,
-                    None => client.publish(reply_to, body.into()).await,
-                };
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, "reply not sent");
-                }
-                drop(permit);
-            });
+            tracker.spawn(
+                self.clone()
+                    .answer(msg, reply_to, call, counted, started, permit),
+            );
         }
         if draining.is_none() {
             let _ = sub.unsubscribe().await;
         }
     }
 
+    /// Answers one request on its own task: verifies a forwarded one (and signs its reply),
+    /// serves it, counts it, and publishes the reply.
+    async fn answer(
+        self: Arc<Self>,
+        msg: Message,
+        reply_to: async_nats::Subject,
+        call: Option<handler::KvCall>,
+        counted: Option<ReqOp>,
+        started: Instant,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let (body, headers) = match route::verify_forwarded(&self.ctx, &msg) {
+            Ok(None) => match call {
+                Some(call) => (handler::handle_call(&self.ctx, call, &msg).await, None),
+                None => (self.dispatch(&msg).await, None),
+            },
+            // A forwarded request's reply is bound to its MAC.
+            Ok(Some(mac)) => {
+                let body = self.dispatch(&msg).await;
+                let reply_mac = self
+                    .ctx
+                    .security
+                    .signer
+                    .as_ref()
+                    .map(|s| s.reply_mac(&mac, &body));
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(m) = reply_mac {
+                    headers.insert(HEADER_MAC, signing::to_hex(&m).as_str());
+                }
+                (body, Some(headers))
+            }
+            Err(e) => (codec::encode_error(&e), None),
+        };
+        if let Some(op) = counted {
+            self.record(op, &msg, &body, started);
+        }
+        let client = &self.ctx.cluster.client;
+        let sent = match headers {
+            Some(h) => client.publish_with_headers(reply_to, h, body.into()).await,
+            None => client.publish(reply_to, body.into()).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "reply not sent");
+        }
+        drop(permit);
+    }
+
     /// The counted operation a subject asks for; `None` for unknown ones (bounded labels).
     fn counted_op(&self, subject: &str) -> Option<ReqOp> {
-        match self.ctx.subjects.classify(subject)? {
+        match self.ctx.cluster.subjects.classify(subject)? {
             Addressed::Kv(op) => KvOp::parse(op).map(ReqOp::Kv),
             Addressed::Admin(op) => AdminOp::parse(op).and_then(ReqOp::of_admin),
         }
@@ -299,7 +327,7 @@ impl Server {
     }
 
     async fn dispatch(&self, msg: &Message) -> Vec<u8> {
-        match self.ctx.subjects.classify(&msg.subject) {
+        match self.ctx.cluster.subjects.classify(&msg.subject) {
             Some(Addressed::Admin(op)) => match AdminOp::parse(op) {
                 // Boxed: admin requests are rare and their futures large.
                 Some(op) => Box::pin(admin::handle_admin(&self.ctx, op, msg)).await,

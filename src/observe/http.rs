@@ -1,6 +1,6 @@
 //! The `metrics.listen` HTTP/1.1 listener: `GET /metrics` (Prometheus text format),
 //! `GET /healthz` (200 while the process runs) and `GET /readyz` (200 when
-//! [`Probe::readiness`] says so, else 503 with the reason).
+//! [`Health::readiness`] says so, else 503 with the reason).
 //!
 //! Hand-written and deliberately small: one request per connection (`Connection: close`),
 //! a bounded request head, a read deadline and a cap on open connections, so a slow or
@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::probe::Probe;
+use futures::future::BoxFuture;
 
 /// Largest request head read; more is answered 431.
 const MAX_HEAD: usize = 8 * 1024;
@@ -30,7 +30,16 @@ const MAX_CONNECTIONS: usize = 32;
 /// `/readyz` answers 503 "starting".
 pub struct Endpoints {
     pub handle: PrometheusHandle,
-    pub probe: OnceLock<Arc<Probe>>,
+    pub probe: OnceLock<Arc<dyn Health>>,
+}
+
+/// What `/metrics` and `/readyz` ask of the node, answered by `node::health::Probe`: a
+/// trait, so that `observe` does not import the node that wires it.
+pub trait Health: Send + Sync {
+    /// Brings the on-demand gauges up to date before a render.
+    fn refresh(&self) -> BoxFuture<'_, ()>;
+    /// `Ok` when ready to serve, else the reason in one line.
+    fn readiness(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// Binds `addr`; the error says which setting to fix.

@@ -5,7 +5,7 @@
 //! api::server          request done ──┐                 ┌─▶ metrics (atomic adds)
 //! store::state_machine apply, snapshot ┤                 │
 //! raft::network        rpc done ───────┼─▶ Observer ─────┤
-//! raft_watch, probe    role, status ───┘                 └─▶ bounded queue ─▶ publish task ─▶ NATS
+//! raft_watch, health   role, status ───┘                 └─▶ bounded queue ─▶ publish task ─▶ NATS
 //! ```
 //!
 //! Never block or fail the caller: the hot path does atomic adds and a `try_send` of a small
@@ -15,7 +15,6 @@
 pub mod event;
 pub mod http;
 pub mod metrics;
-pub mod probe;
 pub mod publish;
 pub mod raft_watch;
 pub mod sample;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::handoff::{self, ElectRequest};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
-use crate::signing::{self, Direction, Rejections, Signer};
+use crate::signing::{self, Rejections, Signer};
 use crate::store::StateView;
 use crate::subjects::{last_token, RaftRpc, Subjects, RAFT_ELECT};
 
@@ -107,23 +107,10 @@ impl RaftService {
         // (unique per call), which ties the reply we sign to this one call.
         let request_mac = match &self.signer {
             None => None,
-            Some(signer) => {
-                let reply = msg.reply.as_deref().unwrap_or_default();
-                let header = signing::header_of(&msg);
-                match signer.verify_request(&msg.subject, &[reply.as_bytes()], &msg.payload, header)
-                {
-                    Ok(mac) => Some(mac),
-                    Err(why) => {
-                        self.rejections.record(
-                            Direction::Request,
-                            why,
-                            &msg.subject,
-                            msg.reply.as_deref(),
-                        );
-                        return;
-                    }
-                }
-            }
+            Some(signer) => match signing::verify_received(signer, &self.rejections, &msg, &[]) {
+                Ok(mac) => Some(mac),
+                Err(_) => return,
+            },
         };
         let Some(reply_to) = msg.reply.clone() else {
             return;

@@ -1,5 +1,6 @@
-//! `P.node.<id>.admin.snapshot`: this node builds a snapshot now (admin credential when auth
-//! is on) and answers once it is built, with its index.
+//! `P.node.<id>.admin.snapshot`, the admin command "take a snapshot now": this node builds a
+//! Raft snapshot now (admin credential when auth is on) and answers once it is built, with
+//! its index. The wire op keeps its name `snapshot`.
 //!
 //! Waits for a build that started after the request and covers what was applied when the
 //! request arrived; a policy build already running is waited out and the trigger repeated.
@@ -10,7 +11,7 @@ use async_nats::Message;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{codec, route, Ctx};
+use crate::api::{codec, route, Ctx};
 use crate::auth::{Credential, Role};
 use crate::error::{internal, timeout, WireError};
 
@@ -18,32 +19,34 @@ use crate::error::{internal, timeout, WireError};
 const SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize)]
-struct Built {
+struct SnapshotTaken {
     ok: bool,
     node: u64,
     /// Last log index the snapshot covers.
     snapshot_index: Option<u64>,
 }
 
-pub async fn handle_snapshot(ctx: &Ctx, msg: &Message) -> Vec<u8> {
-    match snapshot(ctx, msg).await {
+pub async fn handle_take_snapshot(ctx: &Ctx, msg: &Message) -> Vec<u8> {
+    match take_snapshot(ctx, msg).await {
         Ok(b) => b,
         Err(e) => codec::encode_error(&e),
     }
 }
 
-async fn snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
+async fn take_snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     let arrival = Instant::now();
-    let body = codec::decode_admin(&msg.payload)?;
+    let body: codec::AdminBody = super::decode(&msg.payload)?;
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
     let timeout_len = route::timeout_len(
         msg,
         body.timeout_ms.map(Duration::from_millis),
-        ctx.default_timeout,
+        ctx.limits.default_timeout,
     );
     let deadline = route::deadline_for(arrival, timeout_len);
-    let mut metrics = ctx.raft.metrics();
+    let mut metrics = ctx.consensus.raft.metrics();
     let target = metrics.borrow().last_applied.map(|l| l.index);
     let mut built = ctx.observer.watch_snapshots_built();
     let stopped = |e: &dyn std::fmt::Display| internal(format!("raft stopped: {e}"));
@@ -55,7 +58,8 @@ async fn snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     };
     loop {
         let before = *built.borrow_and_update();
-        ctx.raft
+        ctx.consensus
+            .raft
             .trigger()
             .snapshot()
             .await
@@ -69,9 +73,9 @@ async fn snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
         let settle = deadline.min(Instant::now() + SETTLE);
         let covers = |m: &crate::raft::types::RaftMetrics| m.snapshot.map(|l| l.index) >= target;
         if let Ok(Ok(m)) = tokio::time::timeout_at(settle, metrics.wait_for(covers)).await {
-            return Ok(codec::encode_ok(&Built {
+            return Ok(codec::encode_ok(&SnapshotTaken {
                 ok: true,
-                node: ctx.me,
+                node: ctx.cluster.me,
                 snapshot_index: m.snapshot.map(|l| l.index),
             }));
         }

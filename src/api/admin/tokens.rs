@@ -2,16 +2,15 @@
 //! the leader with an admin credential. A new token is made on the leader, stored as its
 //! SHA-256 through Raft, and shown once in the reply.
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use async_nats::Message;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::handler::{confirm_leadership, propose};
-use super::route::{self, Routed, Step};
-use super::{codec, Ctx};
+use crate::api::handler::{confirm_leadership, propose};
+use crate::api::route::{self, AttemptError, Delivery, Routed};
+use crate::api::{codec, Ctx};
 use crate::auth::tokens::{self, Role, TokenRecord};
 use crate::auth::Credential;
 use crate::command::{Command, Outcome};
@@ -124,39 +123,25 @@ async fn handle_inner(
     arrival: Instant,
 ) -> Result<Vec<u8>, WireError> {
     let (req, token, timeout_ms) = decode(op, &msg.payload)?;
-    let timeout_len = route::timeout_len(
-        msg,
-        timeout_ms.map(Duration::from_millis),
-        ctx.default_timeout,
-    );
-    let handed = AtomicBool::new(false);
-    let r = Routed {
-        msg,
-        forwarded: route::is_forwarded(msg),
-        is_write: !matches!(req, TokenRequest::List),
-        deadline: route::deadline_for(arrival, timeout_len),
-        handed: &handed,
-    };
+    let timeout = timeout_ms.map(Duration::from_millis);
+    let is_write = !matches!(req, TokenRequest::List);
+    let r = Routed::new(ctx, msg, arrival, timeout, is_write);
     let cred = Credential::of(token.as_deref(), msg.headers.as_ref());
-    let routed = route::to_leader(
+    r.to_leader_within_deadline(
         ctx,
-        &r,
-        |leader| ctx.subjects.node_admin(leader, op),
-        || serve_on_leader(ctx, &req, cred, &handed),
-    );
-    route::within_deadline(&r, timeout_len, routed).await
+        |leader| ctx.cluster.subjects.node_admin(leader, op),
+        || serve_on_leader(ctx, &req, cred, &r.delivery),
+    )
+    .await
 }
 
 fn decode(
     op: AdminOp,
     body: &[u8],
 ) -> Result<(TokenRequest, Option<String>, Option<u64>), WireError> {
-    let empty = body.iter().all(u8::is_ascii_whitespace);
-    let body: &[u8] = if empty { b"{}" } else { body };
-    codec::check_object(body)?;
     match op {
         AdminOp::TokenCreate => {
-            let b: CreateBody = codec::typed(body)?;
+            let b: CreateBody = super::decode(body)?;
             let role = match b.role.as_deref() {
                 None => Role::Read,
                 Some(s) => Role::parse(s).ok_or_else(|| {
@@ -200,11 +185,11 @@ fn decode(
             ))
         }
         AdminOp::TokenRevoke => {
-            let b: RevokeBody = codec::typed(body)?;
+            let b: RevokeBody = super::decode(body)?;
             Ok((TokenRequest::Revoke { id: b.id }, b.token, b.timeout_ms))
         }
         AdminOp::TokenList => {
-            let b: ListBody = codec::typed(body)?;
+            let b: ListBody = super::decode(body)?;
             Ok((TokenRequest::List, b.token, b.timeout_ms))
         }
         _ => Err(internal("not a token operation")),
@@ -215,21 +200,24 @@ async fn serve_on_leader(
     ctx: &Ctx,
     req: &TokenRequest,
     cred: Credential<'_>,
-    handed: &AtomicBool,
-) -> Result<Vec<u8>, Step> {
+    delivery: &Delivery,
+) -> Result<Vec<u8>, AttemptError> {
     route::leader_caught_up(ctx).await?;
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
     match req {
         TokenRequest::Create {
             role,
             name,
             lifetime,
-        } => create(ctx, *role, name.clone(), *lifetime, handed).await,
-        TokenRequest::Revoke { id } => revoke(ctx, id, handed).await,
+        } => create(ctx, *role, name.clone(), *lifetime, delivery).await,
+        TokenRequest::Revoke { id } => revoke(ctx, id, delivery).await,
         TokenRequest::List => {
             confirm_leadership(ctx).await?;
             let now = tokens::now_ms();
             let list = ctx
+                .consensus
                 .view
                 .tokens()
                 .list()
@@ -249,8 +237,8 @@ async fn create(
     role: Role,
     name: Option<String>,
     lifetime: Option<Duration>,
-    handed: &AtomicBool,
-) -> Result<Vec<u8>, Step> {
+    delivery: &Delivery,
+) -> Result<Vec<u8>, AttemptError> {
     let token = tokens::generate()
         .map_err(|e| internal(format!("the OS random number generator failed: {e}")))?;
     let digest = tokens::digest(&token);
@@ -263,7 +251,7 @@ async fn create(
         expires_ms: lifetime.map(|d| now.saturating_add(d.as_millis() as u64)),
     };
     let info = TokenInfo::of(&record, now);
-    match propose(ctx, Command::TokenCreate { digest, record }, handed).await? {
+    match propose(ctx, Command::TokenCreate { digest, record }, delivery).await? {
         Outcome::Token { changed: true } => {
             tracing::info!(id = %info.id, role = %info.role, "token created");
             Ok(codec::encode_ok(&Created {
@@ -272,17 +260,17 @@ async fn create(
                 info,
             }))
         }
-        Outcome::Token { changed: false } => {
-            Err(Step::Fail(internal("token id clash; create it again")))
-        }
-        other => Err(Step::Fail(internal(format!(
+        Outcome::Token { changed: false } => Err(AttemptError::Fail(internal(
+            "token id clash; create it again",
+        ))),
+        other => Err(AttemptError::Fail(internal(format!(
             "unexpected outcome {other:?}"
         )))),
     }
 }
 
-async fn revoke(ctx: &Ctx, id: &str, handed: &AtomicBool) -> Result<Vec<u8>, Step> {
-    let table = ctx.view.tokens();
+async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, AttemptError> {
+    let table = ctx.consensus.view.tokens();
     let found = table.find_id(id).or_else(|| {
         let d = tokens::digest(id);
         table.contains(&d).then_some(d)
@@ -294,12 +282,12 @@ async fn revoke(ctx: &Ctx, id: &str, handed: &AtomicBool) -> Result<Vec<u8>, Ste
         } else {
             "the given value".to_string()
         };
-        return Err(Step::Fail(not_found(format!(
+        return Err(AttemptError::Fail(not_found(format!(
             "no token has the id {shown} (nor is it a live token)"
         ))));
     };
     let public_id = tokens::id_of(&digest);
-    match propose(ctx, Command::TokenRevoke { digest }, handed).await? {
+    match propose(ctx, Command::TokenRevoke { digest }, delivery).await? {
         Outcome::Token { changed } => {
             tracing::info!(id = %public_id, "token revoked");
             Ok(codec::encode_ok(&Revoked {
@@ -308,7 +296,7 @@ async fn revoke(ctx: &Ctx, id: &str, handed: &AtomicBool) -> Result<Vec<u8>, Ste
                 id: &public_id,
             }))
         }
-        other => Err(Step::Fail(internal(format!(
+        other => Err(AttemptError::Fail(internal(format!(
             "unexpected outcome {other:?}"
         )))),
     }

@@ -6,7 +6,6 @@
 //! subjects, and the voters that answer right now must be a majority of the new voter set.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message};
@@ -15,8 +14,8 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::route::{self, Routed, Step};
-use super::{codec, Ctx};
+use crate::api::route::{self, AttemptError, Delivery, Routed};
+use crate::api::{codec, Ctx};
 use crate::auth::{Credential, Role};
 use crate::error::{bad_request, internal, unauthorized, WireError};
 use crate::raft::types::NodeId;
@@ -53,31 +52,19 @@ struct Changed {
 pub async fn handle_member(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
     let arrival = Instant::now();
     let res = async {
-        let body = decode(&msg.payload)?;
-        let timeout_len = route::timeout_len(
-            msg,
-            body.timeout_ms.map(Duration::from_millis),
-            ctx.default_timeout,
-        );
+        let body: MemberBody = super::decode(&msg.payload)?;
         if op == AdminOp::MemberRemoved {
             return removed_notice(ctx, msg, &body);
         }
-        let handed = AtomicBool::new(false);
-        let r = Routed {
-            msg,
-            forwarded: route::is_forwarded(msg),
-            is_write: true,
-            deadline: route::deadline_for(arrival, timeout_len),
-            handed: &handed,
-        };
+        let timeout = body.timeout_ms.map(Duration::from_millis);
+        let r = Routed::new(ctx, msg, arrival, timeout, true);
         let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-        let routed = route::to_leader(
+        r.to_leader_within_deadline(
             ctx,
-            &r,
-            |leader| ctx.subjects.node_admin(leader, op),
-            || on_leader(ctx, op, body.id, cred, &handed),
-        );
-        route::within_deadline(&r, timeout_len, routed).await
+            |leader| ctx.cluster.subjects.node_admin(leader, op),
+            || on_leader(ctx, op, body.id, cred, &r.delivery),
+        )
+        .await
     }
     .await;
     match res {
@@ -86,23 +73,20 @@ pub async fn handle_member(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
     }
 }
 
-fn decode(body: &[u8]) -> Result<MemberBody, WireError> {
-    codec::check_object(body)?;
-    codec::typed(body)
-}
-
 async fn on_leader(
     ctx: &Ctx,
     op: AdminOp,
     id: NodeId,
     cred: Credential<'_>,
-    handed: &AtomicBool,
-) -> Result<Vec<u8>, Step> {
+    delivery: &Delivery,
+) -> Result<Vec<u8>, AttemptError> {
     route::leader_caught_up(ctx).await?;
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
-    let m = ctx.raft.metrics().borrow().clone();
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
+    let m = ctx.consensus.raft.metrics().borrow().clone();
     if m.state != ServerState::Leader {
-        return Err(Step::Retry);
+        return Err(AttemptError::Retry);
     }
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -117,8 +101,9 @@ async fn on_leader(
                 return done(ctx, id, false);
             }
             check_joiner(ctx, id, auth.as_deref()).await?;
-            handed.store(true, Ordering::Release);
-            ctx.raft
+            delivery.mark();
+            ctx.consensus
+                .raft
                 .add_learner(id, BasicNode::default(), false)
                 .await
                 .map_err(change_failed)?;
@@ -145,8 +130,9 @@ async fn on_leader(
             let mut next = voters.clone();
             next.insert(id);
             check_majority(ctx, &voters, &next, auth.as_deref()).await?;
-            handed.store(true, Ordering::Release);
-            ctx.raft
+            delivery.mark();
+            ctx.consensus
+                .raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
                 .await
                 .map_err(change_failed)?;
@@ -155,8 +141,9 @@ async fn on_leader(
         }
         AdminOp::MemberRemove => {
             if learners.contains(&id) {
-                handed.store(true, Ordering::Release);
-                ctx.raft
+                delivery.mark();
+                ctx.consensus
+                    .raft
                     .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                     .await
                     .map_err(change_failed)?;
@@ -170,8 +157,9 @@ async fn on_leader(
                     .into());
                 }
                 check_majority(ctx, &voters, &next, auth.as_deref()).await?;
-                handed.store(true, Ordering::Release);
-                ctx.raft
+                delivery.mark();
+                ctx.consensus
+                    .raft
                     .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                     .await
                     .map_err(change_failed)?;
@@ -182,13 +170,13 @@ async fn on_leader(
             notify_removed(ctx, id, auth.as_deref()).await;
             done(ctx, id, true)
         }
-        _ => Err(Step::Fail(internal("not a membership operation"))),
+        _ => Err(AttemptError::Fail(internal("not a membership operation"))),
     }
 }
 
 /// The reply, with the membership as this node now knows it.
-fn done(ctx: &Ctx, id: NodeId, changed: bool) -> Result<Vec<u8>, Step> {
-    let m = ctx.raft.metrics().borrow().clone();
+fn done(ctx: &Ctx, id: NodeId, changed: bool) -> Result<Vec<u8>, AttemptError> {
+    let m = ctx.consensus.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let learners: Vec<NodeId> = membership.learner_ids().collect();
@@ -221,18 +209,18 @@ pub fn replication_lag(m: &crate::raft::types::RaftMetrics, id: NodeId) -> u64 {
     last.saturating_sub(matched)
 }
 
-fn change_failed(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Step {
+fn change_failed(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> AttemptError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Step::Retry,
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => AttemptError::Retry,
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(_),
-        )) => Step::Fail(bad_request(
+        )) => AttemptError::Fail(bad_request(
             "a membership change is still in progress; try again",
         )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Step::Fail(bad_request(format!("membership change refused: {e}")))
+            AttemptError::Fail(bad_request(format!("membership change refused: {e}")))
         }
-        RaftError::Fatal(e) => Step::Fail(internal(format!("raft stopped: {e}"))),
+        RaftError::Fatal(e) => AttemptError::Fail(internal(format!("raft stopped: {e}"))),
     }
 }
 
@@ -256,12 +244,13 @@ async fn ping(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<Pong, String>
     if let Some(a) = auth {
         headers.insert("Authorization", a);
     }
-    let subject = ctx.subjects.node_admin(id, AdminOp::Status);
+    let subject = ctx.cluster.subjects.node_admin(id, AdminOp::Status);
     let req = async_nats::Request::new()
         .payload("{}".into())
         .headers(headers)
         .timeout(Some(PING_TIMEOUT));
     let reply = ctx
+        .cluster
         .client
         .send_request(subject.clone(), req)
         .await
@@ -277,20 +266,20 @@ async fn ping(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<Pong, String>
 }
 
 /// A node joins only if it answers and belongs to no other cluster.
-async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), Step> {
+async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), AttemptError> {
     let pong = ping(ctx, id, auth).await.map_err(|why| {
         bad_request(format!(
             "{why}; start it first (with cluster.join = true) and add it again"
         ))
     })?;
-    if pong.cluster_name != ctx.cluster_name {
+    if pong.cluster_name != ctx.cluster.name {
         return Err(bad_request(format!(
             "node {id} belongs to cluster '{}', not '{}'",
-            pong.cluster_name, ctx.cluster_name
+            pong.cluster_name, ctx.cluster.name
         ))
         .into());
     }
-    match (pong.cluster_id, ctx.view.cluster_id()) {
+    match (pong.cluster_id, ctx.consensus.view.cluster_id()) {
         (Some(theirs), Some(ours)) if theirs != ours => Err(bad_request(format!(
             "node {id} holds data of another cluster (id {theirs}); wipe its data dir to join"
         ))
@@ -310,10 +299,10 @@ async fn check_majority(
     current: &BTreeSet<NodeId>,
     next: &BTreeSet<NodeId>,
     auth: Option<&str>,
-) -> Result<(), Step> {
+) -> Result<(), AttemptError> {
     let pings = current
         .union(next)
-        .filter(|&&v| v != ctx.me)
+        .filter(|&&v| v != ctx.cluster.me)
         .map(|&v| async move { (v, ping(ctx, v, auth).await.is_ok()) });
     let answers = futures::future::join_all(pings).await;
     let silent: BTreeSet<NodeId> = answers
@@ -339,20 +328,21 @@ async fn check_majority(
 /// Tells a removed node to stop: the leader stops replicating to it before it could learn
 /// of its removal from the log, and left alone it would campaign. Best effort.
 async fn notify_removed(ctx: &Ctx, id: NodeId, auth: Option<&str>) {
-    if id == ctx.me {
-        ctx.removed.cancel();
+    if id == ctx.cluster.me {
+        ctx.lifecycle.removed.cancel();
         return;
     }
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_FORWARDED, ctx.me.to_string().as_str());
+    headers.insert(HEADER_FORWARDED, ctx.cluster.me.to_string().as_str());
     if let Some(a) = auth {
         headers.insert("Authorization", a);
     }
     let body = serde_json::json!({ "id": id }).to_string();
     let sent = ctx
+        .cluster
         .inbox
         .request_with_headers(
-            ctx.subjects.node_admin(id, AdminOp::MemberRemoved),
+            ctx.cluster.subjects.node_admin(id, AdminOp::MemberRemoved),
             Some(headers),
             &route::SIGNED_FORWARD_HEADERS,
             body.into(),
@@ -372,22 +362,24 @@ fn removed_notice(ctx: &Ctx, msg: &Message, body: &MemberBody) -> Result<Vec<u8>
         .as_ref()
         .and_then(|h| h.get(HEADER_FORWARDED))
         .and_then(|v| v.as_str().parse::<NodeId>().ok());
-    let leader = ctx.raft.metrics().borrow().current_leader;
-    if body.id != ctx.me || sender.is_none() || sender != leader {
+    let leader = ctx.consensus.raft.metrics().borrow().current_leader;
+    if body.id != ctx.cluster.me || sender.is_none() || sender != leader {
         return Err(unauthorized(
             "a removal notice must come from the leader and name this node",
         ));
     }
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
     if crate::failpoints::enabled(crate::failpoints::Failpoint::IgnoreRemovalNotice) {
         return Err(internal("failpoint ignore-removal-notice: notice dropped"));
     }
     tracing::warn!(
-        node = ctx.me,
+        node = ctx.cluster.me,
         "removed from the cluster by the leader; stopping"
     );
-    ctx.removed.cancel();
+    ctx.lifecycle.removed.cancel();
     Ok(codec::encode_ok(&serde_json::json!({"ok": true})))
 }
 
@@ -408,23 +400,28 @@ pub async fn watch_removal(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let m = ctx.raft.metrics().borrow().clone();
+        let m = ctx.consensus.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         // A node waiting to be added is not in its own membership: nothing to check.
         let listed = membership
             .voter_ids()
             .chain(membership.learner_ids())
-            .any(|id| id == ctx.me);
-        let heard = ctx.contact.since().is_some_and(|d| d < quiet);
+            .any(|id| id == ctx.cluster.me);
+        let heard = ctx
+            .consensus
+            .contact
+            .last_heard()
+            .since()
+            .is_some_and(|d| d < quiet);
         if m.state == ServerState::Leader || !listed || heard {
             continue;
         }
         if leader_dropped_me(&ctx, admin_token.as_deref()).await {
             tracing::warn!(
-                node = ctx.me,
+                node = ctx.cluster.me,
                 "the leader's membership no longer lists this node: it was removed while it could not be told; stopping"
             );
-            ctx.removed.cancel();
+            ctx.lifecycle.removed.cancel();
             return;
         }
     }
@@ -448,17 +445,18 @@ async fn leader_dropped_me(ctx: &Ctx, admin_token: Option<&str>) -> bool {
         .headers(headers)
         .timeout(Some(PING_TIMEOUT));
     let Ok(reply) = ctx
+        .cluster
         .client
-        .send_request(ctx.subjects.admin(AdminOp::Members), req)
+        .send_request(ctx.cluster.subjects.admin(AdminOp::Members), req)
         .await
     else {
         return false;
     };
     match serde_json::from_slice::<Listed>(&reply.payload) {
         Ok(l) => {
-            l.leader.is_some_and(|leader| leader != ctx.me)
-                && !l.voters.contains(&ctx.me)
-                && !l.learners.contains(&ctx.me)
+            l.leader.is_some_and(|leader| leader != ctx.cluster.me)
+                && !l.voters.contains(&ctx.cluster.me)
+                && !l.learners.contains(&ctx.cluster.me)
         }
         Err(_) => false,
     }

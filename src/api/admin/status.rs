@@ -1,11 +1,12 @@
-//! `admin.status` and `admin.members`: what this node knows of itself and of the cluster.
+//! `admin.status` and `admin.members`: what this node knows of itself and of the cluster,
+//! answered from its own view (checked against its own token table), except the
+//! replication progress in `admin.members`, which only the leader knows.
 
 use async_nats::Message;
 use openraft::ServerState;
 use serde::Serialize;
 
-use super::codec;
-use super::Ctx;
+use crate::api::{codec, route, Ctx};
 use crate::auth::{Credential, Role};
 use crate::error::{internal, WireError};
 use crate::subjects::AdminOp;
@@ -45,12 +46,12 @@ pub struct Status {
     pub purged_index: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    pub security: Security,
+    pub security: SigningFigures,
 }
 
 /// Node-to-node message signing (`cluster.secret`), as seen by this node.
 #[derive(Debug, Serialize)]
-pub struct Security {
+pub struct SigningFigures {
     /// Raft RPCs and RPC replies dropped as unsigned or forged, since this node started.
     pub rpc_rejected: u64,
     pub rpc_rejected_unsigned: u64,
@@ -89,32 +90,17 @@ pub fn role_name(state: ServerState) -> &'static str {
     }
 }
 
-pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
-    match op {
-        AdminOp::TokenCreate | AdminOp::TokenRevoke | AdminOp::TokenList => {
-            super::tokens::handle_token(ctx, op, msg).await
-        }
-        AdminOp::MemberAdd
-        | AdminOp::MemberPromote
-        | AdminOp::MemberRemove
-        | AdminOp::MemberRemoved => super::membership::handle_member(ctx, op, msg).await,
-        AdminOp::Snapshot => super::snapshot::handle_snapshot(ctx, msg).await,
-        AdminOp::Backup => super::backup::handle_backup(ctx, msg).await,
-        AdminOp::BackupChunk => super::backup::handle_chunk(ctx, msg).await,
-        AdminOp::Status | AdminOp::Members => {
-            match own_view(ctx, op == AdminOp::Status, msg).await {
-                Ok(b) => b,
-                Err(e) => codec::encode_error(&e),
-            }
-        }
-    }
-}
-
 /// Status and membership are this node's own view: checked against its own token table.
-async fn own_view(ctx: &Ctx, status_asked: bool, msg: &Message) -> Result<Vec<u8>, WireError> {
-    let body = codec::decode_admin(&msg.payload)?;
+pub(super) async fn own_view(
+    ctx: &Ctx,
+    status_asked: bool,
+    msg: &Message,
+) -> Result<Vec<u8>, WireError> {
+    let body: codec::AdminBody = super::decode(&msg.payload)?;
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Read)?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Read)?;
     if status_asked {
         status(ctx, body.digest).await.map(|s| codec::encode_ok(&s))
     } else {
@@ -123,15 +109,16 @@ async fn own_view(ctx: &Ctx, status_asked: bool, msg: &Message) -> Result<Vec<u8
 }
 
 pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
-    let m = ctx.raft.metrics().borrow().clone();
+    let m = ctx.consensus.raft.metrics().borrow().clone();
     let commit_index = ctx
+        .consensus
         .raft
         .with_raft_state(|s| s.committed.map(|l| l.index))
         .await
         .ok()
         .flatten();
     let digest = if with_digest {
-        let view = ctx.view.clone();
+        let view = ctx.consensus.view.clone();
         let (hex, _) = tokio::task::spawn_blocking(move || view.digest())
             .await
             .map_err(|e| internal(e.to_string()))?
@@ -143,36 +130,36 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
     let membership = m.membership_config.membership();
     Ok(Status {
         ok: true,
-        node: ctx.me,
-        cluster_name: ctx.cluster_name.clone(),
-        cluster_id: ctx.view.cluster_id(),
+        node: ctx.cluster.me,
+        cluster_name: ctx.cluster.name.clone(),
+        cluster_id: ctx.consensus.view.cluster_id(),
         role: role_name(m.state),
         leader: m.current_leader,
         term: m.current_term,
         commit_index,
         last_applied: m.last_applied.map(|l| l.index),
         last_log_index: m.last_log_index,
-        revision: ctx.view.revision(),
+        revision: ctx.consensus.view.revision(),
         members: Members {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
         },
         storage: StorageFigures {
-            keys: ctx.view.key_count(),
-            bytes: ctx.view.store().disk_bytes(),
-            data_bytes: ctx.view.data_bytes(),
-            max_bytes: ctx.limits.max_data_bytes,
+            keys: ctx.consensus.view.key_count(),
+            bytes: ctx.consensus.view.store().disk_bytes(),
+            data_bytes: ctx.consensus.view.data_bytes(),
+            max_bytes: ctx.limits.sizes.max_data_bytes,
         },
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         digest,
-        security: security(ctx),
+        security: signing_figures(ctx),
     })
 }
 
-fn security(ctx: &Ctx) -> Security {
-    let c = ctx.rejections.counts();
-    Security {
+fn signing_figures(ctx: &Ctx) -> SigningFigures {
+    let c = ctx.security.rejections.counts();
+    SigningFigures {
         rpc_rejected: c.total(),
         rpc_rejected_unsigned: c.unsigned(),
         rpc_rejected_forged: c.forged(),
@@ -182,21 +169,22 @@ fn security(ctx: &Ctx) -> Security {
 /// Replication progress is known only to the leader: ask it, unless this node leads, the
 /// request was already forwarded, or the leader does not answer (then answer locally).
 async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
-    let leader = ctx.raft.metrics().borrow().current_leader;
-    if let (Some(l), false) = (leader, super::route::is_forwarded(msg)) {
-        if l != ctx.me {
+    let leader = ctx.consensus.raft.metrics().borrow().current_leader;
+    if let (Some(l), false) = (leader, route::is_forwarded(msg)) {
+        if l != ctx.cluster.me {
             // The client's headers go along: its credential may be there.
             let mut headers = msg.headers.clone().unwrap_or_default();
             headers.insert(
                 crate::subjects::HEADER_FORWARDED,
-                ctx.me.to_string().as_str(),
+                ctx.cluster.me.to_string().as_str(),
             );
             let asked = ctx
+                .cluster
                 .inbox
                 .request_with_headers(
-                    ctx.subjects.node_admin(l, AdminOp::Members),
+                    ctx.cluster.subjects.node_admin(l, AdminOp::Members),
                     Some(headers),
-                    &super::route::SIGNED_FORWARD_HEADERS,
+                    &route::SIGNED_FORWARD_HEADERS,
                     msg.payload.clone(),
                     std::time::Duration::from_secs(1),
                 )
@@ -210,7 +198,7 @@ async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
 }
 
 pub fn members(ctx: &Ctx) -> MembersReply {
-    let m = ctx.raft.metrics().borrow().clone();
+    let m = ctx.consensus.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let learners: Vec<u64> = membership.learner_ids().collect();
@@ -219,7 +207,7 @@ pub fn members(ctx: &Ctx) -> MembersReply {
             .as_ref()
             .and_then(|r| r.get(&id).cloned().flatten())
             .map(|l| l.index)
-            .or_else(|| (id == ctx.me).then_some(m.last_log_index).flatten())
+            .or_else(|| (id == ctx.cluster.me).then_some(m.last_log_index).flatten())
     };
     let leading = m.state == ServerState::Leader;
     let node = |id: u64, role: &'static str| NodeMember {
@@ -227,7 +215,7 @@ pub fn members(ctx: &Ctx) -> MembersReply {
         role,
         matched_index: matched(id),
         lag: leading.then(|| {
-            if id == ctx.me {
+            if id == ctx.cluster.me {
                 0
             } else {
                 super::membership::replication_lag(&m, id)

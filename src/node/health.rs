@@ -1,15 +1,18 @@
-//! Figures that are read on demand rather than on every change: the commit index (a call
-//! into the Raft core), storage size, and readiness. Used by `/metrics` before each render,
-//! by `/readyz`, and by the periodic `cluster.status` event.
+//! A node's health, read from Raft and the store on demand rather than on every change: the
+//! commit index (a call into the Raft core), storage size, and readiness. Used by `/metrics`
+//! before each render and by `/readyz` (through [`Health`]), and by the periodic
+//! `cluster.status` event.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, Observer};
-use crate::raft::service::LeaderContact;
+use futures::future::BoxFuture;
+
+use crate::api::contact::{ContactWindow, NoContact};
+use crate::observe::http::Health;
+use crate::observe::{Event, Observer};
 use crate::raft::types::Raft;
 use crate::store::StateView;
 
@@ -20,11 +23,10 @@ pub struct Probe {
     pub me: u64,
     pub raft: Raft,
     pub view: Arc<StateView>,
-    pub contact: Arc<LeaderContact>,
-    pub observer: Arc<Observer>,
     /// A leader without a quorum acknowledgment, or a member without leader contact, for
-    /// longer than this is not ready (`raft.election_timeout_min_ms`).
-    pub contact_window: Duration,
+    /// longer than its window is not ready (`raft.election_timeout_min_ms`).
+    pub contact: ContactWindow,
+    pub observer: Arc<Observer>,
 }
 
 impl Probe {
@@ -68,13 +70,12 @@ impl Probe {
 
     /// `Ok` when the node is ready to serve: a member (voter or learner) of a cluster whose
     /// id it knows, with a known leader it is in contact with (a leader: acknowledged by a
-    /// quorum; others: heard from the leader) within `contact_window`, and applied within
+    /// quorum; others: heard from the leader) within its window, and applied within
     /// [`READY_MAX_APPLY_LAG`] entries of the commit index. Else the reason, in one line.
     pub async fn readiness(&self) -> Result<(), String> {
         if self.view.cluster_id().is_none() {
             return Err("no cluster id yet: waiting to bootstrap or to be added".into());
         }
-        let window = self.contact_window.as_millis() as u64;
         let (applied, state) = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -87,26 +88,24 @@ impl Probe {
             let Some(leader) = m.current_leader else {
                 return Err("no known leader".into());
             };
-            if m.state == ServerState::Leader {
-                match m.millis_since_quorum_ack {
-                    Some(ms) if ms <= window => {}
-                    Some(ms) => {
-                        return Err(format!(
-                            "leader without a quorum acknowledgment for {ms} ms"
-                        ))
-                    }
-                    None => return Err("leader not yet acknowledged by a quorum".into()),
+            match self.contact.check(&m) {
+                Ok(()) => {}
+                Err(NoContact::LeaderAcknowledgedAgo(ms)) => {
+                    return Err(format!(
+                        "leader without a quorum acknowledgment for {ms} ms"
+                    ))
                 }
-            } else {
-                match self.contact.since() {
-                    Some(d) if d.as_millis() as u64 <= window => {}
-                    Some(d) => {
-                        return Err(format!(
-                            "no contact with the leader (node {leader}) for {} ms",
-                            d.as_millis()
-                        ))
-                    }
-                    None => return Err(format!("no contact yet with the leader (node {leader})")),
+                Err(NoContact::LeaderNeverAcknowledged) => {
+                    return Err("leader not yet acknowledged by a quorum".into())
+                }
+                Err(NoContact::HeardAgo(d)) => {
+                    return Err(format!(
+                        "no contact with the leader (node {leader}) for {} ms",
+                        d.as_millis()
+                    ))
+                }
+                Err(NoContact::NeverHeard) => {
+                    return Err(format!("no contact yet with the leader (node {leader})"))
                 }
             }
             (m.last_applied.map_or(0, |l| l.index), m.state)
@@ -120,6 +119,18 @@ impl Probe {
             ));
         }
         Ok(())
+    }
+}
+
+impl Health for Probe {
+    fn refresh(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            Probe::refresh(self).await;
+        })
+    }
+
+    fn readiness(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(Probe::readiness(self))
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::Message;
@@ -16,11 +15,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::handler::confirm_leadership;
-use super::route::{self, Routed, Step};
-use super::{codec, Ctx};
+use crate::api::handler::confirm_leadership;
+use crate::api::route::{self, AttemptError, DeadlineWording, Delivery, Routed};
+use crate::api::{codec, Ctx};
 use crate::auth::{Credential, Role};
-use crate::error::{bad_request, cluster_not_ready, internal, not_found, timeout, WireError};
+use crate::error::{bad_request, internal, not_found, WireError};
 use crate::store::backup;
 use crate::subjects::AdminOp;
 
@@ -101,68 +100,45 @@ pub async fn handle_backup(ctx: &Ctx, msg: &Message) -> Vec<u8> {
 }
 
 async fn backup_inner(ctx: &Ctx, msg: &Message, arrival: Instant) -> Result<Vec<u8>, WireError> {
-    let body: BackupBody = decode(&msg.payload)?;
-    let timeout_len = route::timeout_len(
-        msg,
-        body.timeout_ms.map(Duration::from_millis),
-        ctx.default_timeout,
-    );
-    // Set once the leader starts writing: past the deadline, the backup may still finish.
-    let started = AtomicBool::new(false);
-    let r = Routed {
-        msg,
-        forwarded: route::is_forwarded(msg),
-        is_write: false,
-        deadline: route::deadline_for(arrival, timeout_len),
-        handed: &started,
-    };
+    let body: BackupBody = super::decode(&msg.payload)?;
+    let timeout = body.timeout_ms.map(Duration::from_millis);
+    // Delivered once the leader starts writing: past the deadline, the backup may still
+    // finish.
+    let r = Routed::new(ctx, msg, arrival, timeout, false).worded(DeadlineWording::Backup);
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    let routed = route::to_leader(
+    r.to_leader_within_deadline(
         ctx,
-        &r,
-        |leader| ctx.subjects.node_admin(leader, AdminOp::Backup),
-        || write_on_leader(ctx, cred, &started),
-    );
-    match tokio::time::timeout_at(r.deadline, routed).await {
-        Ok(res) => res,
-        Err(_) if started.load(Ordering::Acquire) => Err(timeout(format!(
-            "the backup was not written within {} ms; allow more time (--timeout-ms)",
-            timeout_len.as_millis()
-        ))),
-        Err(_) => Err(cluster_not_ready(format!(
-            "no leader could take the backup within {} ms",
-            timeout_len.as_millis()
-        ))),
-    }
+        |leader| ctx.cluster.subjects.node_admin(leader, AdminOp::Backup),
+        || write_on_leader(ctx, cred, &r.delivery),
+    )
+    .await
 }
 
 async fn write_on_leader(
     ctx: &Ctx,
     cred: Credential<'_>,
-    started: &AtomicBool,
-) -> Result<Vec<u8>, Step> {
+    started: &Delivery,
+) -> Result<Vec<u8>, AttemptError> {
     route::leader_caught_up(ctx).await?;
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
     // The linearizable point: every write acknowledged before the request arrived is
     // applied here once this returns.
     confirm_leadership(ctx).await?;
-    started.store(true, Ordering::Release);
-    let view = ctx.view.clone();
+    started.mark();
+    let view = ctx.consensus.view.clone();
     let dir = backups_dir(&view.store().dir);
-    let name = ctx.cluster_name.clone();
-    let me = ctx.me;
+    let name = ctx.cluster.name.clone();
+    let me = ctx.cluster.me;
+    let (tracker, cancel) = (&ctx.lifecycle.tracker, ctx.lifecycle.cancel.clone());
+    let expiry_tracker = tracker.clone();
     // Detached: a request that gives up does not stop the write, and the file still expires.
-    let task = tokio::spawn(async move {
+    let task = tracker.spawn(async move {
         let written =
             tokio::task::spawn_blocking(move || backup::create(&view, &dir, &name, me)).await;
         if let Ok(Ok(w)) = &written {
-            let path = w.path.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(BACKUP_TTL).await;
-                if tokio::fs::remove_file(&path).await.is_ok() {
-                    tracing::info!(file = %path.display(), "backup file expired unread");
-                }
-            });
+            expiry_tracker.spawn(expire(w.path.clone(), cancel));
         }
         written
     });
@@ -170,11 +146,13 @@ async fn write_on_leader(
         Ok(Ok(Ok(w))) => w,
         Ok(Ok(Err(e))) => {
             tracing::error!(error = %e, "writing a backup failed");
-            return Err(Step::Fail(internal(format!(
+            return Err(AttemptError::Fail(internal(format!(
                 "writing the backup failed: {e}"
             ))));
         }
-        Ok(Err(e)) | Err(e) => return Err(Step::Fail(internal(format!("backup task: {e}")))),
+        Ok(Err(e)) | Err(e) => {
+            return Err(AttemptError::Fail(internal(format!("backup task: {e}"))))
+        }
     };
     tracing::info!(
         id = %w.id,
@@ -196,14 +174,17 @@ async fn write_on_leader(
     }))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
-    let body: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        payload
-    };
-    codec::check_object(body)?;
-    codec::typed(body)
+/// Deletes a backup file not read to its end within [`BACKUP_TTL`]. At shutdown it stops
+/// waiting: the next start empties `backups/`.
+async fn expire(path: PathBuf, cancel: tokio_util::sync::CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(BACKUP_TTL) => {
+            if tokio::fs::remove_file(&path).await.is_ok() {
+                tracing::info!(file = %path.display(), "backup file expired unread");
+            }
+        }
+    }
 }
 
 pub async fn handle_chunk(ctx: &Ctx, msg: &Message) -> Vec<u8> {
@@ -214,23 +195,28 @@ pub async fn handle_chunk(ctx: &Ctx, msg: &Message) -> Vec<u8> {
 }
 
 async fn chunk_inner(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
-    let own = ctx.subjects.node_admin(ctx.me, AdminOp::BackupChunk);
+    let own = ctx
+        .cluster
+        .subjects
+        .node_admin(ctx.cluster.me, AdminOp::BackupChunk);
     if msg.subject.as_str() != own {
         return Err(bad_request(
             "backup chunks are served by the node that wrote the backup: ask P.node.<node>.admin.backup.chunk with the node from the backup reply",
         ));
     }
-    let body: ChunkBody = decode(&msg.payload)?;
+    let body: ChunkBody = super::decode(&msg.payload)?;
     let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    ctx.auth.check(ctx.view.tokens(), cred, Role::Admin)?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
     // An id is a simple UUID: nothing else may reach the file system.
     if body.id.len() != 32 || !body.id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad_request(
             "id must be the 32 hex digits of a backup id from P.admin.backup",
         ));
     }
-    let path = backups_dir(&ctx.view.store().dir).join(format!("{}.backup", body.id));
-    let room = ctx.max_payload.saturating_sub(CHUNK_ENVELOPE) / 4 * 3;
+    let path = backups_dir(&ctx.consensus.view.store().dir).join(format!("{}.backup", body.id));
+    let room = ctx.limits.max_payload.saturating_sub(CHUNK_ENVELOPE) / 4 * 3;
     let max = MAX_CHUNK_BYTES.min(room).max(1);
     let offset = body.offset;
     let id = body.id.clone();
@@ -242,7 +228,7 @@ async fn chunk_inner(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(not_found(format!(
                 "node {} has no backup '{id}' (it was read to its end, expired after {} minutes, or the node restarted)",
-                ctx.me,
+                ctx.cluster.me,
                 BACKUP_TTL.as_secs() / 60
             )))
         }
@@ -254,7 +240,7 @@ async fn chunk_inner(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     let eof = offset + data.len() as u64 >= size;
     if eof {
         // Read to its end: the client has it all.
-        let path = backups_dir(&ctx.view.store().dir).join(format!("{id}.backup"));
+        let path = backups_dir(&ctx.consensus.view.store().dir).join(format!("{id}.backup"));
         let _ = tokio::fs::remove_file(path).await;
     }
     Ok(codec::encode_ok(&Chunk {

@@ -1,0 +1,100 @@
+//! "In contact with a leader", decided in one place for the stale-read check
+//! ([`handler`](super::handler)) and for readiness (`node::health`): a leader counts while a
+//! quorum acknowledged it within the window, anyone else while it accepted entries from the
+//! leader within the window (`raft.election_timeout_min_ms`).
+//!
+//! "Within" is inclusive (`<=`), as the README words both: an acknowledgment exactly one
+//! window old still counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use crate::raft::service::LeaderContact;
+use crate::raft::types::RaftMetrics;
+
+/// Why a node is not in contact with a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoContact {
+    /// A leader no quorum has acknowledged yet.
+    LeaderNeverAcknowledged,
+    /// A leader whose last quorum acknowledgment is this many milliseconds old.
+    LeaderAcknowledgedAgo(u64),
+    /// Not a leader, and never heard from one.
+    NeverHeard,
+    /// Not a leader, and last heard from the leader this long ago.
+    HeardAgo(Duration),
+}
+
+/// When this node last heard from a leader, and how recent that must be.
+pub struct ContactWindow {
+    contact: Arc<LeaderContact>,
+    window: Duration,
+}
+
+impl ContactWindow {
+    pub fn new(contact: Arc<LeaderContact>, window: Duration) -> ContactWindow {
+        ContactWindow { contact, window }
+    }
+
+    /// When this node last accepted entries from a leader.
+    pub fn last_heard(&self) -> &LeaderContact {
+        &self.contact
+    }
+
+    /// `Ok` while in contact with a leader: as the leader, acknowledged by a quorum within
+    /// the window; otherwise, heard from the leader within the window.
+    pub fn check(&self, m: &RaftMetrics) -> Result<(), NoContact> {
+        let window_ms = self.window.as_millis();
+        if m.state == ServerState::Leader {
+            match m.millis_since_quorum_ack {
+                Some(ms) if u128::from(ms) <= window_ms => Ok(()),
+                Some(ms) => Err(NoContact::LeaderAcknowledgedAgo(ms)),
+                None => Err(NoContact::LeaderNeverAcknowledged),
+            }
+        } else {
+            match self.contact.since() {
+                Some(d) if d.as_millis() <= window_ms => Ok(()),
+                Some(d) => Err(NoContact::HeardAgo(d)),
+                None => Err(NoContact::NeverHeard),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader_acked(ms: Option<u64>) -> RaftMetrics {
+        let mut m = RaftMetrics::new_initial(1);
+        m.state = ServerState::Leader;
+        m.millis_since_quorum_ack = ms;
+        m
+    }
+
+    /// The boundary is inclusive: an acknowledgment exactly one window old still counts.
+    #[test]
+    fn leader_in_contact_up_to_and_including_the_window() {
+        let w = ContactWindow::new(Arc::default(), Duration::from_millis(1000));
+        assert_eq!(w.check(&leader_acked(Some(999))), Ok(()));
+        assert_eq!(w.check(&leader_acked(Some(1000))), Ok(()));
+        assert_eq!(
+            w.check(&leader_acked(Some(1001))),
+            Err(NoContact::LeaderAcknowledgedAgo(1001))
+        );
+        assert_eq!(
+            w.check(&leader_acked(None)),
+            Err(NoContact::LeaderNeverAcknowledged)
+        );
+    }
+
+    /// A follower that never heard from a leader is not in contact.
+    #[test]
+    fn follower_never_heard_is_out_of_contact() {
+        let w = ContactWindow::new(Arc::default(), Duration::from_millis(1000));
+        let m = RaftMetrics::new_initial(1);
+        assert_eq!(w.check(&m), Err(NoContact::NeverHeard));
+    }
+}

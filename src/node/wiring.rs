@@ -1,0 +1,286 @@
+//! Wiring a node's parts once the store and NATS are open: the RPC inbox, the log store and
+//! the Raft network, Raft itself, the inbound RPC service, the request context and the
+//! servers, and the background tasks (telemetry, removal watch, status loop, cluster id).
+//! Every task is spawned on the node's `TaskTracker`; client intake has a tracker of its own
+//! because shutdown stops it first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::health::Probe;
+use super::start::Opened;
+use super::{bootstrap, log_failure, Error};
+use crate::api::contact::ContactWindow;
+use crate::api::{self, validate::Limits, Ctx};
+use crate::config::Config;
+use crate::observe::{self, Observer};
+use crate::raft::inbox::Inbox;
+use crate::raft::network::Network;
+use crate::raft::service::{LeaderContact, RaftService};
+use crate::raft::types::Raft;
+use crate::signing::Rejections;
+use crate::store::{LogStore, StateMachine, StateView, Store};
+
+/// A running node: what [`super::shutdown`] takes down, in its order.
+pub(super) struct Running {
+    pub raft: Raft,
+    pub network: Network,
+    pub service: Arc<RaftService>,
+    pub server: Arc<api::server::Server>,
+    /// Client intake: cluster and node subjects, and every request task.
+    pub intake: CancellationToken,
+    pub intake_tracker: TaskTracker,
+    /// Cancelled when this node learns it was removed from the cluster.
+    pub removed: CancellationToken,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    pub store: Store,
+    pub view: Arc<StateView>,
+    pub client: async_nats::Client,
+}
+
+/// Raft and what it talks through.
+struct RaftParts {
+    raft: Raft,
+    network: Network,
+    inbox: Arc<Inbox>,
+    rejections: Arc<Rejections>,
+}
+
+pub(super) async fn wire(
+    config: &Config,
+    mut opened: Opened,
+    live_cluster: bool,
+) -> Result<Running, Error> {
+    let me = config.node.id;
+    if let Some(rx) = opened.events.take() {
+        opened.tracker.spawn(observe::publish::run(
+            opened.observer.clone(),
+            rx,
+            opened.client.clone(),
+            opened.subjects.clone(),
+            opened.cancel.clone(),
+        ));
+    }
+    let RaftParts {
+        raft,
+        network,
+        inbox,
+        rejections,
+    } = start_raft(config, &opened).await?;
+    let (cancel, tracker) = (opened.cancel.clone(), opened.tracker.clone());
+
+    let contact = Arc::new(LeaderContact::default());
+
+    let service = Arc::new(RaftService {
+        client: opened.client.clone(),
+        subjects: opened.subjects.clone(),
+        me,
+        cluster_name: config.cluster.name.clone(),
+        raft: raft.clone(),
+        view: opened.view.clone(),
+        contact: contact.clone(),
+        hold_votes: (opened.pristine && (live_cluster || config.cluster.join)).into(),
+        signer: opened.signer.clone(),
+        rejections: rejections.clone(),
+    });
+    tracker.spawn(log_failure(
+        "raft rpc service",
+        service.clone().run(cancel.clone(), tracker.clone()),
+    ));
+
+    let removed = CancellationToken::new();
+    let ctx = request_context(
+        config,
+        &opened,
+        &raft,
+        inbox,
+        rejections,
+        contact.clone(),
+        &removed,
+    );
+    // Client intake (cluster and node subjects, and every request task) stops first at
+    // shutdown, while Raft and its RPCs keep running for the requests in flight.
+    let intake = cancel.child_token();
+    let intake_tracker = TaskTracker::new();
+    tracker.spawn(api::admin::membership::watch_removal(
+        ctx.clone(),
+        opened.admin_token.clone(),
+        (config.raft.election_timeout_max() * 3).max(Duration::from_secs(3)),
+        cancel.clone(),
+    ));
+    let server = api::server::Server::new(ctx, config.limits.max_in_flight);
+    intake_tracker.spawn(log_failure(
+        "node subjects",
+        server
+            .clone()
+            .serve_node_subjects(intake.clone(), intake_tracker.clone()),
+    ));
+    intake_tracker.spawn(
+        server
+            .clone()
+            .serve_cluster_subjects(intake.clone(), intake_tracker.clone()),
+    );
+    spawn_watchers(config, &opened, &raft, contact);
+    Ok(Running {
+        raft,
+        network,
+        service,
+        server,
+        intake,
+        intake_tracker,
+        removed,
+        cancel,
+        tracker,
+        store: opened.store,
+        view: opened.view,
+        client: opened.client,
+    })
+}
+
+/// What every request handler shares, grouped by what it is for (see [`Ctx`]).
+fn request_context(
+    config: &Config,
+    opened: &Opened,
+    raft: &Raft,
+    inbox: Arc<Inbox>,
+    rejections: Arc<Rejections>,
+    contact: Arc<LeaderContact>,
+    removed: &CancellationToken,
+) -> Arc<Ctx> {
+    let me = config.node.id;
+    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
+    Arc::new(Ctx {
+        cluster: api::Cluster {
+            me,
+            name: config.cluster.name.clone(),
+            subjects: opened.subjects.clone(),
+            client: opened.client.clone(),
+            inbox,
+        },
+        consensus: api::Consensus {
+            raft: raft.clone(),
+            proposer: api::propose::Proposer::start(
+                raft.clone(),
+                opened.max_entry_bytes,
+                config.limits.max_in_flight,
+                tracker,
+                cancel.clone(),
+            ),
+            read_index: api::read_index::ReadIndex::start(raft.clone(), tracker, cancel.clone()),
+            view: opened.view.clone(),
+            contact: ContactWindow::new(contact, config.raft.election_timeout_min()),
+        },
+        security: api::Security {
+            auth: crate::auth::Authorizer::new(config.auth.enabled, opened.admin_token.as_deref()),
+            signer: opened.signer.clone(),
+            rejections,
+        },
+        limits: api::RequestLimits {
+            sizes: Limits {
+                max_value_bytes: config.limits.max_value_bytes,
+                max_entry_bytes: opened.max_entry_bytes,
+                max_scan_limit: config.limits.max_scan_limit,
+                max_data_bytes: config.storage.max_bytes,
+            },
+            default_timeout: config.limits.default_timeout(),
+            max_payload: opened.max_payload,
+        },
+        observer: opened.observer.clone(),
+        lifecycle: api::Lifecycle {
+            removed: removed.clone(),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        },
+    })
+}
+
+/// The RPC inbox, the log store and the Raft network (which sends a leader's appends early,
+/// before openraft asks), then Raft itself.
+async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error> {
+    let me = config.node.id;
+    let (client, subjects, observer) = (&opened.client, &opened.subjects, &opened.observer);
+    let (view, max_payload) = (&opened.view, opened.max_payload);
+    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
+    let rejections = Arc::new(Rejections::default());
+
+    let inbox = Inbox::start(
+        client.clone(),
+        opened.signer.clone(),
+        rejections.clone(),
+        cancel.clone(),
+        tracker,
+    )
+    .await?;
+
+    let log_store = LogStore::new(opened.store.clone());
+    let network = Network {
+        log_end: log_store.end(),
+        inbox: inbox.clone(),
+        subjects: subjects.clone(),
+        me,
+        cluster_name: config.cluster.name.clone(),
+        cluster_id: view.watch_cluster_id(),
+        max_payload,
+        observer: observer.clone(),
+        early: Default::default(),
+        early_ttl: config.raft.election_timeout_min(),
+    };
+    let early_net = network.clone();
+    log_store.send_early(
+        me,
+        Box::new(move |rpc, size| early_net.send_early(rpc, size)),
+    );
+    let raft = crate::raft::start(
+        config,
+        max_payload,
+        network.clone(),
+        log_store,
+        StateMachine::new(view.clone(), observer.clone()),
+    )
+    .await?;
+    network.early.set_metrics(raft.metrics());
+    Ok(RaftParts {
+        raft,
+        network,
+        inbox,
+        rejections,
+    })
+}
+
+/// Background tasks that watch Raft: role and term metrics, the readiness probe and its
+/// status loop, and the first leader's cluster id.
+fn spawn_watchers(config: &Config, opened: &Opened, raft: &Raft, contact: Arc<LeaderContact>) {
+    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
+    let observer: &Arc<Observer> = &opened.observer;
+    tracker.spawn(observe::raft_watch::watch(
+        raft.clone(),
+        observer.clone(),
+        cancel.clone(),
+    ));
+    let probe = Arc::new(Probe {
+        me: config.node.id,
+        raft: raft.clone(),
+        view: opened.view.clone(),
+        contact: ContactWindow::new(contact, config.raft.election_timeout_min()),
+        observer: observer.clone(),
+    });
+    if let Some(e) = &opened.endpoints {
+        let _ = e
+            .probe
+            .set(probe.clone() as Arc<dyn crate::observe::http::Health>);
+    }
+    tracker.spawn(super::health::status_loop(
+        probe,
+        config.telemetry.status_interval(),
+        cancel.clone(),
+    ));
+    tracker.spawn(bootstrap::ensure_cluster_id(
+        raft.clone(),
+        opened.view.clone(),
+        cancel.clone(),
+    ));
+}
