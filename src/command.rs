@@ -85,6 +85,34 @@ impl Command {
         }
     }
 
+    /// Whether applying the command writes to fjall at once, not with the next flush: what
+    /// is not in the recent-writes table (the cluster id and the token table change rarely)
+    /// goes to fjall with the apply batch that changed it. Such a batch is applied on the
+    /// blocking pool, never inline on the async workers. No wildcard arm: a new command must
+    /// answer this.
+    pub fn flushes_at_once(&self) -> bool {
+        match self {
+            Command::Put { .. } | Command::Delete { .. } => false,
+            Command::Batch(parts) => parts.iter().any(Command::flushes_at_once),
+            Command::SetClusterId { .. }
+            | Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. } => true,
+        }
+    }
+
+    /// Client commands this command counts for when sizing an apply batch: each part of a
+    /// batch counts.
+    pub fn client_commands(&self) -> usize {
+        match self {
+            Command::Batch(parts) => parts.len(),
+            Command::SetClusterId { .. }
+            | Command::Put { .. }
+            | Command::Delete { .. }
+            | Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. } => 1,
+        }
+    }
+
     /// Bytes the command adds to an entry, for the size check before proposing.
     pub fn approximate_size(&self) -> usize {
         match self {

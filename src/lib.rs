@@ -28,6 +28,7 @@ pub mod error;
 pub mod failpoints;
 #[cfg(test)]
 mod golden;
+pub mod limits;
 pub mod lock;
 pub mod nats;
 pub mod node;
@@ -36,6 +37,7 @@ pub mod raft;
 pub mod signing;
 pub mod store;
 pub mod subjects;
+pub mod types;
 
 pub use client::Client;
 pub use error::{ErrorKind, WireError};

@@ -79,15 +79,7 @@ pub struct MembersReply {
     pub nodes: Vec<NodeMember>,
 }
 
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
+pub use crate::types::role_name;
 
 pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
     match op {

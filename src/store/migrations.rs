@@ -107,10 +107,7 @@ mod tests {
     fn write_format_1_data(store: &Store, records: &[(&str, &str)]) -> u64 {
         let kv = store
             .db
-            .keyspace(
-                &keys::kv_keyspace_name(0),
-                super::super::state_machine::kv_options,
-            )
+            .keyspace(&keys::kv_keyspace_name(0), super::super::view::kv_options)
             .unwrap();
         let mut batch = store.db.batch();
         let mut expected = 0;
@@ -182,7 +179,7 @@ mod tests {
         let view = StateView::open(store).unwrap();
         assert_eq!(view.data_bytes(), expected);
         let mut sm = StateMachine::new(view.clone(), Observer::noop());
-        let entry = |index: u64, command: Command| crate::raft::types::Entry {
+        let entry = |index: u64, command: Command| crate::types::Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: openraft::EntryPayload::Normal(LogCommand::new(command)),
         };

@@ -11,7 +11,7 @@ use openraft::{
 
 use super::{LogStore, StateMachine, StateView, Store};
 use crate::command::{Command, LogCommand, Outcome};
-use crate::raft::types::{StorageError, TypeConfig};
+use crate::types::{StorageError, TypeConfig};
 
 struct Builder;
 
@@ -78,7 +78,7 @@ async fn build_snapshot(sm: &mut StateMachine) -> openraft::Snapshot<TypeConfig>
 async fn install(
     to: &mut StateMachine,
     snap: openraft::Snapshot<TypeConfig>,
-) -> openraft::SnapshotMeta<u64, crate::raft::types::Node> {
+) -> openraft::SnapshotMeta<u64, crate::types::Node> {
     let mut recv = to.begin_receiving_snapshot().await.unwrap();
     let mut src = snap.snapshot;
     tokio::io::copy(&mut src, &mut *recv).await.unwrap();

@@ -4,7 +4,7 @@
 //! ```text
 //! CONCORD-BACKUP 1\n
 //! {"format_version":1,"cluster_name":..,"revision":..,"key_count":..,"body_bytes":N,..}\n
-//! body: N bytes, a snapshot stream (see [`super::snapshot`]) without cluster id
+//! body: N bytes, a snapshot stream (see [`super::file`]) without cluster id
 //! SHA256 <64 hex digits of the SHA-256 of every byte before this line>\n
 //! ```
 //!
@@ -12,20 +12,18 @@
 //! decodes fully and matches the header. A restore installs the body through the same path
 //! as a received snapshot, recorded as a snapshot at log id 0-0-1 (see [`restore`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use openraft::{BasicNode, CommittedLeaderId, Membership};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::snapshot::{Record, SnapshotReader};
-use super::state_machine::{self, StateView};
-use super::{keys, Store};
-use crate::raft::types::{LogId, SnapshotMeta, StoredMembership};
+use super::build::export;
+use super::file::{Record, SnapshotReader};
+pub use super::restore::{restore, restored_log_id, Restored};
+use crate::store::{view::StateView, Error as StoreError};
 
 /// The format this build writes (and the newest it reads).
 pub const BACKUP_FORMAT: u32 = 1;
@@ -38,8 +36,6 @@ const MAX_HEADER_BYTES: u64 = 64 * 1024;
 /// Index of the log id a restored state is recorded at: a freshly initialized node has its
 /// membership at index 0, a restored one must be strictly ahead of it.
 pub const RESTORED_INDEX: u64 = 1;
-/// Memory for the block cache while restoring.
-const RESTORE_CACHE_MIB: u64 = 16;
 
 /// The JSON header line of a backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +83,7 @@ pub enum BackupError {
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
-    Store(#[from] super::Error),
+    Store(#[from] StoreError),
 }
 
 impl BackupError {
@@ -129,13 +125,13 @@ pub fn create(
     dir: &Path,
     cluster_name: &str,
     node: u64,
-) -> Result<Written, super::Error> {
+) -> Result<Written, StoreError> {
     std::fs::create_dir_all(dir)?;
     let id = Uuid::new_v4().simple().to_string();
     let body_path = dir.join(format!("{id}.body.part"));
     let part = dir.join(format!("{id}.part"));
     let res = (|| {
-        let (snap, cluster_id, body_bytes) = state_machine::export(view, &body_path)?;
+        let (snap, cluster_id, body_bytes) = export(view, &body_path)?;
         let header = BackupHeader {
             format_version: BACKUP_FORMAT,
             cluster_name: cluster_name.to_string(),
@@ -149,7 +145,7 @@ pub fn create(
         let mut out = HashingWriter::new(File::create(&part)?);
         out.put(format!("{MAGIC} {BACKUP_FORMAT}\n").as_bytes())?;
         let mut line = serde_json::to_vec(&header)
-            .map_err(|e| super::Error::Corrupt(format!("backup header: {e}")))?;
+            .map_err(|e| StoreError::Corrupt(format!("backup header: {e}")))?;
         line.push(b'\n');
         out.put(&line)?;
         let mut body = File::open(&body_path)?;
@@ -348,138 +344,13 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
     })
 }
 
-/// What [`restore`] did.
-#[derive(Debug, Clone)]
-pub struct Restored {
-    pub header: BackupHeader,
-    pub members: BTreeSet<u64>,
-    pub tokens: u64,
-    pub dir: PathBuf,
-}
-
-/// The log id a restored state is recorded at: term 0, index [`RESTORED_INDEX`].
-pub fn restored_log_id() -> LogId {
-    LogId::new(CommittedLeaderId::new(0, 0), RESTORED_INDEX)
-}
-
-/// Seeds a new data directory from a backup: the state as if installed from a snapshot at
-/// [`restored_log_id`] L, with voters `members` at L, the log purged up to L, no vote and no
-/// cluster id (the first leader commits a fresh one). `dir` must be absent or empty; the
-/// file is verified completely before anything is written.
-pub fn restore(file: &Path, dir: &Path, members: &BTreeSet<u64>) -> Result<Restored, BackupError> {
-    if members.is_empty() || members.contains(&0) {
-        return Err(BackupError::Refused(
-            "the members must be one or more node ids above 0, e.g. --members 1,2,3".into(),
-        ));
-    }
-    let existed = check_empty(dir)?;
-    let verified = verify(file)?;
-    let res = seed(file, dir, members, &verified);
-    if res.is_err() {
-        // Leave the directory as it was found.
-        if existed {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    let _ = std::fs::remove_dir_all(e.path())
-                        .or_else(|_| std::fs::remove_file(e.path()));
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    res?;
-    Ok(Restored {
-        header: verified.header,
-        members: members.clone(),
-        tokens: verified.tokens,
-        dir: dir.to_path_buf(),
-    })
-}
-
-/// Refuses a data directory that holds anything; returns whether it exists.
-fn check_empty(dir: &Path) -> Result<bool, BackupError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_none() {
-                return Ok(true);
-            }
-            let what = if dir.join("db").exists() {
-                "holds a Concord store"
-            } else {
-                "is not empty"
-            };
-            Err(BackupError::Refused(format!(
-                "data directory {} {what}: restore only into a new, empty directory (stop the node and move its data away first)",
-                dir.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(BackupError::Refused(
-            format!("{} is not a directory", dir.display()),
-        )),
-        Err(e) => Err(BackupError::Io {
-            file: dir.to_path_buf(),
-            source: e,
-        }),
-    }
-}
-
-fn seed(
-    file: &Path,
-    dir: &Path,
-    members: &BTreeSet<u64>,
-    verified: &Verified,
-) -> Result<(), BackupError> {
-    let at = restored_log_id();
-    let nodes: BTreeMap<u64, BasicNode> = members
-        .iter()
-        .map(|&id| (id, BasicNode::default()))
-        .collect();
-    let membership = Membership::new(vec![members.clone()], nodes);
-    let meta = SnapshotMeta {
-        last_log_id: Some(at),
-        last_membership: StoredMembership::new(Some(at), membership),
-        snapshot_id: format!("restored-{}", Uuid::new_v4().simple()),
-    };
-    let store = Store::open(dir, RESTORE_CACHE_MIB, true)?;
-    let view = StateView::open(store.clone())?;
-    let mut body = File::open(file).map_err(|source| BackupError::Io {
-        file: file.to_path_buf(),
-        source,
-    })?;
-    body.seek(SeekFrom::Start(verified.body_offset))
-        .map_err(|source| BackupError::Io {
-            file: file.to_path_buf(),
-            source,
-        })?;
-    // The same path as a received snapshot, then the current snapshot from the installed
-    // state: a member that starts empty gets it by snapshot install, as no log precedes L.
-    state_machine::install(&view, &meta, body)?;
-    state_machine::build(&view)?;
-    // As `purge` records it: the log starts after L.
-    let purged = bincode::serialize(&Some(at))
-        .map_err(|e| super::Error::Corrupt(format!("purge point: {e}")))?;
-    store
-        .meta
-        .insert(keys::META_LAST_PURGED, purged)
-        .map_err(super::Error::from)?;
-    store
-        .db
-        .persist(fjall::PersistMode::SyncAll)
-        .map_err(super::Error::from)?;
-    if store.is_pristine()? {
-        return Err(BackupError::Store(super::Error::Corrupt(
-            "the restored store reads as pristine".into(),
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::snapshot::{SnapshotHeader, SnapshotWriter};
+    use crate::store::{keys, Store};
+    use crate::types::LogId;
+    use std::collections::BTreeSet;
 
     /// A backup file of `n` keys written by hand (no state machine needed).
     fn sample(dir: &Path, n: u32) -> PathBuf {
@@ -623,7 +494,7 @@ mod tests {
         assert_eq!(view.cluster_id(), None);
         assert_eq!(view.get("k0007").unwrap().unwrap().0, 8);
         let purged: Option<Option<LogId>> =
-            super::super::log_store::read_bincode(&store.meta, keys::META_LAST_PURGED).unwrap();
+            crate::store::log_store::read_bincode(&store.meta, keys::META_LAST_PURGED).unwrap();
         assert_eq!(purged.flatten(), Some(restored_log_id()));
         assert!(store.meta.get(keys::META_VOTE).unwrap().is_none());
         assert!(store.meta.get(keys::META_SNAPSHOT).unwrap().is_some());
