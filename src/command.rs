@@ -1,5 +1,5 @@
-//! What the Raft log replicates: a versioned envelope around a [`Command`], and the
-//! [`Outcome`] of applying it.
+//! What the Raft log replicates: a versioned envelope around a [`Command`], and what
+//! applying it gave ([`Applied`]).
 //!
 //! Bincode encodes enum variants by index: new variants go at the end, never in between,
 //! so that entries written by an older build keep decoding.
@@ -128,8 +128,10 @@ impl Command {
     }
 }
 
+/// What applying a command gave: openraft hands it back to the proposer (`R` of the
+/// `TypeConfig`), and the request handler turns it into the client's reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Outcome {
+pub enum Applied {
     /// Blank and membership entries.
     None,
     ClusterId {
@@ -142,7 +144,7 @@ pub enum Outcome {
         deleted: bool,
         revision: u64,
     },
-    Batch(Vec<Outcome>),
+    Batch(Vec<Applied>),
     /// A token command: whether it changed the table (false: the digest was already there,
     /// or already gone).
     Token {

@@ -2,13 +2,13 @@
 //! in openraft's own examples: `store`, `raft`, `api` and `observe` all name these types, and
 //! none of them has to import another for it. Imports nothing of the crate but the command.
 
-use crate::command::{LogCommand, Outcome};
+use crate::command::{Applied, LogCommand};
 
 openraft::declare_raft_types!(
     /// Concord's Raft types: commands in, outcomes out, snapshots as files on disk.
     pub TypeConfig:
         D = LogCommand,
-        R = Outcome,
+        R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -14,7 +14,7 @@ use super::read_index::ReadIndexError;
 use super::route::{self, Routed, Step};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
-use crate::command::{Command, Outcome};
+use crate::command::{Applied, Command};
 use crate::error::{internal, not_found, timeout, WireError};
 use crate::raft::types::RaftMetrics;
 use crate::subjects::KvOp;
@@ -200,7 +200,7 @@ async fn serve_on_leader(
                 value: value.clone(),
             };
             match propose(ctx, cmd, handed).await? {
-                Outcome::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
+                Applied::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
                 other => Err(Step::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
@@ -209,7 +209,7 @@ async fn serve_on_leader(
         KvRequest::Delete { key } => {
             let cmd = Command::Delete { key: key.clone() };
             match propose(ctx, cmd, handed).await? {
-                Outcome::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
+                Applied::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
                     ok: true,
                     deleted,
                     revision,
@@ -260,7 +260,7 @@ pub(super) async fn confirm_leadership(ctx: &Ctx) -> Result<(), Step> {
     }
 }
 
-pub(super) async fn propose(ctx: &Ctx, cmd: Command, handed: &AtomicBool) -> Result<Outcome, Step> {
+pub(super) async fn propose(ctx: &Ctx, cmd: Command, handed: &AtomicBool) -> Result<Applied, Step> {
     handed.store(true, Ordering::Release);
     match ctx.proposer.propose(cmd).await {
         Ok(outcome) => Ok(outcome),

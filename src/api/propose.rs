@@ -9,7 +9,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::command::{Command, LogCommand, Outcome};
+use crate::command::{Applied, Command, LogCommand};
 use crate::raft::types::{Raft, RaftMetrics};
 
 /// Batches proposed at once: the next batch gathers while this one is in flight. openraft
@@ -39,7 +39,7 @@ pub enum ProposeError {
 struct Pending {
     command: Command,
     size: usize,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    reply: oneshot::Sender<Result<Applied, ProposeError>>,
 }
 
 #[derive(Clone)]
@@ -56,7 +56,7 @@ impl Proposer {
         Proposer { tx }
     }
 
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let (reply, rx) = oneshot::channel();
         let size = command.approximate_size();
         self.tx
@@ -195,7 +195,7 @@ async fn propose_batch(
         Err(RaftError::Fatal(e)) => Err(ProposeError::Failed(format!("raft stopped: {e}"))),
     };
     match result {
-        Ok(Outcome::Batch(outcomes)) if !single && outcomes.len() == replies.len() => {
+        Ok(Applied::Batch(outcomes)) if !single && outcomes.len() == replies.len() => {
             for (reply, o) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(o));
             }

@@ -14,7 +14,7 @@ use super::route::{self, Routed, Step};
 use super::{codec, Ctx};
 use crate::auth::tokens::{self, Role, TokenRecord};
 use crate::auth::Credential;
-use crate::command::{Command, Outcome};
+use crate::command::{Applied, Command};
 use crate::error::{bad_request, internal, not_found, WireError};
 use crate::subjects::AdminOp;
 
@@ -264,7 +264,7 @@ async fn create(
     };
     let info = TokenInfo::of(&record, now);
     match propose(ctx, Command::TokenCreate { digest, record }, handed).await? {
-        Outcome::Token { changed: true } => {
+        Applied::Token { changed: true } => {
             tracing::info!(id = %info.id, role = %info.role, "token created");
             Ok(codec::encode_ok(&Created {
                 ok: true,
@@ -272,7 +272,7 @@ async fn create(
                 info,
             }))
         }
-        Outcome::Token { changed: false } => {
+        Applied::Token { changed: false } => {
             Err(Step::Fail(internal("token id clash; create it again")))
         }
         other => Err(Step::Fail(internal(format!(
@@ -300,7 +300,7 @@ async fn revoke(ctx: &Ctx, id: &str, handed: &AtomicBool) -> Result<Vec<u8>, Ste
     };
     let public_id = tokens::id_of(&digest);
     match propose(ctx, Command::TokenRevoke { digest }, handed).await? {
-        Outcome::Token { changed } => {
+        Applied::Token { changed } => {
             tracing::info!(id = %public_id, "token revoked");
             Ok(codec::encode_ok(&Revoked {
                 ok: true,

@@ -18,7 +18,7 @@ use super::recent::BatchWrites;
 use super::view::StateView;
 use super::{keys, Error};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
-use crate::command::{Command, Outcome, COMMAND_FORMAT};
+use crate::command::{Applied, Command, COMMAND_FORMAT};
 use crate::observe::{AppliedFigures, ApplyProbe, Observer};
 use crate::types::{Entry, StoredMembership};
 
@@ -72,7 +72,7 @@ impl ApplyBatch<'_> {
 /// Applies one command: key-space writes to the batch's writes (flushed later), token
 /// changes to its fjall batch. A batch command is applied by its parts, each with its own
 /// apply event.
-fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
+fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
     let event = match &cmd {
         Command::Batch(_) => None,
         other => b.events.start().map(|started| {
@@ -89,7 +89,7 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
         Command::SetClusterId { id } => {
             // Set once: a second initializer cannot rename a live cluster.
             let id = *b.cluster_id.get_or_insert(id);
-            Outcome::ClusterId { id }
+            Applied::ClusterId { id }
         }
         Command::Put { key, value } => {
             b.revision += 1;
@@ -104,7 +104,7 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
             let stored_value = keys::encode_value(b.revision, value.as_bytes());
             b.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
             b.writes.set(key, Some(fjall::Slice::from(stored_value)));
-            Outcome::Put {
+            Applied::Put {
                 revision: b.revision,
             }
         }
@@ -116,12 +116,12 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
                     .data_bytes
                     .saturating_sub(keys::entry_bytes(key.len(), old as usize));
                 b.writes.set(key, None);
-                Outcome::Delete {
+                Applied::Delete {
                     deleted: true,
                     revision: b.revision,
                 }
             } else {
-                Outcome::Delete {
+                Applied::Delete {
                     deleted: false,
                     revision: b.revision,
                 }
@@ -132,7 +132,7 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
             for part in parts {
                 out.push(apply_command(part, b)?);
             }
-            Outcome::Batch(out)
+            Applied::Batch(out)
         }
         Command::TokenCreate { digest, record } => {
             // Ids are digest prefixes: refuse a (vanishingly unlikely) clash too.
@@ -141,7 +141,7 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
                 b.fjall_batch.insert(b.tokens_ks, digest, enc(&record));
                 b.token_changes.push((digest, Some(record)));
             }
-            Outcome::Token { changed: !clash }
+            Applied::Token { changed: !clash }
         }
         Command::TokenRevoke { digest } => {
             let present = b.has_token(&digest);
@@ -149,7 +149,7 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Outcome, Error> {
                 b.fjall_batch.remove(b.tokens_ks, digest);
                 b.token_changes.push((digest, None));
             }
-            Outcome::Token { changed: present }
+            Applied::Token { changed: present }
         }
     };
     if let Some((started, operation, key)) = event {
@@ -167,7 +167,7 @@ pub(super) fn apply_entries(
     entries: Vec<Entry>,
     commands: usize,
     inline: bool,
-) -> Result<Vec<Outcome>, Error> {
+) -> Result<Vec<Applied>, Error> {
     let started = std::time::Instant::now();
     let (generation, kv) = view.kv();
     let mut b = ApplyBatch {
@@ -189,10 +189,10 @@ pub(super) fn apply_entries(
     for entry in entries {
         last_applied = Some(entry.log_id);
         let outcome = match entry.payload {
-            EntryPayload::Blank => Outcome::None,
+            EntryPayload::Blank => Applied::None,
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                Outcome::None
+                Applied::None
             }
             EntryPayload::Normal(cmd) => {
                 // Applying a format this build does not know could diverge from the nodes

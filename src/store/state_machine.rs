@@ -25,7 +25,7 @@ use super::snapshot::{build, current, install, publish};
 pub(crate) use super::view::kv_options;
 pub use super::view::{Item, StateView};
 use super::Error;
-use crate::command::Outcome;
+use crate::command::Applied;
 use crate::observe::{Observer, SnapshotKind};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -113,7 +113,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((meta.last_applied, meta.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

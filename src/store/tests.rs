@@ -10,7 +10,7 @@ use openraft::{
 };
 
 use super::{LogStore, StateMachine, StateView, Store};
-use crate::command::{Command, LogCommand, Outcome};
+use crate::command::{Applied, Command, LogCommand};
 use crate::types::{StorageError, TypeConfig};
 
 struct Builder;
@@ -117,8 +117,8 @@ fn log_vote_and_state_machine_survive_reopen() {
             ];
             write_log(&store, &entries);
             let outcomes = sm.apply(entries).await.unwrap();
-            assert_eq!(outcomes[1], Outcome::Put { revision: 1 });
-            assert_eq!(outcomes[3], Outcome::Put { revision: 3 });
+            assert_eq!(outcomes[1], Applied::Put { revision: 1 });
+            assert_eq!(outcomes[3], Applied::Put { revision: 3 });
             store.db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
         let (store, view) = open(dir.path());

@@ -225,22 +225,49 @@ fn read_line(r: &mut impl BufRead, max: u64) -> std::io::Result<Option<Vec<u8>>>
 /// Checks a backup file completely before anything trusts it: magic, header, length,
 /// checksum, then the body decodes fully and agrees with the header.
 pub fn verify(file: &Path) -> Result<Verified, BackupError> {
-    let io = |source| BackupError::Io {
+    let f = File::open(file).map_err(io_error(file))?;
+    let len = f.metadata().map_err(io_error(file))?.len();
+    let mut r = BufReader::with_capacity(256 * 1024, f);
+    let head = read_head(file, &mut r, len)?;
+    check_checksum(file, &mut r, &head)?;
+    let tokens = check_body(file, r.into_inner(), &head)?;
+    Ok(Verified {
+        header: head.header,
+        body_offset: head.body_offset,
+        tokens,
+    })
+}
+
+/// The first two lines of a backup, as read.
+struct Head {
+    magic: String,
+    line: Vec<u8>,
+    header: BackupHeader,
+    body_offset: u64,
+}
+
+fn io_error(file: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
         file: file.to_path_buf(),
         source,
-    };
-    let corrupted = |why: String| BackupError::Corrupted {
+    }
+}
+
+fn corrupted(file: &Path, why: String) -> BackupError {
+    BackupError::Corrupted {
         file: file.to_path_buf(),
         why,
-    };
-    let f = File::open(file).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    let mut r = BufReader::with_capacity(256 * 1024, f);
+    }
+}
 
+/// Reads the magic line and the header, and checks the file's length against the header.
+fn read_head(file: &Path, r: &mut BufReader<File>, len: u64) -> Result<Head, BackupError> {
+    let io = io_error(file);
+    let corrupted = |why: String| corrupted(file, why);
     let not_backup = || BackupError::NotABackup {
         file: file.to_path_buf(),
     };
-    let magic = read_line(&mut r, 32).map_err(io)?.ok_or_else(not_backup)?;
+    let magic = read_line(r, 32).map_err(&io)?.ok_or_else(not_backup)?;
     let magic = String::from_utf8(magic).map_err(|_| not_backup())?;
     let version: u32 = magic
         .strip_prefix(MAGIC)
@@ -256,8 +283,8 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
     if version == 0 {
         return Err(not_backup());
     }
-    let line = read_line(&mut r, MAX_HEADER_BYTES)
-        .map_err(io)?
+    let line = read_line(r, MAX_HEADER_BYTES)
+        .map_err(&io)?
         .ok_or_else(|| corrupted("the header line is incomplete".into()))?;
     let header: BackupHeader = serde_json::from_slice(&line)
         .map_err(|e| corrupted(format!("the header is not valid: {e}")))?;
@@ -283,35 +310,50 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
             found - expected
         )));
     }
+    Ok(Head {
+        magic,
+        line,
+        header,
+        body_offset,
+    })
+}
 
-    // Checksum over everything before the trailer.
+/// Checks the checksum trailer over everything before it; `r` stands at the body.
+fn check_checksum(file: &Path, r: &mut BufReader<File>, head: &Head) -> Result<(), BackupError> {
+    let io = io_error(file);
     let mut hash = Sha256::new();
-    hash.update(magic.as_bytes());
+    hash.update(head.magic.as_bytes());
     hash.update(b"\n");
-    hash.update(&line);
+    hash.update(&head.line);
     hash.update(b"\n");
-    let mut body = (&mut r).take(header.body_bytes);
+    let mut body = (&mut *r).take(head.header.body_bytes);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = body.read(&mut buf).map_err(io)?;
+        let n = body.read(&mut buf).map_err(&io)?;
         if n == 0 {
             break;
         }
         hash.update(&buf[..n]);
     }
     let mut trailer = Vec::new();
-    r.read_to_end(&mut trailer).map_err(io)?;
+    r.read_to_end(&mut trailer).map_err(&io)?;
     let given = trailer
         .strip_prefix(TRAILER_TAG)
         .and_then(|t| t.strip_suffix(b"\n"))
-        .ok_or_else(|| corrupted("checksum trailer is missing or malformed".into()))?;
+        .ok_or_else(|| corrupted(file, "checksum trailer is missing or malformed".into()))?;
     if given != hex(&hash.finalize()).as_bytes() {
-        return Err(corrupted("checksum mismatch".into()));
+        return Err(corrupted(file, "checksum mismatch".into()));
     }
+    Ok(())
+}
 
-    // The checksum holds: the body should decode; check it anyway before trusting it.
-    let mut f = r.into_inner();
-    f.seek(SeekFrom::Start(body_offset)).map_err(io)?;
+/// The checksum holds: the body should decode; check it anyway before trusting it, and
+/// against the header. Returns the number of tokens.
+fn check_body(file: &Path, mut f: File, head: &Head) -> Result<u64, BackupError> {
+    let corrupted = |why: String| corrupted(file, why);
+    let header = &head.header;
+    f.seek(SeekFrom::Start(head.body_offset))
+        .map_err(io_error(file))?;
     let mut reader = SnapshotReader::new(f.take(header.body_bytes))
         .map_err(|e| corrupted(format!("the body does not decode: {e}")))?;
     let (mut keys, mut tokens) = (0u64, 0u64);
@@ -337,11 +379,7 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
             header.key_count
         )));
     }
-    Ok(Verified {
-        header,
-        body_offset,
-        tokens,
-    })
+    Ok(tokens)
 }
 
 #[cfg(test)]
