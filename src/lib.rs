@@ -7,8 +7,13 @@
 //!                                                                   ▼
 //!            raft::network ──NATS──▶ raft::service (peers)     store::log_store (fjall, fsynced)
 //!                                                                   ▼
-//!                                                       store::state_machine (fjall kv) ─▶ reply
+//!                                     store::state_machine ─▶ store::apply (fjall kv) ─▶ reply
 //! ```
+//!
+//! Below every layer, so any may use them without closing an import circle: [`types`]
+//! (openraft's `TypeConfig` and aliases), [`limits`] (protocol limits), [`command`] (what
+//! the log replicates) and [`config`]. `store` does not import `api`, and of `raft` only
+//! `store::log_store` does.
 //!
 //! [`node`] wires the pieces and owns shutdown; [`client::Client`] speaks the protocol;
 //! [`observe`] turns what happens along the way into metrics and telemetry events.

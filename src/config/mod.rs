@@ -2,11 +2,11 @@
 //! environment < command-line flags, loaded by figment in [`load`] and checked once by
 //! [`Config::validate`]. Read at startup, before the node opens its store or connects.
 //!
-//! - [`schema`]: the sections as serde structs, their defaults and accessors;
-//! - [`validate`]: the checks, each naming its field;
-//! - [`load`]: the figment layers and the unknown-variable warnings;
-//! - [`sources`]: where each setting came from (`--check-config`);
-//! - [`secrets`]: secrets read inline or from files, and masked for display.
+//! - `schema`: the sections as serde structs, their defaults and accessors;
+//! - `validate`: the checks, each naming its field;
+//! - `load`: the figment layers and the unknown-variable warnings;
+//! - `sources`: where each setting came from (`--check-config`);
+//! - `secrets`: secrets read inline or from files, and masked for display.
 //!
 //! A leaf of the crate: it imports only [`crate::limits`], so every layer may read it.
 

@@ -1,7 +1,7 @@
 //! Apply: committed log entries into the state machine, one batch at a time, on openraft's
 //! state-machine task (small batches) or the blocking pool ([`super::state_machine`] picks).
 //!
-//! Key-space writes go to the in-memory [`RecentWrites`](super::recent) table only, with the
+//! Key-space writes go to the in-memory `RecentWrites` (`store::recent`) table only, with the
 //! batch's `sm_meta` ([`SmMeta`]); a flush writes them to fjall later, in one batch. What
 //! changes rarely (membership, cluster id, tokens) goes to fjall with the batch that changed
 //! it. [`apply_command`] is the one place that says what each [`Command`] does; whether a

@@ -1,7 +1,7 @@
 //! [`RaftStateMachine`] on fjall: openraft's side of the state machine. It hands committed
-//! entries to [`super::apply`] (inline or on the blocking pool), snapshot builds and installs
-//! to [`super::snapshot`], and reports the applied state from [`SmMeta`]. The state itself
-//! lives in [`StateView`], which the request handlers read directly.
+//! entries to `store::apply` (inline or on the blocking pool), snapshot builds and installs
+//! to [`super::snapshot`], and reports the applied state from `SmMeta` (`store::meta`).
+//! The state itself lives in [`StateView`], which the request handlers read directly.
 //!
 //! Contract: `apply` records its writes in memory; a flush writes them to fjall with
 //! `last_applied`, membership and revision in one atomic batch, so fjall always holds the

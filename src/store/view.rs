@@ -4,8 +4,8 @@
 //!
 //! Contract: a flush writes the unflushed writes with their `sm_meta` in one atomic batch, so
 //! fjall always holds the state as of some applied index. Scans and digests flush first and
-//! then read fjall. Apply ([`super::apply`]) and snapshot install
-//! ([`super::snapshot::install`]) are the only writers of the figures kept here.
+//! then read fjall. Apply (`store::apply`) and snapshot install
+//! (`store::snapshot::install`) are the only writers of the figures kept here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

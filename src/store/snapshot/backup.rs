@@ -131,13 +131,13 @@ pub fn create(
     let body_path = dir.join(format!("{id}.body.part"));
     let part = dir.join(format!("{id}.part"));
     let res = (|| {
-        let (snap, cluster_id, body_bytes) = export(view, &body_path)?;
+        let (body_header, cluster_id, body_bytes) = export(view, &body_path)?;
         let header = BackupHeader {
             format_version: BACKUP_FORMAT,
             cluster_name: cluster_name.to_string(),
             cluster_id,
-            revision: snap.revision,
-            key_count: snap.key_count,
+            revision: body_header.revision,
+            key_count: body_header.key_count,
             created: crate::auth::tokens::rfc3339(crate::auth::tokens::now_ms()),
             node,
             body_bytes,
