@@ -17,10 +17,12 @@ mod v0002_data_bytes;
 /// The format this build writes.
 pub const CURRENT_FORMAT: u32 = 2;
 
-type Step = fn(&Store) -> Result<OwnedWriteBatch, Error>;
+/// One migration: the writes that bring a store from one format to the next.
+type Migration = fn(&Store) -> Result<OwnedWriteBatch, Error>;
 
-/// `STEPS[i]` brings a store from format `i` to `i + 1`.
-const STEPS: [Step; CURRENT_FORMAT as usize] = [v0001_initial_layout::run, v0002_data_bytes::run];
+/// `MIGRATIONS[i]` brings a store from format `i` to `i + 1`.
+const MIGRATIONS: [Migration; CURRENT_FORMAT as usize] =
+    [v0001_initial_layout::run, v0002_data_bytes::run];
 
 pub fn format_version(store: &Store) -> Result<u32, Error> {
     match store.meta.get(keys::META_FORMAT_VERSION)? {
@@ -51,7 +53,7 @@ pub(crate) fn run_to(store: &Store, target: u32) -> Result<(), Error> {
         });
     }
     for version in found..target.min(CURRENT_FORMAT) {
-        let mut batch = STEPS[version as usize](store)?;
+        let mut batch = MIGRATIONS[version as usize](store)?;
         batch.insert(
             &store.meta,
             keys::META_FORMAT_VERSION,
