@@ -1,5 +1,5 @@
-//! What the Raft log replicates: a versioned envelope around a [`Command`], and the
-//! [`Outcome`] of applying it.
+//! What the Raft log replicates: a versioned envelope around a [`Command`], and what
+//! applying it gave ([`Applied`]).
 //!
 //! Bincode encodes enum variants by index: new variants go at the end, never in between,
 //! so that entries written by an older build keep decoding.
@@ -85,6 +85,34 @@ impl Command {
         }
     }
 
+    /// Whether applying the command writes to fjall at once, not with the next flush: what
+    /// is not in the recent-writes table (the cluster id and the token table change rarely)
+    /// goes to fjall with the apply batch that changed it. Such a batch is applied on the
+    /// blocking pool, never inline on the async workers. No wildcard arm: a new command must
+    /// answer this.
+    pub fn flushes_at_once(&self) -> bool {
+        match self {
+            Command::Put { .. } | Command::Delete { .. } => false,
+            Command::Batch(parts) => parts.iter().any(Command::flushes_at_once),
+            Command::SetClusterId { .. }
+            | Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. } => true,
+        }
+    }
+
+    /// Client commands this command counts for when sizing an apply batch: each part of a
+    /// batch counts.
+    pub fn client_commands(&self) -> usize {
+        match self {
+            Command::Batch(parts) => parts.len(),
+            Command::SetClusterId { .. }
+            | Command::Put { .. }
+            | Command::Delete { .. }
+            | Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. } => 1,
+        }
+    }
+
     /// Bytes the command adds to an entry, for the size check before proposing.
     pub fn approximate_size(&self) -> usize {
         match self {
@@ -100,8 +128,10 @@ impl Command {
     }
 }
 
+/// What applying a command gave: openraft hands it back to the proposer (`R` of the
+/// `TypeConfig`), and the request handler turns it into the client's reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Outcome {
+pub enum Applied {
     /// Blank and membership entries.
     None,
     ClusterId {
@@ -114,7 +144,7 @@ pub enum Outcome {
         deleted: bool,
         revision: u64,
     },
-    Batch(Vec<Outcome>),
+    Batch(Vec<Applied>),
     /// A token command: whether it changed the table (false: the digest was already there,
     /// or already gone).
     Token {

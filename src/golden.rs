@@ -23,11 +23,11 @@ use uuid::Uuid;
 
 use crate::auth::{Role, TokenRecord};
 use crate::command::{Command, LogCommand, COMMAND_FORMAT};
-use crate::raft::types::{Entry, LogId, SnapshotMeta, TypeConfig, Vote};
 use crate::raft::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use crate::store::log_store::{decode_entry, encode_entry};
 use crate::store::snapshot::SNAPSHOT_FORMAT;
 use crate::store::snapshot::{Record, SnapshotHeader, SnapshotReader, SnapshotWriter};
+use crate::types::{Entry, LogId, SnapshotMeta, TypeConfig, Vote};
 
 /// One directory of fixtures: a kind and the format version that wrote them.
 struct Set {

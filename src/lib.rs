@@ -9,8 +9,13 @@
 //!                                                                   ▼
 //!            raft::network ──NATS──▶ raft::service (peers)     store::log_store (fjall, fsynced)
 //!                                                                   ▼
-//!                                                       store::state_machine (fjall kv) ─▶ reply
+//!                                     store::state_machine ─▶ store::apply (fjall kv) ─▶ reply
 //! ```
+//!
+//! Below every layer, so any may use them without closing an import circle: [`types`]
+//! (openraft's `TypeConfig` and aliases), [`limits`] (protocol limits), [`command`] (what
+//! the log replicates) and [`config`]. `store` does not import `api`, and of `raft` only
+//! `store::log_store` does.
 //!
 //! [`node`] opens, wires and bootstraps the pieces, answers `/readyz` (`node::health`) and
 //! owns shutdown; [`client::Client`] speaks the protocol;
@@ -31,6 +36,7 @@ pub mod error;
 pub mod failpoints;
 #[cfg(test)]
 mod golden;
+pub mod limits;
 pub mod lock;
 pub mod nats;
 pub mod node;
@@ -39,6 +45,7 @@ pub mod raft;
 pub mod signing;
 pub mod store;
 pub mod subjects;
+pub mod types;
 
 pub use client::Client;
 pub use error::{ErrorKind, WireError};

@@ -12,7 +12,7 @@ use super::read_index::ReadIndexError;
 use super::route::{self, AttemptError, Delivery, Routed};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
-use crate::command::{Command, Outcome};
+use crate::command::{Applied, Command};
 use crate::error::{internal, not_found, timeout, WireError};
 use crate::raft::types::RaftMetrics;
 use crate::subjects::KvOp;
@@ -189,7 +189,7 @@ async fn serve_on_leader(
                 value: value.clone(),
             };
             match propose(ctx, cmd, delivery).await? {
-                Outcome::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
+                Applied::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
                 other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
@@ -198,7 +198,7 @@ async fn serve_on_leader(
         KvRequest::Delete { key } => {
             let cmd = Command::Delete { key: key.clone() };
             match propose(ctx, cmd, delivery).await? {
-                Outcome::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
+                Applied::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
                     ok: true,
                     deleted,
                     revision,
@@ -255,7 +255,7 @@ pub(crate) async fn propose(
     ctx: &Ctx,
     cmd: Command,
     delivery: &Delivery,
-) -> Result<Outcome, AttemptError> {
+) -> Result<Applied, AttemptError> {
     delivery.mark();
     match ctx.consensus.proposer.propose(cmd).await {
         Ok(outcome) => Ok(outcome),

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::command::{Command, LogCommand, Outcome};
+use crate::command::{Applied, Command, LogCommand};
 use crate::raft::types::{Raft, RaftMetrics};
 
 /// Batches proposed at once: the next batch gathers while this one is in flight. openraft
@@ -42,7 +42,7 @@ pub enum ProposeError {
 struct QueuedWrite {
     command: Command,
     size: usize,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    reply: oneshot::Sender<Result<Applied, ProposeError>>,
 }
 
 #[derive(Clone)]
@@ -72,7 +72,7 @@ impl Proposer {
         Proposer { tx }
     }
 
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let (reply, rx) = oneshot::channel();
         let size = command.approximate_size();
         self.tx
@@ -243,7 +243,7 @@ async fn propose_batch(
         Err(RaftError::Fatal(e)) => Err(ProposeError::Failed(format!("raft stopped: {e}"))),
     };
     match result {
-        Ok(Outcome::Batch(outcomes)) if !single && outcomes.len() == replies.len() => {
+        Ok(Applied::Batch(outcomes)) if !single && outcomes.len() == replies.len() => {
             for (reply, o) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(o));
             }

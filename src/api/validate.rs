@@ -4,7 +4,7 @@ use crate::api::codec::KvRequest;
 use crate::error::{invalid_key, no_space, value_too_large, WireError};
 use crate::store::keys;
 
-pub const MAX_KEY_BYTES: usize = 1024;
+pub use crate::limits::MAX_KEY_BYTES;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

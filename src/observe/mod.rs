@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! api::server          request done ──┐                 ┌─▶ metrics (atomic adds)
-//! store::state_machine apply, snapshot ┤                 │
+//! store                apply, snapshot ┤                 │
 //! raft::network        rpc done ───────┼─▶ Observer ─────┤
 //! raft_watch, health   role, status ───┘                 └─▶ bounded queue ─▶ publish task ─▶ NATS
 //! ```

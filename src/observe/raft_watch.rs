@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::RAFT_STATES;
 use super::Observer;
-use crate::api::admin::role_name;
-use crate::raft::types::{Raft, RaftMetrics};
+use crate::types::role_name;
+use crate::types::{Raft, RaftMetrics};
 
 /// What the last wakeup saw.
 #[derive(Default)]

@@ -7,37 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampling {
-    All,
-    Sampled(f64),
-    Off,
-}
-
-impl Sampling {
-    /// Parses `all`, `off` or `sampled:R`; the error says what is accepted.
-    pub fn parse(spec: &str) -> Result<Sampling, String> {
-        let spec = spec.trim();
-        match spec {
-            "all" => return Ok(Sampling::All),
-            "off" => return Ok(Sampling::Off),
-            _ => {}
-        }
-        let bad = || format!("'{spec}' is not `all`, `off` or `sampled:R` with 0 < R <= 1");
-        let rate = spec
-            .strip_prefix("sampled:")
-            .ok_or_else(bad)?
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| bad())?;
-        // NaN fails both comparisons.
-        if rate > 0.0 && rate <= 1.0 {
-            Ok(Sampling::Sampled(rate))
-        } else {
-            Err(bad())
-        }
-    }
-}
+pub use crate::config::Sampling;
 
 /// Decides, event by event, which ones are kept.
 #[derive(Debug)]

@@ -60,7 +60,7 @@ impl Network {
     /// before them, without waiting for the leader's fsync. Entries of `size` bytes that
     /// need splitting go the usual way only, and so does a membership change: openraft
     /// alone knows whom it goes to (a removed node must not receive the change that removes
-    /// it, see `api::membership::watch_removal`).
+    /// it, see `api::admin::membership::watch_removal`).
     pub fn send_early(&self, rpc: AppendEntriesRequest<TypeConfig>, size: usize) {
         let membership = rpc
             .entries

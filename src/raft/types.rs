@@ -1,27 +1,3 @@
-//! The openraft type configuration and aliases used across the crate.
+//! The openraft types, kept under their old path: they live in [`crate::types`].
 
-use crate::command::{LogCommand, Outcome};
-
-openraft::declare_raft_types!(
-    /// Concord's Raft types: commands in, outcomes out, snapshots as files on disk.
-    pub TypeConfig:
-        D = LogCommand,
-        R = Outcome,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
-);
-
-pub type NodeId = u64;
-pub type Node = openraft::BasicNode;
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
+pub use crate::types::*;

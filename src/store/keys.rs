@@ -1,6 +1,6 @@
 //! Key and value encodings on disk. Log indices are big-endian so fjall orders them.
 
-use crate::raft::types::LogId;
+use crate::types::LogId;
 
 /// Keys of the `meta` keyspace (Raft vote and log state, format version).
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -38,8 +38,7 @@ pub fn kv_keyspace_name(generation: u64) -> String {
     format!("kv_{generation}")
 }
 
-/// Bytes a stored value holds in front of the JSON text (the revision).
-pub const VALUE_HEADER_BYTES: usize = 8;
+pub use crate::limits::VALUE_HEADER_BYTES;
 
 /// A stored value: the revision that last set it, then the JSON text.
 pub fn encode_value(revision: u64, json: &[u8]) -> Vec<u8> {

@@ -17,10 +17,12 @@ mod v0002_data_bytes;
 /// The format this build writes.
 pub const CURRENT_FORMAT: u32 = 2;
 
-type Step = fn(&Store) -> Result<OwnedWriteBatch, Error>;
+/// One migration: the writes that bring a store from one format to the next.
+type Migration = fn(&Store) -> Result<OwnedWriteBatch, Error>;
 
-/// `STEPS[i]` brings a store from format `i` to `i + 1`.
-const STEPS: [Step; CURRENT_FORMAT as usize] = [v0001_initial_layout::run, v0002_data_bytes::run];
+/// `MIGRATIONS[i]` brings a store from format `i` to `i + 1`.
+const MIGRATIONS: [Migration; CURRENT_FORMAT as usize] =
+    [v0001_initial_layout::run, v0002_data_bytes::run];
 
 pub fn format_version(store: &Store) -> Result<u32, Error> {
     match store.meta.get(keys::META_FORMAT_VERSION)? {
@@ -51,7 +53,7 @@ pub(crate) fn run_to(store: &Store, target: u32) -> Result<(), Error> {
         });
     }
     for version in found..target.min(CURRENT_FORMAT) {
-        let mut batch = STEPS[version as usize](store)?;
+        let mut batch = MIGRATIONS[version as usize](store)?;
         batch.insert(
             &store.meta,
             keys::META_FORMAT_VERSION,
@@ -107,10 +109,7 @@ mod tests {
     fn write_format_1_data(store: &Store, records: &[(&str, &str)]) -> u64 {
         let kv = store
             .db
-            .keyspace(
-                &keys::kv_keyspace_name(0),
-                super::super::state_machine::kv_options,
-            )
+            .keyspace(&keys::kv_keyspace_name(0), super::super::view::kv_options)
             .unwrap();
         let mut batch = store.db.batch();
         let mut expected = 0;
@@ -182,7 +181,7 @@ mod tests {
         let view = StateView::open(store).unwrap();
         assert_eq!(view.data_bytes(), expected);
         let mut sm = StateMachine::new(view.clone(), Observer::noop());
-        let entry = |index: u64, command: Command| crate::raft::types::Entry {
+        let entry = |index: u64, command: Command| crate::types::Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: openraft::EntryPayload::Normal(LogCommand::new(command)),
         };

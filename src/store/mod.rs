@@ -1,28 +1,47 @@
 //! On-disk state of a node: one fjall database holding the Raft vote and log
-//! ([`log_store`]), the state machine ([`state_machine`]) and snapshot metadata, with the
-//! snapshot files beside it ([`snapshot`]).
+//! ([`log_store`]), the state machine and snapshot metadata, with the snapshot files beside
+//! it. Below `raft` in the request path: openraft calls in through the log store and the
+//! state machine; `api` reads the state machine through [`StateView`]. Imports neither `api`
+//! nor `raft` (the openraft types come from [`crate::types`]).
+//!
+//! - [`log_store`]: `RaftLogStorage`: vote, entries, purge;
+//! - [`state_machine`]: `RaftStateMachine`: openraft's entry point to apply and snapshots;
+//! - `view`: [`StateView`], the state machine as request handlers read it (gets, scans,
+//!   figures) and its flush of recent writes to fjall;
+//! - `apply`: committed entries into the state machine, one arm per command;
+//! - `recent`: applied writes held in memory until a flush;
+//! - `meta`: the `sm_meta` schema, one struct with one read and one write;
+//! - [`snapshot`]: Raft snapshot files (format, build, install) and backup files;
+//! - [`keys`]: key and value encodings; [`migrations`]: the on-disk format's steps.
+//!
+//! "Snapshot" means a Raft snapshot only; a fjall `Snapshot` (an MVCC read of the database)
+//! is called a read view here.
 //!
 //! Keyspaces: `meta` (format version, vote, purge point, current snapshot), `raft_log`
 //! (big-endian index → entry), `sm_meta` (last applied, membership, revision, cluster id,
-//! kv generation), `tokens` (SHA-256 of a token → its metadata) and `kv_<generation>`
-//! (key → revision + JSON value; values from 1 KiB on in blob files).
+//! kv generation, key count, data size), `tokens` (SHA-256 of a token → its metadata) and
+//! `kv_<generation>` (key → revision + JSON value; values from 1 KiB on in blob files).
 
-pub mod backup;
+mod apply;
 pub mod keys;
 pub mod log_store;
+mod meta;
 pub mod migrations;
 mod recent;
 pub mod snapshot;
 pub mod state_machine;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use log_store::LogStore;
-pub use state_machine::{StateMachine, StateView};
+pub use snapshot::backup;
+pub use state_machine::StateMachine;
+pub use view::{Item, StateView};
 
 /// Memory for one keyspace's memtable.
 pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;

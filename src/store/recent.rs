@@ -18,6 +18,7 @@ use std::sync::RwLock;
 
 use fjall::{Keyspace, Slice};
 
+use super::meta::MetaEntries;
 use super::Error;
 
 /// Flushed entries are forgotten when the table would hold more keys than this...
@@ -32,9 +33,6 @@ const FLUSH_BYTES: usize = 8 << 20;
 /// A key's stored bytes (revision + JSON, the very slice fjall holds; clones share it),
 /// `None` for a key known to be absent.
 pub type Stored = Option<Slice>;
-
-/// `sm_meta` entries (key, encoded value) as of one apply.
-pub type Meta = Vec<(&'static [u8], Vec<u8>)>;
 
 #[derive(Default)]
 pub struct RecentWrites {
@@ -55,7 +53,7 @@ struct Generation {
     unflushed_commands: usize,
     unflushed_bytes: usize,
     /// `sm_meta` as of the newest batch, while it is not in fjall.
-    meta: Option<Meta>,
+    meta: Option<MetaEntries>,
 }
 
 struct Entry {
@@ -71,7 +69,7 @@ pub struct Unflushed {
     bytes: usize,
     /// Each written key once, with its newest stored bytes.
     pub writes: Vec<(String, Stored)>,
-    pub meta: Meta,
+    pub meta: MetaEntries,
 }
 
 impl RecentWrites {
@@ -156,7 +154,7 @@ impl RecentWrites {
         &self,
         generation: u64,
         pending: HashMap<String, Stored>,
-        meta: Meta,
+        meta: MetaEntries,
         commands: usize,
     ) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
@@ -231,7 +229,7 @@ impl BatchWrites<'_> {
 
     /// Publishes this batch's writes (`commands` commands, leaving `sm_meta` as `meta`) as
     /// applied but not yet flushed.
-    pub fn applied(self, meta: Meta, commands: usize) {
+    pub fn applied(self, meta: MetaEntries, commands: usize) {
         self.recent
             .absorb(self.generation, self.pending, meta, commands);
     }
@@ -245,7 +243,7 @@ mod tests {
         Some(Slice::from(v.as_bytes()))
     }
 
-    fn meta(applied: u8) -> Meta {
+    fn meta(applied: u8) -> MetaEntries {
         vec![(b"last_applied".as_slice(), vec![applied])]
     }
 

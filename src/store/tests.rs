@@ -10,8 +10,8 @@ use openraft::{
 };
 
 use super::{LogStore, StateMachine, StateView, Store};
-use crate::command::{Command, LogCommand, Outcome};
-use crate::raft::types::{StorageError, TypeConfig};
+use crate::command::{Applied, Command, LogCommand};
+use crate::types::{StorageError, TypeConfig};
 
 struct Builder;
 
@@ -78,7 +78,7 @@ async fn build_snapshot(sm: &mut StateMachine) -> openraft::Snapshot<TypeConfig>
 async fn install(
     to: &mut StateMachine,
     snap: openraft::Snapshot<TypeConfig>,
-) -> openraft::SnapshotMeta<u64, crate::raft::types::Node> {
+) -> openraft::SnapshotMeta<u64, crate::types::Node> {
     let mut recv = to.begin_receiving_snapshot().await.unwrap();
     let mut src = snap.snapshot;
     tokio::io::copy(&mut src, &mut *recv).await.unwrap();
@@ -117,8 +117,8 @@ fn log_vote_and_state_machine_survive_reopen() {
             ];
             write_log(&store, &entries);
             let outcomes = sm.apply(entries).await.unwrap();
-            assert_eq!(outcomes[1], Outcome::Put { revision: 1 });
-            assert_eq!(outcomes[3], Outcome::Put { revision: 3 });
+            assert_eq!(outcomes[1], Applied::Put { revision: 1 });
+            assert_eq!(outcomes[3], Applied::Put { revision: 3 });
             store.db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
         let (store, view) = open(dir.path());

@@ -80,15 +80,7 @@ pub struct MembersReply {
     pub nodes: Vec<NodeMember>,
 }
 
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
+pub use crate::types::role_name;
 
 /// Status and membership are this node's own view: checked against its own token table.
 pub(super) async fn own_view(

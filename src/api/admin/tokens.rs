@@ -13,7 +13,7 @@ use crate::api::route::{self, AttemptError, Delivery, Routed};
 use crate::api::{codec, Ctx};
 use crate::auth::tokens::{self, Role, TokenRecord};
 use crate::auth::Credential;
-use crate::command::{Command, Outcome};
+use crate::command::{Applied, Command};
 use crate::error::{bad_request, internal, not_found, WireError};
 use crate::subjects::AdminOp;
 
@@ -252,7 +252,7 @@ async fn create(
     };
     let info = TokenInfo::of(&record, now);
     match propose(ctx, Command::TokenCreate { digest, record }, delivery).await? {
-        Outcome::Token { changed: true } => {
+        Applied::Token { changed: true } => {
             tracing::info!(id = %info.id, role = %info.role, "token created");
             Ok(codec::encode_ok(&Created {
                 ok: true,
@@ -260,7 +260,7 @@ async fn create(
                 info,
             }))
         }
-        Outcome::Token { changed: false } => Err(AttemptError::Fail(internal(
+        Applied::Token { changed: false } => Err(AttemptError::Fail(internal(
             "token id clash; create it again",
         ))),
         other => Err(AttemptError::Fail(internal(format!(
@@ -288,7 +288,7 @@ async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, Att
     };
     let public_id = tokens::id_of(&digest);
     match propose(ctx, Command::TokenRevoke { digest }, delivery).await? {
-        Outcome::Token { changed } => {
+        Applied::Token { changed } => {
             tracing::info!(id = %public_id, "token revoked");
             Ok(codec::encode_ok(&Revoked {
                 ok: true,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::Error;
+use crate::store::Error;
 
 const MAGIC: &[u8; 8] = b"CNCDSNAP";
 pub const SNAPSHOT_FORMAT: u32 = 2;

@@ -4,7 +4,7 @@
 //! ```text
 //! CONCORD-BACKUP 1\n
 //! {"format_version":1,"cluster_name":..,"revision":..,"key_count":..,"body_bytes":N,..}\n
-//! body: N bytes, a snapshot stream (see [`super::snapshot`]) without cluster id
+//! body: N bytes, a snapshot stream (see [`super::file`]) without cluster id
 //! SHA256 <64 hex digits of the SHA-256 of every byte before this line>\n
 //! ```
 //!
@@ -12,20 +12,18 @@
 //! decodes fully and matches the header. A restore installs the body through the same path
 //! as a received snapshot, recorded as a snapshot at log id 0-0-1 (see [`restore`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use openraft::{BasicNode, CommittedLeaderId, Membership};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::snapshot::{Record, SnapshotReader};
-use super::state_machine::{self, StateView};
-use super::{keys, Store};
-use crate::raft::types::{LogId, SnapshotMeta, StoredMembership};
+use super::build::export;
+use super::file::{Record, SnapshotReader};
+pub use super::restore::{restore, restored_log_id, Restored};
+use crate::store::{view::StateView, Error as StoreError};
 
 /// The format this build writes (and the newest it reads).
 pub const BACKUP_FORMAT: u32 = 1;
@@ -38,8 +36,6 @@ const MAX_HEADER_BYTES: u64 = 64 * 1024;
 /// Index of the log id a restored state is recorded at: a freshly initialized node has its
 /// membership at index 0, a restored one must be strictly ahead of it.
 pub const RESTORED_INDEX: u64 = 1;
-/// Memory for the block cache while restoring.
-const RESTORE_CACHE_MIB: u64 = 16;
 
 /// The JSON header line of a backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +83,7 @@ pub enum BackupError {
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
-    Store(#[from] super::Error),
+    Store(#[from] StoreError),
 }
 
 impl BackupError {
@@ -129,19 +125,19 @@ pub fn create(
     dir: &Path,
     cluster_name: &str,
     node: u64,
-) -> Result<Written, super::Error> {
+) -> Result<Written, StoreError> {
     std::fs::create_dir_all(dir)?;
     let id = Uuid::new_v4().simple().to_string();
     let body_path = dir.join(format!("{id}.body.part"));
     let part = dir.join(format!("{id}.part"));
     let res = (|| {
-        let (snap, cluster_id, body_bytes) = state_machine::export(view, &body_path)?;
+        let (body_header, cluster_id, body_bytes) = export(view, &body_path)?;
         let header = BackupHeader {
             format_version: BACKUP_FORMAT,
             cluster_name: cluster_name.to_string(),
             cluster_id,
-            revision: snap.revision,
-            key_count: snap.key_count,
+            revision: body_header.revision,
+            key_count: body_header.key_count,
             created: crate::auth::tokens::rfc3339(crate::auth::tokens::now_ms()),
             node,
             body_bytes,
@@ -149,7 +145,7 @@ pub fn create(
         let mut out = HashingWriter::new(File::create(&part)?);
         out.put(format!("{MAGIC} {BACKUP_FORMAT}\n").as_bytes())?;
         let mut line = serde_json::to_vec(&header)
-            .map_err(|e| super::Error::Corrupt(format!("backup header: {e}")))?;
+            .map_err(|e| StoreError::Corrupt(format!("backup header: {e}")))?;
         line.push(b'\n');
         out.put(&line)?;
         let mut body = File::open(&body_path)?;
@@ -229,22 +225,49 @@ fn read_line(r: &mut impl BufRead, max: u64) -> std::io::Result<Option<Vec<u8>>>
 /// Checks a backup file completely before anything trusts it: magic, header, length,
 /// checksum, then the body decodes fully and agrees with the header.
 pub fn verify(file: &Path) -> Result<Verified, BackupError> {
-    let io = |source| BackupError::Io {
+    let f = File::open(file).map_err(io_error(file))?;
+    let len = f.metadata().map_err(io_error(file))?.len();
+    let mut r = BufReader::with_capacity(256 * 1024, f);
+    let head = read_head(file, &mut r, len)?;
+    check_checksum(file, &mut r, &head)?;
+    let tokens = check_body(file, r.into_inner(), &head)?;
+    Ok(Verified {
+        header: head.header,
+        body_offset: head.body_offset,
+        tokens,
+    })
+}
+
+/// The first two lines of a backup, as read.
+struct Head {
+    magic: String,
+    line: Vec<u8>,
+    header: BackupHeader,
+    body_offset: u64,
+}
+
+fn io_error(file: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
         file: file.to_path_buf(),
         source,
-    };
-    let corrupted = |why: String| BackupError::Corrupted {
+    }
+}
+
+fn corrupted(file: &Path, why: String) -> BackupError {
+    BackupError::Corrupted {
         file: file.to_path_buf(),
         why,
-    };
-    let f = File::open(file).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    let mut r = BufReader::with_capacity(256 * 1024, f);
+    }
+}
 
+/// Reads the magic line and the header, and checks the file's length against the header.
+fn read_head(file: &Path, r: &mut BufReader<File>, len: u64) -> Result<Head, BackupError> {
+    let io = io_error(file);
+    let corrupted = |why: String| corrupted(file, why);
     let not_backup = || BackupError::NotABackup {
         file: file.to_path_buf(),
     };
-    let magic = read_line(&mut r, 32).map_err(io)?.ok_or_else(not_backup)?;
+    let magic = read_line(r, 32).map_err(&io)?.ok_or_else(not_backup)?;
     let magic = String::from_utf8(magic).map_err(|_| not_backup())?;
     let version: u32 = magic
         .strip_prefix(MAGIC)
@@ -260,8 +283,8 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
     if version == 0 {
         return Err(not_backup());
     }
-    let line = read_line(&mut r, MAX_HEADER_BYTES)
-        .map_err(io)?
+    let line = read_line(r, MAX_HEADER_BYTES)
+        .map_err(&io)?
         .ok_or_else(|| corrupted("the header line is incomplete".into()))?;
     let header: BackupHeader = serde_json::from_slice(&line)
         .map_err(|e| corrupted(format!("the header is not valid: {e}")))?;
@@ -287,35 +310,50 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
             found - expected
         )));
     }
+    Ok(Head {
+        magic,
+        line,
+        header,
+        body_offset,
+    })
+}
 
-    // Checksum over everything before the trailer.
+/// Checks the checksum trailer over everything before it; `r` stands at the body.
+fn check_checksum(file: &Path, r: &mut BufReader<File>, head: &Head) -> Result<(), BackupError> {
+    let io = io_error(file);
     let mut hash = Sha256::new();
-    hash.update(magic.as_bytes());
+    hash.update(head.magic.as_bytes());
     hash.update(b"\n");
-    hash.update(&line);
+    hash.update(&head.line);
     hash.update(b"\n");
-    let mut body = (&mut r).take(header.body_bytes);
+    let mut body = (&mut *r).take(head.header.body_bytes);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = body.read(&mut buf).map_err(io)?;
+        let n = body.read(&mut buf).map_err(&io)?;
         if n == 0 {
             break;
         }
         hash.update(&buf[..n]);
     }
     let mut trailer = Vec::new();
-    r.read_to_end(&mut trailer).map_err(io)?;
+    r.read_to_end(&mut trailer).map_err(&io)?;
     let given = trailer
         .strip_prefix(TRAILER_TAG)
         .and_then(|t| t.strip_suffix(b"\n"))
-        .ok_or_else(|| corrupted("checksum trailer is missing or malformed".into()))?;
+        .ok_or_else(|| corrupted(file, "checksum trailer is missing or malformed".into()))?;
     if given != hex(&hash.finalize()).as_bytes() {
-        return Err(corrupted("checksum mismatch".into()));
+        return Err(corrupted(file, "checksum mismatch".into()));
     }
+    Ok(())
+}
 
-    // The checksum holds: the body should decode; check it anyway before trusting it.
-    let mut f = r.into_inner();
-    f.seek(SeekFrom::Start(body_offset)).map_err(io)?;
+/// The checksum holds: the body should decode; check it anyway before trusting it, and
+/// against the header. Returns the number of tokens.
+fn check_body(file: &Path, mut f: File, head: &Head) -> Result<u64, BackupError> {
+    let corrupted = |why: String| corrupted(file, why);
+    let header = &head.header;
+    f.seek(SeekFrom::Start(head.body_offset))
+        .map_err(io_error(file))?;
     let mut reader = SnapshotReader::new(f.take(header.body_bytes))
         .map_err(|e| corrupted(format!("the body does not decode: {e}")))?;
     let (mut keys, mut tokens) = (0u64, 0u64);
@@ -341,145 +379,16 @@ pub fn verify(file: &Path) -> Result<Verified, BackupError> {
             header.key_count
         )));
     }
-    Ok(Verified {
-        header,
-        body_offset,
-        tokens,
-    })
-}
-
-/// What [`restore`] did.
-#[derive(Debug, Clone)]
-pub struct Restored {
-    pub header: BackupHeader,
-    pub members: BTreeSet<u64>,
-    pub tokens: u64,
-    pub dir: PathBuf,
-}
-
-/// The log id a restored state is recorded at: term 0, index [`RESTORED_INDEX`].
-pub fn restored_log_id() -> LogId {
-    LogId::new(CommittedLeaderId::new(0, 0), RESTORED_INDEX)
-}
-
-/// Seeds a new data directory from a backup: the state as if installed from a snapshot at
-/// [`restored_log_id`] L, with voters `members` at L, the log purged up to L, no vote and no
-/// cluster id (the first leader commits a fresh one). `dir` must be absent or empty; the
-/// file is verified completely before anything is written.
-pub fn restore(file: &Path, dir: &Path, members: &BTreeSet<u64>) -> Result<Restored, BackupError> {
-    if members.is_empty() || members.contains(&0) {
-        return Err(BackupError::Refused(
-            "the members must be one or more node ids above 0, e.g. --members 1,2,3".into(),
-        ));
-    }
-    let existed = check_empty(dir)?;
-    let verified = verify(file)?;
-    let res = seed(file, dir, members, &verified);
-    if res.is_err() {
-        // Leave the directory as it was found.
-        if existed {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    let _ = std::fs::remove_dir_all(e.path())
-                        .or_else(|_| std::fs::remove_file(e.path()));
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    res?;
-    Ok(Restored {
-        header: verified.header,
-        members: members.clone(),
-        tokens: verified.tokens,
-        dir: dir.to_path_buf(),
-    })
-}
-
-/// Refuses a data directory that holds anything; returns whether it exists.
-fn check_empty(dir: &Path) -> Result<bool, BackupError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_none() {
-                return Ok(true);
-            }
-            let what = if dir.join("db").exists() {
-                "holds a Concord store"
-            } else {
-                "is not empty"
-            };
-            Err(BackupError::Refused(format!(
-                "data directory {} {what}: restore only into a new, empty directory (stop the node and move its data away first)",
-                dir.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(BackupError::Refused(
-            format!("{} is not a directory", dir.display()),
-        )),
-        Err(e) => Err(BackupError::Io {
-            file: dir.to_path_buf(),
-            source: e,
-        }),
-    }
-}
-
-fn seed(
-    file: &Path,
-    dir: &Path,
-    members: &BTreeSet<u64>,
-    verified: &Verified,
-) -> Result<(), BackupError> {
-    let at = restored_log_id();
-    let nodes: BTreeMap<u64, BasicNode> = members
-        .iter()
-        .map(|&id| (id, BasicNode::default()))
-        .collect();
-    let membership = Membership::new(vec![members.clone()], nodes);
-    let meta = SnapshotMeta {
-        last_log_id: Some(at),
-        last_membership: StoredMembership::new(Some(at), membership),
-        snapshot_id: format!("restored-{}", Uuid::new_v4().simple()),
-    };
-    let store = Store::open(dir, RESTORE_CACHE_MIB, true)?;
-    let view = StateView::open(store.clone())?;
-    let mut body = File::open(file).map_err(|source| BackupError::Io {
-        file: file.to_path_buf(),
-        source,
-    })?;
-    body.seek(SeekFrom::Start(verified.body_offset))
-        .map_err(|source| BackupError::Io {
-            file: file.to_path_buf(),
-            source,
-        })?;
-    // The same path as a received snapshot, then the current snapshot from the installed
-    // state: a member that starts empty gets it by snapshot install, as no log precedes L.
-    state_machine::install(&view, &meta, body)?;
-    state_machine::build(&view)?;
-    // As `purge` records it: the log starts after L.
-    let purged = bincode::serialize(&Some(at))
-        .map_err(|e| super::Error::Corrupt(format!("purge point: {e}")))?;
-    store
-        .meta
-        .insert(keys::META_LAST_PURGED, purged)
-        .map_err(super::Error::from)?;
-    store
-        .db
-        .persist(fjall::PersistMode::SyncAll)
-        .map_err(super::Error::from)?;
-    if store.is_pristine()? {
-        return Err(BackupError::Store(super::Error::Corrupt(
-            "the restored store reads as pristine".into(),
-        )));
-    }
-    Ok(())
+    Ok(tokens)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::snapshot::{SnapshotHeader, SnapshotWriter};
+    use crate::store::{keys, Store};
+    use crate::types::LogId;
+    use std::collections::BTreeSet;
 
     /// A backup file of `n` keys written by hand (no state machine needed).
     fn sample(dir: &Path, n: u32) -> PathBuf {
@@ -623,7 +532,7 @@ mod tests {
         assert_eq!(view.cluster_id(), None);
         assert_eq!(view.get("k0007").unwrap().unwrap().0, 8);
         let purged: Option<Option<LogId>> =
-            super::super::log_store::read_bincode(&store.meta, keys::META_LAST_PURGED).unwrap();
+            crate::store::log_store::read_bincode(&store.meta, keys::META_LAST_PURGED).unwrap();
         assert_eq!(purged.flatten(), Some(restored_log_id()));
         assert!(store.meta.get(keys::META_VOTE).unwrap().is_none());
         assert!(store.meta.get(keys::META_SNAPSHOT).unwrap().is_some());

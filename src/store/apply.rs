@@ -1,0 +1,272 @@
+//! Apply: committed log entries into the state machine, one batch at a time, on openraft's
+//! state-machine task (small batches) or the blocking pool ([`super::state_machine`] picks).
+//!
+//! Key-space writes go to the in-memory `RecentWrites` (`store::recent`) table only, with the
+//! batch's `sm_meta` ([`SmMeta`]); a flush writes them to fjall later, in one batch. What
+//! changes rarely (membership, cluster id, tokens) goes to fjall with the batch that changed
+//! it. [`apply_command`] is the one place that says what each [`Command`] does; whether a
+//! command makes its batch flush at once is the command's own answer
+//! ([`Command::flushes_at_once`]). Never blocks on the network and never fsyncs: the log is
+//! durable and openraft re-applies it past `last_applied` after a crash.
+
+use fjall::Keyspace;
+use openraft::EntryPayload;
+use uuid::Uuid;
+
+use super::meta::{enc, SmMeta};
+use super::recent::BatchWrites;
+use super::view::StateView;
+use super::{keys, Error};
+use crate::auth::{TokenDigest, TokenRecord, TokenTable};
+use crate::command::{Applied, Command, COMMAND_FORMAT};
+use crate::observe::{AppliedFigures, ApplyProbe, Observer};
+use crate::types::{Entry, StoredMembership};
+
+/// Whether applying `entry` writes to fjall at once: a membership change, or a command that
+/// says so. Such a batch goes to the blocking pool, never inline on the async workers.
+pub(super) fn flushes_at_once(entry: &Entry) -> bool {
+    match &entry.payload {
+        EntryPayload::Normal(c) => c.command.flushes_at_once(),
+        EntryPayload::Membership(_) => true,
+        EntryPayload::Blank => false,
+    }
+}
+
+/// Client commands in one log entry: each command of a batch counts.
+pub(super) fn commands_in(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(c) => c.command.client_commands(),
+        EntryPayload::Membership(_) | EntryPayload::Blank => 1,
+    }
+}
+
+/// One apply batch in progress: its writes, the state machine's figures as it leaves them,
+/// and the apply events of its commands.
+struct ApplyBatch<'a> {
+    /// Token changes, committed to fjall with this batch's flush.
+    fjall_batch: fjall::OwnedWriteBatch,
+    /// Key-space writes, published to the recent-writes table.
+    writes: BatchWrites<'a>,
+    revision: u64,
+    cluster_id: Option<Uuid>,
+    key_count: u64,
+    data_bytes: u64,
+    /// Token changes of this batch, applied to the in-memory table after the commit.
+    token_changes: Vec<(TokenDigest, Option<TokenRecord>)>,
+    token_table: &'a TokenTable,
+    tokens_ks: &'a Keyspace,
+    /// The apply events so far, and the index of the entry being applied.
+    events: ApplyProbe<'a>,
+    index: u64,
+}
+
+impl ApplyBatch<'_> {
+    fn has_token(&self, d: &TokenDigest) -> bool {
+        match self.token_changes.iter().rev().find(|(x, _)| x == d) {
+            Some((_, rec)) => rec.is_some(),
+            None => self.token_table.contains(d),
+        }
+    }
+}
+
+/// Applies one command: key-space writes to the batch's writes (flushed later), token
+/// changes to its fjall batch. A batch command is applied by its parts, each with its own
+/// apply event.
+fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
+    let event = match &cmd {
+        Command::Batch(_) => None,
+        other => b.events.start().map(|started| {
+            let key = match other {
+                Command::Put { key, .. } | Command::Delete { key } if b.events.include_keys() => {
+                    Some(key.clone())
+                }
+                _ => None,
+            };
+            (started, other.name(), key)
+        }),
+    };
+    let outcome = match cmd {
+        Command::SetClusterId { id } => {
+            // Set once: a second initializer cannot rename a live cluster.
+            let id = *b.cluster_id.get_or_insert(id);
+            Applied::ClusterId { id }
+        }
+        Command::Put { key, value } => {
+            b.revision += 1;
+            match b.writes.size(&key)? {
+                Some(old) => {
+                    b.data_bytes = b
+                        .data_bytes
+                        .saturating_sub(keys::entry_bytes(key.len(), old as usize))
+                }
+                None => b.key_count += 1,
+            }
+            let stored_value = keys::encode_value(b.revision, value.as_bytes());
+            b.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
+            b.writes.set(key, Some(fjall::Slice::from(stored_value)));
+            Applied::Put {
+                revision: b.revision,
+            }
+        }
+        Command::Delete { key } => {
+            if let Some(old) = b.writes.size(&key)? {
+                b.revision += 1;
+                b.key_count = b.key_count.saturating_sub(1);
+                b.data_bytes = b
+                    .data_bytes
+                    .saturating_sub(keys::entry_bytes(key.len(), old as usize));
+                b.writes.set(key, None);
+                Applied::Delete {
+                    deleted: true,
+                    revision: b.revision,
+                }
+            } else {
+                Applied::Delete {
+                    deleted: false,
+                    revision: b.revision,
+                }
+            }
+        }
+        Command::Batch(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for part in parts {
+                out.push(apply_command(part, b)?);
+            }
+            Applied::Batch(out)
+        }
+        Command::TokenCreate { digest, record } => {
+            // Ids are digest prefixes: refuse a (vanishingly unlikely) clash too.
+            let clash = b.has_token(&digest) || b.token_table.find_id(&record.id).is_some();
+            if !clash {
+                b.fjall_batch.insert(b.tokens_ks, digest, enc(&record));
+                b.token_changes.push((digest, Some(record)));
+            }
+            Applied::Token { changed: !clash }
+        }
+        Command::TokenRevoke { digest } => {
+            let present = b.has_token(&digest);
+            if present {
+                b.fjall_batch.remove(b.tokens_ks, digest);
+                b.token_changes.push((digest, None));
+            }
+            Applied::Token { changed: present }
+        }
+    };
+    if let Some((started, operation, key)) = event {
+        b.events.record(started, operation, b.index, key);
+    }
+    Ok(outcome)
+}
+
+/// Applies one batch of entries (`commands` client commands in all), on the blocking pool
+/// unless it is small and flushes nothing (`inline`). Each command's apply event is emitted
+/// once the batch is applied.
+pub(super) fn apply_entries(
+    view: &StateView,
+    observer: &Observer,
+    entries: Vec<Entry>,
+    commands: usize,
+    inline: bool,
+) -> Result<Vec<Applied>, Error> {
+    let started = std::time::Instant::now();
+    let (generation, kv) = view.kv();
+    let mut b = ApplyBatch {
+        fjall_batch: view.store.db.batch(),
+        writes: view.recent.batch(&kv, generation, commands),
+        revision: view.revision(),
+        cluster_id: view.cluster_id(),
+        key_count: view.key_count(),
+        data_bytes: view.data_bytes(),
+        token_changes: Vec::new(),
+        token_table: &view.tokens,
+        tokens_ks: &view.store.tokens,
+        events: observer.apply_probe(),
+        index: 0,
+    };
+    let mut last_applied = None;
+    let mut membership = None;
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        last_applied = Some(entry.log_id);
+        let outcome = match entry.payload {
+            EntryPayload::Blank => Applied::None,
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                Applied::None
+            }
+            EntryPayload::Normal(cmd) => {
+                // Applying a format this build does not know could diverge from the nodes
+                // that do: stop instead (the rolling-upgrade rule keeps this from happening).
+                if cmd.format == 0 || cmd.format > COMMAND_FORMAT {
+                    return Err(Error::Corrupt(format!(
+                        "log entry {} has command format {}, this build reads 1 to {COMMAND_FORMAT}; upgrade this node",
+                        entry.log_id.index, cmd.format
+                    )));
+                }
+                b.index = entry.log_id.index;
+                apply_command(cmd.command, &mut b)?
+            }
+        };
+        outcomes.push(outcome);
+    }
+
+    // Membership, cluster id and tokens change rarely and are not in the write table: they
+    // go to fjall with this batch, so the `sm_meta` of any later flush stays true for them.
+    let flush_now =
+        membership.is_some() || !b.fjall_batch.is_empty() || b.cluster_id != view.cluster_id();
+    let mut applied_membership = view.membership.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = membership {
+        *applied_membership = m;
+    }
+    let meta = SmMeta {
+        last_applied,
+        membership: applied_membership.clone(),
+        revision: b.revision,
+        cluster_id: b.cluster_id,
+        kv_generation: generation,
+        key_count: b.key_count,
+        data_bytes: b.data_bytes,
+    };
+    drop(applied_membership);
+    let ApplyBatch {
+        fjall_batch,
+        writes,
+        token_changes,
+        events,
+        ..
+    } = b;
+    writes.applied(meta.write(), commands);
+    // A due flush waits for an apply off the async workers (`apply` sends it there).
+    if flush_now || (!inline && view.recent.flush_due(generation, 0)) {
+        view.flush_with(fjall_batch)?;
+    }
+    view.tokens.apply(token_changes);
+    publish_figures(view, &meta);
+    observer.applied(
+        events,
+        started.elapsed(),
+        AppliedFigures {
+            revision: meta.revision,
+            key_count: meta.key_count,
+            data_bytes: meta.data_bytes,
+        },
+    );
+    Ok(outcomes)
+}
+
+/// Makes the figures of an applied batch visible to the request handlers.
+fn publish_figures(view: &StateView, meta: &SmMeta) {
+    use std::sync::atomic::Ordering::Relaxed;
+    view.key_count.store(meta.key_count, Relaxed);
+    view.data_bytes.store(meta.data_bytes, Relaxed);
+    view.revision.send_if_modified(|r| {
+        let changed = *r != meta.revision;
+        *r = meta.revision;
+        changed
+    });
+    view.cluster_id.send_if_modified(|c| {
+        let changed = *c != meta.cluster_id;
+        *c = meta.cluster_id;
+        changed
+    });
+}

@@ -1,0 +1,80 @@
+//! The `sm_meta` schema: the state machine's metadata beside its key space, as one struct
+//! with one read and one write. Every writer of `sm_meta` (an apply's flush, a snapshot
+//! install) and every reader (open, `applied_state`, snapshot builds) goes through here, so
+//! the keys and their encodings are written out once.
+//!
+//! Each field is bincode under its own key of [`keys`]; a missing key reads as the default
+//! (a fresh store, or `data_bytes` before format 2).
+
+use fjall::Readable;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{keys, Error, Store};
+use crate::types::{LogId, StoredMembership};
+
+/// `sm_meta` entries (key, encoded value), ready for a write batch.
+pub type MetaEntries = Vec<(&'static [u8], Vec<u8>)>;
+
+/// The state machine's metadata, as of one applied index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SmMeta {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// Revision of the newest write.
+    pub revision: u64,
+    /// Set once by the cluster's first command.
+    pub cluster_id: Option<Uuid>,
+    /// Which `kv_<generation>` keyspace holds the keys (an install fills the next one).
+    pub kv_generation: u64,
+    /// Exact number of live keys.
+    pub key_count: u64,
+    /// Live data size: key bytes + stored value bytes of every live key.
+    pub data_bytes: u64,
+}
+
+impl SmMeta {
+    /// Reads the metadata as `read_view` (one fjall read snapshot) holds it.
+    pub fn read(read_view: &fjall::Snapshot, store: &Store) -> Result<SmMeta, Error> {
+        let field = |key: &'static [u8]| -> Result<Option<fjall::Slice>, Error> {
+            Ok(read_view.get(&store.sm_meta, key)?)
+        };
+        Ok(SmMeta {
+            last_applied: de::<Option<LogId>>(field(keys::SM_LAST_APPLIED)?, "last_applied")?
+                .flatten(),
+            membership: de(field(keys::SM_MEMBERSHIP)?, "membership")?.unwrap_or_default(),
+            revision: de(field(keys::SM_REVISION)?, "revision")?.unwrap_or(0),
+            cluster_id: de::<Option<Uuid>>(field(keys::SM_CLUSTER_ID)?, "cluster_id")?.flatten(),
+            kv_generation: de(field(keys::SM_KV_GENERATION)?, "kv_generation")?.unwrap_or(0),
+            key_count: de(field(keys::SM_KEY_COUNT)?, "key_count")?.unwrap_or(0),
+            data_bytes: de(field(keys::SM_DATA_BYTES)?, "data_bytes")?.unwrap_or(0),
+        })
+    }
+
+    /// Every field as an `sm_meta` entry, to go into one write batch with the state it
+    /// describes.
+    pub fn write(&self) -> MetaEntries {
+        vec![
+            (keys::SM_LAST_APPLIED, enc(&self.last_applied)),
+            (keys::SM_MEMBERSHIP, enc(&self.membership)),
+            (keys::SM_REVISION, enc(&self.revision)),
+            (keys::SM_CLUSTER_ID, enc(&self.cluster_id)),
+            (keys::SM_KV_GENERATION, enc(&self.kv_generation)),
+            (keys::SM_KEY_COUNT, enc(&self.key_count)),
+            (keys::SM_DATA_BYTES, enc(&self.data_bytes)),
+        ]
+    }
+}
+
+fn de<T: serde::de::DeserializeOwned>(
+    v: Option<fjall::Slice>,
+    what: &str,
+) -> Result<Option<T>, Error> {
+    v.map(|b| bincode::deserialize(&b).map_err(|e| Error::Corrupt(format!("{what}: {e}"))))
+        .transpose()
+}
+
+/// Encodes plain metadata; serializing such data into a `Vec` cannot fail.
+pub(super) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).unwrap_or_default()
+}

@@ -1,0 +1,104 @@
+//! Installing a Raft snapshot received from the leader (or a backup's body): a fresh
+//! keyspace filled from the snapshot file, then switched to in one durable batch with the new
+//! `sm_meta` and token table. An install that fails midway leaves the old state in place.
+//! Runs on the blocking pool, with flushes held off.
+
+use std::collections::HashMap;
+
+use fjall::PersistMode;
+
+use super::file::{Record as Streamed, SnapshotHeader, SnapshotReader};
+use crate::store::meta::{enc, SmMeta};
+use crate::store::view::{decode_token, kv_options, StateView};
+use crate::store::{keys, Error};
+use crate::types::SnapshotMeta;
+
+/// Records per write batch while installing a snapshot.
+const INSTALL_BATCH: usize = 4096;
+
+/// Fills a fresh keyspace from a received snapshot and switches to it in one durable batch.
+pub(crate) fn install(
+    view: &StateView,
+    meta: &SnapshotMeta,
+    file: std::fs::File,
+) -> Result<(), Error> {
+    let store = &view.store;
+    // The snapshot supersedes whatever is unflushed: no flush may write it over the new state.
+    let _no_flush = view.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let (generation, old) = view.kv();
+    let next = generation + 1;
+    let name = keys::kv_keyspace_name(next);
+    if store.db.keyspace_exists(&name) {
+        let stale = store.db.keyspace(&name, kv_options)?;
+        store.db.delete_keyspace(stale)?;
+    }
+    let fresh = store.db.keyspace(&name, kv_options)?;
+    let mut tokens = HashMap::new();
+    // Recounted from the records: the live data size is not in the snapshot header.
+    let mut data_bytes = 0u64;
+    let filled = (|| -> Result<SnapshotHeader, Error> {
+        let mut reader = SnapshotReader::new(file)?;
+        let mut batch = store.db.batch();
+        let mut n = 0;
+        while let Some(record) = reader.next_record()? {
+            match record {
+                Streamed::Kv(k, v) => {
+                    data_bytes += keys::entry_bytes(k.len(), v.len());
+                    batch.insert(&fresh, k, v);
+                    n += 1;
+                    if n % INSTALL_BATCH == 0 {
+                        std::mem::replace(&mut batch, store.db.batch()).commit()?;
+                    }
+                }
+                Streamed::Token(k, v) => {
+                    let (digest, record) = decode_token(&k, &v)?;
+                    tokens.insert(digest, record);
+                }
+            }
+        }
+        batch.commit()?;
+        Ok(reader.header.clone())
+    })();
+    let header = match filled {
+        Ok(h) => h,
+        Err(e) => {
+            store.db.delete_keyspace(fresh)?;
+            return Err(e);
+        }
+    };
+    store.db.persist(PersistMode::SyncAll)?;
+
+    let installed = SmMeta {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        revision: header.revision,
+        cluster_id: header.cluster_id,
+        kv_generation: next,
+        key_count: header.key_count,
+        data_bytes,
+    };
+    let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
+    for (key, value) in installed.write() {
+        batch.insert(&store.sm_meta, key, value);
+    }
+    // The token table is small: replace it within the same durable batch.
+    for guard in store.tokens.iter() {
+        batch.remove(&store.tokens, guard.key()?);
+    }
+    for (digest, record) in &tokens {
+        batch.insert(&store.tokens, *digest, enc(record));
+    }
+    batch.commit()?;
+    view.tokens.replace(tokens);
+    *view.membership.lock().unwrap_or_else(|e| e.into_inner()) = installed.membership;
+
+    *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
+    store.db.delete_keyspace(old)?;
+    view.key_count
+        .store(header.key_count, std::sync::atomic::Ordering::Relaxed);
+    view.data_bytes
+        .store(data_bytes, std::sync::atomic::Ordering::Relaxed);
+    view.revision.send_replace(header.revision);
+    view.cluster_id.send_replace(header.cluster_id);
+    Ok(())
+}

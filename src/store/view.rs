@@ -1,0 +1,287 @@
+//! The state machine as the request handlers see it: [`StateView`] answers gets, scans,
+//! digests and the figures (revision, key count, data size) directly, without the log, and
+//! holds what apply has written but not yet flushed to fjall ([`RecentWrites`]).
+//!
+//! Contract: a flush writes the unflushed writes with their `sm_meta` in one atomic batch, so
+//! fjall always holds the state as of some applied index. Scans and digests flush first and
+//! then read fjall. Apply (`store::apply`) and snapshot install
+//! (`store::snapshot::install`) are the only writers of the figures kept here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use fjall::{Keyspace, KeyspaceCreateOptions, Readable};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::meta::SmMeta;
+use super::recent::RecentWrites;
+use super::{keys, Error, Store};
+use crate::auth::{TokenDigest, TokenRecord, TokenTable};
+use crate::types::StoredMembership;
+
+pub(crate) fn kv_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(super::MEMTABLE_BYTES)
+        // Values of 1 KiB and more go to blob files, and the tables keep a pointer: compaction
+        // then rewrites keys and pointers, not every overwritten value again. Measured with
+        // 64 KiB puts: 12-22 % more puts/s, 13-18 % less CPU per put, half the p99.
+        .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+}
+
+/// One key of a scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub key: String,
+    pub revision: u64,
+    pub json: Vec<u8>,
+}
+
+/// What the state machine looks like now, shared with the request handlers, which read it
+/// directly (reads never go through the log).
+pub struct StateView {
+    pub(super) store: Store,
+    /// std locks: held only for a handle clone, never across `.await`.
+    pub(super) kv: RwLock<(u64, Keyspace)>,
+    pub(super) revision: watch::Sender<u64>,
+    pub(super) cluster_id: watch::Sender<Option<Uuid>>,
+    /// The applied membership, as `sm_meta` records it: every apply writes it back.
+    pub(super) membership: Mutex<StoredMembership>,
+    /// Exact number of keys, kept with every apply (fjall's own count includes tombstones).
+    pub(super) key_count: std::sync::atomic::AtomicU64,
+    /// Exact live data size (key + stored value bytes of live keys), kept like `key_count`:
+    /// the storage quota checks it.
+    pub(super) data_bytes: std::sync::atomic::AtomicU64,
+    /// Serializes updates of the current-snapshot record (build and install may overlap).
+    pub(super) snapshot_record: Mutex<()>,
+    /// The applied token table, in memory: every authenticated request looks here.
+    pub(super) tokens: TokenTable,
+    /// Stored values of recently applied keys, some not yet flushed: apply and gets look
+    /// here before fjall.
+    pub(super) recent: RecentWrites,
+    /// Flushes run one at a time, and never during a snapshot install.
+    pub(super) flush_lock: Mutex<()>,
+}
+
+impl StateView {
+    pub fn open(store: Store) -> Result<Arc<StateView>, Error> {
+        let meta = SmMeta::read(&store.db.snapshot(), &store)?;
+        let generation = meta.kv_generation;
+        let name = keys::kv_keyspace_name(generation);
+        let kv = store.db.keyspace(&name, kv_options)?;
+        // Drop what an interrupted install left behind.
+        for other in store.db.list_keyspace_names() {
+            let other: &str = other.as_ref();
+            if other.starts_with("kv_") && other != name {
+                let ks = store.db.keyspace(other, kv_options)?;
+                store.db.delete_keyspace(ks)?;
+            }
+        }
+        // Leftover partial snapshot files from a crash.
+        if let Ok(dir) = std::fs::read_dir(store.snapshot_dir()) {
+            for f in dir.flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name.ends_with(".part") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        let tokens = TokenTable::default();
+        tokens.replace(load_tokens(&store.tokens)?);
+        Ok(Arc::new(StateView {
+            store,
+            kv: RwLock::new((generation, kv)),
+            revision: watch::channel(meta.revision).0,
+            cluster_id: watch::channel(meta.cluster_id).0,
+            membership: Mutex::new(meta.membership),
+            key_count: meta.key_count.into(),
+            data_bytes: meta.data_bytes.into(),
+            snapshot_record: Mutex::new(()),
+            tokens,
+            recent: RecentWrites::default(),
+            flush_lock: Mutex::new(()),
+        }))
+    }
+
+    pub(super) fn kv(&self) -> (u64, Keyspace) {
+        self.kv.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tokens(&self) -> &TokenTable {
+        &self.tokens
+    }
+
+    /// The stored bytes (revision + JSON) of `key`: a recent write if known, else fjall.
+    pub(super) fn stored(&self, key: &str) -> Result<Option<fjall::Slice>, Error> {
+        let (generation, kv) = self.kv();
+        match self.recent.get(generation, key) {
+            Some(known) => Ok(known),
+            None => Ok(kv.get(key.as_bytes())?),
+        }
+    }
+
+    /// Writes what apply recorded and fjall does not hold yet, in one batch.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.flush_with(self.store.db.batch())
+    }
+
+    /// [`Self::flush`] in one batch with `batch` (an apply's token changes). Not fsynced,
+    /// as apply never was: the log is durable and openraft re-applies it past `last_applied`.
+    pub(super) fn flush_with(&self, mut batch: fjall::OwnedWriteBatch) -> Result<(), Error> {
+        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, kv) = self.kv();
+        let Some(mut unflushed) = self.recent.unflushed(generation) else {
+            if !batch.is_empty() {
+                batch.commit()?;
+            }
+            return Ok(());
+        };
+        for (key, stored) in std::mem::take(&mut unflushed.writes) {
+            match stored {
+                Some(v) => batch.insert(&kv, key, v),
+                None => batch.remove(&kv, key),
+            }
+        }
+        for (k, v) in std::mem::take(&mut unflushed.meta) {
+            batch.insert(&self.store.sm_meta, k, v);
+        }
+        batch.commit()?;
+        self.recent.flushed(&unflushed);
+        Ok(())
+    }
+
+    /// `(revision, JSON)` of `key`, if present.
+    pub fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        let Some(v) = self.stored(key)? else {
+            return Ok(None);
+        };
+        let (rev, json) = keys::decode_value(&v)
+            .ok_or_else(|| Error::Corrupt(format!("value of a key is {} bytes", v.len())))?;
+        Ok(Some((rev, json.to_vec())))
+    }
+
+    /// Keys starting with `prefix` and after `after`, in key order, up to `limit` items or
+    /// about `max_bytes` of keys and values. Returns the items and whether more remain.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Item>, bool), Error> {
+        self.flush()?;
+        let (_, kv) = self.kv();
+        let iter = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                let start = std::ops::Bound::Excluded(after.as_bytes().to_vec());
+                kv.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            }
+            _ => kv.prefix(prefix.as_bytes()),
+        };
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        for guard in iter {
+            let (k, v) = guard.into_inner()?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let (revision, json) = keys::decode_value(&v)
+                .ok_or_else(|| Error::Corrupt("short value in key space".into()))?;
+            let cost = k.len() + json.len() + 48;
+            if items.len() >= limit || (bytes + cost > max_bytes && !items.is_empty()) {
+                return Ok((items, true));
+            }
+            bytes += cost;
+            items.push(Item {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                revision,
+                json: json.to_vec(),
+            });
+        }
+        Ok((items, false))
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    pub fn cluster_id(&self) -> Option<Uuid> {
+        *self.cluster_id.borrow()
+    }
+
+    pub fn watch_cluster_id(&self) -> watch::Receiver<Option<Uuid>> {
+        self.cluster_id.subscribe()
+    }
+
+    /// Number of keys in the state machine.
+    pub fn key_count(&self) -> u64 {
+        self.key_count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Live data size: key bytes + stored value bytes of every live key, as applied.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes `key` counts for now (key + stored value), or `None` when it is absent.
+    pub fn entry_bytes(&self, key: &str) -> Result<Option<u64>, Error> {
+        Ok(self
+            .stored(key)?
+            .map(|v| keys::entry_bytes(key.len(), v.len())))
+    }
+
+    /// SHA-256 over every key, revision and value in order: equal digests on two nodes mean
+    /// equal state machines. O(n): only on request.
+    pub fn digest(&self) -> Result<(String, u64), Error> {
+        self.flush()?;
+        let (_, kv) = self.kv();
+        let read_view = self.store.db.snapshot();
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        for guard in read_view.iter(&kv) {
+            let (k, v) = guard.into_inner()?;
+            h.update((k.len() as u32).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u32).to_be_bytes());
+            h.update(&v);
+            n += 1;
+        }
+        for guard in read_view.iter(&self.store.tokens) {
+            let (k, v) = guard.into_inner()?;
+            h.update(b"token");
+            h.update(&k);
+            h.update(&v);
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((hex, n))
+    }
+}
+
+/// The token table as stored.
+fn load_tokens(ks: &Keyspace) -> Result<HashMap<TokenDigest, TokenRecord>, Error> {
+    let mut out = HashMap::new();
+    for guard in ks.iter() {
+        let (k, v) = guard.into_inner()?;
+        let (digest, record) = decode_token(&k, &v)?;
+        out.insert(digest, record);
+    }
+    Ok(out)
+}
+
+pub(super) fn decode_token(k: &[u8], v: &[u8]) -> Result<(TokenDigest, TokenRecord), Error> {
+    let digest: TokenDigest = k
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("token key of {} bytes", k.len())))?;
+    let record =
+        bincode::deserialize(v).map_err(|e| Error::Corrupt(format!("token record: {e}")))?;
+    Ok((digest, record))
+}
