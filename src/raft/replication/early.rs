@@ -22,11 +22,12 @@ use std::time::Instant;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use tokio::sync::watch;
 
-use super::types::{NodeId, RaftMetrics, TypeConfig, Vote};
+use crate::raft::types::{NodeId, RaftMetrics, TypeConfig, Vote};
 
-/// Early appends in flight or answered per follower, beyond which none is sent: a follower
-/// that stopped answering should not collect more.
-const MAX_PENDING: usize = 32;
+/// Early appends in flight or answered (and not yet matched to an openraft append) per
+/// follower, beyond which none is sent: a follower that stopped answering should not
+/// collect more.
+const MAX_OUTSTANDING: usize = 32;
 
 /// How a follower answered an early append.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,7 +39,7 @@ pub enum Answer {
 }
 
 /// The answer to an early append, once it came.
-pub type Pending = watch::Receiver<Option<Answer>>;
+pub type AwaitedAnswer = watch::Receiver<Option<Answer>>;
 
 struct Follower {
     vote: Vote,
@@ -47,7 +48,7 @@ struct Follower {
     /// The follower answered `Success` for the entries up to here.
     confirmed: Option<u64>,
     /// Early appends by the index of their last entry.
-    pending: BTreeMap<u64, Pending>,
+    outstanding: BTreeMap<u64, AwaitedAnswer>,
 }
 
 impl Follower {
@@ -56,7 +57,7 @@ impl Follower {
             vote,
             sent_upto: None,
             confirmed: None,
-            pending: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
         }
     }
 }
@@ -65,7 +66,9 @@ impl Follower {
 #[derive(Default)]
 pub struct EarlyAppends {
     followers: Mutex<HashMap<NodeId, Follower>>,
-    /// The node's Raft metrics, set once Raft runs: they name the followers.
+    /// The node's Raft metrics, set once Raft runs: they name the followers. A typed
+    /// set-once slot, not a constructor argument, because Raft is built from the network
+    /// that holds this (see `Replication::set_raft_metrics`).
     metrics: OnceLock<watch::Receiver<RaftMetrics>>,
 }
 
@@ -101,11 +104,11 @@ impl EarlyAppends {
             None => true,
             Some(prev) => f.sent_upto.is_some_and(|s| s >= prev.index),
         };
-        if !holds_prev || f.pending.len() >= MAX_PENDING {
+        if !holds_prev || f.outstanding.len() >= MAX_OUTSTANDING {
             return None;
         }
         let (tx, rx) = watch::channel(None);
-        f.pending.insert(last, rx);
+        f.outstanding.insert(last, rx);
         f.sent_upto = Some(last);
         Some(tx)
     }
@@ -127,13 +130,13 @@ impl EarlyAppends {
         &self,
         target: NodeId,
         rpc: &AppendEntriesRequest<TypeConfig>,
-    ) -> Option<Pending> {
+    ) -> Option<AwaitedAnswer> {
         let last = rpc.entries.last()?.log_id.index;
         let mut all = self.lock();
         let f = all.get_mut(&target).filter(|f| f.vote == rpc.vote)?;
         // Later appends end later: early ones ending before this one answer none of them.
-        f.pending = f.pending.split_off(&last);
-        f.pending.first_key_value().map(|(_, p)| p.clone())
+        f.outstanding = f.outstanding.split_off(&last);
+        f.outstanding.first_key_value().map(|(_, a)| a.clone())
     }
 
     /// openraft's append `rpc` is being sent to `target`: its entries are on their way.
@@ -185,7 +188,7 @@ mod tests {
     use super::*;
 
     fn append(vote: Vote, prev: u64, entries: u64) -> AppendEntriesRequest<TypeConfig> {
-        crate::raft::notice::tests::append(vote, prev, entries, 0)
+        super::super::notice::tests::append(vote, prev, entries, 0)
     }
 
     const PEER: NodeId = 2;
