@@ -314,3 +314,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::store::{StateMachine, StateView};
+
+    /// Appends reported to a [`Follower`], across every store the suite builds.
+    static APPENDS_REPORTED: AtomicU64 = AtomicU64::new(0);
+
+    /// Takes every entry for another leader's, so each append fsyncs inline, and checks
+    /// that entries it is told of are readable.
+    struct Follower;
+
+    impl AppendObserver for Follower {
+        fn proposed_here(&self, _first: &LogId) -> bool {
+            false
+        }
+
+        fn appended(
+            &self,
+            entries: &[Entry],
+            encoded_bytes: usize,
+            log_id_at: &dyn Fn(u64) -> Option<LogId>,
+        ) {
+            if let Some(last) = entries.last() {
+                assert!(encoded_bytes > 0);
+                assert_eq!(log_id_at(last.log_id.index), Some(last.log_id), "readable");
+                APPENDS_REPORTED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        fn truncating(&self, _since: LogId) {}
+
+        fn vote_saved(&self, _vote: Vote) {}
+
+        fn committed_saved(&self, _committed: Option<LogId>) {}
+    }
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+            let store = Store::open(dir.path(), 8, true).map_err(|e| StorageIOError::write(&e))?;
+            let view = StateView::open(store.clone()).map_err(|e| StorageIOError::write(&e))?;
+            let log = LogStore::with_observer(store, Arc::new(Follower));
+            let sm = StateMachine::new(view, crate::observe::Observer::noop());
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// A follower's appends, fsynced inline on openraft's storage task and reported to the
+    /// observer, keep openraft's storage contract (the suite in `store::tests` covers the
+    /// blocking-pool fsync).
+    #[test]
+    fn openraft_storage_suite_passes_with_inline_fsync_and_an_observer() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+        assert!(APPENDS_REPORTED.load(Ordering::Relaxed) > 0);
+    }
+}

@@ -4,16 +4,20 @@
 //! (`RaftCore::append_to_log` awaits it), so a put waited for two fsyncs one after the
 //! other, the leader's then a follower's. Raft lets a leader send entries before its own
 //! copy is durable: it counts itself towards the quorum only once it is, and openraft still
-//! does that. So when the leader's log store appends entries of its own term, it hands them
-//! here as a normal append request under the leader's vote, and they go at once to every
-//! follower that holds, or is being sent, everything before them. Each follower's core
-//! checks the vote and the log like for any append.
+//! does that. So when the leader's log store appends entries of its own term (it tells
+//! [`Replication`](super::Replication) through its `AppendObserver`), they become a normal
+//! append request under the leader's vote and go at once to every follower that holds, or
+//! is being sent, everything before them; this file keeps what is known per follower. Each
+//! follower's core checks the vote and the log like for any append.
 //!
 //! When openraft then replicates those entries, the connection answers with the early
 //! append's reply if it was `Success` and covered them (same vote, last index at least as
 //! high): a `Success` says the follower's log matched ours up to its last entry, and a
 //! leader never rewrites its own log within its term. Any other outcome, and openraft's
 //! append is sent as usual.
+//!
+//! The decisions per follower live here; [`Replication`](super::Replication) sends the
+//! early appends and [`PeerAppends`](super::PeerAppends) answers openraft's with them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};

@@ -106,3 +106,75 @@ impl LogTail {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries of leader 1 in term 2, after `prev`.
+    fn entries(prev: u64, n: u64) -> Vec<Entry> {
+        super::super::notice::tests::append(Vote::new_committed(2, 1), prev, n, 0).entries
+    }
+
+    fn no_read(_: u64) -> Option<LogId> {
+        panic!("the previous entry is the last one appended: no read");
+    }
+
+    #[test]
+    fn only_the_leader_of_the_saved_vote_builds_an_early_append() {
+        let tail = LogTail::new();
+        let batch = entries(10, 2);
+        assert!(tail.early_request(1, &batch, &no_read).is_none(), "no vote");
+
+        tail.vote_saved(Vote::new(2, 1));
+        assert!(
+            tail.early_request(1, &batch, &no_read).is_none(),
+            "not committed"
+        );
+        tail.vote_saved(Vote::new_committed(2, 1));
+        assert!(tail.early_request(2, &batch, &no_read).is_none(), "not me");
+        tail.vote_saved(Vote::new_committed(3, 1));
+        assert!(
+            tail.early_request(1, &batch, &no_read).is_none(),
+            "entries of an earlier term"
+        );
+    }
+
+    #[test]
+    fn the_previous_log_id_is_the_last_appended_or_read_back() {
+        let tail = LogTail::new();
+        let committed = entries(7, 1)[0].log_id;
+        tail.vote_saved(Vote::new_committed(2, 1));
+        tail.committed_saved(Some(committed));
+        let prev = entries(9, 1)[0].log_id;
+        tail.appended(prev);
+
+        let rpc = tail.early_request(1, &entries(10, 2), &no_read);
+        let rpc = rpc.expect("leader's own entries");
+        assert_eq!(rpc.prev_log_id, Some(prev));
+        assert_eq!(rpc.leader_commit, Some(committed));
+        assert_eq!(rpc.vote, Vote::new_committed(2, 1));
+        assert_eq!(rpc.entries.len(), 2);
+
+        tail.truncating(entries(10, 1)[0].log_id);
+        let rpc = tail.early_request(1, &entries(10, 1), &|i| (i == 10).then_some(prev));
+        assert_eq!(rpc.map(|r| r.prev_log_id), Some(Some(prev)), "read back");
+        assert!(
+            tail.early_request(1, &entries(10, 1), &|_| None).is_none(),
+            "previous entry unknown"
+        );
+    }
+
+    #[test]
+    fn the_end_follows_appends_and_truncations() {
+        let tail = LogTail::new();
+        let end = tail.end();
+        assert_eq!(*end.borrow(), 0);
+        tail.appended(entries(11, 1)[0].log_id);
+        assert_eq!(*end.borrow(), 12);
+        tail.truncating(entries(9, 1)[0].log_id);
+        assert_eq!(*end.borrow(), 9, "ends before the first removed entry");
+        tail.truncating(entries(10, 1)[0].log_id);
+        assert_eq!(*end.borrow(), 9, "never raised by a truncation");
+    }
+}
