@@ -19,7 +19,8 @@ use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 /// where the log ends (a commit notice waits for entries that will carry it).
 ///
 /// Contract: every method is called on openraft's storage task, inside the save it reports
-/// and before that save returns, so an implementation must not block or do IO.
+/// and before that save returns, so an implementation must not block: its only IO is what
+/// it reads back through `log_id_at`.
 pub trait AppendObserver: Send + Sync {
     /// Whether the entries starting at `first` are this node's own, appended as their
     /// leader. Those are fsynced on the blocking pool and reported to

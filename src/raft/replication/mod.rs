@@ -123,7 +123,8 @@ impl Replication {
 }
 
 /// Contract: called by the log store on openraft's storage task, in the order of the saves;
-/// nothing here blocks or does IO (an early append's RPC runs on its own task).
+/// nothing here blocks (an early append's RPC runs on its own task), and the only IO is the
+/// read-back of an early append's previous log id when the tail does not know it.
 impl AppendObserver for Replication {
     fn proposed_here(&self, first: &LogId) -> bool {
         first.leader_id.node_id == self.transport.me
