@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::wiring::Running;
 use crate::config::Config;
-use crate::raft::handoff::{self, Outcome};
+use crate::raft::handoff::{self, HandOff};
 
 /// Shutdown bounds: requests in flight, the leadership hand-off (an election timeout at
 /// most: past that the followers elect a leader by themselves), and background tasks and
@@ -60,8 +60,8 @@ pub(super) async fn stop(config: &Config, node: Running, was_removed: bool) {
     //    election timeout.
     let handoff_wait = config.raft.election_timeout_max().min(HANDOFF_WAIT_MAX);
     match handoff::hand_off(&raft, &network, handoff_wait).await {
-        Outcome::NotLeader | Outcome::SoleVoter => {}
-        Outcome::HandedTo { node, after } => {
+        HandOff::NotLeader | HandOff::SoleVoter => {}
+        HandOff::HandedTo { node, after } => {
             tracing::info!(
                 to = node,
                 ms = after.as_millis() as u64,

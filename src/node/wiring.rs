@@ -216,9 +216,7 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
     )
     .await?;
 
-    let log_store = LogStore::new(opened.store.clone());
-    let network = Network {
-        log_end: log_store.end(),
+    let transport = crate::raft::rpc::Transport {
         inbox: inbox.clone(),
         subjects: subjects.clone(),
         me,
@@ -226,14 +224,10 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
         cluster_id: view.watch_cluster_id(),
         max_payload,
         observer: observer.clone(),
-        early: Default::default(),
-        early_ttl: config.raft.election_timeout_min(),
     };
-    let early_net = network.clone();
-    log_store.send_early(
-        me,
-        Box::new(move |rpc, size| early_net.send_early(rpc, size)),
-    );
+    let early_ttl = config.raft.election_timeout_min();
+    let network = Network::new(transport, early_ttl, tracker.clone());
+    let log_store = LogStore::with_observer(opened.store.clone(), network.append_observer());
     let raft = crate::raft::start(
         config,
         max_payload,
@@ -242,7 +236,7 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
         StateMachine::new(view.clone(), observer.clone()),
     )
     .await?;
-    network.early.set_metrics(raft.metrics());
+    network.set_raft_metrics(raft.metrics());
     Ok(RaftParts {
         raft,
         network,

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::network::Network;
 use super::types::{NodeId, Raft, RaftMetrics};
-use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
+use super::wire::{self, RpcReply};
 
 /// Body of `P.raft.<cluster>.<id>.elect`: the sender's leadership, so that the follower acts
 /// only for its current leader in the current term (a stale or replayed request does
@@ -40,7 +40,7 @@ pub struct ElectRequest {
 
 /// What a hand-off attempt came to.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum HandOff {
     /// This node is not the leader: nothing to hand off.
     NotLeader,
     /// There is no other voter.
@@ -55,15 +55,16 @@ pub enum Outcome {
 
 /// On the leader, after it stopped taking requests: hands leadership to a caught-up voter,
 /// waiting at most `wait` in all.
-pub async fn hand_off(raft: &Raft, net: &Network, wait: Duration) -> Outcome {
+pub async fn hand_off(raft: &Raft, net: &Network, wait: Duration) -> HandOff {
     let started = Instant::now();
     let deadline = started + wait;
+    let net = net.transport();
     let me = net.me;
     let mut rx = raft.metrics();
     {
         let m = rx.borrow();
         if m.state != ServerState::Leader {
-            return Outcome::NotLeader;
+            return HandOff::NotLeader;
         }
         if !m
             .membership_config
@@ -71,12 +72,12 @@ pub async fn hand_off(raft: &Raft, net: &Network, wait: Duration) -> Outcome {
             .voter_ids()
             .any(|id| id != me)
         {
-            return Outcome::SoleVoter;
+            return HandOff::SoleVoter;
         }
         // No follower has answered for a while (the others are down): nobody to wait for.
         let wait_ms = wait.as_millis() as u64;
         if m.millis_since_quorum_ack.is_none_or(|ms| ms > wait_ms) {
-            return Outcome::NoCandidate;
+            return HandOff::NoCandidate;
         }
     }
     let (term, target) = {
@@ -87,29 +88,22 @@ pub async fn hand_off(raft: &Raft, net: &Network, wait: Duration) -> Outcome {
         .await;
         let m = match found {
             Ok(Ok(m)) => m,
-            Ok(Err(_)) => return Outcome::NotLeader,
-            Err(_) => return Outcome::NoCandidate,
+            Ok(Err(_)) => return HandOff::NotLeader,
+            Err(_) => return HandOff::NoCandidate,
         };
         if m.state != ServerState::Leader {
-            return Outcome::NotLeader;
+            return HandOff::NotLeader;
         }
         match caught_up_voter(&m, me) {
             Some(t) => (m.current_term, t),
-            None => return Outcome::NoCandidate,
+            None => return HandOff::NoCandidate,
         }
     };
-    let not_taken = |reason: String| Outcome::NotTaken {
+    let not_taken = |reason: String| HandOff::NotTaken {
         node: target,
         reason,
     };
-    let envelope = RpcRequest {
-        format: RPC_FORMAT,
-        cluster_name: net.cluster_name.clone(),
-        cluster_id: *net.cluster_id.borrow(),
-        from: me,
-        to: target,
-        body: ElectRequest { leader: me, term },
-    };
+    let envelope = net.envelope(target, ElectRequest { leader: me, term });
     let bytes = match wire::encode(&envelope) {
         Ok(b) => b,
         Err(e) => return not_taken(format!("cannot encode the request: {e}")),
@@ -134,7 +128,7 @@ pub async fn hand_off(raft: &Raft, net: &Network, wait: Duration) -> Outcome {
     )
     .await;
     match taken {
-        Ok(Ok(m)) => Outcome::HandedTo {
+        Ok(Ok(m)) => HandOff::HandedTo {
             node: m.current_leader.unwrap_or(target),
             after: started.elapsed(),
         },

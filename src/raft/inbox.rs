@@ -1,5 +1,5 @@
 //! Replies to outbound Raft RPCs: one long-lived wildcard subscription on a private inbox
-//! (`<inbox>.*`) and a map of pending calls, id → (request MAC, waiting caller).
+//! (`<inbox>.*`) and a map of waiting calls, id → (request MAC, waiting caller).
 //!
 //! [`network`](super::network) sends each RPC with the reply subject `<inbox>.<id>`. With
 //! `cluster.secret` set, the request's MAC covers that reply subject too, and a reply is
@@ -14,7 +14,7 @@
 //! forged one can fail one call early, which openraft treats like a lost message (it backs
 //! off and retries); it can never make a reply's content be accepted.
 //!
-//! Never: hold the pending-map lock across an `.await`, or block the dispatch loop on a
+//! Never: hold the waiting-calls lock across an `.await`, or block the dispatch loop on a
 //! caller (each caller gets its reply through a oneshot).
 
 use std::collections::HashMap;
@@ -47,7 +47,8 @@ pub enum CallError {
     Closed,
 }
 
-struct Pending {
+/// A call waiting for its reply.
+struct WaitingCall {
     /// The request's MAC when signing; the reply must be bound to it.
     mac: Option<Mac>,
     reply: oneshot::Sender<Message>,
@@ -59,12 +60,12 @@ pub struct Inbox {
     prefix: String,
     next_id: AtomicU64,
     // std `Mutex`: never held across `.await`.
-    pending: Mutex<HashMap<u64, Pending>>,
+    waiting: Mutex<HashMap<u64, WaitingCall>>,
     signer: Option<Signer>,
     rejections: Arc<Rejections>,
 }
 
-/// Removes a call from the pending map when it ends in any way (reply, timeout, or the
+/// Removes a call from the waiting map when it ends in any way (reply, timeout, or the
 /// caller's future being dropped by openraft).
 struct Registered<'a> {
     inbox: &'a Inbox,
@@ -73,13 +74,13 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.inbox.pending_map().remove(&self.id);
+        self.inbox.waiting_calls().remove(&self.id);
     }
 }
 
 impl Inbox {
     /// Subscribes to a fresh private inbox and starts the dispatch loop, which ends on
-    /// `cancel` (pending calls then time out).
+    /// `cancel` (waiting calls then end at once).
     pub async fn start(
         client: Client,
         signer: Option<Signer>,
@@ -93,7 +94,7 @@ impl Inbox {
             client,
             prefix,
             next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             signer,
             rejections,
         });
@@ -108,7 +109,7 @@ impl Inbox {
             }
             let _ = sub.unsubscribe().await;
             // Wake every waiting caller at once instead of letting each time out.
-            this.pending_map().clear();
+            this.waiting_calls().clear();
         });
         Ok(inbox)
     }
@@ -148,7 +149,8 @@ impl Inbox {
         });
         let (tx, rx) = oneshot::channel();
         // Registered before publishing: the reply may arrive before `publish` returns.
-        self.pending_map().insert(id, Pending { mac, reply: tx });
+        self.waiting_calls()
+            .insert(id, WaitingCall { mac, reply: tx });
         let _registered = Registered { inbox: self, id };
         let call = async {
             let headers = match (&mac, headers) {
@@ -198,7 +200,7 @@ impl Inbox {
         let no_responders = msg.status == Some(StatusCode::NO_RESPONDERS);
         if let (Some(signer), false) = (&self.signer, no_responders) {
             // Copy the MAC out: verifying happens outside the lock.
-            let mac = match self.pending_map().get(&id) {
+            let mac = match self.waiting_calls().get(&id) {
                 Some(p) => p.mac,
                 None => {
                     tracing::debug!(id, "reply after its call ended; dropped");
@@ -214,7 +216,7 @@ impl Inbox {
                 }
             }
         }
-        match self.pending_map().remove(&id) {
+        match self.waiting_calls().remove(&id) {
             // The caller may have given up in between; nothing to do then.
             Some(p) => {
                 let _ = p.reply.send(msg);
@@ -223,10 +225,10 @@ impl Inbox {
         }
     }
 
-    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    fn waiting_calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, WaitingCall>> {
         // A panic while holding the lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

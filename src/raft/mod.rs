@@ -1,12 +1,17 @@
 //! Consensus: openraft wired to NATS ([`network`] out, [`service`] in) and to the fjall
-//! store. [`start`] builds the Raft instance with explicit timings. Replies to outbound RPCs
-//! arrive on the node's [`inbox`].
+//! store. [`start`] builds the Raft instance with explicit timings.
+//!
+//! Outbound, openraft calls [`network`]: votes and snapshot chunks go straight to [`rpc`];
+//! appends go through [`replication`], which the log store also tells what it saved (its
+//! `AppendObserver`), so a leader's entries go to followers while its own fsync runs.
+//! [`rpc`] wraps each message in the [`wire`] envelope and sends it through the node's
+//! [`inbox`], where its reply arrives. [`handoff`] passes leadership on at shutdown.
 
-pub mod early;
 pub mod handoff;
 pub mod inbox;
 pub mod network;
-mod notice;
+pub mod replication;
+pub mod rpc;
 pub mod service;
 pub mod types;
 pub mod wire;
@@ -31,7 +36,7 @@ pub enum Error {
 pub fn raft_config(config: &Config, max_payload: usize) -> Result<openraft::Config, Error> {
     let r = &config.raft;
     let chunk = max_payload
-        .saturating_sub(network::PAYLOAD_HEADROOM)
+        .saturating_sub(rpc::PAYLOAD_HEADROOM)
         .clamp(16 * 1024, 4 * 1024 * 1024);
     let c = openraft::Config {
         cluster_name: config.cluster.name.clone(),

@@ -6,90 +6,70 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
-use openraft::raft::AppendEntriesRequest;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
-use tokio::sync::watch;
 
 use super::{keys, Store};
-use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// Takes the entries this node appends as leader, as an append request for its followers,
-/// with the size of the entries encoded.
-pub type EarlySink = Box<dyn Fn(AppendEntriesRequest<TypeConfig>, usize) + Send + Sync>;
+/// Told what the log store saves, in the order it saves it. `raft::replication` implements
+/// it to send a leader's own entries to its followers while their fsync runs, and to know
+/// where the log ends (a commit notice waits for entries that will carry it).
+///
+/// Contract: every method is called on openraft's storage task, inside the save it reports
+/// and before that save returns, so an implementation must not block: its only IO is what
+/// it reads back through `log_id_at`.
+pub trait AppendObserver: Send + Sync {
+    /// Whether the entries starting at `first` are this node's own, appended as their
+    /// leader. Those are fsynced on the blocking pool and reported to
+    /// [`appended`](Self::appended) while the fsync runs; others are fsynced inline and
+    /// reported once durable.
+    fn proposed_here(&self, first: &LogId) -> bool;
+
+    /// `entries`, `encoded_bytes` long as stored, are readable in the log. `log_id_at` reads
+    /// back the id of an earlier entry (or the purge point's).
+    fn appended(
+        &self,
+        entries: &[Entry],
+        encoded_bytes: usize,
+        log_id_at: &dyn Fn(u64) -> Option<LogId>,
+    );
+
+    /// The entries from `since` on are about to be removed.
+    fn truncating(&self, since: LogId);
+
+    /// `vote` is durable.
+    fn vote_saved(&self, vote: Vote);
+
+    /// `committed` was saved (not fsynced).
+    fn committed_saved(&self, committed: Option<LogId>);
+}
 
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
-    /// The index of the last entry this process appended to the log (0 before its first
-    /// append, which only makes the network send commit notices it could skip).
-    end: Arc<watch::Sender<u64>>,
-    /// What this process last saved, to build an early append from a leader's entries.
-    tail: Arc<Mutex<Tail>>,
-    early: Arc<OnceLock<(NodeId, EarlySink)>>,
-}
-
-#[derive(Default)]
-struct Tail {
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-    /// The last entry appended; `None` when unknown (before the first append, after a
-    /// truncation).
-    last: Option<LogId>,
+    /// `None` in tests of the store alone: then every append is fsynced on the blocking
+    /// pool, and nobody is told.
+    observer: Option<Arc<dyn AppendObserver>>,
 }
 
 impl LogStore {
+    /// A log store that tells nobody what it saves.
     pub fn new(store: Store) -> Self {
         LogStore {
             store,
-            end: Arc::new(watch::Sender::new(0)),
-            tail: Arc::default(),
-            early: Arc::default(),
+            observer: None,
         }
     }
 
-    /// From now on, entries node `me` appends as leader also go to `sink` before they are
-    /// fsynced.
-    pub fn send_early(&self, me: NodeId, sink: EarlySink) {
-        let _ = self.early.set((me, sink));
-    }
-
-    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
-        // Single-field updates: a poisoned lock is still consistent.
-        self.tail.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The append request for `entries` if this node proposed them as the leader of its
-    /// current vote, with their previous log id known.
-    fn early_request(
-        &self,
-        me: NodeId,
-        entries: &[Entry],
-    ) -> Option<AppendEntriesRequest<TypeConfig>> {
-        let first = entries.first()?.log_id;
-        let (vote, committed, last) = {
-            let t = self.tail();
-            (t.vote?, t.committed, t.last)
-        };
-        let leading = vote.is_committed()
-            && vote.leader_id().voted_for() == Some(me)
-            && *vote.leader_id() == first.leader_id;
-        if !leading {
-            return None;
+    /// A log store that tells `observer` what it saves.
+    pub fn with_observer(store: Store, observer: Arc<dyn AppendObserver>) -> Self {
+        LogStore {
+            store,
+            observer: Some(observer),
         }
-        let prev_log_id = match first.index.checked_sub(1) {
-            None => None,
-            Some(i) if last.is_some_and(|l| l.index == i) => last,
-            Some(i) => Some(self.log_id_at(i)?),
-        };
-        Some(AppendEntriesRequest {
-            vote,
-            prev_log_id,
-            entries: entries.to_vec(),
-            leader_commit: committed,
-        })
     }
 
     /// The id of the entry at `index`, read back (or the purge point's, if it is that).
@@ -101,12 +81,6 @@ impl LogStore {
             .ok()
             .flatten()
             .filter(|p| p.index == index)
-    }
-
-    /// A live view of the index of the last entry appended, for the Raft network: entries
-    /// past a follower's matched index are about to be sent to it.
-    pub fn end(&self) -> watch::Receiver<u64> {
-        self.end.subscribe()
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -225,7 +199,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.tail().vote = Some(*vote);
+        if let Some(o) = &self.observer {
+            o.vote_saved(*vote);
+        }
         Ok(())
     }
 
@@ -240,7 +216,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .meta
             .insert(keys::META_COMMITTED, keys::encode_log_id(&committed))
             .map_err(|e| StorageIOError::write(&e))?;
-        self.tail().committed = committed;
+        if let Some(o) = &self.observer {
+            o.committed_saved(committed);
+        }
         Ok(())
     }
 
@@ -270,12 +248,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.commit().map_err(|e| StorageIOError::write_logs(&e))?;
         // Readable now; acknowledged to Raft only once the journal is on disk. A leader's
         // own entries sync on the blocking pool, since its core must keep replicating
-        // meanwhile, and go early to its followers. A follower answers the leader only after
-        // the sync anyway, so its core syncs here: the hand-off to a parked pool thread and
-        // back cost about 30 µs a put.
-        let early = self.early.get();
-        let own = match (early, entries.first()) {
-            (Some((me, _)), Some(first)) => first.log_id.leader_id.node_id == *me,
+        // meanwhile, and go early to its followers (through the observer). A follower
+        // answers the leader only after the sync anyway, so its core syncs here: the
+        // hand-off to a parked pool thread and back cost about 30 µs a put.
+        let own = match (&self.observer, entries.first()) {
+            (Some(o), Some(first)) => o.proposed_here(&first.log_id),
             _ => true,
         };
         if own {
@@ -284,30 +261,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let res = store.sync().map_err(std::io::Error::other);
                 callback.log_io_completed(res);
             });
-            if let Some((me, sink)) = early {
-                if let Some(rpc) = self.early_request(*me, &entries) {
-                    sink(rpc, size);
-                }
-            }
         } else {
             let res = self.store.sync().map_err(std::io::Error::other);
             callback.log_io_completed(res);
         }
-        if let Some(last) = entries.last().map(|e| e.log_id) {
-            self.tail().last = Some(last);
-            self.end.send_replace(last.index);
+        if let Some(o) = &self.observer {
+            o.appended(&entries, size, &|i| self.log_id_at(i));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let before = log_id.index.saturating_sub(1);
-        self.tail().last = None;
-        self.end.send_if_modified(|end| {
-            let moved = *end > before;
-            *end = (*end).min(before);
-            moved
-        });
+        if let Some(o) = &self.observer {
+            o.truncating(log_id);
+        }
         let mut batch = self.store.db.batch();
         for guard in self.store.log.range(keys::log_key(log_id.index)..) {
             let key = guard.key().map_err(|e| StorageIOError::write_logs(&e))?;
@@ -346,5 +313,69 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::store::{StateMachine, StateView};
+
+    /// Appends reported to a [`Follower`], across every store the suite builds.
+    static APPENDS_REPORTED: AtomicU64 = AtomicU64::new(0);
+
+    /// Takes every entry for another leader's, so each append fsyncs inline, and checks
+    /// that entries it is told of are readable.
+    struct Follower;
+
+    impl AppendObserver for Follower {
+        fn proposed_here(&self, _first: &LogId) -> bool {
+            false
+        }
+
+        fn appended(
+            &self,
+            entries: &[Entry],
+            encoded_bytes: usize,
+            log_id_at: &dyn Fn(u64) -> Option<LogId>,
+        ) {
+            if let Some(last) = entries.last() {
+                assert!(encoded_bytes > 0);
+                assert_eq!(log_id_at(last.log_id.index), Some(last.log_id), "readable");
+                APPENDS_REPORTED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        fn truncating(&self, _since: LogId) {}
+
+        fn vote_saved(&self, _vote: Vote) {}
+
+        fn committed_saved(&self, _committed: Option<LogId>) {}
+    }
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+            let store = Store::open(dir.path(), 8, true).map_err(|e| StorageIOError::write(&e))?;
+            let view = StateView::open(store.clone()).map_err(|e| StorageIOError::write(&e))?;
+            let log = LogStore::with_observer(store, Arc::new(Follower));
+            let sm = StateMachine::new(view, crate::observe::Observer::noop());
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// A follower's appends, fsynced inline on openraft's storage task and reported to the
+    /// observer, keep openraft's storage contract (the suite in `store::tests` covers the
+    /// blocking-pool fsync).
+    #[test]
+    fn openraft_storage_suite_passes_with_inline_fsync_and_an_observer() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+        assert!(APPENDS_REPORTED.load(Ordering::Relaxed) > 0);
     }
 }

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-pub use log_store::LogStore;
+pub use log_store::{AppendObserver, LogStore};
 pub use snapshot::backup;
 pub use state_machine::StateMachine;
 pub use view::{Item, StateView};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::{LogId, Vote};
 
-use super::types::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
 
 /// A notice is skipped only while the target's last reply on this connection is younger
 /// than this. openraft takes the `Success` of a skipped notice as an acknowledgment sent
@@ -112,7 +112,7 @@ pub(super) mod tests {
     }
 
     /// An append of `entries` blank entries after `prev`, all of leader 1 in term 2.
-    pub(in crate::raft) fn append(
+    pub(in crate::raft::replication) fn append(
         vote: Vote<NodeId>,
         prev: u64,
         entries: u64,

@@ -4,16 +4,20 @@
 //! (`RaftCore::append_to_log` awaits it), so a put waited for two fsyncs one after the
 //! other, the leader's then a follower's. Raft lets a leader send entries before its own
 //! copy is durable: it counts itself towards the quorum only once it is, and openraft still
-//! does that. So when the leader's log store appends entries of its own term, it hands them
-//! here as a normal append request under the leader's vote, and they go at once to every
-//! follower that holds, or is being sent, everything before them. Each follower's core
-//! checks the vote and the log like for any append.
+//! does that. So when the leader's log store appends entries of its own term (it tells
+//! [`Replication`](super::Replication) through its `AppendObserver`), they become a normal
+//! append request under the leader's vote and go at once to every follower that holds, or
+//! is being sent, everything before them; this file keeps what is known per follower. Each
+//! follower's core checks the vote and the log like for any append.
 //!
 //! When openraft then replicates those entries, the connection answers with the early
 //! append's reply if it was `Success` and covered them (same vote, last index at least as
 //! high): a `Success` says the follower's log matched ours up to its last entry, and a
 //! leader never rewrites its own log within its term. Any other outcome, and openraft's
 //! append is sent as usual.
+//!
+//! The decisions per follower live here; [`Replication`](super::Replication) sends the
+//! early appends and [`PeerAppends`](super::PeerAppends) answers openraft's with them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
@@ -22,11 +26,12 @@ use std::time::Instant;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use tokio::sync::watch;
 
-use super::types::{NodeId, RaftMetrics, TypeConfig, Vote};
+use crate::raft::types::{NodeId, RaftMetrics, TypeConfig, Vote};
 
-/// Early appends in flight or answered per follower, beyond which none is sent: a follower
-/// that stopped answering should not collect more.
-const MAX_PENDING: usize = 32;
+/// Early appends in flight or answered (and not yet matched to an openraft append) per
+/// follower, beyond which none is sent: a follower that stopped answering should not
+/// collect more.
+const MAX_OUTSTANDING: usize = 32;
 
 /// How a follower answered an early append.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,7 +43,7 @@ pub enum Answer {
 }
 
 /// The answer to an early append, once it came.
-pub type Pending = watch::Receiver<Option<Answer>>;
+pub type AwaitedAnswer = watch::Receiver<Option<Answer>>;
 
 struct Follower {
     vote: Vote,
@@ -47,7 +52,7 @@ struct Follower {
     /// The follower answered `Success` for the entries up to here.
     confirmed: Option<u64>,
     /// Early appends by the index of their last entry.
-    pending: BTreeMap<u64, Pending>,
+    outstanding: BTreeMap<u64, AwaitedAnswer>,
 }
 
 impl Follower {
@@ -56,7 +61,7 @@ impl Follower {
             vote,
             sent_upto: None,
             confirmed: None,
-            pending: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
         }
     }
 }
@@ -65,7 +70,9 @@ impl Follower {
 #[derive(Default)]
 pub struct EarlyAppends {
     followers: Mutex<HashMap<NodeId, Follower>>,
-    /// The node's Raft metrics, set once Raft runs: they name the followers.
+    /// The node's Raft metrics, set once Raft runs: they name the followers. A typed
+    /// set-once slot, not a constructor argument, because Raft is built from the network
+    /// that holds this (see `Replication::set_raft_metrics`).
     metrics: OnceLock<watch::Receiver<RaftMetrics>>,
 }
 
@@ -101,11 +108,11 @@ impl EarlyAppends {
             None => true,
             Some(prev) => f.sent_upto.is_some_and(|s| s >= prev.index),
         };
-        if !holds_prev || f.pending.len() >= MAX_PENDING {
+        if !holds_prev || f.outstanding.len() >= MAX_OUTSTANDING {
             return None;
         }
         let (tx, rx) = watch::channel(None);
-        f.pending.insert(last, rx);
+        f.outstanding.insert(last, rx);
         f.sent_upto = Some(last);
         Some(tx)
     }
@@ -127,13 +134,13 @@ impl EarlyAppends {
         &self,
         target: NodeId,
         rpc: &AppendEntriesRequest<TypeConfig>,
-    ) -> Option<Pending> {
+    ) -> Option<AwaitedAnswer> {
         let last = rpc.entries.last()?.log_id.index;
         let mut all = self.lock();
         let f = all.get_mut(&target).filter(|f| f.vote == rpc.vote)?;
         // Later appends end later: early ones ending before this one answer none of them.
-        f.pending = f.pending.split_off(&last);
-        f.pending.first_key_value().map(|(_, p)| p.clone())
+        f.outstanding = f.outstanding.split_off(&last);
+        f.outstanding.first_key_value().map(|(_, a)| a.clone())
     }
 
     /// openraft's append `rpc` is being sent to `target`: its entries are on their way.
@@ -185,7 +192,7 @@ mod tests {
     use super::*;
 
     fn append(vote: Vote, prev: u64, entries: u64) -> AppendEntriesRequest<TypeConfig> {
-        crate::raft::notice::tests::append(vote, prev, entries, 0)
+        super::super::notice::tests::append(vote, prev, entries, 0)
     }
 
     const PEER: NodeId = 2;
