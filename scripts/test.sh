@@ -6,8 +6,10 @@
 # .tools/bin there and installed nats-server if it was missing).
 #
 # Use:  scripts/test.sh [cargo test args...]
-#   With no target selection (--lib, --test NAME, --doc, ...) among the args, --all-targets is
-#   added, and always --features failpoints. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
+#   Always --workspace (the node and the crates under crates/: wire, harness, check, bench) and
+#   --features concord/failpoints. With no target selection (--lib, --test NAME, --doc, ...)
+#   among the args, --all-targets is added. Everything is passed on to `cargo test`, e.g.
+#   scripts/test.sh -- --nocapture, or scripts/test.sh --test lifecycle (tests/lifecycle.rs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,8 +31,9 @@ for arg in "$@"; do
 done
 [[ "$selected" == 1 ]] || set -- --all-targets "$@"
 # The fault suite's own tests switch deliberate bugs on in the nodes (CONCORD_FAILPOINTS);
-# the code exists only in builds with this feature, never in `cargo build --release`.
-set -- --features failpoints "$@"
+# the code exists only in builds with this feature, never in `cargo build --release`. The
+# feature is the root package's: the integration tests run the `concord` binary it builds.
+set -- --workspace --features concord/failpoints "$@"
 
 echo "test.sh: cargo test $*"
 exec cargo test "$@"

@@ -107,7 +107,7 @@ pub enum Op {
 
 /// A served operation, or the short code of the failure (`busy`, `nats_TimedOut`,
 /// `etcd_unavailable`, `natskv_ack_timed_out`, ...).
-pub type Outcome = Result<(), String>;
+pub type OpResult = Result<(), String>;
 
 /// One client's connection to the system under test: all the closed loop needs.
 trait Driver: Send + 'static {
@@ -115,7 +115,7 @@ trait Driver: Send + 'static {
     /// Builds the request for `op` on key number `key` (not timed).
     fn prepare(&self, op: Op, key: u64) -> Self::Request;
     /// Sends it and waits for the answer (timed).
-    fn execute(&mut self, op: Op, req: Self::Request) -> impl Future<Output = Outcome> + Send;
+    fn execute(&mut self, op: Op, req: Self::Request) -> impl Future<Output = OpResult> + Send;
 }
 
 /// `DeadlineExceeded` → `deadline_exceeded`: error kinds as short codes.

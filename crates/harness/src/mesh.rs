@@ -925,20 +925,6 @@ pub fn cleanup_stale_namespaces() -> Vec<String> {
     deleted
 }
 
-/// The `nats-server` on PATH, else `./.tools/bin/nats-server` (where `scripts/tools.sh`
-/// installs it).
-pub fn find_nats_server() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let local = PathBuf::from(".tools/bin/nats-server");
-        local.is_file().then_some(local)
-    })
-}
-
 // ----- network namespaces ----------------------------------------------------------------
 
 /// The namespaces and veths of one cluster. Records what exists so that teardown removes
@@ -1636,13 +1622,15 @@ mod tests {
         }
         let bin = std::env::var_os("CONCORD_TEST_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/concord"));
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/concord")
+            });
         assert!(
             bin.is_file(),
             "{} is missing: run `cargo build` first",
             bin.display()
         );
-        let nats_server = find_nats_server().expect("nats-server on PATH or in .tools/bin");
+        let nats_server = crate::nats_server::find().expect("nats-server");
         let tmp = tempfile::Builder::new()
             .prefix("concord-check-")
             .tempdir()

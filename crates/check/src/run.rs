@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cluster::{CheckCluster, Spec};
-use super::history;
-use super::linearizable::{self, Limits, Verdict as Lin};
-use super::nemesis::{Fault, FaultRecord, Nemesis, Timing};
-use super::workload::{self, Counts, Recorder, WorkloadConfig};
+use concord_harness::mesh::{CheckCluster, Spec};
+use crate::history;
+use crate::linearizable::{self, Limits, Verdict as Linearizability};
+use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
+use crate::workload::{self, Counts, Recorder, WorkloadConfig};
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -31,7 +31,7 @@ pub struct CheckOptions {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Verdict {
+pub struct SuiteVerdict {
     /// Linearizable, no acknowledged write lost, every fault recovered from in time.
     pub valid: bool,
     pub checker: String,
@@ -50,7 +50,7 @@ pub struct Verdict {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Cluster(#[from] super::cluster::Error),
+    Cluster(#[from] concord_harness::mesh::Error),
     #[error("workload: {0}")]
     Workload(String),
     #[error("i/o: {0}")]
@@ -70,7 +70,7 @@ pub fn node_timings() -> Vec<(String, String)> {
     .collect()
 }
 
-pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict, Error> {
+pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVerdict, Error> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.workdir)?;
     let mut env = node_timings();
@@ -183,9 +183,9 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict,
                     .collect::<Vec<_>>()
                     .join("\n");
                 let verdict = match report.verdict {
-                    Lin::Linearizable => "linearizable",
-                    Lin::NotLinearizable => "NOT linearizable",
-                    Lin::Unknown => "unknown (the checker gave up: counted as a failure)",
+                    Linearizability::Linearizable => "linearizable",
+                    Linearizability::NotLinearizable => "NOT linearizable",
+                    Linearizability::Unknown => "unknown (the checker gave up: counted as a failure)",
                 };
                 (
                     verdict.to_string(),
@@ -208,7 +208,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict,
         }
     }
     cluster.shutdown().await;
-    Ok(Verdict {
+    Ok(SuiteVerdict {
         valid,
         checker,
         ops: counts,
