@@ -11,11 +11,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use concord_harness::mesh::{self as cluster, CheckCluster, Spec};
-use concord_harness::nats_server;
 use concord::raft::handoff::ElectRequest;
 use concord::raft::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use concord::subjects::Subjects;
+use concord_harness::mesh::{self as cluster, CheckCluster, Spec};
+use concord_harness::nats_server;
 use serde_json::{json, Value};
 
 /// Seconds each nemesis runs in CI (issue 3: about 30–60 s each).

@@ -62,7 +62,6 @@ pub struct BenchArgs {
     pub replicas: usize,
 }
 
-
 /// `concord bench`: connects to what `--target` names (NATS only for the targets that use
 /// it), runs the closed loop, prints the summary.
 pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {

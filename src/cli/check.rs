@@ -43,7 +43,6 @@ pub struct CheckArgs {
     pub seed: Option<u64>,
 }
 
-
 /// `concord check`.
 pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     use concord_check::nemesis::Fault;

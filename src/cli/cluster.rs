@@ -35,7 +35,6 @@ pub enum ClusterCmd {
     },
 }
 
-
 /// `concord cluster status`: the cluster's view, then each member's own.
 pub async fn status(client: &Client, global: &Global) -> Result<i32, ClientError> {
     let status = client.status().await?;
@@ -152,7 +151,6 @@ pub fn members_text(v: &Value) -> String {
     }
     t.trim_end().to_string()
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -298,7 +297,10 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
 
 /// The client's token: `--token` / `CONCORD_TOKEN`, then `client.token`, then the node's
 /// bootstrap admin credential when the config file has one.
-pub(crate) fn client_token(global: &Global, config: &Config) -> Result<Option<String>, config::Error> {
+pub(crate) fn client_token(
+    global: &Global,
+    config: &Config,
+) -> Result<Option<String>, config::Error> {
     if let Some(t) = &global.token {
         return Ok(Some(t.clone()));
     }

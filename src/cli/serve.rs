@@ -27,7 +27,6 @@ pub struct ServeArgs {
     pub check_config: bool,
 }
 
-
 /// `concord serve`.
 pub async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<i32> {
     if args.check_config {

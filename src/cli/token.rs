@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 
 use super::{out, show, Global};
 use concord::client::{Client, ClientError};
-use concord::subjects::AdminOp;
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
@@ -30,13 +29,8 @@ pub enum TokenCmd {
     },
 }
 
-
 /// Runs one token command.
-pub async fn run(
-    client: &Client,
-    global: &Global,
-    cmd: TokenCmd,
-) -> Result<i32, ClientError> {
+pub async fn run(client: &Client, global: &Global, cmd: TokenCmd) -> Result<i32, ClientError> {
     use concord::subjects::AdminOp;
     let (op, body) = match cmd {
         TokenCmd::Create {

@@ -13,7 +13,8 @@
 //! Every method of the harness's cluster is reached through `Deref`; see
 //! `crates/harness/src/cluster.rs` for the rules it keeps (serialized cluster tests, polled
 //! waits, logs printed on failure, `Drop` kills every child).
-#![allow(dead_code)]
+// Each test binary uses its own part of this module.
+#![allow(dead_code, unused_imports)]
 
 pub mod writes;
 
@@ -26,8 +27,7 @@ use anyhow::Result;
 use concord::config::NatsConfig;
 
 pub use concord_harness::cluster::{
-    error_code, exclusive, to_bytes, wait_until, CliRun, ClusterOptions, Exclusive,
-    REQUEST_TIMEOUT,
+    error_code, exclusive, to_bytes, wait_until, CliRun, ClusterOptions, Exclusive, REQUEST_TIMEOUT,
 };
 
 /// The `concord` binary cargo built for this test (`CONCORD_TEST_BIN` overrides it inside the

@@ -1328,8 +1328,8 @@ fn describe_op(op: &Op<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::history::to_lines;
     use super::*;
+    use crate::history::to_lines;
     use serde_json::json;
 
     /// History builder: each helper appends an invoke and (maybe) its completion.

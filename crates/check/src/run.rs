@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use concord_harness::mesh::{CheckCluster, Spec};
 use crate::history;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
 use crate::workload::{self, Counts, Recorder, WorkloadConfig};
+use concord_harness::mesh::{CheckCluster, Spec};
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -185,7 +185,9 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
                 let verdict = match report.verdict {
                     Linearizability::Linearizable => "linearizable",
                     Linearizability::NotLinearizable => "NOT linearizable",
-                    Linearizability::Unknown => "unknown (the checker gave up: counted as a failure)",
+                    Linearizability::Unknown => {
+                        "unknown (the checker gave up: counted as a failure)"
+                    }
                 };
                 (
                     verdict.to_string(),

@@ -40,6 +40,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use crate::nats_server::{self, NatsServer};
+use crate::process::{self, signal, tail_bytes as tail};
 
 /// Connects a client to the given NATS URL the way the test wants (credentials, TLS). The
 /// harness cannot link the node library, so a test that needs `concord::nats::connect` passes
@@ -104,7 +105,10 @@ impl std::fmt::Debug for ClusterOptions {
             .field("node_env", &self.node_env)
             .field("start_nodes", &self.start_nodes)
             .field("nats_url", &self.nats_url)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("connector", &self.connector.as_ref().map(|_| "<fn>"))
             .finish()
     }
@@ -626,31 +630,10 @@ impl Cluster {
             .zip(polls)
             .filter_map(|(&id, r)| r.ok().map(|s| (id, s)))
             .collect();
-        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for status in statuses.values() {
-            if let Some(leader) = status["leader"].as_u64() {
-                *votes.entry(leader).or_default() += 1;
-            }
-        }
-        for (leader, count) in votes {
-            let Some(leader_status) = statuses.get(&leader) else {
-                continue;
-            };
-            if leader_status["role"] != json!("leader")
-                || leader_status["leader"].as_u64() != Some(leader)
-            {
-                continue;
-            }
-            let voters = leader_status["members"]["voters"]
-                .as_array()
-                .map(|v| v.len())
-                .filter(|&n| n > 0)
-                .unwrap_or(self.initial_members.len());
-            if count > voters / 2 {
-                return Ok(Some(leader));
-            }
-        }
-        Ok(None)
+        Ok(process::agreed_leader(
+            &statuses,
+            self.initial_members.len(),
+        ))
     }
 
     /// Stronger than [`Cluster::wait_for_leader`]: waits until *every* live node names the
@@ -872,7 +855,7 @@ impl Cluster {
         let pid = self
             .pid(id)
             .ok_or_else(|| anyhow!("signal: node {id} is not running"))?;
-        signal(pid, sig)
+        Ok(signal(pid, sig)?)
     }
 
     /// Waits up to `timeout` for node `id` to exit and reaps it; returns its exit status.
@@ -1132,12 +1115,9 @@ impl Cluster {
             for (k, v) in &node.env {
                 cmd.env(k, v);
             }
-            let child = cmd.spawn().with_context(|| {
-                format!(
-                    "spawning {} serve for node {id}",
-                    self.bin.display()
-                )
-            })?;
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("spawning {} serve for node {id}", self.bin.display()))?;
             node.child = Some(child);
             node.paused = false;
             Ok(())
@@ -1299,29 +1279,6 @@ fn prepare_node(
         child: None,
         paused: false,
     })
-}
-
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .with_context(|| format!("running kill {sig} {pid}"))?;
-    if !status.success() {
-        bail!("kill {sig} {pid} failed with {status}");
-    }
-    Ok(())
-}
-
-/// The last `max` bytes of `text` (on a char boundary).
-fn tail(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 /// Exclusive lock across processes: a file created with `create_new` holding our pid. A lock

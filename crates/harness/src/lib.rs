@@ -14,3 +14,4 @@
 pub mod cluster;
 pub mod mesh;
 pub mod nats_server;
+pub mod process;

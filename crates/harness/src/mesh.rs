@@ -1306,22 +1306,12 @@ async fn reap(child: &mut Child, what: &str) -> Result<ExitStatus, Error> {
     }
 }
 
-/// `kill <sig> <pid>` (the `kill` command: no libc in the dependencies).
 fn signal(pid: u32, sig: &str) -> Result<(), Error> {
-    let command = format!("kill {sig} {pid}");
-    let out = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_err(format!("running `{command}`")))?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    crate::process::signal(pid, sig).map_err(|e| Error::Command {
+        command: e.command,
+        status: e.status,
+        stderr: e.stderr,
+    })
 }
 
 /// Writes server `id`'s config, starts it (in namespace `ns` if given) and waits until it
@@ -1487,28 +1477,7 @@ pub async fn request(
 /// names itself, named by more than half of the voters (its own member list, or the three
 /// ids). Among several (stale replies), the highest term wins.
 fn agreed_leader(statuses: &BTreeMap<u64, Value>) -> Option<u64> {
-    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-    for status in statuses.values() {
-        if let Some(leader) = status["leader"].as_u64() {
-            *votes.entry(leader).or_default() += 1;
-        }
-    }
-    votes
-        .into_iter()
-        .filter_map(|(leader, count)| {
-            let own = statuses.get(&leader)?;
-            if own["role"] != json!("leader") || own["leader"].as_u64() != Some(leader) {
-                return None;
-            }
-            let voters = own["members"]["voters"]
-                .as_array()
-                .map(Vec::len)
-                .filter(|&n| n > 0)
-                .unwrap_or(IDS.len());
-            (count > voters / 2).then(|| (own["term"].as_u64().unwrap_or(0), leader))
-        })
-        .max()
-        .map(|(_, leader)| leader)
+    crate::process::agreed_leader(statuses, IDS.len())
 }
 
 /// The leader when every node of [`IDS`] answered and follows it (see
