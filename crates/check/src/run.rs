@@ -70,6 +70,8 @@ pub fn node_timings() -> Vec<(String, String)> {
     .collect()
 }
 
+/// Starts the cluster, runs the workload while every nemesis in `opts.faults` takes its turn,
+/// stops the workload, reads every key once more and checks the history.
 pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVerdict, Error> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.workdir)?;
@@ -111,46 +113,16 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         quiet: Duration::from_secs(2),
         recovery_limit: Duration::from_secs(20),
     };
-    let mut nemesis = Nemesis::new(timing, started, opts.seed);
-    let mut faults = Vec::new();
     let mut problems = Vec::new();
-    for fault in &opts.faults {
-        if *fault == Fault::Partition && !netns {
-            problems.push("partition nemesis skipped: network namespaces unavailable (needs root and `ip netns`)".into());
-            continue;
-        }
-        let phase_end = Instant::now() + opts.duration;
-        loop {
-            tokio::time::sleep(timing.quiet).await;
-            if Instant::now() + timing.hold + timing.quiet > phase_end
-                && faults.iter().any(|f: &FaultRecord| f.fault == *fault)
-            {
-                break;
-            }
-            let record = nemesis.cycle(&mut cluster, *fault).await?;
-            progress(&format!(
-                "{:?} node {:?} (leader: {}) held {} ms, writable again after {}",
-                record.fault,
-                record.node,
-                record.was_leader,
-                record.held_ms,
-                record
-                    .recovery_ms
-                    .map(|ms| format!("{ms} ms"))
-                    .unwrap_or_else(|| "NEVER".into())
-            ));
-            if record.recovery_ms.is_none() {
-                problems.push(format!(
-                    "the cluster did not serve writes within {:?} after {:?} healed",
-                    timing.recovery_limit, record.fault
-                ));
-            }
-            faults.push(record);
-            if Instant::now() >= phase_end {
-                break;
-            }
-        }
-    }
+    let faults = inject_faults(
+        &mut cluster,
+        &opts,
+        timing,
+        started,
+        &mut problems,
+        &progress,
+    )
+    .await?;
     tokio::time::sleep(timing.quiet).await;
     stop.store(true, Ordering::Relaxed);
     match load.await {
@@ -173,30 +145,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let counts = workload::count(&history);
     let lost = workload::lost_writes(&history, &finals);
     progress(&format!("checking {} events", history.len()));
-    let (checker, explanation, keys_checked) =
-        match linearizable::check(&history, &Limits::default()) {
-            Ok(report) => {
-                let explanation = report
-                    .keys
-                    .iter()
-                    .filter_map(|k| k.explanation.clone())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let verdict = match report.verdict {
-                    Linearizability::Linearizable => "linearizable",
-                    Linearizability::NotLinearizable => "NOT linearizable",
-                    Linearizability::Unknown => {
-                        "unknown (the checker gave up: counted as a failure)"
-                    }
-                };
-                (
-                    verdict.to_string(),
-                    (!explanation.is_empty()).then_some(explanation),
-                    report.keys.len(),
-                )
-            }
-            Err(e) => (format!("malformed history: {e}"), None, 0),
-        };
+    let (checker, explanation, keys_checked) = check_history(&history);
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
     let valid = checker == "linearizable"
         && lost.is_empty()
@@ -224,4 +173,81 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         netns,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Each nemesis of `opts.faults` in turn, for `opts.duration` (at least one fault each);
+/// what did not recover in time goes to `problems`.
+async fn inject_faults(
+    cluster: &mut CheckCluster,
+    opts: &CheckOptions,
+    timing: Timing,
+    started: Instant,
+    problems: &mut Vec<String>,
+    progress: &impl Fn(&str),
+) -> Result<Vec<FaultRecord>, Error> {
+    let mut nemesis = Nemesis::new(timing, started, opts.seed);
+    let mut faults = Vec::new();
+    for fault in &opts.faults {
+        if *fault == Fault::Partition && !cluster.netns() {
+            problems.push("partition nemesis skipped: network namespaces unavailable (needs root and `ip netns`)".into());
+            continue;
+        }
+        let phase_end = Instant::now() + opts.duration;
+        loop {
+            tokio::time::sleep(timing.quiet).await;
+            if Instant::now() + timing.hold + timing.quiet > phase_end
+                && faults.iter().any(|f: &FaultRecord| f.fault == *fault)
+            {
+                break;
+            }
+            let record = nemesis.cycle(cluster, *fault).await?;
+            progress(&format!(
+                "{:?} node {:?} (leader: {}) held {} ms, writable again after {}",
+                record.fault,
+                record.node,
+                record.was_leader,
+                record.held_ms,
+                record
+                    .recovery_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_else(|| "NEVER".into())
+            ));
+            if record.recovery_ms.is_none() {
+                problems.push(format!(
+                    "the cluster did not serve writes within {:?} after {:?} healed",
+                    timing.recovery_limit, record.fault
+                ));
+            }
+            faults.push(record);
+            if Instant::now() >= phase_end {
+                break;
+            }
+        }
+    }
+    Ok(faults)
+}
+
+/// The checker's verdict as text, its explanation, and how many keys it checked.
+fn check_history(history: &[history::Event]) -> (String, Option<String>, usize) {
+    match linearizable::check(history, &Limits::default()) {
+        Ok(report) => {
+            let explanation = report
+                .keys
+                .iter()
+                .filter_map(|k| k.explanation.clone())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let verdict = match report.verdict {
+                Linearizability::Linearizable => "linearizable",
+                Linearizability::NotLinearizable => "NOT linearizable",
+                Linearizability::Unknown => "unknown (the checker gave up: counted as a failure)",
+            };
+            (
+                verdict.to_string(),
+                (!explanation.is_empty()).then_some(explanation),
+                report.keys.len(),
+            )
+        }
+        Err(e) => (format!("malformed history: {e}"), None, 0),
+    }
 }
