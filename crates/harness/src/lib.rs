@@ -7,6 +7,8 @@
 //!   tests.
 //! - [`mesh`]: three nodes, each on its own `nats-server` (in network namespaces when root),
 //!   so that the fault suite can partition them.
+//! - [`process`]: what both do to processes and status replies (signals, log tails, which
+//!   node leads).
 //!
 //! It never links the node library: it is handed the path of the `concord` binary, and the
 //! `concord` binary itself depends on the fault suite that uses this crate.
