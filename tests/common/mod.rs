@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Every method of the harness's cluster is reached through `Deref`; see
-//! `crates/harness/src/cluster.rs` for the rules it keeps (serialized cluster tests, polled
+//! `crates/harness/src/cluster/mod.rs` for the rules it keeps (serialized cluster tests, polled
 //! waits, logs printed on failure, `Drop` kills every child).
 // Each test binary uses its own part of this module.
 #![allow(dead_code, unused_imports)]
