@@ -40,14 +40,14 @@ test *args:
 it *args:
     scripts/test.sh --test '*' "$@"
 
-# Formatting check and clippy with warnings as errors
+# Formatting check and clippy with warnings as errors (the node and every crate under crates/)
 lint:
-    cargo fmt --check
-    cargo clippy --all-targets -- -D warnings
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
 
 # Format the code
 fmt:
-    cargo fmt
+    cargo fmt --all
 
 # Install the dev tools (nats-server, just) into ./.tools if missing
 tools:

@@ -10,4 +10,4 @@ cd "$ROOT"
 CONCORD_TOOLS="nats-server" source scripts/tools.sh
 export PATH CONCORD_TEST_NATS_SERVER
 cargo build --release --bin concord --quiet
-exec target/release/concord check "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/concord" check "$@"

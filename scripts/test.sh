@@ -6,9 +6,11 @@
 # .tools/bin there and installed nats-server if it was missing).
 #
 # Use:  scripts/test.sh [cargo test args...]
-#   With no target selection (--lib, --test NAME, --doc, ...) among the args, --all-targets is
-#   added (and Prometheus, which tests/dashboard.rs needs, is installed when possible), and
-#   always --features failpoints. Everything is passed on to `cargo test`, e.g. scripts/test.sh -- --nocapture
+#   Always --workspace (the node and the crates under crates/: wire, harness, check, bench) and
+#   --features concord/failpoints. With no target selection (--lib, --test NAME, --doc, ...)
+#   among the args, --all-targets is added (and Prometheus, which
+#   tests/dashboard.rs needs, is installed when possible). Everything is passed on to `cargo test`, e.g.
+#   scripts/test.sh -- --nocapture, or scripts/test.sh --test lifecycle (tests/lifecycle.rs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +39,9 @@ if [[ "$selected" == 0 && -z "${CONCORD_TEST_PROMETHEUS:-}" ]] && ! command -v p
         echo "test.sh: could not install prometheus; tests/dashboard.rs will fail (see its message)" >&2
 fi
 # The fault suite's own tests switch deliberate bugs on in the nodes (CONCORD_FAILPOINTS);
-# the code exists only in builds with this feature, never in `cargo build --release`.
-set -- --features failpoints "$@"
+# the code exists only in builds with this feature, never in `cargo build --release`. The
+# feature is the root package's: the integration tests run the `concord` binary it builds.
+set -- --workspace --features concord/failpoints "$@"
 
 echo "test.sh: cargo test $*"
 exec cargo test "$@"

@@ -26,13 +26,9 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench;
-pub mod check;
-pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
-pub mod error;
 pub mod failpoints;
 #[cfg(test)]
 mod golden;
@@ -44,8 +40,12 @@ pub mod observe;
 pub mod raft;
 pub mod signing;
 pub mod store;
-pub mod subjects;
 pub mod types;
+
+// The wire vocabulary lives in its own crate, shared with the tools (harness, fault suite,
+// load generator) that must not link the node; these paths keep `crate::subjects::…` and
+// `crate::error::…` working throughout the node.
+pub use concord_wire::{error, subjects};
 
 pub use client::Client;
 pub use error::{ErrorKind, WireError};

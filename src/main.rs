@@ -1,7 +1,9 @@
 //! `concord`: parse the command line, set up logging, dispatch.
 
+mod cli;
+
 use clap::Parser;
-use concord::cli::{self, Cli, Cmd};
+use cli::{Cli, Cmd};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -30,9 +32,9 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         let res = match cli.command {
-            Cmd::Serve(ref args) => cli::serve(&cli.global, args).await,
-            Cmd::Check(ref args) => cli::check(&cli.global, args).await,
-            Cmd::Restore(ref args) => cli::restore(&cli.global, args).await,
+            Cmd::Serve(ref args) => cli::serve::run(&cli.global, args).await,
+            Cmd::Check(ref args) => cli::check::run(&cli.global, args).await,
+            Cmd::Restore(ref args) => cli::backup::restore(&cli.global, args).await,
             cmd => cli::run_client(&cli.global, cmd).await,
         };
         match res {

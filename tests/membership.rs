@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::{Cluster, ClusterOptions};
-use concord::check::linearizable::{self, Limits, Verdict};
-use concord::check::workload::{self, Recorder, WorkloadConfig};
+use concord_check::linearizable::{self, Limits, Verdict};
+use concord_check::workload::{self, Recorder, WorkloadConfig};
 use serde_json::{json, Value};
 
 const JOIN: [(&str, &str); 1] = [("CONCORD_CLUSTER__JOIN", "true")];
 
 /// Fast elections so that removing the leader costs about a second.
 fn options() -> ClusterOptions {
-    concord::check::run::node_timings()
+    concord_check::run::node_timings()
         .into_iter()
         .fold(ClusterOptions::default(), |o, (k, v)| o.env(k, v))
 }

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use common::{Cluster, ClusterOptions};
+use common::{Cluster, ClusterOptions, SecuredOptions};
 use concord::config::NatsConfig;
 use serde_json::{json, Value};
 

@@ -11,10 +11,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use concord::check::cluster::{self, find_nats_server, CheckCluster, Spec};
 use concord::raft::handoff::ElectRequest;
 use concord::raft::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use concord::subjects::Subjects;
+use concord_harness::mesh::{self as cluster, CheckCluster, Spec};
+use concord_harness::nats_server;
 use serde_json::{json, Value};
 
 /// Seconds each nemesis runs in CI (issue 3: about 30–60 s each).
@@ -187,10 +188,7 @@ async fn former_leader_behind_a_snapshot_serves_writes_when_it_leads_again() -> 
     let work = tempfile::Builder::new()
         .prefix("concord-orphan-")
         .tempdir()?;
-    let nats_server = std::env::var_os("CONCORD_TEST_NATS_SERVER")
-        .map(PathBuf::from)
-        .or_else(find_nats_server)
-        .context("no nats-server: run scripts/test.sh")?;
+    let nats_server = nats_server::find().context("no nats-server: run scripts/test.sh")?;
     let env = [
         ("CONCORD_CLUSTER__NAME", CLUSTER),
         ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", "100"),

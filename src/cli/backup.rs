@@ -11,10 +11,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{out, report, show, Global, RestoreArgs};
-use crate::client::{Client, ClientError};
-use crate::error::{bad_request, internal, ErrorKind, WireError};
-use crate::store::backup::{self, BackupError};
-use crate::subjects::AdminOp;
+use concord::client::{Client, ClientError};
+use concord::error::{bad_request, internal, ErrorKind, WireError};
+use concord::store::backup::{self, BackupError};
+use concord::subjects::AdminOp;
 
 /// Least time the leader gets to write a backup, whatever `--timeout-ms` says.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(120);

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{out, show, Global};
-use crate::client::{Client, ClientError};
-use crate::error::{ErrorKind, WireError};
-use crate::subjects::AdminOp;
+use concord::client::{Client, ClientError};
+use concord::error::{ErrorKind, WireError};
+use concord::subjects::AdminOp;
 
 /// A learner this close to the leader is promoted (the leader allows up to 100).
 const CAUGHT_UP_LAG: u64 = 50;
@@ -44,8 +44,7 @@ pub async fn add(
         {
             Ok(v) => break v,
             Err(ClientError::Server(e))
-                if e.message
-                    .contains(crate::api::admin::membership::BEHIND_LEADER)
+                if e.message.contains(concord::api::admin::membership::BEHIND_LEADER)
                     && Instant::now() < deadline =>
             {
                 tokio::time::sleep(POLL).await;

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::{emit, out, show, Global};
-use crate::client::{Client, ClientError};
+use concord::client::{Client, ClientError};
 
 /// Prints events until Ctrl-C (or the connection closes): the JSON as published with
 /// `--json`, else one readable line each. `filter` is an event path or a prefix of one

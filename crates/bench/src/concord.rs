@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::Subject;
 use bytes::Bytes;
 
-use super::{Driver, Op, Outcome};
-use crate::subjects::{KvOp, Subjects};
+use super::{Driver, Op, OpResult};
+use concord_wire::subjects::{KvOp, Subjects};
 
 #[derive(Clone)]
 pub struct ConcordHandle {
@@ -79,7 +79,7 @@ impl Driver for ConcordHandle {
         body.into()
     }
 
-    async fn execute(&mut self, op: Op, body: Bytes) -> Outcome {
+    async fn execute(&mut self, op: Op, body: Bytes) -> OpResult {
         let subject = match op {
             Op::Put => &self.put,
             Op::Get => &self.get,

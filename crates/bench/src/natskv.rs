@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use bytes::Bytes;
 
-use super::{snake_case, Driver, Op, Outcome};
+use super::{snake_case, Driver, Op, OpResult};
 
 #[derive(Clone)]
 pub struct NatsKvHandle {
@@ -67,7 +67,7 @@ impl Driver for NatsKvHandle {
         (format!("bench_{key}"), value)
     }
 
-    async fn execute(&mut self, op: Op, (key, value): (String, Bytes)) -> Outcome {
+    async fn execute(&mut self, op: Op, (key, value): (String, Bytes)) -> OpResult {
         let code = |kind: String| format!("natskv_{}", snake_case(&kind));
         match op {
             Op::Put => self.store.put(key, value).await.map(drop).map_err(|e| {

@@ -1,4 +1,4 @@
-//! Linearizability checker for a recorded [`History`](super::history::History) of reads,
+//! Linearizability checker for a recorded [`History`](crate::history::History) of reads,
 //! writes and deletes, in the style of Porcupine: the Wing & Gong / Lowe (WGL) backtracking
 //! search with memoization of visited `(linearized set, model state)` pairs.
 //!
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::history::{Event, EventType, Func};
+use crate::history::{Event, EventType, Func};
 
 /// Bounds of the search.
 #[derive(Debug, Clone)]
@@ -727,7 +727,7 @@ impl Entries {
     }
 }
 
-enum Outcome {
+enum SearchResult {
     Linearizable,
     /// No linearization exists; the longest linearizable prefix found (operation indices in
     /// linearization order) and the state after it.
@@ -827,7 +827,7 @@ fn search(
     lazy: &[bool],
     deadline: Option<Instant>,
     max_states: usize,
-) -> Outcome {
+) -> SearchResult {
     let n = kinds.len();
     let mut entries = Entries::new(times, lazy);
     let helpers = Helpers::new(kinds, times, lazy);
@@ -879,7 +879,7 @@ fn search(
         if steps.is_multiple_of(1024) {
             if let Some(d) = deadline {
                 if Instant::now() >= d {
-                    return Outcome::Exhausted(format!(
+                    return SearchResult::Exhausted(format!(
                         "time budget exhausted after {} memoized states (depth {} of {n})",
                         cache.len,
                         best_ops.len()
@@ -960,7 +960,7 @@ fn search(
             bits.key(new_state, &mut key);
             if cache.visit(&key, &bits.helpers.0) {
                 if cache.len > max_states {
-                    return Outcome::Exhausted(format!(
+                    return SearchResult::Exhausted(format!(
                         "state budget exhausted: more than {max_states} memoized states \
                          (depth {} of {n})",
                         best_ops.len()
@@ -1019,7 +1019,7 @@ fn search(
 
         // A return entry: its operation had to be linearized by now. Backtrack.
         let Some(frame) = stack.pop() else {
-            return Outcome::Violation {
+            return SearchResult::Violation {
                 prefix: best_ops,
                 state: best_state,
             };
@@ -1050,7 +1050,7 @@ fn search(
             entries.next[frame.entry]
         };
     }
-    Outcome::Linearizable
+    SearchResult::Linearizable
 }
 
 /// Writes that must be linearized (not lazy) and whose value no read observed.
@@ -1098,9 +1098,9 @@ fn check_key(key: &str, all: &[Op<'_>], deadline: Option<Instant>, max_states: u
     } = reduce_unknown_writes(all, &all_kinds);
 
     let (verdict, explanation) = match search(&kinds, &times, &lazy, deadline, max_states) {
-        Outcome::Linearizable => (Verdict::Linearizable, None),
-        Outcome::Exhausted(why) => (Verdict::Unknown, Some(format!("key {key:?}: {why}"))),
-        Outcome::Violation { prefix, state } => (
+        SearchResult::Linearizable => (Verdict::Linearizable, None),
+        SearchResult::Exhausted(why) => (Verdict::Unknown, Some(format!("key {key:?}: {why}"))),
+        SearchResult::Violation { prefix, state } => (
             Verdict::NotLinearizable,
             Some(explain(
                 key,
@@ -1328,8 +1328,8 @@ fn describe_op(op: &Op<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::to_lines;
     use super::*;
+    use crate::history::to_lines;
     use serde_json::json;
 
     /// History builder: each helper appends an invoke and (maybe) its completion.

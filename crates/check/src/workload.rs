@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use async_nats::RequestErrorKind;
 use serde_json::{json, Value};
 
-use super::history::{Event, EventType, Func, History};
-use crate::error::ErrorKind;
+use crate::history::{Event, EventType, Func, History};
+use concord_wire::ErrorKind;
 
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
@@ -85,23 +85,23 @@ pub fn count(history: &[Event]) -> Counts {
 }
 
 /// How a reply is recorded.
-enum Outcome {
+enum ReplyClass {
     Ok(Value),
     Fail,
     Info,
 }
 
-fn classify(f: Func, reply: &Value) -> Outcome {
+fn classify(f: Func, reply: &Value) -> ReplyClass {
     if reply["ok"] == json!(true) {
         return match f {
-            Func::Read => Outcome::Ok(reply["value"].clone()),
-            _ => Outcome::Ok(Value::Null),
+            Func::Read => ReplyClass::Ok(reply["value"].clone()),
+            _ => ReplyClass::Ok(Value::Null),
         };
     }
     let code: Option<ErrorKind> = serde_json::from_value(reply["error"]["code"].clone()).ok();
     match code {
         // A read of an absent key observed "absent".
-        Some(ErrorKind::NotFound) if f == Func::Read => Outcome::Ok(Value::Null),
+        Some(ErrorKind::NotFound) if f == Func::Read => ReplyClass::Ok(Value::Null),
         // DESIGN.md: these mean the command did not happen.
         Some(
             ErrorKind::ClusterNotReady
@@ -112,8 +112,8 @@ fn classify(f: Func, reply: &Value) -> Outcome {
             | ErrorKind::Unauthorized
             | ErrorKind::NoSpace
             | ErrorKind::NotFound,
-        ) => Outcome::Fail,
-        Some(ErrorKind::Timeout | ErrorKind::Internal) | None => Outcome::Info,
+        ) => ReplyClass::Fail,
+        Some(ErrorKind::Timeout | ErrorKind::Internal) | None => ReplyClass::Info,
     }
 }
 
@@ -161,8 +161,8 @@ pub async fn run(
                 } else {
                     (Func::Delete, Value::Null)
                 };
-                let outcome = one_op(&nats, &cfg, &recorder, process, f, &key, &value).await;
-                if matches!(outcome, Outcome::Info) {
+                let class = one_op(&nats, &cfg, &recorder, process, f, &key, &value).await;
+                if matches!(class, ReplyClass::Info) {
                     process += cfg.clients as u64;
                 }
             }
@@ -182,7 +182,7 @@ async fn one_op(
     f: Func,
     key: &str,
     value: &Value,
-) -> Outcome {
+) -> ReplyClass {
     let timeout_ms = cfg.op_timeout.as_millis() as u64;
     let (op, body) = match f {
         Func::Read => ("get", json!({"key": key, "timeout_ms": timeout_ms})),
@@ -197,17 +197,17 @@ async fn one_op(
     let request = async_nats::Request::new()
         .payload(body.to_string().into())
         .timeout(Some(cfg.op_timeout + Duration::from_millis(500)));
-    let outcome = match nats.send_request(subject, request).await {
+    let class = match nats.send_request(subject, request).await {
         Ok(reply) => match serde_json::from_slice::<Value>(&reply.payload) {
             Ok(v) => classify(f, &v),
-            Err(_) => Outcome::Info,
+            Err(_) => ReplyClass::Info,
         },
         // Nobody subscribed: the request was not delivered.
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Outcome::Fail,
-        Err(_) => Outcome::Info,
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => ReplyClass::Fail,
+        Err(_) => ReplyClass::Info,
     };
-    let (kind, recorded) = match &outcome {
-        Outcome::Ok(v) => (
+    let (kind, recorded) = match &class {
+        ReplyClass::Ok(v) => (
             EventType::Ok,
             if f == Func::Read {
                 v.clone()
@@ -215,15 +215,15 @@ async fn one_op(
                 value.clone()
             },
         ),
-        Outcome::Fail => (EventType::Fail, value.clone()),
-        Outcome::Info => (EventType::Info, value.clone()),
+        ReplyClass::Fail => (EventType::Fail, value.clone()),
+        ReplyClass::Info => (EventType::Info, value.clone()),
     };
     recorder.record(process, kind, f, key, recorded);
-    if matches!(outcome, Outcome::Fail) {
+    if matches!(class, ReplyClass::Fail) {
         // Back off a little: a cluster without a leader answers fast.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    outcome
+    class
 }
 
 /// After the faults heal: one linearizable read of every key, retried until it succeeds
@@ -259,12 +259,12 @@ pub async fn final_reads(
             )
             .await
             {
-                Outcome::Ok(v) => {
+                ReplyClass::Ok(v) => {
                     out.push((key.clone(), v));
                     break;
                 }
-                Outcome::Fail => {}
-                Outcome::Info => process += 1_000_000,
+                ReplyClass::Fail => {}
+                ReplyClass::Info => process += 1_000_000,
             }
         }
         process += 1;
@@ -415,23 +415,23 @@ mod tests {
     #[test]
     fn replies_are_classified_by_the_design_table() {
         let ok = classify(Func::Read, &json!({"ok": true, "value": 3, "revision": 1}));
-        assert!(matches!(ok, Outcome::Ok(v) if v == json!(3)));
+        assert!(matches!(ok, ReplyClass::Ok(v) if v == json!(3)));
         let nf = classify(
             Func::Read,
             &json!({"ok": false, "error": {"code": "not_found", "message": "x"}}),
         );
-        assert!(matches!(nf, Outcome::Ok(Value::Null)));
+        assert!(matches!(nf, ReplyClass::Ok(Value::Null)));
         let cnr = classify(
             Func::Write,
             &json!({"ok": false, "error": {"code": "cluster_not_ready", "message": "x"}}),
         );
-        assert!(matches!(cnr, Outcome::Fail));
+        assert!(matches!(cnr, ReplyClass::Fail));
         let t = classify(
             Func::Write,
             &json!({"ok": false, "error": {"code": "timeout", "message": "x"}}),
         );
-        assert!(matches!(t, Outcome::Info));
+        assert!(matches!(t, ReplyClass::Info));
         let junk = classify(Func::Write, &json!({"weird": 1}));
-        assert!(matches!(junk, Outcome::Info));
+        assert!(matches!(junk, ReplyClass::Info));
     }
 }

@@ -1,13 +1,15 @@
 //! `concord bench`: a closed-loop load generator over the wire protocol. Each client sends
 //! one request, waits for the reply, and sends the next; the summary gives throughput,
 //! latency percentiles and errors by code.
-
 //!
 //! The same loop drives every target through [`Driver`]: the same key choice (xorshift per
 //! client over `--keys`), the same mix, values of the same size, the same latency recording
 //! (from just before the request is sent to its answer) and error counting. Targets:
 //! `concord` (JSON request-reply on `P.kv.*`), `echo` (the NATS round-trip floor), `natskv`
 //! (NATS JetStream KV), `etcd` (etcd v3 gRPC, cargo feature `bench-etcd`).
+//!
+//! It speaks to the cluster only over NATS and never links the node library: the `concord`
+//! binary depends on this crate, so this crate cannot depend on it.
 
 mod concord;
 pub mod cpu;
@@ -107,7 +109,7 @@ pub enum Op {
 
 /// A served operation, or the short code of the failure (`busy`, `nats_TimedOut`,
 /// `etcd_unavailable`, `natskv_ack_timed_out`, ...).
-pub type Outcome = Result<(), String>;
+pub type OpResult = Result<(), String>;
 
 /// One client's connection to the system under test: all the closed loop needs.
 trait Driver: Send + 'static {
@@ -115,7 +117,7 @@ trait Driver: Send + 'static {
     /// Builds the request for `op` on key number `key` (not timed).
     fn prepare(&self, op: Op, key: u64) -> Self::Request;
     /// Sends it and waits for the answer (timed).
-    fn execute(&mut self, op: Op, req: Self::Request) -> impl Future<Output = Outcome> + Send;
+    fn execute(&mut self, op: Op, req: Self::Request) -> impl Future<Output = OpResult> + Send;
 }
 
 /// `DeadlineExceeded` → `deadline_exceeded`: error kinds as short codes.
@@ -402,30 +404,7 @@ async fn drive<D: Driver>(
         let (mut h, cfg) = (handle(c), cfg.clone());
         let (done, issued, completed) = (done.clone(), issued.clone(), completed.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64 + 1) * 0x1000_0001);
-            let total = cfg.mix.0 + cfg.mix.1 + cfg.mix.2;
-            loop {
-                if done.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Some(max) = cfg.ops {
-                    if issued.fetch_add(1, Ordering::Relaxed) >= max {
-                        break;
-                    }
-                }
-                let key = next_rand(&mut rng) % cfg.keys.max(1);
-                let op = pick_op(cfg.mix, (next_rand(&mut rng) % total as u64) as u32);
-                let req = h.prepare(op, key);
-                let t0 = Instant::now();
-                match h.execute(op, req).await {
-                    Ok(()) => lat.push(t0.elapsed().as_micros() as u64),
-                    Err(code) => *errors.entry(code).or_default() += 1,
-                }
-                completed.fetch_add(1, Ordering::Relaxed);
-            }
-            (lat, errors)
+            client_loop(c, &mut h, &cfg, &done, &issued, &completed).await
         }));
     }
     let ticker = {
@@ -483,6 +462,42 @@ async fn drive<D: Driver>(
         s.cpu_seconds_per_10k_ops = (s.ops > 0).then(|| secs * 10_000.0 / s.ops as f64);
     }
     Ok(s)
+}
+
+/// One closed-loop client: one request in flight, until `done` or `cfg.ops` requests were
+/// issued over all clients. Returns its latencies (us) and its errors by code.
+async fn client_loop<D: Driver>(
+    c: usize,
+    h: &mut D,
+    cfg: &BenchConfig,
+    done: &AtomicBool,
+    issued: &AtomicU64,
+    completed: &AtomicU64,
+) -> (Vec<u64>, BTreeMap<String, u64>) {
+    let mut lat = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64 + 1) * 0x1000_0001);
+    let total = cfg.mix.0 + cfg.mix.1 + cfg.mix.2;
+    loop {
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(max) = cfg.ops {
+            if issued.fetch_add(1, Ordering::Relaxed) >= max {
+                break;
+            }
+        }
+        let key = next_rand(&mut rng) % cfg.keys.max(1);
+        let op = pick_op(cfg.mix, (next_rand(&mut rng) % total as u64) as u32);
+        let req = h.prepare(op, key);
+        let t0 = Instant::now();
+        match h.execute(op, req).await {
+            Ok(()) => lat.push(t0.elapsed().as_micros() as u64),
+            Err(code) => *errors.entry(code).or_default() += 1,
+        }
+        completed.fetch_add(1, Ordering::Relaxed);
+    }
+    (lat, errors)
 }
 
 #[cfg(test)]

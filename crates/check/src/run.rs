@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cluster::{CheckCluster, Spec};
-use super::history;
-use super::linearizable::{self, Limits, Verdict as Lin};
-use super::nemesis::{Fault, FaultRecord, Nemesis, Timing};
-use super::workload::{self, Counts, Recorder, WorkloadConfig};
+use crate::history;
+use crate::linearizable::{self, Limits, Verdict as Linearizability};
+use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
+use crate::workload::{self, Counts, Recorder, WorkloadConfig};
+use concord_harness::mesh::{CheckCluster, Spec};
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -31,7 +31,7 @@ pub struct CheckOptions {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Verdict {
+pub struct SuiteVerdict {
     /// Linearizable, no acknowledged write lost, every fault recovered from in time.
     pub valid: bool,
     pub checker: String,
@@ -50,7 +50,7 @@ pub struct Verdict {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Cluster(#[from] super::cluster::Error),
+    Cluster(#[from] concord_harness::mesh::Error),
     #[error("workload: {0}")]
     Workload(String),
     #[error("i/o: {0}")]
@@ -70,7 +70,9 @@ pub fn node_timings() -> Vec<(String, String)> {
     .collect()
 }
 
-pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict, Error> {
+/// Starts the cluster, runs the workload while every nemesis in `opts.faults` takes its turn,
+/// stops the workload, reads every key once more and checks the history.
+pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVerdict, Error> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.workdir)?;
     let mut env = node_timings();
@@ -111,11 +113,82 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict,
         quiet: Duration::from_secs(2),
         recovery_limit: Duration::from_secs(20),
     };
+    let mut problems = Vec::new();
+    let faults = inject_faults(
+        &mut cluster,
+        &opts,
+        timing,
+        started,
+        &mut problems,
+        &progress,
+    )
+    .await?;
+    tokio::time::sleep(timing.quiet).await;
+    stop.store(true, Ordering::Relaxed);
+    match load.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Error::Workload(e.to_string())),
+        Err(e) => return Err(Error::Workload(e.to_string())),
+    }
+    progress("workload stopped; final reads");
+    let finals =
+        match workload::final_reads(&wl, &recorder, 10_000_000, Duration::from_secs(30)).await {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(e);
+                Vec::new()
+            }
+        };
+    let history = recorder.history();
+    let history_path = opts.workdir.join("history.jsonl");
+    std::fs::write(&history_path, history::to_lines(&history))?;
+    let counts = workload::count(&history);
+    let lost = workload::lost_writes(&history, &finals);
+    progress(&format!("checking {} events", history.len()));
+    let (checker, explanation, keys_checked) = check_history(&history);
+    let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
+    let valid = checker == "linearizable"
+        && lost.is_empty()
+        && problems.iter().all(|p| p.contains("skipped"));
+    if !valid {
+        for id in cluster.ids() {
+            let _ = std::fs::write(
+                opts.workdir.join(format!("n{id}.tail.log")),
+                cluster.log_tail(id, 200),
+            );
+        }
+    }
+    cluster.shutdown().await;
+    Ok(SuiteVerdict {
+        valid,
+        checker,
+        ops: counts,
+        faults,
+        keys_checked,
+        lost_writes: lost,
+        max_recovery_ms,
+        problems,
+        explanation,
+        history: history_path,
+        netns,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Each nemesis of `opts.faults` in turn, for `opts.duration` (at least one fault each);
+/// what did not recover in time goes to `problems`.
+async fn inject_faults(
+    cluster: &mut CheckCluster,
+    opts: &CheckOptions,
+    timing: Timing,
+    started: Instant,
+    problems: &mut Vec<String>,
+    progress: &impl Fn(&str),
+) -> Result<Vec<FaultRecord>, Error> {
     let mut nemesis = Nemesis::new(timing, started, opts.seed);
     let mut faults = Vec::new();
-    let mut problems = Vec::new();
     for fault in &opts.faults {
-        if *fault == Fault::Partition && !netns {
+        if *fault == Fault::Partition && !cluster.netns() {
             problems.push("partition nemesis skipped: network namespaces unavailable (needs root and `ip netns`)".into());
             continue;
         }
@@ -127,7 +200,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict,
             {
                 break;
             }
-            let record = nemesis.cycle(&mut cluster, *fault).await?;
+            let record = nemesis.cycle(cluster, *fault).await?;
             progress(&format!(
                 "{:?} node {:?} (leader: {}) held {} ms, writable again after {}",
                 record.fault,
@@ -151,75 +224,30 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<Verdict,
             }
         }
     }
-    tokio::time::sleep(timing.quiet).await;
-    stop.store(true, Ordering::Relaxed);
-    match load.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Error::Workload(e.to_string())),
-        Err(e) => return Err(Error::Workload(e.to_string())),
-    }
-    progress("workload stopped; final reads");
-    let finals =
-        match workload::final_reads(&wl, &recorder, 10_000_000, Duration::from_secs(30)).await {
-            Ok(f) => f,
-            Err(e) => {
-                problems.push(e);
-                Vec::new()
-            }
-        };
-    let history = recorder.history();
-    let history_path = opts.workdir.join("history.jsonl");
-    std::fs::write(&history_path, history::to_lines(&history))?;
-    let counts = workload::count(&history);
-    let lost = workload::lost_writes(&history, &finals);
-    progress(&format!("checking {} events", history.len()));
-    let (checker, explanation, keys_checked) =
-        match linearizable::check(&history, &Limits::default()) {
-            Ok(report) => {
-                let explanation = report
-                    .keys
-                    .iter()
-                    .filter_map(|k| k.explanation.clone())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let verdict = match report.verdict {
-                    Lin::Linearizable => "linearizable",
-                    Lin::NotLinearizable => "NOT linearizable",
-                    Lin::Unknown => "unknown (the checker gave up: counted as a failure)",
-                };
-                (
-                    verdict.to_string(),
-                    (!explanation.is_empty()).then_some(explanation),
-                    report.keys.len(),
-                )
-            }
-            Err(e) => (format!("malformed history: {e}"), None, 0),
-        };
-    let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
-    let valid = checker == "linearizable"
-        && lost.is_empty()
-        && problems.iter().all(|p| p.contains("skipped"));
-    if !valid {
-        for id in cluster.ids() {
-            let _ = std::fs::write(
-                opts.workdir.join(format!("n{id}.tail.log")),
-                cluster.log_tail(id, 200),
-            );
+    Ok(faults)
+}
+
+/// The checker's verdict as text, its explanation, and how many keys it checked.
+fn check_history(history: &[history::Event]) -> (String, Option<String>, usize) {
+    match linearizable::check(history, &Limits::default()) {
+        Ok(report) => {
+            let explanation = report
+                .keys
+                .iter()
+                .filter_map(|k| k.explanation.clone())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let verdict = match report.verdict {
+                Linearizability::Linearizable => "linearizable",
+                Linearizability::NotLinearizable => "NOT linearizable",
+                Linearizability::Unknown => "unknown (the checker gave up: counted as a failure)",
+            };
+            (
+                verdict.to_string(),
+                (!explanation.is_empty()).then_some(explanation),
+                report.keys.len(),
+            )
         }
+        Err(e) => (format!("malformed history: {e}"), None, 0),
     }
-    cluster.shutdown().await;
-    Ok(Verdict {
-        valid,
-        checker,
-        ops: counts,
-        faults,
-        keys_checked,
-        lost_writes: lost,
-        max_recovery_ms,
-        problems,
-        explanation,
-        history: history_path,
-        netns,
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
-use super::{snake_case, Driver, Op, Outcome};
+use super::{snake_case, Driver, Op, OpResult};
 
 #[derive(Clone)]
 pub struct EtcdHandle {
@@ -93,7 +93,7 @@ impl Driver for EtcdHandle {
         (format!("bench:{key}"), value)
     }
 
-    async fn execute(&mut self, op: Op, (key, value): (String, Vec<u8>)) -> Outcome {
+    async fn execute(&mut self, op: Op, (key, value): (String, Vec<u8>)) -> OpResult {
         let res = match op {
             Op::Put => self.kv.put(key, value, None).await.map(drop),
             Op::Get => {

@@ -1,0 +1,13 @@
+//! The fault suite behind `concord check`: a workload that records a history over the wire
+//! protocol ([`workload`], [`history`]), a nemesis that injects faults into real node processes
+//! ([`nemesis`], on the cluster of [`concord_harness::mesh`]), and a linearizability checker
+//! ([`linearizable`]); [`run`] puts them together and gives the verdict.
+//!
+//! It speaks to nodes only over NATS, like any client, and never links the node library: the
+//! `concord` binary depends on this crate, so this crate cannot depend on it.
+
+pub mod history;
+pub mod linearizable;
+pub mod nemesis;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,160 @@
+//! `concord bench`: the load generator (`concord-bench`) against what `--target` names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{client_token, load_config, out, Global};
+use concord::client::Client;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// How long to run, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many operations (whichever of --ops and --duration comes first).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Operation weights.
+    #[arg(long, default_value = "put=100")]
+    pub mix: String,
+    /// Size of the key space.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Read consistency of gets: linearizable or stale.
+    #[arg(long, default_value = "linearizable")]
+    pub consistency: String,
+    /// What to load: the cluster (`concord`), a local NATS echo responder (`echo`: the
+    /// round-trip floor), 4 KiB appends with fdatasync in --fsync-dir (`fsync`), a NATS
+    /// JetStream KV bucket (`natskv`), or an etcd v3 cluster (`etcd`, in builds with
+    /// `--features bench-etcd`).
+    #[arg(long, default_value = "concord")]
+    pub target: String,
+    /// Directory for `--target fsync` (use the disk the nodes' data lives on).
+    #[arg(long, default_value = ".")]
+    pub fsync_dir: PathBuf,
+    /// Put every key of the key space once before the measured run, so gets find data.
+    #[arg(long)]
+    pub preload: bool,
+    /// Report the CPU time (user + system) these processes spend during the run, in total
+    /// and per 10,000 operations: the servers under test, e.g. `--cpu-pids 101,102,103`.
+    #[arg(long, value_name = "PID,...")]
+    pub cpu_pids: Option<String>,
+    /// `--target etcd`: client endpoints, comma-separated.
+    #[arg(long, value_name = "URL,...", default_value = "http://127.0.0.1:2379")]
+    pub endpoints: String,
+    /// `--target etcd`: gRPC channels (each one HTTP/2 connection per member) that the
+    /// clients share round-robin.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub etcd_conns: usize,
+    /// `--target natskv`: the KV bucket, created if missing.
+    #[arg(long, default_value = "bench")]
+    pub bucket: String,
+    /// `--target natskv`: replicas of a bucket this run creates.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+}
+
+/// `concord bench`: connects to what `--target` names (NATS only for the targets that use
+/// it), runs the closed loop, prints the summary.
+pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
+    use concord_bench::Target;
+    let mix = concord_bench::parse_mix(&args.mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+    let stale = match args.consistency.as_str() {
+        "linearizable" => false,
+        "stale" => true,
+        other => anyhow::bail!("--consistency: '{other}' is not linearizable or stale"),
+    };
+    let cpu_pids = match &args.cpu_pids {
+        Some(p) => {
+            concord_bench::cpu::parse_pids(p).map_err(|e| anyhow::anyhow!("--cpu-pids: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    let timeout = Duration::from_millis(global.timeout_ms);
+    if args.target == "fsync" {
+        let n = args.ops.unwrap_or(2000) as usize;
+        let s = concord_bench::fsync_floor(&args.fsync_dir, n)?;
+        let v = serde_json::to_value(&s)?;
+        return Ok(out(global, v, || {
+            format!(
+                "{} x (4 KiB append + fdatasync): p50 {} us p99 {} us, {:.0}/s",
+                s.ops, s.latency_us["p50"], s.latency_us["p99"], s.ops_per_sec
+            )
+        }));
+    }
+    let (config, _) = load_config(global, None)?;
+    let nats = || async {
+        Client::connect(&config.nats, timeout)
+            .await
+            .map(|c| c.nats().clone())
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.code(), e.message()))
+    };
+    let prefix = config.nats.subject_prefix.clone();
+    let target = match args.target.as_str() {
+        "concord" => Target::Concord {
+            nats: nats().await?,
+            prefix,
+            token: client_token(global, &config)?,
+        },
+        "echo" => Target::Echo {
+            nats: nats().await?,
+            prefix,
+        },
+        "natskv" => Target::NatsKv {
+            nats: nats().await?,
+            bucket: args.bucket.clone(),
+            replicas: args.replicas.max(1),
+        },
+        #[cfg(feature = "bench-etcd")]
+        "etcd" => Target::Etcd {
+            endpoints: args
+                .endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect(),
+            conns: args.etcd_conns.max(1),
+        },
+        #[cfg(not(feature = "bench-etcd"))]
+        "etcd" => anyhow::bail!(
+            "--target etcd: this build has no etcd client; rebuild with `cargo build --release --features bench-etcd` (needs protoc)"
+        ),
+        other => {
+            anyhow::bail!("--target: '{other}' is not concord, echo, fsync, natskv or etcd")
+        }
+    };
+    let cfg = concord_bench::BenchConfig {
+        clients: args.clients.max(1),
+        duration: args.duration,
+        ops: args.ops,
+        mix,
+        keys: args.keys,
+        value_size: args.value_size,
+        stale,
+        timeout,
+        preload: args.preload,
+        cpu_pids,
+    };
+    let s = concord_bench::run(target, cfg, !global.json).await?;
+    let v = serde_json::to_value(&s)?;
+    Ok(out(global, v, || {
+        let mut line = format!(
+            "{} ops in {:.1}s: {:.0} ops/s | latency us p50 {} p90 {} p99 {} p99.9 {} max {} | errors {:?}",
+            s.ops, s.seconds, s.ops_per_sec, s.latency_us["p50"], s.latency_us["p90"],
+            s.latency_us["p99"], s.latency_us["p999"], s.latency_us["max"], s.errors
+        );
+        if let (Some(c), Some(per)) = (s.cpu_seconds, s.cpu_seconds_per_10k_ops) {
+            line.push_str(&format!(" | cpu {c:.2} s, {per:.3} s per 10k ops"));
+        }
+        line
+    }))
+}

@@ -1,0 +1,144 @@
+//! `concord check`: the fault suite (`concord-check`) against a cluster it starts itself,
+//! through the shared harness (`concord-harness`), and its verdict.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{out, Global};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Time given to each nemesis, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
+    #[arg(long, default_value = "all")]
+    pub nemesis: String,
+    /// Concurrent client processes, spread over the three NATS servers.
+    #[arg(long, default_value_t = 6)]
+    pub clients: usize,
+    /// Size of the key set.
+    #[arg(long, default_value_t = 8)]
+    pub keys: usize,
+    /// Where the history, node data and logs go (default: a new temp dir, kept).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Node binary (default: this one).
+    #[arg(long)]
+    pub node_bin: Option<PathBuf>,
+    /// nats-server binary (default: from PATH, then ./.tools/bin).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// Run all servers on loopback without network namespaces (no partition nemesis).
+    #[arg(long)]
+    pub no_netns: bool,
+    /// Failpoints to switch on in the nodes (needs a build with --features failpoints).
+    #[arg(long)]
+    pub failpoints: Option<String>,
+    /// Seed of the nemesis's choices.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `concord check`.
+pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
+    use concord_check::nemesis::Fault;
+    let faults = if args.nemesis == "all" {
+        Fault::all()
+    } else {
+        args.nemesis
+            .split(',')
+            .map(|s| {
+                Fault::parse(s.trim()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--nemesis: '{s}' is not kill, pause, partition, restart or all"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let workdir = match &args.out {
+        Some(p) => p.clone(),
+        None => {
+            std::env::temp_dir().join(format!("concord-check-{}", uuid::Uuid::new_v4().simple()))
+        }
+    };
+    let bin = match &args.node_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating this binary")?,
+    };
+    // The flag, else the one search every harness user shares.
+    let nats_server = match &args.nats_server {
+        Some(p) => p.clone(),
+        None => concord_harness::nats_server::find()?,
+    };
+    let mut node_env = Vec::new();
+    if let Some(fp) = &args.failpoints {
+        node_env.push(("CONCORD_FAILPOINTS".to_string(), fp.clone()));
+    }
+    let opts = concord_check::run::CheckOptions {
+        duration: args.duration,
+        faults,
+        clients: args.clients,
+        keys: args.keys,
+        bin,
+        nats_server,
+        workdir: workdir.clone(),
+        node_env,
+        netns: !args.no_netns,
+        seed: args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        }),
+    };
+    if !global.json {
+        eprintln!(
+            "concord check: {:?} for {:?} each, {} clients, {} keys; work dir {}",
+            opts.faults,
+            opts.duration,
+            opts.clients,
+            opts.keys,
+            workdir.display()
+        );
+    }
+    let quiet = global.json;
+    let verdict = concord_check::run::run(opts, |line| {
+        if !quiet {
+            eprintln!("  {line}");
+        }
+    })
+    .await?;
+    let code = if verdict.valid { 0 } else { 1 };
+    let v = serde_json::to_value(&verdict)?;
+    out(global, v, || {
+        let mut t = format!(
+            "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nslowest recovery: {}\nhistory: {}",
+            if verdict.valid { "VALID" } else { "INVALID" },
+            verdict.checker,
+            verdict.ops.ok,
+            verdict.ops.fail,
+            verdict.ops.info,
+            verdict.faults.len(),
+            verdict.keys_checked,
+            verdict.lost_writes.len(),
+            verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
+            verdict.history.display()
+        );
+        for p in &verdict.problems {
+            t.push_str(&format!("\nproblem: {p}"));
+        }
+        for l in &verdict.lost_writes {
+            t.push_str(&format!("\nlost: {l}"));
+        }
+        if let Some(e) = &verdict.explanation {
+            t.push_str(&format!("\n{e}"));
+        }
+        t
+    });
+    Ok(code)
+}

@@ -1,0 +1,352 @@
+//! The `concord` command line: `serve` runs a node; the other commands are clients of the
+//! wire protocol. Every client command takes `--json` and exits non-zero with the error
+//! code on failure.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use concord::client::{Client, ClientError, ReadConsistency};
+use concord::config::{self, Config};
+
+pub mod backup;
+mod bench;
+pub mod check;
+mod cluster;
+mod kv;
+mod membership;
+mod observe;
+pub mod serve;
+mod token;
+
+pub use bench::BenchArgs;
+pub use check::CheckArgs;
+pub use cluster::ClusterCmd;
+pub use serve::ServeArgs;
+pub use token::TokenCmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "concord",
+    version,
+    about = "A distributed, strongly consistent key-value store on Raft and NATS"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (default: ./concord.toml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated [env: CONCORD_NATS__URL].
+    #[arg(long, global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix of the cluster [env: CONCORD_NATS__SUBJECT_PREFIX].
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub subject_prefix: Option<String>,
+    /// Request timeout in milliseconds (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub timeout_ms: u64,
+    /// Print replies as JSON, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Token sent with client commands (default: `client.token`, then `auth.admin_token`
+    /// of the config file).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Set KEY to VALUE (taken as JSON when it parses, else as a string).
+    Put { key: String, value: String },
+    /// Print the value of KEY.
+    Get {
+        key: String,
+        /// Read from the answering node's state, without a leader round trip (may lag).
+        #[arg(long)]
+        stale: bool,
+        /// With --stale: wait until the node has applied this revision.
+        #[arg(long, value_name = "N")]
+        min_revision: Option<u64>,
+    },
+    /// Delete KEY.
+    Delete { key: String },
+    /// List keys starting with PREFIX (all keys without one), following pages.
+    Scan {
+        prefix: Option<String>,
+        /// Stop after this many items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Access tokens (needs an admin credential when auth is on).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Closed-loop load generator over the wire protocol.
+    Bench(BenchArgs),
+    /// Print the telemetry events of every node (`P.telemetry.>`) as they come, until Ctrl-C.
+    WatchTelemetry {
+        /// Only events on this path or under it, e.g. `api.put`, `api`, `snapshot`.
+        #[arg(long, value_name = "PATH")]
+        filter: Option<String>,
+    },
+    /// Build a snapshot now on one node, or on every member, and wait until it is built
+    /// (needs an admin credential when auth is on).
+    Snapshot {
+        /// The node (default: every voter and learner).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
+    },
+    /// Write a consistent backup of the whole cluster (keys, revisions, tokens) to FILE: the
+    /// leader takes it at a linearizable point; it is downloaded and checked (admin).
+    Backup {
+        /// Where to write the backup (written as FILE.part, renamed when complete).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Seed a new, empty data directory from a backup (offline; no NATS needed). Restore the
+    /// same backup into every initial member's directory, then start the nodes.
+    Restore(RestoreArgs),
+    /// Fault suite: start a cluster, run a recorded workload under a nemesis, check the
+    /// history for linearizability and lost writes, print a verdict.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file (from `concord backup`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The node's data directory: must not exist or be empty (default: the config's
+    /// `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Voters of the restored cluster, e.g. 1,2,3 (default: the config's
+    /// `cluster.initial_members`).
+    #[arg(long, value_name = "IDS")]
+    pub members: Option<String>,
+}
+
+/// Loads the layered configuration with the flags given on the command line on top.
+pub fn load_config(
+    global: &Global,
+    serve: Option<&ServeArgs>,
+) -> Result<(Config, Vec<String>), config::Error> {
+    config::load(global.config.as_deref(), &flags(global, serve))
+}
+
+/// The configuration flags given on the command line, as settings over every other layer.
+pub(crate) fn flags(global: &Global, serve: Option<&ServeArgs>) -> Vec<config::Flag> {
+    use figment::value::Value as F;
+    let mut flags = Vec::new();
+    let mut set = |key, flag, value: F| flags.push(config::Flag { key, flag, value });
+    if let Some(u) = &global.nats_url {
+        set("nats.url", "--nats-url", F::from(u.clone()));
+    }
+    if let Some(p) = &global.subject_prefix {
+        set(
+            "nats.subject_prefix",
+            "--subject-prefix",
+            F::from(p.clone()),
+        );
+    }
+    if let Some(s) = serve {
+        if let Some(id) = s.node_id {
+            set("node.id", "--node-id", F::from(id));
+        }
+        if let Some(d) = &s.data_dir {
+            set("data_dir", "--data-dir", F::from(d.display().to_string()));
+        }
+        if let Some(n) = &s.cluster_name {
+            set("cluster.name", "--cluster-name", F::from(n.clone()));
+        }
+        if let Some(m) = &s.initial_members {
+            set(
+                "cluster.initial_members",
+                "--initial-members",
+                F::from(m.clone()),
+            );
+        }
+    }
+    flags
+}
+
+/// Parses a CLI value: JSON when it parses, else the text as a JSON string.
+pub fn parse_value(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
+    // Some bench targets (etcd, fsync) need no NATS connection.
+    if let Cmd::Bench(args) = cmd {
+        return bench::run(global, args).await;
+    }
+    let (config, _) = load_config(global, None)?;
+    let timeout = Duration::from_millis(global.timeout_ms);
+    let token = match client_token(global, &config) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(report(
+                global,
+                &ClientError::Server(concord::error::bad_request(e.to_string())),
+            ))
+        }
+    };
+    let client = match Client::connect(&config.nats, timeout).await {
+        Ok(c) => c.with_token(token),
+        Err(e) => return Ok(report(global, &e)),
+    };
+    let res = match cmd {
+        Cmd::Put { key, value } => client.put(&key, &parse_value(&value)).await.map(|rev| {
+            out(global, json!({"ok": true, "revision": rev}), || {
+                format!("OK (revision {rev})")
+            })
+        }),
+        Cmd::Get {
+            key,
+            stale,
+            min_revision,
+        } => {
+            let c = if stale {
+                ReadConsistency::Stale
+            } else {
+                ReadConsistency::Linearizable
+            };
+            match client.get_with(&key, c, min_revision).await {
+                Ok(Some(v)) => Ok(out(
+                    global,
+                    json!({"ok": true, "value": v.value, "revision": v.revision}),
+                    || display_value(&v.value),
+                )),
+                Ok(None) => Err(ClientError::Server(concord::error::not_found(format!(
+                    "key '{key}' not found"
+                )))),
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Delete { key } => client.delete(&key).await.map(|(deleted, rev)| {
+            out(
+                global,
+                json!({"ok": true, "deleted": deleted, "revision": rev}),
+                || {
+                    if deleted {
+                        format!("deleted (revision {rev})")
+                    } else {
+                        format!("not found, nothing deleted (revision {rev})")
+                    }
+                },
+            )
+        }),
+        Cmd::Scan {
+            prefix,
+            limit,
+            after,
+        } => kv::scan(&client, global, prefix.unwrap_or_default(), limit, after).await,
+        Cmd::Cluster(ClusterCmd::Status) => cluster::status(&client, global).await,
+        Cmd::Cluster(ClusterCmd::Members) => client.members().await.map(|v| {
+            let text = cluster::members_text(&v);
+            out(global, v, || text)
+        }),
+        Cmd::Cluster(ClusterCmd::Add { id, learner, wait }) => {
+            membership::add(&client, global, id, learner, wait).await
+        }
+        Cmd::Cluster(ClusterCmd::Remove { id }) => membership::remove(&client, global, id).await,
+        Cmd::Token(cmd) => token::run(&client, global, cmd).await,
+        Cmd::WatchTelemetry { filter } => {
+            observe::watch_telemetry(&client, global, filter.as_deref()).await
+        }
+        Cmd::Snapshot { node } => observe::snapshot(&client, global, node).await,
+        Cmd::Backup { out } => backup::backup(&client, global, &out).await,
+        Cmd::Serve(_) | Cmd::Check(_) | Cmd::Restore(_) => {
+            unreachable!("serve, check and restore are dispatched by main")
+        }
+        Cmd::Bench(_) => unreachable!("bench is dispatched above"),
+    };
+    Ok(match res {
+        Ok(code) => code,
+        Err(e) => report(global, &e),
+    })
+}
+
+/// The client's token: `--token` / `CONCORD_TOKEN`, then `client.token`, then the node's
+/// bootstrap admin credential when the config file has one.
+pub(crate) fn client_token(
+    global: &Global,
+    config: &Config,
+) -> Result<Option<String>, config::Error> {
+    if let Some(t) = &global.token {
+        return Ok(Some(t.clone()));
+    }
+    if let Some(t) = &config.client.token {
+        return Ok(Some(t.clone()));
+    }
+    config.admin_token()
+}
+
+/// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
+pub(crate) fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+pub(crate) fn out(global: &Global, v: Value, human: impl FnOnce() -> String) -> i32 {
+    if global.json {
+        emit(&v.to_string());
+    } else {
+        emit(&human());
+    }
+    0
+}
+
+pub(crate) fn report(global: &Global, e: &ClientError) -> i32 {
+    let code = e.code();
+    let message = e.message();
+    if global.json {
+        emit(&json!({"ok": false, "error": {"code": code, "message": message}}).to_string());
+    }
+    eprintln!("error: {code}: {message}");
+    1
+}
+
+pub(crate) fn display_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,94 @@
+//! `concord token create|list|revoke`: access tokens, through the admin subjects.
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::{out, show, Global};
+use concord::client::{Client, ClientError};
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a new token and print it once: the cluster keeps only its SHA-256.
+    Create {
+        /// What the token may do: read (get, scan), readwrite (also put, delete) or admin.
+        #[arg(long, default_value = "read", value_parser = ["read", "readwrite", "admin"])]
+        role: String,
+        /// A label shown by `token list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 30d or 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List tokens: id, name, role, created, expires (never the tokens themselves).
+    List,
+    /// Revoke a token by its id (from `token list`) or by the token itself.
+    Revoke {
+        #[arg(value_name = "ID|TOKEN")]
+        id: String,
+    },
+}
+
+/// Runs one token command.
+pub async fn run(client: &Client, global: &Global, cmd: TokenCmd) -> Result<i32, ClientError> {
+    use concord::subjects::AdminOp;
+    let (op, body) = match cmd {
+        TokenCmd::Create {
+            role,
+            name,
+            expires,
+        } => (
+            AdminOp::TokenCreate,
+            json!({"role": role, "name": name, "expires_in": expires}),
+        ),
+        TokenCmd::List => (AdminOp::TokenList, json!({})),
+        TokenCmd::Revoke { id } => (AdminOp::TokenRevoke, json!({ "id": id })),
+    };
+    let v = client.admin(op, body).await?;
+    let text = match op {
+        AdminOp::TokenCreate => format!(
+            "{}\n\nid {}, role {}, expires {}.\nStore the token now: it cannot be shown again.",
+            show(&v["token"]),
+            show(&v["id"]),
+            show(&v["role"]),
+            v["expires"].as_str().unwrap_or("never"),
+        ),
+        AdminOp::TokenRevoke => {
+            if v["revoked"] == json!(true) {
+                format!("revoked token {}", show(&v["id"]))
+            } else {
+                format!("token {} was already revoked", show(&v["id"]))
+            }
+        }
+        _ => tokens_text(&v),
+    };
+    Ok(out(global, v, || text))
+}
+
+fn tokens_text(v: &Value) -> String {
+    let empty = Vec::new();
+    let list = v["tokens"].as_array().unwrap_or(&empty);
+    if list.is_empty() {
+        return "no tokens".into();
+    }
+    let mut s = format!(
+        "{:<16}  {:<9}  {:<20}  {:<20}  {}",
+        "ID", "ROLE", "CREATED", "EXPIRES", "NAME"
+    );
+    for t in list {
+        let expires = match (t["expires"].as_str(), t["expired"] == json!(true)) {
+            (None, _) => "never".to_string(),
+            (Some(e), true) => format!("{e} (expired)"),
+            (Some(e), false) => e.to_string(),
+        };
+        s.push_str(&format!(
+            "\n{:<16}  {:<9}  {:<20}  {:<20}  {}",
+            show(&t["id"]),
+            show(&t["role"]),
+            show(&t["created"]),
+            expires,
+            t["name"].as_str().unwrap_or("-"),
+        ));
+    }
+    s
+}
