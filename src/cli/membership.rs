@@ -44,7 +44,8 @@ pub async fn add(
         {
             Ok(v) => break v,
             Err(ClientError::Server(e))
-                if e.message.contains(concord::api::admin::membership::BEHIND_LEADER)
+                if e.message
+                    .contains(concord::api::admin::membership::BEHIND_LEADER)
                     && Instant::now() < deadline =>
             {
                 tokio::time::sleep(POLL).await;
