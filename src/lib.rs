@@ -1,25 +1,40 @@
-//! Concord: a distributed, strongly consistent key-value store.
+//! Concord: a distributed, strongly consistent key-value store. This crate is the node; the
+//! `concord` binary (`src/main.rs`, `src/cli/`) adds the command line, and the workspace's
+//! `crates/` hold what must not live in the node: the wire vocabulary (`concord-wire`:
+//! subjects and error codes, re-exported here as [`subjects`] and [`error`]), the one test
+//! harness (`concord-harness`: nats-server, node processes, faults), the fault suite with its
+//! checker (`concord-check`) and the load generator (`concord-bench`).
+//!
+//! A request's path through the node:
 //!
 //! ```text
-//! client ─NATS req─▶ api::server ─▶ api::codec ─▶ api::validate ─▶ api::handler, api::admin
-//!                                                                   │ api::route: deadline, leader or forward
-//!                                                                   │ leader: api::propose (client_write) /
-//!                                                                   │         api::read_index (ensure_linearizable)
+//! client ─NATS req─▶ api::server ─▶ api::codec ─▶ api::validate ─▶ api::handler (kv) | api::admin
+//!                                                                   │ api::route: deadline, then serve here or forward
+//!                                                                   │ leader: api::propose (group commit ─▶ client_write)
+//!                                                                   │         api::read_index (batched ensure_linearizable)
 //!                                                                   │ follower: forward to P.node.<leader>.kv.<op>
 //!                                                                   ▼
-//!            raft::network ──NATS──▶ raft::service (peers)     store::log_store (fjall, fsynced)
-//!                                                                   ▼
-//!                                     store::state_machine ─▶ store::apply (fjall kv) ─▶ reply
+//!                        openraft ─▶ store::log_store (fjall, fsynced) ─AppendObserver─▶ raft::replication
+//!                           │                                          (log tail, early appends, commit notices)
+//!                           │        raft::network ─▶ raft::rpc ─NATS─▶ raft::service (peers)
+//!                           ▼
+//!                        store::state_machine ─▶ store::apply (one arm per Command) ─▶ store::view ─▶ reply
 //! ```
 //!
-//! Below every layer, so any may use them without closing an import circle: [`types`]
-//! (openraft's `TypeConfig` and aliases), [`limits`] (protocol limits), [`command`] (what
-//! the log replicates) and [`config`]. `store` does not import `api`, and of `raft` only
-//! `store::log_store` does.
+//! Layers, each importing only those below it (scripts/layout-check.py keeps it so):
 //!
-//! [`node`] opens, wires and bootstraps the pieces, answers `/readyz` (`node::health`) and
-//! owns shutdown; [`client::Client`] speaks the protocol;
-//! [`observe`] turns what happens along the way into metrics and telemetry events.
+//! ```text
+//! node        opens, wires, bootstraps, health (/readyz), shutdown order
+//! api         request handling: routing, group commit, ReadIndex, admin (status, members, tokens, backup)
+//! raft        openraft over NATS: network, rpc, service, replication, inbox, hand-off
+//! store       fjall: log_store, state_machine, apply, view, meta, snapshot/ (Raft snapshots, backups)
+//! signing, nats   cluster.secret MACs; the NATS connection
+//! observe     metrics and telemetry events
+//! config      figment: defaults < file < env < flags; validate
+//! auth, command, types, limits, subjects, error   records, log commands, openraft's TypeConfig, limits
+//! ```
+//!
+//! [`client::Client`] speaks the protocol for the CLI and for tests.
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
