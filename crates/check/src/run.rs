@@ -1,7 +1,7 @@
 //! `concord check`: start a cluster, run the workload with the nemesis, heal, read every key
 //! once more, check the history, and give a verdict.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,27 +74,8 @@ pub fn node_timings() -> Vec<(String, String)> {
 /// stops the workload, reads every key once more and checks the history.
 pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVerdict, Error> {
     let started = Instant::now();
-    std::fs::create_dir_all(&opts.workdir)?;
-    let mut env = node_timings();
-    env.extend(opts.node_env.iter().cloned());
-    let mut cluster = CheckCluster::start(Spec {
-        bin: opts.bin.clone(),
-        nats_server: opts.nats_server.clone(),
-        workdir: opts.workdir.clone(),
-        node_env: env,
-        use_netns: opts.netns,
-    })
-    .await?;
+    let mut cluster = start_cluster(&opts, &progress).await?;
     let netns = cluster.netns();
-    progress(&format!(
-        "cluster up ({}), leader {:?}",
-        if netns {
-            "one network namespace per node"
-        } else {
-            "loopback, no partitions"
-        },
-        cluster.leader().await
-    ));
 
     let wl = WorkloadConfig {
         urls: cluster.all_client_urls(),
@@ -151,12 +132,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         && lost.is_empty()
         && problems.iter().all(|p| p.contains("skipped"));
     if !valid {
-        for id in cluster.ids() {
-            let _ = std::fs::write(
-                opts.workdir.join(format!("n{id}.tail.log")),
-                cluster.log_tail(id, 200),
-            );
-        }
+        keep_log_tails(&cluster, &opts.workdir);
     }
     cluster.shutdown().await;
     Ok(SuiteVerdict {
@@ -173,6 +149,45 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         netns,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Creates the work directory and starts the cluster, its nodes with the suite's timings and
+/// `opts.node_env`; reports how it is networked and its leader.
+async fn start_cluster(
+    opts: &CheckOptions,
+    progress: &impl Fn(&str),
+) -> Result<CheckCluster, Error> {
+    std::fs::create_dir_all(&opts.workdir)?;
+    let mut env = node_timings();
+    env.extend(opts.node_env.iter().cloned());
+    let cluster = CheckCluster::start(Spec {
+        bin: opts.bin.clone(),
+        nats_server: opts.nats_server.clone(),
+        workdir: opts.workdir.clone(),
+        node_env: env,
+        use_netns: opts.netns,
+    })
+    .await?;
+    progress(&format!(
+        "cluster up ({}), leader {:?}",
+        if cluster.netns() {
+            "one network namespace per node"
+        } else {
+            "loopback, no partitions"
+        },
+        cluster.leader().await
+    ));
+    Ok(cluster)
+}
+
+/// On a failed run: the last 200 log lines of each node, as `n<id>.tail.log` in `workdir`.
+fn keep_log_tails(cluster: &CheckCluster, workdir: &Path) {
+    for id in cluster.ids() {
+        let _ = std::fs::write(
+            workdir.join(format!("n{id}.tail.log")),
+            cluster.log_tail(id, 200),
+        );
+    }
 }
 
 /// Each nemesis of `opts.faults` in turn, for `opts.duration` (at least one fault each);

@@ -1,0 +1,186 @@
+//! The explanation of a violation, for people: after the longest linearizable prefix the
+//! search found, the state, the operations that could come next and why each fails, and the
+//! reads and unknown outcomes that constrain them. The last stage of a check that failed.
+
+use std::fmt::Write as _;
+
+use super::model::{result_of, step, Interner, Kind, State, ABSENT};
+use super::ops::{Completion, Op, Prepared};
+use super::search::Bitset;
+use crate::history::Func;
+
+/// Prefix operations shown in an explanation (the last ones; the rest are counted).
+const SHOWN_PREFIX: usize = 10;
+
+/// What stopped the search after the longest prefix it found, as operation indices.
+struct Impasse {
+    /// Operations of unknown outcome invoked by then: each could be linearized next.
+    pending_unknown: Vec<usize>,
+    /// The other operations that could come next.
+    candidates: Vec<usize>,
+    /// Reads of the current value still to be placed.
+    unread: Vec<usize>,
+    /// The current value was written once and reads of it remain, so the state must not
+    /// change (the search's pruning rule).
+    pinned: bool,
+}
+
+impl Impasse {
+    fn new(p: &Prepared<'_>, prefix: &[usize], state: State) -> Self {
+        let n = p.ops.len();
+        let mut done = Bitset::new(n);
+        for &i in prefix {
+            done.set(i);
+        }
+        // The operations that could come next after the prefix: those invoked no later than the
+        // earliest return among the rest (the same rule as the entry order: call first on ties).
+        let min_ret = (0..n)
+            .filter(|&i| !done.get(i) && !p.lazy[i])
+            .map(|i| p.times[i].1)
+            .min()
+            .unwrap_or(u64::MAX);
+        let (pending_unknown, candidates): (Vec<usize>, Vec<usize>) = (0..n)
+            .filter(|&i| !done.get(i) && p.times[i].0 <= min_ret)
+            .partition(|&i| p.lazy[i]);
+        // Reads of the current value still to be placed, when that value was written once and
+        // so cannot come back after the state changes (the search's pruning rule).
+        let writes_of_state = p
+            .kinds
+            .iter()
+            .filter(|k| matches!(k, Kind::Write(v) if *v == state))
+            .count();
+        let unread: Vec<usize> = (0..n)
+            .filter(|&i| !done.get(i) && matches!(p.kinds[i], Kind::Read(v) if v == state))
+            .collect();
+        let pinned = state != ABSENT && writes_of_state == 1 && !unread.is_empty();
+        Impasse {
+            pending_unknown,
+            candidates,
+            unread,
+            pinned,
+        }
+    }
+}
+
+pub(super) fn explain(
+    key: &str,
+    p: &Prepared<'_>,
+    prefix: &[usize],
+    state: State,
+    interner: &Interner<'_>,
+) -> String {
+    let n = p.ops.len();
+    let impasse = Impasse::new(p, prefix, state);
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "key {key:?}: not linearizable: no order of its {n} operations is consistent with \
+         real time and a register."
+    );
+    let _ = writeln!(
+        s,
+        "after linearizing the longest prefix found ({} of {n} operations{}), the state is {}:",
+        prefix.len(),
+        if prefix.len() > SHOWN_PREFIX {
+            format!(", last {SHOWN_PREFIX} shown")
+        } else {
+            String::new()
+        },
+        interner.describe(state)
+    );
+    if prefix.is_empty() {
+        let _ = writeln!(s, "  (nothing)");
+    }
+    for &i in &prefix[prefix.len().saturating_sub(SHOWN_PREFIX)..] {
+        let _ = writeln!(s, "  {}", describe_op(&p.ops[i]));
+    }
+    let _ = writeln!(s, "no operation among these can be linearized next:");
+    for &i in &impasse.candidates {
+        let why = why_not_next(p, &impasse, i, state, interner);
+        let _ = writeln!(s, "  {}  -- {why}", describe_op(&p.ops[i]));
+    }
+    if impasse.pinned {
+        let _ = writeln!(
+            s,
+            "reads of {} still to be placed, while it is the state (it was written only once):",
+            interner.describe(state)
+        );
+        write_ops(&mut s, p, &impasse.unread);
+    }
+    if !impasse.pending_unknown.is_empty() {
+        let _ = writeln!(
+            s,
+            "unknown-outcome operations invoked by then ({}), each of which may take effect \
+             at any point after its invoke, or never:",
+            impasse.pending_unknown.len()
+        );
+        write_ops(&mut s, p, &impasse.pending_unknown);
+    }
+    let _ = write!(
+        s,
+        "(times: ns since the workload started; `..?` marks an info or missing completion)"
+    );
+    s
+}
+
+/// Why candidate `i` cannot be linearized next in `state`.
+fn why_not_next(
+    p: &Prepared<'_>,
+    impasse: &Impasse,
+    i: usize,
+    state: State,
+    interner: &Interner<'_>,
+) -> String {
+    let kind = p.kinds[i];
+    let helper = impasse
+        .pending_unknown
+        .iter()
+        .find(|&&u| matches!(kind, Kind::Read(seen) if result_of(p.kinds[u]) == Some(seen)));
+    let changes_state = matches!(kind, Kind::Write(_) | Kind::Delete) || helper.is_some();
+    match (step(state, kind), helper) {
+        (_, Some(&u)) if impasse.pinned => format!(
+            "would need {} first, replacing {} for good while reads of it remain (below)",
+            describe_op(&p.ops[u]),
+            interner.describe(state)
+        ),
+        _ if impasse.pinned && changes_state => format!(
+            "would replace {} for good while reads of it remain (below)",
+            interner.describe(state)
+        ),
+        (Some(_), _) => "legal, but every continuation after it fails".to_string(),
+        (None, Some(&u)) => format!(
+            "illegal in state {}; legal right after {}, but every continuation after \
+             that fails",
+            interner.describe(state),
+            describe_op(&p.ops[u])
+        ),
+        (None, None) => format!("illegal: the state is {}", interner.describe(state)),
+    }
+}
+
+/// One line per operation of `ops`, the first [`SHOWN_PREFIX`] of them, then how many more.
+fn write_ops(s: &mut String, p: &Prepared<'_>, ops: &[usize]) {
+    for &i in ops.iter().take(SHOWN_PREFIX) {
+        let _ = writeln!(s, "  {}", describe_op(&p.ops[i]));
+    }
+    if ops.len() > SHOWN_PREFIX {
+        let _ = writeln!(s, "  ... and {} more", ops.len() - SHOWN_PREFIX);
+    }
+}
+
+/// `w(1) by p3 ok @100..250`, `r()=null by p1 ok @..`, `d() by p2 info @300..?`.
+fn describe_op(op: &Op<'_>) -> String {
+    let what = match op.f {
+        Func::Write => format!("w({})", op.value),
+        Func::Delete => "d()".to_string(),
+        Func::Read => format!("r()={}", op.value),
+    };
+    let how = match op.completion {
+        Completion::Ok => "ok",
+        Completion::Info => "info",
+        Completion::Missing => "no completion",
+    };
+    let ret = op.ret.map_or("?".to_string(), |t| t.to_string());
+    format!("{what} by p{} {how} @{}..{ret}", op.process, op.call)
+}
