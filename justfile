@@ -40,10 +40,11 @@ test *args:
 it *args:
     scripts/test.sh --test '*' "$@"
 
-# Formatting check and clippy with warnings as errors (the node and every crate under crates/)
+# Formatting check, clippy with warnings as errors (the node and every crate under crates/), and the layout check (scripts/layout-check.py)
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    python3 scripts/layout-check.py
 
 # Format the code
 fmt:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """scripts/layout-check.py — keeps the source layout as src/lib.rs describes it (run by `just lint`).
 
-Checks, over src/ and crates/*/src (tests excluded: `tests.rs`, `golden.rs`, and everything from a
+Checks, over src/ and crates/*/src (tests excluded: `tests.rs`, `golden.rs`, files under a `tests/` module dir, and everything from a
 `#[cfg(test)]` line to the end of a file):
   - no import circle between the top-level modules of a crate (`crate::a` used in b and back);
   - `store` imports neither `api` nor `raft`;
@@ -23,6 +23,11 @@ FORBIDDEN = {("store", "api"), ("store", "raft")}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FN_RE = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")
+
+
+def is_test_file(path):
+    """Unit-test modules: `tests.rs`, `golden.rs`, or any file under a `tests/` module dir."""
+    return os.path.basename(path) in TEST_FILES or f"{os.sep}tests{os.sep}" in path
 
 
 def rust_files(src):
@@ -108,7 +113,7 @@ def import_findings(src, crate_label):
     edges, seen_in = collections.defaultdict(set), {}
     for path in rust_files(src):
         rel = os.path.relpath(path, src)
-        if os.path.basename(path) in TEST_FILES or rel in ("main.rs", "lib.rs"):
+        if is_test_file(path) or rel in ("main.rs", "lib.rs"):
             continue
         top = rel.split(os.sep)[0].removesuffix(".rs")
         for m in re.finditer(r"crate::([a-z_]+)", "\n".join(non_test_code(path))):
@@ -164,7 +169,7 @@ def main():
             lines = sum(1 for _ in open(path, encoding="utf-8"))
             if lines > MAX_FILE_LINES:
                 findings.append(f"{rel}: {lines} lines (max {MAX_FILE_LINES})")
-            if os.path.basename(path) not in TEST_FILES:
+            if not is_test_file(path):
                 findings += long_functions(path, rel)
     for f in findings:
         print(f"layout-check: {f}")
