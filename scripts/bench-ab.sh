@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/bench-ab.sh — two builds of the node, A and B, measured back to back on this machine:
 # fresh 3-node clusters (private nats-server on loopback), the same load generator for both
-# (BENCH_BIN), A then B within each round so drift on a shared machine hits both alike.
+# (BENCH_BIN), A and B back to back within each round (A first in odd rounds, B first in even
+# ones) so drift on a shared machine hits both alike.
 # Prints per-round ratios B/A and their median for each workload.
 #
 # Use: scripts/bench-ab.sh BIN_A BIN_B [OUT_DIR]
@@ -53,8 +54,14 @@ run() {
 for r in $(seq "$ROUNDS"); do
     for w in $WORKLOADS; do
         echo "bench-ab: round $r, $w" >&2
-        BIN="$BIN_A" run A "$w"
-        BIN="$BIN_B" run B "$w"
+        # A first in odd rounds, B first in even ones: neither always gets the fresher disk.
+        if ((r % 2)); then
+            BIN="$BIN_A" run A "$w"
+            BIN="$BIN_B" run B "$w"
+        else
+            BIN="$BIN_B" run B "$w"
+            BIN="$BIN_A" run A "$w"
+        fi
     done
 done
 
