@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -524,67 +524,31 @@ async fn run_concord(
     }
 }
 
-/// A `nats-server` with a config file, on 127.0.0.1 and an ephemeral port. Killed on drop;
-/// its log is printed if the test panics.
+/// A `nats-server` with a config file, on 127.0.0.1 and an ephemeral port, started by the
+/// harness. Killed on drop; its log is printed if the test panics.
 struct NatsServer {
-    child: Child,
+    server: concord_harness::nats_server::NatsServer,
     url: String,
-    log: PathBuf,
 }
 
 impl NatsServer {
     async fn start(dir: &Path, config: &str) -> Result<NatsServer> {
-        let conf = dir.join("nats.conf");
-        std::fs::write(&conf, config).with_context(|| format!("writing {conf:?}"))?;
-        let log = dir.join("nats.log");
         let binary = common::nats_server_binary()?;
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-a", "127.0.0.1", "-p", "-1", "-l"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        let mut server = NatsServer {
-            child,
-            url: String::new(),
-            log,
-        };
-        const MARKER: &str = "Listening for client connections on ";
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
-            if let Some(at) = text.find(MARKER) {
-                let rest = &text[at + MARKER.len()..];
-                let port: u16 = rest
-                    .lines()
-                    .next()
-                    .and_then(|l| l.trim().rsplit(':').next())
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| anyhow!("no port in the nats-server log: {text}"))?;
-                server.url = format!("nats://127.0.0.1:{port}");
-                return Ok(server);
-            }
-            if let Some(status) = server.child.try_wait()? {
-                bail!("nats-server exited with {status}; config:\n{config}\nlog:\n{text}");
-            }
-            if Instant::now() >= deadline {
-                bail!("nats-server did not listen within 15 s; log:\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let server =
+            concord_harness::nats_server::NatsServer::start_with_config(&binary, dir, config)
+                .await
+                .with_context(|| format!("nats-server with config:\n{config}"))?;
+        let url = server.url();
+        Ok(NatsServer { server, url })
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
         if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let text = std::fs::read_to_string(&self.server.log_path).unwrap_or_default();
             eprintln!("===== nats-server log =====\n{text}");
         }
     }

@@ -86,8 +86,29 @@ impl NatsServer {
     /// Starts `binary` on an ephemeral port (`-p -1`) and reads the real port back from its
     /// log.
     pub async fn start(binary: &Path, dir: &Path) -> Result<NatsServer, Error> {
+        NatsServer::start_configured(binary, dir, None).await
+    }
+
+    /// As [`NatsServer::start`], with `config` (nats-server's config file syntax: accounts,
+    /// TLS, NKeys…) written to `<dir>/nats.conf`; the address, port and log still come from
+    /// the command line, so the config must not set them.
+    pub async fn start_with_config(
+        binary: &Path,
+        dir: &Path,
+        config: &str,
+    ) -> Result<NatsServer, Error> {
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, config).map_err(io(format!("writing {}", conf.display())))?;
+        NatsServer::start_configured(binary, dir, Some(&conf)).await
+    }
+
+    async fn start_configured(
+        binary: &Path,
+        dir: &Path,
+        conf: Option<&Path>,
+    ) -> Result<NatsServer, Error> {
         let log_path = dir.join("nats.log");
-        let mut child = spawn(binary, dir, &log_path, "-1")?;
+        let mut child = spawn(binary, dir, &log_path, "-1", conf)?;
         let text = wait_listening(&mut child, &log_path).await?;
         let port = text
             .lines()
@@ -131,7 +152,7 @@ impl NatsServer {
                 std::fs::rename(log_path, dir.join(format!("nats.log.{n}")))
                     .map_err(io(format!("rotating {}", log_path.display())))?;
             }
-            let mut child = spawn(binary, dir, log_path, &port.to_string())?;
+            let mut child = spawn(binary, dir, log_path, &port.to_string(), None)?;
             // Wait for this instance to listen, or to exit (port still taken).
             let exited = match wait_listening(&mut child, log_path).await {
                 Ok(_) => {
@@ -153,7 +174,13 @@ impl NatsServer {
     }
 }
 
-fn spawn(binary: &Path, dir: &Path, log_path: &Path, port: &str) -> Result<Child, Error> {
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    log_path: &Path,
+    port: &str,
+    conf: Option<&Path>,
+) -> Result<Child, Error> {
     let out_path = dir.join("nats.stdout.log");
     let out: File = OpenOptions::new()
         .create(true)
@@ -163,8 +190,11 @@ fn spawn(binary: &Path, dir: &Path, log_path: &Path, port: &str) -> Result<Child
     let err = out
         .try_clone()
         .map_err(io(format!("duplicating {}", out_path.display())))?;
-    Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", port, "-l"])
+    let mut cmd = Command::new(binary);
+    if let Some(conf) = conf {
+        cmd.arg("-c").arg(conf);
+    }
+    cmd.args(["-a", "127.0.0.1", "-p", port, "-l"])
         .arg(log_path)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
