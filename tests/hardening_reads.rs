@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Result};
 use bytes::Bytes;
 use common::{error_code, to_bytes, Cluster, ClusterOptions};
+use concord::limits::MAX_VALUE_DEPTH;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "bootstrap-admin-credential-0123456789";
@@ -138,6 +139,78 @@ async fn parked_read_body(cluster: &Cluster) -> Result<()> {
     ensure!(
         answered_at >= revoked_at - Duration::from_millis(100),
         "the get was answered before the revoke and put finished: {reply}"
+    );
+    Ok(())
+}
+
+/// `[[...{"s":"[[{\""}...]]`, `depth` arrays and objects deep, with a string holding
+/// brackets and a quote at the bottom so the depth count must skip strings.
+fn nested(depth: usize) -> String {
+    format!(
+        "{}{{\"s\":\"[[{{\\\"\"}}{}",
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
+}
+
+/// A put of a value nested one level past `MAX_VALUE_DEPTH` is refused with `bad_request`
+/// naming the limit and stores nothing; a value exactly at the limit is stored and reads
+/// back through get and scan (issue #20, item 5: a value too deep for serde_json's own
+/// parser made every read that touched it fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_nested_past_the_limit_are_refused() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let r = nesting_body(&cluster).await;
+    cluster.fail_on_err(r)
+}
+
+async fn nesting_body(cluster: &Cluster) -> Result<()> {
+    cluster.wait_stable(LEADER_TIMEOUT).await?;
+    let put = |key: &str, depth: usize| {
+        Bytes::from(format!("{{\"key\":\"{key}\",\"value\":{}}}", nested(depth)))
+    };
+    let too_deep = call(
+        cluster,
+        "kv.put",
+        put("deep/over", MAX_VALUE_DEPTH + 1),
+        None,
+    )
+    .await?;
+    ensure!(
+        error_code(&too_deep) == Some("bad_request"),
+        "depth {}: {too_deep}",
+        MAX_VALUE_DEPTH + 1
+    );
+    let message = too_deep["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains(&MAX_VALUE_DEPTH.to_string()),
+        "the refusal names no limit: {too_deep}"
+    );
+    let absent = call(
+        cluster,
+        "kv.get",
+        to_bytes(&json!({"key": "deep/over"})),
+        None,
+    )
+    .await?;
+    ensure!(
+        error_code(&absent) == Some("not_found"),
+        "a refused put stored something: {absent}"
+    );
+
+    let at_limit = call(cluster, "kv.put", put("deep/at", MAX_VALUE_DEPTH), None).await?;
+    ensure!(
+        at_limit["ok"] == json!(true),
+        "depth at the limit: {at_limit}"
+    );
+    let expected: Value = serde_json::from_str(&nested(MAX_VALUE_DEPTH))?;
+    let got = ok(cluster, "kv.get", json!({"key": "deep/at"}), None).await?;
+    ensure!(got["value"] == expected, "get: {got}");
+    let scanned = ok(cluster, "kv.scan", json!({"prefix": "deep/"}), None).await?;
+    ensure!(
+        scanned["items"]
+            == json!([{"key": "deep/at", "value": expected, "revision": revision(&at_limit)?}]),
+        "scan: {scanned}"
     );
     Ok(())
 }
