@@ -214,3 +214,50 @@ async fn nesting_body(cluster: &Cluster) -> Result<()> {
     );
     Ok(())
 }
+
+/// With `limits.max_scan_limit` = 5, a scan that names no `limit` returns at most 5 items a
+/// page and says there is more; paging with `after` still reaches every key (issue #20,
+/// item 8: the default page of 1000 ignored a lower configured maximum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_without_limit_keeps_to_max_scan_limit() -> Result<()> {
+    let opts = ClusterOptions::default().env("CONCORD_LIMITS__MAX_SCAN_LIMIT", 5);
+    let cluster = Cluster::start_with(1, opts).await?;
+    let r = scan_limit_body(&cluster).await;
+    cluster.fail_on_err(r)
+}
+
+async fn scan_limit_body(cluster: &Cluster) -> Result<()> {
+    cluster.wait_stable(LEADER_TIMEOUT).await?;
+    for i in 0..10 {
+        ok(
+            cluster,
+            "kv.put",
+            json!({"key": format!("s/{i:02}"), "value": i}),
+            None,
+        )
+        .await?;
+    }
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let mut body = json!({"prefix": "s/"});
+        if let Some(a) = &after {
+            body["after"] = json!(a);
+        }
+        let page = ok(cluster, "kv.scan", body, None).await?;
+        let items = page["items"]
+            .as_array()
+            .ok_or_else(|| anyhow!("scan reply: {page}"))?;
+        ensure!(items.len() <= 5, "a page of {} items: {page}", items.len());
+        for it in items {
+            keys.push(it["key"].as_str().unwrap_or_default().to_string());
+        }
+        after = keys.last().cloned();
+        if page["more"] != json!(true) {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("s/{i:02}")).collect();
+    ensure!(keys == want, "paged scan returned {keys:?}");
+    Ok(())
+}

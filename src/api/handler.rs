@@ -314,7 +314,10 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
             after,
             ..
         } => {
-            let limit = limit.unwrap_or(DEFAULT_SCAN_LIMIT);
+            // A lower `limits.max_scan_limit` caps the default page too (issue #20, item 8).
+            let limit = limit
+                .unwrap_or(DEFAULT_SCAN_LIMIT)
+                .min(ctx.limits.sizes.max_scan_limit);
             let max_bytes = ctx
                 .limits
                 .max_payload
