@@ -8,3 +8,8 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Bytes a stored value holds in front of the JSON text: the revision that last set it
 /// (`store::keys` builds stored values on it; the storage quota counts it).
 pub const VALUE_HEADER_BYTES: usize = 8;
+
+/// Deepest nesting of arrays and objects a stored value may have. serde_json's parser refuses
+/// more than 128 levels, and a reply wraps a value in up to three more (scan: object, array,
+/// item), so a value past this could be stored but never read back by any client.
+pub const MAX_VALUE_DEPTH: usize = 64;

@@ -271,7 +271,8 @@ pub(crate) async fn propose(
 
 /// Reads this node's state machine, after it has applied `min_revision` if one is given.
 /// The token is checked here against this node's applied table: after ReadIndex for a
-/// linearizable read on the leader, as of now for a stale read.
+/// linearizable read on the leader, as of now for a stale read, and again after a
+/// `min_revision` wait, so a read parked before a `token.revoke` is refused once it wakes.
 async fn read_local(
     ctx: &Ctx,
     req: &KvRequest,
@@ -289,6 +290,8 @@ async fn read_local(
             delivery.mark();
             let mut rx = ctx.consensus.view.watch_revision();
             let _ = rx.wait_for(|r| *r >= min).await;
+            // The table may have changed while parked (issue #20, item 3).
+            access.check(ctx)?;
         }
     }
     read_now(ctx, req)
@@ -311,7 +314,10 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
             after,
             ..
         } => {
-            let limit = limit.unwrap_or(DEFAULT_SCAN_LIMIT);
+            // A lower `limits.max_scan_limit` caps the default page too (issue #20, item 8).
+            let limit = limit
+                .unwrap_or(DEFAULT_SCAN_LIMIT)
+                .min(ctx.limits.sizes.max_scan_limit);
             let max_bytes = ctx
                 .limits
                 .max_payload

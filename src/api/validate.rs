@@ -1,10 +1,10 @@
 //! Request limits and key rules, checked before anything reaches Raft. No IO here.
 
 use crate::api::codec::KvRequest;
-use crate::error::{invalid_key, no_space, value_too_large, WireError};
+use crate::error::{bad_request, invalid_key, no_space, value_too_large, WireError};
 use crate::store::keys;
 
-pub use crate::limits::MAX_KEY_BYTES;
+pub use crate::limits::{MAX_KEY_BYTES, MAX_VALUE_DEPTH};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -57,6 +57,38 @@ pub fn key(key: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Refuses a value nested deeper than [`MAX_VALUE_DEPTH`] arrays and objects. `value` is
+/// JSON text the decoder has already accepted, so counting brackets outside strings is
+/// exact; a loop, not recursion, so the check itself has no depth to exhaust.
+pub fn value_depth(value: &str) -> Result<(), WireError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in value.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_VALUE_DEPTH {
+                    return Err(bad_request(format!(
+                        "value nests arrays and objects more than {MAX_VALUE_DEPTH} deep, the limit"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
     match req {
         KvRequest::Put { key: k, value } => {
@@ -68,6 +100,7 @@ pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
                     limits.max_value_bytes
                 )));
             }
+            value_depth(value)?;
             let entry = k.len() + value.len() + 64;
             if entry > limits.max_entry_bytes {
                 return Err(value_too_large(format!(
@@ -94,7 +127,7 @@ pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
             }
             if let Some(l) = limit {
                 if *l == 0 || *l > limits.max_scan_limit {
-                    return Err(crate::error::bad_request(format!(
+                    return Err(bad_request(format!(
                         "limit must be between 1 and {}",
                         limits.max_scan_limit
                     )));
@@ -138,6 +171,22 @@ mod tests {
         assert!(request(&put("12345"), &limits).is_ok());
         let e = request(&put("12345678901"), &limits).unwrap_err();
         assert_eq!(e.code, ErrorKind::ValueTooLarge);
+    }
+
+    #[test]
+    fn value_depth_counts_containers_outside_strings() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(value_depth(&deep(MAX_VALUE_DEPTH)).is_ok());
+        let e = value_depth(&deep(MAX_VALUE_DEPTH + 1)).unwrap_err();
+        assert_eq!(e.code, ErrorKind::BadRequest);
+        assert!(e.message.contains("64"));
+        // Brackets inside strings, escaped quotes included, do not count.
+        let in_string = format!(r#"["\"{}\\", {{"a": [1]}}]"#, "[".repeat(200));
+        assert!(value_depth(&in_string).is_ok());
+        // Siblings do not add up: depth is nesting, not a count of containers.
+        let wide = format!("[{}]", vec!["[[1]]"; 100].join(","));
+        assert!(value_depth(&wide).is_ok());
+        assert!(value_depth("\"[[[\"").is_ok());
     }
 
     #[test]
