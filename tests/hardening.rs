@@ -31,6 +31,22 @@ fn parked_get(timeout_ms: Option<u64>) -> Value {
     body
 }
 
+/// Waits until the node answers on the cluster subjects: it subscribes to them only after it
+/// knows it leads, so a request sent as soon as the status says leader may find no responder.
+async fn wait_serving(c: &Cluster) -> Result<()> {
+    wait_until(
+        Duration::from_secs(15),
+        "the cluster subjects to answer",
+        || async {
+            let v = c
+                .request_timeout("kv.get", json!({"key": "probe"}), Duration::from_secs(2))
+                .await?;
+            Ok(error_code(&v) == Some("not_found"))
+        },
+    )
+    .await
+}
+
 /// Issue #20 item 1: a stale get for revision u64::MAX asking for an hour (in the body, and
 /// in the `Concord-Timeout-Ms` header) is answered at `limits.max_timeout_ms`, not after an
 /// hour: the clamp frees its in-flight slot. Before the clamp the node held it for the hour
@@ -45,6 +61,7 @@ async fn requested_timeout_is_clamped_to_the_max() -> Result<()> {
     )
     .await?;
     c.wait_for_leader(LEADER_TIMEOUT).await?;
+    wait_serving(&c).await?;
     let client_wait = Duration::from_secs(10);
     let subject = c.subject("kv.get");
     let timeout_header = |ms: u64| {
@@ -98,6 +115,7 @@ async fn admin_answers_while_kv_slots_are_full() -> Result<()> {
     )
     .await?;
     let id = c.wait_for_leader(LEADER_TIMEOUT).await?;
+    wait_serving(&c).await?;
     let nats = c.client();
     let subject = c.subject("kv.get");
     // Parked for the default max (60 s); the test ends long before, and the node with it.
@@ -111,13 +129,19 @@ async fn admin_answers_while_kv_slots_are_full() -> Result<()> {
             nats.send_request(subject, req).await
         }));
     }
-    // The slots are full once a short key-space request answers `busy`.
+    // The slots are full once a request answers `busy`. The probe is itself a parked get: a
+    // probe that raced the others to a free slot keeps it (its client gives up, the node
+    // does not), so the slots fill up whatever the order of arrival.
     wait_until(
         Duration::from_secs(15),
         "kv requests to answer busy",
         || async {
             let v = c
-                .request_timeout("kv.get", json!({"key": "probe"}), Duration::from_secs(5))
+                .request_timeout(
+                    "kv.get",
+                    parked_get(Some(HOUR_MS)),
+                    Duration::from_millis(300),
+                )
                 .await?;
             Ok(error_code(&v) == Some("busy"))
         },
