@@ -76,6 +76,8 @@ pub struct RequestLimits {
     pub sizes: validate::Limits,
     /// A request's deadline when it names none.
     pub default_timeout: Duration,
+    /// The longest deadline a request may name; a longer one is clamped to it.
+    pub max_timeout: Duration,
     /// The NATS server's max payload: bounds scan pages and backup chunks.
     pub max_payload: usize,
 }

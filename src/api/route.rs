@@ -16,7 +16,7 @@ use futures::FutureExt;
 use openraft::ServerState;
 use tokio::time::Instant;
 
-use super::Ctx;
+use super::{Ctx, RequestLimits};
 use crate::error::{cluster_not_ready, internal, timeout, unauthorized, WireError};
 use crate::raft::inbox::CallError;
 use crate::signing::{self, Mac};
@@ -91,7 +91,7 @@ impl<'a> Routed<'a> {
         body_timeout: Option<Duration>,
         is_write: bool,
     ) -> Routed<'a> {
-        let timeout_len = timeout_len(msg, body_timeout, ctx.limits.default_timeout);
+        let timeout_len = timeout_len(msg, body_timeout, &ctx.limits);
         Routed {
             msg,
             forwarded: is_forwarded(msg),
@@ -172,11 +172,21 @@ pub fn deadline_for(arrival: Instant, timeout: Duration) -> Instant {
 }
 
 /// How long a request may take: the `Concord-Timeout-Ms` header, else the body's
-/// `timeout_ms`, else the node's default.
-pub fn timeout_len(msg: &Message, body: Option<Duration>, default: Duration) -> Duration {
-    header_timeout(msg.headers.as_ref())
-        .or(body)
-        .unwrap_or(default)
+/// `timeout_ms`, else the node's default; never longer than `limits.max_timeout_ms`.
+pub fn timeout_len(msg: &Message, body: Option<Duration>, limits: &RequestLimits) -> Duration {
+    clamp_timeout(
+        header_timeout(msg.headers.as_ref()).or(body),
+        limits.default_timeout,
+        limits.max_timeout,
+    )
+}
+
+/// The requested timeout, or `default`, clamped to `max`. Clamped, not refused: a request
+/// that named a longer deadline still works, it just gives up sooner. Unbounded, a stale
+/// get waiting for a revision that never comes held an in-flight slot for as long as its
+/// sender asked, and enough of them answered `busy` to every request until a restart.
+fn clamp_timeout(requested: Option<Duration>, default: Duration, max: Duration) -> Duration {
+    requested.unwrap_or(default).min(max)
 }
 
 fn header_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
@@ -350,4 +360,73 @@ pub fn verify_forwarded(ctx: &Ctx, msg: &Message) -> Result<Option<Mac>, WireErr
 /// The leader refused the request before Raft saw it.
 fn is_not_ready(payload: &[u8]) -> bool {
     super::codec::reply_code(payload) == Err(crate::error::ErrorKind::ClusterNotReady)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(default_ms: u64, max_ms: u64) -> RequestLimits {
+        RequestLimits {
+            sizes: super::super::validate::Limits {
+                max_value_bytes: 1024,
+                max_entry_bytes: 4096,
+                max_scan_limit: 100,
+                max_data_bytes: 0,
+            },
+            default_timeout: Duration::from_millis(default_ms),
+            max_timeout: Duration::from_millis(max_ms),
+            max_payload: 1 << 20,
+        }
+    }
+
+    fn request(header_ms: Option<&str>) -> Message {
+        let headers = header_ms.map(|v| {
+            let mut h = HeaderMap::new();
+            h.insert(HEADER_TIMEOUT_MS, v);
+            h
+        });
+        Message {
+            subject: "concord.kv.get".into(),
+            reply: None,
+            payload: bytes::Bytes::from_static(b"{}"),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    /// Issue #20 item 1: a requested timeout past `limits.max_timeout_ms`, in the body or the
+    /// header, is clamped to it (not refused); shorter ones and the default pass unchanged.
+    #[test]
+    fn timeout_past_the_max_is_clamped() {
+        let l = limits(3000, 60_000);
+        let ms = Duration::from_millis;
+        assert_eq!(timeout_len(&request(None), None, &l), ms(3000));
+        assert_eq!(timeout_len(&request(None), Some(ms(500)), &l), ms(500));
+        assert_eq!(
+            timeout_len(&request(None), Some(ms(60_000)), &l),
+            ms(60_000)
+        );
+        assert_eq!(
+            timeout_len(&request(None), Some(ms(3_600_000)), &l),
+            ms(60_000)
+        );
+        assert_eq!(
+            timeout_len(&request(None), Some(Duration::MAX), &l),
+            ms(60_000)
+        );
+        let huge = u64::MAX.to_string();
+        assert_eq!(timeout_len(&request(Some(&huge)), None, &l), ms(60_000));
+        assert_eq!(
+            timeout_len(&request(Some("3600000")), Some(ms(10)), &l),
+            ms(60_000)
+        );
+        assert_eq!(timeout_len(&request(Some("250")), None, &l), ms(250));
+        // The clamped deadline is still in the future and within the max.
+        let now = Instant::now();
+        let d = deadline_for(now, timeout_len(&request(Some(&huge)), None, &l));
+        assert!(d > now && d <= now + ms(60_000));
+    }
 }

@@ -1,6 +1,8 @@
 //! NATS intake: a request that can be answered at once (a stale get, a malformed request) is
 //! answered by the intake task itself; any other gets a task of its own, bounded by an
-//! in-flight semaphore (`busy` past it).
+//! in-flight semaphore (`busy` past it). Admin requests draw on a pool of their own
+//! (`limits.max_admin_in_flight`), so key-space requests that fill theirs cannot lock the
+//! operator out.
 //! Every request this node answers for a client is counted here, once (see [`Server::record`]).
 //!
 //! Node subjects (`P.node.<id>.*`) are always served. The cluster subjects (`P.kv.*`,
@@ -34,14 +36,19 @@ const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct Server {
     pub ctx: Arc<Ctx>,
+    /// Key-space requests (and anything not an admin request) in progress.
     pub permits: Arc<Semaphore>,
+    /// Admin requests in progress: apart from `permits`, so that a flood of parked gets
+    /// leaves the operator a way in (`admin.status`, `token revoke`).
+    pub admin_permits: Arc<Semaphore>,
 }
 
 impl Server {
-    pub fn new(ctx: Arc<Ctx>, max_in_flight: usize) -> Arc<Server> {
+    pub fn new(ctx: Arc<Ctx>, max_in_flight: usize, max_admin_in_flight: usize) -> Arc<Server> {
         Arc::new(Server {
             ctx,
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            admin_permits: Arc::new(Semaphore::new(max_admin_in_flight)),
         })
     }
 
@@ -239,7 +246,11 @@ impl Server {
                 },
                 _ => None,
             };
-            let permit = match self.permits.clone().try_acquire_owned() {
+            let pool = match self.ctx.cluster.subjects.classify(&msg.subject) {
+                Some(Addressed::Admin(_)) => &self.admin_permits,
+                _ => &self.permits,
+            };
+            let permit = match pool.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     let body = codec::encode_error(&busy(

@@ -194,6 +194,12 @@ pub struct LimitsConfig {
     pub max_in_flight: usize,
     /// Deadline of a request that names none.
     pub default_timeout_ms: u64,
+    /// Longest deadline a request may name: a larger `timeout_ms` (field or header) is
+    /// clamped to it, so a parked request cannot hold an in-flight slot for hours.
+    pub max_timeout_ms: u64,
+    /// Admin requests (`P.admin.*`, `P.node.<id>.admin.*`) a node works on at once: a pool of
+    /// their own, so a flood of key-space requests cannot lock the operator out.
+    pub max_admin_in_flight: usize,
     /// Largest `limit` a scan may ask for.
     pub max_scan_limit: usize,
 }
@@ -283,6 +289,8 @@ impl Default for LimitsConfig {
             max_value_bytes: 256 * 1024,
             max_in_flight: 10_000,
             default_timeout_ms: 3000,
+            max_timeout_ms: 60_000,
+            max_admin_in_flight: 64,
             max_scan_limit: 10_000,
         }
     }
@@ -311,6 +319,10 @@ impl RaftConfig {
 impl LimitsConfig {
     pub fn default_timeout(&self) -> Duration {
         Duration::from_millis(self.default_timeout_ms)
+    }
+
+    pub fn max_timeout(&self) -> Duration {
+        Duration::from_millis(self.max_timeout_ms)
     }
 }
 

@@ -19,6 +19,25 @@ fn validate_names_the_field() {
 }
 
 #[test]
+fn max_timeout_covers_the_default_and_admin_pool_is_positive() {
+    let mut c = Config::default();
+    assert_eq!(c.limits.max_timeout_ms, 60_000);
+    assert_eq!(c.limits.max_admin_in_flight, 64);
+    c.limits.max_timeout_ms = c.limits.default_timeout_ms;
+    c.validate().expect("max equal to the default");
+    c.limits.max_timeout_ms = c.limits.default_timeout_ms - 1;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("limits.max_timeout_ms"), "{err}");
+    c.limits.max_timeout_ms = 0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("limits.max_timeout_ms"), "{err}");
+    let mut c = Config::default();
+    c.limits.max_admin_in_flight = 0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("limits.max_admin_in_flight"), "{err}");
+}
+
+#[test]
 fn storage_quota_is_off_or_fits_one_largest_value() {
     let mut c = Config::default();
     assert_eq!(c.storage.max_bytes, 8 << 30);

@@ -107,6 +107,15 @@ impl Config {
         if self.limits.default_timeout_ms < 10 {
             return Err(field("limits.default_timeout_ms", "must be at least 10"));
         }
+        if self.limits.max_timeout_ms < self.limits.default_timeout_ms {
+            return Err(field(
+                "limits.max_timeout_ms",
+                "must be at least limits.default_timeout_ms",
+            ));
+        }
+        if self.limits.max_admin_in_flight == 0 {
+            return Err(field("limits.max_admin_in_flight", "must be positive"));
+        }
         if self.limits.max_scan_limit == 0 {
             return Err(field("limits.max_scan_limit", "must be positive"));
         }

@@ -112,7 +112,11 @@ pub(super) async fn wire(
         (config.raft.election_timeout_max() * 3).max(Duration::from_secs(3)),
         cancel.clone(),
     ));
-    let server = api::server::Server::new(ctx, config.limits.max_in_flight);
+    let server = api::server::Server::new(
+        ctx,
+        config.limits.max_in_flight,
+        config.limits.max_admin_in_flight,
+    );
     intake_tracker.spawn(log_failure(
         "node subjects",
         server
@@ -187,6 +191,7 @@ fn request_context(
                 max_data_bytes: config.storage.max_bytes,
             },
             default_timeout: config.limits.default_timeout(),
+            max_timeout: config.limits.max_timeout(),
             max_payload: opened.max_payload,
         },
         observer: opened.observer.clone(),

@@ -40,11 +40,8 @@ async fn take_snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     ctx.security
         .auth
         .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
-    let timeout_len = route::timeout_len(
-        msg,
-        body.timeout_ms.map(Duration::from_millis),
-        ctx.limits.default_timeout,
-    );
+    let timeout_len =
+        route::timeout_len(msg, body.timeout_ms.map(Duration::from_millis), &ctx.limits);
     let deadline = route::deadline_for(arrival, timeout_len);
     let mut metrics = ctx.consensus.raft.metrics();
     let target = metrics.borrow().last_applied.map(|l| l.index);
