@@ -252,6 +252,20 @@ where
     }
 }
 
+/// The admin requests' check on the leader: caught up (see [`leader_caught_up`]), then the
+/// credential against the applied token table, for `role`.
+pub async fn authorize_on_leader(
+    ctx: &Ctx,
+    cred: crate::auth::Credential<'_>,
+    role: crate::auth::Role,
+) -> Result<(), AttemptError> {
+    leader_caught_up(ctx).await?;
+    ctx.security
+        .auth
+        .check(ctx.consensus.view.tokens(), cred, role)?;
+    Ok(())
+}
+
 /// A leader decides authorization only once it has applied an entry of its own term: by
 /// then every entry committed before it was elected (a token revocation among them) is
 /// applied too. Without auth there is nothing to wait for.

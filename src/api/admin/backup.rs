@@ -119,10 +119,7 @@ async fn write_on_leader(
     cred: Credential<'_>,
     started: &Delivery,
 ) -> Result<Vec<u8>, AttemptError> {
-    route::leader_caught_up(ctx).await?;
-    ctx.security
-        .auth
-        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
+    route::authorize_on_leader(ctx, cred, Role::Admin).await?;
     // The linearizable point: every write acknowledged before the request arrived is
     // applied here once this returns.
     confirm_leadership(ctx).await?;

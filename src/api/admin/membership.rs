@@ -80,10 +80,7 @@ async fn on_leader(
     cred: Credential<'_>,
     delivery: &Delivery,
 ) -> Result<Vec<u8>, AttemptError> {
-    route::leader_caught_up(ctx).await?;
-    ctx.security
-        .auth
-        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
+    route::authorize_on_leader(ctx, cred, Role::Admin).await?;
     let m = ctx.consensus.raft.metrics().borrow().clone();
     if m.state != ServerState::Leader {
         return Err(AttemptError::Retry);

@@ -202,10 +202,7 @@ async fn serve_on_leader(
     cred: Credential<'_>,
     delivery: &Delivery,
 ) -> Result<Vec<u8>, AttemptError> {
-    route::leader_caught_up(ctx).await?;
-    ctx.security
-        .auth
-        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
+    route::authorize_on_leader(ctx, cred, Role::Admin).await?;
     match req {
         TokenRequest::Create {
             role,
