@@ -216,11 +216,11 @@ pub(super) fn apply_entries(
         membership.is_some() || !b.fjall_batch.is_empty() || b.cluster_id != view.cluster_id();
     let mut applied_membership = view.membership.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = membership {
-        *applied_membership = m;
+        *applied_membership = std::sync::Arc::new(m);
     }
     let meta = SmMeta {
         last_applied,
-        membership: applied_membership.clone(),
+        membership: std::sync::Arc::clone(&applied_membership),
         revision: b.revision,
         cluster_id: b.cluster_id,
         kv_generation: generation,

@@ -6,6 +6,8 @@
 //! Each field is bincode under its own key of [`keys`]; a missing key reads as the default
 //! (a fresh store, or `data_bytes` before format 2).
 
+use std::sync::Arc;
+
 use fjall::Readable;
 use serde::Serialize;
 use uuid::Uuid;
@@ -20,7 +22,8 @@ pub type MetaEntries = Vec<(&'static [u8], Vec<u8>)>;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SmMeta {
     pub last_applied: Option<LogId>,
-    pub membership: StoredMembership,
+    /// Shared with the view: every apply batch writes it, and it changes rarely.
+    pub membership: Arc<StoredMembership>,
     /// Revision of the newest write.
     pub revision: u64,
     /// Set once by the cluster's first command.
@@ -42,7 +45,9 @@ impl SmMeta {
         Ok(SmMeta {
             last_applied: de::<Option<LogId>>(field(keys::SM_LAST_APPLIED)?, "last_applied")?
                 .flatten(),
-            membership: de(field(keys::SM_MEMBERSHIP)?, "membership")?.unwrap_or_default(),
+            membership: Arc::new(
+                de(field(keys::SM_MEMBERSHIP)?, "membership")?.unwrap_or_default(),
+            ),
             revision: de(field(keys::SM_REVISION)?, "revision")?.unwrap_or(0),
             cluster_id: de::<Option<Uuid>>(field(keys::SM_CLUSTER_ID)?, "cluster_id")?.flatten(),
             kv_generation: de(field(keys::SM_KV_GENERATION)?, "kv_generation")?.unwrap_or(0),
@@ -56,7 +61,7 @@ impl SmMeta {
     pub fn write(&self) -> MetaEntries {
         vec![
             (keys::SM_LAST_APPLIED, enc(&self.last_applied)),
-            (keys::SM_MEMBERSHIP, enc(&self.membership)),
+            (keys::SM_MEMBERSHIP, enc(self.membership.as_ref())),
             (keys::SM_REVISION, enc(&self.revision)),
             (keys::SM_CLUSTER_ID, enc(&self.cluster_id)),
             (keys::SM_KV_GENERATION, enc(&self.kv_generation)),

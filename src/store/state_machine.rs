@@ -110,7 +110,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())))?;
-        Ok((meta.last_applied, meta.membership))
+        Ok((meta.last_applied, (*meta.membership).clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>

@@ -47,7 +47,7 @@ pub struct StateView {
     pub(super) revision: watch::Sender<u64>,
     pub(super) cluster_id: watch::Sender<Option<Uuid>>,
     /// The applied membership, as `sm_meta` records it: every apply writes it back.
-    pub(super) membership: Mutex<StoredMembership>,
+    pub(super) membership: Mutex<Arc<StoredMembership>>,
     /// Exact number of keys, kept with every apply (fjall's own count includes tombstones).
     pub(super) key_count: std::sync::atomic::AtomicU64,
     /// Exact live data size (key + stored value bytes of live keys), kept like `key_count`:

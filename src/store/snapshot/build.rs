@@ -107,7 +107,7 @@ pub(crate) fn build(view: &StateView) -> Result<(SnapshotMeta, PathBuf, u64), Er
     );
     let meta = SnapshotMeta {
         last_log_id: applied,
-        last_membership: membership,
+        last_membership: (*membership).clone(),
         snapshot_id,
     };
     let path = publish(view, &part, &meta)?;

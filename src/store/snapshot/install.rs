@@ -70,7 +70,7 @@ pub(crate) fn install(
 
     let installed = SmMeta {
         last_applied: meta.last_log_id,
-        membership: meta.last_membership.clone(),
+        membership: std::sync::Arc::new(meta.last_membership.clone()),
         revision: header.revision,
         cluster_id: header.cluster_id,
         kv_generation: next,
