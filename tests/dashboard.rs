@@ -70,6 +70,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_storage_bytes",
     "concord_storage_data_bytes",
     "concord_storage_max_bytes",
+    "concord_storage_fsync",
     "concord_revision",
     "concord_nats_connected",
     "concord_nats_reconnects_total",

@@ -177,3 +177,31 @@ async fn admin_answers_while_kv_slots_are_full() -> Result<()> {
     }
     Ok(())
 }
+
+/// `storage.fsync = false` is announced (issue #20, item 8): a warning in the node's log at
+/// start, `storage.fsync: false` in `admin.status`, and `concord_storage_fsync` 0, so an
+/// operator cannot run without durability unknowingly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_off_is_announced() -> Result<()> {
+    let c = Cluster::start_with(
+        1,
+        ClusterOptions::default().env("CONCORD_STORAGE__FSYNC", "false"),
+    )
+    .await?;
+    let id = c.wait_for_leader(LEADER_TIMEOUT).await?;
+    let r = async {
+        let s = c.status(id).await?;
+        ensure!(
+            s["storage"]["fsync"] == json!(false),
+            "admin.status should say storage.fsync false: {s}"
+        );
+        let log = c.log(id);
+        ensure!(
+            log.contains("storage.fsync = false") && log.contains("WARN"),
+            "the node's log should warn that fsync is off:\n{log}"
+        );
+        Ok(())
+    }
+    .await;
+    c.fail_on_err(r)
+}

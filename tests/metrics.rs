@@ -640,6 +640,7 @@ fn check_contract(m: &Scrape, node: u64) -> Result<()> {
         "concord_storage_bytes",
         "concord_storage_data_bytes",
         "concord_storage_max_bytes",
+        "concord_storage_fsync",
         "concord_revision",
         "concord_nats_reconnects_total",
     ] {
@@ -737,6 +738,10 @@ fn gauges_match(m: &Scrape, s: &Value) -> Result<()> {
             num(&s["storage"]["data_bytes"]),
         ),
         ("concord_storage_max_bytes", num(&s["storage"]["max_bytes"])),
+        (
+            "concord_storage_fsync",
+            f64::from(u8::from(s["storage"]["fsync"] == json!(true))),
+        ),
         ("concord_revision", num(&s["revision"])),
     ];
     for (name, want) in pairs {

@@ -118,6 +118,15 @@ async fn open_store(config: &Config) -> Result<(Store, bool, Arc<StateView>), Er
     let me = config.node.id;
     let dir = config.data_dir.clone();
     let (cache, fsync) = (config.storage.cache_size_mib, config.storage.fsync);
+    metrics::gauge!(crate::observe::metrics::STORAGE_FSYNC).set(if fsync { 1.0 } else { 0.0 });
+    if !fsync {
+        // Said at every start (and in `admin.status`): an operator must never run it unknowingly.
+        tracing::warn!(
+            "storage.fsync = false: writes are acknowledged before they reach the disk; \
+             a power cut or kernel crash on a quorum of nodes can lose acknowledged writes. \
+             Use it only to measure the cost of fsync."
+        );
+    }
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache, fsync))
         .await
         .map_err(|e| store::Error::Io(std::io::Error::other(e)))??;

@@ -46,6 +46,7 @@ pub const STORAGE_KEYS: &str = "concord_storage_keys";
 pub const STORAGE_BYTES: &str = "concord_storage_bytes";
 pub const STORAGE_DATA_BYTES: &str = "concord_storage_data_bytes";
 pub const STORAGE_MAX_BYTES: &str = "concord_storage_max_bytes";
+pub const STORAGE_FSYNC: &str = "concord_storage_fsync";
 pub const REVISION: &str = "concord_revision";
 pub const NATS_CONNECTED: &str = "concord_nats_connected";
 pub const NATS_RECONNECTS: &str = "concord_nats_reconnects_total";
@@ -503,6 +504,10 @@ fn describe_snapshots_storage_and_nats() {
     describe_gauge!(
         STORAGE_MAX_BYTES,
         "The storage quota, storage.max_bytes (0: no quota)."
+    );
+    describe_gauge!(
+        STORAGE_FSYNC,
+        "1 when storage.fsync is on; 0 means acknowledged writes can be lost to a power cut."
     );
     describe_gauge!(
         REVISION,

@@ -25,6 +25,8 @@ pub struct StorageFigures {
     pub data_bytes: u64,
     /// `storage.max_bytes`; 0: no quota.
     pub max_bytes: u64,
+    /// `storage.fsync`: false means an acknowledged write can be lost to a power cut.
+    pub fsync: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +143,7 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
             bytes: ctx.consensus.view.store().disk_bytes(),
             data_bytes: ctx.consensus.view.data_bytes(),
             max_bytes: ctx.limits.sizes.max_data_bytes,
+            fsync: ctx.consensus.view.store().fsync,
         },
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
