@@ -115,6 +115,19 @@ fn status_text(s: &Value) -> String {
             show(&n["security"]["rpc_rejected"]),
         ));
     }
+    let unsynced: Vec<String> = s["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["storage"]["fsync"] == json!(false))
+        .map(|n| show(&n["node"]))
+        .collect();
+    if !unsynced.is_empty() {
+        t.push_str(&format!(
+            "\nwarning: storage.fsync is off on node {}: acknowledged writes can be lost to a power cut\n",
+            unsynced.join(", ")
+        ));
+    }
     t.trim_end().to_string()
 }
 
@@ -171,5 +184,19 @@ mod tests {
         let s = json!({"nodes": [{"node": 1, "storage": {"keys": 3, "bytes": 9, "data_bytes": 10, "max_bytes": 100}}]});
         let text = status_text(&s);
         assert!(text.contains("DATA") && text.contains("10 (10%)"), "{text}");
+        assert!(!text.contains("fsync"), "{text}");
+    }
+
+    #[test]
+    fn status_warns_of_nodes_without_fsync() {
+        let s = json!({"nodes": [
+            {"node": 1, "storage": {"fsync": true}},
+            {"node": 2, "storage": {"fsync": false}},
+        ]});
+        let text = status_text(&s);
+        assert!(
+            text.contains("warning: storage.fsync is off on node 2:"),
+            "{text}"
+        );
     }
 }
