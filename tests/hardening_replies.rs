@@ -94,9 +94,9 @@ async fn huge_input_in_an_error_gets_a_short_bad_request() -> Result<()> {
     let _lock = common::exclusive().await?;
     let tmp = tempfile::tempdir()?;
     let huge = "x".repeat(500 * 1024);
-    // The requests below carry `huge` and at most a few dozen bytes more; a reply quoting it
-    // whole would need serde's words (over 60 bytes) on top.
-    let nats = SmallNats::start(tmp.path(), huge.len() + 60).await?;
+    // The requests below (no headers: they fail before any credential is looked at) carry
+    // `huge` and at most 29 bytes more; a reply quoting it whole needs over 90 more.
+    let nats = SmallNats::start(tmp.path(), huge.len() + 64).await?;
     let cluster = one_node(&nats, 64 * 1024).await?;
     let r = huge_input_body(&cluster, &huge).await;
     cluster.fail_on_err(r)
@@ -115,7 +115,13 @@ async fn huge_input_body(cluster: &Cluster, huge: &str) -> Result<()> {
         ("admin.token.create", format!(r#"{{"role":"{huge}"}}"#)),
     ];
     for (suffix, body) in cases {
-        let msg = raw(cluster, suffix, Bytes::from(body))
+        let msg = cluster
+            .request_message(
+                &cluster.subject(suffix),
+                None,
+                Bytes::from(body),
+                REQUEST_TIMEOUT,
+            )
             .await
             .with_context(|| format!("{suffix} with 500 KB of input: no reply"))?;
         let reply = parse(&msg)?;

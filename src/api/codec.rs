@@ -471,4 +471,82 @@ mod tests {
         assert_eq!(request_key(br#"{"prefix":"p:"}"#).as_deref(), Some("p:"));
         assert_eq!(request_key(b"[1]"), None);
     }
+
+    #[test]
+    fn errors_quote_a_bounded_excerpt_of_client_input() {
+        let huge = "f".repeat(500 * 1024);
+        for body in [
+            format!(r#"{{"key":"a","{huge}":1}}"#),
+            format!(r#"{{"key":"a","consistency":"{huge}"}}"#),
+            format!(r#"{{"key":"a","min_revision":"{huge}"}}"#),
+            format!(r#"{{"key":"a","`{}":1}}"#, "`".repeat(500 * 1024)),
+            format!(r#"{{"key":"a",{huge}}}"#),
+        ] {
+            let e = decode_kv(KvOp::Get, body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorKind::BadRequest);
+            assert!(e.message.len() < 700, "{} bytes", e.message.len());
+            assert!(encode_error(&e).len() < crate::api::server::SMALL_REPLY_BYTES);
+        }
+        // The names serde expects survive the cut of the name it did not.
+        let e = decode_kv(KvOp::Get, format!(r#"{{"{huge}":1}}"#).as_bytes()).unwrap_err();
+        assert!(
+            e.message.contains("cut, 512000 bytes") && e.message.contains("`consistency`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn pages_are_cut_by_encoded_bytes() {
+        let items: Vec<Item> = (0..100)
+            .map(|i| Item {
+                key: format!("k{i:03}{}", "\"".repeat(100)),
+                revision: i,
+                json: b"1".to_vec(),
+            })
+            .collect();
+        let whole = encode_scan(&items, false, usize::MAX).unwrap();
+        assert!(whole.ends_with(br#"],"more":false}"#));
+        let page = encode_scan(&items, false, 4096).unwrap();
+        assert!(page.len() <= 4096 && page.ends_with(br#"],"more":true}"#));
+        let v: serde_json::Value = serde_json::from_slice(&page).unwrap();
+        let n = v["items"].as_array().unwrap().len();
+        assert!(n > 0 && n < 100);
+        assert_eq!(v["items"][0]["key"], items[0].key.as_str());
+        // The same shape serde gives a struct.
+        let one = encode_scan(&items[..1], false, usize::MAX).unwrap();
+        let expect = format!(
+            r#"{{"ok":true,"items":[{{"key":{},"value":1,"revision":0}}],"more":false}}"#,
+            serde_json::to_string(&items[0].key).unwrap()
+        );
+        assert_eq!(one, expect.as_bytes());
+        let e = encode_scan(&items, false, 64).unwrap_err();
+        assert_eq!(e.code, ErrorKind::ValueTooLarge);
+        let (body, n) =
+            encode_page("tokens", (0..5).map(Ok::<u32, WireError>), 3, false, 1024).unwrap();
+        assert_eq!(
+            (body.as_slice(), n),
+            (&br#"{"ok":true,"tokens":[0,1,2],"more":true}"#[..], 3)
+        );
+        let (body, _) =
+            encode_page("tokens", (0..3).map(Ok::<u32, WireError>), 3, false, 1024).unwrap();
+        assert_eq!(body, br#"{"ok":true,"tokens":[0,1,2],"more":false}"#);
+    }
+
+    #[test]
+    fn write_replies_are_small() {
+        // The largest put and delete replies: every field at its widest.
+        let put = encode_ok(&PutReply {
+            ok: true,
+            revision: u64::MAX,
+        });
+        let del = encode_ok(&DeleteReply {
+            ok: true,
+            deleted: false,
+            revision: u64::MAX,
+        });
+        for r in [put, del] {
+            assert!(r.len() < crate::api::server::SMALL_REPLY_BYTES);
+        }
+    }
 }

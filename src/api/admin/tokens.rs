@@ -322,3 +322,34 @@ async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, Att
         )))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The widest `token.create` reply still publishes without a size check: a write whose
+    /// reply could not be sent would leave its client not knowing it happened.
+    #[test]
+    fn the_largest_create_reply_is_small() {
+        let record = TokenRecord {
+            id: "f".repeat(16),
+            // The widest name: the most characters, each the widest in UTF-8.
+            name: Some("\u{10FFFF}".repeat(MAX_NAME_CHARS)),
+            role: Role::Readwrite,
+            // 2100, and the longest lifetime after it: RFC 3339 times have a fixed width.
+            created_ms: 4_102_444_800_000,
+            expires_ms: Some(4_102_444_800_000 + MAX_LIFETIME.as_millis() as u64),
+        };
+        let token = format!("{}{}", tokens::TOKEN_PREFIX, "A".repeat(43));
+        let body = codec::encode_ok(&Created {
+            ok: true,
+            token: &token,
+            info: TokenInfo::of(&record, 0),
+        });
+        assert!(
+            body.len() < crate::api::server::SMALL_REPLY_BYTES,
+            "{}",
+            body.len()
+        );
+    }
+}
