@@ -71,6 +71,15 @@ pub struct ScanPage {
     pub more: bool,
 }
 
+/// One page of `token.list`: tokens in id order, and whether more follow.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TokenPage {
+    pub tokens: Vec<Value>,
+    /// Absent from servers that do not page: their one reply held every token.
+    #[serde(default)]
+    pub more: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadConsistency {
     Linearizable,
@@ -253,6 +262,49 @@ impl Client {
     /// Any `P.admin.<op>` request; the reply when it is `ok`.
     pub async fn admin(&self, op: AdminOp, body: Value) -> Result<Value, ClientError> {
         self.call(self.subjects.admin(op), body).await
+    }
+
+    /// One page of `P.admin.token.list`: up to `limit` tokens (the server's default page
+    /// when `None`) whose ids come after `after`.
+    pub async fn token_list_page(
+        &self,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<TokenPage, ClientError> {
+        let mut body = serde_json::json!({});
+        if let Some(l) = limit {
+            body["limit"] = l.into();
+        }
+        if let Some(a) = after {
+            body["after"] = a.into();
+        }
+        let v = self.admin(AdminOp::TokenList, body).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Every token, following `more` from page to page.
+    pub async fn token_list(&self) -> Result<Vec<Value>, ClientError> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.token_list_page(None, after.as_deref()).await?;
+            let last = page.tokens.last().and_then(|t| t["id"].as_str());
+            let last = last.map(str::to_string);
+            out.extend(page.tokens);
+            if !page.more {
+                return Ok(out);
+            }
+            // Ids only grow from page to page: a page that does not move on is a server bug,
+            // and following it would loop forever.
+            match last {
+                Some(id) if after.as_deref().is_none_or(|a| id.as_str() > a) => after = Some(id),
+                _ => {
+                    return Err(ClientError::Decode(
+                        "token.list said more but its page did not move past the last id".into(),
+                    ))
+                }
+            }
+        }
     }
 
     pub async fn members(&self) -> Result<Value, ClientError> {

@@ -13,3 +13,46 @@ pub const VALUE_HEADER_BYTES: usize = 8;
 /// more than 128 levels, and a reply wraps a value in up to three more (scan: object, array,
 /// item), so a value past this could be stored but never read back by any client.
 pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Most bytes of client input an error message quotes: enough to recognise a field name, a
+/// key or a token id, never enough to make a reply that cannot be published (issue #20, item 6).
+pub const MAX_ECHO_BYTES: usize = 96;
+
+/// `s` as an error message may quote it: whole when it is at most [`MAX_ECHO_BYTES`], else its
+/// first bytes up to a char boundary and a mark saying how long it was. The one helper for
+/// every message that repeats what a client sent.
+pub fn excerpt(s: &str) -> std::borrow::Cow<'_, str> {
+    excerpt_to(s, MAX_ECHO_BYTES)
+}
+
+/// As [`excerpt`], with a bound of `max` bytes (before the mark) of the caller's choosing.
+pub fn excerpt_to(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    // A UTF-8 char is at most 4 bytes: this loop runs at most 3 times.
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…(cut, {} bytes)", &s[..end], s.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(excerpt("bogus"), "bogus");
+        let exact = "a".repeat(MAX_ECHO_BYTES);
+        assert_eq!(excerpt(&exact), exact.as_str());
+        let long = "é".repeat(500_000);
+        let cut = excerpt(&long);
+        assert!(cut.len() < MAX_ECHO_BYTES + 32, "{cut}");
+        assert!(
+            cut.starts_with("éé") && cut.ends_with("…(cut, 1000000 bytes)"),
+            "{cut}"
+        );
+    }
+}

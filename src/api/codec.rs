@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::{bad_request, ErrorKind, WireError};
+use crate::error::{bad_request, value_too_large, ErrorKind, WireError};
+use crate::limits::{excerpt, excerpt_to};
 use crate::store::state_machine::Item;
 use crate::subjects::KvOp;
 
@@ -122,7 +123,10 @@ fn common(token: Option<String>, timeout_ms: Option<u64>) -> Common {
 /// Rejects what is not a JSON object before the typed decode, so the message says which.
 pub fn check_object(body: &[u8]) -> Result<(), WireError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        return Err(bad_request(format!("request body is not JSON: {e}")));
+        return Err(bad_request(format!(
+            "request body is not JSON: {}",
+            bounded_message(&e.to_string())
+        )));
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
@@ -139,8 +143,35 @@ pub fn typed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
             Some(i) => msg[..i].to_string(),
             None => msg,
         };
-        bad_request(format!("invalid request: {msg}"))
+        bad_request(format!("invalid request: {}", bounded_message(&msg)))
     })
+}
+
+/// Longest parser message a reply carries (serde's own text and the quoted parts, each cut).
+const MAX_PARSER_MESSAGE_BYTES: usize = 512;
+
+/// A serde message with every quoted part (an unknown field name, a string of the wrong
+/// type, an unknown variant: the client's input) cut to an [`excerpt`], and the whole cut
+/// too, so a 500 KB field name makes a short `bad_request`, not a reply too big to publish.
+fn bounded_message(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    // Each turn consumes at least one byte of `rest`, and stops once `out` is long enough.
+    while out.len() <= MAX_PARSER_MESSAGE_BYTES {
+        match rest.find(['`', '"']) {
+            Some(i) => {
+                out.push_str(&excerpt(&rest[..i]));
+                // An ASCII delimiter: `i + 1` is a char boundary.
+                out.push(char::from(rest.as_bytes()[i]));
+                rest = &rest[i + 1..];
+            }
+            None => {
+                out.push_str(&excerpt(rest));
+                break;
+            }
+        }
+    }
+    excerpt_to(&out, MAX_PARSER_MESSAGE_BYTES).into_owned()
 }
 
 pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError> {
@@ -272,13 +303,6 @@ struct ScanItem<'a> {
     revision: u64,
 }
 
-#[derive(Serialize)]
-struct ScanReply<'a> {
-    ok: bool,
-    items: Vec<ScanItem<'a>>,
-    more: bool,
-}
-
 /// Stored JSON was validated on the way in; a failure here means corrupt storage.
 fn raw(json: &[u8]) -> Result<&RawValue, WireError> {
     let s = std::str::from_utf8(json)
@@ -294,20 +318,71 @@ pub fn encode_get(revision: u64, json: &[u8]) -> Result<Vec<u8>, WireError> {
     }))
 }
 
-pub fn encode_scan(items: &[Item], more: bool) -> Result<Vec<u8>, WireError> {
-    let mut out = Vec::with_capacity(items.len());
-    for it in items {
-        out.push(ScanItem {
+/// Bytes a reply leaves under the NATS max payload for its headers (a forwarded reply's MAC).
+pub const REPLY_HEADER_ROOM: usize = 1024;
+
+/// One scan page: the items the store read, cut further so the encoded reply is at most
+/// `max_bytes` (the store's cut is an estimate; a key's JSON escapes can double it). `more`
+/// is the store's word that keys remain; an item left out here makes it true too.
+pub fn encode_scan(items: &[Item], more: bool, max_bytes: usize) -> Result<Vec<u8>, WireError> {
+    let items = items.iter().map(|it| {
+        Ok(ScanItem {
             key: &it.key,
             value: raw(&it.json)?,
             revision: it.revision,
-        });
+        })
+    });
+    encode_page("items", items, usize::MAX, more, max_bytes).map(|(body, _)| body)
+}
+
+/// A list reply, `{"ok":true,"<field>":[…],"more":M}`, of at most `limit` items and at most
+/// `max_bytes` bytes in all, built item by item so that the cut is by encoded bytes. Returns
+/// the body and how many items it holds. `more` is true when the caller has more
+/// (`source_more`) or an item was left out here. One item that alone would not fit is
+/// `value_too_large`: no page can hold it.
+pub fn encode_page<T: Serialize>(
+    field: &str,
+    items: impl IntoIterator<Item = Result<T, WireError>>,
+    limit: usize,
+    source_more: bool,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, usize), WireError> {
+    // The longer of the two endings, so either fits.
+    const TAIL_BYTES: usize = r#"],"more":false}"#.len();
+    let mut out = format!(r#"{{"ok":true,"{field}":["#).into_bytes();
+    let (mut count, mut cut) = (0usize, false);
+    for item in items {
+        if count == limit {
+            cut = true;
+            break;
+        }
+        let item = item?;
+        let mark = out.len();
+        if count > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &item)
+            .map_err(|e| crate::error::internal(format!("encoding a reply: {e}")))?;
+        if out.len() + TAIL_BYTES > max_bytes {
+            if count == 0 {
+                return Err(value_too_large(format!(
+                    "one item alone makes a reply of {} bytes, over the {max_bytes} that fit in one NATS message",
+                    out.len() + TAIL_BYTES
+                )));
+            }
+            out.truncate(mark);
+            cut = true;
+            break;
+        }
+        count += 1;
     }
-    Ok(encode_ok(&ScanReply {
-        ok: true,
-        items: out,
-        more,
-    }))
+    let more = cut || source_more;
+    out.extend_from_slice(if more {
+        br#"],"more":true}"#
+    } else {
+        br#"],"more":false}"#
+    });
+    Ok((out, count))
 }
 
 #[cfg(test)]
@@ -395,5 +470,83 @@ mod tests {
         );
         assert_eq!(request_key(br#"{"prefix":"p:"}"#).as_deref(), Some("p:"));
         assert_eq!(request_key(b"[1]"), None);
+    }
+
+    #[test]
+    fn errors_quote_a_bounded_excerpt_of_client_input() {
+        let huge = "f".repeat(500 * 1024);
+        for body in [
+            format!(r#"{{"key":"a","{huge}":1}}"#),
+            format!(r#"{{"key":"a","consistency":"{huge}"}}"#),
+            format!(r#"{{"key":"a","min_revision":"{huge}"}}"#),
+            format!(r#"{{"key":"a","`{}":1}}"#, "`".repeat(500 * 1024)),
+            format!(r#"{{"key":"a",{huge}}}"#),
+        ] {
+            let e = decode_kv(KvOp::Get, body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorKind::BadRequest);
+            assert!(e.message.len() < 700, "{} bytes", e.message.len());
+            assert!(encode_error(&e).len() < crate::api::server::SMALL_REPLY_BYTES);
+        }
+        // The names serde expects survive the cut of the name it did not.
+        let e = decode_kv(KvOp::Get, format!(r#"{{"{huge}":1}}"#).as_bytes()).unwrap_err();
+        assert!(
+            e.message.contains("cut, 512000 bytes") && e.message.contains("`consistency`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn pages_are_cut_by_encoded_bytes() {
+        let items: Vec<Item> = (0..100)
+            .map(|i| Item {
+                key: format!("k{i:03}{}", "\"".repeat(100)),
+                revision: i,
+                json: b"1".to_vec(),
+            })
+            .collect();
+        let whole = encode_scan(&items, false, usize::MAX).unwrap();
+        assert!(whole.ends_with(br#"],"more":false}"#));
+        let page = encode_scan(&items, false, 4096).unwrap();
+        assert!(page.len() <= 4096 && page.ends_with(br#"],"more":true}"#));
+        let v: serde_json::Value = serde_json::from_slice(&page).unwrap();
+        let n = v["items"].as_array().unwrap().len();
+        assert!(n > 0 && n < 100);
+        assert_eq!(v["items"][0]["key"], items[0].key.as_str());
+        // The same shape serde gives a struct.
+        let one = encode_scan(&items[..1], false, usize::MAX).unwrap();
+        let expect = format!(
+            r#"{{"ok":true,"items":[{{"key":{},"value":1,"revision":0}}],"more":false}}"#,
+            serde_json::to_string(&items[0].key).unwrap()
+        );
+        assert_eq!(one, expect.as_bytes());
+        let e = encode_scan(&items, false, 64).unwrap_err();
+        assert_eq!(e.code, ErrorKind::ValueTooLarge);
+        let (body, n) =
+            encode_page("tokens", (0..5).map(Ok::<u32, WireError>), 3, false, 1024).unwrap();
+        assert_eq!(
+            (body.as_slice(), n),
+            (&br#"{"ok":true,"tokens":[0,1,2],"more":true}"#[..], 3)
+        );
+        let (body, _) =
+            encode_page("tokens", (0..3).map(Ok::<u32, WireError>), 3, false, 1024).unwrap();
+        assert_eq!(body, br#"{"ok":true,"tokens":[0,1,2],"more":false}"#);
+    }
+
+    #[test]
+    fn write_replies_are_small() {
+        // The largest put and delete replies: every field at its widest.
+        let put = encode_ok(&PutReply {
+            ok: true,
+            revision: u64::MAX,
+        });
+        let del = encode_ok(&DeleteReply {
+            ok: true,
+            deleted: false,
+            revision: u64::MAX,
+        });
+        for r in [put, del] {
+            assert!(r.len() < crate::api::server::SMALL_REPLY_BYTES);
+        }
     }
 }

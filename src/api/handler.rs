@@ -14,6 +14,7 @@ use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
 use crate::command::{Applied, Command};
 use crate::error::{internal, not_found, timeout, WireError};
+use crate::limits::excerpt;
 use crate::raft::types::RaftMetrics;
 use crate::subjects::KvOp;
 
@@ -306,7 +307,7 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
     match req {
         KvRequest::Get { key, .. } => match ctx.consensus.view.get(key).map_err(storage)? {
             Some((revision, json)) => codec::encode_get(revision, &json),
-            None => Err(not_found(format!("key '{key}' not found"))),
+            None => Err(not_found(format!("key '{}' not found", excerpt(key)))),
         },
         KvRequest::Scan {
             prefix,
@@ -328,7 +329,12 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
                 .view
                 .scan(prefix, after.as_deref(), limit, max_bytes)
                 .map_err(storage)?;
-            codec::encode_scan(&items, more)
+            // The store's cut estimates; this one counts the encoded reply (issue #20, item 6).
+            let reply_bytes = ctx
+                .limits
+                .max_payload
+                .saturating_sub(codec::REPLY_HEADER_ROOM);
+            codec::encode_scan(&items, more, reply_bytes)
         }
         _ => Err(internal("read_local called for a write")),
     }

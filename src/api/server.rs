@@ -20,7 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use super::handler::Intake;
 use super::{admin, codec, handler, route, Ctx};
-use crate::error::busy;
+use crate::error::{busy, internal, value_too_large};
+use crate::limits::excerpt;
 use crate::observe::ReqOp;
 use crate::signing::{self, HEADER_MAC};
 use crate::subjects::{Addressed, AdminOp, KvOp};
@@ -30,6 +31,12 @@ use crate::subjects::{Addressed, AdminOp, KvOp};
 /// forwarding hop) instead of 2 of 3. Measured at 64 clients against 16 subscriptions (2 of
 /// 18): 8 % more puts and 10-20 % more linearizable gets per second, 8-12 % less CPU per op.
 const LEADER_KV_SUBSCRIPTIONS: usize = 64;
+
+/// Replies up to this size are published without a look at the max payload: every write
+/// reply and every error is smaller (`codec` tests the largest of each), and a node refuses
+/// to start on a NATS server whose max payload is under 16 KiB (`PAYLOAD_HEADROOM`). So a
+/// write that was applied always gets its reply.
+pub const SMALL_REPLY_BYTES: usize = 4 * 1024;
 
 /// Longest a cancelled subscription keeps delivering what NATS had routed to it.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -235,6 +242,7 @@ impl Server {
             let call = match counted {
                 Some(ReqOp::Kv(op)) => match handler::intake(&self.ctx, op, &msg) {
                     Intake::Answered(body) => {
+                        let body = self.fit(&msg.subject, body);
                         self.record(ReqOp::Kv(op), &msg, &body, started);
                         if let Err(e) = self.ctx.cluster.client.publish(reply_to, body.into()).await
                         {
@@ -285,13 +293,16 @@ impl Server {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let (body, headers) = match route::verify_forwarded(&self.ctx, &msg) {
-            Ok(None) => match call {
-                Some(call) => (handler::handle_call(&self.ctx, call, &msg).await, None),
-                None => (self.dispatch(&msg).await, None),
-            },
-            // A forwarded request's reply is bound to its MAC.
+            Ok(None) => {
+                let body = match call {
+                    Some(call) => handler::handle_call(&self.ctx, call, &msg).await,
+                    None => self.dispatch(&msg).await,
+                };
+                (self.fit(&msg.subject, body), None)
+            }
+            // A forwarded request's reply is bound to its MAC, computed over what is sent.
             Ok(Some(mac)) => {
-                let body = self.dispatch(&msg).await;
+                let body = self.fit(&msg.subject, self.dispatch(&msg).await);
                 let reply_mac = self
                     .ctx
                     .security
@@ -320,6 +331,54 @@ impl Server {
         drop(permit);
     }
 
+    /// The reply to publish: `body`, or a short error if `body` would not fit in one NATS
+    /// message, which NATS would refuse, leaving the client with nothing (issue #20, item 6).
+    /// A read whose result is too big is `value_too_large`; any other reply this big is a bug
+    /// (writes and errors have short replies: see [`SMALL_REPLY_BYTES`]), so `internal`.
+    fn fit(&self, subject: &str, body: Vec<u8>) -> Vec<u8> {
+        if body.len() <= SMALL_REPLY_BYTES {
+            return body;
+        }
+        // The server's INFO as of now: a NATS server restarted with a smaller max payload
+        // is seen here, not only the one this node started with.
+        let max_payload = self
+            .ctx
+            .limits
+            .max_payload
+            .min(self.ctx.cluster.client.server_info().max_payload);
+        let room = max_payload.saturating_sub(codec::REPLY_HEADER_ROOM);
+        if body.len() <= room {
+            return body;
+        }
+        let e = if self.is_read(subject) && codec::reply_code(&body).is_ok() {
+            value_too_large(format!(
+                "the reply would be {} bytes, over the {room} that fit in one NATS message (max payload {max_payload}); ask for less",
+                body.len()
+            ))
+        } else {
+            internal(format!(
+                "a reply of {} bytes does not fit in one NATS message (max payload {max_payload})",
+                body.len()
+            ))
+        };
+        tracing::warn!(bytes = body.len(), max_payload, error = %e.message, "reply too large; sent an error instead");
+        codec::encode_error(&e)
+    }
+
+    /// Whether a subject asks for a read: its reply carries data whose size the client chose.
+    fn is_read(&self, subject: &str) -> bool {
+        match self.ctx.cluster.subjects.classify(subject) {
+            Some(Addressed::Kv(op)) => KvOp::parse(op).is_some_and(|op| !op.is_write()),
+            Some(Addressed::Admin(op)) => matches!(
+                AdminOp::parse(op),
+                Some(
+                    AdminOp::Status | AdminOp::Members | AdminOp::TokenList | AdminOp::BackupChunk
+                )
+            ),
+            None => false,
+        }
+    }
+
     /// The counted operation a subject asks for; `None` for unknown ones (bounded labels).
     fn counted_op(&self, subject: &str) -> Option<ReqOp> {
         match self.ctx.cluster.subjects.classify(subject)? {
@@ -343,19 +402,21 @@ impl Server {
                 // Boxed: admin requests are rare and their futures large.
                 Some(op) => Box::pin(admin::handle_admin(&self.ctx, op, msg)).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
-                    "unknown admin operation '{op}' ({})",
+                    "unknown admin operation '{}' ({})",
+                    excerpt(op),
                     AdminOp::ALL.map(AdminOp::as_str).join(", ")
                 ))),
             },
             Some(Addressed::Kv(op)) => match KvOp::parse(op) {
                 Some(op) => handler::handle_kv(&self.ctx, op, msg).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
-                    "unknown operation '{op}' (put, get, delete, scan)"
+                    "unknown operation '{}' (put, get, delete, scan)",
+                    excerpt(op)
                 ))),
             },
             None => codec::encode_error(&crate::error::bad_request(format!(
                 "unknown subject '{}'",
-                msg.subject
+                excerpt(&msg.subject)
             ))),
         }
     }

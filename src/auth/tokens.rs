@@ -135,6 +135,19 @@ impl TokenTable {
         v
     }
 
+    /// Up to `limit` records with an id after `after`, in id order: a page of `token.list`.
+    /// Ids order the pages, so a token created or revoked between two pages moves no other
+    /// token from one page to another.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<TokenRecord> {
+        let t = self.read();
+        let mut v: Vec<&TokenRecord> = t
+            .values()
+            .filter(|r| after.is_none_or(|a| r.id.as_str() > a))
+            .collect();
+        v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        v.into_iter().take(limit).cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }

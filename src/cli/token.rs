@@ -20,8 +20,16 @@ pub enum TokenCmd {
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
     },
-    /// List tokens: id, name, role, created, expires (never the tokens themselves).
-    List,
+    /// List tokens: id, name, role, created, expires (never the tokens themselves). Every
+    /// token, page after page, unless `--limit` asks for one page.
+    List {
+        /// Show one page of at most this many tokens (in id order) instead of all of them.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// With `--limit`: the page after this token id (the last id of the previous page).
+        #[arg(long, value_name = "ID", requires = "limit")]
+        after: Option<String>,
+    },
     /// Revoke a token by its id (from `token list`) or by the token itself.
     Revoke {
         #[arg(value_name = "ID|TOKEN")]
@@ -33,6 +41,7 @@ pub enum TokenCmd {
 pub async fn run(client: &Client, global: &Global, cmd: TokenCmd) -> Result<i32, ClientError> {
     use concord::subjects::AdminOp;
     let (op, body) = match cmd {
+        TokenCmd::List { limit, after } => return list(client, global, limit, after).await,
         TokenCmd::Create {
             role,
             name,
@@ -41,7 +50,6 @@ pub async fn run(client: &Client, global: &Global, cmd: TokenCmd) -> Result<i32,
             AdminOp::TokenCreate,
             json!({"role": role, "name": name, "expires_in": expires}),
         ),
-        TokenCmd::List => (AdminOp::TokenList, json!({})),
         TokenCmd::Revoke { id } => (AdminOp::TokenRevoke, json!({ "id": id })),
     };
     let v = client.admin(op, body).await?;
@@ -60,17 +68,47 @@ pub async fn run(client: &Client, global: &Global, cmd: TokenCmd) -> Result<i32,
                 format!("token {} was already revoked", show(&v["id"]))
             }
         }
-        _ => tokens_text(&v),
+        _ => String::new(),
     };
     Ok(out(global, v, || text))
 }
 
-fn tokens_text(v: &Value) -> String {
-    let empty = Vec::new();
-    let list = v["tokens"].as_array().unwrap_or(&empty);
-    if list.is_empty() {
+/// `token list`: one page with `--limit` (the reply as the server sent it, `more` included),
+/// else every page, shown as one list (`--json`: one reply holding them all, `more: false`).
+async fn list(
+    client: &Client,
+    global: &Global,
+    limit: Option<usize>,
+    after: Option<String>,
+) -> Result<i32, ClientError> {
+    let (tokens, more) = match limit {
+        Some(_) => {
+            let page = client.token_list_page(limit, after.as_deref()).await?;
+            (page.tokens, page.more)
+        }
+        None => (client.token_list().await?, false),
+    };
+    let v = json!({"ok": true, "tokens": &tokens, "more": more});
+    Ok(out(global, v, || {
+        let mut text = tokens_text(&tokens);
+        if more {
+            let last = tokens.last().map(|t| show(&t["id"])).unwrap_or_default();
+            text.push_str(&format!("\n(more: --after {last})"));
+        }
+        text
+    }))
+}
+
+/// The table of `token list`, oldest first (pages come in id order).
+fn tokens_text(tokens: &[Value]) -> String {
+    if tokens.is_empty() {
         return "no tokens".into();
     }
+    let mut list: Vec<&Value> = tokens.iter().collect();
+    list.sort_by(|a, b| {
+        let key = |t: &Value| (show(&t["created"]), show(&t["id"]));
+        key(a).cmp(&key(b))
+    });
     let mut s = format!(
         "{:<16}  {:<9}  {:<20}  {:<20}  {}",
         "ID", "ROLE", "CREATED", "EXPIRES", "NAME"

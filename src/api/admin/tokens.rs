@@ -15,6 +15,7 @@ use crate::auth::tokens::{self, Role, TokenRecord};
 use crate::auth::Credential;
 use crate::command::{Applied, Command};
 use crate::error::{bad_request, internal, not_found, WireError};
+use crate::limits::excerpt;
 use crate::subjects::AdminOp;
 
 /// Longest token name.
@@ -45,9 +46,16 @@ struct RevokeBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListBody {
+    /// Most tokens in this page (default and most: [`MAX_LIST_LIMIT`]).
+    limit: Option<usize>,
+    /// The last id of the previous page: this page starts after it (ids in byte order).
+    after: Option<String>,
     token: Option<String>,
     timeout_ms: Option<u64>,
 }
+
+/// Default and largest page of `token.list`; a page is also cut to fit one NATS message.
+pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// A token as listed: never the token itself.
 #[derive(Debug, Serialize)]
@@ -89,12 +97,6 @@ struct Revoked<'a> {
     id: &'a str,
 }
 
-#[derive(Serialize)]
-struct Listed {
-    ok: bool,
-    tokens: Vec<TokenInfo>,
-}
-
 /// What a token request asks for, decoded and checked before routing.
 enum TokenRequest {
     Create {
@@ -105,7 +107,10 @@ enum TokenRequest {
     Revoke {
         id: String,
     },
-    List,
+    List {
+        limit: usize,
+        after: Option<String>,
+    },
 }
 
 pub async fn handle_token(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
@@ -124,7 +129,7 @@ async fn handle_inner(
 ) -> Result<Vec<u8>, WireError> {
     let (req, token, timeout_ms) = decode(op, &msg.payload)?;
     let timeout = timeout_ms.map(Duration::from_millis);
-    let is_write = !matches!(req, TokenRequest::List);
+    let is_write = !matches!(req, TokenRequest::List { .. });
     let r = Routed::new(ctx, msg, arrival, timeout, is_write);
     let cred = Credential::of(token.as_deref(), msg.headers.as_ref());
     r.to_leader_within_deadline(
@@ -145,7 +150,10 @@ fn decode(
             let role = match b.role.as_deref() {
                 None => Role::Read,
                 Some(s) => Role::parse(s).ok_or_else(|| {
-                    bad_request(format!("unknown role '{s}' (read, readwrite or admin)"))
+                    bad_request(format!(
+                        "unknown role '{}' (read, readwrite or admin)",
+                        excerpt(s)
+                    ))
                 })?,
             };
             if let Some(n) = &b.name {
@@ -163,7 +171,9 @@ fn decode(
                 Some(s) => {
                     let d = humantime::parse_duration(s).map_err(|e| {
                         bad_request(format!(
-                            "expires_in '{s}' is not a duration like 30d or 12h: {e}"
+                            "expires_in '{}' is not a duration like 30d or 12h: {}",
+                            excerpt(s),
+                            excerpt(&e.to_string())
                         ))
                     })?;
                     if d.is_zero() || d > MAX_LIFETIME {
@@ -190,7 +200,20 @@ fn decode(
         }
         AdminOp::TokenList => {
             let b: ListBody = super::decode(body)?;
-            Ok((TokenRequest::List, b.token, b.timeout_ms))
+            let limit = b.limit.unwrap_or(MAX_LIST_LIMIT);
+            if limit == 0 || limit > MAX_LIST_LIMIT {
+                return Err(bad_request(format!(
+                    "limit must be between 1 and {MAX_LIST_LIMIT}"
+                )));
+            }
+            Ok((
+                TokenRequest::List {
+                    limit,
+                    after: b.after,
+                },
+                b.token,
+                b.timeout_ms,
+            ))
         }
         _ => Err(internal("not a token operation")),
     }
@@ -210,21 +233,22 @@ async fn serve_on_leader(
             lifetime,
         } => create(ctx, *role, name.clone(), *lifetime, delivery).await,
         TokenRequest::Revoke { id } => revoke(ctx, id, delivery).await,
-        TokenRequest::List => {
+        TokenRequest::List { limit, after } => {
             confirm_leadership(ctx).await?;
             let now = tokens::now_ms();
-            let list = ctx
+            // One more than the page, so the page encoder sees whether more remain.
+            let page = ctx
                 .consensus
                 .view
                 .tokens()
-                .list()
-                .iter()
-                .map(|r| TokenInfo::of(r, now))
-                .collect();
-            Ok(codec::encode_ok(&Listed {
-                ok: true,
-                tokens: list,
-            }))
+                .page(after.as_deref(), limit.saturating_add(1));
+            let room = ctx
+                .limits
+                .max_payload
+                .saturating_sub(codec::REPLY_HEADER_ROOM);
+            let items = page.iter().map(|r| Ok(TokenInfo::of(r, now)));
+            let (body, _) = codec::encode_page("tokens", items, *limit, false, room)?;
+            Ok(body)
         }
     }
 }
@@ -296,5 +320,36 @@ async fn revoke(ctx: &Ctx, id: &str, delivery: &Delivery) -> Result<Vec<u8>, Att
         other => Err(AttemptError::Fail(internal(format!(
             "unexpected outcome {other:?}"
         )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The widest `token.create` reply still publishes without a size check: a write whose
+    /// reply could not be sent would leave its client not knowing it happened.
+    #[test]
+    fn the_largest_create_reply_is_small() {
+        let record = TokenRecord {
+            id: "f".repeat(16),
+            // The widest name: the most characters, each the widest in UTF-8.
+            name: Some("\u{10FFFF}".repeat(MAX_NAME_CHARS)),
+            role: Role::Readwrite,
+            // 2100, and the longest lifetime after it: RFC 3339 times have a fixed width.
+            created_ms: 4_102_444_800_000,
+            expires_ms: Some(4_102_444_800_000 + MAX_LIFETIME.as_millis() as u64),
+        };
+        let token = format!("{}{}", tokens::TOKEN_PREFIX, "A".repeat(43));
+        let body = codec::encode_ok(&Created {
+            ok: true,
+            token: &token,
+            info: TokenInfo::of(&record, 0),
+        });
+        assert!(
+            body.len() < crate::api::server::SMALL_REPLY_BYTES,
+            "{}",
+            body.len()
+        );
     }
 }
