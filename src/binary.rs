@@ -40,11 +40,17 @@ mod tests {
     fn reads_what_bincode_serialize_writes() {
         let v = (7u64, "key".to_string(), Some(vec![1u8, 2, 3]), -5i32);
         let bytes = bincode::serialize(&v).unwrap();
-        assert_eq!(decode::<(u64, String, Option<Vec<u8>>, i32)>(&bytes).unwrap(), v);
+        assert_eq!(
+            decode::<(u64, String, Option<Vec<u8>>, i32)>(&bytes).unwrap(),
+            v
+        );
         // Trailing bytes are allowed, as bincode::deserialize allows them.
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(decode::<(u64, String, Option<Vec<u8>>, i32)>(&longer).unwrap(), v);
+        assert_eq!(
+            decode::<(u64, String, Option<Vec<u8>>, i32)>(&longer).unwrap(),
+            v
+        );
     }
 
     #[test]

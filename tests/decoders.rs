@@ -30,8 +30,8 @@ use concord::store::snapshot::{SnapshotHeader, SnapshotReader};
 use concord::subjects::KvOp;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{LogId, Vote};
 use proptest::prelude::*;
@@ -69,7 +69,10 @@ fn edit() -> impl Strategy<Value = Edit> {
         (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Edit::Insert(at, b)),
         any::<usize>().prop_map(Edit::Delete),
         any::<usize>().prop_map(Edit::Truncate),
-        (any::<usize>(), prop_oneof![Just(u64::MAX), Just(1 << 60), Just(1 << 32), any::<u64>()])
+        (
+            any::<usize>(),
+            prop_oneof![Just(u64::MAX), Just(1 << 60), Just(1 << 32), any::<u64>()]
+        )
             .prop_map(|(at, n)| Edit::HugeLength(at, n)),
     ]
 }
@@ -97,7 +100,10 @@ fn mutate(base: &[u8], edits: &[Edit]) -> Vec<u8> {
 
 /// A valid seed from `seeds` and 1 to 8 edits of it.
 fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-    (prop::sample::select(seeds), prop::collection::vec(edit(), 1..8))
+    (
+        prop::sample::select(seeds),
+        prop::collection::vec(edit(), 1..8),
+    )
         .prop_map(|(seed, edits)| mutate(&seed, &edits))
 }
 
@@ -107,7 +113,9 @@ fn hostile(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn fixtures(dir: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|f| std::fs::read(f.unwrap().path()).unwrap())
@@ -195,8 +203,13 @@ fn nested_batches_are_refused_at_any_depth() {
             bytes.extend_from_slice(&1u64.to_le_bytes());
         }
         bytes.extend_from_slice(&flat[2..]);
-        let err = binary::decode::<LogCommand>(&bytes).unwrap_err().to_string();
-        assert!(err.contains(concord::command::NESTED_BATCH), "{depth}: {err}");
+        let err = binary::decode::<LogCommand>(&bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(concord::command::NESTED_BATCH),
+            "{depth}: {err}"
+        );
         let mut entry = vec![concord::store::keys::ENTRY_ENCODING_V1];
         entry.extend(binary::encode(&1u64).unwrap()); // not an entry: still an error
         assert!(decode_entry(&entry).is_err());

@@ -127,7 +127,11 @@ async fn still_serving(c: &Cluster, id: u64, key: &str) -> Result<()> {
     ensure!(c.is_running(id), "node {id} exited:\n{}", c.log(id));
     wait_until(Duration::from_secs(15), "a put to succeed", || async {
         let put = c
-            .request_timeout("kv.put", json!({"key": key, "value": 1}), Duration::from_secs(2))
+            .request_timeout(
+                "kv.put",
+                json!({"key": key, "value": 1}),
+                Duration::from_secs(2),
+            )
             .await;
         Ok(matches!(put, Ok(ref v) if error_code(v).is_none()))
     })
@@ -153,9 +157,16 @@ async fn nested_body(c: &Cluster) -> Result<()> {
     let id = c.wait_for_leader(LEADER_TIMEOUT).await?;
     still_serving(c, id, "before").await?;
     let payload = nested_batch(c, id)?;
-    ensure!(payload.len() > DEPTH * 12, "payload of {} bytes", payload.len());
+    ensure!(
+        payload.len() > DEPTH * 12,
+        "payload of {} bytes",
+        payload.len()
+    );
     let why = send_append(c, id, payload).await?;
-    ensure!(why.contains(NESTED_BATCH), "refused for another reason: {why}");
+    ensure!(
+        why.contains(NESTED_BATCH),
+        "refused for another reason: {why}"
+    );
     still_serving(c, id, "after-nested").await
 }
 
@@ -174,7 +185,10 @@ async fn huge_body(c: &Cluster) -> Result<()> {
     still_serving(c, id, "before").await?;
     for payload in huge_prefixes(c, id)? {
         let why = send_append(c, id, payload).await?;
-        ensure!(why.contains("undecodable raft rpc"), "refused for another reason: {why}");
+        ensure!(
+            why.contains("undecodable raft rpc"),
+            "refused for another reason: {why}"
+        );
     }
     still_serving(c, id, "after-huge").await
 }

@@ -120,9 +120,8 @@ pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::Error> {
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, super::Error> {
     match bytes.split_first() {
-        Some((&keys::ENTRY_ENCODING_V1, rest)) => {
-            crate::binary::decode(rest).map_err(|e| super::Error::Corrupt(format!("log entry: {e}")))
-        }
+        Some((&keys::ENTRY_ENCODING_V1, rest)) => crate::binary::decode(rest)
+            .map_err(|e| super::Error::Corrupt(format!("log entry: {e}"))),
         Some((v, _)) => Err(super::Error::Corrupt(format!(
             "log entry has unknown encoding version {v}"
         ))),
