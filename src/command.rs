@@ -4,7 +4,10 @@
 //! Bincode encodes enum variants by index: new variants go at the end, never in between,
 //! so that entries written by an older build keep decoding.
 
-use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{TokenDigest, TokenRecord};
@@ -59,8 +62,10 @@ pub enum Command {
     Delete {
         key: String,
     },
-    /// Several client writes sharing one log entry; each takes its own revision.
-    Batch(Vec<Command>),
+    /// Several client writes sharing one log entry; each takes its own revision. One level
+    /// deep: the proposer never puts a batch in a batch, and decoding refuses one (see
+    /// [`batch_parts`]).
+    Batch(#[serde(deserialize_with = "batch_parts")] Vec<Command>),
     /// Adds a token to the replicated table: its digest, never the token itself.
     TokenCreate {
         digest: TokenDigest,
@@ -126,6 +131,35 @@ impl Command {
             Command::TokenRevoke { .. } => 40,
         }
     }
+}
+
+/// What a batch inside a batch is refused with, wherever it is decoded (a Raft RPC, a log
+/// entry read back).
+pub const NESTED_BATCH: &str = "a batch inside a batch is refused (batches are one level deep)";
+
+thread_local! {
+    /// Whether this thread is decoding the parts of a batch now. Decoding is synchronous, so
+    /// a thread-local marks the nesting without threading a depth through serde.
+    static IN_BATCH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Decodes a batch's parts, refusing a batch among them. Without this a peer (or anyone who
+/// can publish, when `cluster.secret` is unset) could send a batch nested 100,000 deep, and
+/// the recursive decoder would overflow the stack: an abort of the whole node.
+fn batch_parts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+    /// Clears the mark when the outer batch is done, on error too.
+    struct Outer;
+    impl Drop for Outer {
+        fn drop(&mut self) {
+            IN_BATCH.set(false);
+        }
+    }
+    if IN_BATCH.replace(true) {
+        // Already inside a batch: refuse before reading anything of the inner one.
+        return Err(D::Error::custom(NESTED_BATCH));
+    }
+    let _outer = Outer;
+    Vec::<Command>::deserialize(d)
 }
 
 /// What applying a command gave: openraft hands it back to the proposer (`R` of the

@@ -32,6 +32,7 @@
 //! observe     metrics and telemetry events
 //! config      figment: defaults < file < env < flags; validate
 //! auth, command, types, limits, subjects, error   records, log commands, openraft's TypeConfig, limits
+//! binary      bincode decoding of outside bytes with a size limit
 //! ```
 //!
 //! [`client::Client`] speaks the protocol for the CLI and for tests.
@@ -41,6 +42,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod binary;
 pub mod client;
 pub mod command;
 pub mod config;

@@ -28,9 +28,11 @@ pub enum RpcReply<T, E> {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
-    bincode::serialize(v)
+    crate::binary::encode(v)
 }
 
+/// Decodes an envelope from a peer (or from anyone who can publish, when `cluster.secret` is
+/// unset): bounded by the payload's length, and a batch inside a batch is refused.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(bytes)
+    crate::binary::decode(bytes)
 }

@@ -105,7 +105,7 @@ pub(crate) fn read_bincode<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, super::Error> {
     match ks.get(key)? {
         None => Ok(None),
-        Some(bytes) => bincode::deserialize(&bytes)
+        Some(bytes) => crate::binary::decode(&bytes)
             .map(Some)
             .map_err(|e| super::Error::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
     }
@@ -120,9 +120,8 @@ pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, bincode::Error> {
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, super::Error> {
     match bytes.split_first() {
-        Some((&keys::ENTRY_ENCODING_V1, rest)) => {
-            bincode::deserialize(rest).map_err(|e| super::Error::Corrupt(format!("log entry: {e}")))
-        }
+        Some((&keys::ENTRY_ENCODING_V1, rest)) => crate::binary::decode(rest)
+            .map_err(|e| super::Error::Corrupt(format!("log entry: {e}"))),
         Some((v, _)) => Err(super::Error::Corrupt(format!(
             "log entry has unknown encoding version {v}"
         ))),

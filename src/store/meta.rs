@@ -75,7 +75,7 @@ fn de<T: serde::de::DeserializeOwned>(
     v: Option<fjall::Slice>,
     what: &str,
 ) -> Result<Option<T>, Error> {
-    v.map(|b| bincode::deserialize(&b).map_err(|e| Error::Corrupt(format!("{what}: {e}"))))
+    v.map(|b| crate::binary::decode(&b).map_err(|e| Error::Corrupt(format!("{what}: {e}"))))
         .transpose()
 }
 

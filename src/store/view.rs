@@ -282,6 +282,6 @@ pub(super) fn decode_token(k: &[u8], v: &[u8]) -> Result<(TokenDigest, TokenReco
         .try_into()
         .map_err(|_| Error::Corrupt(format!("token key of {} bytes", k.len())))?;
     let record =
-        bincode::deserialize(v).map_err(|e| Error::Corrupt(format!("token record: {e}")))?;
+        crate::binary::decode(v).map_err(|e| Error::Corrupt(format!("token record: {e}")))?;
     Ok((digest, record))
 }

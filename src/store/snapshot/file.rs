@@ -143,7 +143,7 @@ impl<R: Read> SnapshotReader<R> {
             )));
         }
         let header = r.field()?;
-        r.header = bincode::deserialize(&header)
+        r.header = crate::binary::decode(&header)
             .map_err(|e| Error::Corrupt(format!("snapshot header: {e}")))?;
         Ok(r)
     }
@@ -171,8 +171,16 @@ impl<R: Read> SnapshotReader<R> {
         if len > MAX_FIELD_BYTES {
             return Err(Error::Corrupt(format!("snapshot field of {len} bytes")));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.take(&mut buf)?;
+        // Read what is there rather than allocate what the prefix claims: a damaged or
+        // hostile file must not make the reader allocate past its own end.
+        let mut buf = Vec::new();
+        (&mut self.input)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)?;
+        if buf.len() < len as usize {
+            return Err(Error::Corrupt("snapshot is truncated".into()));
+        }
+        self.hash.update(&buf);
         Ok(buf)
     }
 
