@@ -268,9 +268,14 @@ mod tests {
         assert_eq!(f.check(3, 1, 8, 10), Ok(()), "another epoch");
         assert_eq!(f.check(3, 1, 7, 12 + WINDOW), Ok(()));
         assert!(f.check(3, 1, 7, 12).is_err(), "past the window");
-        assert!(f.check(3, 1, 7, 13).is_err(), "past the window");
-        assert_eq!(f.check(3, 1, 7, 13 + WINDOW - 1), Ok(()), "slot reused");
+        assert_eq!(f.check(3, 1, 7, 13), Ok(()), "the oldest in the window");
+        assert_eq!(f.check(3, 1, 7, 10 + WINDOW), Ok(()), "10's slot, reused");
+        assert!(f.check(3, 1, 7, 10 + WINDOW).is_err(), "seen");
         assert!(f.check(3, 1, 7, 12 + WINDOW).is_err(), "seen");
+        // Advancing by less than the window clears only the slots it passes.
+        assert_eq!(f.check(3, 1, 7, 13 + WINDOW), Ok(()));
+        assert!(f.check(3, 1, 7, 13).is_err(), "now past the window");
+        assert!(f.check(3, 1, 7, 10 + WINDOW).is_err(), "still seen");
         assert_eq!(f.check(4, 1, 7, 10), Ok(()), "a new term forgets");
         for epoch in 100..100 + MAX_EPOCHS_PER_SENDER as u64 - 1 {
             assert_eq!(f.check(4, 1, epoch, 1), Ok(()));
