@@ -108,6 +108,12 @@ pub enum Rejected {
     Unsigned,
     #[error("bad signature")]
     Forged,
+    /// Signed with the secret, but for another cluster id.
+    #[error("from another cluster")]
+    OtherCluster,
+    /// Signed, but its nonce was already seen in this term (or is out of the window).
+    #[error("replayed")]
+    Replayed,
 }
 
 impl Rejected {
@@ -115,6 +121,8 @@ impl Rejected {
         match self {
             Rejected::Unsigned => "unsigned",
             Rejected::Forged => "forged",
+            Rejected::OtherCluster => "other_cluster",
+            Rejected::Replayed => "replayed",
         }
     }
 }
@@ -189,6 +197,8 @@ pub struct Rejections {
     forged_requests: AtomicU64,
     unsigned_replies: AtomicU64,
     forged_replies: AtomicU64,
+    other_cluster: AtomicU64,
+    replayed: AtomicU64,
 }
 
 /// A copy of the [`Rejections`] counters.
@@ -198,6 +208,10 @@ pub struct RejectionCounts {
     pub forged_requests: u64,
     pub unsigned_replies: u64,
     pub forged_replies: u64,
+    /// Signed requests refused for naming another cluster id.
+    pub other_cluster: u64,
+    /// Signed forwarded requests refused as replays (nonce seen or out of the window).
+    pub replayed: u64,
 }
 
 impl RejectionCounts {
@@ -210,7 +224,7 @@ impl RejectionCounts {
     }
 
     pub fn total(&self) -> u64 {
-        self.unsigned() + self.forged()
+        self.unsigned() + self.forged() + self.other_cluster + self.replayed
     }
 }
 
@@ -225,6 +239,8 @@ impl Rejections {
             (Direction::Request, Rejected::Forged) => &self.forged_requests,
             (Direction::Reply, Rejected::Unsigned) => &self.unsigned_replies,
             (Direction::Reply, Rejected::Forged) => &self.forged_replies,
+            (_, Rejected::OtherCluster) => &self.other_cluster,
+            (_, Rejected::Replayed) => &self.replayed,
         };
         let first = counter.fetch_add(1, Ordering::Relaxed) == 0;
         metrics::counter!(
@@ -262,6 +278,8 @@ impl Rejections {
             forged_requests: self.forged_requests.load(Ordering::Relaxed),
             unsigned_replies: self.unsigned_replies.load(Ordering::Relaxed),
             forged_replies: self.forged_replies.load(Ordering::Relaxed),
+            other_cluster: self.other_cluster.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
         }
     }
 }
@@ -374,6 +392,8 @@ mod tests {
                 forged_requests: 2,
                 unsigned_replies: 0,
                 forged_replies: 1,
+                other_cluster: 0,
+                replayed: 0,
             }
         );
         assert_eq!((c.unsigned(), c.forged(), c.total()), (1, 3, 4));

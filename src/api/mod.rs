@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod codec;
 pub mod contact;
+pub mod forwarded;
 pub mod handler;
 pub mod propose;
 pub mod read_index;
@@ -69,6 +70,8 @@ pub struct Security {
     pub signer: Option<crate::signing::Signer>,
     /// Messages dropped as unsigned or forged (`cluster.secret`).
     pub rejections: Arc<crate::signing::Rejections>,
+    /// Nonces of the requests this node forwards, and those forwarded to it (anti-replay).
+    pub forwarding: forwarded::Forwarding,
 }
 
 /// How large and how long a request may be.

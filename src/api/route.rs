@@ -4,7 +4,10 @@
 //!
 //! The reply code at the deadline says whether the command reached Raft: `cluster_not_ready`
 //! if it never did, `timeout` once it may have. A write is never re-sent once it may have
-//! been delivered: a second apply could overwrite a later write.
+//! been delivered: a second apply could overwrite a later write. Only a signed refusal from
+//! the leader proves a forwarded write was not delivered; NATS's "no responders" status
+//! carries no MAC (anyone who learns the reply subject can forge one), so after it a
+//! published write is answered `timeout`, not re-sent.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +20,14 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::{Ctx, RequestLimits};
-use crate::error::{cluster_not_ready, internal, timeout, unauthorized, WireError};
+use crate::error::{
+    cluster_not_ready, internal, timeout, unauthorized, value_too_large, WireError,
+};
 use crate::raft::inbox::CallError;
 use crate::signing::{self, Mac};
-use crate::subjects::{HEADER_FORWARDED, HEADER_TIMEOUT_MS};
+use crate::subjects::{
+    HEADER_CLUSTER_ID, HEADER_FORWARDED, HEADER_NONCE, HEADER_TERM, HEADER_TIMEOUT_MS,
+};
 
 /// Pause before retrying after a failed attempt, so a dead leader is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -290,10 +297,25 @@ pub async fn leader_caught_up(ctx: &Ctx) -> Result<(), AttemptError> {
     }
 }
 
-/// Headers of a forwarded request that its MAC covers, in order: the sender, the deadline
-/// and the client's credential.
-pub const SIGNED_FORWARD_HEADERS: [&str; 3] =
-    [HEADER_FORWARDED, HEADER_TIMEOUT_MS, "Authorization"];
+/// Headers of a forwarded request that its MAC covers, in order: the sender, the deadline,
+/// the client's credential, and what binds it to one cluster, one term and one use (see
+/// [`super::forwarded`]). The MAC also covers the subject, the reply subject and the body.
+pub const SIGNED_FORWARD_HEADERS: [&str; 6] = [
+    HEADER_FORWARDED,
+    HEADER_TIMEOUT_MS,
+    "Authorization",
+    HEADER_CLUSTER_ID,
+    HEADER_TERM,
+    HEADER_NONCE,
+];
+
+/// The hook for exactly-once forwarding: whether a write that may already have reached the
+/// leader may be sent to it (or a new leader) again. Only a write carrying a `request_id`
+/// the leader deduplicates could be (issue #22); until then none may, because a second copy
+/// would apply twice.
+fn may_resend_delivered_write(_r: &Routed<'_>) -> bool {
+    false
+}
 
 /// Relays the request to the leader's node subject and its answer back, through the node's
 /// inbox, which signs it and accepts only a verified reply (`cluster.secret`).
@@ -305,8 +327,7 @@ async fn forward(
 ) -> Result<Vec<u8>, AttemptError> {
     let msg = r.msg;
     let remaining = r.deadline.saturating_duration_since(Instant::now());
-    let mut headers = msg.headers.clone().unwrap_or_default();
-    headers.insert(HEADER_FORWARDED, ctx.cluster.me.to_string().as_str());
+    let mut headers = super::forwarded::forward_headers(ctx, msg.headers.as_ref());
     let inner = remaining.saturating_sub((remaining / 10).max(Duration::from_millis(2)));
     headers.insert(HEADER_TIMEOUT_MS, inner.as_millis().to_string().as_str());
     if r.is_write {
@@ -333,10 +354,29 @@ async fn forward(
                 Ok(reply.payload.to_vec())
             }
         }
-        // Nobody listens on the leader's subject, or it never left: certainly not delivered.
-        Err(CallError::NoResponders | CallError::Publish(_) | CallError::TooLarge) => {
+        // "No responders" carries no MAC: it proves nothing, so a write it answers may have
+        // reached the leader (a forged status while the leader has the request) and is
+        // never re-sent. Anything without effect may be.
+        Err(CallError::NoResponders) if r.is_write && !may_resend_delivered_write(r) => {
+            Err(AttemptError::Fail(timeout(format!(
+                "the leader (node {leader}) did not confirm the write: NATS answered \"no \
+                 responders\", which no node signs, so the write may have been applied; it is \
+                 not sent again"
+            ))))
+        }
+        // It never left this node: certainly not delivered.
+        Err(CallError::NoResponders | CallError::Publish(_)) => {
             r.delivery.unmark();
             Err(AttemptError::Retry)
+        }
+        // It never left this node, and never will: retrying cannot help.
+        Err(CallError::TooLarge) => {
+            r.delivery.unmark();
+            Err(AttemptError::Fail(value_too_large(format!(
+                "the request with the headers forwarding adds exceeds the NATS max payload \
+                 ({} bytes); send a smaller body or smaller headers",
+                ctx.limits.max_payload
+            ))))
         }
         Err(CallError::TimedOut(_)) => Err(AttemptError::Fail(timeout(format!(
             "the leader (node {leader}) did not answer in time"
@@ -349,14 +389,17 @@ async fn forward(
 }
 
 /// On the receiving node: a request marked forwarded must carry a valid MAC when the cluster
-/// has a secret. Returns the MAC to bind the reply to, `None` for other requests.
+/// has a secret. Returns the MAC to bind the reply to, `None` for other requests. Once it
+/// verified, [`super::forwarded::admit`] checks its cluster id, term and nonce; that
+/// refusal is signed, so the sender believes it.
 pub fn verify_forwarded(ctx: &Ctx, msg: &Message) -> Result<Option<Mac>, WireError> {
-    let Some(signer) = &ctx.security.signer else {
-        return Ok(None);
-    };
     if !is_forwarded(msg) {
         return Ok(None);
     }
+    let Some(signer) = &ctx.security.signer else {
+        super::forwarded::admit(ctx, msg, false)?;
+        return Ok(None);
+    };
     signing::verify_received(
         signer,
         &ctx.security.rejections,
@@ -372,7 +415,7 @@ pub fn verify_forwarded(ctx: &Ctx, msg: &Message) -> Result<Option<Mac>, WireErr
 }
 
 /// The leader refused the request before Raft saw it.
-fn is_not_ready(payload: &[u8]) -> bool {
+pub fn is_not_ready(payload: &[u8]) -> bool {
     super::codec::reply_code(payload) == Err(crate::error::ErrorKind::ClusterNotReady)
 }
 

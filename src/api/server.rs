@@ -78,8 +78,8 @@ impl Server {
             .client
             .subscribe(s.node_admin_wildcard(self.ctx.cluster.me))
             .await?;
-        let a = tracker.spawn(self.clone().pump(kv, cancel.clone(), tracker.clone()));
-        let b = tracker.spawn(self.clone().pump(adm, cancel, tracker.clone()));
+        let a = tracker.spawn(self.clone().pump_node(kv, cancel.clone(), tracker.clone()));
+        let b = tracker.spawn(self.clone().pump_node(adm, cancel, tracker.clone()));
         let _ = tokio::join!(a, b);
         Ok(())
     }
@@ -198,10 +198,69 @@ impl Server {
     /// new requests), and what was already routed here is still answered.
     async fn pump(
         self: Arc<Self>,
-        mut sub: Subscriber,
+        sub: Subscriber,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) {
+        if let Some(mut sub) = self.clone().pump_until(sub, cancel, tracker, false).await {
+            let _ = sub.unsubscribe().await;
+        }
+    }
+
+    /// A node subject's pump: as [`Server::pump`] until intake stops; then, until Raft has
+    /// stopped, it refuses every request (`cluster_not_ready`, signed when forwarded)
+    /// instead of leaving the subject. A follower forwarding a write here while this node
+    /// stops and hands leadership off then gets a refusal it can trust and retries with the
+    /// new leader; with no subscriber it would get "no responders", which proves nothing,
+    /// and would have to answer `timeout`.
+    async fn pump_node(
+        self: Arc<Self>,
+        sub: Subscriber,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        if let Some(sub) = self.clone().pump_until(sub, cancel, tracker, true).await {
+            // On the node's tracker, which shutdown waits for only after Raft stopped.
+            let lifecycle = &self.ctx.lifecycle;
+            lifecycle
+                .tracker
+                .spawn(self.clone().refuse_until_stopped(sub));
+        }
+    }
+
+    /// Refuses what arrives on `sub` until the node's background tasks stop.
+    async fn refuse_until_stopped(self: Arc<Self>, mut sub: Subscriber) {
+        let me = self.ctx.cluster.me;
+        loop {
+            let msg = tokio::select! {
+                _ = self.ctx.lifecycle.cancel.cancelled() => break,
+                m = sub.next() => match m { Some(m) => m, None => return },
+            };
+            let Some(reply_to) = msg.reply.clone() else {
+                continue;
+            };
+            let refusal = crate::error::cluster_not_ready(format!(
+                "node {me} is shutting down; retry with the other nodes"
+            ));
+            let (body, headers) = match route::verify_forwarded(&self.ctx, &msg) {
+                Ok(Some(mac)) => self.signed(&mac, codec::encode_error(&refusal)),
+                Ok(None) => (codec::encode_error(&refusal), None),
+                Err(e) => (codec::encode_error(&e), None),
+            };
+            self.send(reply_to, body, headers).await;
+        }
+        let _ = sub.unsubscribe().await;
+    }
+
+    /// The pump's loop. Returns the subscription when `keep` and cancelled (still
+    /// subscribed), or when it was never drained; `None` once drained.
+    async fn pump_until(
+        self: Arc<Self>,
+        mut sub: Subscriber,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+        keep: bool,
+    ) -> Option<Subscriber> {
         // Set once draining: the stream ends when NATS confirms the unsubscribe, which a
         // lost connection may never do.
         let mut draining: Option<tokio::time::Instant> = None;
@@ -214,6 +273,9 @@ impl Server {
             } else {
                 tokio::select! {
                     _ = cancel.cancelled() => {
+                        if keep {
+                            return Some(sub);
+                        }
                         if sub.drain().await.is_err() {
                             break;
                         }
@@ -276,9 +338,7 @@ impl Server {
                     .answer(msg, reply_to, call, counted, started, permit),
             );
         }
-        if draining.is_none() {
-            let _ = sub.unsubscribe().await;
-        }
+        draining.is_none().then_some(sub)
     }
 
     /// Answers one request on its own task: verifies a forwarded one (and signs its reply),
@@ -300,26 +360,50 @@ impl Server {
                 };
                 (self.fit(&msg.subject, body), None)
             }
-            // A forwarded request's reply is bound to its MAC, computed over what is sent.
+            // A forwarded request's reply is bound to its MAC (computed over what is sent, so
+            // after `fit`), a refusal's too: the sender believes only a signed refusal, and
+            // retries after it.
             Ok(Some(mac)) => {
-                let body = self.fit(&msg.subject, self.dispatch(&msg).await);
-                let reply_mac = self
-                    .ctx
-                    .security
-                    .signer
-                    .as_ref()
-                    .map(|s| s.reply_mac(&mac, &body));
-                let mut headers = async_nats::HeaderMap::new();
-                if let Some(m) = reply_mac {
-                    headers.insert(HEADER_MAC, signing::to_hex(&m).as_str());
-                }
-                (body, Some(headers))
+                let body = match super::forwarded::admit(&self.ctx, &msg, true) {
+                    Ok(()) => self.fit(&msg.subject, self.dispatch(&msg).await),
+                    Err(e) => codec::encode_error(&e),
+                };
+                self.signed(&mac, body)
             }
             Err(e) => (codec::encode_error(&e), None),
         };
         if let Some(op) = counted {
             self.record(op, &msg, &body, started);
         }
+        self.send(reply_to, body, headers).await;
+        drop(permit);
+    }
+
+    /// A reply to a forwarded request, with its MAC bound to the request's `mac`.
+    fn signed(
+        &self,
+        mac: &signing::Mac,
+        body: Vec<u8>,
+    ) -> (Vec<u8>, Option<async_nats::HeaderMap>) {
+        let reply_mac = self
+            .ctx
+            .security
+            .signer
+            .as_ref()
+            .map(|s| s.reply_mac(mac, &body));
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(m) = reply_mac {
+            headers.insert(HEADER_MAC, signing::to_hex(&m).as_str());
+        }
+        (body, Some(headers))
+    }
+
+    async fn send(
+        &self,
+        reply_to: async_nats::Subject,
+        body: Vec<u8>,
+        headers: Option<async_nats::HeaderMap>,
+    ) {
         let client = &self.ctx.cluster.client;
         let sent = match headers {
             Some(h) => client.publish_with_headers(reply_to, h, body.into()).await,
@@ -328,7 +412,6 @@ impl Server {
         if let Err(e) = sent {
             tracing::debug!(error = %e, "reply not sent");
         }
-        drop(permit);
     }
 
     /// The reply to publish: `body`, or a short error if `body` would not fit in one NATS

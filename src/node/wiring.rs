@@ -182,6 +182,7 @@ fn request_context(
             auth: crate::auth::Authorizer::new(config.auth.enabled, opened.admin_token.as_deref()),
             signer: opened.signer.clone(),
             rejections,
+            forwarding: api::forwarded::Forwarding::new(),
         },
         limits: api::RequestLimits {
             sizes: Limits {

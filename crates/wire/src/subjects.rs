@@ -127,6 +127,13 @@ pub const HEADER_FORWARDED: &str = "Concord-Forwarded";
 pub const HEADER_TIMEOUT_MS: &str = "Concord-Timeout-Ms";
 /// Header carrying the cluster id on forwarded requests.
 pub const HEADER_CLUSTER_ID: &str = "Concord-Cluster-Id";
+/// Header carrying, on a forwarded request, the Raft term its sender was in: the receiver
+/// refuses a request from another term (so a captured one cannot be replayed later).
+pub const HEADER_TERM: &str = "Concord-Term";
+/// Header carrying, on a forwarded request, `<epoch>-<sequence>`: the sender's process-random
+/// epoch (16 hex digits) and a sequence number it never repeats in that epoch. The receiver
+/// refuses a nonce it has already seen in its current term.
+pub const HEADER_NONCE: &str = "Concord-Nonce";
 
 #[derive(Debug, Clone)]
 pub struct Subjects {

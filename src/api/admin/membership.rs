@@ -329,8 +329,9 @@ async fn notify_removed(ctx: &Ctx, id: NodeId, auth: Option<&str>) {
         ctx.lifecycle.removed.cancel();
         return;
     }
-    let mut headers = HeaderMap::new();
-    headers.insert(HEADER_FORWARDED, ctx.cluster.me.to_string().as_str());
+    // Signed like a forwarded request, term and nonce included: a captured notice cannot
+    // be replayed to stop the node again after it rejoins.
+    let mut headers = crate::api::forwarded::forward_headers(ctx, None);
     if let Some(a) = auth {
         headers.insert("Authorization", a);
     }

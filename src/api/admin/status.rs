@@ -58,6 +58,10 @@ pub struct SigningFigures {
     pub rpc_rejected: u64,
     pub rpc_rejected_unsigned: u64,
     pub rpc_rejected_forged: u64,
+    /// Signed forwarded requests refused for naming another cluster id.
+    pub rpc_rejected_other_cluster: u64,
+    /// Signed forwarded requests refused as replays (nonce already seen in the term).
+    pub rpc_rejected_replayed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +162,8 @@ fn signing_figures(ctx: &Ctx) -> SigningFigures {
         rpc_rejected: c.total(),
         rpc_rejected_unsigned: c.unsigned(),
         rpc_rejected_forged: c.forged(),
+        rpc_rejected_other_cluster: c.other_cluster,
+        rpc_rejected_replayed: c.replayed,
     }
 }
 
@@ -168,11 +174,7 @@ async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
     if let (Some(l), false) = (leader, route::is_forwarded(msg)) {
         if l != ctx.cluster.me {
             // The client's headers go along: its credential may be there.
-            let mut headers = msg.headers.clone().unwrap_or_default();
-            headers.insert(
-                crate::subjects::HEADER_FORWARDED,
-                ctx.cluster.me.to_string().as_str(),
-            );
+            let headers = super::super::forwarded::forward_headers(ctx, msg.headers.as_ref());
             let asked = ctx
                 .cluster
                 .inbox
@@ -184,8 +186,11 @@ async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
                     std::time::Duration::from_secs(1),
                 )
                 .await;
-            if let Ok(reply) = asked {
-                return reply.payload.to_vec();
+            // A refusal (the leader's term moved on) is no answer: answer locally then.
+            if let Ok(reply) = asked.as_ref().map(|r| &r.payload) {
+                if !route::is_not_ready(reply) {
+                    return reply.to_vec();
+                }
             }
         }
     }
