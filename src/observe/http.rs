@@ -331,6 +331,7 @@ mod tests {
             bounds,
         ));
 
+        let started = std::time::Instant::now();
         let mut hostile = Vec::new();
         for _ in 0..bounds.max_connections {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -342,7 +343,6 @@ mod tests {
             hostile.push(s);
         }
         // Queued behind the 32 in the accept backlog: served once a slot frees.
-        let started = std::time::Instant::now();
         let healthz = ask(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
         let r = tokio::time::timeout(Duration::from_secs(8), healthz)
             .await
