@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 
 use crate::config::NatsConfig;
-use crate::observe::Observer;
+use crate::observe::{NatsLink, Observer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,12 +57,13 @@ pub async fn connect(
 }
 
 /// [`connect`], reporting the connection going down and coming back to `observer` (a
-/// node's `concord_nats_connected` and `concord_nats_reconnects_total`).
+/// node's `concord_nats_connected` and `concord_nats_reconnects_total`) as `link`. A node
+/// calls it twice, with the same settings: one connection for clients, one for Raft.
 pub async fn connect_observed(
     cfg: &NatsConfig,
     name: &str,
     connect_timeout: Duration,
-    observer: Option<Arc<Observer>>,
+    observer: Option<(Arc<Observer>, NatsLink)>,
 ) -> Result<Client, Error> {
     let opts = ConnectOptions::new()
         .name(name)
@@ -72,15 +73,15 @@ pub async fn connect_observed(
             async move {
                 match event {
                     Event::Disconnected => {
-                        tracing::warn!("NATS connection lost; reconnecting");
-                        if let Some(o) = &observer {
-                            o.nats_connection(false);
+                        tracing::warn!(link = ?observer.as_ref().map(|o| o.1), "NATS connection lost; reconnecting");
+                        if let Some((o, link)) = &observer {
+                            o.nats_connection(*link, false);
                         }
                     }
                     Event::Connected => {
-                        tracing::info!("NATS connected");
-                        if let Some(o) = &observer {
-                            o.nats_connection(true);
+                        tracing::info!(link = ?observer.as_ref().map(|o| o.1), "NATS connected");
+                        if let Some((o, link)) = &observer {
+                            o.nats_connection(*link, true);
                         }
                     }
                     Event::SlowConsumer(sid) => {

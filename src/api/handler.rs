@@ -20,6 +20,8 @@ use crate::subjects::KvOp;
 
 /// Default page size of a scan.
 const DEFAULT_SCAN_LIMIT: usize = 1000;
+/// Most bytes (keys and values as stored, plus a per-item allowance) one scan page reads.
+const SCAN_PAGE_BYTES: usize = 256 * 1024;
 
 /// A key-space request, decoded and checked, that has to be routed or waited for.
 pub struct KvCall {
@@ -128,16 +130,16 @@ async fn kv_route(
     access: Access<'_>,
 ) -> Result<Vec<u8>, WireError> {
     if is_stale_read(req) && may_serve_stale(ctx, &ctx.consensus.raft.metrics()) {
-        return read_local(ctx, req, &r.delivery, access).await;
+        return read_local(ctx, req, &r.delivery, access, r.deadline).await;
     }
     if !op.is_write() && crate::failpoints::enabled(crate::failpoints::Failpoint::StaleReads) {
-        return read_local(ctx, req, &r.delivery, access).await;
+        return read_local(ctx, req, &r.delivery, access, r.deadline).await;
     }
     route::to_leader(
         ctx,
         r,
         |leader| ctx.cluster.subjects.node_kv(leader, op),
-        || serve_on_leader(ctx, req, &r.delivery, access),
+        || serve_on_leader(ctx, req, &r.delivery, access, r.deadline),
     )
     .await
 }
@@ -176,6 +178,7 @@ async fn serve_on_leader(
     req: &KvRequest,
     delivery: &Delivery,
     access: Access<'_>,
+    deadline: Instant,
 ) -> Result<Vec<u8>, AttemptError> {
     if req.is_write() {
         // Writes are authorized against the applied token table of a caught-up leader.
@@ -213,7 +216,7 @@ async fn serve_on_leader(
             if !is_stale_read(req) {
                 confirm_leadership(ctx).await?;
             }
-            read_local(ctx, req, delivery, access)
+            read_local(ctx, req, delivery, access, deadline)
                 .await
                 .map_err(AttemptError::Fail)
         }
@@ -279,6 +282,7 @@ async fn read_local(
     req: &KvRequest,
     delivery: &Delivery,
     access: Access<'_>,
+    deadline: Instant,
 ) -> Result<Vec<u8>, WireError> {
     access.check(ctx)?;
     let min_revision = match req {
@@ -295,47 +299,70 @@ async fn read_local(
             access.check(ctx)?;
         }
     }
-    read_now(ctx, req)
-}
-
-/// Reads this node's state machine as it is now.
-fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
-    let storage = |e: crate::store::Error| {
-        tracing::error!(error = %e, "read failed");
-        internal(format!("storage read failed: {e}"))
-    };
     match req {
-        KvRequest::Get { key, .. } => match ctx.consensus.view.get(key).map_err(storage)? {
-            Some((revision, json)) => codec::encode_get(revision, &json),
-            None => Err(not_found(format!("key '{}' not found", excerpt(key)))),
-        },
         KvRequest::Scan {
             prefix,
             limit,
             after,
             ..
-        } => {
-            // A lower `limits.max_scan_limit` caps the default page too (issue #20, item 8).
-            let limit = limit
-                .unwrap_or(DEFAULT_SCAN_LIMIT)
-                .min(ctx.limits.sizes.max_scan_limit);
-            let max_bytes = ctx
-                .limits
-                .max_payload
-                .saturating_sub(64 * 1024)
-                .max(16 * 1024);
-            let (items, more) = ctx
-                .consensus
-                .view
-                .scan(prefix, after.as_deref(), limit, max_bytes)
-                .map_err(storage)?;
-            // The store's cut estimates; this one counts the encoded reply (issue #20, item 6).
-            let reply_bytes = ctx
-                .limits
-                .max_payload
-                .saturating_sub(codec::REPLY_HEADER_ROOM);
-            codec::encode_scan(&items, more, reply_bytes)
-        }
-        _ => Err(internal("read_local called for a write")),
+        } => scan_page(ctx, prefix, *limit, after.as_deref(), deadline).await,
+        _ => read_now(ctx, req),
+    }
+}
+
+/// One scan page, read on the scan pool (issue #20, item 7): a full scan of large values
+/// iterates fjall for a long time, which on an async worker would delay Raft's tasks on the
+/// same worker. `busy` when the pool stays taken until the deadline.
+async fn scan_page(
+    ctx: &Ctx,
+    prefix: &str,
+    limit: Option<usize>,
+    after: Option<&str>,
+    deadline: Instant,
+) -> Result<Vec<u8>, WireError> {
+    // A lower `limits.max_scan_limit` caps the default page too (issue #20, item 8).
+    let limit = limit
+        .unwrap_or(DEFAULT_SCAN_LIMIT)
+        .min(ctx.limits.sizes.max_scan_limit);
+    let max_bytes = scan_page_bytes(ctx.limits.max_payload);
+    let view = ctx.consensus.view.clone();
+    let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+    let (items, more) = ctx
+        .workers
+        .scans
+        .run(deadline, "a scan page", move || {
+            view.scan(&prefix, after.as_deref(), limit, max_bytes)
+        })
+        .await?
+        .map_err(storage_failed)?;
+    // The store's cut estimates; this one counts the encoded reply (issue #20, item 6).
+    let reply_bytes = ctx
+        .limits
+        .max_payload
+        .saturating_sub(codec::REPLY_HEADER_ROOM);
+    codec::encode_scan(&items, more, reply_bytes)
+}
+
+/// The byte budget of one scan page: the scan loop stops there. Well under the max payload
+/// (a page is encoded as JSON, which may grow it), and at most [`SCAN_PAGE_BYTES`], so one
+/// page of large values holds a scan thread and the connection's send queue only briefly.
+fn scan_page_bytes(max_payload: usize) -> usize {
+    (max_payload / 2).clamp(16 * 1024, SCAN_PAGE_BYTES)
+}
+
+fn storage_failed(e: crate::store::Error) -> WireError {
+    tracing::error!(error = %e, "read failed");
+    internal(format!("storage read failed: {e}"))
+}
+
+/// Reads one key of this node's state machine as it is now: a point read, cheap enough for
+/// an async worker. Scans go through [`scan_page`].
+fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
+    match req {
+        KvRequest::Get { key, .. } => match ctx.consensus.view.get(key).map_err(storage_failed)? {
+            Some((revision, json)) => codec::encode_get(revision, &json),
+            None => Err(not_found(format!("key '{}' not found", excerpt(key)))),
+        },
+        _ => Err(internal("read_now called for a scan or a write")),
     }
 }

@@ -15,6 +15,7 @@ pub mod read_index;
 pub mod route;
 pub mod server;
 pub mod validate;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct Ctx {
     /// Metrics and telemetry events of this node.
     pub observer: Arc<crate::observe::Observer>,
     pub lifecycle: Lifecycle,
+    /// Threads of their own for the digest, backups and scan pages (see [`workers`]).
+    pub workers: workers::Workers,
 }
 
 /// Who this node is, and how it reaches the other nodes.
@@ -46,7 +49,9 @@ pub struct Cluster {
     pub name: String,
     pub subjects: Subjects,
     pub client: Client,
-    /// Outbound requests to other nodes (Raft RPCs, forwarded requests) and their replies.
+    /// Outbound requests to other nodes (forwarded requests, node control requests) and
+    /// their replies, on the client connection; Raft RPCs have an inbox of their own on
+    /// Raft's connection.
     pub inbox: Arc<Inbox>,
 }
 

@@ -1,7 +1,7 @@
 //! The last stage of a node's life, in this order: stop client intake and answer what is in
 //! flight, hand leadership off, `raft.shutdown()`, stop every background task, persist fjall
-//! (`SyncAll`), then drain NATS. A node the cluster removed first marks its data dir so it
-//! never serves again.
+//! (`SyncAll`), then drain both NATS connections (client, then Raft). A node the cluster
+//! removed first marks its data dir so it never serves again.
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub(super) async fn stop(config: &Config, node: Running, was_removed: bool) {
         store,
         view,
         client,
+        raft_client,
     } = node;
     if was_removed {
         // The request that removed this node is still in flight: the intake waits for it.
@@ -99,5 +100,6 @@ pub(super) async fn stop(config: &Config, node: Running, was_removed: bool) {
         tracing::error!(error = %e, "final fsync failed");
     }
     let _ = tokio::time::timeout(TASKS_WAIT, client.drain()).await;
+    let _ = tokio::time::timeout(TASKS_WAIT, raft_client.drain()).await;
     tracing::info!(ms = stopping.elapsed().as_millis() as u64, "stopped");
 }

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Error;
 use crate::config::Config;
-use crate::observe::{self, http::Endpoints, Observer, Stamped};
+use crate::observe::{self, http::Endpoints, NatsLink, Observer, Stamped};
 use crate::raft::network::PAYLOAD_HEADROOM;
 use crate::signing::Signer;
 use crate::store::{self, StateView, Store};
@@ -28,7 +28,11 @@ pub(super) struct Opened {
     pub observer: Arc<Observer>,
     /// Telemetry events to publish, when `telemetry.enabled`.
     pub events: Option<tokio::sync::mpsc::Receiver<Stamped>>,
+    /// Client requests, forwarded requests and telemetry.
     pub client: async_nats::Client,
+    /// Raft RPCs only (outbound, their replies, the inbound service): a send queue of its
+    /// own, so heartbeats never wait behind large client replies (issue #20, item 7).
+    pub raft_client: async_nats::Client,
     pub max_payload: usize,
     /// Largest log entry: a NATS message less the RPC envelope.
     pub max_entry_bytes: usize,
@@ -68,15 +72,28 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
         &config.nats,
         &format!("concord-{me}"),
         Duration::from_secs(10),
-        Some(observer.clone()),
+        Some((observer.clone(), NatsLink::Client)),
     )
     .await?;
-    observer.nats_connection(true);
+    observer.nats_connection(NatsLink::Client, true);
+    // Same settings and credentials as the first: only what flows on it differs.
+    let raft_client = crate::nats::connect_observed(
+        &config.nats,
+        &format!("concord-{me}-raft"),
+        Duration::from_secs(10),
+        Some((observer.clone(), NatsLink::Raft)),
+    )
+    .await?;
+    observer.nats_connection(NatsLink::Raft, true);
     observer
         .metrics
         .storage_max_bytes
         .set(config.storage.max_bytes as f64);
-    let max_payload = client.server_info().max_payload;
+    // Both connections reach the same servers: the smaller max payload bounds everything.
+    let max_payload = client
+        .server_info()
+        .max_payload
+        .min(raft_client.server_info().max_payload);
     let max_entry_bytes = max_payload.saturating_sub(PAYLOAD_HEADROOM);
     if config.limits.max_value_bytes > max_entry_bytes {
         return Err(Error::Config(format!(
@@ -102,6 +119,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
         observer,
         events,
         client,
+        raft_client,
         max_payload,
         max_entry_bytes,
         subjects,

@@ -40,12 +40,15 @@ pub(super) struct Running {
     pub store: Store,
     pub view: Arc<StateView>,
     pub client: async_nats::Client,
+    /// Raft's own connection (see [`Opened::raft_client`]), drained after the client one.
+    pub raft_client: async_nats::Client,
 }
 
 /// Raft and what it talks through.
 struct RaftParts {
     raft: Raft,
     network: Network,
+    /// The request path's inbox, on the client connection (Raft's own is in `network`).
     inbox: Arc<Inbox>,
     rejections: Arc<Rejections>,
 }
@@ -76,7 +79,7 @@ pub(super) async fn wire(
     let contact = Arc::new(LeaderContact::default());
 
     let service = Arc::new(RaftService {
-        client: opened.client.clone(),
+        client: opened.raft_client.clone(),
         subjects: opened.subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),
@@ -142,6 +145,7 @@ pub(super) async fn wire(
         store: opened.store,
         view: opened.view,
         client: opened.client,
+        raft_client: opened.raft_client,
     })
 }
 
@@ -201,20 +205,33 @@ fn request_context(
             cancel: cancel.clone(),
             tracker: tracker.clone(),
         },
+        workers: api::workers::Workers::start(),
     })
 }
 
-/// The RPC inbox, the log store and the Raft network (which sends a leader's appends early,
-/// before openraft asks), then Raft itself.
+/// The RPC inbox (on Raft's connection) and the request path's (on the client one), the log
+/// store and the Raft network (which sends a leader's appends early, before openraft asks),
+/// then Raft itself.
 async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error> {
     let me = config.node.id;
-    let (client, subjects, observer) = (&opened.client, &opened.subjects, &opened.observer);
+    // Raft RPCs and their replies travel on Raft's own connection.
+    let (client, subjects, observer) = (&opened.raft_client, &opened.subjects, &opened.observer);
     let (view, max_payload) = (&opened.view, opened.max_payload);
     let (cancel, tracker) = (&opened.cancel, &opened.tracker);
     let rejections = Arc::new(Rejections::default());
 
-    let inbox = Inbox::start(
+    let raft_inbox = Inbox::start(
         client.clone(),
+        opened.signer.clone(),
+        rejections.clone(),
+        cancel.clone(),
+        tracker,
+    )
+    .await?;
+    // Forwarded requests and node control requests (and their replies, a forwarded scan
+    // page among them) stay on the client connection, off Raft's.
+    let inbox = Inbox::start(
+        opened.client.clone(),
         opened.signer.clone(),
         rejections.clone(),
         cancel.clone(),
@@ -223,7 +240,7 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
     .await?;
 
     let transport = crate::raft::rpc::Transport {
-        inbox: inbox.clone(),
+        inbox: raft_inbox,
         subjects: subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),

@@ -3,8 +3,9 @@
 //! [`Health::readiness`] says so, else 503 with the reason).
 //!
 //! Hand-written and deliberately small: one request per connection (`Connection: close`),
-//! a bounded request head, a read deadline and a cap on open connections, so a slow or
-//! hostile scraper cannot hold the node's resources.
+//! a bounded request head, a read deadline, a write deadline and a cap on open connections,
+//! so a slow or hostile scraper cannot hold the node's resources: a client that connects and
+//! never reads its reply loses its slot when the write deadline passes (issue #20, item 8).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -23,8 +24,25 @@ use futures::future::BoxFuture;
 const MAX_HEAD: usize = 8 * 1024;
 /// Time a client gets to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets to take its whole reply: past it the connection is dropped, so a
+/// client that never reads cannot hold a slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 32;
+
+/// How many connections are served at once and how long each may take.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    max_connections: usize,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+const BOUNDS: Bounds = Bounds {
+    max_connections: MAX_CONNECTIONS,
+    read_timeout: READ_TIMEOUT,
+    write_timeout: WRITE_TIMEOUT,
+};
 
 /// What the endpoints read. The probe is set once the node's Raft is up; until then
 /// `/readyz` answers 503 "starting".
@@ -56,7 +74,17 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_within(listener, endpoints, cancel, tracker, BOUNDS).await
+}
+
+async fn serve_within(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    bounds: Bounds,
+) {
+    let slots = Arc::new(Semaphore::new(bounds.max_connections));
     loop {
         let slot = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -80,7 +108,7 @@ pub async fn serve(
         };
         let endpoints = endpoints.clone();
         tracker.spawn(async move {
-            if let Err(e) = handle(stream, &endpoints).await {
+            if let Err(e) = handle(stream, &endpoints, bounds).await {
                 tracing::debug!(error = %e, "metrics listener: connection failed");
             }
             drop(slot);
@@ -88,25 +116,39 @@ pub async fn serve(
     }
 }
 
-async fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return respond(&mut stream, 408, TEXT, b"request timeout\n", false).await,
-    };
-    let Some(head) = head else {
-        return respond(&mut stream, 431, TEXT, b"request head too large\n", false).await;
-    };
+async fn handle(stream: TcpStream, endpoints: &Endpoints, bounds: Bounds) -> std::io::Result<()> {
+    let mut stream = stream;
+    let (status, kind, body, head_only) =
+        match tokio::time::timeout(bounds.read_timeout, read_head(&mut stream)).await {
+            Ok(Ok(Some(head))) => answer(&head, endpoints).await,
+            Ok(Ok(None)) => (431, TEXT, b"request head too large\n".to_vec(), false),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => (408, TEXT, b"request timeout\n".to_vec(), false),
+        };
+    // Dropped at the deadline (the stream closes with it): a client that does not read
+    // would otherwise hold its slot for as long as it keeps the connection open.
+    let write = respond(&mut stream, status, kind, &body, head_only);
+    match tokio::time::timeout(bounds.write_timeout, write).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client did not take its reply within the write deadline",
+        )),
+    }
+}
+
+/// The reply to one request head: status, content type, body and whether it is a `HEAD`.
+async fn answer(head: &str, endpoints: &Endpoints) -> (u16, &'static str, Vec<u8>, bool) {
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     // Query strings are ignored.
     let path = target.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, TEXT, b"only GET and HEAD\n", false).await;
+        return (405, TEXT, b"only GET and HEAD\n".to_vec(), false);
     }
     let (status, kind, body) = route(path, endpoints).await;
-    respond(&mut stream, status, kind, &body, method == "HEAD").await
+    (status, kind, body, method == "HEAD")
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -245,6 +287,74 @@ mod tests {
         huge.resize(MAX_HEAD + 1, b'a');
         let r = ask(addr, &huge).await;
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+        cancel.cancel();
+    }
+
+    /// Every slot taken by a client that asked for `/metrics` and never reads its reply:
+    /// the write deadline frees the slots and `/healthz` answers again (issue #20, item 8).
+    #[tokio::test]
+    async fn clients_that_never_read_do_not_hold_the_slots() {
+        // A `/metrics` page far larger than what loopback buffers for a client that does not
+        // read (about 1.7 MB here with a 1 KiB receive buffer), so every write blocks.
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let label = "x".repeat(200);
+        metrics::with_local_recorder(&recorder, || {
+            for i in 0..12_000 {
+                metrics::counter!(format!("concord_test_filler_{i}"), "l" => label.clone())
+                    .increment(1);
+            }
+        });
+        let handle = recorder.handle();
+        assert!(
+            handle.render().len() > 3_000_000,
+            "the page must not fit in buffers"
+        );
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let endpoints = Arc::new(Endpoints {
+            handle,
+            probe: OnceLock::new(),
+        });
+        let bounds = Bounds {
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            ..BOUNDS
+        };
+        let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
+        tokio::spawn(serve_within(
+            listener,
+            endpoints,
+            cancel.clone(),
+            tracker,
+            bounds,
+        ));
+
+        let started = std::time::Instant::now();
+        let mut hostile = Vec::new();
+        for _ in 0..bounds.max_connections {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(1024).expect("rcvbuf");
+            let mut s = socket.connect(addr).await.expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .expect("write");
+            hostile.push(s);
+        }
+        // Queued behind the 32 in the accept backlog: served once a slot frees.
+        let healthz = ask(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        let r = tokio::time::timeout(Duration::from_secs(8), healthz)
+            .await
+            .expect("/healthz must answer while clients that never read hold every slot");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        // It waited for a slot: the hostile clients did hold them until the deadline.
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(hostile);
         cancel.cancel();
     }
 }

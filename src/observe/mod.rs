@@ -40,6 +40,14 @@ pub struct Stamped {
     pub time: SystemTime,
 }
 
+/// A node's two NATS connections: client requests on one, Raft RPCs on the other, so Raft
+/// traffic never queues behind large client replies (issue #20, item 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsLink {
+    Client = 0,
+    Raft = 1,
+}
+
 /// What emits a node's telemetry; one per node, shared by `Arc`.
 pub struct Observer {
     pub node: u64,
@@ -49,7 +57,8 @@ pub struct Observer {
     api: Sampler,
     apply: Sampler,
     include_keys: bool,
-    nats_down: AtomicBool,
+    /// Per [`NatsLink`]: whether that connection is down now.
+    nats_down: [AtomicBool; 2],
     /// Snapshots this node has built, for the admin snapshot to wait on.
     snapshots_built: watch::Sender<u64>,
 }
@@ -76,7 +85,7 @@ impl Observer {
             api: sampler(&cfg.api_events),
             apply: sampler(&cfg.apply_events),
             include_keys: cfg.include_keys,
-            nats_down: AtomicBool::new(false),
+            nats_down: [AtomicBool::new(false), AtomicBool::new(false)],
             snapshots_built: watch::channel(0).0,
         };
         (Arc::new(observer), rx)
@@ -194,20 +203,23 @@ impl Observer {
         self.emit(event);
     }
 
-    /// The NATS connection went down (`false`) or came up (`true`); a comeback after a loss
-    /// counts as a reconnect.
-    pub fn nats_connection(&self, connected: bool) {
-        self.metrics
-            .nats_connected
-            .set(if connected { 1.0 } else { 0.0 });
+    /// One of the node's NATS connections went down (`false`) or came up (`true`); a
+    /// comeback after a loss counts as a reconnect. `concord_nats_connected` is 1 only
+    /// while both connections (client and Raft) are up.
+    pub fn nats_connection(&self, link: NatsLink, connected: bool) {
+        let down = &self.nats_down[link as usize];
         if connected {
-            if self.nats_down.swap(false, Ordering::Relaxed) {
+            if down.swap(false, Ordering::Relaxed) {
                 self.metrics.nats_reconnects.increment(1);
                 self.emit(Event::NatsConnection { connected });
             }
-        } else if !self.nats_down.swap(true, Ordering::Relaxed) {
+        } else if !down.swap(true, Ordering::Relaxed) {
             self.emit(Event::NatsConnection { connected });
         }
+        let all_up = self.nats_down.iter().all(|d| !d.load(Ordering::Relaxed));
+        self.metrics
+            .nats_connected
+            .set(if all_up { 1.0 } else { 0.0 });
     }
 }
 

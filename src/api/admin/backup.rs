@@ -43,7 +43,6 @@ struct ChunkBody {
     id: String,
     offset: u64,
     token: Option<String>,
-    #[allow(dead_code)]
     timeout_ms: Option<u64>,
 }
 
@@ -109,7 +108,7 @@ async fn backup_inner(ctx: &Ctx, msg: &Message, arrival: Instant) -> Result<Vec<
     r.to_leader_within_deadline(
         ctx,
         |leader| ctx.cluster.subjects.node_admin(leader, AdminOp::Backup),
-        || write_on_leader(ctx, cred, &r.delivery),
+        || write_on_leader(ctx, cred, &r.delivery, r.deadline),
     )
     .await
 }
@@ -118,11 +117,19 @@ async fn write_on_leader(
     ctx: &Ctx,
     cred: Credential<'_>,
     started: &Delivery,
+    deadline: Instant,
 ) -> Result<Vec<u8>, AttemptError> {
     route::authorize_on_leader(ctx, cred, Role::Admin).await?;
     // The linearizable point: every write acknowledged before the request arrived is
     // applied here once this returns.
     confirm_leadership(ctx).await?;
+    // On the heavy pool, off tokio's blocking pool (the log fsync's): `busy` when it stays
+    // taken until the deadline (issue #20, item 7).
+    let heavy = ctx.workers.heavy.clone();
+    let permit = heavy
+        .permit(deadline, "writing a backup")
+        .await
+        .map_err(AttemptError::Fail)?;
     started.mark();
     let view = ctx.consensus.view.clone();
     let dir = backups_dir(&view.store().dir);
@@ -132,8 +139,11 @@ async fn write_on_leader(
     let expiry_tracker = tracker.clone();
     // Detached: a request that gives up does not stop the write, and the file still expires.
     let task = tracker.spawn(async move {
-        let written =
-            tokio::task::spawn_blocking(move || backup::create(&view, &dir, &name, me)).await;
+        let written = heavy
+            .run_with(permit, "writing a backup", move || {
+                backup::create(&view, &dir, &name, me)
+            })
+            .await;
         if let Ok(Ok(w)) = &written {
             expiry_tracker.spawn(expire(w.path.clone(), cancel));
         }
@@ -147,9 +157,8 @@ async fn write_on_leader(
                 "writing the backup failed: {e}"
             ))));
         }
-        Ok(Err(e)) | Err(e) => {
-            return Err(AttemptError::Fail(internal(format!("backup task: {e}"))))
-        }
+        Ok(Err(e)) => return Err(AttemptError::Fail(e)),
+        Err(e) => return Err(AttemptError::Fail(internal(format!("backup task: {e}")))),
     };
     tracing::info!(
         id = %w.id,
@@ -192,6 +201,7 @@ pub async fn handle_chunk(ctx: &Ctx, msg: &Message) -> Vec<u8> {
 }
 
 async fn chunk_inner(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
+    let arrival = Instant::now();
     let own = ctx
         .cluster
         .subjects
@@ -217,9 +227,19 @@ async fn chunk_inner(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     let max = MAX_CHUNK_BYTES.min(room).max(1);
     let offset = body.offset;
     let id = body.id.clone();
-    let read = tokio::task::spawn_blocking(move || read_chunk(&path, offset, max))
-        .await
-        .map_err(|e| internal(format!("chunk task: {e}")))?;
+    let timeout_len =
+        route::timeout_len(msg, body.timeout_ms.map(Duration::from_millis), &ctx.limits);
+    // A bounded file read, on the scan pool: off the async workers and off tokio's blocking
+    // pool (the log fsync's), `busy` when the pool stays taken until the deadline.
+    let read = ctx
+        .workers
+        .scans
+        .run(
+            route::deadline_for(arrival, timeout_len),
+            "reading a backup chunk",
+            move || read_chunk(&path, offset, max),
+        )
+        .await?;
     let (data, size) = match read {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -5,10 +5,11 @@
 use async_nats::Message;
 use openraft::ServerState;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::api::{codec, route, Ctx};
 use crate::auth::{Credential, Role};
-use crate::error::{internal, WireError};
+use crate::error::{internal, timeout, WireError};
 use crate::subjects::AdminOp;
 
 #[derive(Debug, Serialize)]
@@ -100,13 +101,23 @@ pub(super) async fn own_view(
         .auth
         .check(ctx.consensus.view.tokens(), cred, Role::Read)?;
     if status_asked {
-        status(ctx, body.digest).await.map(|s| codec::encode_ok(&s))
+        let arrival = tokio::time::Instant::now();
+        let timeout_len = route::timeout_len(
+            msg,
+            body.timeout_ms.map(std::time::Duration::from_millis),
+            &ctx.limits,
+        );
+        let deadline = route::deadline_for(arrival, timeout_len);
+        let digest = body.digest.then_some(deadline);
+        status(ctx, digest).await.map(|s| codec::encode_ok(&s))
     } else {
         Ok(members_from_leader(ctx, msg).await)
     }
 }
 
-pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
+/// This node's status; with `digest` (the request's deadline), the digest of its whole
+/// key space too.
+pub async fn status(ctx: &Ctx, digest: Option<Instant>) -> Result<Status, WireError> {
     let m = ctx.consensus.raft.metrics().borrow().clone();
     let commit_index = ctx
         .consensus
@@ -115,15 +126,9 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
         .await
         .ok()
         .flatten();
-    let digest = if with_digest {
-        let view = ctx.consensus.view.clone();
-        let (hex, _) = tokio::task::spawn_blocking(move || view.digest())
-            .await
-            .map_err(|e| internal(e.to_string()))?
-            .map_err(|e| internal(e.to_string()))?;
-        Some(hex)
-    } else {
-        None
+    let digest = match digest {
+        Some(deadline) => Some(digest_within(ctx, deadline).await?),
+        None => None,
     };
     let membership = m.membership_config.membership();
     Ok(Status {
@@ -154,6 +159,25 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
         digest,
         security: signing_figures(ctx),
     })
+}
+
+/// Hashes the whole key space on the heavy pool (issue #20, item 7): one job at a time,
+/// `busy` when the pool stays taken until the deadline, `timeout` when the hash does not
+/// finish by then (it runs to its end anyway, holding the pool's permit).
+async fn digest_within(ctx: &Ctx, deadline: Instant) -> Result<String, WireError> {
+    let view = ctx.consensus.view.clone();
+    let hashed = ctx
+        .workers
+        .heavy
+        .run(deadline, "the key-space digest", move || view.digest());
+    match tokio::time::timeout_at(deadline, hashed).await {
+        Ok(Ok(Ok((hex, _)))) => Ok(hex),
+        Ok(Ok(Err(e))) => Err(internal(format!("digest: {e}"))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(timeout(
+            "the key-space digest did not finish before the request's deadline; retry with a longer timeout_ms",
+        )),
+    }
 }
 
 fn signing_figures(ctx: &Ctx) -> SigningFigures {

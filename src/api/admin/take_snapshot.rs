@@ -43,6 +43,13 @@ async fn take_snapshot(ctx: &Ctx, msg: &Message) -> Result<Vec<u8>, WireError> {
     let timeout_len =
         route::timeout_len(msg, body.timeout_ms.map(Duration::from_millis), &ctx.limits);
     let deadline = route::deadline_for(arrival, timeout_len);
+    // One heavy job at a time (issue #20, item 7): the build itself runs where Raft runs
+    // it, but requests for one wait for the heavy pool's permit, `busy` past the deadline.
+    let _heavy = ctx
+        .workers
+        .heavy
+        .permit(deadline, "building a snapshot")
+        .await?;
     let mut metrics = ctx.consensus.raft.metrics();
     let target = metrics.borrow().last_applied.map(|l| l.index);
     let mut built = ctx.observer.watch_snapshots_built();
