@@ -12,8 +12,9 @@ use tokio_util::task::TaskTracker;
 use super::Error;
 use crate::config::Config;
 use crate::observe::{self, http::Endpoints, Observer, Stamped};
+use crate::raft::inbox::Inbox;
 use crate::raft::network::PAYLOAD_HEADROOM;
-use crate::signing::Signer;
+use crate::signing::{Rejections, Signer};
 use crate::store::{self, StateView, Store};
 use crate::subjects::Subjects;
 
@@ -29,6 +30,11 @@ pub(super) struct Opened {
     /// Telemetry events to publish, when `telemetry.enabled`.
     pub events: Option<tokio::sync::mpsc::Receiver<Stamped>>,
     pub client: async_nats::Client,
+    /// Outbound node-to-node requests and their (verified) replies: up before Raft, so the
+    /// startup prefix check is signed too.
+    pub inbox: Arc<Inbox>,
+    /// Node-to-node messages dropped as unsigned, forged or for another cluster.
+    pub rejections: Arc<Rejections>,
     pub max_payload: usize,
     /// Largest log entry: a NATS message less the RPC envelope.
     pub max_entry_bytes: usize,
@@ -72,6 +78,15 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
     )
     .await?;
     observer.nats_connection(true);
+    let rejections = Arc::new(Rejections::default());
+    let inbox = Inbox::start(
+        client.clone(),
+        signer.clone(),
+        rejections.clone(),
+        cancel.clone(),
+        &tracker,
+    )
+    .await?;
     observer
         .metrics
         .storage_max_bytes
@@ -102,6 +117,8 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
         observer,
         events,
         client,
+        inbox,
+        rejections,
         max_payload,
         max_entry_bytes,
         subjects,

@@ -203,23 +203,14 @@ fn request_context(
     })
 }
 
-/// The RPC inbox, the log store and the Raft network (which sends a leader's appends early,
+/// The log store and the Raft network (which sends a leader's appends early,
 /// before openraft asks), then Raft itself.
 async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error> {
     let me = config.node.id;
-    let (client, subjects, observer) = (&opened.client, &opened.subjects, &opened.observer);
+    let (subjects, observer) = (&opened.subjects, &opened.observer);
     let (view, max_payload) = (&opened.view, opened.max_payload);
-    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
-    let rejections = Arc::new(Rejections::default());
-
-    let inbox = Inbox::start(
-        client.clone(),
-        opened.signer.clone(),
-        rejections.clone(),
-        cancel.clone(),
-        tracker,
-    )
-    .await?;
+    let tracker = &opened.tracker;
+    let (inbox, rejections) = (opened.inbox.clone(), opened.rejections.clone());
 
     let transport = crate::raft::rpc::Transport {
         inbox: inbox.clone(),

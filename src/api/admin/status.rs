@@ -47,6 +47,8 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     pub security: SigningFigures,
+    /// `auth.enabled` on this node: a starting node compares it with its own.
+    pub auth_enabled: bool,
 }
 
 /// Node-to-node message signing (`cluster.secret`), as seen by this node.
@@ -56,6 +58,8 @@ pub struct SigningFigures {
     pub rpc_rejected: u64,
     pub rpc_rejected_unsigned: u64,
     pub rpc_rejected_forged: u64,
+    /// Node-to-node requests refused for naming another cluster id (also in `rpc_rejected`).
+    pub rpc_rejected_wrong_cluster: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,17 +86,21 @@ pub struct MembersReply {
 
 pub use crate::types::role_name;
 
-/// Status and membership are this node's own view: checked against its own token table.
+/// Status and membership are this node's own view: checked against its own token table,
+/// except for another node's signed control request (see [`super::control`]).
 pub(super) async fn own_view(
     ctx: &Ctx,
     status_asked: bool,
     msg: &Message,
 ) -> Result<Vec<u8>, WireError> {
     let body: codec::AdminBody = super::decode(&msg.payload)?;
-    let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    ctx.security
-        .auth
-        .check(ctx.consensus.view.tokens(), cred, Role::Read)?;
+    super::control::check_cluster(ctx, msg)?;
+    if !super::control::node_vouched(ctx, msg) {
+        let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+        ctx.security
+            .auth
+            .check(ctx.consensus.view.tokens(), cred, Role::Read)?;
+    }
     if status_asked {
         status(ctx, body.digest).await.map(|s| codec::encode_ok(&s))
     } else {
@@ -146,6 +154,7 @@ pub async fn status(ctx: &Ctx, with_digest: bool) -> Result<Status, WireError> {
         purged_index: m.purged.map(|l| l.index),
         digest,
         security: signing_figures(ctx),
+        auth_enabled: ctx.security.auth.enabled(),
     })
 }
 
@@ -155,6 +164,7 @@ fn signing_figures(ctx: &Ctx) -> SigningFigures {
         rpc_rejected: c.total(),
         rpc_rejected_unsigned: c.unsigned(),
         rpc_rejected_forged: c.forged(),
+        rpc_rejected_wrong_cluster: c.wrong_cluster,
     }
 }
 
@@ -170,6 +180,7 @@ async fn members_from_leader(ctx: &Ctx, msg: &Message) -> Vec<u8> {
                 crate::subjects::HEADER_FORWARDED,
                 ctx.cluster.me.to_string().as_str(),
             );
+            crate::signing::set_cluster_id(&mut headers, ctx.consensus.view.cluster_id());
             let asked = ctx
                 .cluster
                 .inbox
