@@ -71,10 +71,11 @@ pub(super) async fn form_cluster(
 }
 
 /// Asks `P.admin.status` who serves this prefix, as a signed control request (see
-/// [`crate::api::admin::control`]). Refuses to start if another cluster does, if the
-/// cluster's `auth.enabled` differs from this node's, or if only replies that do not verify
-/// come back; returns whether a live member of this cluster answered. Persists nothing:
-/// whatever it refuses, the next start checks again.
+/// [`crate::api::admin::control`]). Refuses to start if another cluster does, or if the
+/// cluster's `auth.enabled` differs from this node's; returns whether something live
+/// answered (only replies that do not verify count as live, loudly logged, so no second
+/// cluster is formed there). Persists nothing: whatever it refuses, the next start checks
+/// again.
 pub(super) async fn check_prefix(config: &Config, opened: &Opened) -> Result<bool, Error> {
     let subject = opened.subjects.admin(AdminOp::Status);
     let signed = opened.signer.is_some();
@@ -98,12 +99,16 @@ pub(super) async fn check_prefix(config: &Config, opened: &Opened) -> Result<boo
             let dropped = (after.unsigned_replies + after.forged_replies)
                 - (before.unsigned_replies + before.forged_replies);
             if signed && dropped > 0 {
-                return Err(Error::OtherCluster(format!(
+                // Not refused: a node restarted with the wrong secret still starts (and is
+                // ignored by the cluster). Assumed live, so a new node never forms a second
+                // cluster on a prefix someone serves; nothing is recorded.
+                tracing::error!(
                     "only replies that do not verify with this node's cluster.secret ({dropped} of them) answer on '{subject}': \
-                     another cluster (with another secret), or a forger, serves this subject prefix. \
-                     Refusing this start (nothing is recorded; the next start checks again). \
-                     Give each cluster its own nats.subject_prefix, and the same cluster.secret to every node of one"
-                )));
+                     another cluster (with another secret), a node of this one with another secret, or a forger, serves this \
+                     subject prefix. Not forming a new cluster here; check that cluster.secret is the same on every node and \
+                     that each cluster has its own nats.subject_prefix"
+                );
+                return Ok(true);
             }
             tracing::warn!(error = %e, "no answer on {subject}; assuming no cluster");
             return Ok(false);
