@@ -331,7 +331,10 @@ async fn wrong_cluster_body(c: &Cluster) -> Result<()> {
         body: VoteRequest::<NodeId>::new(Vote::new(0, leader), None),
     };
     let mut h = HeaderMap::new();
-    h.insert(concord::subjects::HEADER_CLUSTER_ID, wrong.to_string().as_str());
+    h.insert(
+        concord::subjects::HEADER_CLUSTER_ID,
+        wrong.to_string().as_str(),
+    );
     let subject = c.subject(&format!("raft.{}.{f}.vote", c.cluster_name()));
     let reply = signed_request(c, subject, h, &[], wire::encode(&envelope)?).await?;
     match wire::decode::<RpcReply<VoteResponse<NodeId>, ()>>(&reply)? {
@@ -342,7 +345,10 @@ async fn wrong_cluster_body(c: &Cluster) -> Result<()> {
     // A control request (status, as a starting node sends it) naming another cluster id.
     let mut h = HeaderMap::new();
     h.insert("Concord-Forwarded", leader.to_string().as_str());
-    h.insert(concord::subjects::HEADER_CLUSTER_ID, wrong.to_string().as_str());
+    h.insert(
+        concord::subjects::HEADER_CLUSTER_ID,
+        wrong.to_string().as_str(),
+    );
     let signed = ["Concord-Forwarded", "Concord-Timeout-Ms", "Authorization"];
     let subject = c.subject(&format!("node.{f}.admin.status"));
     let reply = signed_request(c, subject, h, &signed, b"{}".to_vec()).await?;

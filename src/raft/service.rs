@@ -142,7 +142,7 @@ impl RaftService {
         }
         let reply = match RaftRpc::parse(last_token(&msg.subject)) {
             Some(RaftRpc::Append) => {
-                self.serve(&msg, |req: AppendEntriesRequest<TypeConfig>| async move {
+                self.serve(msg, |req: AppendEntriesRequest<TypeConfig>| async move {
                     let leader_vote = req.vote;
                     let res = self.raft.append_entries(req).await;
                     if let Ok(resp) = &res {
@@ -164,19 +164,19 @@ impl RaftService {
                 .unwrap_or_default()
             }
             Some(RaftRpc::Vote) => {
-                self.serve(&msg, |req: VoteRequest<NodeId>| async move {
+                self.serve(msg, |req: VoteRequest<NodeId>| async move {
                     self.raft.vote(req).await
                 })
                 .await
             }
             Some(RaftRpc::Snapshot) => {
-                self.serve(&msg, |req: InstallSnapshotRequest<TypeConfig>| async move {
+                self.serve(msg, |req: InstallSnapshotRequest<TypeConfig>| async move {
                     self.raft.install_snapshot(req).await
                 })
                 .await
             }
             None if last_token(&msg.subject) == RAFT_ELECT => {
-                self.serve(&msg, |req: ElectRequest| async move {
+                self.serve(msg, |req: ElectRequest| async move {
                     if self.hold_votes.load(Ordering::Relaxed) {
                         return Ok(false);
                     }
