@@ -8,11 +8,17 @@
 //! new call, does not verify. What was dropped is counted in [`Rejections`].
 //! Every part is length-prefixed and the two kinds are domain-separated, so no request MAC
 //! can be replayed as a reply MAC or the other way round.
+//!
+//! Node-to-node requests also name the sender's cluster id in `Concord-Cluster-Id`
+//! ([`set_cluster_id`], [`check_cluster_id`]); a request for another cluster id is refused
+//! and counted with the rest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
+
+pub use crate::subjects::HEADER_CLUSTER_ID;
 
 /// Header carrying a MAC, as 64 lowercase hex digits.
 pub const HEADER_MAC: &str = "Concord-Mac";
@@ -282,6 +288,71 @@ impl Rejections {
             replayed: self.replayed.load(Ordering::Relaxed),
         }
     }
+
+    /// Counts one node-to-node request refused because it names another cluster id, and
+    /// logs it: the first loudly (at `error`, naming both ids: two clusters share a subject
+    /// prefix, or a node's data dir belongs to another cluster), later ones at `debug`.
+    pub fn record_wrong_cluster(&self, subject: &str, theirs: &str, ours: &uuid::Uuid) {
+        let first = self.other_cluster.fetch_add(1, Ordering::Relaxed) == 0;
+        metrics::counter!(
+            crate::observe::metrics::RAFT_RPC_REJECTED,
+            "reason" => Rejected::OtherCluster.as_str(),
+            "direction" => Direction::Request.as_str()
+        )
+        .increment(1);
+        if first {
+            tracing::error!(
+                subject,
+                their_cluster_id = theirs,
+                our_cluster_id = %ours,
+                "refused a node-to-node request for cluster id {theirs}: this node is in cluster id {ours}. \
+                 Two clusters share this subject prefix, or a node holds another cluster's data \
+                 (further ones are logged at debug and counted in admin status)"
+            );
+        } else {
+            tracing::debug!(
+                subject,
+                their_cluster_id = theirs,
+                "refused a request for another cluster id"
+            );
+        }
+    }
+}
+
+/// Sets `Concord-Cluster-Id` on a node-to-node request (Raft RPC, control request, forwarded
+/// request) when this node knows its cluster id; a node that does not know it yet sends none.
+pub fn set_cluster_id(headers: &mut async_nats::HeaderMap, id: Option<uuid::Uuid>) {
+    if let Some(id) = id {
+        headers.insert(HEADER_CLUSTER_ID, id.to_string().as_str());
+    }
+}
+
+/// Checks the `Concord-Cluster-Id` header of a node-to-node request against this node's
+/// cluster id. Passes when either is unknown (a new node, or an older sender that sets no
+/// header); a mismatch is counted in `rejections`, logged (loudly, once) and returned as
+/// the refusal's wording, naming both ids.
+pub fn check_cluster_id(
+    rejections: &Rejections,
+    msg: &async_nats::Message,
+    ours: Option<uuid::Uuid>,
+) -> Result<(), String> {
+    let theirs = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_CLUSTER_ID))
+        .map(|v| v.as_str().trim());
+    let (Some(theirs), Some(ours)) = (theirs, ours) else {
+        return Ok(());
+    };
+    if theirs.parse::<uuid::Uuid>().ok() == Some(ours) {
+        return Ok(());
+    }
+    // Never echo unbounded input: a uuid is 36 characters.
+    let shown: String = theirs.chars().take(40).collect();
+    rejections.record_wrong_cluster(&msg.subject, &shown, &ours);
+    Err(format!(
+        "request for cluster id {shown} refused: this node is in cluster id {ours}"
+    ))
 }
 
 pub fn to_hex(mac: &Mac) -> String {

@@ -139,6 +139,12 @@ impl Forwarding {
         format!("{:016x}-{seq}", self.epoch)
     }
 
+    /// Binds a request to `term` and a fresh nonce (`Concord-Term`, `Concord-Nonce`).
+    pub fn stamp(&self, headers: &mut HeaderMap, term: u64) {
+        headers.insert(HEADER_TERM, term.to_string().as_str());
+        headers.insert(HEADER_NONCE, self.next_nonce().as_str());
+    }
+
     /// Records a nonce received in `term`; refuses one seen before in that term.
     fn check(&self, term: u64, sender: u64, epoch: u64, seq: u64) -> Result<(), &'static str> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,8 +178,7 @@ pub fn forward_headers(ctx: &Ctx, client: Option<&HeaderMap>) -> HeaderMap {
         None => headers.insert(HEADER_CLUSTER_ID, ""),
     }
     let term = ctx.consensus.raft.metrics().borrow().current_term;
-    headers.insert(HEADER_TERM, term.to_string().as_str());
-    headers.insert(HEADER_NONCE, ctx.security.forwarding.next_nonce().as_str());
+    ctx.security.forwarding.stamp(&mut headers, term);
     headers
 }
 
@@ -198,21 +203,28 @@ pub fn admit(ctx: &Ctx, msg: &Message, signed: bool) -> Result<(), WireError> {
             .rejections
             .record(Direction::Request, why, &msg.subject, msg.reply.as_deref());
     };
+    let asks_about_state = is_control_read(ctx, msg);
     if let Some(ours) = ctx.consensus.view.cluster_id() {
-        let theirs = header(msg, HEADER_CLUSTER_ID);
+        let theirs = header(msg, HEADER_CLUSTER_ID).filter(|t| !t.is_empty());
         let other = match theirs {
             Some(t) => t != ours.to_string(),
-            None => signed,
+            // A node that does not know its cluster id yet (a new one, before it is
+            // added) may still ask who serves here.
+            None => signed && !asks_about_state,
         };
         if other {
-            rejected(Rejected::OtherCluster);
+            ctx.security
+                .rejections
+                .record_wrong_cluster(&msg.subject, theirs.unwrap_or(""), &ours);
             return Err(unauthorized(format!(
-                "forwarded request from cluster id '{}', this node is in {ours}",
+                "node-to-node request from cluster id '{}', this node is in {ours}",
                 theirs.unwrap_or("")
             )));
         }
     }
-    if !signed {
+    // A node's status and members questions change nothing, so a replay gains nothing, and
+    // their sender may not share this node's term (a node starting, a node not yet added).
+    if !signed || asks_about_state {
         return Ok(());
     }
     let term = ctx.consensus.raft.metrics().borrow().current_term;
@@ -239,6 +251,19 @@ pub fn admit(ctx: &Ctx, msg: &Message, signed: bool) -> Result<(), WireError> {
             "forwarded request refused as a possible replay: {why}; retry"
         ))
     })
+}
+
+/// `status` and `members`, to a node or to the cluster: the questions a node asks other
+/// nodes (startup prefix check, ping, removal watch) and the members query a follower
+/// relays to the leader.
+fn is_control_read(ctx: &Ctx, msg: &Message) -> bool {
+    use crate::subjects::{Addressed, AdminOp};
+    match ctx.cluster.subjects.classify(&msg.subject) {
+        Some(Addressed::Admin(op)) => {
+            matches!(AdminOp::parse(op), Some(AdminOp::Status | AdminOp::Members))
+        }
+        _ => false,
+    }
 }
 
 /// `<16 hex digits>-<decimal>`.

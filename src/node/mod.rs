@@ -41,15 +41,7 @@ pub async fn run(
     let me = config.node.id;
     tracing::info!(node = me, config = %config.redacted(), "starting");
     let opened = start::open(&config).await?;
-    let live_cluster = bootstrap::check_prefix(
-        &opened.client,
-        &opened.subjects,
-        &config,
-        opened.admin_token.as_deref(),
-        opened.view.cluster_id(),
-        opened.pristine,
-    )
-    .await?;
+    let live_cluster = bootstrap::check_prefix(&config, &opened).await?;
     let (pristine, prefix) = (opened.pristine, opened.subjects.prefix().to_string());
     let running = wiring::wire(&config, opened, live_cluster).await?;
     bootstrap::form_cluster(&config, &running.raft, pristine, live_cluster, &prefix).await?;

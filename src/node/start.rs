@@ -12,8 +12,9 @@ use tokio_util::task::TaskTracker;
 use super::Error;
 use crate::config::Config;
 use crate::observe::{self, http::Endpoints, NatsLink, Observer, Stamped};
+use crate::raft::inbox::Inbox;
 use crate::raft::network::PAYLOAD_HEADROOM;
-use crate::signing::Signer;
+use crate::signing::{Rejections, Signer};
 use crate::store::{self, StateView, Store};
 use crate::subjects::Subjects;
 
@@ -33,6 +34,12 @@ pub(super) struct Opened {
     /// Raft RPCs only (outbound, their replies, the inbound service): a send queue of its
     /// own, so heartbeats never wait behind large client replies (issue #20, item 7).
     pub raft_client: async_nats::Client,
+    /// Outbound node-to-node requests (forwarded requests, control requests) and their
+    /// (verified) replies, on the client connection: up before Raft, so the startup prefix
+    /// check is signed too.
+    pub inbox: Arc<Inbox>,
+    /// Node-to-node messages dropped as unsigned, forged or for another cluster.
+    pub rejections: Arc<Rejections>,
     pub max_payload: usize,
     /// Largest log entry: a NATS message less the RPC envelope.
     pub max_entry_bytes: usize,
@@ -85,6 +92,15 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
     )
     .await?;
     observer.nats_connection(NatsLink::Raft, true);
+    let rejections = Arc::new(Rejections::default());
+    let inbox = Inbox::start(
+        client.clone(),
+        signer.clone(),
+        rejections.clone(),
+        cancel.clone(),
+        &tracker,
+    )
+    .await?;
     observer
         .metrics
         .storage_max_bytes
@@ -120,6 +136,8 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
         events,
         client,
         raft_client,
+        inbox,
+        rejections,
         max_payload,
         max_entry_bytes,
         subjects,

@@ -209,29 +209,20 @@ fn request_context(
     })
 }
 
-/// The RPC inbox (on Raft's connection) and the request path's (on the client one), the log
-/// store and the Raft network (which sends a leader's appends early, before openraft asks),
-/// then Raft itself.
+/// The RPC inbox (on Raft's connection; the request path's, on the client one, is opened
+/// before Raft), the log store and the Raft network (which sends a leader's appends early,
+/// before openraft asks), then Raft itself.
 async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error> {
     let me = config.node.id;
-    // Raft RPCs and their replies travel on Raft's own connection.
-    let (client, subjects, observer) = (&opened.raft_client, &opened.subjects, &opened.observer);
+    let (subjects, observer) = (&opened.subjects, &opened.observer);
     let (view, max_payload) = (&opened.view, opened.max_payload);
     let (cancel, tracker) = (&opened.cancel, &opened.tracker);
-    let rejections = Arc::new(Rejections::default());
-
-    let raft_inbox = Inbox::start(
-        client.clone(),
-        opened.signer.clone(),
-        rejections.clone(),
-        cancel.clone(),
-        tracker,
-    )
-    .await?;
     // Forwarded requests and node control requests (and their replies, a forwarded scan
     // page among them) stay on the client connection, off Raft's.
-    let inbox = Inbox::start(
-        opened.client.clone(),
+    let (inbox, rejections) = (opened.inbox.clone(), opened.rejections.clone());
+    // Raft RPCs and their replies travel on Raft's own connection.
+    let raft_inbox = Inbox::start(
+        opened.raft_client.clone(),
         opened.signer.clone(),
         rejections.clone(),
         cancel.clone(),

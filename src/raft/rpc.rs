@@ -24,6 +24,7 @@ use super::types::{Node, NodeId};
 use super::wire::{self, RpcReply, RpcRequest, RPC_FORMAT};
 use crate::observe::metrics::PeerMetrics;
 use crate::observe::{Observer, RpcFailure};
+use crate::signing;
 use crate::subjects::{RaftRpc, Subjects};
 
 /// Room left in a NATS message for headers and the envelope.
@@ -154,7 +155,14 @@ impl Peer {
             return Err(too_large());
         }
         let subject = net.subjects.raft(self.target, rpc);
-        let reply = match net.inbox.request(subject, bytes.into(), ttl).await {
+        // `Concord-Cluster-Id` repeats the envelope's id (which the MAC covers); the receiver
+        // refuses a header that differs from it, so the MAC covers the header too.
+        let mut headers = async_nats::HeaderMap::new();
+        signing::set_cluster_id(&mut headers, envelope.cluster_id);
+        let sent = net
+            .inbox
+            .request_with_headers(subject, Some(headers), &[], bytes.into(), ttl);
+        let reply = match sent.await {
             Ok(m) => m,
             Err(e) => {
                 return Err(match e {

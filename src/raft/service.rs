@@ -5,6 +5,8 @@
 //!
 //! An unsigned or forged RPC is dropped before anything of it is decoded: no reply at all,
 //! only a count in [`Rejections`] (and a log line). Without a secret the header is ignored.
+//! An RPC for another cluster id (`Concord-Cluster-Id`, or the envelope's, which the header
+//! must repeat) is refused and counted, whether or not the cluster has a secret.
 //!
 //! Each message gets its own task so a slow snapshot chunk never holds up heartbeats.
 
@@ -115,9 +117,32 @@ impl RaftService {
         let Some(reply_to) = msg.reply.clone() else {
             return;
         };
+        let Some(reply) = self.dispatch(&msg).await else {
+            return;
+        };
+        let sent = match (&self.signer, request_mac) {
+            (Some(signer), Some(mac)) => {
+                let headers = signing::mac_header(&signer.reply_mac(&mac, &reply));
+                self.client
+                    .publish_with_headers(reply_to, headers, reply.into())
+                    .await
+            }
+            _ => self.client.publish(reply_to, reply.into()).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "raft rpc reply not sent");
+        }
+    }
+
+    /// Serves one verified RPC; `None` for a subject that names no RPC (no reply).
+    async fn dispatch(&self, msg: &Message) -> Option<Vec<u8>> {
+        // Another cluster's RPC is refused before anything of it is decoded.
+        if let Err(why) = signing::check_cluster_id(&self.rejections, msg, self.view.cluster_id()) {
+            return Some(wire::encode(&RpcReply::<(), ()>::Refused(why)).unwrap_or_default());
+        }
         let reply = match RaftRpc::parse(last_token(&msg.subject)) {
             Some(RaftRpc::Append) => {
-                self.serve(&msg, |req: AppendEntriesRequest<TypeConfig>| async move {
+                self.serve(msg, |req: AppendEntriesRequest<TypeConfig>| async move {
                     let leader_vote = req.vote;
                     let res = self.raft.append_entries(req).await;
                     if let Ok(resp) = &res {
@@ -139,19 +164,19 @@ impl RaftService {
                 .unwrap_or_default()
             }
             Some(RaftRpc::Vote) => {
-                self.serve(&msg, |req: VoteRequest<NodeId>| async move {
+                self.serve(msg, |req: VoteRequest<NodeId>| async move {
                     self.raft.vote(req).await
                 })
                 .await
             }
             Some(RaftRpc::Snapshot) => {
-                self.serve(&msg, |req: InstallSnapshotRequest<TypeConfig>| async move {
+                self.serve(msg, |req: InstallSnapshotRequest<TypeConfig>| async move {
                     self.raft.install_snapshot(req).await
                 })
                 .await
             }
             None if last_token(&msg.subject) == RAFT_ELECT => {
-                self.serve(&msg, |req: ElectRequest| async move {
+                self.serve(msg, |req: ElectRequest| async move {
                     if self.hold_votes.load(Ordering::Relaxed) {
                         return Ok(false);
                     }
@@ -159,20 +184,9 @@ impl RaftService {
                 })
                 .await
             }
-            None => return,
+            None => return None,
         };
-        let sent = match (&self.signer, request_mac) {
-            (Some(signer), Some(mac)) => {
-                let headers = signing::mac_header(&signer.reply_mac(&mac, &reply));
-                self.client
-                    .publish_with_headers(reply_to, headers, reply.into())
-                    .await
-            }
-            _ => self.client.publish(reply_to, reply.into()).await,
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "raft rpc reply not sent");
-        }
+        Some(reply)
     }
 
     /// Decodes and checks the envelope, runs `f`, encodes its result.
@@ -190,8 +204,11 @@ impl RaftService {
             Ok(r) => r,
             Err(e) => return refused(format!("undecodable raft rpc: {e}")),
         };
-        if let Err(why) = self.check(&req.format, &req.cluster_name, req.cluster_id, req.to) {
+        if let Err(why) = self.check(&req.format, &req.cluster_name, req.to) {
             tracing::warn!(from = req.from, reason = %why, "refused raft rpc");
+            return refused(why);
+        }
+        if let Err(why) = self.check_ids(msg, req.cluster_id) {
             return refused(why);
         }
         let reply = match f(req.body).await {
@@ -201,13 +218,7 @@ impl RaftService {
         wire::encode(&reply).unwrap_or_else(|e| refused(format!("unencodable reply: {e}")))
     }
 
-    fn check(
-        &self,
-        format: &u8,
-        cluster_name: &str,
-        cluster_id: Option<Uuid>,
-        to: NodeId,
-    ) -> Result<(), String> {
+    fn check(&self, format: &u8, cluster_name: &str, to: NodeId) -> Result<(), String> {
         // A build reads every format up to its own (the rolling-upgrade rule).
         if *format == 0 || *format > RPC_FORMAT {
             return Err(format!(
@@ -223,8 +234,39 @@ impl RaftService {
         if to != self.me {
             return Err(format!("rpc for node {to} reached node {}", self.me));
         }
+        Ok(())
+    }
+
+    /// The envelope's cluster id (covered by the MAC) must be this node's, and the
+    /// `Concord-Cluster-Id` header must repeat it; either mismatch is counted and logged
+    /// once, loudly, naming both ids.
+    fn check_ids(&self, msg: &Message, cluster_id: Option<Uuid>) -> Result<(), String> {
+        let header = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(signing::HEADER_CLUSTER_ID))
+            .map(|v| v.as_str().trim().to_string());
+        // An older sender sets no header; a header differing from the signed envelope was
+        // altered on the way.
+        if let Some(h) = &header {
+            if cluster_id.map(|id| id.to_string()).as_deref() != Some(h.as_str()) {
+                let shown: String = h.chars().take(40).collect();
+                let ours = self.view.cluster_id().unwrap_or_default();
+                self.rejections
+                    .record_wrong_cluster(&msg.subject, &shown, &ours);
+                return Err(format!(
+                    "rpc header {} ({shown}) differs from its envelope's cluster id ({})",
+                    signing::HEADER_CLUSTER_ID,
+                    cluster_id
+                        .map(|u| u.to_string())
+                        .unwrap_or_else(|| "none".into())
+                ));
+            }
+        }
         if let (Some(theirs), Some(ours)) = (cluster_id, self.view.cluster_id()) {
             if theirs != ours {
+                self.rejections
+                    .record_wrong_cluster(&msg.subject, &theirs.to_string(), &ours);
                 return Err(format!(
                     "rpc from cluster id {theirs}, this node is in {ours}"
                 ));

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use async_nats::{HeaderMap, Message};
+use async_nats::Message;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,8 @@ use crate::auth::{Credential, Role};
 use crate::error::{bad_request, internal, unauthorized, WireError};
 use crate::raft::types::NodeId;
 use crate::subjects::{AdminOp, HEADER_FORWARDED};
+
+use super::control;
 
 /// How long a node has to answer the leader's "are you there".
 const PING_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -236,20 +238,13 @@ struct Pong {
     cluster_id: Option<uuid::Uuid>,
 }
 
+/// Asks node `id` for its status, as a signed control request (see [`super::control`]):
+/// with `cluster.secret` only a reply signed by a node of this cluster counts, and the
+/// client's credential is not passed on.
 async fn ping(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<Pong, String> {
-    let mut headers = HeaderMap::new();
-    if let Some(a) = auth {
-        headers.insert("Authorization", a);
-    }
     let subject = ctx.cluster.subjects.node_admin(id, AdminOp::Status);
-    let req = async_nats::Request::new()
-        .payload("{}".into())
-        .headers(headers)
-        .timeout(Some(PING_TIMEOUT));
-    let reply = ctx
-        .cluster
-        .client
-        .send_request(subject.clone(), req)
+    let reply = control::Sender::of(ctx)
+        .send(subject.clone(), auth, "{}".into(), PING_TIMEOUT)
         .await
         .map_err(|e| format!("node {id} does not answer on {subject}: {e}"))?;
     if let Err(code) = codec::reply_code(&reply.payload) {
@@ -329,20 +324,11 @@ async fn notify_removed(ctx: &Ctx, id: NodeId, auth: Option<&str>) {
         ctx.lifecycle.removed.cancel();
         return;
     }
-    // Signed like a forwarded request, term and nonce included: a captured notice cannot
-    // be replayed to stop the node again after it rejoins.
-    let mut headers = crate::api::forwarded::forward_headers(ctx, None);
-    if let Some(a) = auth {
-        headers.insert("Authorization", a);
-    }
     let body = serde_json::json!({ "id": id }).to_string();
-    let sent = ctx
-        .cluster
-        .inbox
-        .request_with_headers(
+    let sent = control::Sender::of(ctx)
+        .send(
             ctx.cluster.subjects.node_admin(id, AdminOp::MemberRemoved),
-            Some(headers),
-            &route::SIGNED_FORWARD_HEADERS,
+            auth,
             body.into(),
             PING_TIMEOUT,
         )
@@ -366,10 +352,14 @@ fn removed_notice(ctx: &Ctx, msg: &Message, body: &MemberBody) -> Result<Vec<u8>
             "a removal notice must come from the leader and name this node",
         ));
     }
-    let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
-    ctx.security
-        .auth
-        .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
+    // Its cluster id, term and nonce were admitted with its MAC (`api::forwarded::admit`).
+    // With the secret the leader's MAC is its credential; without it, an admin token.
+    if !control::node_vouched(ctx, msg) {
+        let cred = Credential::of(body.token.as_deref(), msg.headers.as_ref());
+        ctx.security
+            .auth
+            .check(ctx.consensus.view.tokens(), cred, Role::Admin)?;
+    }
     if crate::failpoints::enabled(crate::failpoints::Failpoint::IgnoreRemovalNotice) {
         return Err(internal("failpoint ignore-removal-notice: notice dropped"));
     }
@@ -383,20 +373,25 @@ fn removed_notice(ctx: &Ctx, msg: &Message, body: &MemberBody) -> Result<Vec<u8>
 
 /// A node removed while it could not be told (paused, partitioned) never hears from the
 /// leader again, yet would keep campaigning and answering clients. When a member has had no
-/// leader contact for `quiet`, it asks the cluster whether it is still a member, and stops
-/// if the leader's membership leaves it out.
+/// leader contact for `quiet`, and has been up for at least `quiet` itself (a leader needs
+/// that long to reach a node that just started), it asks the leader whether it is still a
+/// member, and stops if the leader's own, verified membership leaves it out.
 pub async fn watch_removal(
     ctx: std::sync::Arc<Ctx>,
     admin_token: Option<String>,
     quiet: Duration,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let started = Instant::now();
     let mut tick = tokio::time::interval(quiet / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if started.elapsed() < quiet {
+            continue;
         }
         let m = ctx.consensus.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -425,37 +420,48 @@ pub async fn watch_removal(
     }
 }
 
-/// Asks `P.admin.members` (answered by the leader); true only when a leader other than this
-/// node answers and lists it neither as voter nor as learner.
+/// What `admin.members` says, as far as the removal watch needs it.
+#[derive(Deserialize)]
+struct Listed {
+    leader: Option<NodeId>,
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+}
+
+/// Asks the cluster who leads (`P.admin.members`), then that leader itself
+/// (`P.node.<leader>.admin.members`); true only when the leader's own reply names itself
+/// leader and lists this node neither as voter nor as learner. Both are signed control
+/// requests: with `cluster.secret` only verified replies count, so a forged reply (counted
+/// and ignored) can never make this node stop.
 async fn leader_dropped_me(ctx: &Ctx, admin_token: Option<&str>) -> bool {
-    #[derive(Deserialize)]
-    struct Listed {
-        leader: Option<NodeId>,
-        voters: Vec<NodeId>,
-        learners: Vec<NodeId>,
-    }
-    let mut headers = HeaderMap::new();
-    if let Some(t) = admin_token {
-        headers.insert("Authorization", format!("Bearer {t}").as_str());
-    }
-    let req = async_nats::Request::new()
-        .payload("{}".into())
-        .headers(headers)
-        .timeout(Some(PING_TIMEOUT));
-    let Ok(reply) = ctx
-        .cluster
-        .client
-        .send_request(ctx.cluster.subjects.admin(AdminOp::Members), req)
-        .await
-    else {
+    let auth = admin_token.map(|t| format!("Bearer {t}"));
+    let sender = control::Sender::of(ctx);
+    let me = ctx.cluster.me;
+    let asked = ask_members(
+        &sender,
+        ctx.cluster.subjects.admin(AdminOp::Members),
+        auth.as_deref(),
+    );
+    let Some(leader) = asked.await.and_then(|l| l.leader).filter(|&l| l != me) else {
         return false;
     };
-    match serde_json::from_slice::<Listed>(&reply.payload) {
-        Ok(l) => {
-            l.leader.is_some_and(|leader| leader != ctx.cluster.me)
-                && !l.voters.contains(&ctx.cluster.me)
-                && !l.learners.contains(&ctx.cluster.me)
-        }
-        Err(_) => false,
+    let subject = ctx.cluster.subjects.node_admin(leader, AdminOp::Members);
+    match ask_members(&sender, subject, auth.as_deref()).await {
+        Some(l) => l.leader == Some(leader) && !l.voters.contains(&me) && !l.learners.contains(&me),
+        None => false,
     }
+}
+
+/// One `admin.members` control request; `None` unless a (verified) success reply came.
+async fn ask_members(
+    sender: &control::Sender<'_>,
+    subject: String,
+    auth: Option<&str>,
+) -> Option<Listed> {
+    let reply = sender
+        .send(subject, auth, "{}".into(), PING_TIMEOUT)
+        .await
+        .ok()?;
+    codec::reply_code(&reply.payload).ok()?;
+    serde_json::from_slice::<Listed>(&reply.payload).ok()
 }

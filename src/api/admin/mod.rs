@@ -6,12 +6,14 @@
 //! - [`tokens`]: `token.{create,revoke,list}` through the leader;
 //! - [`take_snapshot`]: the admin command `snapshot`, which makes this node build a Raft
 //!   snapshot now (the wire op keeps its name);
-//! - [`backup`]: `backup` written by the leader, and `backup.chunk` served in pieces.
+//! - [`backup`]: `backup` written by the leader, and `backup.chunk` served in pieces;
+//! - [`control`]: a node's own signed requests to other nodes (status, members, removal).
 //!
 //! Every admin body is decoded by [`decode`]; the routed ones (membership, tokens, backup)
 //! go to the leader through [`route::Routed`](crate::api::route::Routed).
 
 pub mod backup;
+pub mod control;
 pub mod membership;
 pub mod status;
 pub mod take_snapshot;
