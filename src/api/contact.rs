@@ -31,11 +31,31 @@ pub enum NoContact {
 pub struct ContactWindow {
     contact: Arc<LeaderContact>,
     window: Duration,
+    /// A follower that heard from its leader within this (a few heartbeats) may believe it
+    /// is alive: see [`ContactWindow::heard_lately`].
+    lately: Duration,
 }
 
 impl ContactWindow {
-    pub fn new(contact: Arc<LeaderContact>, window: Duration) -> ContactWindow {
-        ContactWindow { contact, window }
+    /// `heartbeat` is `raft.heartbeat_interval_ms`: the leader's appends come at least that often.
+    pub fn new(
+        contact: Arc<LeaderContact>,
+        window: Duration,
+        heartbeat: Duration,
+    ) -> ContactWindow {
+        ContactWindow {
+            contact,
+            window,
+            lately: (heartbeat * 2).max(Duration::from_millis(100)),
+        }
+    }
+
+    /// Whether this follower heard from its leader within two heartbeats. A write is
+    /// forwarded only then: once published it is never re-sent (an unsigned "no responders"
+    /// cannot prove it was not delivered), so a leader that stopped or died must be noticed
+    /// before the write leaves, not after.
+    pub fn heard_lately(&self) -> bool {
+        self.contact.since().is_some_and(|d| d <= self.lately)
     }
 
     /// When this node last accepted entries from a leader.
@@ -77,7 +97,11 @@ mod tests {
     /// The boundary is inclusive: an acknowledgment exactly one window old still counts.
     #[test]
     fn leader_in_contact_up_to_and_including_the_window() {
-        let w = ContactWindow::new(Arc::default(), Duration::from_millis(1000));
+        let w = ContactWindow::new(
+            Arc::default(),
+            Duration::from_millis(1000),
+            Duration::from_millis(150),
+        );
         assert_eq!(w.check(&leader_acked(Some(999))), Ok(()));
         assert_eq!(w.check(&leader_acked(Some(1000))), Ok(()));
         assert_eq!(
@@ -93,7 +117,11 @@ mod tests {
     /// A follower that never heard from a leader is not in contact.
     #[test]
     fn follower_never_heard_is_out_of_contact() {
-        let w = ContactWindow::new(Arc::default(), Duration::from_millis(1000));
+        let w = ContactWindow::new(
+            Arc::default(),
+            Duration::from_millis(1000),
+            Duration::from_millis(150),
+        );
         let m = RaftMetrics::new_initial(1);
         assert_eq!(w.check(&m), Err(NoContact::NeverHeard));
     }

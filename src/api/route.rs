@@ -231,6 +231,12 @@ where
             Some(l) if l == ctx.cluster.me => serve().await,
             // Boxed: forwarding is rare (leader-direct routing), and inline its future would
             // size every request task.
+            Some(_) if !r.forwarded && r.is_write && !ctx.consensus.contact.heard_lately() => {
+                // The leader has gone quiet: wait to hear from it or from its successor
+                // rather than publish a write that could not be re-sent (issue #20, item 4).
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
             Some(l) if !r.forwarded => Box::pin(forward(ctx, r, l, leader_subject(l))).await,
             // A forwarded request is never forwarded again: the sender retries.
             Some(l) => {

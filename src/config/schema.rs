@@ -307,6 +307,10 @@ impl Default for StorageConfig {
 }
 
 impl RaftConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
     pub fn election_timeout_min(&self) -> Duration {
         Duration::from_millis(self.election_timeout_min_ms)
     }

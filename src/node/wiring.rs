@@ -180,7 +180,11 @@ fn request_context(
             ),
             read_index: api::read_index::ReadIndex::start(raft.clone(), tracker, cancel.clone()),
             view: opened.view.clone(),
-            contact: ContactWindow::new(contact, config.raft.election_timeout_min()),
+            contact: ContactWindow::new(
+                contact,
+                config.raft.election_timeout_min(),
+                config.raft.heartbeat_interval(),
+            ),
         },
         security: api::Security {
             auth: crate::auth::Authorizer::new(config.auth.enabled, opened.admin_token.as_deref()),
@@ -273,7 +277,11 @@ fn spawn_watchers(config: &Config, opened: &Opened, raft: &Raft, contact: Arc<Le
         me: config.node.id,
         raft: raft.clone(),
         view: opened.view.clone(),
-        contact: ContactWindow::new(contact, config.raft.election_timeout_min()),
+        contact: ContactWindow::new(
+            contact,
+            config.raft.election_timeout_min(),
+            config.raft.heartbeat_interval(),
+        ),
         observer: observer.clone(),
     });
     if let Some(e) = &opened.endpoints {
