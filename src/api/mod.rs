@@ -49,9 +49,12 @@ pub struct Cluster {
     pub name: String,
     pub subjects: Subjects,
     pub client: Client,
-    /// Outbound requests to other nodes (forwarded requests, node control requests) and
-    /// their replies, on the client connection; Raft RPCs have an inbox of their own on
-    /// Raft's connection.
+    /// Client replies over 4 KiB (`server::SMALL_REPLY_BYTES`): a second connection, so a
+    /// large scan page or backup chunk never holds Raft's heartbeats in the client
+    /// connection's send queue (issue #20, item 7).
+    pub bulk: Client,
+    /// Outbound requests to other nodes (Raft RPCs, forwarded requests, node control
+    /// requests) and their replies, on the client connection.
     pub inbox: Arc<Inbox>,
 }
 

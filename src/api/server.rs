@@ -306,8 +306,8 @@ impl Server {
                     Intake::Answered(body) => {
                         let body = self.fit(&msg.subject, body);
                         self.record(ReqOp::Kv(op), &msg, &body, started);
-                        if let Err(e) = self.ctx.cluster.client.publish(reply_to, body.into()).await
-                        {
+                        let client = self.reply_client(body.len());
+                        if let Err(e) = client.publish(reply_to, body.into()).await {
                             tracing::debug!(error = %e, "reply not sent");
                         }
                         continue;
@@ -404,13 +404,24 @@ impl Server {
         body: Vec<u8>,
         headers: Option<async_nats::HeaderMap>,
     ) {
-        let client = &self.ctx.cluster.client;
+        let client = self.reply_client(body.len());
         let sent = match headers {
             Some(h) => client.publish_with_headers(reply_to, h, body.into()).await,
             None => client.publish(reply_to, body.into()).await,
         };
         if let Err(e) = sent {
             tracing::debug!(error = %e, "reply not sent");
+        }
+    }
+
+    /// The connection a reply of `len` bytes goes out on: small ones (every write reply,
+    /// every error) on the client connection with Raft's traffic, larger ones on the bulk
+    /// connection, so they never queue ahead of a heartbeat (issue #20, item 7).
+    fn reply_client(&self, len: usize) -> &async_nats::Client {
+        if len <= SMALL_REPLY_BYTES {
+            &self.ctx.cluster.client
+        } else {
+            &self.ctx.cluster.bulk
         }
     }
 

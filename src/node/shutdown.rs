@@ -30,7 +30,7 @@ pub(super) async fn stop(config: &Config, node: Running, was_removed: bool) {
         store,
         view,
         client,
-        raft_client,
+        bulk_client,
     } = node;
     if was_removed {
         // The request that removed this node is still in flight: the intake waits for it.
@@ -100,6 +100,6 @@ pub(super) async fn stop(config: &Config, node: Running, was_removed: bool) {
         tracing::error!(error = %e, "final fsync failed");
     }
     let _ = tokio::time::timeout(TASKS_WAIT, client.drain()).await;
-    let _ = tokio::time::timeout(TASKS_WAIT, raft_client.drain()).await;
+    let _ = tokio::time::timeout(TASKS_WAIT, bulk_client.drain()).await;
     tracing::info!(ms = stopping.elapsed().as_millis() as u64, "stopped");
 }

@@ -31,9 +31,9 @@ pub(super) struct Opened {
     pub events: Option<tokio::sync::mpsc::Receiver<Stamped>>,
     /// Client requests, forwarded requests and telemetry.
     pub client: async_nats::Client,
-    /// Raft RPCs only (outbound, their replies, the inbound service): a send queue of its
-    /// own, so heartbeats never wait behind large client replies (issue #20, item 7).
-    pub raft_client: async_nats::Client,
+    /// Client replies over 4 KiB only (`api::server`): a send queue of their own, so Raft's
+    /// heartbeats and appends never wait behind a large scan page (issue #20, item 7).
+    pub bulk_client: async_nats::Client,
     /// Outbound node-to-node requests (forwarded requests, control requests) and their
     /// (verified) replies, on the client connection: up before Raft, so the startup prefix
     /// check is signed too.
@@ -84,14 +84,14 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
     .await?;
     observer.nats_connection(NatsLink::Client, true);
     // Same settings and credentials as the first: only what flows on it differs.
-    let raft_client = crate::nats::connect_observed(
+    let bulk_client = crate::nats::connect_observed(
         &config.nats,
-        &format!("concord-{me}-raft"),
+        &format!("concord-{me}-bulk"),
         Duration::from_secs(10),
-        Some((observer.clone(), NatsLink::Raft)),
+        Some((observer.clone(), NatsLink::Bulk)),
     )
     .await?;
-    observer.nats_connection(NatsLink::Raft, true);
+    observer.nats_connection(NatsLink::Bulk, true);
     let rejections = Arc::new(Rejections::default());
     let inbox = Inbox::start(
         client.clone(),
@@ -109,7 +109,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
     let max_payload = client
         .server_info()
         .max_payload
-        .min(raft_client.server_info().max_payload);
+        .min(bulk_client.server_info().max_payload);
     let max_entry_bytes = max_payload.saturating_sub(PAYLOAD_HEADROOM);
     if config.limits.max_value_bytes > max_entry_bytes {
         return Err(Error::Config(format!(
@@ -135,7 +135,7 @@ pub(super) async fn open(config: &Config) -> Result<Opened, Error> {
         observer,
         events,
         client,
-        raft_client,
+        bulk_client,
         inbox,
         rejections,
         max_payload,

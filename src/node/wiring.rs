@@ -40,15 +40,16 @@ pub(super) struct Running {
     pub store: Store,
     pub view: Arc<StateView>,
     pub client: async_nats::Client,
-    /// Raft's own connection (see [`Opened::raft_client`]), drained after the client one.
-    pub raft_client: async_nats::Client,
+    /// Large client replies' connection (see [`Opened::bulk_client`]), drained after the
+    /// client one.
+    pub bulk_client: async_nats::Client,
 }
 
 /// Raft and what it talks through.
 struct RaftParts {
     raft: Raft,
     network: Network,
-    /// The request path's inbox, on the client connection (Raft's own is in `network`).
+    /// The node's inbox, on the client connection: Raft RPCs, forwarded and control requests.
     inbox: Arc<Inbox>,
     rejections: Arc<Rejections>,
 }
@@ -79,7 +80,7 @@ pub(super) async fn wire(
     let contact = Arc::new(LeaderContact::default());
 
     let service = Arc::new(RaftService {
-        client: opened.raft_client.clone(),
+        client: opened.client.clone(),
         subjects: opened.subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),
@@ -145,7 +146,7 @@ pub(super) async fn wire(
         store: opened.store,
         view: opened.view,
         client: opened.client,
-        raft_client: opened.raft_client,
+        bulk_client: opened.bulk_client,
     })
 }
 
@@ -167,6 +168,7 @@ fn request_context(
             name: config.cluster.name.clone(),
             subjects: opened.subjects.clone(),
             client: opened.client.clone(),
+            bulk: opened.bulk_client.clone(),
             inbox,
         },
         consensus: api::Consensus {
@@ -213,29 +215,19 @@ fn request_context(
     })
 }
 
-/// The RPC inbox (on Raft's connection; the request path's, on the client one, is opened
-/// before Raft), the log store and the Raft network (which sends a leader's appends early,
-/// before openraft asks), then Raft itself.
+/// The log store and the Raft network (which sends a leader's appends early, before
+/// openraft asks, through the node's inbox), then Raft itself.
 async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error> {
     let me = config.node.id;
     let (subjects, observer) = (&opened.subjects, &opened.observer);
     let (view, max_payload) = (&opened.view, opened.max_payload);
-    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
-    // Forwarded requests and node control requests (and their replies, a forwarded scan
-    // page among them) stay on the client connection, off Raft's.
+    let tracker = &opened.tracker;
+    // One inbox for Raft RPCs, forwarded requests and control requests, on the client
+    // connection; only large client replies go out on the bulk connection.
     let (inbox, rejections) = (opened.inbox.clone(), opened.rejections.clone());
-    // Raft RPCs and their replies travel on Raft's own connection.
-    let raft_inbox = Inbox::start(
-        opened.raft_client.clone(),
-        opened.signer.clone(),
-        rejections.clone(),
-        cancel.clone(),
-        tracker,
-    )
-    .await?;
 
     let transport = crate::raft::rpc::Transport {
-        inbox: raft_inbox,
+        inbox: inbox.clone(),
         subjects: subjects.clone(),
         me,
         cluster_name: config.cluster.name.clone(),
