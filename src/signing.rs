@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
-pub use crate::subjects::HEADER_CLUSTER_ID;
-
 /// Header carrying a MAC, as 64 lowercase hex digits.
 pub const HEADER_MAC: &str = "Concord-Mac";
 
@@ -317,42 +315,6 @@ impl Rejections {
             );
         }
     }
-}
-
-/// Sets `Concord-Cluster-Id` on a node-to-node request (Raft RPC, control request, forwarded
-/// request) when this node knows its cluster id; a node that does not know it yet sends none.
-pub fn set_cluster_id(headers: &mut async_nats::HeaderMap, id: Option<uuid::Uuid>) {
-    if let Some(id) = id {
-        headers.insert(HEADER_CLUSTER_ID, id.to_string().as_str());
-    }
-}
-
-/// Checks the `Concord-Cluster-Id` header of a node-to-node request against this node's
-/// cluster id. Passes when either is unknown (a new node, or an older sender that sets no
-/// header); a mismatch is counted in `rejections`, logged (loudly, once) and returned as
-/// the refusal's wording, naming both ids.
-pub fn check_cluster_id(
-    rejections: &Rejections,
-    msg: &async_nats::Message,
-    ours: Option<uuid::Uuid>,
-) -> Result<(), String> {
-    let theirs = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_CLUSTER_ID))
-        .map(|v| v.as_str().trim());
-    let (Some(theirs), Some(ours)) = (theirs, ours) else {
-        return Ok(());
-    };
-    if theirs.parse::<uuid::Uuid>().ok() == Some(ours) {
-        return Ok(());
-    }
-    // Never echo unbounded input: a uuid is 36 characters.
-    let shown: String = theirs.chars().take(40).collect();
-    rejections.record_wrong_cluster(&msg.subject, &shown, &ours);
-    Err(format!(
-        "request for cluster id {shown} refused: this node is in cluster id {ours}"
-    ))
 }
 
 pub fn to_hex(mac: &Mac) -> String {

@@ -167,19 +167,38 @@ impl Forwarding {
 }
 
 /// The headers of a request this node forwards: the client's (its credential may be
-/// there), marked forwarded by this node, with the cluster id, this node's term and a fresh
-/// nonce. The inbox signs them (see `route::SIGNED_FORWARD_HEADERS`).
+/// there), marked as a node-to-node request of this node (see [`mark`]) in its current term.
+/// The inbox signs them (see `route::SIGNED_FORWARD_HEADERS`).
 pub fn forward_headers(ctx: &Ctx, client: Option<&HeaderMap>) -> HeaderMap {
     let mut headers = client.cloned().unwrap_or_default();
-    headers.insert(HEADER_FORWARDED, ctx.cluster.me.to_string().as_str());
-    match ctx.consensus.view.cluster_id() {
+    let term = ctx.consensus.raft.metrics().borrow().current_term;
+    mark(
+        &mut headers,
+        ctx.cluster.me,
+        ctx.consensus.view.cluster_id(),
+        Some((&ctx.security.forwarding, term)),
+    );
+    headers
+}
+
+/// Marks a node-to-node request (a forwarded one, or a node's own control request): sent by
+/// `me` (`Concord-Forwarded`), for `cluster_id` (sent empty while unknown, so a client's own
+/// value cannot stand in for it), and, when `stamp` is given, bound to that term and a fresh
+/// nonce.
+pub fn mark(
+    headers: &mut HeaderMap,
+    me: u64,
+    cluster_id: Option<uuid::Uuid>,
+    stamp: Option<(&Forwarding, u64)>,
+) {
+    headers.insert(HEADER_FORWARDED, me.to_string().as_str());
+    match cluster_id {
         Some(id) => headers.insert(HEADER_CLUSTER_ID, id.to_string().as_str()),
-        // Unknown yet: sent empty, so a client's own value cannot stand in for it.
         None => headers.insert(HEADER_CLUSTER_ID, ""),
     }
-    let term = ctx.consensus.raft.metrics().borrow().current_term;
-    ctx.security.forwarding.stamp(&mut headers, term);
-    headers
+    if let Some((forwarding, term)) = stamp {
+        forwarding.stamp(headers, term);
+    }
 }
 
 fn header<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
@@ -207,18 +226,19 @@ pub fn admit(ctx: &Ctx, msg: &Message, signed: bool) -> Result<(), WireError> {
     if let Some(ours) = ctx.consensus.view.cluster_id() {
         let theirs = header(msg, HEADER_CLUSTER_ID).filter(|t| !t.is_empty());
         let other = match theirs {
-            Some(t) => t != ours.to_string(),
+            Some(t) => t.parse::<uuid::Uuid>().ok() != Some(ours),
             // A node that does not know its cluster id yet (a new one, before it is
             // added) may still ask who serves here.
             None => signed && !asks_about_state,
         };
         if other {
+            // Anyone may write the header when there is no secret: quoted bounded.
+            let shown = crate::limits::excerpt(theirs.unwrap_or(""));
             ctx.security
                 .rejections
-                .record_wrong_cluster(&msg.subject, theirs.unwrap_or(""), &ours);
+                .record_wrong_cluster(&msg.subject, &shown, &ours);
             return Err(unauthorized(format!(
-                "node-to-node request from cluster id '{}', this node is in {ours}",
-                theirs.unwrap_or("")
+                "node-to-node request from cluster id '{shown}', this node is in {ours}"
             )));
         }
     }

@@ -5,8 +5,8 @@
 //!
 //! An unsigned or forged RPC is dropped before anything of it is decoded: no reply at all,
 //! only a count in [`Rejections`] (and a log line). Without a secret the header is ignored.
-//! An RPC for another cluster id (`Concord-Cluster-Id`, or the envelope's, which the header
-//! must repeat) is refused and counted, whether or not the cluster has a secret.
+//! An RPC whose envelope names another cluster id is refused and counted, whether or not
+//! the cluster has a secret.
 //!
 //! Each message gets its own task so a slow snapshot chunk never holds up heartbeats.
 
@@ -136,10 +136,6 @@ impl RaftService {
 
     /// Serves one verified RPC; `None` for a subject that names no RPC (no reply).
     async fn dispatch(&self, msg: &Message) -> Option<Vec<u8>> {
-        // Another cluster's RPC is refused before anything of it is decoded.
-        if let Err(why) = signing::check_cluster_id(&self.rejections, msg, self.view.cluster_id()) {
-            return Some(wire::encode(&RpcReply::<(), ()>::Refused(why)).unwrap_or_default());
-        }
         let reply = match RaftRpc::parse(last_token(&msg.subject)) {
             Some(RaftRpc::Append) => {
                 self.serve(msg, |req: AppendEntriesRequest<TypeConfig>| async move {
@@ -208,7 +204,7 @@ impl RaftService {
             tracing::warn!(from = req.from, reason = %why, "refused raft rpc");
             return refused(why);
         }
-        if let Err(why) = self.check_ids(msg, req.cluster_id) {
+        if let Err(why) = self.check_cluster_id(msg, req.cluster_id) {
             return refused(why);
         }
         let reply = match f(req.body).await {
@@ -237,32 +233,9 @@ impl RaftService {
         Ok(())
     }
 
-    /// The envelope's cluster id (covered by the MAC) must be this node's, and the
-    /// `Concord-Cluster-Id` header must repeat it; either mismatch is counted and logged
-    /// once, loudly, naming both ids.
-    fn check_ids(&self, msg: &Message, cluster_id: Option<Uuid>) -> Result<(), String> {
-        let header = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(signing::HEADER_CLUSTER_ID))
-            .map(|v| v.as_str().trim().to_string());
-        // An older sender sets no header; a header differing from the signed envelope was
-        // altered on the way.
-        if let Some(h) = &header {
-            if cluster_id.map(|id| id.to_string()).as_deref() != Some(h.as_str()) {
-                let shown: String = h.chars().take(40).collect();
-                let ours = self.view.cluster_id().unwrap_or_default();
-                self.rejections
-                    .record_wrong_cluster(&msg.subject, &shown, &ours);
-                return Err(format!(
-                    "rpc header {} ({shown}) differs from its envelope's cluster id ({})",
-                    signing::HEADER_CLUSTER_ID,
-                    cluster_id
-                        .map(|u| u.to_string())
-                        .unwrap_or_else(|| "none".into())
-                ));
-            }
-        }
+    /// The envelope's cluster id (covered by the MAC) must be this node's; a mismatch is
+    /// counted and logged once, loudly, naming both ids.
+    fn check_cluster_id(&self, msg: &Message, cluster_id: Option<Uuid>) -> Result<(), String> {
         if let (Some(theirs), Some(ours)) = (cluster_id, self.view.cluster_id()) {
             if theirs != ours {
                 self.rejections

@@ -19,12 +19,10 @@ use std::time::Duration;
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 
-use crate::api::forwarded::Forwarding;
+use crate::api::forwarded::{self, Forwarding};
 use crate::api::{route, Ctx};
 use crate::raft::inbox::{CallError, Inbox};
 use crate::raft::types::NodeId;
-use crate::signing;
-use crate::subjects::HEADER_FORWARDED;
 
 /// Who sends a control request, and how.
 pub struct Sender<'a> {
@@ -63,11 +61,7 @@ impl<'a> Sender<'a> {
         timeout: Duration,
     ) -> Result<Message, CallError> {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_FORWARDED, self.me.to_string().as_str());
-        signing::set_cluster_id(&mut headers, self.cluster_id);
-        if let Some((forwarding, term)) = self.stamp {
-            forwarding.stamp(&mut headers, term);
-        }
+        forwarded::mark(&mut headers, self.me, self.cluster_id, self.stamp);
         if let (false, Some(a)) = (self.signed, auth) {
             headers.insert("Authorization", a);
         }
