@@ -141,29 +141,15 @@ async fn no_responders_body(c: &Cluster) -> Result<()> {
         .subscribe(c.subject(&format!("node.{leader}.kv.put")))
         .await?;
     spy_nats.flush().await?;
-    c.pause(leader).await?;
-    let client = c.connect().await?;
-    let put_subject = c.subject(&format!("node.{follower}.kv.put"));
-    let put = tokio::spawn(async move {
-        client
-            .send_request(
-                put_subject,
-                async_nats::Request::new()
-                    .payload(to_bytes(
-                        &json!({"key": "once", "value": 1, "timeout_ms": 8000}),
-                    ))
-                    .timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-    });
-    let forwarded = tokio::time::timeout(Duration::from_secs(5), spy.next())
-        .await
-        .context("no forwarded put seen")?
-        .ok_or_else(|| anyhow!("spy subscription closed"))?;
-    let inbox = forwarded
-        .reply
-        .clone()
-        .ok_or_else(|| anyhow!("forwarded put without a reply subject"))?;
+    let (put, inbox) = common::forwarding::put_forwarded_to_paused_leader(
+        c,
+        &mut spy,
+        leader,
+        follower,
+        json!({"key": "once", "value": 1, "timeout_ms": 8000}),
+        Duration::from_secs(10),
+    )
+    .await?;
     forge_no_responders(c.nats_url(), &inbox).await?;
     c.resume(leader).await?;
 

@@ -656,29 +656,15 @@ async fn forwarded_body(cluster: &Cluster) -> Result<()> {
     let mut spy = nats.subscribe(subject.clone()).await?;
     nats.flush().await?;
     let before = rejected(&cluster.status(follower).await?)?;
-    cluster.pause(leader).await?;
-    let client_nats = cluster.connect().await?;
-    let put_subject = cluster.subject(&format!("node.{follower}.kv.put"));
-    let put = tokio::spawn(async move {
-        client_nats
-            .send_request(
-                put_subject,
-                async_nats::Request::new()
-                    .payload(to_bytes(
-                        &json!({"key": "fwd-real", "value": 7, "timeout_ms": 8000}),
-                    ))
-                    .timeout(Some(Duration::from_secs(9))),
-            )
-            .await
-    });
-    let forwarded = tokio::time::timeout(Duration::from_secs(5), spy.next())
-        .await
-        .context("no forwarded request seen")?
-        .ok_or_else(|| anyhow!("spy subscription closed"))?;
-    let inbox = forwarded
-        .reply
-        .clone()
-        .ok_or_else(|| anyhow!("forwarded request without a reply subject"))?;
+    let (put, inbox) = common::forwarding::put_forwarded_to_paused_leader(
+        cluster,
+        &mut spy,
+        leader,
+        follower,
+        json!({"key": "fwd-real", "value": 7, "timeout_ms": 8000}),
+        Duration::from_secs(9),
+    )
+    .await?;
     let fake = to_bytes(&json!({"ok": true, "revision": 999_999}));
     nats.publish(inbox.clone(), fake.clone()).await?;
     let mut h = async_nats::HeaderMap::new();

@@ -16,6 +16,7 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod forwarding;
 pub mod writes;
 
 use std::ops::Deref;
