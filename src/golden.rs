@@ -69,9 +69,14 @@ fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Format 1 is still written, byte for byte, until the cluster switches to format 2.
 const LOG_V1: Set = Set {
     dir: "log-v1",
-    current: COMMAND_FORMAT == 1,
+    current: true,
+};
+const LOG_V2: Set = Set {
+    dir: "log-v2",
+    current: COMMAND_FORMAT == 2,
 };
 const RPC_V1: Set = Set {
     dir: "rpc-v1",
@@ -81,9 +86,14 @@ const SNAPSHOT_V1: Set = Set {
     dir: "snapshot-v1",
     current: SNAPSHOT_FORMAT == 1,
 };
+/// Still written, byte for byte, by a cluster on log format 1.
 const SNAPSHOT_V2: Set = Set {
     dir: "snapshot-v2",
-    current: SNAPSHOT_FORMAT == 2,
+    current: true,
+};
+const SNAPSHOT_V3: Set = Set {
+    dir: "snapshot-v3",
+    current: SNAPSHOT_FORMAT == 3,
 };
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -159,6 +169,7 @@ fn log_v1_entries() -> Vec<(&'static str, Entry)> {
                 LogCommand {
                     format: 1,
                     request_id: Some(Uuid::from_u128(42)),
+                    stamp: 0,
                     command: put("ñ/key", "\"text\""),
                 },
             ),
@@ -200,8 +211,215 @@ fn log_v1_entries() -> Vec<(&'static str, Entry)> {
     ]
 }
 
+/// Every command of format 2, each in a stamped envelope: what the coordination work gives
+/// behaviour to later must decode from the first format-2 build on.
+fn log_v2_entries() -> Vec<(&'static str, Entry)> {
+    use crate::command::{CmpOp, Compare, Fence, Op, Request, Target, Txn, TxnOp};
+    let at = |i: u64| 1_000 + i * 7;
+    let tagged = |op: Op| {
+        Command::Client(Request {
+            request_id: Some(Uuid::from_u128(0xfeed)),
+            token_id: Some("0a1b2c3d4e5f6071".into()),
+            op,
+        })
+    };
+    let fence = || {
+        Some(Fence {
+            lock: "jobs".into(),
+            token: 41,
+        })
+    };
+    let ops: Vec<(&'static str, Command)> = vec![
+        ("format_switch", Command::FormatSwitch { format: 2 }),
+        ("set_cluster_id", Command::SetClusterId { id: cluster_id() }),
+        ("legacy_put", put("user:1", r#"{"name":"ada"}"#)),
+        (
+            "put",
+            Command::Client(Request::untagged(Op::Put {
+                key: "user:1".into(),
+                value: "1".into(),
+                if_revision: None,
+                lease: None,
+                ttl_ms: None,
+                fence: None,
+            })),
+        ),
+        (
+            "put_full",
+            tagged(Op::Put {
+                key: "ñ/key".into(),
+                value: "\"text\"".into(),
+                if_revision: Some(0),
+                lease: Some(9_007_199_254_740_991),
+                ttl_ms: Some(30_000),
+                fence: fence(),
+            }),
+        ),
+        (
+            "delete",
+            tagged(Op::Delete {
+                key: "user:1".into(),
+                if_revision: Some(12),
+                fence: None,
+            }),
+        ),
+        (
+            "delete_prefix",
+            tagged(Op::DeletePrefix {
+                prefix: "svc/".into(),
+                limit: 10_000,
+                fence: fence(),
+            }),
+        ),
+        (
+            "incr",
+            tagged(Op::Incr {
+                key: "rate/ip".into(),
+                by: -3,
+                min: Some(i64::MIN),
+                max: Some(100),
+                ttl_ms: Some(60_000),
+                fence: None,
+            }),
+        ),
+        (
+            "txn",
+            tagged(Op::Txn(Txn {
+                compare: vec![
+                    Compare {
+                        key: "a".into(),
+                        target: Target::Revision,
+                        op: CmpOp::Eq,
+                        value: "3".into(),
+                    },
+                    Compare {
+                        key: "b".into(),
+                        target: Target::Value,
+                        op: CmpOp::Ge,
+                        value: "\"x\"".into(),
+                    },
+                ],
+                success: vec![
+                    TxnOp::Put {
+                        key: "a".into(),
+                        value: "4".into(),
+                        lease: Some(7),
+                        ttl_ms: None,
+                    },
+                    TxnOp::Delete { key: "c".into() },
+                    TxnOp::DeletePrefix {
+                        prefix: "d/".into(),
+                    },
+                    TxnOp::Get { key: "e".into() },
+                    TxnOp::Incr {
+                        key: "f".into(),
+                        by: 1,
+                    },
+                ],
+                failure: vec![TxnOp::Get { key: "a".into() }],
+                fence: fence(),
+            })),
+        ),
+        (
+            "touch",
+            Command::Client(Request::untagged(Op::Touch {
+                key: "svc/a".into(),
+                ttl_ms: Some(10_000),
+            })),
+        ),
+        (
+            "lease_grant",
+            tagged(Op::LeaseGrant {
+                id: Some(77),
+                ttl_ms: 10_000,
+            }),
+        ),
+        (
+            "lease_keepalive",
+            Command::Batch(vec![
+                Command::Client(Request::untagged(Op::LeaseKeepalive { id: 77 })),
+                Command::Client(Request::untagged(Op::LeaseKeepalive { id: 78 })),
+            ]),
+        ),
+        ("lease_revoke", tagged(Op::LeaseRevoke { id: 77 })),
+        (
+            "lock_acquire",
+            tagged(Op::LockAcquire {
+                name: "jobs".into(),
+                ttl_ms: Some(10_000),
+                lease: None,
+                wait: true,
+            }),
+        ),
+        (
+            "lock_release",
+            tagged(Op::LockRelease {
+                name: "jobs".into(),
+                fence: 41,
+            }),
+        ),
+        (
+            "lease_expire",
+            Command::LeaseExpire {
+                id: 77,
+                renewal: 5_000,
+            },
+        ),
+        (
+            "lock_withdraw",
+            Command::LockWithdraw {
+                name: "jobs".into(),
+                claim: 44,
+            },
+        ),
+        ("compact", Command::Compact { revision: 1_000 }),
+        (
+            "batch",
+            Command::Batch(vec![
+                tagged(Op::Delete {
+                    key: "x".into(),
+                    if_revision: None,
+                    fence: None,
+                }),
+                Command::Client(Request {
+                    request_id: Some(Uuid::from_u128(7)),
+                    token_id: None,
+                    op: Op::Put {
+                        key: "y".into(),
+                        value: "null".into(),
+                        if_revision: None,
+                        lease: None,
+                        ttl_ms: None,
+                        fence: None,
+                    },
+                }),
+            ]),
+        ),
+        ("token_revoke", Command::TokenRevoke { digest: [9u8; 32] }),
+    ];
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, (name, command))| {
+            let i = i as u64 + 1;
+            (name, normal(i, LogCommand::stamped(command, at(i))))
+        })
+        .collect()
+}
+
 #[test]
 fn golden_log_entries_decode() {
+    for (name, entry) in log_v2_entries() {
+        let bytes = LOG_V2.bytes(&format!("{name}.bin"), || encode_entry(&entry).unwrap());
+        let decoded = decode_entry(&bytes).unwrap_or_else(|e| panic!("log-v2/{name}: {e}"));
+        assert_eq!(decoded, entry, "log-v2/{name}");
+        let EntryPayload::Normal(c) = &decoded.payload else {
+            panic!("log-v2/{name} is a command");
+        };
+        assert_eq!(
+            (c.format, c.cluster_time()),
+            (2, Some(1_000 + 7 * decoded.log_id.index))
+        );
+    }
     for (name, entry) in log_v1_entries() {
         let bytes = LOG_V1.bytes(&format!("{name}.bin"), || encode_entry(&entry).unwrap());
         let decoded = decode_entry(&bytes).unwrap_or_else(|e| panic!("log-v1/{name}: {e}"));
@@ -217,7 +435,37 @@ fn snapshot_header() -> SnapshotHeader {
         revision: 17,
         cluster_id: Some(cluster_id()),
         key_count: 3,
+        cluster_format: 1,
+        cluster_time: 0,
     }
+}
+
+/// The header of a snapshot taken after the switch to log format 2.
+fn snapshot_header_v3() -> SnapshotHeader {
+    SnapshotHeader {
+        cluster_format: 2,
+        cluster_time: 86_400_123,
+        ..snapshot_header()
+    }
+}
+
+/// Key records of format 3: full ones beside a plain one.
+fn snapshot_kv_v3() -> Vec<Record> {
+    use crate::store::keys::{encode_record, KeyMeta};
+    let full = |revision, create_revision, version, lease| KeyMeta {
+        revision,
+        create_revision,
+        version,
+        lease,
+    };
+    [
+        ("a", full(3, 3, 1, 0), "1"),
+        ("user:1", full(12, 5, 4, 0), r#"{"x":true}"#),
+        ("ñ", full(17, 16, 2, 9_007_199_254_740_991), "[]"),
+    ]
+    .into_iter()
+    .map(|(k, meta, json)| Record::Kv(k.as_bytes().to_vec(), encode_record(&meta, json.as_bytes())))
+    .collect()
 }
 
 fn snapshot_kv() -> Vec<Record> {
@@ -244,10 +492,10 @@ fn snapshot_tokens() -> Vec<Record> {
 }
 
 /// Writes a snapshot with this build's writer; its bytes.
-fn write_current(records: &[Record]) -> Vec<u8> {
+fn write_current(header: &SnapshotHeader, records: &[Record]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.snap");
-    let mut w = SnapshotWriter::create(&path, &snapshot_header()).unwrap();
+    let mut w = SnapshotWriter::create(&path, header).unwrap();
     for r in records {
         match r {
             Record::Kv(k, v) => w.record(k, v).unwrap(),
@@ -268,7 +516,11 @@ fn assemble_format_1(records: &[Record]) -> Vec<u8> {
     };
     let mut out = b"CNCDSNAP".to_vec();
     out.extend_from_slice(&1u32.to_be_bytes());
-    field(&mut out, &bincode::serialize(&snapshot_header()).unwrap());
+    let h = snapshot_header();
+    field(
+        &mut out,
+        &bincode::serialize(&(h.revision, h.cluster_id, h.key_count)).unwrap(),
+    );
     for r in records {
         if let Record::Kv(k, v) = r {
             out.push(1);
@@ -302,10 +554,27 @@ fn golden_snapshots_decode() {
 
     let mut with_tokens = snapshot_tokens();
     with_tokens.extend(kv);
-    let bytes = SNAPSHOT_V2.bytes("snapshot.snap", || write_current(&with_tokens));
+    let bytes = SNAPSHOT_V2.bytes("snapshot.snap", || {
+        write_current(&snapshot_header(), &with_tokens)
+    });
     assert_eq!(
         read_snapshot(&bytes, "snapshot-v2"),
         (snapshot_header(), with_tokens)
+    );
+
+    let mut v3 = snapshot_tokens();
+    v3.extend(snapshot_kv_v3());
+    let bytes = SNAPSHOT_V3.bytes("snapshot.snap", || {
+        write_current(&snapshot_header_v3(), &v3)
+    });
+    assert_eq!(
+        &bytes[8..12],
+        &3u32.to_be_bytes(),
+        "snapshot-v3 is format 3"
+    );
+    assert_eq!(
+        read_snapshot(&bytes, "snapshot-v3"),
+        (snapshot_header_v3(), v3)
     );
 }
 

@@ -26,7 +26,7 @@ use concord::command::{Command, LogCommand};
 use concord::raft::types::TypeConfig;
 use concord::raft::wire::{self, RpcReply, RpcRequest};
 use concord::store::log_store::decode_entry;
-use concord::store::snapshot::{SnapshotHeader, SnapshotReader};
+use concord::store::snapshot::SnapshotReader;
 use concord::subjects::KvOp;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -145,11 +145,14 @@ fn decode_every_stored(bytes: &[u8]) {
     let _ = binary::decode::<TokenRecord>(bytes);
     let _ = binary::decode::<Option<LogId<u64>>>(bytes);
     let _ = binary::decode::<Vote<u64>>(bytes);
-    let _ = binary::decode::<SnapshotHeader>(bytes);
+    // A snapshot file's start: magic, format, then the header of that format.
+    let _ = SnapshotReader::new(bytes);
+    let _ = concord::store::keys::decode_record(bytes);
 }
 
 fn log_seeds() -> Vec<Vec<u8>> {
     let mut seeds = fixtures("log-v1");
+    seeds.extend(fixtures("log-v2"));
     // The same entries without their encoding byte: what a bare LogCommand decode sees.
     seeds.extend(seeds.clone().into_iter().map(|s| s[1..].to_vec()));
     seeds

@@ -13,12 +13,13 @@ use fjall::Keyspace;
 use openraft::EntryPayload;
 use uuid::Uuid;
 
+use super::keys::KeyMeta;
 use super::meta::{enc, SmMeta};
 use super::recent::BatchWrites;
 use super::view::StateView;
 use super::{keys, Error};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
-use crate::command::{Applied, Command, COMMAND_FORMAT};
+use crate::command::{Applied, Command, Op, COMMAND_FORMAT, FORMAT_V2};
 use crate::observe::{AppliedFigures, ApplyProbe, Observer};
 use crate::types::{Entry, StoredMembership};
 
@@ -51,6 +52,11 @@ struct ApplyBatch<'a> {
     cluster_id: Option<Uuid>,
     key_count: u64,
     data_bytes: u64,
+    /// The cluster's log format: a put counts versions only from format 2 on, so that every
+    /// node, whatever its build, gives a key the same record before the switch.
+    cluster_format: u8,
+    /// Cluster time of the newest format-2 entry applied so far.
+    cluster_time: u64,
     /// Token changes of this batch, applied to the in-memory table after the commit.
     token_changes: Vec<(TokenDigest, Option<TokenRecord>)>,
     token_table: &'a TokenTable,
@@ -73,16 +79,17 @@ impl ApplyBatch<'_> {
 /// changes to its fjall batch. A batch command is applied by its parts, each with its own
 /// apply event.
 fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
+    let cmd_name = cmd.name();
     let event = match &cmd {
         Command::Batch(_) => None,
         other => b.events.start().map(|started| {
             let key = match other {
-                Command::Put { key, .. } | Command::Delete { key } if b.events.include_keys() => {
-                    Some(key.clone())
-                }
+                _ if !b.events.include_keys() => None,
+                Command::Put { key, .. } | Command::Delete { key } => Some(key.clone()),
+                Command::Client(r) => r.op.key().map(str::to_owned),
                 _ => None,
             };
-            (started, other.name(), key)
+            (started, cmd_name, key)
         }),
     };
     let outcome = match cmd {
@@ -91,40 +98,42 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
             let id = *b.cluster_id.get_or_insert(id);
             Applied::ClusterId { id }
         }
-        Command::Put { key, value } => {
-            b.revision += 1;
-            match b.writes.size(&key)? {
-                Some(old) => {
-                    b.data_bytes = b
-                        .data_bytes
-                        .saturating_sub(keys::entry_bytes(key.len(), old as usize))
-                }
-                None => b.key_count += 1,
+        Command::Put { key, value } => put(b, key, &value)?,
+        Command::Delete { key } => delete(b, key)?,
+        Command::Client(request) => match request.op {
+            Op::Put {
+                key,
+                value,
+                if_revision: None,
+                lease: None,
+                ttl_ms: None,
+                fence: None,
+            } => put(b, key, &value)?,
+            Op::Delete {
+                key,
+                if_revision: None,
+                fence: None,
+            } => delete(b, key)?,
+            // Decodable from format 2 on; given behaviour by the coordination work.
+            other => Applied::Unsupported {
+                operation: other.name().into(),
+            },
+        },
+        Command::FormatSwitch { format } => {
+            if format > COMMAND_FORMAT {
+                return Err(Error::Corrupt(format!(
+                    "log entry {} switches the cluster to log format {format}, this build reads 1 to {COMMAND_FORMAT}; upgrade this node",
+                    b.index
+                )));
             }
-            let stored_value = keys::encode_value(b.revision, value.as_bytes());
-            b.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
-            b.writes.set(key, Some(fjall::Slice::from(stored_value)));
-            Applied::Put {
-                revision: b.revision,
+            b.cluster_format = b.cluster_format.max(format);
+            Applied::Format {
+                format: b.cluster_format,
             }
         }
-        Command::Delete { key } => {
-            if let Some(old) = b.writes.size(&key)? {
-                b.revision += 1;
-                b.key_count = b.key_count.saturating_sub(1);
-                b.data_bytes = b
-                    .data_bytes
-                    .saturating_sub(keys::entry_bytes(key.len(), old as usize));
-                b.writes.set(key, None);
-                Applied::Delete {
-                    deleted: true,
-                    revision: b.revision,
-                }
-            } else {
-                Applied::Delete {
-                    deleted: false,
-                    revision: b.revision,
-                }
+        Command::LeaseExpire { .. } | Command::LockWithdraw { .. } | Command::Compact { .. } => {
+            Applied::Unsupported {
+                operation: cmd_name.into(),
             }
         }
         Command::Batch(parts) => {
@@ -158,6 +167,61 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
     Ok(outcome)
 }
 
+/// A put: a new revision; from format 2 on the key keeps its create revision and counts
+/// its versions, before it every write gives the plain record a format-1 build would.
+fn put(b: &mut ApplyBatch, key: String, value: &str) -> Result<Applied, Error> {
+    b.revision += 1;
+    let revision = b.revision;
+    let (old, meta) = if b.cluster_format >= FORMAT_V2 {
+        match b.writes.record(&key)? {
+            Some((old, size)) => {
+                let meta = KeyMeta {
+                    revision,
+                    create_revision: old.create_revision,
+                    version: old.version.saturating_add(1),
+                    lease: 0,
+                };
+                (Some(size), meta)
+            }
+            None => (None, KeyMeta::plain(revision)),
+        }
+    } else {
+        (b.writes.size(&key)?, KeyMeta::plain(revision))
+    };
+    match old {
+        Some(old) => {
+            b.data_bytes = b
+                .data_bytes
+                .saturating_sub(keys::entry_bytes(key.len(), old as usize))
+        }
+        None => b.key_count += 1,
+    }
+    let stored_value = keys::encode_record(&meta, value.as_bytes());
+    b.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
+    b.writes.set(key, Some(fjall::Slice::from(stored_value)));
+    Ok(Applied::Put { revision })
+}
+
+/// A delete: a new revision only if the key was there.
+fn delete(b: &mut ApplyBatch, key: String) -> Result<Applied, Error> {
+    let Some(old) = b.writes.size(&key)? else {
+        return Ok(Applied::Delete {
+            deleted: false,
+            revision: b.revision,
+        });
+    };
+    b.revision += 1;
+    b.key_count = b.key_count.saturating_sub(1);
+    b.data_bytes = b
+        .data_bytes
+        .saturating_sub(keys::entry_bytes(key.len(), old as usize));
+    b.writes.set(key, None);
+    Ok(Applied::Delete {
+        deleted: true,
+        revision: b.revision,
+    })
+}
+
 /// Applies one batch of entries (`commands` client commands in all), on the blocking pool
 /// unless it is small and flushes nothing (`inline`). Each command's apply event is emitted
 /// once the batch is applied.
@@ -177,6 +241,8 @@ pub(super) fn apply_entries(
         cluster_id: view.cluster_id(),
         key_count: view.key_count(),
         data_bytes: view.data_bytes(),
+        cluster_format: view.cluster_format(),
+        cluster_time: view.applied_cluster_time(),
         token_changes: Vec::new(),
         token_table: &view.tokens,
         tokens_ks: &view.store.tokens,
@@ -204,16 +270,34 @@ pub(super) fn apply_entries(
                     )));
                 }
                 b.index = entry.log_id.index;
+                if let Some(stamp) = cmd.cluster_time() {
+                    // Stamps of entries proposed at once may cross by a little; the applied
+                    // time takes the newest, so it never runs backwards.
+                    b.cluster_time = b.cluster_time.max(stamp);
+                }
                 apply_command(cmd.command, &mut b)?
             }
         };
         outcomes.push(outcome);
     }
 
-    // Membership, cluster id and tokens change rarely and are not in the write table: they
-    // go to fjall with this batch, so the `sm_meta` of any later flush stays true for them.
-    let flush_now =
-        membership.is_some() || !b.fjall_batch.is_empty() || b.cluster_id != view.cluster_id();
+    let switched = b.cluster_format != view.cluster_format();
+    if switched && b.cluster_format >= FORMAT_V2 {
+        // From here on this directory may hold format-2 entries and records: an older build
+        // must refuse it (`migrations`).
+        b.fjall_batch.insert(
+            &view.store.meta,
+            keys::META_FORMAT_VERSION,
+            keys::FORMAT_V2_DATA_DIR.to_be_bytes(),
+        );
+    }
+    // Membership, cluster id, tokens and the format change rarely and are not in the write
+    // table: they go to fjall with this batch, so the `sm_meta` of any later flush stays true
+    // for them.
+    let flush_now = membership.is_some()
+        || switched
+        || !b.fjall_batch.is_empty()
+        || b.cluster_id != view.cluster_id();
     let mut applied_membership = view.membership.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = membership {
         *applied_membership = std::sync::Arc::new(m);
@@ -226,6 +310,8 @@ pub(super) fn apply_entries(
         kv_generation: generation,
         key_count: b.key_count,
         data_bytes: b.data_bytes,
+        cluster_format: b.cluster_format,
+        cluster_time: b.cluster_time,
     };
     drop(applied_membership);
     let ApplyBatch {
@@ -255,10 +341,14 @@ pub(super) fn apply_entries(
 }
 
 /// Makes the figures of an applied batch visible to the request handlers.
-fn publish_figures(view: &StateView, meta: &SmMeta) {
+pub(super) fn publish_figures(view: &StateView, meta: &SmMeta) {
     use std::sync::atomic::Ordering::Relaxed;
     view.key_count.store(meta.key_count, Relaxed);
     view.data_bytes.store(meta.data_bytes, Relaxed);
+    view.cluster_format
+        .store(meta.cluster_format.max(1), Relaxed);
+    view.cluster_time.store(meta.cluster_time, Relaxed);
+    view.clock.observe(meta.cluster_time);
     view.revision.send_if_modified(|r| {
         let changed = *r != meta.revision;
         *r = meta.revision;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
+use super::clock::ClusterClock;
 use super::{keys, Store};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -50,6 +51,8 @@ pub trait AppendObserver: Send + Sync {
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    /// Told every stamp appended: a node's reading of cluster time follows its log.
+    clock: Option<Arc<ClusterClock>>,
     /// `None` in tests of the store alone: then every append is fsynced on the blocking
     /// pool, and nobody is told.
     observer: Option<Arc<dyn AppendObserver>>,
@@ -60,6 +63,7 @@ impl LogStore {
     pub fn new(store: Store) -> Self {
         LogStore {
             store,
+            clock: None,
             observer: None,
         }
     }
@@ -68,8 +72,15 @@ impl LogStore {
     pub fn with_observer(store: Store, observer: Arc<dyn AppendObserver>) -> Self {
         LogStore {
             store,
+            clock: None,
             observer: Some(observer),
         }
+    }
+
+    /// The same log store, moving `clock` to every stamp it appends.
+    pub fn with_clock(mut self, clock: Arc<ClusterClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// The id of the entry at `index`, read back (or the purge point's, if it is that).
@@ -126,6 +137,31 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, super::Error> {
             "log entry has unknown encoding version {v}"
         ))),
         None => Err(super::Error::Corrupt("empty log entry".into())),
+    }
+}
+
+/// Entries read back from the log's end when looking for its newest cluster-time stamp at
+/// start: a leader stamps every entry it proposes, so only blank and membership entries can
+/// stand between the end and a stamped one.
+const STAMP_SEARCH_ENTRIES: usize = 64;
+
+/// The newest cluster-time stamp among the log's last entries (0 when none is stamped).
+pub(crate) fn newest_stamp(store: &super::Store) -> Result<u64, super::Error> {
+    let mut newest = 0;
+    for guard in store.log.iter().rev().take(STAMP_SEARCH_ENTRIES) {
+        let (_, bytes) = guard.into_inner()?;
+        if let Some(stamp) = entry_stamp(&decode_entry(&bytes)?) {
+            newest = newest.max(stamp);
+        }
+    }
+    Ok(newest)
+}
+
+/// The cluster-time stamp an entry carries, if it is a format-2 command.
+pub(crate) fn entry_stamp(entry: &Entry) -> Option<u64> {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(c) => c.cluster_time(),
+        _ => None,
     }
 }
 
@@ -263,6 +299,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         } else {
             let res = self.store.sync().map_err(std::io::Error::other);
             callback.log_io_completed(res);
+        }
+        if let Some(clock) = &self.clock {
+            if let Some(newest) = entries.iter().filter_map(entry_stamp).max() {
+                clock.observe(newest);
+            }
         }
         if let Some(o) = &self.observer {
             o.appended(&entries, size, &|i| self.log_id_at(i));

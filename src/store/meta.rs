@@ -34,6 +34,10 @@ pub struct SmMeta {
     pub key_count: u64,
     /// Live data size: key bytes + stored value bytes of every live key.
     pub data_bytes: u64,
+    /// The log format the cluster writes: 1 until a format switch applied (0 reads as 1).
+    pub cluster_format: u8,
+    /// Cluster time (ms) of the newest applied format-2 entry; never decreases.
+    pub cluster_time: u64,
 }
 
 impl SmMeta {
@@ -53,6 +57,8 @@ impl SmMeta {
             kv_generation: de(field(keys::SM_KV_GENERATION)?, "kv_generation")?.unwrap_or(0),
             key_count: de(field(keys::SM_KEY_COUNT)?, "key_count")?.unwrap_or(0),
             data_bytes: de(field(keys::SM_DATA_BYTES)?, "data_bytes")?.unwrap_or(0),
+            cluster_format: de(field(keys::SM_CLUSTER_FORMAT)?, "cluster_format")?.unwrap_or(1),
+            cluster_time: de(field(keys::SM_CLUSTER_TIME)?, "cluster_time")?.unwrap_or(0),
         })
     }
 
@@ -67,6 +73,8 @@ impl SmMeta {
             (keys::SM_KV_GENERATION, enc(&self.kv_generation)),
             (keys::SM_KEY_COUNT, enc(&self.key_count)),
             (keys::SM_DATA_BYTES, enc(&self.data_bytes)),
+            (keys::SM_CLUSTER_FORMAT, enc(&self.cluster_format.max(1))),
+            (keys::SM_CLUSTER_TIME, enc(&self.cluster_time)),
         ]
     }
 }

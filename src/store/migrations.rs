@@ -13,16 +13,24 @@ use super::{keys, Error, Store};
 mod v0001_initial_layout;
 #[path = "../../migrations/v0002_data_bytes.rs"]
 mod v0002_data_bytes;
+#[path = "../../migrations/v0003_log_format_v2.rs"]
+mod v0003_log_format_v2;
 
-/// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 2;
+/// The newest format this build reads and writes.
+pub const CURRENT_FORMAT: u32 = 3;
+/// What opening a directory brings it to. Format 3 is entered by the cluster's format switch
+/// (`store::apply`, `keys::FORMAT_V2_DATA_DIR`), not at open.
+pub const OPEN_FORMAT: u32 = 2;
 
 /// One migration: the writes that bring a store from one format to the next.
 type Migration = fn(&Store) -> Result<OwnedWriteBatch, Error>;
 
 /// `MIGRATIONS[i]` brings a store from format `i` to `i + 1`.
-const MIGRATIONS: [Migration; CURRENT_FORMAT as usize] =
-    [v0001_initial_layout::run, v0002_data_bytes::run];
+const MIGRATIONS: [Migration; CURRENT_FORMAT as usize] = [
+    v0001_initial_layout::run,
+    v0002_data_bytes::run,
+    v0003_log_format_v2::run,
+];
 
 pub fn format_version(store: &Store) -> Result<u32, Error> {
     match store.meta.get(keys::META_FORMAT_VERSION)? {
@@ -37,9 +45,9 @@ pub fn format_version(store: &Store) -> Result<u32, Error> {
     }
 }
 
-/// Brings the store to [`CURRENT_FORMAT`].
+/// Brings the store to [`OPEN_FORMAT`] (refusing one newer than [`CURRENT_FORMAT`]).
 pub fn run(store: &Store) -> Result<(), Error> {
-    run_to(store, CURRENT_FORMAT)
+    run_to(store, OPEN_FORMAT)
 }
 
 /// Brings the store to format `target` (tests stop early to build old formats).
@@ -85,7 +93,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 8, true).unwrap();
-            assert_eq!(format_version(&store).unwrap(), CURRENT_FORMAT);
+            assert_eq!(format_version(&store).unwrap(), OPEN_FORMAT);
             set_version(&store, CURRENT_FORMAT + 1);
         }
         let err = Store::open(dir.path(), 8, true).err().expect("refused");
@@ -150,7 +158,7 @@ mod tests {
 
         for _ in 0..2 {
             let store = Store::open(dir.path(), 8, true).unwrap();
-            assert_eq!(format_version(&store).unwrap(), CURRENT_FORMAT);
+            assert_eq!(format_version(&store).unwrap(), OPEN_FORMAT);
             let view = StateView::open(store.clone()).unwrap();
             assert_eq!(view.data_bytes(), expected);
             assert_eq!(view.key_count(), records.len() as u64);

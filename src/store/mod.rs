@@ -23,6 +23,7 @@
 //! `kv_<generation>` (key → revision + JSON value; values from 1 KiB on in blob files).
 
 mod apply;
+pub mod clock;
 pub mod keys;
 pub mod log_store;
 mod meta;

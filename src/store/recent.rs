@@ -18,6 +18,7 @@ use std::sync::RwLock;
 
 use fjall::{Keyspace, Slice};
 
+use super::keys::{self, KeyMeta};
 use super::meta::MetaEntries;
 use super::Error;
 
@@ -220,6 +221,27 @@ impl BatchWrites<'_> {
             Some(size) => Ok(size),
             None => Ok(self.kv.size_of(key.as_bytes())?.map(u64::from)),
         }
+    }
+
+    /// The metadata and stored size of `key`, or `None` when it is absent. Reads the whole
+    /// record from fjall when the key is not recent (for a value in a blob file, the blob).
+    pub fn record(&self, key: &str) -> Result<Option<(KeyMeta, u64)>, Error> {
+        let head = |stored: &Stored| {
+            stored.as_ref().map(|v| {
+                keys::decode_record(v)
+                    .map(|(m, _)| (m, v.len() as u64))
+                    .ok_or_else(|| Error::Corrupt(format!("record of key {key:?} is too short")))
+            })
+        };
+        let known = match self.pending.get(key) {
+            Some(stored) => Some(head(stored)),
+            None => self.recent.peek(self.generation, key, head),
+        };
+        let found = match known {
+            Some(found) => found,
+            None => head(&self.kv.get(key.as_bytes())?),
+        };
+        found.transpose()
     }
 
     /// Records a write of this batch: the stored bytes for a put, `None` for a delete.

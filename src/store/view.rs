@@ -8,6 +8,7 @@
 //! (`store::snapshot::install`) are the only writers of the figures kept here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fjall::{Keyspace, KeyspaceCreateOptions, Readable};
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::clock::ClusterClock;
 use super::meta::SmMeta;
 use super::recent::RecentWrites;
 use super::{keys, Error, Store};
@@ -62,6 +64,12 @@ pub struct StateView {
     pub(super) recent: RecentWrites,
     /// Flushes run one at a time, and never during a snapshot install.
     pub(super) flush_lock: Mutex<()>,
+    /// This node's reading of cluster time (`store::clock`).
+    pub(super) clock: Arc<ClusterClock>,
+    /// The applied log format of the cluster (1 until a format switch applied).
+    pub(super) cluster_format: AtomicU8,
+    /// Cluster time of the newest applied format-2 entry.
+    pub(super) cluster_time: AtomicU64,
 }
 
 impl StateView {
@@ -89,6 +97,16 @@ impl StateView {
         }
         let tokens = TokenTable::default();
         tokens.replace(load_tokens(&store.tokens)?);
+        // Cluster time resumes from the newest stamp this node holds, counting from now.
+        let floor = match store.meta.get(keys::META_CLOCK_FLOOR)? {
+            Some(v) => crate::binary::decode::<u64>(&v)
+                .map_err(|e| Error::Corrupt(format!("clock_floor: {e}")))?,
+            None => 0,
+        };
+        let start = meta
+            .cluster_time
+            .max(floor)
+            .max(super::log_store::newest_stamp(&store)?);
         Ok(Arc::new(StateView {
             store,
             kv: RwLock::new((generation, kv)),
@@ -101,6 +119,9 @@ impl StateView {
             tokens,
             recent: RecentWrites::default(),
             flush_lock: Mutex::new(()),
+            clock: Arc::new(ClusterClock::starting_at(start)),
+            cluster_format: meta.cluster_format.max(1).into(),
+            cluster_time: meta.cluster_time.into(),
         }))
     }
 
@@ -220,6 +241,33 @@ impl StateView {
 
     pub fn watch_cluster_id(&self) -> watch::Receiver<Option<Uuid>> {
         self.cluster_id.subscribe()
+    }
+
+    /// This node's reading of cluster time.
+    pub fn clock(&self) -> &Arc<ClusterClock> {
+        &self.clock
+    }
+
+    /// The log format the cluster writes, as applied here.
+    pub fn cluster_format(&self) -> u8 {
+        self.cluster_format.load(Ordering::Relaxed)
+    }
+
+    /// Cluster time of the newest applied format-2 entry (0 before the first).
+    pub fn applied_cluster_time(&self) -> u64 {
+        self.cluster_time.load(Ordering::Relaxed)
+    }
+
+    /// Saves the clock's reading as the floor a restart resumes from. Buffered, not
+    /// fsynced: a process crash keeps it; a power loss may lose the newest, which only
+    /// makes the restart resume from an older (still valid) stamp.
+    pub fn save_clock_floor(&self) -> Result<(), Error> {
+        let reading = self.clock.reading();
+        self.store
+            .meta
+            .insert(keys::META_CLOCK_FLOOR, super::meta::enc(&reading))?;
+        self.store.db.persist(fjall::PersistMode::Buffer)?;
+        Ok(())
     }
 
     /// Number of keys in the state machine.

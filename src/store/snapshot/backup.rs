@@ -397,6 +397,7 @@ mod tests {
             revision: 40 + n as u64,
             cluster_id: None,
             key_count: n as u64,
+            ..Default::default()
         };
         let mut w = SnapshotWriter::create(&body, &sh).unwrap();
         let record = crate::auth::TokenRecord {

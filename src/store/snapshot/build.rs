@@ -71,6 +71,8 @@ fn write_state(
             None
         },
         key_count: state.key_count,
+        cluster_format: state.cluster_format.max(1),
+        cluster_time: state.cluster_time,
     };
     let mut w = SnapshotWriter::create(path, &header)?;
     for guard in read_view.iter(&store.tokens) {

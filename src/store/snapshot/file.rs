@@ -7,7 +7,10 @@
 //! 0x00 | sha256 of every byte before it
 //! ```
 //!
-//! Format 1 had no token records; this build reads both and writes 2.
+//! Format 1 had no token records. Format 3's header adds the cluster's log format and
+//! applied cluster time, and its values may be full key records (`store::keys`). This build
+//! reads all three; it writes 3 once the cluster switched to log format 2 and 2 before,
+//! so that a member running an older build can install what a newer leader sends until then.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -20,7 +23,10 @@ use uuid::Uuid;
 use crate::store::Error;
 
 const MAGIC: &[u8; 8] = b"CNCDSNAP";
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// The newest snapshot format this build reads and writes.
+pub const SNAPSHOT_FORMAT: u32 = 3;
+/// What a cluster still on log format 1 writes (no cluster format or time in the header).
+const FORMAT_BEFORE_SWITCH: u32 = 2;
 /// Oldest format this build still reads.
 const OLDEST_READABLE_FORMAT: u32 = 1;
 const TAG_RECORD: u8 = 1;
@@ -39,11 +45,84 @@ pub enum Record {
 }
 
 /// State-machine metadata carried in every snapshot, beside the key space.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SnapshotHeader {
     pub revision: u64,
     pub cluster_id: Option<Uuid>,
     pub key_count: u64,
+    /// The cluster's log format (1 in snapshots of format 1 and 2).
+    pub cluster_format: u8,
+    /// Cluster time of the newest applied entry (0 in snapshots of format 1 and 2).
+    pub cluster_time: u64,
+}
+
+/// The header as formats 1 and 2 encode it.
+#[derive(Serialize, Deserialize)]
+struct HeaderV2 {
+    revision: u64,
+    cluster_id: Option<Uuid>,
+    key_count: u64,
+}
+
+/// The header as format 3 encodes it.
+#[derive(Serialize, Deserialize)]
+struct HeaderV3 {
+    revision: u64,
+    cluster_id: Option<Uuid>,
+    key_count: u64,
+    cluster_format: u8,
+    cluster_time: u64,
+}
+
+impl SnapshotHeader {
+    /// The file format for this header: 3 once the cluster writes log format 2.
+    pub fn file_format(&self) -> u32 {
+        if self.cluster_format >= 2 {
+            SNAPSHOT_FORMAT
+        } else {
+            FORMAT_BEFORE_SWITCH
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+        if self.file_format() >= 3 {
+            bincode::serialize(&HeaderV3 {
+                revision: self.revision,
+                cluster_id: self.cluster_id,
+                key_count: self.key_count,
+                cluster_format: self.cluster_format,
+                cluster_time: self.cluster_time,
+            })
+        } else {
+            bincode::serialize(&HeaderV2 {
+                revision: self.revision,
+                cluster_id: self.cluster_id,
+                key_count: self.key_count,
+            })
+        }
+    }
+
+    fn decode(format: u32, bytes: &[u8]) -> Result<SnapshotHeader, bincode::Error> {
+        if format >= 3 {
+            let h: HeaderV3 = crate::binary::decode(bytes)?;
+            Ok(SnapshotHeader {
+                revision: h.revision,
+                cluster_id: h.cluster_id,
+                key_count: h.key_count,
+                cluster_format: h.cluster_format,
+                cluster_time: h.cluster_time,
+            })
+        } else {
+            let h: HeaderV2 = crate::binary::decode(bytes)?;
+            Ok(SnapshotHeader {
+                revision: h.revision,
+                cluster_id: h.cluster_id,
+                key_count: h.key_count,
+                cluster_format: 1,
+                cluster_time: 0,
+            })
+        }
+    }
 }
 
 /// Writes a snapshot, hashing as it goes.
@@ -61,9 +140,10 @@ impl SnapshotWriter {
             hash: Sha256::new(),
             records: 0,
         };
-        let header = bincode::serialize(header).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let format = header.file_format();
+        let header = header.encode().map_err(|e| Error::Corrupt(e.to_string()))?;
         w.put(MAGIC)?;
-        w.put(&SNAPSHOT_FORMAT.to_be_bytes())?;
+        w.put(&format.to_be_bytes())?;
         w.put(&(header.len() as u32).to_be_bytes())?;
         w.put(&header)?;
         Ok(w)
@@ -124,11 +204,7 @@ impl<R: Read> SnapshotReader<R> {
         let mut r = SnapshotReader {
             input: BufReader::with_capacity(256 * 1024, input),
             hash: Sha256::new(),
-            header: SnapshotHeader {
-                revision: 0,
-                cluster_id: None,
-                key_count: 0,
-            },
+            header: SnapshotHeader::default(),
             done: false,
         };
         let mut magic = [0u8; 8];
@@ -143,7 +219,7 @@ impl<R: Read> SnapshotReader<R> {
             )));
         }
         let header = r.field()?;
-        r.header = crate::binary::decode(&header)
+        r.header = SnapshotHeader::decode(version, &header)
             .map_err(|e| Error::Corrupt(format!("snapshot header: {e}")))?;
         Ok(r)
     }
@@ -228,6 +304,7 @@ mod tests {
             revision: 9,
             cluster_id: Some(Uuid::new_v4()),
             key_count: 100,
+            ..Default::default()
         };
         let mut w = SnapshotWriter::create(path, &header).unwrap();
         w.token(&[7u8; 32], b"rec").unwrap();

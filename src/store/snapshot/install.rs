@@ -76,8 +76,18 @@ pub(crate) fn install(
         kv_generation: next,
         key_count: header.key_count,
         data_bytes,
+        cluster_format: header.cluster_format.max(1),
+        cluster_time: header.cluster_time,
     };
     let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
+    if installed.cluster_format >= 2 {
+        // As when the switch applies: an older build must refuse this directory now.
+        batch.insert(
+            &store.meta,
+            keys::META_FORMAT_VERSION,
+            keys::FORMAT_V2_DATA_DIR.to_be_bytes(),
+        );
+    }
     for (key, value) in installed.write() {
         batch.insert(&store.sm_meta, key, value);
     }
@@ -96,6 +106,13 @@ pub(crate) fn install(
     store.db.delete_keyspace(old)?;
     view.key_count
         .store(header.key_count, std::sync::atomic::Ordering::Relaxed);
+    view.cluster_format.store(
+        installed.cluster_format,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    view.cluster_time
+        .store(installed.cluster_time, std::sync::atomic::Ordering::Relaxed);
+    view.clock.observe(installed.cluster_time);
     view.data_bytes
         .store(data_bytes, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_replace(header.revision);

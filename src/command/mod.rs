@@ -1,8 +1,17 @@
-//! What the Raft log replicates: a versioned envelope around a [`Command`], and what
-//! applying it gave ([`Applied`]).
+//! What the Raft log replicates: a versioned envelope ([`LogCommand`], `envelope`) around a
+//! [`Command`], and what applying it gave ([`Applied`]). Format 2's client writes and their
+//! operations are in `ops`.
 //!
 //! Bincode encodes enum variants by index: new variants go at the end, never in between,
-//! so that entries written by an older build keep decoding.
+//! so that entries written by an older build keep decoding. The first six variants are
+//! format 1's; a node writes the others only after the cluster switched to format 2
+//! (`Command::FormatSwitch`), when every member reads them.
+
+mod envelope;
+mod ops;
+
+pub use envelope::{LogCommand, COMMAND_FORMAT, FORMAT_V1, FORMAT_V2};
+pub use ops::{CmpOp, Compare, Fence, Op, Request, Target, Txn, TxnOp};
 
 use std::cell::Cell;
 
@@ -11,42 +20,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{TokenDigest, TokenRecord};
-
-/// Format version of [`LogCommand`]; bumped when the envelope itself changes shape.
-pub const COMMAND_FORMAT: u8 = 1;
-
-/// The envelope every log entry carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogCommand {
-    pub format: u8,
-    /// Client request id, reserved for exactly-once retries.
-    pub request_id: Option<Uuid>,
-    pub command: Command,
-}
-
-impl LogCommand {
-    pub fn new(command: Command) -> Self {
-        LogCommand {
-            format: COMMAND_FORMAT,
-            request_id: None,
-            command,
-        }
-    }
-}
-
-impl std::fmt::Display for LogCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print values: they may be secrets.
-        match &self.command {
-            Command::SetClusterId { id } => write!(f, "set_cluster_id({id})"),
-            Command::Put { value, .. } => write!(f, "put({} bytes)", value.len()),
-            Command::Delete { .. } => write!(f, "delete"),
-            Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
-            Command::TokenCreate { record, .. } => write!(f, "token_create({})", record.id),
-            Command::TokenRevoke { .. } => write!(f, "token_revoke"),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -75,6 +48,30 @@ pub enum Command {
     TokenRevoke {
         digest: TokenDigest,
     },
+    // ---- format 2 from here on ----
+    /// A client write with its own exactly-once tag (format 2's put and delete, and every
+    /// Coordination write).
+    Client(Request),
+    /// The cluster's switch to log format `format`, proposed by a leader once every member
+    /// reports that it reads it. From its apply on, entries are written in that format.
+    FormatSwitch {
+        format: u8,
+    },
+    /// The end of lease `id`, judged by the leader in cluster time; `renewal` is the stamp of
+    /// the renewal it judged, so a later renewal that applied first makes it a no-op.
+    LeaseExpire {
+        id: u64,
+        renewal: u64,
+    },
+    /// Withdraws a waiting lock claim (its wait ended), `claim` being its create revision.
+    LockWithdraw {
+        name: String,
+        claim: u64,
+    },
+    /// Compacts the change log up to `revision` (by the leader's retention, or an admin).
+    Compact {
+        revision: u64,
+    },
 }
 
 impl Command {
@@ -87,6 +84,11 @@ impl Command {
             Command::Batch(_) => "batch",
             Command::TokenCreate { .. } => "token_create",
             Command::TokenRevoke { .. } => "token_revoke",
+            Command::Client(r) => r.op.name(),
+            Command::FormatSwitch { .. } => "format_switch",
+            Command::LeaseExpire { .. } => "lease_expire",
+            Command::LockWithdraw { .. } => "lock_withdraw",
+            Command::Compact { .. } => "compact",
         }
     }
 
@@ -97,11 +99,15 @@ impl Command {
     /// answer this.
     pub fn flushes_at_once(&self) -> bool {
         match self {
-            Command::Put { .. } | Command::Delete { .. } => false,
+            Command::Put { .. } | Command::Delete { .. } | Command::Client(_) => false,
             Command::Batch(parts) => parts.iter().any(Command::flushes_at_once),
             Command::SetClusterId { .. }
             | Command::TokenCreate { .. }
-            | Command::TokenRevoke { .. } => true,
+            | Command::TokenRevoke { .. }
+            | Command::FormatSwitch { .. }
+            | Command::LeaseExpire { .. }
+            | Command::LockWithdraw { .. }
+            | Command::Compact { .. } => true,
         }
     }
 
@@ -114,7 +120,12 @@ impl Command {
             | Command::Put { .. }
             | Command::Delete { .. }
             | Command::TokenCreate { .. }
-            | Command::TokenRevoke { .. } => 1,
+            | Command::TokenRevoke { .. }
+            | Command::Client(_)
+            | Command::FormatSwitch { .. }
+            | Command::LeaseExpire { .. }
+            | Command::LockWithdraw { .. }
+            | Command::Compact { .. } => 1,
         }
     }
 
@@ -129,6 +140,13 @@ impl Command {
                 96 + record.id.len() + record.name.as_ref().map_or(0, String::len)
             }
             Command::TokenRevoke { .. } => 40,
+            Command::Client(r) => {
+                r.op.approximate_size() + 18 + r.token_id.as_ref().map_or(1, |t| t.len() + 9)
+            }
+            Command::FormatSwitch { .. }
+            | Command::LeaseExpire { .. }
+            | Command::Compact { .. } => 24,
+            Command::LockWithdraw { name, .. } => name.len() + 24,
         }
     }
 }
@@ -183,5 +201,14 @@ pub enum Applied {
     /// or already gone).
     Token {
         changed: bool,
+    },
+    /// The cluster's log format after a format switch applied.
+    Format {
+        format: u8,
+    },
+    /// A command this build decodes but does not act on yet: it changed nothing, on every
+    /// node alike.
+    Unsupported {
+        operation: String,
     },
 }
