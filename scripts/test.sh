@@ -38,6 +38,31 @@ if [[ "$selected" == 0 && -z "${CONCORD_TEST_PROMETHEUS:-}" ]] && ! command -v p
     scripts/tools.sh prometheus >/dev/null ||
         echo "test.sh: could not install prometheus; tests/dashboard.rs will fail (see its message)" >&2
 fi
+# tests/upgrade.rs upgrades a cluster of the previous build (the commit before log format 2)
+# to this one: build it from the clone's own history, unless it is named already. A clone
+# without that history (shallow) runs the suite without it, saying so loudly; any other
+# failure to build it fails the run.
+wants_upgrade=0
+[[ "$selected" == 0 ]] && wants_upgrade=1
+for arg in "$@"; do
+    case "$arg" in
+        --) break ;;
+        upgrade | --test=upgrade) wants_upgrade=1 ;;
+    esac
+done
+if [[ "$wants_upgrade" == 1 && -z "${CONCORD_TEST_PREVIOUS_BIN:-}" ]]; then
+    rc=0
+    previous="$(scripts/build-previous.sh)" || rc=$?
+    if [[ "$rc" == 0 ]]; then
+        export CONCORD_TEST_PREVIOUS_BIN="$previous" CONCORD_TEST_REQUIRE_PREVIOUS=1
+        echo "test.sh: previous build for tests/upgrade.rs at $previous"
+    elif [[ "$rc" == 3 ]]; then
+        echo "test.sh: WARNING: no previous build (its commit is not in this clone); tests/upgrade.rs will skip" >&2
+    else
+        echo "test.sh: building the previous build failed" >&2
+        exit "$rc"
+    fi
+fi
 # The fault suite's own tests switch deliberate bugs on in the nodes (CONCORD_FAILPOINTS);
 # the code exists only in builds with this feature, never in `cargo build --release`. The
 # feature is the root package's: the integration tests run the `concord` binary it builds.

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::command::{Applied, Command, LogCommand};
 use crate::raft::types::{Raft, RaftMetrics};
+use crate::store::StateView;
 
 /// Batches proposed at once: the next batch gathers while this one is in flight. openraft
 /// 0.9 flushes appends one after the other, so a second batch in flight only splits the
@@ -55,6 +56,7 @@ impl Proposer {
     /// `max_batch_bytes` keeps one entry inside a NATS message.
     pub fn start(
         raft: Raft,
+        view: Arc<StateView>,
         max_batch_bytes: usize,
         queue: usize,
         tracker: &TaskTracker,
@@ -64,6 +66,7 @@ impl Proposer {
         let leading = watch_leadership(&raft, tracker, cancel.clone());
         let batcher = Batcher {
             raft,
+            view,
             max_batch_bytes,
             leading,
             tracker: tracker.clone(),
@@ -116,6 +119,9 @@ fn watch_leadership(raft: &Raft, tracker: &TaskTracker, cancel: CancellationToke
 /// its own.
 struct Batcher {
     raft: Raft,
+    /// The applied log format and this node's cluster time: what each entry is written in
+    /// and stamped with.
+    view: Arc<StateView>,
     max_batch_bytes: usize,
     leading: Leading,
     tracker: TaskTracker,
@@ -149,6 +155,7 @@ impl Batcher {
             carry = next;
             self.tracker.spawn(propose_batch(
                 self.raft.clone(),
+                self.view.clone(),
                 batch,
                 slot,
                 self.leading.clone(),
@@ -184,6 +191,7 @@ impl Batcher {
 /// answer that may never come must not hold up the writes of a later leadership.
 async fn propose_batch(
     raft: Raft,
+    view: Arc<StateView>,
     batch: Vec<QueuedWrite>,
     slot: OwnedSemaphorePermit,
     mut leading: Leading,
@@ -206,7 +214,12 @@ async fn propose_batch(
     };
     // Not leading now: client_write answers ForwardToLeader at once.
     let term = leading.borrow().unwrap_or_default();
-    let write = raft.client_write(LogCommand::new(command));
+    // Format 2 only once the switch applied here; stamped at the last moment, so that the
+    // stamps of successive batches follow their order in the log.
+    let envelope = LogCommand::for_cluster(command, view.cluster_format(), || {
+        view.clock().stamp(view.applied_cluster_time())
+    });
+    let write = raft.client_write(envelope);
     tokio::pin!(write);
     let answer = tokio::select! {
         answer = &mut write => Some(answer),

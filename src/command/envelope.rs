@@ -57,6 +57,17 @@ impl LogCommand {
         }
     }
 
+    /// The envelope a leader writes for `command` in a cluster on log `format`: format 1
+    /// until the cluster switched, then format 2 with put and delete as client writes and
+    /// the stamp `stamp` gives.
+    pub fn for_cluster(command: Command, format: u8, stamp: impl FnOnce() -> u64) -> Self {
+        if format >= FORMAT_V2 {
+            LogCommand::stamped(command.into_format_2(), stamp())
+        } else {
+            LogCommand::new(command)
+        }
+    }
+
     /// The cluster-time stamp, when the envelope has one.
     pub fn cluster_time(&self) -> Option<u64> {
         (self.format >= FORMAT_V2).then_some(self.stamp)

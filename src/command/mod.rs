@@ -129,6 +129,30 @@ impl Command {
         }
     }
 
+    /// The command as format 2 writes it: put and delete become untagged client writes (a
+    /// batch's parts too); the rest is the same in both formats.
+    pub fn into_format_2(self) -> Command {
+        match self {
+            Command::Put { key, value } => Command::Client(Request::untagged(Op::Put {
+                key,
+                value,
+                if_revision: None,
+                lease: None,
+                ttl_ms: None,
+                fence: None,
+            })),
+            Command::Delete { key } => Command::Client(Request::untagged(Op::Delete {
+                key,
+                if_revision: None,
+                fence: None,
+            })),
+            Command::Batch(parts) => {
+                Command::Batch(parts.into_iter().map(Command::into_format_2).collect())
+            }
+            other => other,
+        }
+    }
+
     /// Bytes the command adds to an entry, for the size check before proposing.
     pub fn approximate_size(&self) -> usize {
         match self {

@@ -116,6 +116,12 @@ pub(super) async fn wire(
         (config.raft.election_timeout_max() * 3).max(Duration::from_secs(3)),
         cancel.clone(),
     ));
+    tracker.spawn(api::admin::format_switch::run(
+        ctx.clone(),
+        opened.admin_token.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(save_clock_floor(opened.view.clone(), cancel.clone()));
     let server = api::server::Server::new(
         ctx,
         config.limits.max_in_flight,
@@ -175,6 +181,7 @@ fn request_context(
             raft: raft.clone(),
             proposer: api::propose::Proposer::start(
                 raft.clone(),
+                opened.view.clone(),
                 opened.max_entry_bytes,
                 config.limits.max_in_flight,
                 tracker,
@@ -237,7 +244,8 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
     };
     let early_ttl = config.raft.election_timeout_min();
     let network = Network::new(transport, early_ttl, tracker.clone());
-    let log_store = LogStore::with_observer(opened.store.clone(), network.append_observer());
+    let log_store = LogStore::with_observer(opened.store.clone(), network.append_observer())
+        .with_clock(view.clock().clone());
     let raft = crate::raft::start(
         config,
         max_payload,
@@ -253,6 +261,28 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
         inbox,
         rejections,
     })
+}
+
+/// How often a node saves its cluster-time reading: a restart resumes at most this much
+/// behind the reading it had.
+const CLOCK_FLOOR_EVERY: Duration = Duration::from_millis(500);
+
+/// Saves the node's cluster-time reading now and then (`store::clock`).
+async fn save_clock_floor(view: Arc<StateView>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(CLOCK_FLOOR_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let saved = {
+            let view = view.clone();
+            tokio::task::spawn_blocking(move || view.save_clock_floor()).await
+        };
+        if let Ok(Err(e)) = saved {
+            tracing::warn!("could not save the cluster-time floor: {e}");
+        }
+    }
 }
 
 /// Background tasks that watch Raft: role and term metrics, the readiness probe and its

@@ -236,6 +236,8 @@ fn authorization(cred: Credential<'_>) -> Option<String> {
 struct Pong {
     cluster_name: String,
     cluster_id: Option<uuid::Uuid>,
+    /// Absent in the status of a build before log format 2.
+    log_format: Option<super::format_switch::LogFormat>,
 }
 
 /// Asks node `id` for its status, as a signed control request (see [`super::control`]):
@@ -264,6 +266,14 @@ async fn check_joiner(ctx: &Ctx, id: NodeId, auth: Option<&str>) -> Result<(), A
             "{why}; start it first (with cluster.join = true) and add it again"
         ))
     })?;
+    let cluster_format = ctx.consensus.view.cluster_format();
+    let reads = pong.log_format.map_or(1, |f| f.reads);
+    if reads < cluster_format {
+        return Err(bad_request(format!(
+            "node {id} reads log format {reads}, and this cluster writes format {cluster_format}: upgrade its binary first"
+        ))
+        .into());
+    }
     if pong.cluster_name != ctx.cluster.name {
         return Err(bad_request(format!(
             "node {id} belongs to cluster '{}', not '{}'",

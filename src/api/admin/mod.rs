@@ -14,6 +14,7 @@
 
 pub mod backup;
 pub mod control;
+pub mod format_switch;
 pub mod membership;
 pub mod status;
 pub mod take_snapshot;

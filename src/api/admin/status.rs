@@ -52,6 +52,13 @@ pub struct Status {
     pub security: SigningFigures,
     /// `auth.enabled` on this node: a starting node compares it with its own.
     pub auth_enabled: bool,
+    /// This node's reading of cluster time (ms): the newest stamp it appended plus its
+    /// monotonic time since.
+    pub cluster_time_ms: u64,
+    /// Cluster time of the newest entry applied here (0 before the first stamped one).
+    pub applied_cluster_time_ms: u64,
+    /// The log format the cluster writes, and the newest this node's build reads.
+    pub log_format: super::format_switch::LogFormat,
 }
 
 /// Node-to-node message signing (`cluster.secret`), as seen by this node.
@@ -164,6 +171,12 @@ pub async fn status(ctx: &Ctx, digest: Option<Instant>) -> Result<Status, WireEr
         digest,
         security: signing_figures(ctx),
         auth_enabled: ctx.security.auth.enabled(),
+        cluster_time_ms: ctx.consensus.view.clock().reading(),
+        applied_cluster_time_ms: ctx.consensus.view.applied_cluster_time(),
+        log_format: super::format_switch::LogFormat {
+            cluster: ctx.consensus.view.cluster_format(),
+            reads: crate::command::COMMAND_FORMAT,
+        },
     })
 }
 

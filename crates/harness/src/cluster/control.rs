@@ -183,6 +183,15 @@ impl Cluster {
         })
     }
 
+    /// Runs node `id` from `bin` at its next start (`None`: the cluster's binary again), as
+    /// a rolling upgrade or a downgrade does. The running process is not affected.
+    pub fn set_node_bin(&self, id: u64, bin: Option<PathBuf>) -> Result<()> {
+        self.with_node(id, |n| {
+            n.bin = bin;
+            Ok(())
+        })
+    }
+
     /// SIGSTOP: the process freezes (no heartbeats, no replies) but keeps its sockets.
     pub async fn pause(&self, id: u64) -> Result<()> {
         let r = (|| {
@@ -372,7 +381,8 @@ impl Cluster {
                 .open(&node.log_path)
                 .with_context(|| format!("opening {:?}", node.log_path))?;
             writeln!(log, "----- fixture: starting node {id} -----")?;
-            let mut cmd = Command::new(&self.bin);
+            let bin = node.bin.clone().unwrap_or_else(|| self.bin.clone());
+            let mut cmd = Command::new(&bin);
             cmd.arg("serve")
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone()?))
@@ -388,7 +398,7 @@ impl Cluster {
             }
             let child = cmd
                 .spawn()
-                .with_context(|| format!("spawning {} serve for node {id}", self.bin.display()))?;
+                .with_context(|| format!("spawning {} serve for node {id}", bin.display()))?;
             node.child = Some(child);
             node.paused = false;
             Ok(())

@@ -187,6 +187,8 @@ struct Node {
     log_path: PathBuf,
     /// Full env of this node's process (fixture defaults, then options, then per-node).
     env: Vec<(String, String)>,
+    /// Another binary for this node than the cluster's (a rolling upgrade's old build).
+    bin: Option<PathBuf>,
     child: Option<Child>,
     paused: bool,
 }
@@ -697,6 +699,7 @@ fn prepare_node(
         data_dir,
         log_path,
         env,
+        bin: None,
         child: None,
         paused: false,
     })

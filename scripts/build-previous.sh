@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# scripts/build-previous.sh — build the release before log format 2 (the "previous build"),
+# for tests/upgrade.rs: a cluster of it is upgraded one node at a time to this tree's build.
+#
+# Builds the pinned commit from this repository's own history (no network) in a temporary
+# git worktree, with this tree's target dir so that dependencies are shared, and copies the
+# binary to target/previous/concord. Prints the binary's path. Exits non-zero, saying why,
+# when the commit is not in the clone's history (a shallow clone).
+#
+# Use: scripts/build-previous.sh            (reuses target/previous/concord when present)
+#      PREVIOUS_REV=<commit> scripts/build-previous.sh
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# The last commit before cluster time and log format 2: what a running cluster upgrades from.
+PREVIOUS_REV="${PREVIOUS_REV:-6d3bc52a713b35f190cc0184b1268e5dc6a53d81}"
+target="${CARGO_TARGET_DIR:-$ROOT/target}"
+out="$target/previous/concord"
+stamp="$target/previous/rev"
+
+if [[ -x "$out" && "$(cat "$stamp" 2>/dev/null)" == "$PREVIOUS_REV" ]]; then
+    echo "$out"
+    exit 0
+fi
+if ! git -C "$ROOT" cat-file -e "$PREVIOUS_REV^{commit}" 2>/dev/null; then
+    echo "build-previous: commit $PREVIOUS_REV is not in this clone's history (shallow clone?); fetch it or set PREVIOUS_REV" >&2
+    exit 3
+fi
+tree="$(mktemp -d)"
+cleanup() { git -C "$ROOT" worktree remove --force "$tree/src" >/dev/null 2>&1 || true; rm -rf "$tree"; }
+trap cleanup EXIT
+git -C "$ROOT" worktree add --detach "$tree/src" "$PREVIOUS_REV" >/dev/null 2>&1
+echo "build-previous: building $PREVIOUS_REV (debug) in $tree/src" >&2
+# Its own target subdirectory: the same crate names built from another source must not
+# replace this tree's artifacts; the registry's sources are shared through cargo's cache.
+CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR="$target/previous/build" cargo build --quiet --bin concord --manifest-path "$tree/src/Cargo.toml" >&2
+mkdir -p "$(dirname "$out")"
+cp "$target/previous/build/debug/concord" "$out"
+echo "$PREVIOUS_REV" >"$stamp"
+echo "$out"
