@@ -24,6 +24,8 @@
 
 mod apply;
 pub mod clock;
+#[cfg(test)]
+mod format_tests;
 pub mod keys;
 pub mod log_store;
 mod meta;

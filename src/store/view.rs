@@ -176,6 +176,16 @@ impl StateView {
         Ok(())
     }
 
+    /// A key's metadata and JSON text (DESIGN.md "Key metadata"), or `None` when absent.
+    pub fn record(&self, key: &str) -> Result<Option<(keys::KeyMeta, Vec<u8>)>, Error> {
+        let Some(v) = self.stored(key)? else {
+            return Ok(None);
+        };
+        let (meta, json) = keys::decode_record(&v)
+            .ok_or_else(|| Error::Corrupt(format!("record of key {key:?} is too short")))?;
+        Ok(Some((meta, json.to_vec())))
+    }
+
     /// `(revision, JSON)` of `key`, if present.
     pub fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
         let Some(v) = self.stored(key)? else {

@@ -1,0 +1,194 @@
+//! Log format 2 in the state machine: what a put gives a key before and after the cluster's
+//! format switch, what the switch does to the data directory, and that the applied cluster
+//! time follows the stamps (never back), through a snapshot install too.
+
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+use super::keys::{self, KeyMeta};
+use super::{migrations, StateMachine, StateView, Store};
+use crate::command::{Applied, Command, LogCommand, Op, Request};
+use crate::observe::Observer;
+use crate::types::Entry;
+
+fn entry(index: u64, command: LogCommand) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn open(dir: &std::path::Path) -> (Store, Arc<StateView>, StateMachine) {
+    let store = Store::open(dir, 8, true).unwrap();
+    let view = StateView::open(store.clone()).unwrap();
+    let sm = StateMachine::new(view.clone(), Observer::noop());
+    (store, view, sm)
+}
+
+fn meta(view: &StateView, key: &str) -> KeyMeta {
+    view.record(key).unwrap().expect("key present").0
+}
+
+#[tokio::test]
+async fn versions_count_only_after_the_switch_and_the_directory_moves_to_format_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, view, mut sm) = open(dir.path());
+    sm.apply(vec![
+        entry(1, LogCommand::new(put("a", "1"))),
+        entry(2, LogCommand::new(put("a", "2"))),
+    ])
+    .await
+    .unwrap();
+    // Before the switch every node, whatever its build, writes the plain record.
+    assert_eq!(meta(&view, "a"), KeyMeta::plain(2));
+    assert_eq!(view.cluster_format(), 1);
+    assert_eq!(migrations::format_version(&store).unwrap(), migrations::OPEN_FORMAT);
+
+    let out = sm
+        .apply(vec![entry(
+            3,
+            LogCommand::new(Command::FormatSwitch { format: 2 }),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Applied::Format { format: 2 }]);
+    assert_eq!(view.cluster_format(), 2);
+    assert_eq!(
+        migrations::format_version(&store).unwrap(),
+        keys::FORMAT_V2_DATA_DIR,
+        "an older build must refuse the directory from the switch on"
+    );
+
+    let v2 = |i, c: Command, at| entry(i, LogCommand::stamped(c.into_format_2(), at));
+    sm.apply(vec![
+        v2(4, put("a", "3"), 5_000),
+        v2(5, put("b", "1"), 5_010),
+        // A format-1 entry after the switch (proposed before it applied) counts too.
+        entry(6, LogCommand::new(put("b", "2"))),
+    ])
+    .await
+    .unwrap();
+    let a = meta(&view, "a");
+    assert_eq!(
+        (a.revision, a.create_revision, a.version, a.lease),
+        (3, 2, 2, 0),
+        "a migrated key goes on from version 1, created at its last v1 write"
+    );
+    let b = meta(&view, "b");
+    assert_eq!((b.revision, b.create_revision, b.version), (5, 4, 2));
+
+    // A deleted key starts again at version 1.
+    let del = Command::Delete { key: "b".into() };
+    sm.apply(vec![v2(7, del, 5_020), v2(8, put("b", "x"), 5_030)])
+        .await
+        .unwrap();
+    assert_eq!(meta(&view, "b"), KeyMeta::plain(7));
+    assert_eq!(view.applied_cluster_time(), 5_030);
+
+    // The switch survives a restart, and the records too (the next log append's fsync makes
+    // applied state durable; here the test does it).
+    view.flush().unwrap();
+    store.sync().unwrap();
+    drop((sm, view, store));
+    let (store, view, _sm) = open(dir.path());
+    assert_eq!(view.cluster_format(), 2);
+    assert_eq!(migrations::format_version(&store).unwrap(), 3);
+    assert_eq!(meta(&view, "a").version, 2);
+    assert!(view.clock().reading() >= 5_030, "resumes at its newest stamp");
+}
+
+#[tokio::test]
+async fn applied_time_never_runs_back_and_travels_with_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, view, mut sm) = open(dir.path());
+    let stamped = |i, at| entry(i, LogCommand::stamped(put("k", "1").into_format_2(), at));
+    sm.apply(vec![
+        entry(1, LogCommand::new(Command::FormatSwitch { format: 2 })),
+        stamped(2, 9_000),
+        // Stamps of batches proposed at once may cross; applied time keeps the newest.
+        stamped(3, 8_990),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(view.applied_cluster_time(), 9_000);
+
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (store2, view2, mut sm2) = open(other.path());
+    let mut recv = sm2.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+    sm2.install_snapshot(&snap.meta, recv).await.unwrap();
+    assert_eq!(view2.cluster_format(), 2, "the format travels with the snapshot");
+    assert_eq!(view2.applied_cluster_time(), 9_000);
+    assert!(view2.clock().reading() >= 9_000);
+    assert_eq!(migrations::format_version(&store2).unwrap(), 3);
+}
+
+#[tokio::test]
+async fn commands_without_behaviour_yet_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, view, mut sm) = open(dir.path());
+    let incr = Command::Client(Request::untagged(Op::Incr {
+        key: "n".into(),
+        by: 1,
+        min: None,
+        max: None,
+        ttl_ms: None,
+        fence: None,
+    }));
+    let out = sm
+        .apply(vec![
+            entry(1, LogCommand::new(Command::FormatSwitch { format: 2 })),
+            entry(2, LogCommand::stamped(incr, 1)),
+            entry(3, LogCommand::stamped(Command::Compact { revision: 1 }, 2)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[1..],
+        [
+            Applied::Unsupported {
+                operation: "incr".into()
+            },
+            Applied::Unsupported {
+                operation: "compact".into()
+            }
+        ]
+    );
+    assert_eq!((view.revision(), view.key_count()), (0, 0));
+}
+
+#[test]
+fn format_1_keys_read_as_version_1_created_at_their_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8, true).unwrap();
+    let kv = store
+        .db
+        .keyspace(&keys::kv_keyspace_name(0), super::view::kv_options)
+        .unwrap();
+    // What a format-2 data directory (log format 1) holds: revision + JSON.
+    kv.insert("user:1", keys::encode_value(41, br#"{"n":1}"#))
+        .unwrap();
+    let view = StateView::open(store).unwrap();
+    let (m, json) = view.record("user:1").unwrap().unwrap();
+    assert_eq!(
+        (m.revision, m.create_revision, m.version, m.lease),
+        (41, 41, 1, 0)
+    );
+    assert_eq!(json, br#"{"n":1}"#);
+}
