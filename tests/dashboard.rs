@@ -72,6 +72,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_storage_max_bytes",
     "concord_storage_fsync",
     "concord_revision",
+    "concord_cluster_time_seconds",
+    "concord_log_format",
     "concord_nats_connected",
     "concord_nats_reconnects_total",
     "concord_telemetry_events_total",

@@ -73,6 +73,8 @@ pub async fn status(client: &Client, global: &Global) -> Result<i32, ClientError
         "commit_index": leader_status["commit_index"],
         "last_applied": leader_status["last_applied"],
         "revision": leader_status["revision"],
+        "log_format": leader_status["log_format"],
+        "cluster_time_ms": leader_status["cluster_time_ms"],
         "members": status["members"],
         "nodes": nodes,
     });
@@ -92,6 +94,10 @@ fn status_text(s: &Value) -> String {
     t.push_str(&format!("commit    {}\n", show(&s["commit_index"])));
     t.push_str(&format!("applied   {}\n", show(&s["last_applied"])));
     t.push_str(&format!("revision  {}\n", show(&s["revision"])));
+    t.push_str(&format!("format    {}\n", format_text(s)));
+    if let Some(ms) = s["cluster_time_ms"].as_u64() {
+        t.push_str(&format!("time      {}.{:03} s of cluster time\n", ms / 1000, ms % 1000));
+    }
     t.push_str(&format!(
         "members   voters {} learners {}\n\n",
         show(&s["members"]["voters"]),
@@ -129,6 +135,29 @@ fn status_text(s: &Value) -> String {
         ));
     }
     t.trim_end().to_string()
+}
+
+/// The log format the cluster writes, and who holds a pending switch back.
+fn format_text(s: &Value) -> String {
+    let Some(cluster) = s["log_format"]["cluster"].as_u64() else {
+        return "log 1 (the leader's build predates log format 2)".into();
+    };
+    let behind: Vec<String> = s["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["log_format"]["reads"].as_u64().unwrap_or(1) <= cluster)
+        .map(|n| show(&n["node"]))
+        .collect();
+    let newest = concord::command::COMMAND_FORMAT as u64;
+    if cluster >= newest || behind.is_empty() {
+        format!("log {cluster}")
+    } else {
+        format!(
+            "log {cluster} (the switch to {newest} waits for node {} to read it)",
+            behind.join(", ")
+        )
+    }
 }
 
 /// Live data size, with the quota's share when there is one: `1048576 (12%)`.

@@ -49,6 +49,9 @@ impl Probe {
         g.storage_bytes.set(storage_bytes as f64);
         g.storage_data_bytes.set(self.view.data_bytes() as f64);
         g.revision.set(self.view.revision() as f64);
+        g.cluster_time
+            .set(self.view.clock().reading() as f64 / 1000.0);
+        g.log_format.set(f64::from(self.view.cluster_format()));
         let (leader, term, applied_index) = {
             let m = self.raft.metrics();
             let m = m.borrow();

@@ -48,6 +48,10 @@ pub const STORAGE_DATA_BYTES: &str = "concord_storage_data_bytes";
 pub const STORAGE_MAX_BYTES: &str = "concord_storage_max_bytes";
 pub const STORAGE_FSYNC: &str = "concord_storage_fsync";
 pub const REVISION: &str = "concord_revision";
+/// This node's reading of cluster time, in seconds (`store::clock`).
+pub const CLUSTER_TIME: &str = "concord_cluster_time_seconds";
+/// The log format the cluster writes, as applied on this node (1 until the format switch).
+pub const LOG_FORMAT: &str = "concord_log_format";
 pub const NATS_CONNECTED: &str = "concord_nats_connected";
 pub const NATS_RECONNECTS: &str = "concord_nats_reconnects_total";
 pub const TELEMETRY_EVENTS: &str = "concord_telemetry_events_total";
@@ -312,6 +316,8 @@ pub struct Metrics {
     pub storage_data_bytes: Gauge,
     pub storage_max_bytes: Gauge,
     pub revision: Gauge,
+    pub cluster_time: Gauge,
+    pub log_format: Gauge,
     pub nats_connected: Gauge,
     pub nats_reconnects: Counter,
     pub telemetry_published: Counter,
@@ -364,6 +370,8 @@ impl Metrics {
             storage_data_bytes: gauge!(STORAGE_DATA_BYTES),
             storage_max_bytes: gauge!(STORAGE_MAX_BYTES),
             revision: gauge!(REVISION),
+            cluster_time: gauge!(CLUSTER_TIME),
+            log_format: gauge!(LOG_FORMAT),
             nats_connected: gauge!(NATS_CONNECTED),
             nats_reconnects: counter!(NATS_RECONNECTS),
             telemetry_published: counter!(TELEMETRY_EVENTS, "result" => "published"),
