@@ -32,10 +32,13 @@ cleanup() { git -C "$ROOT" worktree remove --force "$tree/src" >/dev/null 2>&1 |
 trap cleanup EXIT
 git -C "$ROOT" worktree add --detach "$tree/src" "$PREVIOUS_REV" >/dev/null 2>&1
 echo "build-previous: building $PREVIOUS_REV (debug) in $tree/src" >&2
-# Its own target subdirectory: the same crate names built from another source must not
-# replace this tree's artifacts; the registry's sources are shared through cargo's cache.
-CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR="$target/previous/build" cargo build --quiet --bin concord --manifest-path "$tree/src/Cargo.toml" >&2
+# The same target dir: dependencies are shared (a few minutes instead of a full build). The
+# previous tree's own crates get their own artifacts (cargo hashes their source paths), and
+# only the binary uplifted to target/debug/concord is replaced: it is copied away at once,
+# and the next cargo build or test of this tree links its own there again.
+CARGO_TARGET_DIR="$target" cargo build --quiet --bin concord --manifest-path "$tree/src/Cargo.toml" >&2
 mkdir -p "$(dirname "$out")"
-cp "$target/previous/build/debug/concord" "$out"
+cp "$target/debug/concord" "$out"
+rm -f "$target/debug/concord"
 echo "$PREVIOUS_REV" >"$stamp"
 echo "$out"
