@@ -57,7 +57,7 @@ async fn queue_get(c: &Cluster, key: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_leader_leaves_the_queue_group() -> Result<()> {
     let config = nats_config()?;
-    let c = Cluster::start_with(3, ClusterOptions::default().nats_config(config)).await?;
+    let c = Cluster::start_with(3, ClusterOptions::default().nats_server_config(config)).await?;
     let r = async {
         let leader = c.wait_for_leader(LEADER_TIMEOUT).await?;
         let mine = format!("concord-{leader}");

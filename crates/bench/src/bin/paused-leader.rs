@@ -392,7 +392,9 @@ async fn start_cluster(args: &Args) -> Result<Cluster> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
         conf.push_str(&text);
     }
-    let mut opts = ClusterOptions::default().bin(&args.bin).nats_config(conf);
+    let mut opts = ClusterOptions::default()
+        .bin(&args.bin)
+        .nats_server_config(conf);
     for (k, v) in RAFT_ENV {
         opts = opts.env(k, v);
     }
@@ -464,6 +466,12 @@ async fn main() -> Result<()> {
             "  term: {term_before:?} before, {term_after:?} after (a change means an election)"
         );
         let after = disconnects(&cluster).await;
+        let closed: usize = after
+            .iter()
+            .filter(|(k, _)| k.starts_with("nats-server closed"))
+            .map(|(k, v)| v - before.get(k).copied().unwrap_or(0))
+            .sum();
+        println!("  connections closed by nats-server during the soak: {closed}");
         for (k, v) in &after {
             println!(
                 "  {k}: {} during the soak",

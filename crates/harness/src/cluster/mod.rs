@@ -105,7 +105,7 @@ pub struct ClusterOptions {
     /// A config for the fixture's `nats-server` (its file syntax; not the address, port or
     /// log, which come from the command line), e.g. ping settings, or `http_port: -1` for the
     /// monitoring endpoint [`Cluster::nats_monitor`] reads. Ignored with `nats_url`.
-    pub nats_config: Option<String>,
+    pub nats_server_config: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterOptions {
@@ -123,7 +123,7 @@ impl std::fmt::Debug for ClusterOptions {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("connector", &self.connector.as_ref().map(|_| "<fn>"))
-            .field("nats_config", &self.nats_config)
+            .field("nats_server_config", &self.nats_server_config)
             .finish()
     }
 }
@@ -140,7 +140,7 @@ impl Default for ClusterOptions {
             nats_url: None,
             admin_token: None,
             connector: None,
-            nats_config: None,
+            nats_server_config: None,
         }
     }
 }
@@ -187,8 +187,8 @@ impl ClusterOptions {
         self.connector = Some(connector);
         self
     }
-    pub fn nats_config(mut self, config: impl Into<String>) -> Self {
-        self.nats_config = Some(config.into());
+    pub fn nats_server_config(mut self, config: impl Into<String>) -> Self {
+        self.nats_server_config = Some(config.into());
         self
     }
 }
@@ -278,7 +278,7 @@ impl Cluster {
             Some(url) => (None, None, url.clone(), None),
             None => {
                 let bin = nats_server::find()?;
-                let server = match &opts.nats_config {
+                let server = match &opts.nats_server_config {
                     Some(conf) => NatsServer::start_with_config(&bin, tmp.path(), conf).await?,
                     None => NatsServer::start(&bin, tmp.path()).await?,
                 };

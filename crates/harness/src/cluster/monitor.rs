@@ -1,6 +1,6 @@
 //! The fixture's `nats-server` as its monitoring endpoint sees it (`/connz`, `/subsz`): which
 //! connections it still holds and what each is subscribed to. Only for a cluster started with
-//! [`ClusterOptions::nats_config`] enabling the monitor (`http_port: -1`).
+//! [`ClusterOptions::nats_server_config`] enabling the monitor (`http_port: -1`).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
