@@ -17,13 +17,14 @@
 //! ```text
 //! paused-leader --bin target/release/concord [--nats-config FILE] [--clients 16]
 //!     [--timeout-ms 1000] [--pauses 5] [--pause-secs 10] [--after-secs 5]
-//!     [--retry-reads-ms MS] [--soak-secs N] [--json]
+//!     [--retry-reads-ms MS] [--soak-secs N] [--raft HEARTBEAT,MIN,MAX] [--json]
 //! ```
 //!
 //! `--nats-config` adds that nats-server config (e.g. compose/nats/nats.conf's ping
 //! settings) to the server's; `--retry-reads-ms` makes each get time out after MS and retry
 //! through the node subjects `P.node.<id>.kv.get` of the nodes in turn (option c: the
-//! client steering around a node that cannot answer). Needs `nats-server` (PATH or
+//! client steering around a node that cannot answer); `--raft 50,300,600` runs other Raft
+//! timings (heartbeat, election timeout min and max, in ms) than the shipped ones. Needs `nats-server` (PATH or
 //! `CONCORD_TEST_NATS_SERVER`).
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ struct Args {
     retry_reads: Option<Duration>,
     soak: Option<Duration>,
     json: bool,
+    /// `--raft HEARTBEAT,MIN,MAX` (ms): other Raft timings than the shipped ones.
+    raft: Option<[String; 3]>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -77,6 +80,7 @@ fn parse_args() -> Result<Args> {
         retry_reads: None,
         soak: None,
         json: false,
+        raft: None,
     };
     let mut it = std::env::args().skip(1);
     let ms = |v: Option<String>, f: &str| -> Result<Duration> {
@@ -97,6 +101,15 @@ fn parse_args() -> Result<Args> {
             "--retry-reads-ms" => a.retry_reads = Some(ms(it.next(), "--retry-reads-ms")?),
             "--soak-secs" => a.soak = Some(ms(it.next().map(|s| s + "000"), "--soak-secs")?),
             "--json" => a.json = true,
+            "--raft" => {
+                let v = it.next().context("--raft HEARTBEAT,MIN,MAX")?;
+                let parts: Vec<String> = v.split(',').map(str::to_string).collect();
+                a.raft = Some(
+                    parts
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("--raft {v}"))?,
+                );
+            }
             "-h" | "--help" => {
                 println!("see the doc comment of crates/bench/src/bin/paused-leader.rs");
                 std::process::exit(0);
@@ -395,8 +408,8 @@ async fn start_cluster(args: &Args) -> Result<Cluster> {
     let mut opts = ClusterOptions::default()
         .bin(&args.bin)
         .nats_server_config(conf);
-    for (k, v) in RAFT_ENV {
-        opts = opts.env(k, v);
+    for (i, (k, v)) in RAFT_ENV.into_iter().enumerate() {
+        opts = opts.env(k, args.raft.as_ref().map_or(v, |r| r[i].as_str()));
     }
     let cluster = Cluster::start_with(NODES, opts).await?;
     cluster.wait_stable(Duration::from_secs(60)).await?;
