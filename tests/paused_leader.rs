@@ -6,8 +6,8 @@
 //! reconnect, resubscribe, and hold a follower's single queue subscription.
 //!
 //! With NATS's default ping settings (2 min, 2 pings) the paused node keeps its
-//! subscriptions for minutes: the wait for its connection to go fails, and so does the run
-//! of gets through the queue group.
+//! subscriptions for minutes: the wait for its connection to go fails (and without that
+//! wait, the run of gets through the queue group would: each has even odds of reaching it).
 
 mod common;
 
