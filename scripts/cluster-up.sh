@@ -2,7 +2,8 @@
 # scripts/cluster-up.sh — run a local 3-node Concord cluster for a demo or manual testing.
 #
 # Starts (in the background, detached from this terminal):
-#   nats-server on 127.0.0.1:4222     pid data/nats.pid, log data/nats.log
+#   nats-server on 127.0.0.1:4222     pid data/nats.pid, log data/nats.log, ping settings from
+#                                     compose/nats/liveness.conf
 #                                     (not started if something already listens on 4222)
 #   concord serve, nodes 1, 2, 3      pid data/n$i.pid, log data/n$i.log, data dir data/n$i,
 #                                     metrics on 127.0.0.1:9464, :9465, :9466 (/metrics, /readyz)
@@ -155,7 +156,10 @@ else
     echo "==> starting nats-server on $NATS_HOST:$NATS_PORT (log: data/nats.log)"
     echo "===== cluster-up $(date -u +%FT%TZ) =====" >>"$DATA/nats.log"
     # The real binary, not a pyenv shim, so that the pid file names nats-server itself.
-    start_bg "$DATA/nats.pid" "$DATA/nats.log" "$(concord_nats_server_path)" -a "$NATS_HOST" -p "$NATS_PORT"
+    # liveness.conf: the shipped ping settings, so that a paused or hung node's connection
+    # (and its queue subscriptions) goes within seconds, as in compose/.
+    start_bg "$DATA/nats.pid" "$DATA/nats.log" "$(concord_nats_server_path)" \
+        -c "$ROOT/compose/nats/liveness.conf" -a "$NATS_HOST" -p "$NATS_PORT"
     for _ in $(seq 50); do
         port_open "$NATS_HOST" "$NATS_PORT" && break
         live_pid "$DATA/nats.pid" >/dev/null || break

@@ -206,6 +206,24 @@ fn compose_stack_is_complete_and_consistent() -> Result<()> {
             );
         }
         check_nats_config(&compose_dir.join(&conf.source), name)?;
+        // A file the config includes (liveness.conf: the ping settings) must be mounted next
+        // to it in the container too, or the server there refuses to start.
+        let conf_dir = |p: &str| p.rsplit_once('/').map(|(d, _)| d.to_string());
+        for line in text.lines() {
+            let Some(inc) = line.trim().strip_prefix("include ") else {
+                continue;
+            };
+            let file = inc.trim().trim_start_matches("./");
+            ensure!(
+                mounts(service).iter().any(|m| {
+                    m.source.ends_with(&format!("/{file}"))
+                        && conf_dir(&m.target) == conf_dir(&conf.target)
+                        && m.target.ends_with(&format!("/{file}"))
+                }),
+                "{name}: {} includes {file}, which is not mounted next to it",
+                conf.source
+            );
+        }
     }
 
     // Concord nodes.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 /// What `nats-server` logs once it accepts clients; the line ends with the address.
 const LISTENING: &str = "Listening for client connections on ";
+/// What it logs when its config asks for the HTTP monitor (`http_port: -1` picks a port).
+const MONITOR: &str = "Starting http monitor on ";
 /// How long a starting server may take to log [`LISTENING`].
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -75,6 +77,8 @@ pub struct NatsServer {
     pub child: Child,
     pub log_path: PathBuf,
     pub port: u16,
+    /// The HTTP monitoring port (`/connz`, `/subsz`, `/varz`), when the config enables it.
+    pub monitor_port: Option<u16>,
 }
 
 impl NatsServer {
@@ -90,8 +94,9 @@ impl NatsServer {
     }
 
     /// As [`NatsServer::start`], with `config` (nats-server's config file syntax: accounts,
-    /// TLS, NKeys…) written to `<dir>/nats.conf`; the address, port and log still come from
-    /// the command line, so the config must not set them.
+    /// TLS, NKeys, ping settings, `http_port: -1` for a monitor…) written to
+    /// `<dir>/nats.conf`; the address, port and log still come from the command line, so the
+    /// config must not set them. [`NatsServer::restart_on`] uses the same config again.
     pub async fn start_with_config(
         binary: &Path,
         dir: &Path,
@@ -110,16 +115,12 @@ impl NatsServer {
         let log_path = dir.join("nats.log");
         let mut child = spawn(binary, dir, &log_path, "-1", conf)?;
         let text = wait_listening(&mut child, &log_path).await?;
-        let port = text
-            .lines()
-            .find_map(|l| l.find(LISTENING).map(|at| l[at + LISTENING.len()..].trim()))
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok());
-        match port {
+        match logged_port(&text, LISTENING) {
             Some(port) => Ok(NatsServer {
                 child,
                 log_path,
                 port,
+                monitor_port: logged_port(&text, MONITOR),
             }),
             None => {
                 let _ = child.kill();
@@ -132,8 +133,9 @@ impl NatsServer {
     }
 
     /// Starts `binary` again on `port` (so every client reconnects to the URL it knows) and
-    /// waits until it listens. The previous log is kept as `nats.log.<n>`. Retries for up to
-    /// 15 s while the port is not free yet.
+    /// waits until it listens, with the config [`NatsServer::start_with_config`] wrote to
+    /// `<dir>/nats.conf` if there is one (its monitor, if any, gets a new port). The previous
+    /// log is kept as `nats.log.<n>`. Retries for up to 15 s while the port is not free yet.
     pub async fn restart_on(
         binary: &Path,
         log_path: &Path,
@@ -142,6 +144,7 @@ impl NatsServer {
         let dir = log_path
             .parent()
             .ok_or_else(|| Error::Start(format!("log {} has no parent", log_path.display())))?;
+        let conf = Some(dir.join("nats.conf")).filter(|c| c.is_file());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if log_path.exists() {
@@ -152,14 +155,15 @@ impl NatsServer {
                 std::fs::rename(log_path, dir.join(format!("nats.log.{n}")))
                     .map_err(io(format!("rotating {}", log_path.display())))?;
             }
-            let mut child = spawn(binary, dir, log_path, &port.to_string(), None)?;
+            let mut child = spawn(binary, dir, log_path, &port.to_string(), conf.as_deref())?;
             // Wait for this instance to listen, or to exit (port still taken).
             let exited = match wait_listening(&mut child, log_path).await {
-                Ok(_) => {
+                Ok(text) => {
                     return Ok(NatsServer {
                         child,
                         log_path: log_path.to_path_buf(),
                         port,
+                        monitor_port: logged_port(&text, MONITOR),
                     })
                 }
                 Err(e) => e,
@@ -172,6 +176,14 @@ impl NatsServer {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The port at the end of the first log line that contains `what` (`… on 127.0.0.1:4222`).
+fn logged_port(text: &str, what: &str) -> Option<u16> {
+    text.lines()
+        .find_map(|l| l.find(what).map(|at| l[at + what.len()..].trim()))
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
 }
 
 fn spawn(

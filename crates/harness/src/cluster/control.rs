@@ -494,6 +494,10 @@ impl Cluster {
             let port = self.nats_port()?;
             let server = NatsServer::restart_on(&nats_server::find()?, &log_path, port).await?;
             *self.nats.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.child);
+            *self
+                .nats_monitor_port
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = server.monitor_port;
             Ok(())
         }
         .await;

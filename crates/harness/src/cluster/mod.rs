@@ -41,10 +41,12 @@ use serde_json::{json, Value};
 
 mod control;
 mod lock;
+mod monitor;
 mod waits;
 
 use lock::FileLock;
 pub use lock::{exclusive, Exclusive};
+pub use monitor::ClosedConnection;
 
 use crate::nats_server::{self, NatsServer};
 use crate::process::{self, signal, tail_bytes as tail};
@@ -100,6 +102,10 @@ pub struct ClusterOptions {
     /// How the fixture's own test clients connect (credentials, TLS), given the cluster's
     /// URL. `None`: a plain connection.
     pub connector: Option<Connector>,
+    /// A config for the fixture's `nats-server` (its file syntax; not the address, port or
+    /// log, which come from the command line), e.g. ping settings, or `http_port: -1` for the
+    /// monitoring endpoint [`Cluster::nats_monitor`] reads. Ignored with `nats_url`.
+    pub nats_server_config: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterOptions {
@@ -117,6 +123,7 @@ impl std::fmt::Debug for ClusterOptions {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("connector", &self.connector.as_ref().map(|_| "<fn>"))
+            .field("nats_server_config", &self.nats_server_config)
             .finish()
     }
 }
@@ -133,6 +140,7 @@ impl Default for ClusterOptions {
             nats_url: None,
             admin_token: None,
             connector: None,
+            nats_server_config: None,
         }
     }
 }
@@ -179,6 +187,10 @@ impl ClusterOptions {
         self.connector = Some(connector);
         self
     }
+    pub fn nats_server_config(mut self, config: impl Into<String>) -> Self {
+        self.nats_server_config = Some(config.into());
+        self
+    }
 }
 
 struct Node {
@@ -200,6 +212,8 @@ pub struct Cluster {
     nodes: Mutex<BTreeMap<u64, Node>>,
     nats: Mutex<Option<Child>>,
     nats_log: Option<PathBuf>,
+    /// The fixture's `nats-server` monitoring port, when its config enables it.
+    nats_monitor_port: Mutex<Option<u16>>,
     nats_url: String,
     client: async_nats::Client,
     prefix: String,
@@ -262,12 +276,17 @@ impl Cluster {
             .tempdir()
             .context("creating the cluster temp dir")?;
 
-        let (nats_child, nats_log, nats_url) = match &opts.nats_url {
-            Some(url) => (None, None, url.clone()),
+        let (nats_child, nats_log, nats_url, monitor) = match &opts.nats_url {
+            Some(url) => (None, None, url.clone(), None),
             None => {
-                let server = NatsServer::start(&nats_server::find()?, tmp.path()).await?;
+                let bin = nats_server::find()?;
+                let server = match &opts.nats_server_config {
+                    Some(conf) => NatsServer::start_with_config(&bin, tmp.path(), conf).await?,
+                    None => NatsServer::start(&bin, tmp.path()).await?,
+                };
                 let url = server.url();
-                (Some(server.child), Some(server.log_path), url)
+                let monitor = server.monitor_port;
+                (Some(server.child), Some(server.log_path), url, monitor)
             }
         };
 
@@ -302,6 +321,7 @@ impl Cluster {
             nodes: Mutex::new(nodes),
             nats: Mutex::new(nats_child),
             nats_log,
+            nats_monitor_port: Mutex::new(monitor),
             nats_url,
             client,
             prefix: opts.prefix.clone(),
