@@ -96,7 +96,11 @@ fn status_text(s: &Value) -> String {
     t.push_str(&format!("revision  {}\n", show(&s["revision"])));
     t.push_str(&format!("format    {}\n", format_text(s)));
     if let Some(ms) = s["cluster_time_ms"].as_u64() {
-        t.push_str(&format!("time      {}.{:03} s of cluster time\n", ms / 1000, ms % 1000));
+        t.push_str(&format!(
+            "time      {}.{:03} s of cluster time\n",
+            ms / 1000,
+            ms % 1000
+        ));
     }
     t.push_str(&format!(
         "members   voters {} learners {}\n\n",

@@ -348,7 +348,10 @@ pub(super) fn publish_figures(view: &StateView, meta: &SmMeta) {
     view.cluster_format
         .store(meta.cluster_format.max(1), Relaxed);
     view.cluster_time.store(meta.cluster_time, Relaxed);
-    view.clock.observe(meta.cluster_time);
+    if meta.cluster_time > 0 {
+        // Only a stamp moves the clock: before the first one it must not start counting.
+        view.clock.observe(meta.cluster_time);
+    }
     view.revision.send_if_modified(|r| {
         let changed = *r != meta.revision;
         *r = meta.revision;

@@ -7,6 +7,11 @@
 //! saved reading) and counts from the replay. No wall clock is read anywhere, and no other
 //! node's reading is trusted: only stamps that came through the log.
 //!
+//! A node that holds no stamp at all (a new cluster, or one still on log format 1) reads 0
+//! and does not count: its own start is no stamp, and counting from it would let a node that
+//! started early read ahead of every leader. It starts counting from the first stamp it
+//! appends, or, as a leader, from the first stamp it writes.
+//!
 //! Why it never runs backwards: a reading only moves to a newer stamp when that stamp is
 //! ahead of it (a follower's own count may run a little ahead of a leader's stamps that
 //! arrive later), and a leader stamps its reading, which is at least every stamp it has
@@ -38,12 +43,13 @@ impl Base {
 }
 
 impl ClusterClock {
-    /// A clock that reads `start` now: the newest stamp this node holds at start.
+    /// A clock that reads `start` now, the newest stamp this node holds at start, and counts
+    /// from now; with no stamp at all (`0`) it waits for one.
     pub fn starting_at(start: u64) -> ClusterClock {
         ClusterClock {
             base: Mutex::new(Base {
                 ms: start,
-                at: Instant::now(),
+                at: (start > 0).then(Instant::now),
             }),
         }
     }
@@ -58,14 +64,17 @@ impl ClusterClock {
     pub fn observe(&self, stamp: u64) {
         let now = Instant::now();
         let mut base = self.lock();
-        if stamp > base.reading(now) {
-            *base = Base { ms: stamp, at: now };
+        if stamp > base.reading(now) || base.at.is_none() {
+            let ms = stamp.max(base.ms);
+            *base = Base { ms, at: Some(now) };
         }
     }
 
     /// The stamp for an entry a leader proposes now: its reading, which is at least every
     /// stamp it has appended (and `floor`, the newest stamp it applied, for good measure).
     pub fn stamp(&self, floor: u64) -> u64 {
+        // A leader of a cluster without stamps starts its time now (`observe` starts the
+        // count).
         self.observe(floor);
         self.reading()
     }
@@ -95,6 +104,16 @@ mod tests {
             "a newer stamp moves it up: {r}"
         );
         assert!(clock.stamp(0) >= r);
+    }
+
+    #[test]
+    fn without_a_stamp_it_waits_until_one_comes() {
+        let clock = ClusterClock::starting_at(0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(clock.reading(), 0, "its own start is no stamp");
+        clock.observe(0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(clock.reading() >= 20, "counts from the first stamp");
     }
 
     #[test]

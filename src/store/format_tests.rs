@@ -51,7 +51,10 @@ async fn versions_count_only_after_the_switch_and_the_directory_moves_to_format_
     // Before the switch every node, whatever its build, writes the plain record.
     assert_eq!(meta(&view, "a"), KeyMeta::plain(2));
     assert_eq!(view.cluster_format(), 1);
-    assert_eq!(migrations::format_version(&store).unwrap(), migrations::OPEN_FORMAT);
+    assert_eq!(
+        migrations::format_version(&store).unwrap(),
+        migrations::OPEN_FORMAT
+    );
 
     let out = sm
         .apply(vec![entry(
@@ -103,7 +106,10 @@ async fn versions_count_only_after_the_switch_and_the_directory_moves_to_format_
     assert_eq!(view.cluster_format(), 2);
     assert_eq!(migrations::format_version(&store).unwrap(), 3);
     assert_eq!(meta(&view, "a").version, 2);
-    assert!(view.clock().reading() >= 5_030, "resumes at its newest stamp");
+    assert!(
+        view.clock().reading() >= 5_030,
+        "resumes at its newest stamp"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +139,11 @@ async fn applied_time_never_runs_back_and_travels_with_snapshots() {
     let mut src = snap.snapshot;
     tokio::io::copy(&mut src, &mut *recv).await.unwrap();
     sm2.install_snapshot(&snap.meta, recv).await.unwrap();
-    assert_eq!(view2.cluster_format(), 2, "the format travels with the snapshot");
+    assert_eq!(
+        view2.cluster_format(),
+        2,
+        "the format travels with the snapshot"
+    );
     assert_eq!(view2.applied_cluster_time(), 9_000);
     assert!(view2.clock().reading() >= 9_000);
     assert_eq!(migrations::format_version(&store2).unwrap(), 3);

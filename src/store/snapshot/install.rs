@@ -112,7 +112,9 @@ pub(crate) fn install(
     );
     view.cluster_time
         .store(installed.cluster_time, std::sync::atomic::Ordering::Relaxed);
-    view.clock.observe(installed.cluster_time);
+    if installed.cluster_time > 0 {
+        view.clock.observe(installed.cluster_time);
+    }
     view.data_bytes
         .store(data_bytes, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_replace(header.revision);
