@@ -14,6 +14,21 @@ pub struct CheckArgs {
     /// Time given to each nemesis, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Instead of --duration: run each nemesis until it has hit the leader N times (for
+    /// failover figures over many faults).
+    #[arg(long, value_name = "N")]
+    pub faults: Option<usize>,
+    /// Kill and partition the leader every round (default: the leader every other round, a
+    /// random node in between).
+    #[arg(long)]
+    pub leader_only: bool,
+    /// How long a kill, pause or partition is held before it heals.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// Raft timings of the nodes: `suite` (heartbeat 100 ms, elections 800-1600 ms: faults
+    /// heal fast) or `shipped` (the config's defaults, as deployed).
+    #[arg(long, default_value = "suite", value_parser = ["suite", "shipped"])]
+    pub timings: String,
     /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
@@ -79,8 +94,14 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     if let Some(fp) = &args.failpoints {
         node_env.push(("CONCORD_FAILPOINTS".to_string(), fp.clone()));
     }
+    let timings = concord_check::run::Timings::parse(&args.timings)
+        .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
     let opts = concord_check::run::CheckOptions {
         duration: args.duration,
+        leader_faults: args.faults,
+        leader_only: args.leader_only,
+        hold: args.hold,
+        timings,
         faults,
         clients: args.clients,
         keys: args.keys,
@@ -98,11 +119,15 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     };
     if !global.json {
         eprintln!(
-            "concord check: {:?} for {:?} each, {} clients, {} keys; work dir {}",
+            "concord check: {:?} {} each, {} clients, {} keys, {:?} timings; work dir {}",
             opts.faults,
-            opts.duration,
+            match opts.leader_faults {
+                Some(n) => format!("until {n} faults on the leader"),
+                None => format!("for {:?}", opts.duration),
+            },
             opts.clients,
             opts.keys,
+            opts.timings,
             workdir.display()
         );
     }
@@ -115,30 +140,36 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     .await?;
     let code = if verdict.valid { 0 } else { 1 };
     let v = serde_json::to_value(&verdict)?;
-    out(global, v, || {
-        let mut t = format!(
-            "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nslowest recovery: {}\nhistory: {}",
-            if verdict.valid { "VALID" } else { "INVALID" },
-            verdict.checker,
-            verdict.ops.ok,
-            verdict.ops.fail,
-            verdict.ops.info,
-            verdict.faults.len(),
-            verdict.keys_checked,
-            verdict.lost_writes.len(),
-            verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
-            verdict.history.display()
-        );
-        for p in &verdict.problems {
-            t.push_str(&format!("\nproblem: {p}"));
-        }
-        for l in &verdict.lost_writes {
-            t.push_str(&format!("\nlost: {l}"));
-        }
-        if let Some(e) = &verdict.explanation {
-            t.push_str(&format!("\n{e}"));
-        }
-        t
-    });
+    out(global, v, || report(&verdict));
     Ok(code)
+}
+
+/// The verdict as text.
+fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
+    let mut t = format!(
+        "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nslowest recovery: {}\nhistory: {}",
+        if verdict.valid { "VALID" } else { "INVALID" },
+        verdict.checker,
+        verdict.ops.ok,
+        verdict.ops.fail,
+        verdict.ops.info,
+        verdict.faults.len(),
+        verdict.keys_checked,
+        verdict.lost_writes.len(),
+        verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
+        verdict.history.display()
+    );
+    for line in concord_check::gaps::report_lines(&verdict.failover) {
+        t.push_str(&format!("\nfailover: {line}"));
+    }
+    for p in &verdict.problems {
+        t.push_str(&format!("\nproblem: {p}"));
+    }
+    for l in &verdict.lost_writes {
+        t.push_str(&format!("\nlost: {l}"));
+    }
+    if let Some(e) = &verdict.explanation {
+        t.push_str(&format!("\n{e}"));
+    }
+    t
 }
