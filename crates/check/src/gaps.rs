@@ -35,13 +35,21 @@ pub fn write_acks(history: &[Event]) -> Vec<u64> {
     acks
 }
 
-/// The gap around a fault at `fault_ns`: from the last acknowledgement at or before it to the
-/// first one after it, in ms. `None` when there is none on one side.
-pub fn gap_around(acks: &[u64], fault_ns: u64) -> Option<u64> {
-    let after = acks.partition_point(|&t| t <= fault_ns);
-    let before = *acks.get(after.checked_sub(1)?)?;
-    let next = *acks.get(after)?;
-    Some((next - before) / 1_000_000)
+/// The longest stretch without an acknowledgement around a fault, in ms: the largest distance
+/// between consecutive acknowledgements from the last one at or before `from_ns` (the fault)
+/// to the first one at or after `to_ns` (when writes were served again). The largest, not
+/// the one straddling the fault: acknowledgements already in flight can still arrive in the
+/// first milliseconds after it. `None` when there is none on one side.
+pub fn gap_around(acks: &[u64], from_ns: u64, to_ns: u64) -> Option<u64> {
+    let first = acks.partition_point(|&t| t <= from_ns).checked_sub(1)?;
+    let last = acks.partition_point(|&t| t < to_ns.max(from_ns));
+    if last >= acks.len() {
+        return None;
+    }
+    acks[first..=last]
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .max()
 }
 
 /// The median (the lower one of an even count) and the maximum.
@@ -138,6 +146,7 @@ mod tests {
             new_leader_ms: leader,
             write_gap_ms: gap,
             injected: None,
+            writable: None,
         }
     }
 
@@ -153,11 +162,21 @@ mod tests {
         ];
         const MS: u64 = 1_000_000;
         let acks = write_acks(&h);
-        assert_eq!(gap_around(&acks, 300 * MS), Some(1300));
+        assert_eq!(gap_around(&acks, 300 * MS, 1000 * MS), Some(1300));
         // An acknowledgement exactly at the fault counts as before it.
-        assert_eq!(gap_around(&acks, 200 * MS), Some(1300));
-        assert_eq!(gap_around(&acks, 50 * MS), None);
-        assert_eq!(gap_around(&acks, 1600 * MS), None);
+        assert_eq!(gap_around(&acks, 200 * MS, 1000 * MS), Some(1300));
+        assert_eq!(gap_around(&acks, 50 * MS, 1000 * MS), None);
+        assert_eq!(gap_around(&acks, 1600 * MS, 1700 * MS), None);
+        // Late acknowledgements just after the fault do not hide the gap that follows.
+        let late = write_acks(&[
+            ack(Func::Write, EventType::Ok, 100),
+            ack(Func::Write, EventType::Ok, 301),
+            ack(Func::Write, EventType::Ok, 302),
+            ack(Func::Write, EventType::Ok, 2302),
+            ack(Func::Write, EventType::Ok, 2310),
+            ack(Func::Write, EventType::Ok, 9000),
+        ]);
+        assert_eq!(gap_around(&late, 300 * MS, 2305 * MS), Some(2000));
     }
 
     #[test]

@@ -51,13 +51,17 @@ pub struct FaultRecord {
     /// From the fault until another node reported itself leader (leader faults only, while
     /// the fault was held); `None` if none did, or the fault did not hit the leader.
     pub new_leader_ms: Option<u64>,
-    /// The longest stretch without a successful write as the workload's clients saw it: from
-    /// the last write or delete acknowledged at or before the fault to the first one
-    /// acknowledged after it (filled in from the history once the workload stopped).
+    /// The longest stretch without a successful write as the workload's clients saw it,
+    /// between the last write or delete acknowledged at or before the fault and the first one
+    /// acknowledged once writes were served again (filled in from the history once the
+    /// workload stopped).
     pub write_gap_ms: Option<u64>,
-    /// When the fault was injected (not serialized: `at_ms` is its wall-free form).
+    /// When the fault was injected, and when writes were served again after the heal (not
+    /// serialized: `at_ms` and `recovery_ms` are their serialized forms).
     #[serde(skip)]
     pub injected: Option<Instant>,
+    #[serde(skip)]
+    pub writable: Option<Instant>,
 }
 
 /// Timings of one fault.
@@ -178,6 +182,7 @@ impl Nemesis {
             new_leader_ms: new_leader.map(|t| t.duration_since(injected).as_millis() as u64),
             write_gap_ms: None,
             injected: Some(injected),
+            writable: recovered.then(Instant::now),
         })
     }
 }

@@ -168,9 +168,9 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
     let acks = gaps::write_acks(&history);
     for f in &mut faults {
-        f.write_gap_ms = f
-            .injected
-            .and_then(|at| gaps::gap_around(&acks, recorder.time_of(at)));
+        if let (Some(from), Some(to)) = (f.injected, f.writable) {
+            f.write_gap_ms = gaps::gap_around(&acks, recorder.time_of(from), recorder.time_of(to));
+        }
     }
     let failover = gaps::summarize(&faults);
     let valid = checker == "linearizable"
