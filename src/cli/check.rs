@@ -29,6 +29,11 @@ pub struct CheckArgs {
     /// heal fast) or `shipped` (the config's defaults, as deployed).
     #[arg(long, default_value = "suite", value_parser = ["suite", "shipped"])]
     pub timings: String,
+    /// Raft timings to try instead, as HEARTBEAT,ELECTION_MIN,ELECTION_MAX in ms (e.g.
+    /// 75,250,350): set on every node over --timings, to compare candidate defaults with one
+    /// binary.
+    #[arg(long, value_name = "HB,MIN,MAX")]
+    pub raft: Option<String>,
     /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
@@ -38,6 +43,11 @@ pub struct CheckArgs {
     /// Size of the key set.
     #[arg(long, default_value_t = 8)]
     pub keys: usize,
+    /// Deadline of one client operation (sent as `timeout_ms`; the client waits 500 ms more).
+    /// A request stuck at a dead leader costs its client this long, which bounds the write
+    /// gap from below.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub op_timeout: Duration,
     /// Where the history, node data and logs go (default: a new temp dir, kept).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -94,6 +104,9 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     if let Some(fp) = &args.failpoints {
         node_env.push(("CONCORD_FAILPOINTS".to_string(), fp.clone()));
     }
+    if let Some(raft) = &args.raft {
+        node_env.extend(raft_env(raft)?);
+    }
     let timings = concord_check::run::Timings::parse(&args.timings)
         .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
     let opts = concord_check::run::CheckOptions {
@@ -105,6 +118,7 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
         faults,
         clients: args.clients,
         keys: args.keys,
+        op_timeout: args.op_timeout,
         bin,
         nats_server,
         workdir: workdir.clone(),
@@ -119,7 +133,7 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     };
     if !global.json {
         eprintln!(
-            "concord check: {:?} {} each, {} clients, {} keys, {:?} timings; work dir {}",
+            "concord check: {:?} {} each, {} clients, {} keys, {:?} timings{}; work dir {}",
             opts.faults,
             match opts.leader_faults {
                 Some(n) => format!("until {n} faults on the leader"),
@@ -128,6 +142,10 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
             opts.clients,
             opts.keys,
             opts.timings,
+            args.raft
+                .as_ref()
+                .map(|r| format!(" (raft {r})"))
+                .unwrap_or_default(),
             workdir.display()
         );
     }
@@ -142,6 +160,26 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     let v = serde_json::to_value(&verdict)?;
     out(global, v, || report(&verdict));
     Ok(code)
+}
+
+/// `--raft HB,MIN,MAX` as the nodes' environment.
+fn raft_env(raft: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let ms: Vec<u64> = raft
+        .split(',')
+        .map(|v| v.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--raft: '{raft}': {e}"))?;
+    let [hb, min, max] = ms[..] else {
+        anyhow::bail!("--raft: '{raft}' is not HEARTBEAT,ELECTION_MIN,ELECTION_MAX");
+    };
+    Ok([
+        ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", hb),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", min),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", max),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect())
 }
 
 /// The verdict as text.

@@ -30,6 +30,8 @@ pub struct CheckOptions {
     pub faults: Vec<Fault>,
     pub clients: usize,
     pub keys: usize,
+    /// Deadline of one workload operation (the NATS request waits 500 ms more).
+    pub op_timeout: Duration,
     pub bin: PathBuf,
     pub nats_server: PathBuf,
     pub workdir: PathBuf,
@@ -120,7 +122,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         prefix: "concord".into(),
         clients: opts.clients.max(1),
         keys: opts.keys.max(1),
-        op_timeout: Duration::from_millis(1000),
+        op_timeout: opts.op_timeout,
     };
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
