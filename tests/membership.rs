@@ -18,7 +18,7 @@ const JOIN: [(&str, &str); 1] = [("CONCORD_CLUSTER__JOIN", "true")];
 
 /// Fast elections so that removing the leader costs about a second.
 fn options() -> ClusterOptions {
-    concord_check::run::node_timings()
+    concord_check::run::node_timings(concord_check::run::Timings::Suite)
         .into_iter()
         .fold(ClusterOptions::default(), |o, (k, v)| o.env(k, v))
 }

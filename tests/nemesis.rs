@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 const SECONDS: u64 = 30;
 /// The longest a cluster may take to serve writes again after a fault heals.
 const RECOVERY_LIMIT_MS: u64 = 10_000;
+/// How long the suite holds a fault (`concord check --hold`, default 4 s).
+const HOLD_MS: u64 = 4_000;
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -99,6 +101,7 @@ fn assert_valid(nemesis: &str, ok: bool, v: &Value) -> Result<()> {
             "{nemesis}: writable again only after {ms} ms: {f}"
         );
     }
+    assert_failover_figures(nemesis, v)?;
     ensure!(
         v["ops"]["ok"].as_u64().unwrap_or(0) > 100,
         "{nemesis}: too few operations: {}",
@@ -108,6 +111,46 @@ fn assert_valid(nemesis: &str, ok: bool, v: &Value) -> Result<()> {
         v["keys_checked"].as_u64().unwrap_or(0) >= 1,
         "{nemesis}: no key checked"
     );
+    Ok(())
+}
+
+/// The failover report: every fault on the leader has a write gap, longer than nothing (the
+/// leader's loss stops writes) and no longer than the fault's hold plus the recovery bound;
+/// a new leader, when one was seen, came while the fault was held; the nemesis's summary
+/// counts those faults and its median is at most its maximum.
+fn assert_failover_figures(nemesis: &str, v: &Value) -> Result<()> {
+    let faults = v["faults"].as_array().context("faults")?;
+    let on_leader: Vec<&Value> = faults.iter().filter(|f| f["was_leader"] == true).collect();
+    ensure!(
+        !on_leader.is_empty(),
+        "{nemesis}: no fault hit the leader: {v}"
+    );
+    for f in &on_leader {
+        let gap = f["write_gap_ms"]
+            .as_u64()
+            .with_context(|| format!("{nemesis}: no write gap for {f}"))?;
+        ensure!(
+            gap > 0 && gap <= HOLD_MS + RECOVERY_LIMIT_MS,
+            "{nemesis}: implausible write gap {gap} ms: {f}"
+        );
+        if let Some(ms) = f["new_leader_ms"].as_u64() {
+            ensure!(ms <= HOLD_MS, "{nemesis}: new leader after the hold: {f}");
+        }
+    }
+    let summary = v["failover"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["fault"] == nemesis))
+        .with_context(|| format!("{nemesis}: no failover summary: {}", v["failover"]))?;
+    ensure!(
+        summary["leader_faults"].as_u64() == Some(on_leader.len() as u64)
+            && summary["measured"].as_u64() == Some(on_leader.len() as u64),
+        "{nemesis}: summary does not count the faults: {summary}"
+    );
+    let (p50, max) = (
+        summary["write_gap_p50_ms"].as_u64().context("p50")?,
+        summary["write_gap_max_ms"].as_u64().context("max")?,
+    );
+    ensure!(0 < p50 && p50 <= max, "{nemesis}: p50 {p50} max {max}");
     Ok(())
 }
 

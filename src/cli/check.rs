@@ -14,6 +14,26 @@ pub struct CheckArgs {
     /// Time given to each nemesis, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Instead of --duration: run each nemesis until it has hit the leader N times (for
+    /// failover figures over many faults).
+    #[arg(long, value_name = "N")]
+    pub faults: Option<usize>,
+    /// Kill and partition the leader every round (default: the leader every other round, a
+    /// random node in between).
+    #[arg(long)]
+    pub leader_only: bool,
+    /// How long a kill, pause or partition is held before it heals.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// Raft timings of the nodes: `suite` (heartbeat 100 ms, elections 800-1600 ms: faults
+    /// heal fast) or `shipped` (the config's defaults, as deployed).
+    #[arg(long, default_value = "suite", value_parser = ["suite", "shipped"])]
+    pub timings: String,
+    /// Raft timings to try instead, as HEARTBEAT,ELECTION_MIN,ELECTION_MAX in ms (e.g.
+    /// 75,250,350): set on every node over --timings, to compare candidate defaults with one
+    /// binary.
+    #[arg(long, value_name = "HB,MIN,MAX")]
+    pub raft: Option<String>,
     /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
@@ -23,6 +43,11 @@ pub struct CheckArgs {
     /// Size of the key set.
     #[arg(long, default_value_t = 8)]
     pub keys: usize,
+    /// Deadline of one client operation (sent as `timeout_ms`; the client waits 500 ms more).
+    /// A request stuck at a dead leader costs its client this long, which bounds the write
+    /// gap from below.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub op_timeout: Duration,
     /// Where the history, node data and logs go (default: a new temp dir, kept).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -79,11 +104,21 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     if let Some(fp) = &args.failpoints {
         node_env.push(("CONCORD_FAILPOINTS".to_string(), fp.clone()));
     }
+    if let Some(raft) = &args.raft {
+        node_env.extend(raft_env(raft)?);
+    }
+    let timings = concord_check::run::Timings::parse(&args.timings)
+        .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
     let opts = concord_check::run::CheckOptions {
         duration: args.duration,
+        leader_faults: args.faults,
+        leader_only: args.leader_only,
+        hold: args.hold,
+        timings,
         faults,
         clients: args.clients,
         keys: args.keys,
+        op_timeout: args.op_timeout,
         bin,
         nats_server,
         workdir: workdir.clone(),
@@ -98,11 +133,19 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     };
     if !global.json {
         eprintln!(
-            "concord check: {:?} for {:?} each, {} clients, {} keys; work dir {}",
+            "concord check: {:?} {} each, {} clients, {} keys, {:?} timings{}; work dir {}",
             opts.faults,
-            opts.duration,
+            match opts.leader_faults {
+                Some(n) => format!("until {n} faults on the leader"),
+                None => format!("for {:?}", opts.duration),
+            },
             opts.clients,
             opts.keys,
+            opts.timings,
+            args.raft
+                .as_ref()
+                .map(|r| format!(" (raft {r})"))
+                .unwrap_or_default(),
             workdir.display()
         );
     }
@@ -115,30 +158,56 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     .await?;
     let code = if verdict.valid { 0 } else { 1 };
     let v = serde_json::to_value(&verdict)?;
-    out(global, v, || {
-        let mut t = format!(
-            "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nslowest recovery: {}\nhistory: {}",
-            if verdict.valid { "VALID" } else { "INVALID" },
-            verdict.checker,
-            verdict.ops.ok,
-            verdict.ops.fail,
-            verdict.ops.info,
-            verdict.faults.len(),
-            verdict.keys_checked,
-            verdict.lost_writes.len(),
-            verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
-            verdict.history.display()
-        );
-        for p in &verdict.problems {
-            t.push_str(&format!("\nproblem: {p}"));
-        }
-        for l in &verdict.lost_writes {
-            t.push_str(&format!("\nlost: {l}"));
-        }
-        if let Some(e) = &verdict.explanation {
-            t.push_str(&format!("\n{e}"));
-        }
-        t
-    });
+    out(global, v, || report(&verdict));
     Ok(code)
+}
+
+/// `--raft HB,MIN,MAX` as the nodes' environment.
+fn raft_env(raft: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let ms: Vec<u64> = raft
+        .split(',')
+        .map(|v| v.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--raft: '{raft}': {e}"))?;
+    let [hb, min, max] = ms[..] else {
+        anyhow::bail!("--raft: '{raft}' is not HEARTBEAT,ELECTION_MIN,ELECTION_MAX");
+    };
+    Ok([
+        ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", hb),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", min),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", max),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect())
+}
+
+/// The verdict as text.
+fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
+    let mut t = format!(
+        "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nslowest recovery: {}\nhistory: {}",
+        if verdict.valid { "VALID" } else { "INVALID" },
+        verdict.checker,
+        verdict.ops.ok,
+        verdict.ops.fail,
+        verdict.ops.info,
+        verdict.faults.len(),
+        verdict.keys_checked,
+        verdict.lost_writes.len(),
+        verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
+        verdict.history.display()
+    );
+    for line in concord_check::gaps::report_lines(&verdict.failover) {
+        t.push_str(&format!("\nfailover: {line}"));
+    }
+    for p in &verdict.problems {
+        t.push_str(&format!("\nproblem: {p}"));
+    }
+    for l in &verdict.lost_writes {
+        t.push_str(&format!("\nlost: {l}"));
+    }
+    if let Some(e) = &verdict.explanation {
+        t.push_str(&format!("\n{e}"));
+    }
+    t
 }

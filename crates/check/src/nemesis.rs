@@ -48,6 +48,20 @@ pub struct FaultRecord {
     pub held_ms: u64,
     /// From the heal until a write succeeded again; `None` if it never did in time.
     pub recovery_ms: Option<u64>,
+    /// From the fault until another node reported itself leader (leader faults only, while
+    /// the fault was held); `None` if none did, or the fault did not hit the leader.
+    pub new_leader_ms: Option<u64>,
+    /// The longest stretch without a successful write as the workload's clients saw it,
+    /// between the last write or delete acknowledged at or before the fault and the first one
+    /// acknowledged once writes were served again (filled in from the history once the
+    /// workload stopped).
+    pub write_gap_ms: Option<u64>,
+    /// When the fault was injected, and when writes were served again after the heal (not
+    /// serialized: `at_ms` and `recovery_ms` are their serialized forms).
+    #[serde(skip)]
+    pub injected: Option<Instant>,
+    #[serde(skip)]
+    pub writable: Option<Instant>,
 }
 
 /// Timings of one fault.
@@ -66,6 +80,8 @@ pub struct Timing {
 pub struct Nemesis {
     pub timing: Timing,
     pub started: Instant,
+    /// Kill and partition hit the leader every round, not only on odd ones.
+    pub leader_only: bool,
     rng: u64,
     round: u64,
 }
@@ -75,6 +91,7 @@ impl Nemesis {
         Nemesis {
             timing,
             started,
+            leader_only: false,
             rng: seed | 1,
             round: 0,
         }
@@ -95,7 +112,7 @@ impl Nemesis {
         let leader = cluster.leader().await;
         self.round += 1;
         match leader {
-            Some(l) if leader_only || self.round % 2 == 1 => (l, true),
+            Some(l) if leader_only || self.leader_only || self.round % 2 == 1 => (l, true),
             _ => {
                 let n = self.random_node(&ids);
                 (n, Some(n) == leader)
@@ -104,45 +121,55 @@ impl Nemesis {
     }
 
     /// Injects one fault, holds it, heals it, and waits for the cluster to serve writes.
+    /// While a fault on the leader is held, watches the other nodes for a new leader.
     pub async fn cycle(
         &mut self,
         cluster: &mut CheckCluster,
         fault: Fault,
     ) -> Result<FaultRecord, Error> {
         let at = self.started.elapsed();
-        let (node, was_leader, held) = match fault {
-            Fault::Kill => {
-                let (n, l) = self.target(cluster, false).await;
-                cluster.kill(n).await?;
-                tokio::time::sleep(self.timing.hold).await;
-                cluster.start_node(n).await?;
-                (Some(n), l, self.timing.hold)
-            }
+        let (node, was_leader) = match fault {
             Fault::Pause => {
                 let (n, l) = self.target(cluster, true).await;
-                cluster.pause(n).await?;
-                tokio::time::sleep(self.timing.pause).await;
-                cluster.resume(n).await?;
-                (Some(n), l, self.timing.pause)
+                (Some(n), l)
             }
-            Fault::Partition => {
+            Fault::Kill | Fault::Partition => {
                 let (n, l) = self.target(cluster, false).await;
-                cluster.partition(n).await?;
-                tokio::time::sleep(self.timing.hold).await;
-                cluster.heal().await?;
-                (Some(n), l, self.timing.hold)
+                (Some(n), l)
             }
-            Fault::Restart => {
+            Fault::Restart => (None, true),
+        };
+        let injected = Instant::now();
+        match (fault, node) {
+            (Fault::Kill, Some(n)) => cluster.kill(n).await?,
+            (Fault::Pause, Some(n)) => cluster.pause(n).await?,
+            (Fault::Partition, Some(n)) => cluster.partition(n).await?,
+            _ => {
                 for id in cluster.ids() {
                     cluster.kill(id).await?;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        let held = match fault {
+            Fault::Pause => self.timing.pause,
+            Fault::Restart => Duration::from_millis(500),
+            _ => self.timing.hold,
+        };
+        let new_leader = match node {
+            Some(n) if was_leader => new_leader(cluster, n, injected + held).await,
+            _ => None,
+        };
+        tokio::time::sleep_until((injected + held).into()).await;
+        match (fault, node) {
+            (Fault::Kill, Some(n)) => cluster.start_node(n).await?,
+            (Fault::Pause, Some(n)) => cluster.resume(n).await?,
+            (Fault::Partition, Some(_)) => cluster.heal().await?,
+            _ => {
                 for id in cluster.ids() {
                     cluster.start_node(id).await?;
                 }
-                (None, true, Duration::from_millis(500))
             }
-        };
+        }
         let healed = Instant::now();
         let recovered = wait_writable(cluster, self.timing.recovery_limit).await;
         Ok(FaultRecord {
@@ -152,8 +179,30 @@ impl Nemesis {
             at_ms: at.as_millis() as u64,
             held_ms: held.as_millis() as u64,
             recovery_ms: recovered.then(|| healed.elapsed().as_millis() as u64),
+            new_leader_ms: new_leader.map(|t| t.duration_since(injected).as_millis() as u64),
+            write_gap_ms: None,
+            injected: Some(injected),
+            writable: recovered.then(Instant::now),
         })
     }
+}
+
+/// Polls every node but `old` (each through its own server) until one reports itself leader,
+/// or `until` passes; returns when it was seen. The poll interval bounds the resolution.
+async fn new_leader(cluster: &CheckCluster, old: u64, until: Instant) -> Option<Instant> {
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    while Instant::now() < until {
+        let polls = futures::future::join_all(others.iter().map(|&id| cluster.status(id))).await;
+        if polls
+            .iter()
+            .flatten()
+            .any(|s| s["role"] == serde_json::json!("leader"))
+        {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// Polls with probe writes (outside the checked keys) until one is acknowledged through

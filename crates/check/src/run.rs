@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::gaps::{self, GapSummary};
 use crate::history;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
@@ -18,9 +19,19 @@ use concord_harness::mesh::{CheckCluster, Spec};
 pub struct CheckOptions {
     /// Time given to each nemesis in `faults`.
     pub duration: Duration,
+    /// Instead of `duration`: each nemesis runs until it has hit the leader this many times.
+    pub leader_faults: Option<usize>,
+    /// Kill and partition hit the leader every round (default: every other round).
+    pub leader_only: bool,
+    /// How long a kill, pause or partition is held before it heals.
+    pub hold: Duration,
+    /// The Raft timings the nodes run with.
+    pub timings: Timings,
     pub faults: Vec<Fault>,
     pub clients: usize,
     pub keys: usize,
+    /// Deadline of one workload operation (the NATS request waits 500 ms more).
+    pub op_timeout: Duration,
     pub bin: PathBuf,
     pub nats_server: PathBuf,
     pub workdir: PathBuf,
@@ -40,6 +51,9 @@ pub struct SuiteVerdict {
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
     pub max_recovery_ms: Option<u64>,
+    /// Per nemesis: write gap and time to a new leader around the faults on the leader.
+    pub failover: Vec<GapSummary>,
+    pub timings: Timings,
     pub problems: Vec<String>,
     pub explanation: Option<String>,
     pub history: PathBuf,
@@ -57,17 +71,43 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Node timings for the suite: elections within about a second, so faults heal quickly.
-pub fn node_timings() -> Vec<(String, String)> {
-    [
-        ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", "100"),
-        ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", "800"),
-        ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", "1600"),
-        ("CONCORD_RAFT__SNAPSHOT_EVERY", "2000"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+/// Which Raft timings the suite's nodes run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timings {
+    /// The suite's own, short ones (see [`node_timings`]): faults heal quickly.
+    Suite,
+    /// The node's shipped defaults (`raft.*` of the config), as a deployment runs them: the
+    /// failover figures measured with these are the ones a user sees.
+    Shipped,
+}
+
+impl Timings {
+    pub fn parse(s: &str) -> Option<Timings> {
+        match s {
+            "suite" => Some(Timings::Suite),
+            "shipped" => Some(Timings::Shipped),
+            _ => None,
+        }
+    }
+}
+
+/// Node environment for `timings`: the suite's elections within about a second, or nothing
+/// (the shipped defaults). Both take snapshots often, so snapshot installs are exercised.
+pub fn node_timings(timings: Timings) -> Vec<(String, String)> {
+    let suite: &[(&str, &str)] = match timings {
+        Timings::Suite => &[
+            ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", "100"),
+            ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", "800"),
+            ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", "1600"),
+        ],
+        Timings::Shipped => &[],
+    };
+    suite
+        .iter()
+        .chain(&[("CONCORD_RAFT__SNAPSHOT_EVERY", "2000")])
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Starts the cluster, runs the workload while every nemesis in `opts.faults` takes its turn,
@@ -82,20 +122,20 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         prefix: "concord".into(),
         clients: opts.clients.max(1),
         keys: opts.keys.max(1),
-        op_timeout: Duration::from_millis(1000),
+        op_timeout: opts.op_timeout,
     };
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(workload::run(wl.clone(), recorder.clone(), stop.clone()));
 
     let timing = Timing {
-        hold: Duration::from_secs(4),
-        pause: Duration::from_secs(4),
+        hold: opts.hold,
+        pause: opts.hold,
         quiet: Duration::from_secs(2),
         recovery_limit: Duration::from_secs(20),
     };
     let mut problems = Vec::new();
-    let faults = inject_faults(
+    let mut faults = inject_faults(
         &mut cluster,
         &opts,
         timing,
@@ -128,6 +168,13 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     progress(&format!("checking {} events", history.len()));
     let (checker, explanation, keys_checked) = check_history(&history);
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
+    let acks = gaps::write_acks(&history);
+    for f in &mut faults {
+        if let (Some(from), Some(to)) = (f.injected, f.writable) {
+            f.write_gap_ms = gaps::gap_around(&acks, recorder.time_of(from), recorder.time_of(to));
+        }
+    }
+    let failover = gaps::summarize(&faults);
     let valid = checker == "linearizable"
         && lost.is_empty()
         && problems.iter().all(|p| p.contains("skipped"));
@@ -143,6 +190,8 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         keys_checked,
         lost_writes: lost,
         max_recovery_ms,
+        failover,
+        timings: opts.timings,
         problems,
         explanation,
         history: history_path,
@@ -158,7 +207,7 @@ async fn start_cluster(
     progress: &impl Fn(&str),
 ) -> Result<CheckCluster, Error> {
     std::fs::create_dir_all(&opts.workdir)?;
-    let mut env = node_timings();
+    let mut env = node_timings(opts.timings);
     env.extend(opts.node_env.iter().cloned());
     let cluster = CheckCluster::start(Spec {
         bin: opts.bin.clone(),
@@ -190,8 +239,9 @@ fn keep_log_tails(cluster: &CheckCluster, workdir: &Path) {
     }
 }
 
-/// Each nemesis of `opts.faults` in turn, for `opts.duration` (at least one fault each);
-/// what did not recover in time goes to `problems`.
+/// Each nemesis of `opts.faults` in turn, for `opts.duration` (at least one fault each) or
+/// until it hit the leader `opts.leader_faults` times; what did not recover in time goes to
+/// `problems`.
 async fn inject_faults(
     cluster: &mut CheckCluster,
     opts: &CheckOptions,
@@ -201,32 +251,28 @@ async fn inject_faults(
     progress: &impl Fn(&str),
 ) -> Result<Vec<FaultRecord>, Error> {
     let mut nemesis = Nemesis::new(timing, started, opts.seed);
-    let mut faults = Vec::new();
+    nemesis.leader_only = opts.leader_only;
+    let mut faults: Vec<FaultRecord> = Vec::new();
     for fault in &opts.faults {
         if *fault == Fault::Partition && !cluster.netns() {
             problems.push("partition nemesis skipped: network namespaces unavailable (needs root and `ip netns`)".into());
             continue;
         }
         let phase_end = Instant::now() + opts.duration;
-        loop {
+        // Bounded: a round that finds no leader still counts towards the limit.
+        let rounds = opts.leader_faults.map_or(usize::MAX, |n| 4 * n + 4);
+        for _ in 0..rounds {
             tokio::time::sleep(timing.quiet).await;
-            if Instant::now() + timing.hold + timing.quiet > phase_end
-                && faults.iter().any(|f: &FaultRecord| f.fault == *fault)
-            {
+            let this: Vec<&FaultRecord> = faults.iter().filter(|f| f.fault == *fault).collect();
+            let done = match opts.leader_faults {
+                Some(n) => this.iter().filter(|f| f.was_leader).count() >= n,
+                None => Instant::now() + timing.hold + timing.quiet > phase_end && !this.is_empty(),
+            };
+            if done {
                 break;
             }
             let record = nemesis.cycle(cluster, *fault).await?;
-            progress(&format!(
-                "{:?} node {:?} (leader: {}) held {} ms, writable again after {}",
-                record.fault,
-                record.node,
-                record.was_leader,
-                record.held_ms,
-                record
-                    .recovery_ms
-                    .map(|ms| format!("{ms} ms"))
-                    .unwrap_or_else(|| "NEVER".into())
-            ));
+            progress(&describe(&record));
             if record.recovery_ms.is_none() {
                 problems.push(format!(
                     "the cluster did not serve writes within {:?} after {:?} healed",
@@ -234,12 +280,29 @@ async fn inject_faults(
                 ));
             }
             faults.push(record);
-            if Instant::now() >= phase_end {
+            if opts.leader_faults.is_none() && Instant::now() >= phase_end {
                 break;
             }
         }
     }
     Ok(faults)
+}
+
+/// One progress line for a fault.
+fn describe(record: &FaultRecord) -> String {
+    let ms = |v: Option<u64>, none: &str| {
+        v.map(|ms| format!("{ms} ms"))
+            .unwrap_or_else(|| none.into())
+    };
+    format!(
+        "{:?} node {:?} (leader: {}) held {} ms, new leader after {}, writable again after {}",
+        record.fault,
+        record.node,
+        record.was_leader,
+        record.held_ms,
+        ms(record.new_leader_ms, "-"),
+        ms(record.recovery_ms, "NEVER"),
+    )
 }
 
 /// The checker's verdict as text, its explanation, and how many keys it checked.

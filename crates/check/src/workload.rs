@@ -55,6 +55,11 @@ impl Recorder {
         });
     }
 
+    /// `at` as a history time (ns since the workload started; 0 if before it).
+    pub fn time_of(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_nanos() as u64
+    }
+
     pub fn history(&self) -> History {
         self.events
             .lock()
