@@ -116,12 +116,7 @@ pub(super) async fn wire(
         (config.raft.election_timeout_max() * 3).max(Duration::from_secs(3)),
         cancel.clone(),
     ));
-    tracker.spawn(api::admin::format_switch::run(
-        ctx.clone(),
-        opened.admin_token.clone(),
-        cancel.clone(),
-    ));
-    tracker.spawn(save_clock_floor(opened.view.clone(), cancel.clone()));
+    spawn_format_tasks(&ctx, &opened);
     let server = api::server::Server::new(
         ctx,
         config.limits.max_in_flight,
@@ -261,6 +256,18 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
         inbox,
         rejections,
     })
+}
+
+/// The leader's format switch (`api::admin::format_switch`) and the clock's floor saver.
+fn spawn_format_tasks(ctx: &Arc<api::Ctx>, opened: &Opened) {
+    let (cancel, tracker) = (&opened.cancel, &opened.tracker);
+    let token = opened.admin_token.clone();
+    tracker.spawn(api::admin::format_switch::run(
+        ctx.clone(),
+        token,
+        cancel.clone(),
+    ));
+    tracker.spawn(save_clock_floor(opened.view.clone(), cancel.clone()));
 }
 
 /// How often a node saves its cluster-time reading: a restart resumes at most this much

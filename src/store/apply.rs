@@ -167,6 +167,21 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
     Ok(outcome)
 }
 
+/// Whether this batch switched the cluster's log format; if so, the data directory moves to
+/// format 3 in the same fjall batch: from here on it may hold format-2 entries and records,
+/// and an older build must refuse it (`migrations`).
+fn format_switched(view: &StateView, b: &mut ApplyBatch) -> bool {
+    let switched = b.cluster_format != view.cluster_format();
+    if switched && b.cluster_format >= FORMAT_V2 {
+        b.fjall_batch.insert(
+            &view.store.meta,
+            keys::META_FORMAT_VERSION,
+            keys::FORMAT_V2_DATA_DIR.to_be_bytes(),
+        );
+    }
+    switched
+}
+
 /// A put: a new revision; from format 2 on the key keeps its create revision and counts
 /// its versions, before it every write gives the plain record a format-1 build would.
 fn put(b: &mut ApplyBatch, key: String, value: &str) -> Result<Applied, Error> {
@@ -281,23 +296,11 @@ pub(super) fn apply_entries(
         outcomes.push(outcome);
     }
 
-    let switched = b.cluster_format != view.cluster_format();
-    if switched && b.cluster_format >= FORMAT_V2 {
-        // From here on this directory may hold format-2 entries and records: an older build
-        // must refuse it (`migrations`).
-        b.fjall_batch.insert(
-            &view.store.meta,
-            keys::META_FORMAT_VERSION,
-            keys::FORMAT_V2_DATA_DIR.to_be_bytes(),
-        );
-    }
+    let switched = format_switched(view, &mut b);
     // Membership, cluster id, tokens and the format change rarely and are not in the write
-    // table: they go to fjall with this batch, so the `sm_meta` of any later flush stays true
-    // for them.
-    let flush_now = membership.is_some()
-        || switched
-        || !b.fjall_batch.is_empty()
-        || b.cluster_id != view.cluster_id();
+    // table: they go to fjall with this batch, so later flushes' `sm_meta` stays true.
+    let flush_now = membership.is_some() || switched || !b.fjall_batch.is_empty();
+    let flush_now = flush_now || b.cluster_id != view.cluster_id();
     let mut applied_membership = view.membership.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = membership {
         *applied_membership = std::sync::Arc::new(m);
@@ -328,15 +331,12 @@ pub(super) fn apply_entries(
     }
     view.tokens.apply(token_changes);
     publish_figures(view, &meta);
-    observer.applied(
-        events,
-        started.elapsed(),
-        AppliedFigures {
-            revision: meta.revision,
-            key_count: meta.key_count,
-            data_bytes: meta.data_bytes,
-        },
-    );
+    let figures = AppliedFigures {
+        revision: meta.revision,
+        key_count: meta.key_count,
+        data_bytes: meta.data_bytes,
+    };
+    observer.applied(events, started.elapsed(), figures);
     Ok(outcomes)
 }
 

@@ -31,12 +31,16 @@ pub struct ClusterClock {
 struct Base {
     /// Cluster time (ms) at `at`.
     ms: u64,
-    at: Instant,
+    /// `None`: not counting yet (no stamp known).
+    at: Option<Instant>,
 }
 
 impl Base {
     fn reading(&self, now: Instant) -> u64 {
-        let since = now.saturating_duration_since(self.at).as_millis();
+        let Some(at) = self.at else {
+            return self.ms;
+        };
+        let since = now.saturating_duration_since(at).as_millis();
         self.ms
             .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
     }

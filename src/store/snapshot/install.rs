@@ -100,24 +100,26 @@ pub(crate) fn install(
     }
     batch.commit()?;
     view.tokens.replace(tokens);
+    publish_format(view, &installed);
     *view.membership.lock().unwrap_or_else(|e| e.into_inner()) = installed.membership;
 
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
     store.db.delete_keyspace(old)?;
     view.key_count
         .store(header.key_count, std::sync::atomic::Ordering::Relaxed);
-    view.cluster_format.store(
-        installed.cluster_format,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    view.cluster_time
-        .store(installed.cluster_time, std::sync::atomic::Ordering::Relaxed);
-    if installed.cluster_time > 0 {
-        view.clock.observe(installed.cluster_time);
-    }
     view.data_bytes
         .store(data_bytes, std::sync::atomic::Ordering::Relaxed);
     view.revision.send_replace(header.revision);
     view.cluster_id.send_replace(header.cluster_id);
     Ok(())
+}
+
+/// The installed state's log format and cluster time, to the view and the node's clock.
+fn publish_format(view: &StateView, installed: &SmMeta) {
+    use std::sync::atomic::Ordering::Relaxed;
+    view.cluster_format.store(installed.cluster_format, Relaxed);
+    view.cluster_time.store(installed.cluster_time, Relaxed);
+    if installed.cluster_time > 0 {
+        view.clock.observe(installed.cluster_time);
+    }
 }
