@@ -105,6 +105,17 @@ impl Cluster {
                     );
                 }
             }
+            // A new cluster's leader commits the log format switch about a second after its
+            // election: wait for it while every voter is live, so that no test sees that
+            // entry appear in its window (builds before format 2 report no `log_format`).
+            let all_live = voters.as_array().is_some_and(|v| v.len() == statuses.len());
+            let pending = statuses.values().all(|s| s["log_format"].is_object())
+                && statuses
+                    .values()
+                    .any(|s| s["log_format"]["cluster"] != s["log_format"]["reads"]);
+            if all_live && pending {
+                bail!("the log format switch is still pending (leader {leader})");
+            }
             found_ref.set(Some(leader));
             Ok(true)
         })
