@@ -36,6 +36,16 @@ struct Base {
 }
 
 impl Base {
+    /// Moves up to `stamp` if it is ahead of the reading at `now`, or starts counting.
+    fn advance(&mut self, stamp: u64, now: Instant) {
+        if stamp > self.reading(now) || self.at.is_none() {
+            *self = Base {
+                ms: stamp.max(self.ms),
+                at: Some(now),
+            };
+        }
+    }
+
     fn reading(&self, now: Instant) -> u64 {
         let Some(at) = self.at else {
             return self.ms;
@@ -66,21 +76,18 @@ impl ClusterClock {
     /// A stamp was appended (or applied, or installed with a snapshot): the reading moves up
     /// to it if it is ahead. Never moves the reading back.
     pub fn observe(&self, stamp: u64) {
-        let now = Instant::now();
-        let mut base = self.lock();
-        if stamp > base.reading(now) || base.at.is_none() {
-            let ms = stamp.max(base.ms);
-            *base = Base { ms, at: Some(now) };
-        }
+        self.lock().advance(stamp, Instant::now());
     }
 
     /// The stamp for an entry a leader proposes now: its reading, which is at least every
     /// stamp it has appended (and `floor`, the newest stamp it applied, for good measure).
     pub fn stamp(&self, floor: u64) -> u64 {
-        // A leader of a cluster without stamps starts its time now (`observe` starts the
-        // count).
-        self.observe(floor);
-        self.reading()
+        // A leader of a cluster without stamps starts its time now. One lock for both: this
+        // runs for every batch a leader proposes.
+        let now = Instant::now();
+        let mut base = self.lock();
+        base.advance(floor, now);
+        base.reading(now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Base> {
