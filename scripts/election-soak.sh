@@ -4,8 +4,9 @@
 # shared with `just cluster-up`), runs `concord bench` against it, and compares every node's
 # Raft term and leader before and after: with no fault injected, any term change is a
 # spurious election. Prints one JSON line (`terms_before`, `terms_after`, `elections`,
-# `leaders_before`, `leaders_after`, and the bench's own JSON verdict); exit status 1 when a
-# term changed.
+# `leaders_before`, `leaders_after`, connections nats-server closed as stale under the shipped
+# ping settings, and the bench's own JSON verdict); exit status 1 when a term changed or a
+# connection was closed.
 # Use: scripts/election-soak.sh [--bin PATH] [--clients N] [--duration 600s] [--mix put=100]
 # Environment: CONCORD_RAFT__* and other CONCORD_* settings pass through to the nodes.
 set -euo pipefail
@@ -38,7 +39,9 @@ trap cleanup EXIT
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 URL="nats://127.0.0.1:$PORT"
-"$(concord_nats_server_path)" -a 127.0.0.1 -p "$PORT" >"$WORK/nats.log" 2>&1 &
+# The shipped ping settings: a node silent past them would be dropped, which the soak must see.
+"$(concord_nats_server_path)" -c "$ROOT/compose/nats/liveness.conf" -a 127.0.0.1 -p "$PORT" \
+    >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do
     timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null && break
@@ -68,7 +71,10 @@ done
 
 bench="$(CONCORD_NATS__URL="$URL" "$BIN" bench --json --clients "$CLIENTS" --duration "$DURATION" --mix "$MIX")"
 after="$(terms)"
-python3 - "$before" "$after" "$bench" "$WORK" <<'PY'
+# Connections nats-server dropped as silent (the ping settings) and reconnects the nodes logged.
+stale="$(grep -c "Stale Client Connection\|Stale Connection" "$WORK/nats.log" || true)"
+lost="$(cat "$WORK"/n?.log | grep -c "NATS connection lost\|disconnected" || true)"
+python3 - "$before" "$after" "$bench" "$WORK" "$stale" "$lost" <<'PY'
 import json, sys
 before, after = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 bench = json.loads(sys.argv[3])
@@ -80,8 +86,10 @@ print(json.dumps({
     "leaders_before": sorted({v[1] for v in before.values()}),
     "leaders_after": sorted({v[1] for v in after.values()}),
     "elections": ta - tb,
+    "stale_connections_closed": int(sys.argv[5] or 0),
+    "node_disconnects": int(sys.argv[6] or 0),
     "work_dir": sys.argv[4],
     "bench": bench,
 }))
-sys.exit(0 if ta == tb else 1)
+sys.exit(0 if ta == tb and int(sys.argv[5] or 0) == 0 else 1)
 PY

@@ -303,6 +303,7 @@ async fn bad_config_is_refused_with_the_setting_named() -> Result<()> {
     let env = [
         ("CONCORD_RAFT__HEARTBEAT_INTERVAL_MS", "500"),
         ("CONCORD_RAFT__ELECTION_TIMEOUT_MIN_MS", "1500"),
+        ("CONCORD_RAFT__ELECTION_TIMEOUT_MAX_MS", "3000"),
     ];
     match check_config(dir, &[], &env).await {
         Ok(c) => {
@@ -469,7 +470,7 @@ async fn check_config_names_each_source_and_masks_secrets() -> Result<()> {
             "env CONCORD_CLIENT__TOKEN".into(),
         ),
         ("nats.subject_prefix", "\"concord\"", "default".into()),
-        ("raft.election_timeout_min_ms", "1000", "default".into()),
+        ("raft.election_timeout_min_ms", "300", "default".into()),
         ("nats.user", "unset", "default".into()),
     ];
 

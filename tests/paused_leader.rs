@@ -25,7 +25,7 @@ const GETS_IN_A_ROW: usize = 40;
 /// One get's deadline: the survivors answer in milliseconds.
 const GET_TIMEOUT: Duration = Duration::from_secs(1);
 /// From the SIGSTOP to nats-server closing the paused node's connections: the shipped
-/// settings (1 s, 2 pings) take 3-4 s; the rest is room for 2 loaded cores. NATS's defaults
+/// settings (250 ms, 2 pings) take 0.75-1 s; the rest is room for 2 loaded cores. NATS's defaults
 /// (2 min, 2 pings) take 6-8 minutes.
 const DROP_BOUND: Duration = Duration::from_secs(10);
 
