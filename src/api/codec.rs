@@ -56,6 +56,8 @@ impl KvRequest {
 pub struct Common {
     pub token: Option<String>,
     pub timeout: Option<Duration>,
+    /// The client's id for an exactly-once write (put, delete).
+    pub request_id: Option<uuid::Uuid>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +119,7 @@ fn common(token: Option<String>, timeout_ms: Option<u64>) -> Common {
     Common {
         token,
         timeout: timeout_ms.map(Duration::from_millis),
+        request_id: None,
     }
 }
 
@@ -179,13 +182,15 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
     Ok(match op {
         KvOp::Put => {
             let b: PutBody = typed(body)?;
-            let _ = b.request_id;
             (
                 KvRequest::Put {
                     key: b.key,
                     value: b.value.get().to_string(),
                 },
-                common(b.token, b.timeout_ms),
+                Common {
+                    request_id: b.request_id,
+                    ..common(b.token, b.timeout_ms)
+                },
             )
         }
         KvOp::Get => {
@@ -201,10 +206,12 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
         }
         KvOp::Delete => {
             let b: DeleteBody = typed(body)?;
-            let _ = b.request_id;
             (
                 KvRequest::Delete { key: b.key },
-                common(b.token, b.timeout_ms),
+                Common {
+                    request_id: b.request_id,
+                    ..common(b.token, b.timeout_ms)
+                },
             )
         }
         KvOp::Scan => {

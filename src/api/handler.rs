@@ -12,7 +12,7 @@ use super::read_index::ReadIndexError;
 use super::route::{self, AttemptError, Delivery, Routed};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
-use crate::command::{Applied, Command};
+use crate::command::{Applied, Command, ConflictReason, Op, Request};
 use crate::error::{internal, not_found, timeout, WireError};
 use crate::limits::excerpt;
 use crate::raft::types::RaftMetrics;
@@ -88,9 +88,18 @@ pub async fn handle_call(ctx: &Ctx, call: KvCall, msg: &Message) -> Vec<u8> {
         common,
         arrival,
     } = call;
-    let r = Routed::new(ctx, msg, arrival, common.timeout, op.is_write());
+    // A write with a request id may be sent again (to a new leader) once it may have been
+    // delivered: the state machine answers a second copy from its idempotency table. Only
+    // from log format 2 on, where the id travels with the command.
+    let resendable = common.request_id.is_some()
+        && ctx.consensus.view.cluster_format() >= crate::command::FORMAT_V2;
+    let r = Routed::new(ctx, msg, arrival, common.timeout, op.is_write()).resendable(resendable);
     let access = Access::of(op, &common, msg);
-    r.within_deadline(kv_route(ctx, op, &req, &r, access))
+    let write = WriteTag {
+        request_id: common.request_id,
+        token_id: ctx.security.auth.token_id(access.cred),
+    };
+    r.within_deadline(kv_route(ctx, op, &req, &r, access, &write))
         .await
         .unwrap_or_else(|e| codec::encode_error(&e))
 }
@@ -122,12 +131,41 @@ impl<'a> Access<'a> {
     }
 }
 
+/// What makes a write exactly-once: the client's request id, kept per token.
+struct WriteTag {
+    request_id: Option<uuid::Uuid>,
+    token_id: Option<String>,
+}
+
+impl WriteTag {
+    /// The command for `op`: a client write carrying the id once the cluster writes format
+    /// 2 (the proposer would turn a plain put or delete into an untagged one), the format-1
+    /// put or delete before, when ids cannot travel and are ignored.
+    fn command(&self, ctx: &Ctx, op: Op) -> Command {
+        if self.request_id.is_none()
+            || ctx.consensus.view.cluster_format() < crate::command::FORMAT_V2
+        {
+            return match op {
+                Op::Put { key, value, .. } => Command::Put { key, value },
+                Op::Delete { key, .. } => Command::Delete { key },
+                other => Command::Client(Request::untagged(other)),
+            };
+        }
+        Command::Client(Request {
+            request_id: self.request_id,
+            token_id: self.token_id.clone(),
+            op,
+        })
+    }
+}
+
 async fn kv_route(
     ctx: &Ctx,
     op: KvOp,
     req: &KvRequest,
     r: &Routed<'_>,
     access: Access<'_>,
+    write: &WriteTag,
 ) -> Result<Vec<u8>, WireError> {
     if is_stale_read(req) && may_serve_stale(ctx, &ctx.consensus.raft.metrics()) {
         return read_local(ctx, req, &r.delivery, access, r.deadline).await;
@@ -139,7 +177,7 @@ async fn kv_route(
         ctx,
         r,
         |leader| ctx.cluster.subjects.node_kv(leader, op),
-        || serve_on_leader(ctx, req, &r.delivery, access, r.deadline),
+        || serve_on_leader(ctx, req, r, access, write),
     )
     .await
 }
@@ -176,10 +214,11 @@ fn may_serve_stale(ctx: &Ctx, metrics: &tokio::sync::watch::Receiver<RaftMetrics
 async fn serve_on_leader(
     ctx: &Ctx,
     req: &KvRequest,
-    delivery: &Delivery,
+    r: &Routed<'_>,
     access: Access<'_>,
-    deadline: Instant,
+    write: &WriteTag,
 ) -> Result<Vec<u8>, AttemptError> {
+    let (delivery, deadline) = (&r.delivery, r.deadline);
     if req.is_write() {
         // Writes are authorized against the applied token table of a caught-up leader.
         route::leader_caught_up(ctx).await?;
@@ -188,25 +227,41 @@ async fn serve_on_leader(
     match req {
         KvRequest::Put { key, value } => {
             check_quota(ctx, key, value)?;
-            let cmd = Command::Put {
-                key: key.clone(),
-                value: value.clone(),
-            };
-            match propose(ctx, cmd, delivery).await? {
+            let cmd = write.command(
+                ctx,
+                Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    if_revision: None,
+                    lease: None,
+                    ttl_ms: None,
+                    fence: None,
+                },
+            );
+            match propose_resendable(ctx, cmd, r).await? {
                 Applied::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
+                Applied::Conflict { reason, revision } => Err(conflict(reason, revision)),
                 other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
             }
         }
         KvRequest::Delete { key } => {
-            let cmd = Command::Delete { key: key.clone() };
-            match propose(ctx, cmd, delivery).await? {
+            let cmd = write.command(
+                ctx,
+                Op::Delete {
+                    key: key.clone(),
+                    if_revision: None,
+                    fence: None,
+                },
+            );
+            match propose_resendable(ctx, cmd, r).await? {
                 Applied::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
                     ok: true,
                     deleted,
                     revision,
                 })),
+                Applied::Conflict { reason, revision } => Err(conflict(reason, revision)),
                 other => Err(AttemptError::Fail(internal(format!(
                     "unexpected outcome {other:?}"
                 )))),
@@ -255,13 +310,52 @@ pub(crate) async fn confirm_leadership(ctx: &Ctx) -> Result<(), AttemptError> {
     }
 }
 
+/// A `conflict` reply for a condition that did not hold at apply.
+fn conflict(reason: ConflictReason, revision: Option<u64>) -> AttemptError {
+    let message = match reason {
+        ConflictReason::RequestId => {
+            "this request_id was already used with another command; use a new id for a new \
+             operation"
+        }
+    };
+    AttemptError::Fail(WireError::conflict(reason.as_str(), message, revision))
+}
+
+/// [`propose`] for a write the route may send again: when this node stops leading while the
+/// write is in flight, a write with a request id is routed again, to the new leader, whose
+/// state machine answers a copy that already applied from its idempotency table.
+async fn propose_resendable(
+    ctx: &Ctx,
+    cmd: Command,
+    r: &Routed<'_>,
+) -> Result<Applied, AttemptError> {
+    r.delivery.mark();
+    match ctx
+        .consensus
+        .proposer
+        .propose_resendable(cmd, r.resendable)
+        .await
+    {
+        Err(ProposeError::LeadershipLost) => Err(AttemptError::Retry),
+        other => propose_outcome(other, &r.delivery),
+    }
+}
+
 pub(crate) async fn propose(
     ctx: &Ctx,
     cmd: Command,
     delivery: &Delivery,
 ) -> Result<Applied, AttemptError> {
     delivery.mark();
-    match ctx.consensus.proposer.propose(cmd).await {
+    propose_outcome(ctx.consensus.proposer.propose(cmd).await, delivery)
+}
+
+/// The reply to a proposal's outcome; `delivery` unmarked when it certainly did not apply.
+fn propose_outcome(
+    outcome: Result<Applied, ProposeError>,
+    delivery: &Delivery,
+) -> Result<Applied, AttemptError> {
+    match outcome {
         Ok(outcome) => Ok(outcome),
         // Not appended, or truncated before commit: it will never apply. Safe to retry.
         Err(ProposeError::NotLeader) => {
@@ -270,6 +364,9 @@ pub(crate) async fn propose(
         }
         Err(ProposeError::Failed(e)) => Err(AttemptError::Fail(internal(e))),
         Err(ProposeError::Unknown(e)) => Err(AttemptError::Fail(timeout(e))),
+        Err(ProposeError::LeadershipLost) => Err(AttemptError::Fail(timeout(
+            "this node stopped leading while the write was in flight; it may still be applied",
+        ))),
     }
 }
 

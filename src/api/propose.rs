@@ -37,12 +37,18 @@ pub enum ProposeError {
     /// This node lost its leadership while the write was in flight and no answer came: the
     /// new leader may still have committed it.
     Unknown(String),
+    /// This node lost its leadership while a resendable write (one with a request id) was in
+    /// flight: it may still apply, and the caller sends it to the new leader, whose
+    /// idempotency table answers a copy that did.
+    LeadershipLost,
 }
 
 /// One client write waiting in the queue to join a batch, with the channel its outcome goes to.
 struct QueuedWrite {
     command: Command,
     size: usize,
+    /// Answered [`ProposeError::LeadershipLost`] at once when the leadership goes.
+    resendable: bool,
     reply: oneshot::Sender<Result<Applied, ProposeError>>,
 }
 
@@ -76,12 +82,24 @@ impl Proposer {
     }
 
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        self.propose_resendable(command, false).await
+    }
+
+    /// [`Self::propose`]; a `resendable` write is answered
+    /// [`ProposeError::LeadershipLost`] as soon as this node stops leading while it is in
+    /// flight, instead of waiting for an answer that may never come.
+    pub async fn propose_resendable(
+        &self,
+        command: Command,
+        resendable: bool,
+    ) -> Result<Applied, ProposeError> {
         let (reply, rx) = oneshot::channel();
         let size = command.approximate_size();
         self.tx
             .send(QueuedWrite {
                 command,
                 size,
+                resendable,
                 reply,
             })
             .await
@@ -196,11 +214,14 @@ async fn propose_batch(
     slot: OwnedSemaphorePermit,
     mut leading: Leading,
 ) {
-    // Move the commands into the entry; only the reply channels stay behind.
+    // Move the commands into the entry; only the reply channels stay behind (`None` once
+    // answered).
     let mut replies = Vec::with_capacity(batch.len());
     let mut commands = Vec::with_capacity(batch.len());
+    let mut resendable = Vec::with_capacity(batch.len());
     for w in batch {
-        replies.push(w.reply);
+        replies.push(Some(w.reply));
+        resendable.push(w.resendable);
         commands.push(w.command);
     }
     let single = commands.len() == 1;
@@ -228,24 +249,37 @@ async fn propose_batch(
     drop(slot);
     let answer = match answer {
         Some(answer) => answer,
-        None => match tokio::time::timeout(ORPHAN_WAIT, write).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                tracing::warn!(
-                    term,
-                    writes = replies.len(),
-                    "no answer for a batch proposed before this node lost its leadership"
-                );
-                let e = ProposeError::Unknown(format!(
-                    "this node stopped leading term {term} while the write was in flight; \
-                     it may have been committed by the new leader"
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+        None => {
+            // The resendable writes go to the new leader now; the rest wait for an answer.
+            for (reply, resend) in replies.iter_mut().zip(&resendable) {
+                if *resend {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Err(ProposeError::LeadershipLost));
+                    }
                 }
+            }
+            if replies.iter().all(Option::is_none) {
                 return;
             }
-        },
+            match tokio::time::timeout(ORPHAN_WAIT, write).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    tracing::warn!(
+                        term,
+                        writes = replies.len(),
+                        "no answer for a batch proposed before this node lost its leadership"
+                    );
+                    let e = ProposeError::Unknown(format!(
+                        "this node stopped leading term {term} while the write was in flight; \
+                     it may have been committed by the new leader"
+                    ));
+                    for reply in replies.into_iter().flatten() {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+        }
     };
     let result = match answer {
         Ok(resp) => Ok(resp.data),
@@ -258,11 +292,13 @@ async fn propose_batch(
     match result {
         Ok(Applied::Batch(outcomes)) if !single && outcomes.len() == replies.len() => {
             for (reply, o) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(o));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(o));
+                }
             }
         }
         Ok(outcome) if single => {
-            for reply in replies {
+            for reply in replies.into_iter().flatten() {
                 let _ = reply.send(Ok(outcome.clone()));
             }
         }
@@ -270,12 +306,12 @@ async fn propose_batch(
             let e = ProposeError::Failed(format!(
                 "batch outcome does not match its commands: {other:?}"
             ));
-            for reply in replies {
+            for reply in replies.into_iter().flatten() {
                 let _ = reply.send(Err(e.clone()));
             }
         }
         Err(e) => {
-            for reply in replies {
+            for reply in replies.into_iter().flatten() {
                 let _ = reply.send(Err(e.clone()));
             }
         }

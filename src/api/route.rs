@@ -3,11 +3,17 @@
 //! its deadline.
 //!
 //! The reply code at the deadline says whether the command reached Raft: `cluster_not_ready`
-//! if it never did, `timeout` once it may have. A write is never re-sent once it may have
-//! been delivered: a second apply could overwrite a later write. Only a signed refusal from
-//! the leader proves a forwarded write was not delivered; NATS's "no responders" status
-//! carries no MAC (anyone who learns the reply subject can forge one), so after it a
-//! published write is answered `timeout`, not re-sent.
+//! if it never did, `timeout` once it may have. A write without a request id is never re-sent
+//! once it may have been delivered: a second apply could overwrite a later write. Only a
+//! signed refusal from the leader proves a forwarded write was not delivered; NATS's "no
+//! responders" status carries no MAC (anyone who learns the reply subject can forge one), so
+//! after it a published write is answered `timeout`, not re-sent.
+//!
+//! A write with a request id (format 2) is *resendable*: the state machine answers a copy
+//! that already applied from its idempotency table, so it is sent again whenever an attempt
+//! ends without an answer: to a new leader as soon as the leader changes, after "no
+//! responders", after a lost connection. Its reply at the deadline stays `timeout` once any
+//! copy may have been delivered.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,19 +55,26 @@ impl From<WireError> for AttemptError {
 /// (or a backup started being written), unmarked when it certainly did not. At the deadline
 /// it decides between `timeout` and `cluster_not_ready`.
 #[derive(Default)]
-pub struct Delivery(AtomicBool);
+pub struct Delivery {
+    marked: AtomicBool,
+    /// A resendable write: an earlier copy may still apply after a later one was refused,
+    /// so once marked it stays marked.
+    sticky: bool,
+}
 
 impl Delivery {
     pub fn mark(&self) {
-        self.0.store(true, Ordering::Release);
+        self.marked.store(true, Ordering::Release);
     }
 
     pub fn unmark(&self) {
-        self.0.store(false, Ordering::Release);
+        if !self.sticky {
+            self.marked.store(false, Ordering::Release);
+        }
     }
 
     pub fn may_have_effect(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.marked.load(Ordering::Acquire)
     }
 }
 
@@ -82,6 +95,8 @@ pub struct Routed<'a> {
     pub forwarded: bool,
     /// May sending it change state (a write)?
     pub is_write: bool,
+    /// A write with a request id: it may be sent again after it may have been delivered.
+    pub resendable: bool,
     pub deadline: Instant,
     /// How long the request may take: named in the reply at the deadline.
     pub timeout_len: Duration,
@@ -103,11 +118,19 @@ impl<'a> Routed<'a> {
             msg,
             forwarded: is_forwarded(msg),
             is_write,
+            resendable: false,
             deadline: deadline_for(arrival, timeout_len),
             timeout_len,
             delivery: Delivery::default(),
             wording: DeadlineWording::Command,
         }
+    }
+
+    /// Marks a write with a request id as resendable (see the module doc).
+    pub fn resendable(mut self, resendable: bool) -> Routed<'a> {
+        self.resendable = resendable && self.is_write;
+        self.delivery.sticky = self.resendable;
+        self
     }
 
     /// Words the reply at the deadline for this kind of request.
@@ -315,12 +338,10 @@ pub const SIGNED_FORWARD_HEADERS: [&str; 6] = [
     HEADER_NONCE,
 ];
 
-/// The hook for exactly-once forwarding: whether a write that may already have reached the
-/// leader may be sent to it (or a new leader) again. Only a write carrying a `request_id`
-/// the leader deduplicates could be (issue #22); until then none may, because a second copy
-/// would apply twice.
-fn may_resend_delivered_write(_r: &Routed<'_>) -> bool {
-    false
+/// Whether a write that may already have reached the leader may be sent to it (or a new
+/// leader) again: only one whose request id the state machine deduplicates.
+fn may_resend_delivered_write(r: &Routed<'_>) -> bool {
+    r.resendable
 }
 
 /// Relays the request to the leader's node subject and its answer back, through the node's
@@ -339,17 +360,26 @@ async fn forward(
     if r.is_write {
         r.delivery.mark();
     }
-    let sent = ctx
-        .cluster
-        .inbox
-        .request_with_headers(
-            subject,
-            Some(headers),
-            &SIGNED_FORWARD_HEADERS,
-            msg.payload.clone(),
-            remaining,
-        )
-        .await;
+    let request = ctx.cluster.inbox.request_with_headers(
+        subject,
+        Some(headers),
+        &SIGNED_FORWARD_HEADERS,
+        msg.payload.clone(),
+        remaining,
+    );
+    let sent = if may_resend_delivered_write(r) {
+        // Sent again, to the new leader, as soon as the leader changes: the old one may be
+        // dead, and waiting for its answer would take the whole deadline.
+        let mut metrics = ctx.consensus.raft.metrics();
+        tokio::select! {
+            sent = request => sent,
+            _ = metrics.wait_for(|m| m.current_leader != Some(leader)) => {
+                return Err(AttemptError::Retry);
+            }
+        }
+    } else {
+        request.await
+    };
     match sent {
         Ok(reply) => {
             if is_not_ready(&reply.payload) {
@@ -387,6 +417,7 @@ async fn forward(
         Err(CallError::TimedOut(_)) => Err(AttemptError::Fail(timeout(format!(
             "the leader (node {leader}) did not answer in time"
         )))),
+        Err(CallError::Closed) if may_resend_delivered_write(r) => Err(AttemptError::Retry),
         Err(e @ CallError::Closed) if r.is_write => Err(AttemptError::Fail(timeout(format!(
             "forwarding to the leader (node {leader}) failed after sending: {e}"
         )))),

@@ -120,6 +120,10 @@ pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
             if prefix.len() > MAX_KEY_BYTES {
                 return Err(invalid_key("prefix is over 1024 bytes"));
             }
+            // No key holds one; the state machine's own keys start with one.
+            if prefix.chars().any(char::is_control) {
+                return Err(invalid_key("prefix holds control characters"));
+            }
             if let Some(a) = after {
                 if a.len() > MAX_KEY_BYTES {
                     return Err(invalid_key("`after` is over 1024 bytes"));

@@ -59,6 +59,15 @@ impl Authorizer {
         self.enabled
     }
 
+    /// The id of the token a request presented, when auth is on: request ids are kept per
+    /// token, so two clients can never answer for each other's ids.
+    pub fn token_id(&self, cred: Credential<'_>) -> Option<String> {
+        match cred {
+            Credential::Token(t) if self.enabled => Some(tokens::id_of(&tokens::digest(t))),
+            _ => None,
+        }
+    }
+
     /// Allows the request if auth is off, or if its credential holds at least `needed`.
     pub fn check(
         &self,

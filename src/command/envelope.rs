@@ -92,6 +92,11 @@ impl fmt::Display for LogCommand {
             Command::LeaseExpire { id, .. } => write!(f, "lease_expire({id})"),
             Command::LockWithdraw { .. } => write!(f, "lock_withdraw"),
             Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::IdempotencySettings(s) => write!(
+                f,
+                "idempotency_settings({} ms, {} entries)",
+                s.window_ms, s.max_entries
+            ),
         }
     }
 }

@@ -72,6 +72,26 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// The idempotency table's settings, proposed by a leader whose `idempotency.*` config
+    /// differs from the applied one: every node judges expiry and the entry limit alike.
+    IdempotencySettings(IdempotencySettings),
+}
+
+/// How long the state machine keeps a request id (in cluster time), and how many at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencySettings {
+    pub window_ms: u64,
+    pub max_entries: u64,
+}
+
+impl Default for IdempotencySettings {
+    /// What a cluster uses until a leader proposes its own (DESIGN.md: 5 minutes).
+    fn default() -> Self {
+        IdempotencySettings {
+            window_ms: 300_000,
+            max_entries: 1_000_000,
+        }
+    }
 }
 
 impl Command {
@@ -89,6 +109,7 @@ impl Command {
             Command::LeaseExpire { .. } => "lease_expire",
             Command::LockWithdraw { .. } => "lock_withdraw",
             Command::Compact { .. } => "compact",
+            Command::IdempotencySettings(_) => "idempotency_settings",
         }
     }
 
@@ -99,7 +120,10 @@ impl Command {
     /// answer this.
     pub fn flushes_at_once(&self) -> bool {
         match self {
-            Command::Put { .. } | Command::Delete { .. } | Command::Client(_) => false,
+            Command::Put { .. }
+            | Command::Delete { .. }
+            | Command::Client(_)
+            | Command::IdempotencySettings(_) => false,
             Command::Batch(parts) => parts.iter().any(Command::flushes_at_once),
             Command::SetClusterId { .. }
             | Command::TokenCreate { .. }
@@ -125,7 +149,8 @@ impl Command {
             | Command::FormatSwitch { .. }
             | Command::LeaseExpire { .. }
             | Command::LockWithdraw { .. }
-            | Command::Compact { .. } => 1,
+            | Command::Compact { .. }
+            | Command::IdempotencySettings(_) => 1,
         }
     }
 
@@ -170,6 +195,7 @@ impl Command {
             Command::FormatSwitch { .. }
             | Command::LeaseExpire { .. }
             | Command::Compact { .. } => 24,
+            Command::IdempotencySettings(_) => 24,
             Command::LockWithdraw { name, .. } => name.len() + 24,
         }
     }
@@ -235,4 +261,26 @@ pub enum Applied {
     Unsupported {
         operation: String,
     },
+    /// A condition of the command did not hold; nothing was written.
+    Conflict {
+        reason: ConflictReason,
+        /// The current revision the condition was checked against, when it has one.
+        revision: Option<u64>,
+    },
+}
+
+/// Which condition a [`Applied::Conflict`] failed (DESIGN.md's `reason`). Stored in the
+/// idempotency table: new reasons go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConflictReason {
+    /// The request id was used before with another command.
+    RequestId,
+}
+
+impl ConflictReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictReason::RequestId => "request_id",
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub struct Config {
     pub raft: RaftConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    pub idempotency: IdempotencyConfig,
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
     pub metrics: MetricsConfig,
@@ -204,6 +205,36 @@ pub struct LimitsConfig {
     pub max_scan_limit: usize,
 }
 
+/// The idempotency table (exactly-once writes). Replicated: the leader proposes its own
+/// values when they differ from the cluster's, so every node judges alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long (cluster time) a request id is remembered after its write applied.
+    pub window_ms: u64,
+    /// Request ids remembered at most; past it the oldest are forgotten first.
+    pub max_entries: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        let d = crate::command::IdempotencySettings::default();
+        IdempotencyConfig {
+            window_ms: d.window_ms,
+            max_entries: d.max_entries,
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    pub fn settings(&self) -> crate::command::IdempotencySettings {
+        crate::command::IdempotencySettings {
+            window_ms: self.window_ms,
+            max_entries: self.max_entries,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
@@ -225,6 +256,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),

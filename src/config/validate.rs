@@ -25,6 +25,7 @@ impl Config {
         self.validate_nats()?;
         self.validate_raft()?;
         self.validate_limits()?;
+        self.validate_idempotency()?;
         self.validate_credentials()?;
         self.telemetry.validate()?;
         self.metrics.validate()
@@ -68,6 +69,18 @@ impl Config {
                 "nats.subject_prefix",
                 "must be dot-separated tokens of letters, digits, '-' and '_'",
             ));
+        }
+        Ok(())
+    }
+
+    /// The idempotency table: a window and a limit that keep at least one id.
+    fn validate_idempotency(&self) -> Result<(), Error> {
+        let i = &self.idempotency;
+        if i.window_ms == 0 {
+            return Err(field("idempotency.window_ms", "must be positive"));
+        }
+        if i.max_entries == 0 {
+            return Err(field("idempotency.max_entries", "must be positive"));
         }
         Ok(())
     }

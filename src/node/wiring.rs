@@ -117,6 +117,11 @@ pub(super) async fn wire(
         cancel.clone(),
     ));
     spawn_format_tasks(&ctx, &opened);
+    opened.tracker.spawn(api::admin::cluster_settings::run(
+        ctx.clone(),
+        config.idempotency.settings(),
+        opened.cancel.clone(),
+    ));
     let server = api::server::Server::new(
         ctx,
         config.limits.max_in_flight,

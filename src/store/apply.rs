@@ -13,13 +13,14 @@ use fjall::Keyspace;
 use openraft::EntryPayload;
 use uuid::Uuid;
 
+use super::idempotency::{self, IdemTable, Known};
 use super::keys::KeyMeta;
 use super::meta::{enc, SmMeta};
 use super::recent::BatchWrites;
 use super::view::StateView;
 use super::{keys, Error};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
-use crate::command::{Applied, Command, Op, COMMAND_FORMAT, FORMAT_V2};
+use crate::command::{Applied, Command, Op, Request, COMMAND_FORMAT, FORMAT_V2};
 use crate::observe::{AppliedFigures, ApplyProbe, Observer};
 use crate::types::{Entry, StoredMembership};
 
@@ -64,9 +65,25 @@ struct ApplyBatch<'a> {
     /// The apply events so far, and the index of the entry being applied.
     events: ApplyProbe<'a>,
     index: u64,
+    /// The idempotency table, held for the batch (applies run one at a time).
+    idem: std::sync::MutexGuard<'a, IdemTable>,
+    /// Retries answered from the table, and ids reused with another command.
+    idem_replays: u64,
+    idem_conflicts: u64,
 }
 
-impl ApplyBatch<'_> {
+impl<'a> ApplyBatch<'a> {
+    /// The idempotency table with this batch's writes and figures.
+    fn idem(&mut self) -> idempotency::Apply<'_, &mut BatchWrites<'a>> {
+        idempotency::Apply {
+            table: &mut self.idem,
+            records: &mut self.writes,
+            data_bytes: &mut self.data_bytes,
+            replays: &mut self.idem_replays,
+            conflicts: &mut self.idem_conflicts,
+        }
+    }
+
     fn has_token(&self, d: &TokenDigest) -> bool {
         match self.token_changes.iter().rev().find(|(x, _)| x == d) {
             Some((_, rec)) => rec.is_some(),
@@ -100,25 +117,11 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
         }
         Command::Put { key, value } => put(b, key, &value)?,
         Command::Delete { key } => delete(b, key)?,
-        Command::Client(request) => match request.op {
-            Op::Put {
-                key,
-                value,
-                if_revision: None,
-                lease: None,
-                ttl_ms: None,
-                fence: None,
-            } => put(b, key, &value)?,
-            Op::Delete {
-                key,
-                if_revision: None,
-                fence: None,
-            } => delete(b, key)?,
-            // Decodable from format 2 on; given behaviour by the coordination work.
-            other => Applied::Unsupported {
-                operation: other.name().into(),
-            },
-        },
+        Command::Client(request) => client_write(b, request)?,
+        Command::IdempotencySettings(settings) => {
+            b.idem().set_settings(settings)?;
+            Applied::None
+        }
         Command::FormatSwitch { format } => {
             if format > COMMAND_FORMAT {
                 return Err(Error::Corrupt(format!(
@@ -165,6 +168,48 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
         b.events.record(started, operation, b.index, key);
     }
     Ok(outcome)
+}
+
+/// A client write of format 2: answered from the idempotency table when its request id is
+/// known, else applied and its reply remembered under the id. Judged at the entry's cluster
+/// time, so every node decides alike.
+fn client_write(b: &mut ApplyBatch, request: Request) -> Result<Applied, Error> {
+    let Some(id) = request.request_id else {
+        return apply_op(b, request.op);
+    };
+    let key = keys::idempotency_key(&id, request.token_id.as_deref());
+    let digest = idempotency::digest(&request.op);
+    let now = b.cluster_time;
+    match b.idem().check(&key, &digest, now)? {
+        Known::Replay(reply) | Known::Conflict(reply) => return Ok(reply),
+        Known::New => {}
+    }
+    let reply = apply_op(b, request.op)?;
+    b.idem().remember(key, digest, &reply, now)?;
+    Ok(reply)
+}
+
+/// What one client operation does.
+fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
+    Ok(match op {
+        Op::Put {
+            key,
+            value,
+            if_revision: None,
+            lease: None,
+            ttl_ms: None,
+            fence: None,
+        } => put(b, key, &value)?,
+        Op::Delete {
+            key,
+            if_revision: None,
+            fence: None,
+        } => delete(b, key)?,
+        // Decodable from format 2 on; given behaviour by the coordination work.
+        other => Applied::Unsupported {
+            operation: other.name().into(),
+        },
+    })
 }
 
 /// Whether this batch switched the cluster's log format; if so, the data directory moves to
@@ -263,6 +308,9 @@ pub(super) fn apply_entries(
         tokens_ks: &view.store.tokens,
         events: observer.apply_probe(),
         index: 0,
+        idem: view.idempotency.lock().unwrap_or_else(|e| e.into_inner()),
+        idem_replays: 0,
+        idem_conflicts: 0,
     };
     let mut last_applied = None;
     let mut membership = None;
@@ -322,8 +370,14 @@ pub(super) fn apply_entries(
         writes,
         token_changes,
         events,
+        idem,
+        idem_replays,
+        idem_conflicts,
         ..
     } = b;
+    view.idempotency_figures
+        .publish(&idem, idem_replays, idem_conflicts);
+    drop(idem);
     writes.applied(meta.write(), commands);
     // A due flush waits for an apply off the async workers (`apply` sends it there).
     if flush_now || (!inline && view.recent.flush_due(generation, 0)) {

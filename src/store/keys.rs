@@ -38,27 +38,25 @@ pub const FORMAT_V2_DATA_DIR: u32 = 3;
 ///
 /// ```text
 /// history_<g>      u64 revision | u32 event#      → event: u8 type | key | KeyMeta | u64 prev rev
-/// idempotency_<g>  token id | 0x00 | request uuid → u64 stamp | 32-byte digest | reply
 /// leases_<g>       u64 lease id                   → u64 ttl_ms | u64 renewal stamp | u64 keys
 /// lease_keys_<g>   u64 lease id | key             → ()
 /// locks_<g>        name | 0x00 | u64 claim rev     → u64 lease | u8 waiting
 /// ```
 ///
 /// Integers are big-endian so that fjall orders them. The change log refers to versioned
-/// records instead of copying values; the other four are carried in snapshots and backups.
+/// records instead of copying values; the other three are carried in snapshots and backups.
+/// The idempotency table lives in `kv_<g>` itself, under reserved keys ([`RESERVED`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
     History,
-    Idempotency,
     Leases,
     LeaseKeys,
     Locks,
 }
 
 impl Space {
-    pub const ALL: [Space; 5] = [
+    pub const ALL: [Space; 4] = [
         Space::History,
-        Space::Idempotency,
         Space::Leases,
         Space::LeaseKeys,
         Space::Locks,
@@ -68,7 +66,6 @@ impl Space {
     pub fn name(self, generation: u64) -> String {
         let stem = match self {
             Space::History => "history",
-            Space::Idempotency => "idempotency",
             Space::Leases => "leases",
             Space::LeaseKeys => "lease_keys",
             Space::Locks => "locks",
@@ -81,6 +78,30 @@ impl Space {
     pub fn in_snapshots(self) -> bool {
         self != Space::History
     }
+}
+
+/// First byte of the state machine's own keys in `kv_<g>`: no client key holds a control
+/// character (`invalid_key`), so none can collide with them. Scans, key counts and backups'
+/// key counts skip them; the flush, snapshots, installs, backups and restores carry them
+/// like any key, in the same atomic batches as the keys they belong with.
+pub const RESERVED: u8 = 0;
+/// Reserved key of an idempotency record: `\0i/<request uuid>/<token id>` (`""` without auth).
+pub const IDEMPOTENCY_PREFIX: &str = "\0i/";
+/// Reserved key of the idempotency table's replicated settings.
+pub const IDEMPOTENCY_SETTINGS: &str = "\0s/idempotency";
+
+/// Whether `key` is one of the state machine's own (see [`RESERVED`]).
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.first() == Some(&RESERVED)
+}
+
+/// The reserved key of request `id` sent with token `token_id` (`None`: auth off).
+pub fn idempotency_key(id: &uuid::Uuid, token_id: Option<&str>) -> String {
+    format!(
+        "{IDEMPOTENCY_PREFIX}{}/{}",
+        id.as_hyphenated(),
+        token_id.unwrap_or("")
+    )
 }
 
 /// Version byte in front of every bincode-encoded log entry.

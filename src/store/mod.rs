@@ -10,6 +10,7 @@
 //!   figures) and its flush of recent writes to fjall;
 //! - `apply`: committed entries into the state machine, one arm per command;
 //! - `recent`: applied writes held in memory until a flush;
+//! - `idempotency`: request ids and their replies, for exactly-once retries;
 //! - `meta`: the `sm_meta` schema, one struct with one read and one write;
 //! - [`snapshot`]: Raft snapshot files (format, build, install) and backup files;
 //! - [`keys`]: key and value encodings; [`migrations`]: the on-disk format's steps.
@@ -26,6 +27,7 @@ mod apply;
 pub mod clock;
 #[cfg(test)]
 mod format_tests;
+mod idempotency;
 pub mod keys;
 pub mod log_store;
 mod meta;

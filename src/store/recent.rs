@@ -244,6 +244,19 @@ impl BatchWrites<'_> {
         found.transpose()
     }
 
+    /// The stored bytes of `key` as this batch sees them: its own writes, then the table,
+    /// then fjall.
+    pub fn get(&self, key: &str) -> Result<Stored, Error> {
+        let known = match self.pending.get(key) {
+            Some(stored) => Some(stored.clone()),
+            None => self.recent.peek(self.generation, key, Stored::clone),
+        };
+        match known {
+            Some(stored) => Ok(stored),
+            None => Ok(self.kv.get(key.as_bytes())?),
+        }
+    }
+
     /// Records a write of this batch: the stored bytes for a put, `None` for a delete.
     pub fn set(&mut self, key: String, stored: Stored) {
         self.pending.insert(key, stored);
@@ -254,6 +267,16 @@ impl BatchWrites<'_> {
     pub fn applied(self, meta: MetaEntries, commands: usize) {
         self.recent
             .absorb(self.generation, self.pending, meta, commands);
+    }
+}
+
+impl super::idempotency::Records for &mut BatchWrites<'_> {
+    fn stored(&self, key: &str) -> Result<Stored, Error> {
+        (**self).get(key)
+    }
+
+    fn set(&mut self, key: String, stored: Stored) {
+        (**self).set(key, stored)
     }
 }
 

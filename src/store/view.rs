@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::clock::ClusterClock;
+use super::idempotency::{IdemFigures, IdemReading, IdemTable};
 use super::meta::SmMeta;
 use super::recent::RecentWrites;
 use super::{keys, Error, Store};
@@ -70,6 +71,10 @@ pub struct StateView {
     pub(super) cluster_format: AtomicU8,
     /// Cluster time of the newest applied format-2 entry.
     pub(super) cluster_time: AtomicU64,
+    /// The idempotency table's expiry order and settings (its records are in `kv`); apply
+    /// holds it for a batch, an install reloads it.
+    pub(super) idempotency: Mutex<IdemTable>,
+    pub(super) idempotency_figures: IdemFigures,
 }
 
 impl StateView {
@@ -107,6 +112,9 @@ impl StateView {
             .cluster_time
             .max(floor)
             .max(super::log_store::newest_stamp(&store)?);
+        let idempotency = IdemTable::load(&kv)?;
+        let idempotency_figures = IdemFigures::default();
+        idempotency_figures.publish(&idempotency, 0, 0);
         Ok(Arc::new(StateView {
             store,
             kv: RwLock::new((generation, kv)),
@@ -122,6 +130,8 @@ impl StateView {
             clock: Arc::new(ClusterClock::starting_at(start)),
             cluster_format: meta.cluster_format.max(1).into(),
             cluster_time: meta.cluster_time.into(),
+            idempotency: Mutex::new(idempotency),
+            idempotency_figures,
         }))
     }
 
@@ -207,11 +217,18 @@ impl StateView {
     ) -> Result<(Vec<Item>, bool), Error> {
         self.flush()?;
         let (_, kv) = self.kv();
+        // The state machine's own keys sort first (`keys::RESERVED`): a scan of everything
+        // starts past them. A client prefix never starts with one (`invalid_key`).
+        let past_reserved = [keys::RESERVED + 1];
         let iter = match after {
-            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+            Some(after)
+                if after.as_bytes() >= prefix.as_bytes()
+                    && after.as_bytes() >= &past_reserved[..] =>
+            {
                 let start = std::ops::Bound::Excluded(after.as_bytes().to_vec());
                 kv.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
             }
+            _ if prefix.is_empty() => kv.range::<Vec<u8>, _>(past_reserved.to_vec()..),
             _ => kv.prefix(prefix.as_bytes()),
         };
         let mut items = Vec::new();
@@ -251,6 +268,11 @@ impl StateView {
 
     pub fn watch_cluster_id(&self) -> watch::Receiver<Option<Uuid>> {
         self.cluster_id.subscribe()
+    }
+
+    /// The idempotency table's figures as of the newest apply.
+    pub fn idempotency(&self) -> IdemReading {
+        self.idempotency_figures.read()
     }
 
     /// This node's reading of cluster time.
@@ -311,7 +333,8 @@ impl StateView {
             h.update(&k);
             h.update((v.len() as u32).to_be_bytes());
             h.update(&v);
-            n += 1;
+            // Counted as the keys clients see; hashed with the state machine's own.
+            n += u64::from(!keys::is_reserved(&k));
         }
         for guard in read_view.iter(&self.store.tokens) {
             let (k, v) = guard.into_inner()?;

@@ -116,7 +116,8 @@ fn classify(f: Func, reply: &Value) -> ReplyClass {
             | ErrorKind::ValueTooLarge
             | ErrorKind::Unauthorized
             | ErrorKind::NoSpace
-            | ErrorKind::NotFound,
+            | ErrorKind::NotFound
+            | ErrorKind::Conflict,
         ) => ReplyClass::Fail,
         Some(ErrorKind::Timeout | ErrorKind::Internal) | None => ReplyClass::Info,
     }

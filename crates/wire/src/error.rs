@@ -19,6 +19,8 @@ pub enum ErrorKind {
     ClusterNotReady,
     Timeout,
     Internal,
+    /// A condition of the command did not hold (the error's `reason` says which).
+    Conflict,
 }
 
 impl ErrorKind {
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::ClusterNotReady => "cluster_not_ready",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
+            ErrorKind::Conflict => "conflict",
         }
     }
 
@@ -55,6 +58,13 @@ impl std::fmt::Display for ErrorKind {
 pub struct WireError {
     pub code: ErrorKind,
     pub message: String,
+    /// Which condition failed (`conflict` only): `revision`, `request_id`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The current state the condition was checked against (`conflict` only), e.g. the
+    /// key's revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 impl WireError {
@@ -62,6 +72,17 @@ impl WireError {
         WireError {
             code,
             message: message.into(),
+            reason: None,
+            revision: None,
+        }
+    }
+
+    /// A `conflict` for `reason`, with the current revision when it is part of the answer.
+    pub fn conflict(reason: &str, message: impl Into<String>, revision: Option<u64>) -> Self {
+        WireError {
+            reason: Some(reason.to_string()),
+            revision,
+            ..WireError::new(ErrorKind::Conflict, message)
         }
     }
 }

@@ -7,12 +7,15 @@
 //! - [`take_snapshot`]: the admin command `snapshot`, which makes this node build a Raft
 //!   snapshot now (the wire op keeps its name);
 //! - [`backup`]: `backup` written by the leader, and `backup.chunk` served in pieces;
-//! - [`control`]: a node's own signed requests to other nodes (status, members, removal).
+//! - [`control`]: a node's own signed requests to other nodes (status, members, removal);
+//! - [`format_switch`] and [`cluster_settings`]: what a leader proposes on its own (the log
+//!   format switch, the idempotency settings).
 //!
 //! Every admin body is decoded by [`decode`]; the routed ones (membership, tokens, backup)
 //! go to the leader through [`route::Routed`](crate::api::route::Routed).
 
 pub mod backup;
+pub mod cluster_settings;
 pub mod control;
 pub mod format_switch;
 pub mod membership;

@@ -59,6 +59,26 @@ pub struct Status {
     pub applied_cluster_time_ms: u64,
     /// The log format the cluster writes, and the newest this node's build reads.
     pub log_format: super::format_switch::LogFormat,
+    /// The idempotency table (exactly-once writes) as applied here.
+    pub idempotency: IdempotencyStatus,
+}
+
+/// The idempotency table in `admin.status`.
+#[derive(Debug, Serialize)]
+pub struct IdempotencyStatus {
+    /// How long a request id is remembered (cluster time), and how many at most: the
+    /// cluster's applied settings.
+    pub window_ms: u64,
+    pub max_entries: u64,
+    /// Request ids held now.
+    pub entries: u64,
+    /// How long the oldest held id has left (ms of cluster time): with the table full, ids
+    /// are forgotten sooner than the window, and this shows by how much.
+    pub oldest_left_ms: u64,
+    /// Retries answered from the table, and ids reused with another command, since this
+    /// node started.
+    pub replays: u64,
+    pub conflicts: u64,
 }
 
 /// Node-to-node message signing (`cluster.secret`), as seen by this node.
@@ -177,7 +197,22 @@ pub async fn status(ctx: &Ctx, digest: Option<Instant>) -> Result<Status, WireEr
             cluster: ctx.consensus.view.cluster_format(),
             reads: crate::command::COMMAND_FORMAT,
         },
+        idempotency: idempotency_status(ctx),
     })
+}
+
+fn idempotency_status(ctx: &Ctx) -> IdempotencyStatus {
+    let r = ctx.consensus.view.idempotency();
+    IdempotencyStatus {
+        window_ms: r.window_ms,
+        max_entries: r.max_entries,
+        entries: r.entries,
+        oldest_left_ms: r
+            .oldest_expiry
+            .saturating_sub(ctx.consensus.view.applied_cluster_time()),
+        replays: r.replays,
+        conflicts: r.conflicts,
+    }
 }
 
 /// Hashes the whole key space on the heavy pool (issue #20, item 7): one job at a time,

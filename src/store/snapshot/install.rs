@@ -103,6 +103,10 @@ pub(crate) fn install(
     publish_format(view, &installed);
     *view.membership.lock().unwrap_or_else(|e| e.into_inner()) = installed.membership;
 
+    // The installed records' expiry order, before the first apply on the new keyspace.
+    let idempotency = super::super::idempotency::IdemTable::load(&fresh)?;
+    view.idempotency_figures.publish(&idempotency, 0, 0);
+    *view.idempotency.lock().unwrap_or_else(|e| e.into_inner()) = idempotency;
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
     store.db.delete_keyspace(old)?;
     view.key_count

@@ -1,0 +1,295 @@
+//! The idempotency table (DESIGN.md "Exactly-once writes"): for each client write that
+//! carried a `request_id`, the digest of its command and the reply it got, kept for
+//! `idempotency.window` of cluster time and at most `idempotency.max_entries`.
+//!
+//! Decided at apply, in log order, on every node alike: a retry of a known id with the same
+//! digest gets the stored reply and applies nothing; another digest gets `conflict`
+//! (`request_id`). So a follower or a client may re-send a write whose outcome it does not
+//! know, and a copy that reaches the log twice applies once.
+//!
+//! Records are keys of the state machine's own in `kv_<g>` (`keys::RESERVED`), written
+//! through the recent-writes table like any put: they reach fjall in the same atomic flush
+//! as the writes they answer for, and snapshots, installs, backups and restores carry them.
+//! The order of expiry is kept in memory ([`IdemTable`]), rebuilt from the keyspace at open
+//! and after an install. Every decision depends only on the log (the entry's cluster-time
+//! stamp, the replicated settings), never on when a node happened to apply or flush, so the
+//! table is the same on every node at every index: expired records are removed, and the
+//! oldest evicted past the limit, as part of applying an id'd write.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use fjall::Keyspace;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::keys;
+use super::Error;
+use crate::command::{Applied, ConflictReason, IdempotencySettings, Op};
+
+/// Expired records removed per id'd write, at most: the table catches up with a burst of
+/// expiries over the next writes instead of in one long apply.
+const EXPIRED_PER_WRITE: usize = 16;
+
+/// The digest of a command: what a retry must repeat to get the stored reply.
+pub type CommandDigest = [u8; 16];
+
+/// One stored record: when it expires (cluster time, ms), the command's digest, the reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct IdemRecord {
+    expires: u64,
+    digest: CommandDigest,
+    reply: Applied,
+}
+
+/// The table's settings and the expiry order of its records; the records are in the
+/// keyspace.
+#[derive(Debug, Default)]
+pub struct IdemTable {
+    settings: IdempotencySettings,
+    /// (expiry, reserved key) → stored bytes of the record, oldest first; ties broken by key,
+    /// so that every node evicts the same record.
+    order: BTreeMap<(u64, Box<str>), u32>,
+}
+
+/// What the table says of a write's request id.
+pub enum Known {
+    /// Not known (or expired): apply the write and remember its reply.
+    New,
+    /// Known with this digest: the stored reply, nothing applies.
+    Replay(Applied),
+    /// Known with another digest.
+    Conflict(Applied),
+}
+
+impl IdemTable {
+    /// The table as keyspace `kv` holds it (at open, and after an install).
+    pub fn load(kv: &Keyspace) -> Result<IdemTable, Error> {
+        let mut table = IdemTable::default();
+        if let Some(v) = kv.get(keys::IDEMPOTENCY_SETTINGS.as_bytes())? {
+            table.settings = crate::binary::decode(&v)
+                .map_err(|e| Error::Corrupt(format!("idempotency settings: {e}")))?;
+        }
+        for guard in kv.prefix(keys::IDEMPOTENCY_PREFIX.as_bytes()) {
+            let (k, v) = guard.into_inner()?;
+            let record = decode(&v)?;
+            let key = String::from_utf8(k.to_vec())
+                .map_err(|_| Error::Corrupt("an idempotency key is not UTF-8".into()))?;
+            table
+                .order
+                .insert((record.expires, key.into_boxed_str()), v.len() as u32);
+        }
+        Ok(table)
+    }
+
+    /// Records held now (expired ones not yet removed included).
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Expiry of the oldest record, if any.
+    pub fn oldest_expiry(&self) -> Option<u64> {
+        self.order.keys().next().map(|(e, _)| *e)
+    }
+}
+
+/// The stored bytes of a key, as the apply batch sees them (its own writes first).
+pub trait Records {
+    fn stored(&self, key: &str) -> Result<Option<fjall::Slice>, Error>;
+    fn set(&mut self, key: String, stored: Option<fjall::Slice>);
+}
+
+/// The table during one apply batch: its records through `records`, the live data size it
+/// counts towards, and what happened for the metrics.
+pub struct Apply<'t, R: Records> {
+    pub table: &'t mut IdemTable,
+    pub records: R,
+    pub data_bytes: &'t mut u64,
+    pub replays: &'t mut u64,
+    pub conflicts: &'t mut u64,
+}
+
+impl<R: Records> Apply<'_, R> {
+    /// Looks up request `key` with digest `digest` at cluster time `now`.
+    pub fn check(&mut self, key: &str, digest: &CommandDigest, now: u64) -> Result<Known, Error> {
+        let Some(v) = self.records.stored(key)? else {
+            return Ok(Known::New);
+        };
+        let record = decode(&v)?;
+        if record.expires <= now {
+            // Expired: forget it now; the write applies and a new record replaces it.
+            self.forget(record.expires, key, v.len());
+            return Ok(Known::New);
+        }
+        if &record.digest == digest {
+            *self.replays += 1;
+            return Ok(Known::Replay(record.reply));
+        }
+        *self.conflicts += 1;
+        Ok(Known::Conflict(Applied::Conflict {
+            reason: ConflictReason::RequestId,
+            revision: None,
+        }))
+    }
+
+    /// Remembers `reply` for request `key`, then removes what expired by `now` and evicts
+    /// the oldest records past the limit.
+    pub fn remember(
+        &mut self,
+        key: String,
+        digest: CommandDigest,
+        reply: &Applied,
+        now: u64,
+    ) -> Result<(), Error> {
+        let settings = self.table.settings;
+        let record = IdemRecord {
+            expires: now.saturating_add(settings.window_ms.max(1)),
+            digest,
+            reply: reply.clone(),
+        };
+        let bytes = crate::binary::encode(&record)
+            .map_err(|e| Error::Corrupt(format!("encoding an idempotency record: {e}")))?;
+        *self.data_bytes += keys::entry_bytes(key.len(), bytes.len());
+        self.table.order.insert(
+            (record.expires, key.clone().into_boxed_str()),
+            bytes.len() as u32,
+        );
+        self.records.set(key, Some(fjall::Slice::from(bytes)));
+        let mut removed = 0;
+        while removed < EXPIRED_PER_WRITE {
+            match self.table.order.first_key_value() {
+                Some(((expires, _), _)) if *expires <= now => {}
+                _ => break,
+            }
+            self.pop_oldest();
+            removed += 1;
+        }
+        while self.table.order.len() as u64 > settings.max_entries.max(1) {
+            self.pop_oldest();
+        }
+        Ok(())
+    }
+
+    /// Applies new settings: from the next write on, records expire and are evicted by them.
+    pub fn set_settings(&mut self, settings: IdempotencySettings) -> Result<(), Error> {
+        let bytes = crate::binary::encode(&settings)
+            .map_err(|e| Error::Corrupt(format!("encoding idempotency settings: {e}")))?;
+        let key = keys::IDEMPOTENCY_SETTINGS.to_string();
+        let old = self.records.stored(&key)?.map(|v| v.len());
+        *self.data_bytes = self
+            .data_bytes
+            .saturating_sub(old.map_or(0, |n| keys::entry_bytes(key.len(), n)))
+            + keys::entry_bytes(key.len(), bytes.len());
+        self.records.set(key, Some(fjall::Slice::from(bytes)));
+        self.table.settings = settings;
+        Ok(())
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(((_, key), size)) = self.table.order.pop_first() {
+            *self.data_bytes = self
+                .data_bytes
+                .saturating_sub(keys::entry_bytes(key.len(), size as usize));
+            self.records.set(key.into_string(), None);
+        }
+    }
+
+    fn forget(&mut self, expires: u64, key: &str, size: usize) {
+        self.table.order.remove(&(expires, Box::from(key)));
+        *self.data_bytes = self
+            .data_bytes
+            .saturating_sub(keys::entry_bytes(key.len(), size));
+        self.records.set(key.to_string(), None);
+    }
+}
+
+fn decode(v: &[u8]) -> Result<IdemRecord, Error> {
+    crate::binary::decode(v).map_err(|e| Error::Corrupt(format!("idempotency record: {e}")))
+}
+
+/// The digest of a client write: the operation with its key, value, conditions, fence, lease
+/// and ttl; never the timeout, the token or headers. A value is digested as canonical JSON,
+/// so a retry that re-serialized it (other whitespace) still matches.
+pub fn digest(op: &Op) -> CommandDigest {
+    let canonical = match op {
+        Op::Put {
+            key,
+            value,
+            if_revision,
+            lease,
+            ttl_ms,
+            fence,
+        } => Op::Put {
+            key: key.clone(),
+            value: canonical_json(value),
+            if_revision: *if_revision,
+            lease: *lease,
+            ttl_ms: *ttl_ms,
+            fence: fence.clone(),
+        },
+        other => other.clone(),
+    };
+    let encoded = crate::binary::encode(&canonical).unwrap_or_default();
+    let full = Sha256::digest(&encoded);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// `json` re-serialized without insignificant whitespace (itself if it does not parse: the
+/// intake only passes valid JSON, so that never happens).
+fn canonical_json(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| serde_json::to_string(&v).ok())
+        .unwrap_or_else(|| json.to_string())
+}
+
+/// The table's figures for `admin.status` and the metrics, published after every apply
+/// batch (and after an install).
+#[derive(Debug, Default)]
+pub struct IdemFigures {
+    entries: AtomicU64,
+    oldest_expiry: AtomicU64,
+    window_ms: AtomicU64,
+    max_entries: AtomicU64,
+    replays: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// A reading of [`IdemFigures`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdemReading {
+    pub entries: u64,
+    /// Cluster time at which the oldest record expires (0: none held).
+    pub oldest_expiry: u64,
+    pub window_ms: u64,
+    pub max_entries: u64,
+    /// Retries answered from the table, and ids reused with another command, applied on
+    /// this node since it started.
+    pub replays: u64,
+    pub conflicts: u64,
+}
+
+impl IdemFigures {
+    pub fn publish(&self, table: &IdemTable, replays: u64, conflicts: u64) {
+        self.entries.store(table.len() as u64, Relaxed);
+        self.oldest_expiry
+            .store(table.oldest_expiry().unwrap_or(0), Relaxed);
+        self.window_ms.store(table.settings.window_ms, Relaxed);
+        self.max_entries.store(table.settings.max_entries, Relaxed);
+        self.replays.fetch_add(replays, Relaxed);
+        self.conflicts.fetch_add(conflicts, Relaxed);
+    }
+
+    pub fn read(&self) -> IdemReading {
+        IdemReading {
+            entries: self.entries.load(Relaxed),
+            oldest_expiry: self.oldest_expiry.load(Relaxed),
+            window_ms: self.window_ms.load(Relaxed),
+            max_entries: self.max_entries.load(Relaxed),
+            replays: self.replays.load(Relaxed),
+            conflicts: self.conflicts.load(Relaxed),
+        }
+    }
+}
