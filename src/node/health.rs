@@ -52,6 +52,15 @@ impl Probe {
         g.cluster_time
             .set(self.view.clock().reading() as f64 / 1000.0);
         g.log_format.set(f64::from(self.view.cluster_format()));
+        let idem = self.view.idempotency();
+        g.idempotency_entries.set(idem.entries as f64);
+        g.idempotency_window.set(idem.window_ms as f64 / 1000.0);
+        let left = idem
+            .oldest_expiry
+            .saturating_sub(self.view.applied_cluster_time());
+        g.idempotency_oldest_left.set(left as f64 / 1000.0);
+        g.idempotency_replays.absolute(idem.replays);
+        g.idempotency_conflicts.absolute(idem.conflicts);
         let (leader, term, applied_index) = {
             let m = self.raft.metrics();
             let m = m.borrow();

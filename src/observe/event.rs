@@ -29,6 +29,10 @@ pub enum Event {
         index: u64,
         duration_us: u64,
         key: Option<String>,
+        /// For a write with a request id: `new` (applied), `replayed` (answered from the
+        /// idempotency table, nothing applied) or `conflict` (the id was used with another
+        /// command).
+        request_id: Option<&'static str>,
     },
     /// This node's Raft role or term changed.
     StateChange {
@@ -168,12 +172,16 @@ impl Event {
                 operation,
                 index,
                 key,
+                request_id,
                 ..
             } => {
                 m.str("operation", operation);
                 m.num("index", *index);
                 if let Some(k) = key {
                     m.escaped("key", k);
+                }
+                if let Some(r) = request_id {
+                    m.str("request_id", r);
                 }
             }
             Event::StateChange {
@@ -315,6 +323,7 @@ mod tests {
                 index: 9,
                 duration_us: 3,
                 key: Some("k".into()),
+                request_id: Some("replayed"),
             },
             Event::StateChange {
                 status: "leader",
@@ -355,7 +364,7 @@ mod tests {
         );
         assert_eq!(
             render(&events[0])["metadata"],
-            json!({"operation":"put","index":9,"key":"k"})
+            json!({"operation":"put","index":9,"key":"k","request_id":"replayed"})
         );
     }
 }

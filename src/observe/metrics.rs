@@ -52,6 +52,12 @@ pub const REVISION: &str = "concord_revision";
 pub const CLUSTER_TIME: &str = "concord_cluster_time_seconds";
 /// The log format the cluster writes, as applied on this node (1 until the format switch).
 pub const LOG_FORMAT: &str = "concord_log_format";
+/// The idempotency table (exactly-once writes), as applied on this node.
+pub const IDEMPOTENCY_ENTRIES: &str = "concord_idempotency_entries";
+pub const IDEMPOTENCY_WINDOW: &str = "concord_idempotency_window_seconds";
+pub const IDEMPOTENCY_OLDEST_LEFT: &str = "concord_idempotency_oldest_left_seconds";
+pub const IDEMPOTENCY_REPLAYS: &str = "concord_idempotency_replays_total";
+pub const IDEMPOTENCY_CONFLICTS: &str = "concord_idempotency_conflicts_total";
 pub const NATS_CONNECTED: &str = "concord_nats_connected";
 pub const NATS_RECONNECTS: &str = "concord_nats_reconnects_total";
 pub const TELEMETRY_EVENTS: &str = "concord_telemetry_events_total";
@@ -318,6 +324,11 @@ pub struct Metrics {
     pub revision: Gauge,
     pub cluster_time: Gauge,
     pub log_format: Gauge,
+    pub idempotency_entries: Gauge,
+    pub idempotency_window: Gauge,
+    pub idempotency_oldest_left: Gauge,
+    pub idempotency_replays: Counter,
+    pub idempotency_conflicts: Counter,
     pub nats_connected: Gauge,
     pub nats_reconnects: Counter,
     pub telemetry_published: Counter,
@@ -372,6 +383,11 @@ impl Metrics {
             revision: gauge!(REVISION),
             cluster_time: gauge!(CLUSTER_TIME),
             log_format: gauge!(LOG_FORMAT),
+            idempotency_entries: gauge!(IDEMPOTENCY_ENTRIES),
+            idempotency_window: gauge!(IDEMPOTENCY_WINDOW),
+            idempotency_oldest_left: gauge!(IDEMPOTENCY_OLDEST_LEFT),
+            idempotency_replays: counter!(IDEMPOTENCY_REPLAYS),
+            idempotency_conflicts: counter!(IDEMPOTENCY_CONFLICTS),
             nats_connected: gauge!(NATS_CONNECTED),
             nats_reconnects: counter!(NATS_RECONNECTS),
             telemetry_published: counter!(TELEMETRY_EVENTS, "result" => "published"),
@@ -490,6 +506,27 @@ fn describe_requests_and_raft() {
 }
 
 fn describe_snapshots_storage_and_nats() {
+    describe_gauge!(
+        IDEMPOTENCY_ENTRIES,
+        "Request ids the idempotency table holds (exactly-once writes)."
+    );
+    describe_gauge!(
+        IDEMPOTENCY_WINDOW,
+        "How long a request id is remembered, in cluster time (idempotency.window_ms)."
+    );
+    describe_gauge!(
+        IDEMPOTENCY_OLDEST_LEFT,
+        "Cluster time the oldest held request id has left; far below the window means the \
+         table is full (idempotency.max_entries) and ids are forgotten early."
+    );
+    describe_counter!(
+        IDEMPOTENCY_REPLAYS,
+        "Retried writes answered from the idempotency table (applied once, answered again)."
+    );
+    describe_counter!(
+        IDEMPOTENCY_CONFLICTS,
+        "Writes refused as conflict (request_id): an id reused with another command."
+    );
     describe_counter!(
         SNAPSHOTS,
         "Snapshots built (created) or received (installed)."

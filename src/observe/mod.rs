@@ -256,12 +256,14 @@ impl ApplyProbe<'_> {
         operation: &'static str,
         index: u64,
         key: Option<String>,
+        request_id: Option<&'static str>,
     ) {
         self.events.push(Event::Apply {
             operation,
             index,
             duration_us: started.elapsed().as_micros() as u64,
             key,
+            request_id,
         });
     }
 }

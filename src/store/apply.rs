@@ -70,6 +70,8 @@ struct ApplyBatch<'a> {
     /// Retries answered from the table, and ids reused with another command.
     idem_replays: u64,
     idem_conflicts: u64,
+    /// What the table made of the command being applied, for its apply event.
+    idem_outcome: Option<&'static str>,
 }
 
 impl<'a> ApplyBatch<'a> {
@@ -164,8 +166,11 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
             Applied::Token { changed: present }
         }
     };
+    // Taken whether or not the event is sampled, so it never leaks into the next command's.
+    let request_id = b.idem_outcome.take();
     if let Some((started, operation, key)) = event {
-        b.events.record(started, operation, b.index, key);
+        b.events
+            .record(started, operation, b.index, key, request_id);
     }
     Ok(outcome)
 }
@@ -181,8 +186,15 @@ fn client_write(b: &mut ApplyBatch, request: Request) -> Result<Applied, Error> 
     let digest = idempotency::digest(&request.op);
     let now = b.cluster_time;
     match b.idem().check(&key, &digest, now)? {
-        Known::Replay(reply) | Known::Conflict(reply) => return Ok(reply),
-        Known::New => {}
+        Known::Replay(reply) => {
+            b.idem_outcome = Some("replayed");
+            return Ok(reply);
+        }
+        Known::Conflict(reply) => {
+            b.idem_outcome = Some("conflict");
+            return Ok(reply);
+        }
+        Known::New => b.idem_outcome = Some("new"),
     }
     let reply = apply_op(b, request.op)?;
     b.idem().remember(key, digest, &reply, now)?;
@@ -311,6 +323,7 @@ pub(super) fn apply_entries(
         idem: view.idempotency.lock().unwrap_or_else(|e| e.into_inner()),
         idem_replays: 0,
         idem_conflicts: 0,
+        idem_outcome: None,
     };
     let mut last_applied = None;
     let mut membership = None;

@@ -293,3 +293,103 @@ impl IdemFigures {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Map(HashMap<String, fjall::Slice>);
+
+    impl Records for &mut Map {
+        fn stored(&self, key: &str) -> Result<Option<fjall::Slice>, Error> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn set(&mut self, key: String, stored: Option<fjall::Slice>) {
+            match stored {
+                Some(v) => self.0.insert(key, v),
+                None => self.0.remove(&key),
+            };
+        }
+    }
+
+    fn put(value: &str) -> Op {
+        Op::Put {
+            key: "k".into(),
+            value: value.into(),
+            if_revision: None,
+            lease: None,
+            ttl_ms: None,
+            fence: None,
+        }
+    }
+
+    /// One id'd write at cluster time `now`: the table's answer, remembered when new.
+    fn write(t: &mut IdemTable, m: &mut Map, key: &str, op: &Op, now: u64, rev: u64) -> Applied {
+        let (mut bytes, mut replays, mut conflicts) = (0, 0, 0);
+        let mut apply = Apply {
+            table: t,
+            records: m,
+            data_bytes: &mut bytes,
+            replays: &mut replays,
+            conflicts: &mut conflicts,
+        };
+        let d = digest(op);
+        match apply.check(key, &d, now).unwrap() {
+            Known::Replay(a) | Known::Conflict(a) => a,
+            Known::New => {
+                let reply = Applied::Put { revision: rev };
+                apply.remember(key.into(), d, &reply, now).unwrap();
+                reply
+            }
+        }
+    }
+
+    #[test]
+    fn a_known_id_replays_another_command_conflicts_and_the_window_forgets() {
+        let (mut t, mut m) = (IdemTable::default(), Map::default());
+        t.settings.window_ms = 1_000;
+        let first = write(&mut t, &mut m, "a", &put(r#"{"x": 1}"#), 10, 5);
+        assert_eq!(first, Applied::Put { revision: 5 });
+        // Re-serialized JSON is the same command.
+        assert_eq!(
+            write(&mut t, &mut m, "a", &put(r#"{ "x" : 1 }"#), 500, 6),
+            first
+        );
+        assert!(matches!(
+            write(&mut t, &mut m, "a", &put("2"), 500, 7),
+            Applied::Conflict {
+                reason: ConflictReason::RequestId,
+                ..
+            }
+        ));
+        // At expiry the id is forgotten: the write applies again.
+        assert_eq!(
+            write(&mut t, &mut m, "a", &put(r#"{"x":1}"#), 1_010, 8),
+            Applied::Put { revision: 8 }
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(m.0.len(), 1);
+    }
+
+    #[test]
+    fn expired_records_go_and_the_oldest_are_evicted_past_the_limit() {
+        let (mut t, mut m) = (IdemTable::default(), Map::default());
+        t.settings = IdempotencySettings {
+            window_ms: 100,
+            max_entries: 3,
+        };
+        for (i, now) in [1u64, 2, 3, 4].iter().enumerate() {
+            write(&mut t, &mut m, &format!("id{i}"), &put("1"), *now, i as u64);
+        }
+        // The limit evicted the oldest, id0.
+        assert_eq!(t.len(), 3);
+        assert!(!m.0.contains_key("id0"));
+        // A write after everyone's expiry removes them all.
+        write(&mut t, &mut m, "late", &put("1"), 1_000, 9);
+        assert_eq!(t.len(), 1);
+        assert_eq!(m.0.keys().collect::<Vec<_>>(), vec!["late"]);
+    }
+}
