@@ -208,10 +208,13 @@ fn decode(v: &[u8]) -> Result<IdemRecord, Error> {
 }
 
 /// The digest of a client write: the operation with its key, value, conditions, fence, lease
-/// and ttl; never the timeout, the token or headers. A value is digested as canonical JSON,
-/// so a retry that re-serialized it (other whitespace) still matches.
+/// and ttl; never the timeout, the token or headers. A value is digested without the
+/// whitespace between its JSON tokens, so a retry that re-serialized it with other spacing
+/// still matches. Fed to the hash field by field: this runs for every id'd write on every
+/// node, and a put's fields need no copy.
 pub fn digest(op: &Op) -> CommandDigest {
-    let canonical = match op {
+    let mut h = Sha256::new();
+    match op {
         Op::Put {
             key,
             value,
@@ -219,30 +222,51 @@ pub fn digest(op: &Op) -> CommandDigest {
             lease,
             ttl_ms,
             fence,
-        } => Op::Put {
-            key: key.clone(),
-            value: canonical_json(value),
-            if_revision: *if_revision,
-            lease: *lease,
-            ttl_ms: *ttl_ms,
-            fence: fence.clone(),
-        },
-        other => other.clone(),
-    };
-    let encoded = crate::binary::encode(&canonical).unwrap_or_default();
-    let full = Sha256::digest(&encoded);
+        } => {
+            h.update(b"put");
+            let value = minified(value);
+            for part in [key.as_bytes(), value.as_bytes()] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+            let rest = (if_revision, lease, ttl_ms, fence);
+            h.update(crate::binary::encode(&rest).unwrap_or_default());
+        }
+        other => {
+            h.update(b"op");
+            h.update(crate::binary::encode(other).unwrap_or_default());
+        }
+    }
+    let full = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
     out
 }
 
-/// `json` re-serialized without insignificant whitespace (itself if it does not parse: the
-/// intake only passes valid JSON, so that never happens).
-fn canonical_json(json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| serde_json::to_string(&v).ok())
-        .unwrap_or_else(|| json.to_string())
+/// `json` without whitespace outside its strings (borrowed when it has none).
+fn minified(json: &str) -> std::borrow::Cow<'_, str> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if !json.bytes().any(is_space) {
+        return json.into();
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c.is_ascii() && is_space(c as u8) {
+            continue;
+        }
+        out.push(c);
+    }
+    out.into()
 }
 
 /// The table's figures for `admin.status` and the metrics, published after every apply
@@ -372,6 +396,15 @@ mod tests {
         );
         assert_eq!(t.len(), 1);
         assert_eq!(m.0.len(), 1);
+    }
+
+    #[test]
+    fn minified_drops_whitespace_between_tokens_only() {
+        assert_eq!(minified(r#"{"a":1}"#), r#"{"a":1}"#);
+        assert_eq!(
+            minified("{ \"a b\" : [ 1 ,\n 2 ], \"c\":\"x \\\" y\" }"),
+            "{\"a b\":[1,2],\"c\":\"x \\\" y\"}"
+        );
     }
 
     #[test]
