@@ -249,6 +249,7 @@ async fn former_leader_behind_a_snapshot_serves_writes_when_it_leads_again() -> 
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         use_netns: true,
+        client_ping_interval: None,
     })
     .await?;
     let r = orphaned_write_body(&mut cluster).await;

@@ -92,6 +92,16 @@ impl Timings {
     }
 }
 
+/// nats-server's client ping interval for `timings`: the shipped pings with the shipped
+/// timings (a paused node is dropped just after Raft could replace it), 1 s with the
+/// suite's slower elections.
+pub fn client_ping_interval(timings: Timings) -> Option<String> {
+    match timings {
+        Timings::Suite => None,
+        Timings::Shipped => Some("250ms".into()),
+    }
+}
+
 /// Node environment for `timings`: the suite's elections within about a second, or nothing
 /// (the shipped defaults). Both take snapshots often, so snapshot installs are exercised.
 pub fn node_timings(timings: Timings) -> Vec<(String, String)> {
@@ -215,6 +225,7 @@ async fn start_cluster(
         workdir: opts.workdir.clone(),
         node_env: env,
         use_netns: opts.netns,
+        client_ping_interval: client_ping_interval(opts.timings),
     })
     .await?;
     progress(&format!(

@@ -150,6 +150,11 @@ pub struct Spec {
     pub node_env: Vec<(String, String)>,
     /// Ask for network namespaces; falls back to loopback when they are not possible.
     pub use_netns: bool,
+    /// nats-server's `ping_interval` for clients (the nodes), with `ping_max` 2: how soon a
+    /// paused node's connection (and its queue subscriptions) is dropped. `None`: `1s`, which
+    /// suits the suite's 0.8–1.6 s elections; the shipped timings ship `250ms`
+    /// (compose/nats/liveness.conf).
+    pub client_ping_interval: Option<String>,
 }
 
 /// A running check cluster. See the module docs.

@@ -96,7 +96,7 @@ impl CheckCluster {
                     .map(|&peer| format!("nats-route://{}:{NETNS_ROUTE_PORT}", mesh_ip(peer, id)))
                     .collect();
                 let server = start_server(
-                    &self.spec.nats_server,
+                    &self.spec,
                     &self.workdir,
                     Some(&ns_name(&tag, id)),
                     id,
@@ -124,7 +124,7 @@ impl CheckCluster {
                     .map(|&peer| format!("nats-route://127.0.0.1:{}", route_ports[index(peer)]))
                     .collect();
                 match start_server(
-                    &self.spec.nats_server,
+                    &self.spec,
                     &self.workdir,
                     None,
                     id,

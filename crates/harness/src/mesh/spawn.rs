@@ -58,7 +58,7 @@ pub(super) fn signal(pid: u32, sig: &str) -> Result<(), Error> {
 /// Writes server `id`'s config, starts it (in namespace `ns` if given) and waits until it
 /// logs "Server is ready".
 pub(super) async fn start_server(
-    binary: &Path,
+    spec: &super::Spec,
     workdir: &Path,
     ns: Option<&str>,
     id: u64,
@@ -79,7 +79,7 @@ pub(super) async fn start_server(
     let conf = format!(
         "server_name: n{id}\n\
          listen: {listen}\n\
-         ping_interval: \"1s\"\n\
+         ping_interval: {client_ping}\n\
          ping_max: 2\n\
          log_file: {log}\n\
          cluster {{\n  \
@@ -93,6 +93,7 @@ pub(super) async fn start_server(
         listen = quote(client_listen),
         log = quote(&log_path.display().to_string()),
         route_listen = quote(route_listen),
+        client_ping = quote(spec.client_ping_interval.as_deref().unwrap_or("1s")),
         routes = routes_conf.join("\n"),
     );
     std::fs::write(&conf_path, conf).map_err(io_err(format!("writing {}", conf_path.display())))?;
@@ -103,7 +104,7 @@ pub(super) async fn start_server(
         .append(true)
         .open(&out_path)
         .map_err(io_err(format!("opening {}", out_path.display())))?;
-    let mut cmd = in_namespace(ns, binary);
+    let mut cmd = in_namespace(ns, &spec.nats_server);
     cmd.arg("-c").arg(&conf_path);
     let mut child = spawn_logged(&mut cmd, out, &format!("nats-server n{id}"))?;
 

@@ -92,6 +92,7 @@ fn real_cluster_spec(use_netns: bool) -> Option<(Spec, tempfile::TempDir)> {
             ),
         ],
         use_netns,
+        client_ping_interval: None,
     };
     Some((spec, tmp))
 }
