@@ -448,21 +448,33 @@ impl Client {
                 )),
                 _ => ClientError::Nats(e.to_string()),
             })?;
-        let v: Value = serde_json::from_slice(&reply.payload)
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        if v.get("ok").and_then(Value::as_bool) == Some(true) {
-            return Ok(v);
-        }
-        #[derive(Deserialize)]
-        struct ErrReply {
-            error: WireError,
-        }
-        match serde_json::from_value::<ErrReply>(v) {
-            Ok(e) => Err(ClientError::Server(e.error)),
-            Err(e) => Err(ClientError::Decode(format!(
-                "reply is neither ok nor an error: {e}"
-            ))),
-        }
+        decode_reply(&reply.payload)
+    }
+}
+
+/// A reply's body: the reply when it is `ok`, else its error.
+fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
+    let v: Value =
+        serde_json::from_slice(payload).map_err(|e| ClientError::Decode(e.to_string()))?;
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Ok(v);
+    }
+    #[derive(Deserialize)]
+    struct ErrReply {
+        error: WireError,
+    }
+    let code = v["error"]["code"].as_str();
+    match (ErrReply::deserialize(&v), code) {
+        (Ok(e), _) => Err(ClientError::Server(e.error)),
+        // A code newer than this client (e.g. `conflict` from a newer cluster): final, never
+        // retried, and shown as the cluster sent it.
+        (Err(_), Some(code)) => Err(ClientError::Decode(format!(
+            "the cluster answered with error code '{code}', unknown to this client: {}",
+            v["error"]["message"].as_str().unwrap_or("")
+        ))),
+        (Err(e), None) => Err(ClientError::Decode(format!(
+            "reply is neither ok nor an error: {e}"
+        ))),
     }
 }
 
@@ -470,4 +482,35 @@ fn revision(v: &Value) -> Result<u64, ClientError> {
     v.get("revision")
         .and_then(Value::as_u64)
         .ok_or_else(|| ClientError::Decode("reply has no revision".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decode_to_values_errors_and_final_unknown_codes() {
+        let ok = decode_reply(br#"{"ok":true,"revision":3}"#).expect("an ok reply");
+        assert_eq!(revision(&ok).ok(), Some(3));
+        let busy = decode_reply(br#"{"ok":false,"error":{"code":"busy","message":"m"}}"#);
+        assert!(matches!(busy, Err(ClientError::Server(e)) if e.code == ErrorKind::Busy));
+        let newer =
+            br#"{"ok":false,"error":{"code":"conflict","reason":"request_id","message":"used"}}"#;
+        // Unknown to this build (a `Decode` error) or known (a `Server` error): final either way.
+        match decode_reply(newer) {
+            Err(e) => {
+                assert!(e.to_string().contains("conflict"), "{e}");
+                assert!(!Retry::Idempotent.allows(&e) && !Retry::Refused.allows(&e));
+            }
+            Ok(v) => panic!("a conflict decoded as ok: {v}"),
+        }
+        assert!(matches!(
+            decode_reply(b"{\"ok\":false}"),
+            Err(ClientError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_reply(b"not json"),
+            Err(ClientError::Decode(_))
+        ));
+    }
 }
