@@ -148,3 +148,48 @@ async fn cli_body(cluster: &Cluster) -> Result<()> {
     ensure!(get.code != Some(0), "the refused put wrote a: {get:?}");
     Ok(())
 }
+
+/// Proves `Client::write`, the helper for writes this client has no method for, sends a
+/// JSON object body with an id (its own or a new one) and gets the write's reply, and
+/// refuses a body that is not an object before sending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_write_sends_an_object_with_an_id() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let r = generic_write_body(&cluster).await;
+    cluster.fail_on_err(r)
+}
+
+async fn generic_write_body(cluster: &Cluster) -> Result<()> {
+    cluster.wait_stable(LEADER_TIMEOUT).await?;
+    let client = Client::from_nats(cluster.client(), cluster.prefix(), CLIENT_TIMEOUT);
+    let put = cluster.subject("kv.put");
+    let fresh = client
+        .write(put.clone(), json!({"key": "w", "value": 1}))
+        .await
+        .map_err(|e| anyhow!("write without an id: {e}"))?;
+    let own = client
+        .write(
+            put.clone(),
+            json!({"key": "w", "value": 2, "request_id": Uuid::new_v4()}),
+        )
+        .await
+        .map_err(|e| anyhow!("write with the caller's id: {e}"))?;
+    let (r1, r2) = (fresh["revision"].as_u64(), own["revision"].as_u64());
+    ensure!(
+        matches!((r1, r2), (Some(a), Some(b)) if b > a),
+        "write replies: {fresh} then {own}"
+    );
+    let got = client
+        .get("w")
+        .await
+        .map_err(|e| anyhow!("get w: {e}"))?
+        .ok_or_else(|| anyhow!("w was not written"))?;
+    ensure!(got.value == json!(2), "w reads back as {:?}", got.value);
+
+    let refused = client.write(put, json!(["not", "an", "object"])).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.code() == concord::ErrorKind::BadRequest),
+        "a non-object body: {refused:?}"
+    );
+    Ok(())
+}
