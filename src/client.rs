@@ -364,17 +364,20 @@ impl Client {
     }
 
     /// Any write request (e.g. an operation this client has no method for) to `subject`:
-    /// `body` must be a JSON object; it gets a fresh `request_id` unless it names one, and is
-    /// retried like a put (see the module doc). The reply when it is `ok`.
+    /// `body` must be a JSON object; it gets a fresh `request_id` unless it names one (not
+    /// `null`), and is retried like a put (see the module doc). The reply when it is `ok`.
     pub async fn write(&self, subject: String, mut body: Value) -> Result<Value, ClientError> {
         let Some(fields) = body.as_object_mut() else {
             return Err(ClientError::Server(crate::error::bad_request(
                 "a write's body must be a JSON object",
             )));
         };
-        fields
-            .entry("request_id")
-            .or_insert_with(|| Value::String(Uuid::new_v4().to_string()));
+        // `null` would mean "no id" to the server, and a write without one must not be
+        // retried after `timeout`: it gets a fresh id like an absent one.
+        let id = fields.entry("request_id").or_insert(Value::Null);
+        if id.is_null() {
+            *id = Value::String(Uuid::new_v4().to_string());
+        }
         self.send(subject, &body, Retry::Idempotent).await
     }
 

@@ -174,17 +174,24 @@ async fn generic_write_body(cluster: &Cluster) -> Result<()> {
         )
         .await
         .map_err(|e| anyhow!("write with the caller's id: {e}"))?;
-    let (r1, r2) = (fresh["revision"].as_u64(), own["revision"].as_u64());
+    let null = client
+        .write(
+            put.clone(),
+            json!({"key": "w", "value": 3, "request_id": null}),
+        )
+        .await
+        .map_err(|e| anyhow!("write with a null id: {e}"))?;
+    let revs = [&fresh, &own, &null].map(|r| r["revision"].as_u64().unwrap_or(0));
     ensure!(
-        matches!((r1, r2), (Some(a), Some(b)) if b > a),
-        "write replies: {fresh} then {own}"
+        revs[0] > 0 && revs[1] > revs[0] && revs[2] > revs[1],
+        "write replies: {fresh}, {own}, {null}"
     );
     let got = client
         .get("w")
         .await
         .map_err(|e| anyhow!("get w: {e}"))?
         .ok_or_else(|| anyhow!("w was not written"))?;
-    ensure!(got.value == json!(2), "w reads back as {:?}", got.value);
+    ensure!(got.value == json!(3), "w reads back as {:?}", got.value);
 
     let refused = client.write(put, json!(["not", "an", "object"])).await;
     ensure!(
