@@ -6,7 +6,9 @@
 # Prints per-round ratios B/A and their median for each workload.
 #
 # Use: scripts/bench-ab.sh BIN_A BIN_B [OUT_DIR]
-#      (SECS=5 ROUNDS=3; BENCH_BIN defaults to BIN_A; WORKLOADS="put64 get64 put1")
+#      (SECS=5 ROUNDS=3; BENCH_BIN defaults to BIN_A; WORKLOADS="put64 get64 put1";
+#      BENCH_ARGS_A / BENCH_ARGS_B: extra `concord bench` flags for one side only, e.g.
+#      BENCH_ARGS_B=--ids scripts/bench-ab.sh BIN BIN  compares writes without and with ids)
 #   put64  puts of 100 B at 64 clients          (throughput, higher is better)
 #   get64  linearizable gets at 64 clients      (throughput, higher is better)
 #   put1   puts at 1 client                     (p50 latency, lower is better)
@@ -17,7 +19,7 @@ cd "$ROOT"
 # shellcheck source=scripts/tools.sh
 CONCORD_TOOLS="nats-server" source scripts/tools.sh
 
-[[ $# -ge 2 ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 BIN_A="$(realpath "$1")"
 BIN_B="$(realpath "$2")"
 OUT="${3:-$(mktemp -d /tmp/concord-bench-ab.XXXXXX)}"
@@ -36,7 +38,13 @@ export CONCORD_TIMEOUT_MS=10000
 
 # run LABEL WORKLOAD: one fresh cluster of $BIN, one bench run appended to results.tsv
 run() {
-    local label=$1 workload=$2 args=()
+    local label=$1 workload=$2 args=() extra=()
+    # Word-split on purpose: several flags may be given, e.g. "--ids --value-size 1000".
+    if [[ $label == A ]]; then
+        read -r -a extra <<<"${BENCH_ARGS_A:-}"
+    else
+        read -r -a extra <<<"${BENCH_ARGS_B:-}"
+    fi
     case "$workload" in
         put64) args=(--clients 64 --mix put=100) ;;
         get64) args=(--clients 64 --mix get=100 --preload) ;;
@@ -45,8 +53,8 @@ run() {
     esac
     bench_start_cluster "$OUT"
     printf '%s\t%s\t' "$label" "$workload" >>"$OUT/results.tsv"
-    "$BENCH_BIN" bench --json --duration "${SECS}s" "${args[@]}" --cpu-pids "$bench_cpids" \
-        >>"$OUT/results.tsv"
+    "$BENCH_BIN" bench --json --duration "${SECS}s" "${args[@]}" "${extra[@]}" \
+        --cpu-pids "$bench_cpids" >>"$OUT/results.tsv"
     bench_stop_cluster
 }
 
@@ -65,8 +73,8 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-echo "A: $BIN_A"
-echo "B: $BIN_B"
+echo "A: $BIN_A ${BENCH_ARGS_A:-}"
+echo "B: $BIN_B ${BENCH_ARGS_B:-}"
 python3 - "$OUT/results.tsv" <<'PY' | tee "$OUT/summary.md"
 import json, statistics, sys
 rows = {}

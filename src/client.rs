@@ -1,7 +1,25 @@
 //! `concord::Client`: an async client of the wire protocol, used by the CLI and the tests.
 //!
-//! It retries `cluster_not_ready` and `busy` (and a cluster nobody answers for yet) with
-//! backoff within its timeout; it never retries `timeout` or `internal`.
+//! Every request runs within the client's `timeout` (the caller's deadline); the rules of
+//! [`retry`] decide what is sent again inside it, after a pause of 25 ms doubling to 400 ms
+//! (jittered):
+//!
+//! - **Writes** (`put`, `delete`, [`Client::write`]) carry a `request_id`: a fresh UUID v4 per
+//!   call, the same on every retry of that call (`put_with_id` and `delete_with_id` take the
+//!   caller's, e.g. to retry a command that ended in `timeout`). They are retried after
+//!   `busy`, `cluster_not_ready`, NATS "no responders", and also after `timeout` (a NATS
+//!   request that got no reply included): the cluster keeps each id's reply for
+//!   `idempotency.window`, so a retry gets the first attempt's reply instead of applying
+//!   again. `conflict` (the id was used for another command) and every other code are final.
+//! - **Linearizable reads** (`get`, `scan`) are retried the same way, without an id.
+//! - Each such attempt gets min(time left, max(1 s, timeout / 3)) (sent as
+//!   `Concord-Timeout-Ms`), so one attempt stuck on a dead or paused node does not use the
+//!   whole deadline; a new attempt may reach another node.
+//! - **Stale reads, admin calls** and [`Client::call`] retry only refusals (`busy`,
+//!   `cluster_not_ready`, no responders: nothing was done), each attempt with all the time
+//!   left; they never retry `timeout` or `internal`.
+//! - A write whose retries end in a refusal after an attempt without an answer reports
+//!   `timeout`: it may have applied.
 
 use std::time::Duration;
 
@@ -10,10 +28,14 @@ use async_nats::RequestErrorKind;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::config::NatsConfig;
 use crate::error::{ErrorKind, WireError};
 use crate::subjects::{AdminOp, KvOp, Subjects, HEADER_TIMEOUT_MS};
+
+pub mod retry;
+pub use retry::Retry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -153,12 +175,23 @@ impl Client {
         .await
     }
 
+    /// Puts `value` at `key` with a fresh `request_id`; returns the revision.
     pub async fn put(&self, key: &str, value: &Value) -> Result<u64, ClientError> {
+        self.put_with_id(key, value, Uuid::new_v4()).await
+    }
+
+    /// [`Client::put`] with the caller's `request_id`: the same id and body again (e.g. a
+    /// retry of a put that ended in `timeout`) applies at most once within the cluster's
+    /// `idempotency.window`.
+    pub async fn put_with_id(
+        &self,
+        key: &str,
+        value: &Value,
+        request_id: Uuid,
+    ) -> Result<u64, ClientError> {
+        let body = serde_json::json!({"key": key, "value": value, "request_id": request_id});
         let r = self
-            .call(
-                self.subjects.kv(KvOp::Put),
-                serde_json::json!({"key": key, "value": value}),
-            )
+            .send(self.subjects.kv(KvOp::Put), &body, Retry::Idempotent)
             .await?;
         revision(&r)
     }
@@ -181,7 +214,11 @@ impl Client {
         if let Some(min) = min_revision {
             body["min_revision"] = min.into();
         }
-        match self.call(self.subjects.kv(KvOp::Get), body).await {
+        let retry = match consistency {
+            ReadConsistency::Linearizable => Retry::Idempotent,
+            ReadConsistency::Stale => Retry::Refused,
+        };
+        match self.send(self.subjects.kv(KvOp::Get), &body, retry).await {
             Ok(v) => serde_json::from_value(v)
                 .map(Some)
                 .map_err(|e| ClientError::Decode(e.to_string())),
@@ -190,13 +227,21 @@ impl Client {
         }
     }
 
-    /// Returns whether the key existed, and the revision after the delete.
+    /// Deletes `key` with a fresh `request_id`. Returns whether the key existed, and the
+    /// revision after the delete.
     pub async fn delete(&self, key: &str) -> Result<(bool, u64), ClientError> {
+        self.delete_with_id(key, Uuid::new_v4()).await
+    }
+
+    /// [`Client::delete`] with the caller's `request_id` (see [`Client::put_with_id`]).
+    pub async fn delete_with_id(
+        &self,
+        key: &str,
+        request_id: Uuid,
+    ) -> Result<(bool, u64), ClientError> {
+        let body = serde_json::json!({"key": key, "request_id": request_id});
         let r = self
-            .call(
-                self.subjects.kv(KvOp::Delete),
-                serde_json::json!({"key": key}),
-            )
+            .send(self.subjects.kv(KvOp::Delete), &body, Retry::Idempotent)
             .await?;
         let deleted = r.get("deleted").and_then(Value::as_bool).unwrap_or(false);
         Ok((deleted, revision(&r)?))
@@ -219,7 +264,13 @@ impl Client {
         if consistency == ReadConsistency::Stale {
             body["consistency"] = "stale".into();
         }
-        let v = self.call(self.subjects.kv(KvOp::Scan), body).await?;
+        let retry = match consistency {
+            ReadConsistency::Linearizable => Retry::Idempotent,
+            ReadConsistency::Stale => Retry::Refused,
+        };
+        let v = self
+            .send(self.subjects.kv(KvOp::Scan), &body, retry)
+            .await?;
         serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -312,24 +363,57 @@ impl Client {
             .await
     }
 
-    /// One request, retried on `cluster_not_ready`, `busy` and no responders until the timeout.
+    /// Any write request (e.g. an operation this client has no method for) to `subject`:
+    /// `body` must be a JSON object; it gets a fresh `request_id` unless it names one (not
+    /// `null`), and is retried like a put (see the module doc). The reply when it is `ok`.
+    pub async fn write(&self, subject: String, mut body: Value) -> Result<Value, ClientError> {
+        let Some(fields) = body.as_object_mut() else {
+            return Err(ClientError::Server(crate::error::bad_request(
+                "a write's body must be a JSON object",
+            )));
+        };
+        // `null` would mean "no id" to the server, and a write without one must not be
+        // retried after `timeout`: it gets a fresh id like an absent one.
+        let id = fields.entry("request_id").or_insert(Value::Null);
+        if id.is_null() {
+            *id = Value::String(Uuid::new_v4().to_string());
+        }
+        self.send(subject, &body, Retry::Idempotent).await
+    }
+
+    /// One request, retried only on refusals (`cluster_not_ready`, `busy`, no responders)
+    /// until the timeout: right for any request, including writes without a `request_id`.
     pub async fn call(&self, subject: String, body: Value) -> Result<Value, ClientError> {
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = Duration::from_millis(25);
+        self.send(subject, &body, Retry::Refused).await
+    }
+
+    /// Sends `body` until it is answered, `retry` allows no more attempts, or the deadline
+    /// (`self.timeout` from now) passes. The loop ends: every pause is at least 12 ms, and
+    /// none starts without time left.
+    async fn send(
+        &self,
+        subject: String,
+        body: &Value,
+        retry: Retry,
+    ) -> Result<Value, ClientError> {
+        let total = self.timeout;
+        let deadline = Instant::now() + total;
+        let mut earlier_unknown = false;
+        let mut retries = 0u32;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let res = self.call_once(subject.clone(), &body, remaining).await;
-            let retry = match &res {
-                Err(ClientError::Server(e)) => e.code.is_retryable(),
-                Err(ClientError::NoResponders(_)) => true,
-                _ => false,
+            let attempt = retry.attempt_timeout(total, remaining);
+            let err = match self.call_once(subject.clone(), body, attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            if !retry || left < backoff {
-                return res;
+            match retry.pause(&err, retries, left, retry::jitter()) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(retry::final_error(err, earlier_unknown)),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(400));
+            earlier_unknown |= retry::outcome_unknown(&err);
+            retries = retries.saturating_add(1);
         }
     }
 
@@ -367,21 +451,33 @@ impl Client {
                 )),
                 _ => ClientError::Nats(e.to_string()),
             })?;
-        let v: Value = serde_json::from_slice(&reply.payload)
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        if v.get("ok").and_then(Value::as_bool) == Some(true) {
-            return Ok(v);
-        }
-        #[derive(Deserialize)]
-        struct ErrReply {
-            error: WireError,
-        }
-        match serde_json::from_value::<ErrReply>(v) {
-            Ok(e) => Err(ClientError::Server(e.error)),
-            Err(e) => Err(ClientError::Decode(format!(
-                "reply is neither ok nor an error: {e}"
-            ))),
-        }
+        decode_reply(&reply.payload)
+    }
+}
+
+/// A reply's body: the reply when it is `ok`, else its error.
+fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
+    let v: Value =
+        serde_json::from_slice(payload).map_err(|e| ClientError::Decode(e.to_string()))?;
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Ok(v);
+    }
+    #[derive(Deserialize)]
+    struct ErrReply {
+        error: WireError,
+    }
+    let code = v["error"]["code"].as_str();
+    match (ErrReply::deserialize(&v), code) {
+        (Ok(e), _) => Err(ClientError::Server(e.error)),
+        // A code newer than this client (e.g. `conflict` from a newer cluster): final, never
+        // retried, and shown as the cluster sent it.
+        (Err(_), Some(code)) => Err(ClientError::Decode(format!(
+            "the cluster answered with error code '{code}', unknown to this client: {}",
+            v["error"]["message"].as_str().unwrap_or("")
+        ))),
+        (Err(e), None) => Err(ClientError::Decode(format!(
+            "reply is neither ok nor an error: {e}"
+        ))),
     }
 }
 
@@ -389,4 +485,35 @@ fn revision(v: &Value) -> Result<u64, ClientError> {
     v.get("revision")
         .and_then(Value::as_u64)
         .ok_or_else(|| ClientError::Decode("reply has no revision".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decode_to_values_errors_and_final_unknown_codes() {
+        let ok = decode_reply(br#"{"ok":true,"revision":3}"#).expect("an ok reply");
+        assert_eq!(revision(&ok).ok(), Some(3));
+        let busy = decode_reply(br#"{"ok":false,"error":{"code":"busy","message":"m"}}"#);
+        assert!(matches!(busy, Err(ClientError::Server(e)) if e.code == ErrorKind::Busy));
+        let newer =
+            br#"{"ok":false,"error":{"code":"conflict","reason":"request_id","message":"used"}}"#;
+        // Unknown to this build (a `Decode` error) or known (a `Server` error): final either way.
+        match decode_reply(newer) {
+            Err(e) => {
+                assert!(e.to_string().contains("conflict"), "{e}");
+                assert!(!Retry::Idempotent.allows(&e) && !Retry::Refused.allows(&e));
+            }
+            Ok(v) => panic!("a conflict decoded as ok: {v}"),
+        }
+        assert!(matches!(
+            decode_reply(b"{\"ok\":false}"),
+            Err(ClientError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_reply(b"not json"),
+            Err(ClientError::Decode(_))
+        ));
+    }
 }

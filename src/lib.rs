@@ -35,7 +35,8 @@
 //! binary      bincode decoding of outside bytes with a size limit
 //! ```
 //!
-//! [`client::Client`] speaks the protocol for the CLI and for tests.
+//! [`client::Client`] speaks the protocol for the CLI and for tests; `client::retry` holds its
+//! retry rules (writes carry a `request_id` and are retried after `timeout` too).
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]

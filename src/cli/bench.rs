@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// `--target natskv`: replicas of a bucket this run creates.
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
+    /// `--target concord`: every put and delete carries a fresh `request_id` (a UUID v4), as
+    /// writes from `concord::Client` and the CLI do; compare runs with and without it for
+    /// the cost of exactly-once writes. Requests are still sent once (no retries).
+    #[arg(long)]
+    pub ids: bool,
 }
 
 /// `concord bench`: connects to what `--target` names (NATS only for the targets that use
@@ -143,6 +148,7 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
         timeout,
         preload: args.preload,
         cpu_pids,
+        ids: args.ids,
     };
     let s = concord_bench::run(target, cfg, !global.json).await?;
     let v = serde_json::to_value(&s)?;

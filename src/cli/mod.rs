@@ -79,7 +79,12 @@ pub enum Cmd {
     /// Run one node.
     Serve(ServeArgs),
     /// Set KEY to VALUE (taken as JSON when it parses, else as a string).
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        id: kv::RequestIdArg,
+    },
     /// Print the value of KEY.
     Get {
         key: String,
@@ -91,7 +96,11 @@ pub enum Cmd {
         min_revision: Option<u64>,
     },
     /// Delete KEY.
-    Delete { key: String },
+    Delete {
+        key: String,
+        #[command(flatten)]
+        id: kv::RequestIdArg,
+    },
     /// List keys starting with PREFIX (all keys without one), following pages.
     Scan {
         prefix: Option<String>,
@@ -224,11 +233,9 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
         Err(e) => return Ok(report(global, &e)),
     };
     let res = match cmd {
-        Cmd::Put { key, value } => client.put(&key, &parse_value(&value)).await.map(|rev| {
-            out(global, json!({"ok": true, "revision": rev}), || {
-                format!("OK (revision {rev})")
-            })
-        }),
+        Cmd::Put { key, value, id } => {
+            return Ok(kv::put(&client, global, &key, &parse_value(&value), id.get()).await)
+        }
         Cmd::Get {
             key,
             stale,
@@ -251,19 +258,7 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Delete { key } => client.delete(&key).await.map(|(deleted, rev)| {
-            out(
-                global,
-                json!({"ok": true, "deleted": deleted, "revision": rev}),
-                || {
-                    if deleted {
-                        format!("deleted (revision {rev})")
-                    } else {
-                        format!("not found, nothing deleted (revision {rev})")
-                    }
-                },
-            )
-        }),
+        Cmd::Delete { key, id } => return Ok(kv::delete(&client, global, &key, id.get()).await),
         Cmd::Scan {
             prefix,
             limit,

@@ -21,6 +21,8 @@ pub struct ConcordHandle {
     stale: bool,
     timeout: Duration,
     headers: Option<async_nats::HeaderMap>,
+    /// Every put and delete carries a fresh `request_id`.
+    ids: bool,
 }
 
 impl ConcordHandle {
@@ -44,6 +46,7 @@ impl ConcordHandle {
             stale,
             timeout,
             headers: None,
+            ids: false,
         }
     }
 
@@ -55,28 +58,46 @@ impl ConcordHandle {
         });
         self
     }
+
+    /// Puts and deletes carry a `request_id`, a new UUID v4 each (as a client that gives
+    /// every write an id sends them).
+    pub fn with_ids(mut self, ids: bool) -> ConcordHandle {
+        self.ids = ids;
+        self
+    }
+}
+
+/// The JSON body of `op` on key number `key`: a put's value is `value_size` bytes (its JSON
+/// string, quotes included) of fresh letters; with `ids`, a put or delete carries a new
+/// `request_id`.
+fn body(op: Op, key: u64, value_size: usize, stale: bool, ids: bool) -> Vec<u8> {
+    let key = format!("bench:{key}");
+    let id = if ids && op != Op::Get {
+        format!(r#","request_id":"{}""#, uuid::Uuid::new_v4())
+    } else {
+        String::new()
+    };
+    match op {
+        Op::Put => {
+            // The alphabet needs no escaping in a JSON string.
+            let mut body = format!(r#"{{"key":"{key}"{id},"value":""#).into_bytes();
+            body.extend(super::fresh_value(value_size.saturating_sub(2)));
+            body.extend_from_slice(br#""}"#);
+            body
+        }
+        Op::Get => {
+            let c = if stale { "stale" } else { "linearizable" };
+            format!(r#"{{"key":"{key}","consistency":"{c}"}}"#).into_bytes()
+        }
+        Op::Delete => format!(r#"{{"key":"{key}"{id}}}"#).into_bytes(),
+    }
 }
 
 impl Driver for ConcordHandle {
     type Request = Bytes;
 
     fn prepare(&self, op: Op, key: u64) -> Bytes {
-        let key = format!("bench:{key}");
-        let body = match op {
-            Op::Put => {
-                // The alphabet needs no escaping in a JSON string.
-                let mut body = format!(r#"{{"key":"{key}","value":""#).into_bytes();
-                body.extend(super::fresh_value(self.value_size.saturating_sub(2)));
-                body.extend_from_slice(br#""}"#);
-                body
-            }
-            Op::Get => {
-                let c = if self.stale { "stale" } else { "linearizable" };
-                format!(r#"{{"key":"{key}","consistency":"{c}"}}"#).into_bytes()
-            }
-            Op::Delete => format!(r#"{{"key":"{key}"}}"#).into_bytes(),
-        };
-        body.into()
+        body(op, key, self.value_size, self.stale, self.ids).into()
     }
 
     async fn execute(&mut self, op: Op, body: Bytes) -> OpResult {
@@ -129,4 +150,36 @@ pub async fn echo_responder(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parse(op: Op, ids: bool) -> Value {
+        serde_json::from_slice(&body(op, 7, 100, false, ids)).expect("a bench body is JSON")
+    }
+
+    #[test]
+    fn with_ids_every_write_carries_a_new_request_id() {
+        let put = parse(Op::Put, true);
+        assert_eq!(put["key"], "bench:7");
+        assert_eq!(put["value"].as_str().map(str::len), Some(98));
+        let id = |v: &Value| {
+            let s = v["request_id"].as_str().expect("a request_id string");
+            uuid::Uuid::parse_str(s).expect("a UUID")
+        };
+        assert_eq!(id(&put).get_version_num(), 4);
+        assert_ne!(
+            id(&put),
+            id(&parse(Op::Put, true)),
+            "ids are fresh per request"
+        );
+        assert_eq!(id(&parse(Op::Delete, true)).get_version_num(), 4);
+        assert!(parse(Op::Get, true).get("request_id").is_none());
+        for op in [Op::Put, Op::Get, Op::Delete] {
+            assert!(parse(op, false).get("request_id").is_none());
+        }
+    }
 }

@@ -41,6 +41,8 @@ pub struct BenchConfig {
     pub preload: bool,
     /// Processes whose CPU time (user + system) over the measured run goes in the summary.
     pub cpu_pids: Vec<u32>,
+    /// `concord`: every put and delete carries a fresh `request_id` (the cost of ids).
+    pub ids: bool,
 }
 
 /// What to load.
@@ -289,7 +291,8 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
                 cfg.stale,
                 cfg.timeout,
             )
-            .with_token(token.as_deref());
+            .with_token(token.as_deref())
+            .with_ids(cfg.ids);
             drive(name, |_| h.clone(), &cfg, progress).await
         }
         Target::Echo { nats, prefix } => {
