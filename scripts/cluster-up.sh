@@ -7,7 +7,7 @@
 #                                     (not started if something already listens on 4222)
 #   concord serve, nodes 1, 2, 3      pid data/n$i.pid, log data/n$i.log, data dir data/n$i,
 #                                     metrics on 127.0.0.1:9464, :9465, :9466 (/metrics, /readyz)
-# then waits (at most 30 s) until the cluster reports a leader, and then, when `prometheus` is
+# then waits (at most 30 s) until the cluster reports a leader and its log format switch, and then, when `prometheus` is
 # on the PATH (Debian: apt-get install prometheus), starts it too:
 #   prometheus on 127.0.0.1:9090      pid data/prometheus.pid, log data/prometheus.log,
 #                                     config data/prometheus.yml, storage data/prometheus/
@@ -197,7 +197,11 @@ try:
     d = json.load(sys.stdin)
 except ValueError:
     sys.exit(1)
-sys.exit(0 if isinstance(d, dict) and d.get("leader") is not None else 1)'
+# A leader, and the cluster on log format 2: before the format switch (a second or so
+# after a new cluster elects its first leader) writes ignore their request ids.
+ok = isinstance(d, dict) and d.get("leader") is not None
+fmt = d.get("log_format") if isinstance(d, dict) else None
+sys.exit(0 if ok and isinstance(fmt, dict) and fmt.get("cluster", 0) >= 2 else 1)'
 }
 
 printf '==> waiting for a leader (up to %ss) ' "$WAIT_SECS"

@@ -64,6 +64,15 @@ impl ClientError {
         }
     }
 
+    /// The error object for `--json` output: the server's as it sent it (with `reason` and
+    /// the current state for a `conflict`), or a code and message for a local failure.
+    pub fn to_json(&self) -> Value {
+        match self {
+            ClientError::Server(e) => serde_json::to_value(e).unwrap_or_default(),
+            other => serde_json::json!({"code": other.code(), "message": other.message()}),
+        }
+    }
+
     /// The message without the code in front.
     pub fn message(&self) -> String {
         match self {

@@ -63,7 +63,7 @@ fn report_write(global: &Global, e: &ClientError, id: Uuid) -> i32 {
     let code = e.code();
     let message = e.message();
     if global.json {
-        let v = json!({"ok": false, "error": {"code": code, "message": message}, "request_id": id});
+        let v = json!({"ok": false, "error": e.to_json(), "request_id": id});
         emit(&v.to_string());
     }
     eprintln!("error: {code}: {message}");

@@ -325,7 +325,7 @@ pub(crate) fn report(global: &Global, e: &ClientError) -> i32 {
     let code = e.code();
     let message = e.message();
     if global.json {
-        emit(&json!({"ok": false, "error": {"code": code, "message": message}}).to_string());
+        emit(&json!({"ok": false, "error": e.to_json()}).to_string());
     }
     eprintln!("error: {code}: {message}");
     1

@@ -133,7 +133,7 @@ mod tests {
         ClientError::Server(WireError::new(code, "x"))
     }
 
-    const ALL_CODES: [ErrorKind; 10] = [
+    const ALL_CODES: [ErrorKind; 11] = [
         ErrorKind::NotFound,
         ErrorKind::InvalidKey,
         ErrorKind::ValueTooLarge,
@@ -144,6 +144,7 @@ mod tests {
         ErrorKind::ClusterNotReady,
         ErrorKind::Timeout,
         ErrorKind::Internal,
+        ErrorKind::Conflict,
     ];
 
     #[test]

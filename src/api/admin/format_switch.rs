@@ -23,8 +23,10 @@ use crate::command::{Command, LogCommand, COMMAND_FORMAT};
 use crate::raft::types::NodeId;
 use crate::subjects::AdminOp;
 
-/// How often a leader of a format-1 cluster checks its members.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a leader of a format-1 cluster checks its members: often, because until the
+/// switch a new cluster ignores request ids (exactly-once writes). It asks only until the
+/// switch applied, once per member: a few small requests per second during an upgrade.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 const ASK_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How often the members that hold the switch back are named in the log.
 const WAITING_NOTE_EVERY: Duration = Duration::from_secs(30);
