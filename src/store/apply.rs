@@ -13,7 +13,7 @@ use fjall::Keyspace;
 use openraft::EntryPayload;
 use uuid::Uuid;
 
-use super::idempotency::{self, IdemTable, Known};
+use super::idempotency::{self, IdemKey, IdemTable, Known};
 use super::keys::KeyMeta;
 use super::meta::{enc, SmMeta};
 use super::recent::BatchWrites;
@@ -182,7 +182,7 @@ fn client_write(b: &mut ApplyBatch, request: Request) -> Result<Applied, Error> 
     let Some(id) = request.request_id else {
         return apply_op(b, request.op);
     };
-    let key = keys::idempotency_key(&id, request.token_id.as_deref());
+    let key = IdemKey::new(&id, request.token_id.as_deref());
     let digest = idempotency::digest(&request.op);
     let now = b.cluster_time;
     match b.idem().check(&key, &digest, now)? {

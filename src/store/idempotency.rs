@@ -16,7 +16,7 @@
 //! table is the same on every node at every index: expired records are removed, and the
 //! oldest evicted past the limit, as part of applying an id'd write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use fjall::Keyspace;
@@ -42,14 +42,50 @@ struct IdemRecord {
     reply: Applied,
 }
 
-/// The table's settings and the expiry order of its records; the records are in the
-/// keyspace.
+/// A request id as the table keys it: the id, and the token id it was sent with (auth on).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdemKey {
+    pub id: u128,
+    pub token: Option<Box<str>>,
+}
+
+impl IdemKey {
+    pub fn new(id: &uuid::Uuid, token_id: Option<&str>) -> IdemKey {
+        IdemKey {
+            id: id.as_u128(),
+            token: token_id.map(Box::from),
+        }
+    }
+
+    /// The record's reserved key in the key space.
+    fn stored_key(&self) -> String {
+        keys::idempotency_key(&uuid::Uuid::from_u128(self.id), self.token.as_deref())
+    }
+
+    /// The key a stored record was written under.
+    fn parse(stored: &[u8]) -> Option<IdemKey> {
+        let rest = std::str::from_utf8(stored)
+            .ok()?
+            .strip_prefix(keys::IDEMPOTENCY_PREFIX)?;
+        let (id, token) = rest.split_once('/')?;
+        let id = uuid::Uuid::parse_str(id).ok()?.as_u128();
+        let token = (!token.is_empty()).then(|| Box::from(token));
+        Some(IdemKey { id, token })
+    }
+}
+
+/// The table's settings, and where each record is and when it expires; the records
+/// themselves (digest, reply) are in the key space. In memory so that an id not held, every
+/// new write's case, costs a hash lookup and no read of the key space (about 100 bytes per
+/// id held, without auth).
 #[derive(Debug, Default)]
 pub struct IdemTable {
     settings: IdempotencySettings,
-    /// (expiry, reserved key) → stored bytes of the record, oldest first; ties broken by key,
-    /// so that every node evicts the same record.
-    order: BTreeMap<(u64, Box<str>), u32>,
+    /// Each held id: its expiry (cluster time) and its record's stored size.
+    index: HashMap<IdemKey, (u64, u32)>,
+    /// (expiry, id) of each held id, oldest first; ties broken by id, so that every node
+    /// evicts the same one.
+    order: BTreeSet<(u64, IdemKey)>,
 }
 
 /// What the table says of a write's request id.
@@ -73,11 +109,9 @@ impl IdemTable {
         for guard in kv.prefix(keys::IDEMPOTENCY_PREFIX.as_bytes()) {
             let (k, v) = guard.into_inner()?;
             let record = decode(&v)?;
-            let key = String::from_utf8(k.to_vec())
-                .map_err(|_| Error::Corrupt("an idempotency key is not UTF-8".into()))?;
-            table
-                .order
-                .insert((record.expires, key.into_boxed_str()), v.len() as u32);
+            let key = IdemKey::parse(&k)
+                .ok_or_else(|| Error::Corrupt("an idempotency record's key".into()))?;
+            table.hold(key, record.expires, v.len() as u32);
         }
         Ok(table)
     }
@@ -89,7 +123,21 @@ impl IdemTable {
 
     /// Expiry of the oldest record, if any.
     pub fn oldest_expiry(&self) -> Option<u64> {
-        self.order.keys().next().map(|(e, _)| *e)
+        self.order.first().map(|(e, _)| *e)
+    }
+
+    fn hold(&mut self, key: IdemKey, expires: u64, size: u32) {
+        if let Some((old, _)) = self.index.insert(key.clone(), (expires, size)) {
+            self.order.remove(&(old, key.clone()));
+        }
+        self.order.insert((expires, key));
+    }
+
+    /// Forgets `key`; its expiry and size if it was held.
+    fn release(&mut self, key: &IdemKey) -> Option<(u64, u32)> {
+        let (expires, size) = self.index.remove(key)?;
+        self.order.remove(&(expires, key.clone()));
+        Some((expires, size))
     }
 }
 
@@ -111,16 +159,25 @@ pub struct Apply<'t, R: Records> {
 
 impl<R: Records> Apply<'_, R> {
     /// Looks up request `key` with digest `digest` at cluster time `now`.
-    pub fn check(&mut self, key: &str, digest: &CommandDigest, now: u64) -> Result<Known, Error> {
-        let Some(v) = self.records.stored(key)? else {
+    pub fn check(
+        &mut self,
+        key: &IdemKey,
+        digest: &CommandDigest,
+        now: u64,
+    ) -> Result<Known, Error> {
+        let Some(&(expires, _)) = self.table.index.get(key) else {
             return Ok(Known::New);
         };
-        let record = decode(&v)?;
-        if record.expires <= now {
+        if expires <= now {
             // Expired: forget it now; the write applies and a new record replaces it.
-            self.forget(record.expires, key, v.len());
+            self.forget(key);
             return Ok(Known::New);
         }
+        let stored = key.stored_key();
+        let v = self.records.stored(&stored)?.ok_or_else(|| {
+            Error::Corrupt(format!("idempotency record {stored:?} is held but missing"))
+        })?;
+        let record = decode(&v)?;
         if &record.digest == digest {
             *self.replays += 1;
             return Ok(Known::Replay(record.reply));
@@ -136,7 +193,7 @@ impl<R: Records> Apply<'_, R> {
     /// the oldest records past the limit.
     pub fn remember(
         &mut self,
-        key: String,
+        key: IdemKey,
         digest: CommandDigest,
         reply: &Applied,
         now: u64,
@@ -149,16 +206,14 @@ impl<R: Records> Apply<'_, R> {
         };
         let bytes = crate::binary::encode(&record)
             .map_err(|e| Error::Corrupt(format!("encoding an idempotency record: {e}")))?;
-        *self.data_bytes += keys::entry_bytes(key.len(), bytes.len());
-        self.table.order.insert(
-            (record.expires, key.clone().into_boxed_str()),
-            bytes.len() as u32,
-        );
-        self.records.set(key, Some(fjall::Slice::from(bytes)));
+        let stored = key.stored_key();
+        *self.data_bytes += keys::entry_bytes(stored.len(), bytes.len());
+        self.table.hold(key, record.expires, bytes.len() as u32);
+        self.records.set(stored, Some(fjall::Slice::from(bytes)));
         let mut removed = 0;
         while removed < EXPIRED_PER_WRITE {
-            match self.table.order.first_key_value() {
-                Some(((expires, _), _)) if *expires <= now => {}
+            match self.table.order.first() {
+                Some((expires, _)) if *expires <= now => {}
                 _ => break,
             }
             self.pop_oldest();
@@ -186,20 +241,20 @@ impl<R: Records> Apply<'_, R> {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some(((_, key), size)) = self.table.order.pop_first() {
-            *self.data_bytes = self
-                .data_bytes
-                .saturating_sub(keys::entry_bytes(key.len(), size as usize));
-            self.records.set(key.into_string(), None);
+        if let Some((_, key)) = self.table.order.first().cloned() {
+            self.forget(&key);
         }
     }
 
-    fn forget(&mut self, expires: u64, key: &str, size: usize) {
-        self.table.order.remove(&(expires, Box::from(key)));
-        *self.data_bytes = self
-            .data_bytes
-            .saturating_sub(keys::entry_bytes(key.len(), size));
-        self.records.set(key.to_string(), None);
+    /// Removes `key`'s record from the table and the key space.
+    fn forget(&mut self, key: &IdemKey) {
+        if let Some((_, size)) = self.table.release(key) {
+            let stored = key.stored_key();
+            *self.data_bytes = self
+                .data_bytes
+                .saturating_sub(keys::entry_bytes(stored.len(), size as usize));
+            self.records.set(stored, None);
+        }
     }
 }
 
@@ -351,7 +406,18 @@ mod tests {
     }
 
     /// One id'd write at cluster time `now`: the table's answer, remembered when new.
-    fn write(t: &mut IdemTable, m: &mut Map, key: &str, op: &Op, now: u64, rev: u64) -> Applied {
+    fn key(n: u128) -> IdemKey {
+        IdemKey { id: n, token: None }
+    }
+
+    fn write(
+        t: &mut IdemTable,
+        m: &mut Map,
+        key: &IdemKey,
+        op: &Op,
+        now: u64,
+        rev: u64,
+    ) -> Applied {
         let (mut bytes, mut replays, mut conflicts) = (0, 0, 0);
         let mut apply = Apply {
             table: t,
@@ -365,7 +431,7 @@ mod tests {
             Known::Replay(a) | Known::Conflict(a) => a,
             Known::New => {
                 let reply = Applied::Put { revision: rev };
-                apply.remember(key.into(), d, &reply, now).unwrap();
+                apply.remember(key.clone(), d, &reply, now).unwrap();
                 reply
             }
         }
@@ -375,15 +441,15 @@ mod tests {
     fn a_known_id_replays_another_command_conflicts_and_the_window_forgets() {
         let (mut t, mut m) = (IdemTable::default(), Map::default());
         t.settings.window_ms = 1_000;
-        let first = write(&mut t, &mut m, "a", &put(r#"{"x": 1}"#), 10, 5);
+        let first = write(&mut t, &mut m, &key(1), &put(r#"{"x": 1}"#), 10, 5);
         assert_eq!(first, Applied::Put { revision: 5 });
         // Re-serialized JSON is the same command.
         assert_eq!(
-            write(&mut t, &mut m, "a", &put(r#"{ "x" : 1 }"#), 500, 6),
+            write(&mut t, &mut m, &key(1), &put(r#"{ "x" : 1 }"#), 500, 6),
             first
         );
         assert!(matches!(
-            write(&mut t, &mut m, "a", &put("2"), 500, 7),
+            write(&mut t, &mut m, &key(1), &put("2"), 500, 7),
             Applied::Conflict {
                 reason: ConflictReason::RequestId,
                 ..
@@ -391,7 +457,7 @@ mod tests {
         ));
         // At expiry the id is forgotten: the write applies again.
         assert_eq!(
-            write(&mut t, &mut m, "a", &put(r#"{"x":1}"#), 1_010, 8),
+            write(&mut t, &mut m, &key(1), &put(r#"{"x":1}"#), 1_010, 8),
             Applied::Put { revision: 8 }
         );
         assert_eq!(t.len(), 1);
@@ -415,14 +481,18 @@ mod tests {
             max_entries: 3,
         };
         for (i, now) in [1u64, 2, 3, 4].iter().enumerate() {
-            write(&mut t, &mut m, &format!("id{i}"), &put("1"), *now, i as u64);
+            write(&mut t, &mut m, &key(i as u128), &put("1"), *now, i as u64);
         }
         // The limit evicted the oldest, id0.
         assert_eq!(t.len(), 3);
-        assert!(!m.0.contains_key("id0"));
+        assert!(!m.0.contains_key(&key(0).stored_key()));
         // A write after everyone's expiry removes them all.
-        write(&mut t, &mut m, "late", &put("1"), 1_000, 9);
+        write(&mut t, &mut m, &key(99), &put("1"), 1_000, 9);
         assert_eq!(t.len(), 1);
-        assert_eq!(m.0.keys().collect::<Vec<_>>(), vec!["late"]);
+        assert_eq!(m.0.keys().collect::<Vec<_>>(), vec![&key(99).stored_key()]);
+        assert_eq!(
+            IdemKey::parse(key(99).stored_key().as_bytes()),
+            Some(key(99))
+        );
     }
 }
