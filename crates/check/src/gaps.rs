@@ -127,6 +127,7 @@ mod tests {
             key: "k".into(),
             value: Value::Null,
             time: time_ms * 1_000_000,
+            attempts: None,
         }
     }
 
