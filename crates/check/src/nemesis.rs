@@ -56,6 +56,11 @@ pub struct FaultRecord {
     /// acknowledged once writes were served again (filled in from the history once the
     /// workload stopped).
     pub write_gap_ms: Option<u64>,
+    /// The longest one client waited for one write (from its invoke to its completion, over
+    /// all its attempts) among the writes in flight between the fault and writes being
+    /// served again, acknowledged or given up at the operation deadline (filled in from the
+    /// history).
+    pub write_wait_ms: Option<u64>,
     /// When the fault was injected, and when writes were served again after the heal (not
     /// serialized: `at_ms` and `recovery_ms` are their serialized forms).
     #[serde(skip)]
@@ -181,6 +186,7 @@ impl Nemesis {
             recovery_ms: recovered.then(|| healed.elapsed().as_millis() as u64),
             new_leader_ms: new_leader.map(|t| t.duration_since(injected).as_millis() as u64),
             write_gap_ms: None,
+            write_wait_ms: None,
             injected: Some(injected),
             writable: recovered.then(Instant::now),
         })

@@ -190,10 +190,12 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     progress(&format!("checking {} events", history.len()));
     let (checker, explanation, keys_checked) = check_history(&history);
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
-    let acks = gaps::write_acks(&history);
+    let (acks, waits) = (gaps::write_acks(&history), gaps::write_waits(&history));
     for f in &mut faults {
         if let (Some(from), Some(to)) = (f.injected, f.writable) {
-            f.write_gap_ms = gaps::gap_around(&acks, recorder.time_of(from), recorder.time_of(to));
+            let (from, to) = (recorder.time_of(from), recorder.time_of(to));
+            f.write_gap_ms = gaps::gap_around(&acks, from, to);
+            f.write_wait_ms = gaps::wait_around(&waits, from, to);
         }
     }
     let failover = gaps::summarize(&faults);
