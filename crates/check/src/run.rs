@@ -190,14 +190,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     progress(&format!("checking {} events", history.len()));
     let (checker, explanation, keys_checked) = check_history(&history);
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
-    let (acks, waits) = (gaps::write_acks(&history), gaps::write_waits(&history));
-    for f in &mut faults {
-        if let (Some(from), Some(to)) = (f.injected, f.writable) {
-            let (from, to) = (recorder.time_of(from), recorder.time_of(to));
-            f.write_gap_ms = gaps::gap_around(&acks, from, to);
-            f.write_wait_ms = gaps::wait_around(&waits, from, to);
-        }
-    }
+    measure_faults(&mut faults, &history, &recorder);
     let failover = gaps::summarize(&faults);
     let valid = checker == "linearizable"
         && lost.is_empty()
@@ -226,6 +219,18 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         netns,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Each fault's write gap and longest write wait, from the history.
+fn measure_faults(faults: &mut [FaultRecord], history: &[history::Event], recorder: &Recorder) {
+    let (acks, waits) = (gaps::write_acks(history), gaps::write_waits(history));
+    for f in faults {
+        if let (Some(from), Some(to)) = (f.injected, f.writable) {
+            let (from, to) = (recorder.time_of(from), recorder.time_of(to));
+            f.write_gap_ms = gaps::gap_around(&acks, from, to);
+            f.write_wait_ms = gaps::wait_around(&waits, from, to);
+        }
+    }
 }
 
 /// The store's revision by a probe put ([`workload::revision_probe`]); a failure goes to
