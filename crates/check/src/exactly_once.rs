@@ -1,7 +1,8 @@
 //! The exactly-once check of a unique-value workload: no write applied more than once.
 //!
 //! Every put, and every delete that deleted something, takes exactly one store revision
-//! (DESIGN.md), and nothing else in the suite's cluster takes any. The suite reads the
+//! (DESIGN.md), and nothing else in the suite's cluster takes any but the nemesis's probe
+//! writes after each heal, which it counts ([`Probe`]s' `outside_writes`). The suite reads the
 //! revision with a put of its own before the workload starts and another after it stopped;
 //! the revisions in between must be accounted for by the history's writes: a put that was
 //! acknowledged or may have applied (`ok` or `info`) accounts for at most one, a delete
@@ -19,11 +20,13 @@ use serde::Serialize;
 use crate::history::{Event, EventType, Func};
 
 /// A revision probe: the probe put's revision, and how many of its attempts had an unknown
-/// outcome (each may have applied and taken a revision of its own, even a later one).
+/// outcome (each may have applied and taken a revision of its own, even a later one); on the
+/// later probe, also the writes outside the history since the first that may have applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Probe {
     pub revision: u64,
     pub unknown_attempts: u32,
+    pub outside_writes: u64,
 }
 
 /// The verdict's exactly-once section.
@@ -34,8 +37,10 @@ pub struct ExactlyOnce {
     /// Revisions taken between the probes (the later probe's own excluded).
     pub revisions_taken: u64,
     /// Writes that may each have taken one: puts `ok` or `info`, deletes that deleted or may
-    /// have, and the probes' unknown attempts.
+    /// have, the probes' unknown attempts, and the writes outside the history.
     pub writes_accounted: u64,
+    /// Of those, writes outside the history (the nemesis's probes after each heal).
+    pub outside_writes: u64,
     /// Revisions no write accounts for: writes applied more than once, at least. Must be 0.
     pub double_applies_bound: u64,
     /// Writes retried after an attempt of unknown outcome and then acknowledged: those a
@@ -55,7 +60,9 @@ impl ExactlyOnce {
 /// before and after it.
 pub fn check(history: &[Event], before: Probe, after: Probe) -> ExactlyOnce {
     let mut pending: HashMap<u64, &Event> = HashMap::new();
-    let mut accounted = u64::from(before.unknown_attempts) + u64::from(after.unknown_attempts);
+    let outside = before.outside_writes + after.outside_writes;
+    let mut accounted =
+        u64::from(before.unknown_attempts) + u64::from(after.unknown_attempts) + outside;
     let mut retried = 0;
     // revision -> the acknowledged write that reported it.
     let mut acked: HashMap<u64, &Event> = HashMap::new();
@@ -112,6 +119,7 @@ pub fn check(history: &[Event], before: Probe, after: Probe) -> ExactlyOnce {
         revision_after: after.revision,
         revisions_taken: taken,
         writes_accounted: accounted,
+        outside_writes: outside,
         double_applies_bound: taken.saturating_sub(accounted),
         retried_after_unknown: retried,
         revision_problems: problems,
@@ -174,6 +182,7 @@ mod tests {
         Probe {
             revision,
             unknown_attempts: 0,
+            outside_writes: 0,
         }
     }
 
@@ -218,10 +227,17 @@ mod tests {
         // Had the probe after the run itself had an unknown attempt, that would account
         // for the revision: the check stays sound rather than sharp.
         let after = Probe {
-            revision: 14,
             unknown_attempts: 1,
+            ..probe(14)
         };
         assert!(check(&h.0, probe(10), after).holds());
+        // So would a write outside the history (a nemesis's probe).
+        let after = Probe {
+            outside_writes: 1,
+            ..probe(14)
+        };
+        let v = check(&h.0, probe(10), after);
+        assert_eq!((v.outside_writes, v.double_applies_bound), (1, 0));
     }
 
     #[test]

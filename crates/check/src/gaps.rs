@@ -192,6 +192,7 @@ mod tests {
             new_leader_ms: leader,
             write_gap_ms: gap,
             write_wait_ms: gap.map(|g| g / 2),
+            probe_writes: 3,
             injected: None,
             writable: None,
         }

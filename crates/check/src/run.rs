@@ -184,9 +184,14 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     std::fs::write(&history_path, history::to_lines(&history))?;
     let counts = workload::count(&history);
     let lost = workload::lost_writes(&history, &finals);
-    let exactly_once = before
-        .zip(after)
-        .map(|(b, a)| exactly_once::check(&history, b, a));
+    let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
+    let exactly_once = before.zip(after).map(|(b, a)| {
+        let a = Probe {
+            outside_writes,
+            ..a
+        };
+        exactly_once::check(&history, b, a)
+    });
     progress(&format!("checking {} events", history.len()));
     let (checker, explanation, keys_checked) = check_history(&history);
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
@@ -240,6 +245,7 @@ async fn probe(wl: &WorkloadConfig, when: &str, problems: &mut Vec<String>) -> O
         Ok((revision, unknown_attempts)) => Some(Probe {
             revision,
             unknown_attempts,
+            outside_writes: 0,
         }),
         Err(e) => {
             problems.push(format!("{e} ({when})"));
