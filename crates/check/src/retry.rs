@@ -125,7 +125,12 @@ pub async fn perform(
         request_id: req.request_id.map(str::to_owned),
         ..Attempts::default()
     };
-    let mut server = home;
+    let n = servers.len().max(1);
+    let mut server = home % n;
+    // Servers whose node did not answer during this operation: skipped while another is
+    // left, so a retry does not come back to a dead or paused node (NATS hands a request to
+    // a subscriber on the client's own server first) after another said `cluster_not_ready`.
+    let mut silent = vec![false; n];
     let mut backoff = policy.backoff_min;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -134,7 +139,7 @@ pub async fn perform(
         } else {
             policy.attempt_timeout
         };
-        let nats = &servers[server % servers.len().max(1)];
+        let nats = &servers[server];
         attempts.sent += 1;
         let step = attempt(nats, req, this, policy.grace()).await;
         let rotate = match step {
@@ -154,6 +159,7 @@ pub async fn perform(
             }
             Step::Unknown => {
                 attempts.unknown += 1;
+                silent[server] = true;
                 true
             }
             Step::Refused { rotate } => rotate,
@@ -165,7 +171,20 @@ pub async fn perform(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(policy.backoff_max);
         if rotate {
-            server += 1;
+            server = next_server(server, &mut silent);
+        }
+    }
+}
+
+/// The server after `from` whose node has not been silent, or if all have, the next one
+/// (forgetting which were: a restarted node answers again).
+fn next_server(from: usize, silent: &mut [bool]) -> usize {
+    let n = silent.len();
+    match (1..=n).map(|d| (from + d) % n).find(|&i| !silent[i]) {
+        Some(i) => i,
+        None => {
+            silent.iter_mut().for_each(|s| *s = false);
+            (from + 1) % n
         }
     }
 }
@@ -268,6 +287,20 @@ mod tests {
         assert_eq!(classify(Func::Write, &error("internal")), Step::Broken);
         assert_eq!(classify(Func::Write, &error("conflict")), Step::Broken);
         assert_eq!(classify(Func::Write, &json!({"weird": 1})), Step::Broken);
+    }
+
+    #[test]
+    fn retries_skip_servers_that_were_silent() {
+        let mut silent = vec![true, false, false];
+        assert_eq!(next_server(0, &mut silent), 1);
+        assert_eq!(next_server(1, &mut silent), 2);
+        // Not back to the silent server 0 while 1 is left.
+        assert_eq!(next_server(2, &mut silent), 1);
+        let mut all = vec![true, true, true];
+        assert_eq!(next_server(2, &mut all), 0);
+        assert_eq!(all, vec![false; 3]);
+        let mut one = vec![false];
+        assert_eq!(next_server(0, &mut one), 0);
     }
 
     #[test]
