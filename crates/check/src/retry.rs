@@ -31,6 +31,14 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// One attempt with deadline `timeout`, as before request ids: a timeout is final.
+    pub fn once(timeout: Duration) -> RetryPolicy {
+        RetryPolicy {
+            retry: false,
+            ..RetryPolicy::retrying(timeout, timeout)
+        }
+    }
+
     /// Retries with `attempt_timeout` per attempt within `op_deadline`, backing off from
     /// 20 ms doubling to 200 ms: short, since most refusals (`cluster_not_ready` during an
     /// election) end within a few hundred ms.
