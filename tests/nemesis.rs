@@ -1,7 +1,8 @@
-//! The fault suite in CI: `concord check` runs the recorded workload against a real
-//! three-node cluster (each node with its own nats-server, in its own network namespace when
-//! run as root) under each nemesis, and must find the history linearizable, no acknowledged
-//! write lost, and the cluster writable again soon after every fault heals. With a
+//! The fault suite in CI: `concord check` runs the recorded workload (writes with request
+//! ids, retried through timeouts) against a real three-node cluster (each node with its own
+//! nats-server, in its own network namespace when run as root) under each nemesis, and must
+//! find the history linearizable, no acknowledged write lost, none applied twice, and the
+//! cluster writable again soon after every fault heals. With a
 //! failpoint that breaks linearizable reads, the same suite must fail.
 
 mod common;
@@ -90,6 +91,7 @@ fn assert_valid(nemesis: &str, ok: bool, v: &Value) -> Result<()> {
         "{nemesis}: lost writes {}",
         v["lost_writes"]
     );
+    assert_exactly_once(nemesis, v)?;
     let faults = v["faults"].as_array().context("faults")?;
     ensure!(!faults.is_empty(), "{nemesis}: no fault was injected");
     for f in faults {
@@ -110,6 +112,35 @@ fn assert_valid(nemesis: &str, ok: bool, v: &Value) -> Result<()> {
     ensure!(
         v["keys_checked"].as_u64().unwrap_or(0) >= 1,
         "{nemesis}: no key checked"
+    );
+    Ok(())
+}
+
+/// The workload retried with request ids, and no write applied twice: every store revision
+/// taken during the run is accounted for by a write of the history, and acknowledged writes
+/// carry distinct revisions.
+fn assert_exactly_once(nemesis: &str, v: &Value) -> Result<()> {
+    ensure!(v["retry"] == true, "{nemesis}: the workload did not retry");
+    let e = &v["exactly_once"];
+    ensure!(
+        e["double_applies_bound"] == 0
+            && e["revision_problems"]
+                .as_array()
+                .is_some_and(|p| p.is_empty()),
+        "{nemesis}: a write applied twice: {e}"
+    );
+    let (taken, accounted) = (
+        e["revisions_taken"].as_u64().context("revisions_taken")?,
+        e["writes_accounted"].as_u64().context("writes_accounted")?,
+    );
+    ensure!(
+        0 < taken && taken <= accounted,
+        "{nemesis}: implausible revision count: {e}"
+    );
+    ensure!(
+        v["ops"]["attempts"].as_u64() >= v["ops"]["ok"].as_u64(),
+        "{nemesis}: fewer attempts than operations: {}",
+        v["ops"]
     );
     Ok(())
 }
@@ -136,6 +167,12 @@ fn assert_failover_figures(nemesis: &str, v: &Value) -> Result<()> {
         if let Some(ms) = f["new_leader_ms"].as_u64() {
             ensure!(ms <= HOLD_MS, "{nemesis}: new leader after the hold: {f}");
         }
+        // One write waits at most its operation deadline (`concord check`'s 10 s), plus
+        // the attempt in flight when it passed.
+        let wait = f["write_wait_ms"]
+            .as_u64()
+            .with_context(|| format!("{nemesis}: no write wait for {f}"))?;
+        ensure!(wait <= 12_000, "{nemesis}: a write waited {wait} ms: {f}");
     }
     let summary = v["failover"]
         .as_array()

@@ -43,11 +43,19 @@ pub struct CheckArgs {
     /// Size of the key set.
     #[arg(long, default_value_t = 8)]
     pub keys: usize,
-    /// Deadline of one client operation (sent as `timeout_ms`; the client waits 500 ms more).
-    /// A request stuck at a dead leader costs its client this long, which bounds the write
-    /// gap from below.
+    /// Deadline of one attempt of a client operation (sent as `timeout_ms`; the client waits
+    /// 250 ms more, 500 ms with --no-retry). A request stuck at a dead leader costs its
+    /// client this long before it retries, which bounds the write gap from below.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub op_timeout: Duration,
+    /// Deadline of one client operation over all its attempts: past it, an operation whose
+    /// attempts timed out is recorded with an unknown outcome.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub op_deadline: Duration,
+    /// One attempt per operation, as before request ids: a timeout is final and retires its
+    /// client process (writes still carry a request id).
+    #[arg(long)]
+    pub no_retry: bool,
     /// Where the history, node data and logs go (default: a new temp dir, kept).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -119,6 +127,8 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
         clients: args.clients,
         keys: args.keys,
         op_timeout: args.op_timeout,
+        retry: !args.no_retry,
+        op_deadline: args.op_deadline,
         bin,
         nats_server,
         workdir: workdir.clone(),
@@ -133,13 +143,18 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     };
     if !global.json {
         eprintln!(
-            "concord check: {:?} {} each, {} clients, {} keys, {:?} timings{}; work dir {}",
+            "concord check: {:?} {} each, {} clients ({}), {} keys, {:?} timings{}; work dir {}",
             opts.faults,
             match opts.leader_faults {
                 Some(n) => format!("until {n} faults on the leader"),
                 None => format!("for {:?}", opts.duration),
             },
             opts.clients,
+            if opts.retry {
+                format!("retrying within {:?}", opts.op_deadline)
+            } else {
+                "no retries".to_string()
+            },
             opts.keys,
             opts.timings,
             args.raft
@@ -185,15 +200,18 @@ fn raft_env(raft: &str) -> anyhow::Result<Vec<(String, String)>> {
 /// The verdict as text.
 fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
     let mut t = format!(
-        "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nslowest recovery: {}\nhistory: {}",
+        "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info ({} attempts, {} operations retried)\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nexactly once: {}\nslowest recovery: {}\nhistory: {}",
         if verdict.valid { "VALID" } else { "INVALID" },
         verdict.checker,
         verdict.ops.ok,
         verdict.ops.fail,
         verdict.ops.info,
+        verdict.ops.attempts,
+        verdict.ops.retried,
         verdict.faults.len(),
         verdict.keys_checked,
         verdict.lost_writes.len(),
+        exactly_once_line(verdict.exactly_once.as_ref()),
         verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
         verdict.history.display()
     );
@@ -206,8 +224,29 @@ fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
     for l in &verdict.lost_writes {
         t.push_str(&format!("\nlost: {l}"));
     }
+    if let Some(e) = &verdict.exactly_once {
+        for p in &e.revision_problems {
+            t.push_str(&format!("\nrevision: {p}"));
+        }
+    }
     if let Some(e) = &verdict.explanation {
         t.push_str(&format!("\n{e}"));
     }
     t
+}
+
+/// The exactly-once check in one line.
+fn exactly_once_line(e: Option<&concord_check::exactly_once::ExactlyOnce>) -> String {
+    let Some(e) = e else {
+        return "not checked (a revision probe failed)".into();
+    };
+    format!(
+        "{} ({} revisions taken, {} writes account for them, {} unaccounted = applied twice; {} writes acknowledged after a retry of unknown outcome; {} revision problems)",
+        if e.holds() { "yes" } else { "NO" },
+        e.revisions_taken,
+        e.writes_accounted,
+        e.double_applies_bound,
+        e.retried_after_unknown,
+        e.revision_problems.len()
+    )
 }

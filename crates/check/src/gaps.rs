@@ -1,5 +1,6 @@
 //! Failover timing as a client sees it: for each fault, the longest stretch without a
-//! successful write around it, read from the recorded history, and per nemesis the median and
+//! successful write around it and the longest one client waited for one write (over all its
+//! attempts, when it retries), read from the recorded history, and per nemesis the median and
 //! the worst over the faults that hit the leader. Pure functions over the history and the
 //! fault records: no IO, no clock.
 
@@ -18,6 +19,9 @@ pub struct GapSummary {
     pub measured: usize,
     pub write_gap_p50_ms: Option<u64>,
     pub write_gap_max_ms: Option<u64>,
+    /// The longest wait of one client for one write, median and worst over the faults.
+    pub write_wait_p50_ms: Option<u64>,
+    pub write_wait_max_ms: Option<u64>,
     /// Faults where another node reported itself leader while the fault was held.
     pub new_leader_seen: usize,
     pub new_leader_p50_ms: Option<u64>,
@@ -52,6 +56,41 @@ pub fn gap_around(acks: &[u64], from_ns: u64, to_ns: u64) -> Option<u64> {
         .max()
 }
 
+/// `(invoke, completion)` times of the writes and deletes that were acknowledged or given up
+/// with an unknown outcome (a refused one did not wait for the cluster), sorted by invoke.
+pub fn write_waits(history: &[Event]) -> Vec<(u64, u64)> {
+    let mut invoked: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut waits = Vec::new();
+    for e in history.iter().filter(|e| e.f != Func::Read) {
+        match e.kind {
+            EventType::Invoke => {
+                invoked.insert(e.process, e.time);
+            }
+            EventType::Ok | EventType::Info => {
+                if let Some(t) = invoked.remove(&e.process) {
+                    waits.push((t, e.time));
+                }
+            }
+            EventType::Fail => {
+                invoked.remove(&e.process);
+            }
+        }
+    }
+    waits.sort_unstable();
+    waits
+}
+
+/// The longest wait in ms among the writes in flight at some point from `from_ns` to
+/// `to_ns` (invoked by `to_ns`, completed at or after `from_ns`); `None` if there were none.
+pub fn wait_around(waits: &[(u64, u64)], from_ns: u64, to_ns: u64) -> Option<u64> {
+    let invoked_by = waits.partition_point(|&(call, _)| call <= to_ns.max(from_ns));
+    waits[..invoked_by]
+        .iter()
+        .filter(|&&(_, done)| done >= from_ns)
+        .map(|&(call, done)| (done - call) / 1_000_000)
+        .max()
+}
+
 /// The median (the lower one of an even count) and the maximum.
 fn p50_max(mut v: Vec<u64>) -> (Option<u64>, Option<u64>) {
     v.sort_unstable();
@@ -75,9 +114,11 @@ pub fn summarize(faults: &[FaultRecord]) -> Vec<GapSummary> {
                 .filter(|f| f.fault == kind && f.was_leader)
                 .collect();
             let gaps: Vec<u64> = hits.iter().filter_map(|f| f.write_gap_ms).collect();
+            let waits: Vec<u64> = hits.iter().filter_map(|f| f.write_wait_ms).collect();
             let leaders: Vec<u64> = hits.iter().filter_map(|f| f.new_leader_ms).collect();
             let (measured, seen) = (gaps.len(), leaders.len());
             let (write_gap_p50_ms, write_gap_max_ms) = p50_max(gaps);
+            let (write_wait_p50_ms, write_wait_max_ms) = p50_max(waits);
             let (new_leader_p50_ms, new_leader_max_ms) = p50_max(leaders);
             GapSummary {
                 fault: kind,
@@ -85,6 +126,8 @@ pub fn summarize(faults: &[FaultRecord]) -> Vec<GapSummary> {
                 measured,
                 write_gap_p50_ms,
                 write_gap_max_ms,
+                write_wait_p50_ms,
+                write_wait_max_ms,
                 new_leader_seen: seen,
                 new_leader_p50_ms,
                 new_leader_max_ms,
@@ -100,12 +143,14 @@ pub fn report_lines(summaries: &[GapSummary]) -> Vec<String> {
         .iter()
         .map(|s| {
             format!(
-                "{:?} on the leader x{}: write gap p50 {} max {} ({} measured); new leader p50 {} max {} ({} seen)",
+                "{:?} on the leader x{}: write gap p50 {} max {} ({} measured); longest wait for one write p50 {} max {}; new leader p50 {} max {} ({} seen)",
                 s.fault,
                 s.leader_faults,
                 ms(s.write_gap_p50_ms),
                 ms(s.write_gap_max_ms),
                 s.measured,
+                ms(s.write_wait_p50_ms),
+                ms(s.write_wait_max_ms),
                 ms(s.new_leader_p50_ms),
                 ms(s.new_leader_max_ms),
                 s.new_leader_seen
@@ -127,6 +172,7 @@ mod tests {
             key: "k".into(),
             value: Value::Null,
             time: time_ms * 1_000_000,
+            attempts: None,
         }
     }
 
@@ -145,6 +191,8 @@ mod tests {
             recovery_ms: Some(1),
             new_leader_ms: leader,
             write_gap_ms: gap,
+            write_wait_ms: gap.map(|g| g / 2),
+            probe_writes: 3,
             injected: None,
             writable: None,
         }
@@ -180,6 +228,40 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_is_the_longest_write_in_flight_during_the_fault() {
+        const MS: u64 = 1_000_000;
+        let op = |p: u64, f: Func, kind: EventType, t: u64| Event {
+            process: p,
+            ..ack(f, kind, t)
+        };
+        let h = vec![
+            // Acknowledged before the fault at 1000: not in flight during it.
+            op(1, Func::Write, EventType::Invoke, 0),
+            op(1, Func::Write, EventType::Ok, 900),
+            // In flight across the fault, acknowledged after 2100 ms of retries.
+            op(2, Func::Write, EventType::Invoke, 950),
+            op(2, Func::Write, EventType::Ok, 3050),
+            // A read waits longer, but only writes count.
+            op(3, Func::Read, EventType::Invoke, 950),
+            op(3, Func::Read, EventType::Ok, 5000),
+            // Refused: it did not wait for the cluster.
+            op(4, Func::Delete, EventType::Invoke, 1000),
+            op(4, Func::Delete, EventType::Fail, 4500),
+            // Given up with an unknown outcome: it waited its whole deadline.
+            op(5, Func::Delete, EventType::Invoke, 1500),
+            op(5, Func::Delete, EventType::Info, 3900),
+            // Invoked after writes were served again.
+            op(6, Func::Write, EventType::Invoke, 2500),
+            op(6, Func::Write, EventType::Ok, 9000),
+        ];
+        let waits = write_waits(&h);
+        assert_eq!(waits.len(), 4);
+        assert_eq!(wait_around(&waits, 1000 * MS, 2000 * MS), Some(2400));
+        assert_eq!(wait_around(&waits, 3000 * MS, 3100 * MS), Some(6500));
+        assert_eq!(wait_around(&waits, 9500 * MS, 9600 * MS), None);
+    }
+
+    #[test]
     fn summaries_cover_only_leader_faults() {
         let faults = vec![
             record(Fault::Kill, true, Some(300), Some(200)),
@@ -195,6 +277,10 @@ mod tests {
         assert_eq!(
             (s[0].write_gap_p50_ms, s[0].write_gap_max_ms),
             (Some(200), Some(300))
+        );
+        assert_eq!(
+            (s[0].write_wait_p50_ms, s[0].write_wait_max_ms),
+            (Some(100), Some(150))
         );
         assert_eq!(s[0].new_leader_seen, 2);
         assert_eq!(

@@ -5,6 +5,13 @@
 //! A completion (`ok`, `fail`, `info`) follows its process's `invoke`. `fail` means the
 //! operation certainly did not take effect; `info` means the outcome is unknown (timeout,
 //! lost connection, `internal`), after which the process is retired.
+//!
+//! One invoke and one completion stand for one logical operation, however many attempts it
+//! took: a retrying client resends the same request (a write with the same `request_id`)
+//! until one attempt succeeds, one is refused outright, or its deadline passes. Its window,
+//! from the invoke to the completion, spans every attempt, so an operation that took effect
+//! once, during any attempt, took effect inside it. A completion of a write carries what
+//! the exactly-once check needs in `attempt` ([`Attempts`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,6 +47,28 @@ pub struct Event {
     pub value: Value,
     /// Nanoseconds since the workload started.
     pub time: u64,
+    /// On a completion: how the operation's attempts went (absent in older histories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Attempts>,
+}
+
+/// How the attempts of one logical operation went, recorded on its completion.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempts {
+    /// Requests sent (1 without retries).
+    pub sent: u32,
+    /// Of those, how many ended with an unknown outcome (timeout, no answer), each of which
+    /// may have taken effect.
+    pub unknown: u32,
+    /// The write's `request_id`, the same on every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The revision of the acknowledging reply (put, or delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// A delete's `deleted` from the acknowledging reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
 }
 
 pub type History = Vec<Event>;

@@ -6,9 +6,11 @@
 //! It speaks to nodes only over NATS, like any client, and never links the node library: the
 //! `concord` binary depends on this crate, so this crate cannot depend on it.
 
+pub mod exactly_once;
 pub mod gaps;
 pub mod history;
 pub mod linearizable;
 pub mod nemesis;
+pub mod retry;
 pub mod run;
 pub mod workload;

@@ -56,6 +56,14 @@ pub struct FaultRecord {
     /// acknowledged once writes were served again (filled in from the history once the
     /// workload stopped).
     pub write_gap_ms: Option<u64>,
+    /// The longest one client waited for one write (from its invoke to its completion, over
+    /// all its attempts) among the writes in flight between the fault and writes being
+    /// served again, acknowledged or given up at the operation deadline (filled in from the
+    /// history).
+    pub write_wait_ms: Option<u64>,
+    /// Probe writes sent after the heal that may have applied (acknowledged, or of unknown
+    /// outcome): each may have taken a store revision, which the exactly-once check counts.
+    pub probe_writes: u64,
     /// When the fault was injected, and when writes were served again after the heal (not
     /// serialized: `at_ms` and `recovery_ms` are their serialized forms).
     #[serde(skip)]
@@ -171,7 +179,7 @@ impl Nemesis {
             }
         }
         let healed = Instant::now();
-        let recovered = wait_writable(cluster, self.timing.recovery_limit).await;
+        let (recovered, probe_writes) = wait_writable(cluster, self.timing.recovery_limit).await;
         Ok(FaultRecord {
             fault,
             node,
@@ -181,6 +189,8 @@ impl Nemesis {
             recovery_ms: recovered.then(|| healed.elapsed().as_millis() as u64),
             new_leader_ms: new_leader.map(|t| t.duration_since(injected).as_millis() as u64),
             write_gap_ms: None,
+            write_wait_ms: None,
+            probe_writes,
             injected: Some(injected),
             writable: recovered.then(Instant::now),
         })
@@ -206,8 +216,8 @@ async fn new_leader(cluster: &CheckCluster, old: u64, until: Instant) -> Option<
 }
 
 /// Polls with probe writes (outside the checked keys) until one is acknowledged through
-/// every server, or `limit` passes.
-async fn wait_writable(cluster: &CheckCluster, limit: Duration) -> bool {
+/// every server, or `limit` passes. Also returns how many of the probes may have applied.
+async fn wait_writable(cluster: &CheckCluster, limit: Duration) -> (bool, u64) {
     let until = Instant::now() + limit;
     let mut conns = Vec::new();
     for url in cluster.all_client_urls() {
@@ -220,8 +230,9 @@ async fn wait_writable(cluster: &CheckCluster, limit: Duration) -> bool {
         }
     }
     if conns.is_empty() {
-        return false;
+        return (false, 0);
     }
+    let mut applied = 0;
     let mut pending: Vec<usize> = (0..conns.len()).collect();
     while Instant::now() < until {
         let mut still = Vec::new();
@@ -231,19 +242,32 @@ async fn wait_writable(cluster: &CheckCluster, limit: Duration) -> bool {
             let req = async_nats::Request::new()
                 .payload(body.to_string().into())
                 .timeout(Some(Duration::from_millis(1500)));
-            let ok = match conns[i].send_request("concord.kv.put", req).await {
-                Ok(m) => m.payload.starts_with(br#"{"ok":true"#),
-                Err(_) => false,
-            };
-            if !ok {
+            let reply = conns[i].send_request("concord.kv.put", req).await;
+            applied += u64::from(may_have_applied(&reply));
+            if !reply.is_ok_and(|m| m.payload.starts_with(br#"{"ok":true"#)) {
                 still.push(i);
             }
         }
         if still.is_empty() {
-            return true;
+            return (true, applied);
         }
         pending = still;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+    (false, applied)
+}
+
+/// Whether a probe put with this reply may have applied: all but a request nobody received
+/// and the codes that say the command did not happen.
+fn may_have_applied(reply: &Result<async_nats::Message, async_nats::RequestError>) -> bool {
+    match reply {
+        Ok(m) => {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            !matches!(
+                v["error"]["code"].as_str(),
+                Some("cluster_not_ready" | "busy")
+            )
+        }
+        Err(e) => e.kind() != async_nats::RequestErrorKind::NoResponders,
+    }
 }

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::exactly_once::{self, ExactlyOnce, Probe};
 use crate::gaps::{self, GapSummary};
 use crate::history;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
+use crate::retry::RetryPolicy;
 use crate::workload::{self, Counts, Recorder, WorkloadConfig};
 use concord_harness::mesh::{CheckCluster, Spec};
 
@@ -30,8 +32,13 @@ pub struct CheckOptions {
     pub faults: Vec<Fault>,
     pub clients: usize,
     pub keys: usize,
-    /// Deadline of one workload operation (the NATS request waits 500 ms more).
+    /// Deadline of one attempt of a workload operation (sent as `timeout_ms`).
     pub op_timeout: Duration,
+    /// Retry an attempt that timed out or was turned away, with the same request id
+    /// (default); off, an operation is one attempt and a timeout is final.
+    pub retry: bool,
+    /// Deadline of one workload operation over all its attempts (with `retry`).
+    pub op_deadline: Duration,
     pub bin: PathBuf,
     pub nats_server: PathBuf,
     pub workdir: PathBuf,
@@ -43,13 +50,20 @@ pub struct CheckOptions {
 
 #[derive(Debug, Serialize)]
 pub struct SuiteVerdict {
-    /// Linearizable, no acknowledged write lost, every fault recovered from in time.
+    /// Linearizable, no acknowledged write lost, none applied twice, every fault recovered
+    /// from in time.
     pub valid: bool,
     pub checker: String,
     pub ops: Counts,
     pub faults: Vec<FaultRecord>,
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
+    /// No write applied twice, by the store's revisions (`None` when a probe failed; the
+    /// reason is in `problems`).
+    pub exactly_once: Option<ExactlyOnce>,
+    /// Whether the workload retried (with request ids), and its operation deadline.
+    pub retry: bool,
+    pub op_deadline_ms: u64,
     pub max_recovery_ms: Option<u64>,
     /// Per nemesis: write gap and time to a new leader around the faults on the leader.
     pub failover: Vec<GapSummary>,
@@ -132,8 +146,13 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         prefix: "concord".into(),
         clients: opts.clients.max(1),
         keys: opts.keys.max(1),
-        op_timeout: opts.op_timeout,
+        policy: RetryPolicy {
+            retry: opts.retry,
+            ..RetryPolicy::retrying(opts.op_timeout, opts.op_deadline)
+        },
     };
+    let mut problems = Vec::new();
+    let before = probe(&wl, "before the workload", &mut problems).await;
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(workload::run(wl.clone(), recorder.clone(), stop.clone()));
@@ -144,7 +163,6 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         quiet: Duration::from_secs(2),
         recovery_limit: Duration::from_secs(20),
     };
-    let mut problems = Vec::new();
     let mut faults = inject_faults(
         &mut cluster,
         &opts,
@@ -170,23 +188,28 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
                 Vec::new()
             }
         };
+    let after = probe(&wl, "after the workload", &mut problems).await;
     let history = recorder.history();
     let history_path = opts.workdir.join("history.jsonl");
     std::fs::write(&history_path, history::to_lines(&history))?;
     let counts = workload::count(&history);
     let lost = workload::lost_writes(&history, &finals);
+    let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
+    let exactly_once = before.zip(after).map(|(b, a)| {
+        let a = Probe {
+            outside_writes,
+            ..a
+        };
+        exactly_once::check(&history, b, a)
+    });
     progress(&format!("checking {} events", history.len()));
     let (checker, explanation, keys_checked) = check_history(&history);
     let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
-    let acks = gaps::write_acks(&history);
-    for f in &mut faults {
-        if let (Some(from), Some(to)) = (f.injected, f.writable) {
-            f.write_gap_ms = gaps::gap_around(&acks, recorder.time_of(from), recorder.time_of(to));
-        }
-    }
+    measure_faults(&mut faults, &history, &recorder);
     let failover = gaps::summarize(&faults);
     let valid = checker == "linearizable"
         && lost.is_empty()
+        && exactly_once.as_ref().is_some_and(ExactlyOnce::holds)
         && problems.iter().all(|p| p.contains("skipped"));
     if !valid {
         keep_log_tails(&cluster, &opts.workdir);
@@ -199,6 +222,9 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         faults,
         keys_checked,
         lost_writes: lost,
+        exactly_once,
+        retry: opts.retry,
+        op_deadline_ms: opts.op_deadline.as_millis() as u64,
         max_recovery_ms,
         failover,
         timings: opts.timings,
@@ -208,6 +234,34 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         netns,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Each fault's write gap and longest write wait, from the history.
+fn measure_faults(faults: &mut [FaultRecord], history: &[history::Event], recorder: &Recorder) {
+    let (acks, waits) = (gaps::write_acks(history), gaps::write_waits(history));
+    for f in faults {
+        if let (Some(from), Some(to)) = (f.injected, f.writable) {
+            let (from, to) = (recorder.time_of(from), recorder.time_of(to));
+            f.write_gap_ms = gaps::gap_around(&acks, from, to);
+            f.write_wait_ms = gaps::wait_around(&waits, from, to);
+        }
+    }
+}
+
+/// The store's revision by a probe put ([`workload::revision_probe`]); a failure goes to
+/// `problems`, which fails the verdict.
+async fn probe(wl: &WorkloadConfig, when: &str, problems: &mut Vec<String>) -> Option<Probe> {
+    match workload::revision_probe(wl, Duration::from_secs(30)).await {
+        Ok((revision, unknown_attempts)) => Some(Probe {
+            revision,
+            unknown_attempts,
+            outside_writes: 0,
+        }),
+        Err(e) => {
+            problems.push(format!("{e} ({when})"));
+            None
+        }
+    }
 }
 
 /// Creates the work directory and starts the cluster, its nodes with the suite's timings and

@@ -3,29 +3,34 @@
 //! operation. Processes are pinned to NATS servers round-robin, so every side of a
 //! partition sees client traffic.
 //!
-//! A process whose operation ends with an unknown outcome (`timeout`, `internal`, a lost
-//! connection) is retired and replaced by a new process id, as in Jepsen: a process has at
+//! Every write carries a fresh `request_id` (a UUID v4), and by default a process retries an
+//! operation whose attempt timed out or was turned away ([`crate::retry`]), with the same id
+//! and body, so an operation is one invoke and one completion however many attempts it took.
+//! With retries off (`--no-retry`), one attempt, and an unknown outcome is final.
+//!
+//! A process whose operation ends with an unknown outcome (every attempt timed out, or
+//! `internal`) is retired and replaced by a new process id, as in Jepsen: a process has at
 //! most one operation in flight, and an unknown one stays open forever.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::RequestErrorKind;
 use serde_json::{json, Value};
 
-use crate::history::{Event, EventType, Func, History};
-use concord_wire::ErrorKind;
+use crate::history::{Attempts, Event, EventType, Func, History};
+use crate::retry::{self, Outcome, RetryPolicy};
 
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
-    /// One NATS URL per server; process `p` uses `urls[p % len]`.
+    /// One NATS URL per server; process `p` starts every operation on `urls[p % len]` and
+    /// retries on the next ones.
     pub urls: Vec<String>,
     pub prefix: String,
     pub clients: usize,
     pub keys: usize,
-    /// Deadline of one operation (sent as `timeout_ms`).
-    pub op_timeout: Duration,
+    /// Deadlines of an attempt and of an operation, and whether to retry at all.
+    pub policy: RetryPolicy,
 }
 
 /// Shared recorder: events in the order they happened.
@@ -42,7 +47,14 @@ impl Recorder {
         })
     }
 
-    fn record(&self, process: u64, kind: EventType, f: Func, key: &str, value: Value) {
+    fn record(
+        &self,
+        process: u64,
+        (kind, f): (EventType, Func),
+        key: &str,
+        value: Value,
+        attempts: Option<Attempts>,
+    ) {
         // The time is taken under the lock so the history's order matches its times.
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push(Event {
@@ -52,6 +64,7 @@ impl Recorder {
             key: key.to_string(),
             value,
             time: self.start.elapsed().as_nanos() as u64,
+            attempts,
         });
     }
 
@@ -74,6 +87,10 @@ pub struct Counts {
     pub ok: u64,
     pub fail: u64,
     pub info: u64,
+    /// Requests sent over all operations (one per operation without retries).
+    pub attempts: u64,
+    /// Operations that took more than one attempt.
+    pub retried: u64,
 }
 
 pub fn count(history: &[Event]) -> Counts {
@@ -85,42 +102,12 @@ pub fn count(history: &[Event]) -> Counts {
             EventType::Info => c.info += 1,
             EventType::Invoke => {}
         }
+        if let Some(a) = &e.attempts {
+            c.attempts += u64::from(a.sent);
+            c.retried += u64::from(a.sent > 1);
+        }
     }
     c
-}
-
-/// How a reply is recorded.
-enum ReplyClass {
-    Ok(Value),
-    Fail,
-    Info,
-}
-
-fn classify(f: Func, reply: &Value) -> ReplyClass {
-    if reply["ok"] == json!(true) {
-        return match f {
-            Func::Read => ReplyClass::Ok(reply["value"].clone()),
-            _ => ReplyClass::Ok(Value::Null),
-        };
-    }
-    let code: Option<ErrorKind> = serde_json::from_value(reply["error"]["code"].clone()).ok();
-    match code {
-        // A read of an absent key observed "absent".
-        Some(ErrorKind::NotFound) if f == Func::Read => ReplyClass::Ok(Value::Null),
-        // DESIGN.md: these mean the command did not happen.
-        Some(
-            ErrorKind::ClusterNotReady
-            | ErrorKind::Busy
-            | ErrorKind::BadRequest
-            | ErrorKind::InvalidKey
-            | ErrorKind::ValueTooLarge
-            | ErrorKind::Unauthorized
-            | ErrorKind::NoSpace
-            | ErrorKind::NotFound
-            | ErrorKind::Conflict,
-        ) => ReplyClass::Fail,
-        Some(ErrorKind::Timeout | ErrorKind::Internal) | None => ReplyClass::Info,
-    }
 }
 
 /// xorshift, seeded per process: the workload needs spread, not secrecy.
@@ -140,20 +127,17 @@ pub async fn run(
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), async_nats::ConnectError> {
-    let mut conns = Vec::new();
-    for url in &cfg.urls {
-        let c = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(url.as_str())
-            .await?;
-        conns.push(c);
-    }
+    let conns = Arc::new(connect(&cfg.urls).await?);
     let values = Arc::new(AtomicU64::new(1));
     let mut tasks = Vec::new();
     for slot in 0..cfg.clients {
-        let nats = conns[slot % conns.len()].clone();
-        let (cfg, recorder, stop, values) =
-            (cfg.clone(), recorder.clone(), stop.clone(), values.clone());
+        let (cfg, recorder, stop, values, conns) = (
+            cfg.clone(),
+            recorder.clone(),
+            stop.clone(),
+            values.clone(),
+            conns.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut process = slot as u64;
             let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ ((slot as u64 + 1) << 17);
@@ -167,8 +151,9 @@ pub async fn run(
                 } else {
                     (Func::Delete, Value::Null)
                 };
-                let class = one_op(&nats, &cfg, &recorder, process, f, &key, &value).await;
-                if matches!(class, ReplyClass::Info) {
+                let op = (f, key.as_str(), &value);
+                let outcome = one_op(&conns, slot, &cfg, &recorder, process, op).await;
+                if outcome == Outcome::Info {
                     process += cfg.clients as u64;
                 }
             }
@@ -180,56 +165,92 @@ pub async fn run(
     Ok(())
 }
 
+/// One client connection per NATS server, in `urls` order.
+async fn connect(urls: &[String]) -> Result<Vec<async_nats::Client>, async_nats::ConnectError> {
+    let mut conns = Vec::new();
+    for url in urls {
+        let c = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url.as_str())
+            .await?;
+        conns.push(c);
+    }
+    Ok(conns)
+}
+
+/// One logical operation `(f, key, value)` of `process`, starting on server `home`: its
+/// invoke, its attempts, and its completion with how the attempts went.
 async fn one_op(
-    nats: &async_nats::Client,
+    conns: &[async_nats::Client],
+    home: usize,
     cfg: &WorkloadConfig,
     recorder: &Recorder,
     process: u64,
-    f: Func,
-    key: &str,
-    value: &Value,
-) -> ReplyClass {
-    let timeout_ms = cfg.op_timeout.as_millis() as u64;
-    let (op, body) = match f {
-        Func::Read => ("get", json!({"key": key, "timeout_ms": timeout_ms})),
-        Func::Write => (
-            "put",
-            json!({"key": key, "value": value, "timeout_ms": timeout_ms}),
-        ),
-        Func::Delete => ("delete", json!({"key": key, "timeout_ms": timeout_ms})),
+    (f, key, value): (Func, &str, &Value),
+) -> Outcome {
+    // A fresh id per logical operation; every attempt of it carries the same one.
+    let request_id = (f != Func::Read).then(|| uuid::Uuid::new_v4().to_string());
+    let req = retry::Request {
+        prefix: &cfg.prefix,
+        f,
+        key,
+        value,
+        request_id: request_id.as_deref(),
     };
-    let subject = format!("{}.kv.{op}", cfg.prefix);
-    recorder.record(process, EventType::Invoke, f, key, value.clone());
-    let request = async_nats::Request::new()
-        .payload(body.to_string().into())
-        .timeout(Some(cfg.op_timeout + Duration::from_millis(500)));
-    let class = match nats.send_request(subject, request).await {
-        Ok(reply) => match serde_json::from_slice::<Value>(&reply.payload) {
-            Ok(v) => classify(f, &v),
-            Err(_) => ReplyClass::Info,
-        },
-        // Nobody subscribed: the request was not delivered.
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => ReplyClass::Fail,
-        Err(_) => ReplyClass::Info,
+    recorder.record(process, (EventType::Invoke, f), key, value.clone(), None);
+    let (outcome, attempts) = retry::perform(conns, home, &cfg.policy, &req).await;
+    let (kind, recorded) = match &outcome {
+        Outcome::Ok(v) if f == Func::Read => (EventType::Ok, v.clone()),
+        Outcome::Ok(_) => (EventType::Ok, value.clone()),
+        Outcome::Fail => (EventType::Fail, value.clone()),
+        Outcome::Info => (EventType::Info, value.clone()),
     };
-    let (kind, recorded) = match &class {
-        ReplyClass::Ok(v) => (
-            EventType::Ok,
-            if f == Func::Read {
-                v.clone()
-            } else {
-                value.clone()
-            },
-        ),
-        ReplyClass::Fail => (EventType::Fail, value.clone()),
-        ReplyClass::Info => (EventType::Info, value.clone()),
-    };
-    recorder.record(process, kind, f, key, recorded);
-    if matches!(class, ReplyClass::Fail) {
+    recorder.record(process, (kind, f), key, recorded, Some(attempts));
+    if outcome == Outcome::Fail {
         // Back off a little: a cluster without a leader answers fast.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    class
+    outcome
+}
+
+/// The key the revision probes write; not one of the workload's (`k0`, `k1`, …).
+pub const PROBE_KEY: &str = "revision-probe";
+
+/// The store's revision, read by a put of [`PROBE_KEY`] (with an id, retried within
+/// `deadline`): the probe's own revision, and how many of its attempts had an unknown
+/// outcome (each may have applied too, taking a revision below it). Not recorded in the
+/// history.
+pub async fn revision_probe(
+    cfg: &WorkloadConfig,
+    deadline: Duration,
+) -> Result<(u64, u32), String> {
+    let conns = connect(&cfg.urls)
+        .await
+        .map_err(|e| format!("revision probe: cannot connect: {e}"))?;
+    let policy = RetryPolicy {
+        retry: true,
+        op_deadline: deadline,
+        ..cfg.policy
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let value = json!(id);
+    let req = retry::Request {
+        prefix: &cfg.prefix,
+        f: Func::Write,
+        key: PROBE_KEY,
+        value: &value,
+        request_id: Some(&id),
+    };
+    match retry::perform(&conns, 0, &policy, &req).await {
+        (Outcome::Ok(_), a) => a
+            .revision
+            .map(|r| (r, a.unknown))
+            .ok_or_else(|| "revision probe: the put's reply has no revision".to_string()),
+        (other, a) => Err(format!(
+            "revision probe: the put did not succeed within {deadline:?} ({other:?} after {} attempts)",
+            a.sent
+        )),
+    }
 }
 
 /// After the faults heal: one linearizable read of every key, retried until it succeeds
@@ -240,7 +261,7 @@ pub async fn final_reads(
     first_process: u64,
     deadline: Duration,
 ) -> Result<Vec<(String, Value)>, String> {
-    let nats = async_nats::connect(cfg.urls[0].as_str())
+    let conns = connect(&cfg.urls)
         .await
         .map_err(|e| format!("final reads: cannot connect: {e}"))?;
     let until = Instant::now() + deadline;
@@ -254,23 +275,14 @@ pub async fn final_reads(
                     "final read of {key} did not succeed within {deadline:?}"
                 ));
             }
-            match one_op(
-                &nats,
-                cfg,
-                recorder,
-                process,
-                Func::Read,
-                &key,
-                &Value::Null,
-            )
-            .await
-            {
-                ReplyClass::Ok(v) => {
+            let op = (Func::Read, key.as_str(), &Value::Null);
+            match one_op(&conns, 0, cfg, recorder, process, op).await {
+                Outcome::Ok(v) => {
                     out.push((key.clone(), v));
                     break;
                 }
-                ReplyClass::Fail => {}
-                ReplyClass::Info => process += 1_000_000,
+                Outcome::Fail => {}
+                Outcome::Info => process += 1_000_000,
             }
         }
         process += 1;
@@ -363,6 +375,7 @@ mod tests {
             key: "k".into(),
             value,
             time,
+            attempts: None,
         }
     }
 
@@ -416,28 +429,5 @@ mod tests {
             ev(2, EventType::Fail, Func::Write, json!(5), 4),
         ];
         assert_eq!(lost_writes(&h2, &[("k".into(), json!(5))]).len(), 1);
-    }
-
-    #[test]
-    fn replies_are_classified_by_the_design_table() {
-        let ok = classify(Func::Read, &json!({"ok": true, "value": 3, "revision": 1}));
-        assert!(matches!(ok, ReplyClass::Ok(v) if v == json!(3)));
-        let nf = classify(
-            Func::Read,
-            &json!({"ok": false, "error": {"code": "not_found", "message": "x"}}),
-        );
-        assert!(matches!(nf, ReplyClass::Ok(Value::Null)));
-        let cnr = classify(
-            Func::Write,
-            &json!({"ok": false, "error": {"code": "cluster_not_ready", "message": "x"}}),
-        );
-        assert!(matches!(cnr, ReplyClass::Fail));
-        let t = classify(
-            Func::Write,
-            &json!({"ok": false, "error": {"code": "timeout", "message": "x"}}),
-        );
-        assert!(matches!(t, ReplyClass::Info));
-        let junk = classify(Func::Write, &json!({"weird": 1}));
-        assert!(matches!(junk, ReplyClass::Info));
     }
 }

@@ -169,7 +169,8 @@ fn write_ops(s: &mut String, p: &Prepared<'_>, ops: &[usize]) {
     }
 }
 
-/// `w(1) by p3 ok @100..250`, `r()=null by p1 ok @..`, `d() by p2 info @300..?`.
+/// `w(1) by p3 ok @100..250`, `r()=null by p1 ok @..`, `d() by p2 info @300..?`, and
+/// `w(4) by p5 ok after 3 attempts @400..2600` for a retried operation.
 fn describe_op(op: &Op<'_>) -> String {
     let what = match op.f {
         Func::Write => format!("w({})", op.value),
@@ -182,5 +183,10 @@ fn describe_op(op: &Op<'_>) -> String {
         Completion::Missing => "no completion",
     };
     let ret = op.ret.map_or("?".to_string(), |t| t.to_string());
-    format!("{what} by p{} {how} @{}..{ret}", op.process, op.call)
+    let tries = if op.attempts > 1 {
+        format!(" after {} attempts", op.attempts)
+    } else {
+        String::new()
+    };
+    format!("{what} by p{} {how}{tries} @{}..{ret}", op.process, op.call)
 }

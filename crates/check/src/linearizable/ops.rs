@@ -31,6 +31,9 @@ pub(super) struct Op<'a> {
     /// Completion time; `None` for an unknown outcome (+infinity).
     pub(super) ret: Option<u64>,
     pub(super) completion: Completion,
+    /// Requests the client sent for it (retries of one operation are one operation, its
+    /// window spanning them all); 1 when the history does not say.
+    pub(super) attempts: u32,
 }
 
 /// Pairs invokes with completions, validating the history, and keeps the operations that
@@ -141,6 +144,7 @@ fn completed_op<'a>(inv: &'a Event, e: &'a Event) -> Option<Op<'a>> {
         call: inv.time,
         ret: (completion == Completion::Ok).then_some(e.time),
         completion,
+        attempts: e.attempts.as_ref().map_or(1, |a| a.sent.max(1)),
     })
 }
 
@@ -158,6 +162,7 @@ fn uncompleted_op(inv: &Event) -> Option<Op<'_>> {
         call: inv.time,
         ret: None,
         completion: Completion::Missing,
+        attempts: 1,
     })
 }
 

@@ -390,3 +390,47 @@ fn verdict_aggregation_prefers_violation_over_unknown() {
     assert_eq!(r.keys[0].verdict, Verdict::NotLinearizable);
     assert_eq!(r.keys[1].verdict, Verdict::Unknown);
 }
+
+/// Marks the last completion of `b` as taking `sent` attempts, `unknown` of them timed out.
+fn retried(b: &mut B, sent: u32, unknown: u32) {
+    if let Some(e) = b.0.last_mut() {
+        e.attempts = Some(crate::history::Attempts {
+            sent,
+            unknown,
+            ..Default::default()
+        });
+    }
+}
+
+#[test]
+fn a_retried_write_is_one_operation_spanning_its_attempts() {
+    // p0's write took three attempts from 0 to 100: the first timed out at 40, yet had
+    // applied; p1 read it at 50..60, before the acknowledging attempt. One operation with
+    // one window: linearizable, wherever in the window the write took effect.
+    let mut b = B::default();
+    b.w(0, "k", 1, 0, 100);
+    retried(&mut b, 3, 1);
+    b.r(1, "k", Some(1), 50, 60).r(1, "k", Some(1), 110, 120);
+    assert_eq!(b.verdict(), Verdict::Linearizable);
+}
+
+#[test]
+fn a_write_applied_twice_by_its_retries_is_a_violation() {
+    // What a server that ignores request ids can do: p0's write applied on its timed-out
+    // first attempt and again on its retry, after p1's write. Readers see 1, then 2, then 1
+    // again: no single point in p0's window explains both reads of 1.
+    let mut b = B::default();
+    b.w(0, "k", 1, 0, 100);
+    retried(&mut b, 2, 1);
+    b.r(2, "k", Some(1), 10, 15)
+        .w(1, "k", 2, 20, 30)
+        .r(2, "k", Some(2), 40, 50)
+        .r(2, "k", Some(1), 110, 120);
+    let r = b.check();
+    assert_eq!(r.verdict, Verdict::NotLinearizable);
+    let text = explanation(&r);
+    assert!(
+        text.contains("w(1) by p0 ok after 2 attempts @0..100"),
+        "{text}"
+    );
+}

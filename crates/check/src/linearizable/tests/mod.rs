@@ -23,6 +23,7 @@ fn ev(process: u64, kind: EventType, f: Func, key: &str, value: Value, time: u64
         key: key.to_string(),
         value,
         time,
+        attempts: None,
     }
 }
 
