@@ -64,9 +64,9 @@ async fn grow_to_five_and_shrink_to_three_under_load() -> Result<()> {
         prefix: cluster.prefix().to_string(),
         clients: 4,
         keys: 6,
-        // One attempt per operation: a retried write may apply twice until the server
-        // dedupes request ids, which this test does not set out to check.
-        policy: RetryPolicy::once(Duration::from_millis(1000)),
+        // Writes carry request ids and are retried through the membership changes: the
+        // server applies each once.
+        policy: RetryPolicy::retrying(Duration::from_millis(1000), Duration::from_secs(10)),
     };
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
