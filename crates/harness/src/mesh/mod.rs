@@ -150,10 +150,10 @@ pub struct Spec {
     pub node_env: Vec<(String, String)>,
     /// Ask for network namespaces; falls back to loopback when they are not possible.
     pub use_netns: bool,
-    /// nats-server's `ping_interval` for clients (the nodes), with `ping_max` 2: how soon a
-    /// paused node's connection (and its queue subscriptions) is dropped. `None`: `1s`, which
-    /// suits the suite's 0.8–1.6 s elections; the shipped timings ship `250ms`
-    /// (compose/nats/liveness.conf).
+    /// nats-server's `ping_interval` for clients (the nodes) and routes, with `ping_max` 2:
+    /// how soon a paused node's connection, or a cut route, is dropped with the queue
+    /// subscriptions behind it. `None`: `1s`, which suits the suite's 0.8–1.6 s elections;
+    /// the shipped timings ship `250ms` (compose/nats/liveness.conf, which sets both).
     pub client_ping_interval: Option<String>,
 }
 

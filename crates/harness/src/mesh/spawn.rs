@@ -71,8 +71,10 @@ pub(super) async fn start_server(
     let out_path = workdir.join(format!("nats-n{id}.out"));
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""));
     let routes_conf: Vec<String> = routes.iter().map(|r| format!("    {}", quote(r))).collect();
-    // - ping_interval/ping_max (top level for clients, in `cluster` for routes): a route
-    //   whose link went down is declared dead after ~2-3 s instead of minutes.
+    // - ping_interval/ping_max (top level for clients, in `cluster` for routes; the same
+    //   value for both, as the shipped config's top-level setting gives both): a route whose
+    //   link went down is declared dead after 3 intervals instead of minutes, and until then
+    //   the queue group still hands requests to the subscriptions behind it.
     // - cluster.no_advertise: servers do not tell clients about each other, so a client
     //   (a node, or the workload) stays on the server it was given.
     // - Explicit routes are retried forever, once a second: a healed link reconnects.
@@ -86,7 +88,7 @@ pub(super) async fn start_server(
            name: concord-check\n  \
            listen: {route_listen}\n  \
            no_advertise: true\n  \
-           ping_interval: \"1s\"\n  \
+           ping_interval: {client_ping}\n  \
            ping_max: 2\n  \
            routes: [\n{routes}\n  ]\n\
          }}\n",
