@@ -49,8 +49,11 @@ struct QueuedWrite {
     size: usize,
     /// Answered [`ProposeError::LeadershipLost`] at once when the leadership goes.
     resendable: bool,
-    reply: oneshot::Sender<Result<Applied, ProposeError>>,
+    reply: Reply,
 }
+
+/// Where a queued write's outcome goes.
+type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
 
 #[derive(Clone)]
 pub struct Proposer {
@@ -204,6 +207,39 @@ impl Batcher {
     }
 }
 
+/// The batch as one command (a `Command::Batch` unless it holds one write), with the reply
+/// channels left behind (`None` once answered) and which writes are resendable; `None` for
+/// an empty batch.
+fn into_entry(batch: Vec<QueuedWrite>) -> Option<(Command, Vec<Option<Reply>>, Vec<bool>)> {
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut resendable = Vec::with_capacity(batch.len());
+    for w in batch {
+        replies.push(Some(w.reply));
+        resendable.push(w.resendable);
+        commands.push(w.command);
+    }
+    let command = match commands.len() {
+        0 => return None,
+        1 => commands.pop()?,
+        _ => Command::Batch(commands),
+    };
+    Some((command, replies, resendable))
+}
+
+/// Once the leadership is lost: answers the resendable writes at once (they go to the new
+/// leader); the rest wait for an answer. Whether any reply is still waiting.
+fn release_resendable(replies: &mut [Option<Reply>], resendable: &[bool]) -> bool {
+    for (reply, resend) in replies.iter_mut().zip(resendable) {
+        if *resend {
+            if let Some(reply) = reply.take() {
+                let _ = reply.send(Err(ProposeError::LeadershipLost));
+            }
+        }
+    }
+    replies.iter().any(Option::is_some)
+}
+
 /// Proposes one batch and answers its writers. The slot is given back when openraft
 /// answers, or as soon as this node stops leading the term the batch was proposed in: an
 /// answer that may never come must not hold up the writes of a later leadership.
@@ -214,24 +250,9 @@ async fn propose_batch(
     slot: OwnedSemaphorePermit,
     mut leading: Leading,
 ) {
-    // Move the commands into the entry; only the reply channels stay behind (`None` once
-    // answered).
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut commands = Vec::with_capacity(batch.len());
-    let mut resendable = Vec::with_capacity(batch.len());
-    for w in batch {
-        replies.push(Some(w.reply));
-        resendable.push(w.resendable);
-        commands.push(w.command);
-    }
-    let single = commands.len() == 1;
-    let command = match commands.pop() {
-        Some(only) if single => only,
-        Some(last) => {
-            commands.push(last);
-            Command::Batch(commands)
-        }
-        None => return,
+    let single = batch.len() == 1;
+    let Some((command, mut replies, resendable)) = into_entry(batch) else {
+        return;
     };
     // Not leading now: client_write answers ForwardToLeader at once.
     let term = leading.borrow().unwrap_or_default();
@@ -250,15 +271,7 @@ async fn propose_batch(
     let answer = match answer {
         Some(answer) => answer,
         None => {
-            // The resendable writes go to the new leader now; the rest wait for an answer.
-            for (reply, resend) in replies.iter_mut().zip(&resendable) {
-                if *resend {
-                    if let Some(reply) = reply.take() {
-                        let _ = reply.send(Err(ProposeError::LeadershipLost));
-                    }
-                }
-            }
-            if replies.iter().all(Option::is_none) {
+            if !release_resendable(&mut replies, &resendable) {
                 return;
             }
             match tokio::time::timeout(ORPHAN_WAIT, write).await {

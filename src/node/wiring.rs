@@ -116,12 +116,7 @@ pub(super) async fn wire(
         (config.raft.election_timeout_max() * 3).max(Duration::from_secs(3)),
         cancel.clone(),
     ));
-    spawn_format_tasks(&ctx, &opened);
-    opened.tracker.spawn(api::admin::cluster_settings::run(
-        ctx.clone(),
-        config.idempotency.settings(),
-        opened.cancel.clone(),
-    ));
+    spawn_format_tasks(&ctx, &opened, config);
     let server = api::server::Server::new(
         ctx,
         config.limits.max_in_flight,
@@ -264,12 +259,17 @@ async fn start_raft(config: &Config, opened: &Opened) -> Result<RaftParts, Error
 }
 
 /// The leader's format switch (`api::admin::format_switch`) and the clock's floor saver.
-fn spawn_format_tasks(ctx: &Arc<api::Ctx>, opened: &Opened) {
+fn spawn_format_tasks(ctx: &Arc<api::Ctx>, opened: &Opened, config: &Config) {
     let (cancel, tracker) = (&opened.cancel, &opened.tracker);
     let token = opened.admin_token.clone();
     tracker.spawn(api::admin::format_switch::run(
         ctx.clone(),
         token,
+        cancel.clone(),
+    ));
+    tracker.spawn(api::admin::cluster_settings::run(
+        ctx.clone(),
+        config.idempotency.settings(),
         cancel.clone(),
     ));
     tracker.spawn(save_clock_floor(opened.view.clone(), cancel.clone()));

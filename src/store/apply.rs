@@ -75,6 +75,36 @@ struct ApplyBatch<'a> {
 }
 
 impl<'a> ApplyBatch<'a> {
+    /// A batch of about `commands` commands on keyspace `kv` of `generation`, starting from
+    /// the state `view` holds.
+    fn start(
+        view: &'a StateView,
+        observer: &'a Observer,
+        kv: &'a Keyspace,
+        generation: u64,
+        commands: usize,
+    ) -> ApplyBatch<'a> {
+        ApplyBatch {
+            fjall_batch: view.store.db.batch(),
+            writes: view.recent.batch(kv, generation, commands),
+            revision: view.revision(),
+            cluster_id: view.cluster_id(),
+            key_count: view.key_count(),
+            data_bytes: view.data_bytes(),
+            cluster_format: view.cluster_format(),
+            cluster_time: view.applied_cluster_time(),
+            token_changes: Vec::new(),
+            token_table: &view.tokens,
+            tokens_ks: &view.store.tokens,
+            events: observer.apply_probe(),
+            index: 0,
+            idem: view.idempotency.lock().unwrap_or_else(|e| e.into_inner()),
+            idem_replays: 0,
+            idem_conflicts: 0,
+            idem_outcome: None,
+        }
+    }
+
     /// The idempotency table with this batch's writes and figures.
     fn idem(&mut self) -> idempotency::Apply<'_, &mut BatchWrites<'a>> {
         idempotency::Apply {
@@ -306,25 +336,7 @@ pub(super) fn apply_entries(
 ) -> Result<Vec<Applied>, Error> {
     let started = std::time::Instant::now();
     let (generation, kv) = view.kv();
-    let mut b = ApplyBatch {
-        fjall_batch: view.store.db.batch(),
-        writes: view.recent.batch(&kv, generation, commands),
-        revision: view.revision(),
-        cluster_id: view.cluster_id(),
-        key_count: view.key_count(),
-        data_bytes: view.data_bytes(),
-        cluster_format: view.cluster_format(),
-        cluster_time: view.applied_cluster_time(),
-        token_changes: Vec::new(),
-        token_table: &view.tokens,
-        tokens_ks: &view.store.tokens,
-        events: observer.apply_probe(),
-        index: 0,
-        idem: view.idempotency.lock().unwrap_or_else(|e| e.into_inner()),
-        idem_replays: 0,
-        idem_conflicts: 0,
-        idem_outcome: None,
-    };
+    let mut b = ApplyBatch::start(view, observer, &kv, generation, commands);
     let mut last_applied = None;
     let mut membership = None;
     let mut outcomes = Vec::with_capacity(entries.len());
