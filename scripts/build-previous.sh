@@ -40,5 +40,10 @@ CARGO_TARGET_DIR="$target" cargo build --quiet --bin concord --manifest-path "$t
 mkdir -p "$(dirname "$out")"
 cp "$target/debug/concord" "$out"
 rm -f "$target/debug/concord"
+# The workspace's own crates of both trees share names, versions and (cargo leaves a path
+# crate's location out of its hash) artifact names: drop the previous tree's, or the next
+# build of this tree may link them (a stale concord-wire once did).
+CARGO_TARGET_DIR="$target" cargo clean --quiet --manifest-path "$tree/src/Cargo.toml" \
+    -p concord -p concord-wire -p concord-harness -p concord-check -p concord-bench >&2
 echo "$PREVIOUS_REV" >"$stamp"
 echo "$out"
