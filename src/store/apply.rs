@@ -369,6 +369,8 @@ pub(super) fn apply_entries(
         outcomes.push(outcome);
     }
 
+    // The batch's idempotency segment goes with its writes.
+    b.idem().finish()?;
     let switched = format_switched(view, &mut b);
     // Membership, cluster id, tokens and the format change rarely and are not in the write
     // table: they go to fjall with this batch, so later flushes' `sm_meta` stays true.

@@ -85,7 +85,8 @@ impl Space {
 /// key counts skip them; the flush, snapshots, installs, backups and restores carry them
 /// like any key, in the same atomic batches as the keys they belong with.
 pub const RESERVED: u8 = 0;
-/// Reserved key of an idempotency record: `\0i/<request uuid>/<token id>` (`""` without auth).
+/// Reserved keys of the idempotency table's segments: `\0i/<segment number, 16 hex digits>`
+/// (`store::idempotency`), in the order of their numbers.
 pub const IDEMPOTENCY_PREFIX: &str = "\0i/";
 /// Reserved key of the idempotency table's replicated settings.
 pub const IDEMPOTENCY_SETTINGS: &str = "\0s/idempotency";
@@ -95,13 +96,16 @@ pub fn is_reserved(key: &[u8]) -> bool {
     key.first() == Some(&RESERVED)
 }
 
-/// The reserved key of request `id` sent with token `token_id` (`None`: auth off).
-pub fn idempotency_key(id: &uuid::Uuid, token_id: Option<&str>) -> String {
-    format!(
-        "{IDEMPOTENCY_PREFIX}{}/{}",
-        id.as_hyphenated(),
-        token_id.unwrap_or("")
-    )
+/// The reserved key of idempotency segment `number`.
+pub fn idempotency_segment_key(number: u64) -> String {
+    format!("{IDEMPOTENCY_PREFIX}{number:016x}")
+}
+
+/// The number of the idempotency segment stored under `key`.
+pub fn idempotency_segment(key: &[u8]) -> Option<u64> {
+    let hex = key.strip_prefix(IDEMPOTENCY_PREFIX.as_bytes())?;
+    let hex = std::str::from_utf8(hex).ok().filter(|h| h.len() == 16)?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// Version byte in front of every bincode-encoded log entry.

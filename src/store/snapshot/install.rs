@@ -33,40 +33,18 @@ pub(crate) fn install(
         store.db.delete_keyspace(stale)?;
     }
     let fresh = store.db.keyspace(&name, kv_options)?;
-    let mut tokens = HashMap::new();
-    // Recounted from the records: the live data size is not in the snapshot header.
-    let mut data_bytes = 0u64;
-    let filled = (|| -> Result<SnapshotHeader, Error> {
-        let mut reader = SnapshotReader::new(file)?;
-        let mut batch = store.db.batch();
-        let mut n = 0;
-        while let Some(record) = reader.next_record()? {
-            match record {
-                Streamed::Kv(k, v) => {
-                    data_bytes += keys::entry_bytes(k.len(), v.len());
-                    batch.insert(&fresh, k, v);
-                    n += 1;
-                    if n % INSTALL_BATCH == 0 {
-                        std::mem::replace(&mut batch, store.db.batch()).commit()?;
-                    }
-                }
-                Streamed::Token(k, v) => {
-                    let (digest, record) = decode_token(&k, &v)?;
-                    tokens.insert(digest, record);
-                }
-            }
-        }
-        batch.commit()?;
-        Ok(reader.header.clone())
-    })();
-    let header = match filled {
-        Ok(h) => h,
+    let filled = fill(&store.db, &fresh, file);
+    let (header, tokens, data_bytes) = match filled {
+        Ok(filled) => filled,
         Err(e) => {
             store.db.delete_keyspace(fresh)?;
             return Err(e);
         }
     };
     store.db.persist(PersistMode::SyncAll)?;
+    // The installed records' expiry order, before the first apply on the new keyspace.
+    let idempotency = super::super::idempotency::IdemTable::load(&fresh)?;
+    let data_bytes = data_bytes + idempotency.counted_bytes();
 
     let installed = SmMeta {
         last_applied: meta.last_log_id,
@@ -103,8 +81,6 @@ pub(crate) fn install(
     publish_format(view, &installed);
     *view.membership.lock().unwrap_or_else(|e| e.into_inner()) = installed.membership;
 
-    // The installed records' expiry order, before the first apply on the new keyspace.
-    let idempotency = super::super::idempotency::IdemTable::load(&fresh)?;
     view.idempotency_figures.publish(&idempotency, 0, 0);
     *view.idempotency.lock().unwrap_or_else(|e| e.into_inner()) = idempotency;
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
@@ -126,4 +102,47 @@ fn publish_format(view: &StateView, installed: &SmMeta) {
     if installed.cluster_time > 0 {
         view.clock.observe(installed.cluster_time);
     }
+}
+
+/// What a snapshot file filled keyspace `fresh` with: its header, its token table, and the
+/// live data size it holds, recounted (the header does not carry it).
+fn fill(
+    db: &fjall::Database,
+    fresh: &fjall::Keyspace,
+    file: std::fs::File,
+) -> Result<
+    (
+        SnapshotHeader,
+        HashMap<crate::auth::TokenDigest, crate::auth::TokenRecord>,
+        u64,
+    ),
+    Error,
+> {
+    let mut tokens = HashMap::new();
+    let mut data_bytes = 0u64;
+    let mut reader = SnapshotReader::new(file)?;
+    let mut batch = db.batch();
+    let mut n = 0;
+    while let Some(record) = reader.next_record()? {
+        match record {
+            Streamed::Kv(k, v) => {
+                // Idempotency records count as the table says, not as the sender happened
+                // to group them into segments (`install` adds them).
+                if keys::idempotency_segment(&k).is_none() {
+                    data_bytes += keys::entry_bytes(k.len(), v.len());
+                }
+                batch.insert(fresh, k, v);
+                n += 1;
+                if n % INSTALL_BATCH == 0 {
+                    std::mem::replace(&mut batch, db.batch()).commit()?;
+                }
+            }
+            Streamed::Token(k, v) => {
+                let (digest, record) = decode_token(&k, &v)?;
+                tokens.insert(digest, record);
+            }
+        }
+    }
+    batch.commit()?;
+    Ok((reader.header.clone(), tokens, data_bytes))
 }
