@@ -33,6 +33,9 @@ pub enum Event {
         /// idempotency table, nothing applied) or `conflict` (the id was used with another
         /// command).
         request_id: Option<&'static str>,
+        /// For a conditional write (`if_revision`): `held` (applied) or `failed` (answered
+        /// `conflict`, nothing applied).
+        condition: Option<&'static str>,
     },
     /// This node's Raft role or term changed.
     StateChange {
@@ -173,6 +176,7 @@ impl Event {
                 index,
                 key,
                 request_id,
+                condition,
                 ..
             } => {
                 m.str("operation", operation);
@@ -182,6 +186,9 @@ impl Event {
                 }
                 if let Some(r) = request_id {
                     m.str("request_id", r);
+                }
+                if let Some(c) = condition {
+                    m.str("condition", c);
                 }
             }
             Event::StateChange {
@@ -324,6 +331,7 @@ mod tests {
                 duration_us: 3,
                 key: Some("k".into()),
                 request_id: Some("replayed"),
+                condition: Some("failed"),
             },
             Event::StateChange {
                 status: "leader",
@@ -364,7 +372,7 @@ mod tests {
         );
         assert_eq!(
             render(&events[0])["metadata"],
-            json!({"operation":"put","index":9,"key":"k","request_id":"replayed"})
+            json!({"operation":"put","index":9,"key":"k","request_id":"replayed","condition":"failed"})
         );
     }
 }

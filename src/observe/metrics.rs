@@ -169,23 +169,13 @@ impl ReqOp {
 }
 
 /// Every error code, in the order of the `result` label after `ok`.
-const ERROR_KINDS: [ErrorKind; 10] = [
-    ErrorKind::NotFound,
-    ErrorKind::InvalidKey,
-    ErrorKind::ValueTooLarge,
-    ErrorKind::BadRequest,
-    ErrorKind::Unauthorized,
-    ErrorKind::Busy,
-    ErrorKind::NoSpace,
-    ErrorKind::ClusterNotReady,
-    ErrorKind::Timeout,
-    ErrorKind::Internal,
-];
+const ERROR_KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
 
 fn result_index(result: Result<(), ErrorKind>) -> usize {
     match result {
         Ok(()) => 0,
-        Err(kind) => 1 + ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(9),
+        // Every code is in `ALL`: the fallback is never taken.
+        Err(kind) => 1 + ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0),
     }
 }
 
@@ -301,7 +291,7 @@ impl PeerMetrics {
 
 /// Handles of every series, made once per node.
 pub struct Metrics {
-    requests: [[Counter; 11]; 9],
+    requests: [[Counter; ERROR_KINDS.len() + 1]; 9],
     request_duration: [Histogram; 9],
     auth_failures: [Counter; 9],
     pub raft_term: Gauge,
@@ -581,7 +571,9 @@ mod tests {
         assert_eq!(result_index(Ok(())), 0);
         let mut seen: Vec<usize> = ERROR_KINDS.iter().map(|k| result_index(Err(*k))).collect();
         seen.sort();
-        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        assert_eq!(seen, (1..=ERROR_KINDS.len()).collect::<Vec<_>>());
+        // `conflict` is counted as itself, not as `internal`.
+        assert_eq!(result_index(Err(ErrorKind::Conflict)), ERROR_KINDS.len());
         let labels: Vec<&str> = ReqOp::ALL.iter().map(|o| o.label()).collect();
         assert_eq!(
             labels,

@@ -250,20 +250,30 @@ impl ApplyProbe<'_> {
         self.observer.include_keys
     }
 
+    /// Records one applied command's event.
     pub fn record(
         &mut self,
         started: Instant,
         operation: &'static str,
         index: u64,
         key: Option<String>,
-        request_id: Option<&'static str>,
+        tags: ApplyTags,
     ) {
         self.events.push(Event::Apply {
             operation,
             index,
             duration_us: started.elapsed().as_micros() as u64,
             key,
-            request_id,
+            request_id: tags.request_id,
+            condition: tags.condition,
         });
     }
+}
+
+/// What an applied command's event says of its request id and its condition (see
+/// [`Event::Apply`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyTags {
+    pub request_id: Option<&'static str>,
+    pub condition: Option<&'static str>,
 }

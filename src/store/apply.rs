@@ -21,7 +21,7 @@ use super::view::StateView;
 use super::{keys, Error};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
 use crate::command::{Applied, Command, ConflictReason, Op, Request, COMMAND_FORMAT, FORMAT_V2};
-use crate::observe::{AppliedFigures, ApplyProbe, Observer};
+use crate::observe::{AppliedFigures, ApplyProbe, ApplyTags, Observer};
 use crate::types::{Entry, StoredMembership};
 
 /// Whether applying `entry` writes to fjall at once: a membership change, or a command that
@@ -70,8 +70,10 @@ struct ApplyBatch<'a> {
     /// Retries answered from the table, and ids reused with another command.
     idem_replays: u64,
     idem_conflicts: u64,
-    /// What the table made of the command being applied, for its apply event.
+    /// What the table made of the command being applied, and whether its condition held,
+    /// for its apply event.
     idem_outcome: Option<&'static str>,
+    condition: Option<&'static str>,
 }
 
 impl<'a> ApplyBatch<'a> {
@@ -102,6 +104,7 @@ impl<'a> ApplyBatch<'a> {
             idem_replays: 0,
             idem_conflicts: 0,
             idem_outcome: None,
+            condition: None,
         }
     }
 
@@ -196,11 +199,13 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
             Applied::Token { changed: present }
         }
     };
-    // Taken whether or not the event is sampled, so it never leaks into the next command's.
-    let request_id = b.idem_outcome.take();
+    // Taken whether or not the event is sampled, so they never leak into the next command's.
+    let tags = ApplyTags {
+        request_id: b.idem_outcome.take(),
+        condition: b.condition.take(),
+    };
     if let Some((started, operation, key)) = event {
-        b.events
-            .record(started, operation, b.index, key, request_id);
+        b.events.record(started, operation, b.index, key, tags);
     }
     Ok(outcome)
 }
@@ -277,8 +282,17 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
 
 /// `conflict` (reason `revision`, with the key's current revision, 0 when absent) unless
 /// `key`'s revision is `expected` (0: the key is absent).
-fn revision_mismatch(b: &ApplyBatch, key: &str, expected: u64) -> Result<Option<Applied>, Error> {
+fn revision_mismatch(
+    b: &mut ApplyBatch,
+    key: &str,
+    expected: u64,
+) -> Result<Option<Applied>, Error> {
     let current = b.writes.record(key)?.map_or(0, |(meta, _)| meta.revision);
+    b.condition = Some(if current == expected {
+        "held"
+    } else {
+        "failed"
+    });
     Ok((current != expected).then_some(Applied::Conflict {
         reason: ConflictReason::Revision,
         revision: Some(current),

@@ -24,6 +24,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every code, in declaration order: metrics label by it, and a new code is counted
+    /// under its own name the moment it is declared.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::NotFound,
+        ErrorKind::InvalidKey,
+        ErrorKind::ValueTooLarge,
+        ErrorKind::BadRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::Busy,
+        ErrorKind::NoSpace,
+        ErrorKind::ClusterNotReady,
+        ErrorKind::Timeout,
+        ErrorKind::Internal,
+        ErrorKind::Conflict,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "not_found",
