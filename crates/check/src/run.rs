@@ -14,7 +14,7 @@ use crate::history;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
 use crate::retry::RetryPolicy;
-use crate::workload::{self, Counts, Recorder, WorkloadConfig};
+use crate::workload::{self, CasCounts, Counts, Recorder, Workload, WorkloadConfig};
 use concord_harness::mesh::{CheckCluster, Spec};
 
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct CheckOptions {
     /// The Raft timings the nodes run with.
     pub timings: Timings,
     pub faults: Vec<Fault>,
+    /// What the clients do: the register workload, or the one with compare-and-swap.
+    pub workload: Workload,
     pub clients: usize,
     pub keys: usize,
     /// Deadline of one attempt of a workload operation (sent as `timeout_ms`).
@@ -54,7 +56,10 @@ pub struct SuiteVerdict {
     /// from in time.
     pub valid: bool,
     pub checker: String,
+    pub workload: Workload,
     pub ops: Counts,
+    /// Compare-and-swap writes by outcome (all 0 in the register workload).
+    pub cas: CasCounts,
     pub faults: Vec<FaultRecord>,
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
@@ -142,6 +147,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let netns = cluster.netns();
 
     let wl = WorkloadConfig {
+        workload: opts.workload,
         urls: cluster.all_client_urls(),
         prefix: "concord".into(),
         clients: opts.clients.max(1),
@@ -193,6 +199,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let history_path = opts.workdir.join("history.jsonl");
     std::fs::write(&history_path, history::to_lines(&history))?;
     let counts = workload::count(&history);
+    let cas = workload::count_cas(&history);
     let lost = workload::lost_writes(&history, &finals);
     let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
     let exactly_once = before.zip(after).map(|(b, a)| {
@@ -218,7 +225,9 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     Ok(SuiteVerdict {
         valid,
         checker,
+        workload: opts.workload,
         ops: counts,
+        cas,
         faults,
         keys_checked,
         lost_writes: lost,

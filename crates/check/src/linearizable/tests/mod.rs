@@ -24,6 +24,7 @@ fn ev(process: u64, kind: EventType, f: Func, key: &str, value: Value, time: u64
         value,
         time,
         attempts: None,
+        if_revision: None,
     }
 }
 
