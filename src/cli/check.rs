@@ -82,21 +82,7 @@ pub struct CheckArgs {
 
 /// `concord check`.
 pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
-    use concord_check::nemesis::Fault;
-    let faults = if args.nemesis == "all" {
-        Fault::all()
-    } else {
-        args.nemesis
-            .split(',')
-            .map(|s| {
-                Fault::parse(s.trim()).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--nemesis: '{s}' is not kill, pause, partition, restart or all"
-                    )
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
+    let faults = parse_nemesis(&args.nemesis)?;
     let workdir = match &args.out {
         Some(p) => p.clone(),
         None => {
@@ -183,6 +169,22 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     let v = serde_json::to_value(&verdict)?;
     out(global, v, || report(&verdict));
     Ok(code)
+}
+
+/// `--nemesis`: a comma-separated list of faults, or `all`.
+fn parse_nemesis(nemesis: &str) -> anyhow::Result<Vec<concord_check::nemesis::Fault>> {
+    use concord_check::nemesis::Fault;
+    if nemesis == "all" {
+        return Ok(Fault::all());
+    }
+    nemesis
+        .split(',')
+        .map(|s| {
+            Fault::parse(s.trim()).ok_or_else(|| {
+                anyhow::anyhow!("--nemesis: '{s}' is not kill, pause, partition, restart or all")
+            })
+        })
+        .collect()
 }
 
 /// `--raft HB,MIN,MAX` as the nodes' environment.

@@ -146,17 +146,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let mut cluster = start_cluster(&opts, &progress).await?;
     let netns = cluster.netns();
 
-    let wl = WorkloadConfig {
-        workload: opts.workload,
-        urls: cluster.all_client_urls(),
-        prefix: "concord".into(),
-        clients: opts.clients.max(1),
-        keys: opts.keys.max(1),
-        policy: RetryPolicy {
-            retry: opts.retry,
-            ..RetryPolicy::retrying(opts.op_timeout, opts.op_deadline)
-        },
-    };
+    let wl = workload_config(&opts, cluster.all_client_urls());
     let mut problems = Vec::new();
     let before = probe(&wl, "before the workload", &mut problems).await;
     let recorder = Recorder::new();
@@ -243,6 +233,21 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         netns,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The workload's configuration: its clients spread over `urls`, one per NATS server.
+fn workload_config(opts: &CheckOptions, urls: Vec<String>) -> WorkloadConfig {
+    WorkloadConfig {
+        workload: opts.workload,
+        urls,
+        prefix: "concord".into(),
+        clients: opts.clients.max(1),
+        keys: opts.keys.max(1),
+        policy: RetryPolicy {
+            retry: opts.retry,
+            ..RetryPolicy::retrying(opts.op_timeout, opts.op_deadline)
+        },
+    }
 }
 
 /// Each fault's write gap and longest write wait, from the history.

@@ -18,6 +18,10 @@
 //!   `Some(value)`: write(v) sets `Some(v)`, delete sets `None`, and a read is legal iff what
 //!   it observed equals the state (a `null` observation means absent). A write of JSON
 //!   `null` is taken as absence, since no read could tell the two apart.
+//! * With compare-and-swap (writes with `if_revision`, and reads that report revisions), the
+//!   state is a value with its revision: a swap expecting revision E applies only in the
+//!   state of revision E (0: absent), and one refused with `conflict` is not dropped like
+//!   other `fail`s: it observed the key's current revision, which must not be E (`model`).
 //! * Keys are independent registers, so the history is partitioned by key and every key is
 //!   checked on its own (P-compositionality): many small searches instead of one huge one.
 //! * At equal timestamps a call is ordered before a return, i.e. an operation invoked at the
@@ -40,7 +44,8 @@
 //!   the worst-of verdict;
 //! * `ops`: the events paired into operations (`ops::collect_ops`), and the operations of
 //!   unknown outcome reduced before the search (`ops::reduce_unknown_writes`);
-//! * `model`: the register (state ids, transitions) and the interning of JSON values;
+//! * `model`: the register (state ids, transitions, compare-and-swap with revisions) and
+//!   the interning of JSON values;
 //! * `search`: the WGL search over one key, its memoization and its pruning rules;
 //! * `explain`: the text of a violation, from the longest linearizable prefix found;
 //! * `tests`: hand-made histories, and random ones compared with an exhaustive search.
@@ -55,9 +60,9 @@ mod tests;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::history::{Event, Func};
+use crate::history::Event;
 use explain::explain;
-use model::{Interner, Kind};
+use model::{kinds, Interner};
 use ops::{collect_ops, reduce_unknown_writes, Op, Prepared};
 use search::{search, SearchResult};
 
@@ -163,14 +168,7 @@ pub fn check(history: &[Event], limits: &Limits) -> Result<Report, String> {
 /// then the search, and on a violation its explanation.
 fn check_key(key: &str, all: &[Op<'_>], deadline: Option<Instant>, max_states: usize) -> KeyResult {
     let mut interner = Interner::new();
-    let all_kinds: Vec<Kind> = all
-        .iter()
-        .map(|op| match op.f {
-            Func::Write => Kind::Write(interner.intern(op.value)),
-            Func::Delete => Kind::Delete,
-            Func::Read => Kind::Read(interner.intern(op.value)),
-        })
-        .collect();
+    let (all_kinds, unknown_revision) = kinds(all, &mut interner);
     let Prepared {
         ops,
         kinds,
@@ -178,19 +176,29 @@ fn check_key(key: &str, all: &[Op<'_>], deadline: Option<Instant>, max_states: u
         lazy,
     } = reduce_unknown_writes(all, &all_kinds);
 
-    let (verdict, explanation) = match search(&kinds, &times, &lazy, deadline, max_states) {
+    let searched = search(
+        (&kinds, &unknown_revision),
+        &times,
+        &lazy,
+        deadline,
+        max_states,
+    );
+    let (verdict, explanation) = match searched {
         SearchResult::Linearizable => (Verdict::Linearizable, None),
         SearchResult::Exhausted(why) => (Verdict::Unknown, Some(format!("key {key:?}: {why}"))),
         SearchResult::Violation { prefix, state } => (
             Verdict::NotLinearizable,
             Some(explain(
                 key,
-                &Prepared {
-                    ops,
-                    kinds,
-                    times,
-                    lazy,
-                },
+                (
+                    &Prepared {
+                        ops,
+                        kinds,
+                        times,
+                        lazy,
+                    },
+                    &unknown_revision,
+                ),
                 &prefix,
                 state,
                 &interner,

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
-use super::model::{result_of, step, Kind, State, ABSENT};
+use super::model::{observed, result_of, step, unconditional, Kind, State, ABSENT};
 
 /// Fixed-size bitset of linearized operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,33 +352,56 @@ struct Frame {
     forced: bool,
 }
 
-/// The lazy operations, by the state they leave, each list sorted by invoke time.
-struct Helpers(HashMap<State, Vec<(u64, usize)>>);
+/// The lazy operations, by the state they leave, each list sorted by invoke time; and all
+/// of them, sorted likewise.
+struct Helpers {
+    by_result: HashMap<State, Vec<(u64, usize)>>,
+    all: Vec<(u64, usize)>,
+}
 
 impl Helpers {
     fn new(kinds: &[Kind], times: &[(u64, u64)], lazy: &[bool]) -> Self {
         let mut by_result: HashMap<State, Vec<(u64, usize)>> = HashMap::new();
+        let mut all = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
             if let (true, Some(result)) = (lazy[i], result_of(*kind)) {
                 by_result.entry(result).or_default().push((times[i].0, i));
+                all.push((times[i].0, i));
             }
         }
         for list in by_result.values_mut() {
             list.sort_unstable();
         }
-        Helpers(by_result)
+        all.sort_unstable();
+        Helpers { by_result, all }
     }
 
-    /// The earliest-invoked lazy operation not yet linearized that leaves `seen` and was
-    /// invoked by `frontier`. Any such one would do: from now on each stays available
-    /// forever (infinite return time) with the same effect, so they are interchangeable.
-    fn find(&self, seen: State, frontier: u64, linearized: &Linearized) -> Option<usize> {
-        self.0
-            .get(&seen)?
-            .iter()
+    /// The earliest-invoked lazy operation not yet linearized, invoked by `frontier` and
+    /// legal in `state`, after which `kind` (illegal in `state`) is legal; with the state
+    /// after both. For a read or a compare-and-swap that applied, the helper must leave the
+    /// one state it observes, and any such one would do: from now on each stays available
+    /// forever (infinite return time) with the same effect, so they are interchangeable. A
+    /// refusal takes the first one after which it is legal (results of unknown revision
+    /// nobody observed, which no later operation can tell apart).
+    fn find(
+        &self,
+        (kind, state): (Kind, State),
+        frontier: u64,
+        linearized: &Linearized,
+        (kinds, unknown_revision): (&[Kind], &[bool]),
+    ) -> Option<(usize, State)> {
+        let list = match observed(kind) {
+            Some(seen) => self.by_result.get(&seen)?,
+            None if matches!(kind, Kind::Refused | Kind::RefusedNot(_)) => &self.all,
+            None => return None,
+        };
+        list.iter()
             .take_while(|&&(call, _)| call <= frontier)
-            .find(|&&(_, op)| !linearized.get(op))
-            .map(|&(_, op)| op)
+            .filter(|&&(_, op)| !linearized.get(op))
+            .find_map(|&(_, op)| {
+                let mid = step(state, kinds[op], unknown_revision)?;
+                Some((op, step(mid, kind, unknown_revision)?))
+            })
     }
 }
 
@@ -411,7 +434,7 @@ impl Helpers {
 /// [`Helpers`], and one is eligible when invoked by the time of the first return entry,
 /// exactly when its call entry would have been a candidate.
 pub(super) fn search(
-    kinds: &[Kind],
+    (kinds, unknown_revision): (&[Kind], &[bool]),
     times: &[(u64, u64)],
     lazy: &[bool],
     deadline: Option<Instant>,
@@ -420,13 +443,14 @@ pub(super) fn search(
     let n = kinds.len();
     let mut entries = Entries::new(times, lazy);
     let helpers = Helpers::new(kinds, times, lazy);
-    let blind = blind_writes(kinds, lazy);
+    let blind = blind_writes(kinds, lazy, unknown_revision);
     // Per state id: how many writes produce it, and how many reads of it are not linearized.
     let states = kinds
         .iter()
         .map(|k| match *k {
-            Kind::Write(v) | Kind::Read(v) => v as usize + 1,
-            Kind::Delete => 1,
+            Kind::Write(v) | Kind::Read(v) | Kind::RefusedNot(v) => v as usize + 1,
+            Kind::Cas { expect, write } => expect.max(write) as usize + 1,
+            Kind::Delete | Kind::Refused => 1,
         })
         .max()
         .unwrap_or(1);
@@ -434,9 +458,9 @@ pub(super) fn search(
     let mut unread = vec![0usize; states];
     for k in kinds {
         match *k {
-            Kind::Write(v) => writes_of[v as usize] += 1,
+            Kind::Write(v) | Kind::Cas { write: v, .. } => writes_of[v as usize] += 1,
             Kind::Read(v) => unread[v as usize] += 1,
-            Kind::Delete => {}
+            Kind::Delete | Kind::Refused | Kind::RefusedNot(_) => {}
         }
     }
 
@@ -481,18 +505,19 @@ pub(super) fn search(
         let mut next_move: Option<(usize, Option<usize>, State, bool)> = None;
         if at_node_start {
             at_node_start = false;
-            // A candidate read that is legal now can be linearized first without loss: in
-            // any valid continuation, moving it to the front leaves every other operation's
-            // state unchanged (reads change nothing) and breaks no real-time order (whatever
-            // returned before it was invoked is already linearized, or it would not be a
-            // candidate). So it is the node's only move, and if it fails the node fails.
+            // A candidate read (or refused compare-and-swap) that is legal now can be
+            // linearized first without loss: in any valid continuation, moving it to the
+            // front leaves every other operation's state unchanged (it changes nothing) and
+            // breaks no real-time order (whatever returned before it was invoked is already
+            // linearized, or it would not be a candidate). So it is the node's only move, and
+            // if it fails the node fails.
             let mut e = entries.next[HEAD];
             while e != NIL && entries.is_call(e) {
-                if let Kind::Read(seen) = kinds[entries.op[e]] {
-                    if seen == state {
-                        next_move = Some((e, None, state, true));
-                        break;
-                    }
+                let kind = kinds[entries.op[e]];
+                let keeps = matches!(kind, Kind::Read(_) | Kind::Refused | Kind::RefusedNot(_));
+                if keeps && step(state, kind, unknown_revision).is_some() {
+                    next_move = Some((e, None, state, true));
+                    break;
                 }
                 e = entries.next[e];
             }
@@ -509,17 +534,19 @@ pub(super) fn search(
         // return anyway rather than trusted.
         if next_move.is_none() && entry != NIL && entries.is_call(entry) {
             let op = entries.op[entry];
-            next_move = match (step(state, kinds[op]), kinds[op]) {
+            next_move = match step(state, kinds[op], unknown_revision) {
                 // A blind write is absorbed by the other writes' moves (see `blind_writes`)
                 // and only a move of its own once it is due.
-                (Some(_), _) if blind[op] && entries.first_return() != entries.ret_of[entry] => {
-                    None
-                }
-                (Some(s), _) => Some((entry, None, s, false)),
-                (None, Kind::Read(seen)) => helpers
-                    .find(seen, entries.frontier(), &bits)
-                    .map(|h| (entry, Some(h), seen, false)),
-                (None, _) => None,
+                Some(_) if blind[op] && entries.first_return() != entries.ret_of[entry] => None,
+                Some(s) => Some((entry, None, s, false)),
+                None => helpers
+                    .find(
+                        (kinds[op], state),
+                        entries.frontier(),
+                        &bits,
+                        (kinds, unknown_revision),
+                    )
+                    .map(|(h, s)| (entry, Some(h), s, false)),
             };
             if next_move.is_none() {
                 entry = entries.next[entry];
@@ -534,8 +561,9 @@ pub(super) fn search(
                 bits.set(h);
             }
             let absorbed_from = absorbed.len();
-            // Writes, deletes and helpers (writes or deletes themselves) absorb.
-            if helper.is_some() || matches!(kinds[op], Kind::Write(_) | Kind::Delete) {
+            // Unconditional writes and deletes absorb, as helpers or on their own; a
+            // compare-and-swap does not (a write just before it would change what it needs).
+            if unconditional(helper.map_or(kinds[op], |h| kinds[h])) {
                 let mut e = entries.next[HEAD];
                 while e != NIL && entries.is_call(e) {
                     let other = entries.op[e];
@@ -642,7 +670,10 @@ pub(super) fn search(
     SearchResult::Linearizable
 }
 
-/// Writes that must be linearized (not lazy) and whose value no read observed.
+/// Writes that must be linearized (not lazy) and whose value no read observed: no read
+/// returned it, no compare-and-swap expected it, and its revision is known (a refusal that
+/// names no known revision may have observed it). None when a refusal without a current
+/// revision (`Kind::RefusedNot`) may observe any state.
 ///
 /// Such a write W is immediately followed by a write or delete in any linearization (a read
 /// right after it would observe its value), or is last. So:
@@ -655,17 +686,17 @@ pub(super) fn search(
 /// * otherwise W needs a move of its own only when its return entry is the first one: if
 ///   the write or delete following it were a candidate already, absorbing covers it, and
 ///   if not, nothing but W can come first.
-fn blind_writes(kinds: &[Kind], lazy: &[bool]) -> Vec<bool> {
-    let observed: HashSet<State> = kinds
-        .iter()
-        .filter_map(|k| match k {
-            Kind::Read(v) => Some(*v),
-            _ => None,
-        })
-        .collect();
+/// * a compare-and-swap cannot follow W (it would observe W's state), so only unconditional
+///   writes and deletes absorb.
+fn blind_writes(kinds: &[Kind], lazy: &[bool], unknown_revision: &[bool]) -> Vec<bool> {
+    if kinds.iter().any(|k| matches!(k, Kind::RefusedNot(_))) {
+        return vec![false; kinds.len()];
+    }
+    let seen: HashSet<State> = kinds.iter().filter_map(|k| observed(*k)).collect();
+    let unknown = |v: &State| unknown_revision.get(*v as usize).copied().unwrap_or(false);
     kinds
         .iter()
         .zip(lazy)
-        .map(|(k, &l)| matches!(k, Kind::Write(v) if !l && !observed.contains(v)))
+        .map(|(k, &l)| matches!(k, Kind::Write(v) if !l && !seen.contains(v) && !unknown(v)))
         .collect()
 }
