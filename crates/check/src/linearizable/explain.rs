@@ -124,6 +124,59 @@ pub(super) fn explain(
     s
 }
 
+/// The operations that must be linearized (not of unknown outcome) but observe a state no
+/// operation of the key produces: a read of a value (with a revision) nobody wrote, a
+/// compare-and-swap expecting a revision nobody wrote, a refusal that reports the revision
+/// it expected, or one naming an unknown revision where no write's revision is unknown.
+pub(super) fn impossible(p: &Prepared<'_>, unknown_revision: &[bool]) -> Vec<usize> {
+    let produced: std::collections::HashSet<State> = std::iter::once(ABSENT)
+        .chain(p.kinds.iter().filter_map(|k| result_of(*k)))
+        .collect();
+    let any_unknown = produced
+        .iter()
+        .any(|&s| unknown_revision.get(s as usize).copied().unwrap_or(false));
+    (0..p.ops.len())
+        .filter(|&i| !p.lazy[i])
+        .filter(|&i| match p.kinds[i] {
+            Kind::Read(s) | Kind::Cas { expect: s, .. } => !produced.contains(&s),
+            Kind::Refused => !any_unknown,
+            _ => false,
+        })
+        .collect()
+}
+
+/// The explanation of a key with operations no order can place (see [`impossible`]).
+pub(super) fn explain_impossible(
+    key: &str,
+    p: &Prepared<'_>,
+    never: &[usize],
+    interner: &Interner<'_>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "key {key:?}: not linearizable: {} of its {} operations observe a state no operation \
+         of the key produces, so no order can place them:",
+        never.len(),
+        p.ops.len()
+    );
+    for &i in never.iter().take(SHOWN_PREFIX) {
+        let why = match p.kinds[i] {
+            Kind::Refused => "a revision no operation is known to have written, and no write \
+                              of unknown revision could have been current"
+                .to_string(),
+            Kind::Read(v) | Kind::Cas { expect: v, .. } => interner.describe(v),
+            _ => String::new(),
+        };
+        let _ = writeln!(s, "  {}  -- observes {why}", describe_op(&p.ops[i]));
+    }
+    if never.len() > SHOWN_PREFIX {
+        let _ = writeln!(s, "  ... and {} more", never.len() - SHOWN_PREFIX);
+    }
+    let _ = write!(s, "(times: ns since the workload started)");
+    s
+}
+
 /// Why candidate `i` cannot be linearized next in `state`.
 fn why_not_next(
     (p, unknown_revision): (&Prepared<'_>, &[bool]),

@@ -47,10 +47,12 @@
 //! * `model`: the register (state ids, transitions, compare-and-swap with revisions) and
 //!   the interning of JSON values;
 //! * `search`: the WGL search over one key, its memoization and its pruning rules;
+//! * `helpers`: the operations of unknown outcome, linearized only to explain another;
 //! * `explain`: the text of a violation, from the longest linearizable prefix found;
 //! * `tests`: hand-made histories, and random ones compared with an exhaustive search.
 
 mod explain;
+mod helpers;
 mod model;
 mod ops;
 mod search;
@@ -61,7 +63,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::history::Event;
-use explain::explain;
+use explain::{explain, explain_impossible, impossible};
 use model::{kinds, Interner};
 use ops::{collect_ops, reduce_unknown_writes, Op, Prepared};
 use search::{search, SearchResult};
@@ -175,6 +177,29 @@ fn check_key(key: &str, all: &[Op<'_>], deadline: Option<Instant>, max_states: u
         times,
         lazy,
     } = reduce_unknown_writes(all, &all_kinds);
+    let prepared = Prepared {
+        ops,
+        kinds,
+        times,
+        lazy,
+    };
+    // An operation no order can place (it observes a state nothing produces) needs no
+    // search, which would only find it after trying every order of what precedes it.
+    let never = impossible(&prepared, &unknown_revision);
+    if !never.is_empty() {
+        return KeyResult {
+            key: key.to_string(),
+            verdict: Verdict::NotLinearizable,
+            ops: all.len(),
+            explanation: Some(explain_impossible(key, &prepared, &never, &interner)),
+        };
+    }
+    let Prepared {
+        ops,
+        kinds,
+        times,
+        lazy,
+    } = prepared;
 
     let searched = search(
         (&kinds, &unknown_revision),
