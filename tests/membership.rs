@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use common::{Cluster, ClusterOptions};
 use concord_check::linearizable::{self, Limits, Verdict};
 use concord_check::retry::RetryPolicy;
-use concord_check::workload::{self, Recorder, WorkloadConfig};
+use concord_check::workload::{self, Recorder, Workload, WorkloadConfig};
 use serde_json::{json, Value};
 
 const JOIN: [(&str, &str); 1] = [("CONCORD_CLUSTER__JOIN", "true")];
@@ -60,6 +60,7 @@ async fn grow_to_five_and_shrink_to_three_under_load() -> Result<()> {
     cluster.wait_stable(Duration::from_secs(30)).await?;
 
     let wl = WorkloadConfig {
+        workload: Workload::Register,
         urls: vec![cluster.nats_url().to_string()],
         prefix: cluster.prefix().to_string(),
         clients: 4,

@@ -2,7 +2,8 @@
 //! ids, retried through timeouts) against a real three-node cluster (each node with its own
 //! nats-server, in its own network namespace when run as root) under each nemesis, and must
 //! find the history linearizable, no acknowledged write lost, none applied twice, and the
-//! cluster writable again soon after every fault heals. With a
+//! cluster writable again soon after every fault heals. The compare-and-swap workload
+//! (`--workload cas`) runs under every nemesis in turn on one cluster. With a
 //! failpoint that breaks linearizable reads, the same suite must fail.
 
 mod common;
@@ -37,23 +38,31 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `concord check` and returns its exit success and its JSON verdict.
+/// Runs `concord check` on `nemesis` for [`SECONDS`] each, and returns its exit success and
+/// its JSON verdict.
 async fn check(nemesis: &str, extra: &[&str]) -> Result<(bool, Value)> {
+    let duration = format!("{SECONDS}s");
+    let mut args = vec!["--nemesis", nemesis, "--duration", &duration, "--keys", "6"];
+    args.extend_from_slice(extra);
+    check_with(&args).await
+}
+
+/// Runs `concord check` with `args` and returns its exit success and its JSON verdict.
+async fn check_with(args: &[&str]) -> Result<(bool, Value)> {
     let _lock = common::exclusive().await?;
     let out = tempfile::Builder::new()
         .prefix("concord-check-")
         .tempdir()?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
-    cmd.args(["check", "--json", "--nemesis", nemesis])
-        .args(["--duration", &format!("{SECONDS}s")])
-        .args(["--clients", "6", "--keys", "6"])
+    cmd.args(["check", "--json", "--clients", "6"])
+        .args(args)
         .arg("--out")
-        .arg(out.path())
-        .args(extra);
+        .arg(out.path());
     if !is_root() {
         cmd.arg("--no-netns");
     }
     let output = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let args = args.join(" ");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let verdict: Value = serde_json::from_str(stdout.trim()).with_context(|| {
         format!(
@@ -64,7 +73,10 @@ async fn check(nemesis: &str, extra: &[&str]) -> Result<(bool, Value)> {
     if !output.status.success() {
         // Keep what explains a failure: the verdict and log tails here, the history on disk.
         let kept = out.keep();
-        eprintln!("verdict: {verdict:#}\nwork dir kept: {}", kept.display());
+        eprintln!(
+            "concord check {args}: verdict: {verdict:#}\nwork dir kept: {}",
+            kept.display()
+        );
         let out = kept;
         for f in std::fs::read_dir(&out)?.flatten() {
             let name = f.file_name().to_string_lossy().to_string();
@@ -226,6 +238,83 @@ async fn partition_nemesis_keeps_the_history_linearizable() -> Result<()> {
 async fn restart_nemesis_keeps_the_history_linearizable() -> Result<()> {
     let (ok, v) = check("restart", &[]).await?;
     assert_valid("restart", ok, &v)
+}
+
+/// Seconds the compare-and-swap workload gives each nemesis: all four run in turn on one
+/// cluster, each hitting the leader at least once.
+const CAS_SECONDS: u64 = 8;
+
+/// The compare-and-swap workload (reads, writes, and writes with `if_revision` from each
+/// client's last read, on 5 keys) under every nemesis in turn, each fault on the leader:
+/// the history must be linearizable with the model that knows compare-and-swap (a swap
+/// applies only at its expected revision, a refusal observes the current one), no
+/// acknowledged write lost, none applied twice, and the run must have swaps that applied
+/// and swaps refused with `conflict`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_workload_keeps_the_history_linearizable_under_every_nemesis() -> Result<()> {
+    let nemesis = if is_root() {
+        "kill,pause,partition,restart"
+    } else {
+        "kill,pause,restart"
+    };
+    let duration = format!("{CAS_SECONDS}s");
+    let args = [
+        "--workload",
+        "cas",
+        "--nemesis",
+        nemesis,
+        "--duration",
+        &duration,
+        "--keys",
+        "5",
+        "--leader-only",
+    ];
+    let (ok, v) = check_with(&args).await?;
+    ensure!(ok, "cas: verdict invalid: {v:#}");
+    ensure!(
+        v["workload"] == "cas",
+        "not the cas workload: {}",
+        v["workload"]
+    );
+    ensure!(v["checker"] == "linearizable", "cas: {}", v["checker"]);
+    ensure!(
+        v["lost_writes"].as_array().is_some_and(|l| l.is_empty()),
+        "cas: lost writes {}",
+        v["lost_writes"]
+    );
+    assert_exactly_once("cas", &v)?;
+    let faults = v["faults"].as_array().context("faults")?;
+    for name in nemesis.split(',') {
+        let hit = faults
+            .iter()
+            .filter(|f| f["fault"] == name && f["was_leader"] == true)
+            .count();
+        ensure!(hit >= 1, "cas: {name} never hit the leader: {faults:?}");
+    }
+    for f in faults {
+        let ms = f["recovery_ms"]
+            .as_u64()
+            .context("a fault never recovered")?;
+        ensure!(
+            ms <= RECOVERY_LIMIT_MS,
+            "cas: writable again only after {ms} ms: {f}"
+        );
+    }
+    let (applied, refused) = (
+        v["cas"]["ok"].as_u64().unwrap_or(0),
+        v["cas"]["conflict"].as_u64().unwrap_or(0),
+    );
+    ensure!(
+        applied >= 20 && refused >= 20,
+        "cas: too few swaps to test anything: {}",
+        v["cas"]
+    );
+    ensure!(
+        v["ops"]["ok"].as_u64().unwrap_or(0) > 100,
+        "cas: too few operations: {}",
+        v["ops"]
+    );
+    Ok(())
 }
 
 /// Proves the suite can fail: nodes that answer linearizable reads from their own state

@@ -37,6 +37,10 @@ pub struct CheckArgs {
     /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
+    /// What the clients do: `register` (reads, writes of unique values, deletes) or `cas`
+    /// (also compare-and-swap writes with `if_revision`, checked by the same model).
+    #[arg(long, default_value = "register", value_parser = ["register", "cas"])]
+    pub workload: String,
     /// Concurrent client processes, spread over the three NATS servers.
     #[arg(long, default_value_t = 6)]
     pub clients: usize,
@@ -78,21 +82,7 @@ pub struct CheckArgs {
 
 /// `concord check`.
 pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
-    use concord_check::nemesis::Fault;
-    let faults = if args.nemesis == "all" {
-        Fault::all()
-    } else {
-        args.nemesis
-            .split(',')
-            .map(|s| {
-                Fault::parse(s.trim()).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--nemesis: '{s}' is not kill, pause, partition, restart or all"
-                    )
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
+    let faults = parse_nemesis(&args.nemesis)?;
     let workdir = match &args.out {
         Some(p) => p.clone(),
         None => {
@@ -117,7 +107,10 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     }
     let timings = concord_check::run::Timings::parse(&args.timings)
         .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
+    let workload = concord_check::workload::Workload::parse(&args.workload)
+        .ok_or_else(|| anyhow::anyhow!("--workload: '{}' is not register or cas", args.workload))?;
     let opts = concord_check::run::CheckOptions {
+        workload,
         duration: args.duration,
         leader_faults: args.faults,
         leader_only: args.leader_only,
@@ -143,7 +136,8 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     };
     if !global.json {
         eprintln!(
-            "concord check: {:?} {} each, {} clients ({}), {} keys, {:?} timings{}; work dir {}",
+            "concord check: {:?} workload, {:?} {} each, {} clients ({}), {} keys, {:?} timings{}; work dir {}",
+            opts.workload,
             opts.faults,
             match opts.leader_faults {
                 Some(n) => format!("until {n} faults on the leader"),
@@ -177,6 +171,22 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// `--nemesis`: a comma-separated list of faults, or `all`.
+fn parse_nemesis(nemesis: &str) -> anyhow::Result<Vec<concord_check::nemesis::Fault>> {
+    use concord_check::nemesis::Fault;
+    if nemesis == "all" {
+        return Ok(Fault::all());
+    }
+    nemesis
+        .split(',')
+        .map(|s| {
+            Fault::parse(s.trim()).ok_or_else(|| {
+                anyhow::anyhow!("--nemesis: '{s}' is not kill, pause, partition, restart or all")
+            })
+        })
+        .collect()
+}
+
 /// `--raft HB,MIN,MAX` as the nodes' environment.
 fn raft_env(raft: &str) -> anyhow::Result<Vec<(String, String)>> {
     let ms: Vec<u64> = raft
@@ -200,7 +210,7 @@ fn raft_env(raft: &str) -> anyhow::Result<Vec<(String, String)>> {
 /// The verdict as text.
 fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
     let mut t = format!(
-        "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info ({} attempts, {} operations retried)\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nexactly once: {}\nslowest recovery: {}\nhistory: {}",
+        "verdict: {}\nchecker: {}\nops: {} ok, {} fail, {} info ({} attempts, {} operations retried)\ncompare-and-swap: {} ok, {} conflict, {} other\nfaults injected: {}\nkeys checked: {}\nlost acknowledged writes: {}\nexactly once: {}\nslowest recovery: {}\nhistory: {}",
         if verdict.valid { "VALID" } else { "INVALID" },
         verdict.checker,
         verdict.ops.ok,
@@ -208,6 +218,9 @@ fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
         verdict.ops.info,
         verdict.ops.attempts,
         verdict.ops.retried,
+        verdict.cas.ok,
+        verdict.cas.conflict,
+        verdict.cas.other,
         verdict.faults.len(),
         verdict.keys_checked,
         verdict.lost_writes.len(),

@@ -163,6 +163,7 @@ mod tests {
                     value: value.clone(),
                     time: self.1,
                     attempts,
+                    if_revision: None,
                 });
             }
             self
@@ -302,6 +303,7 @@ mod tests {
             value: json!(99),
             time: 100,
             attempts: None,
+            if_revision: None,
         });
         let v = check(&h.0, probe(10), probe(13));
         assert_eq!((v.writes_accounted, v.double_applies_bound), (2, 0));

@@ -173,6 +173,7 @@ mod tests {
             value: Value::Null,
             time: time_ms * 1_000_000,
             attempts: None,
+            if_revision: None,
         }
     }
 

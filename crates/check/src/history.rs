@@ -37,6 +37,9 @@ pub enum Func {
 ///
 /// `value`: for a write, the value written (invoke and completion); for a read, `null` at
 /// invoke and the value read at `ok` (`null` when the key was absent); for a delete, `null`.
+/// A compare-and-swap is a write with `if_revision` (invoke and completion): it applies only
+/// if the key's revision is that one (0: the key is absent); one that answered `conflict`
+/// completes `fail` with [`Attempts::conflict`] set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub process: u64,
@@ -50,6 +53,9 @@ pub struct Event {
     /// On a completion: how the operation's attempts went (absent in older histories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Attempts>,
+    /// A write's condition (compare-and-swap): the revision the key must have, 0 = absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_revision: Option<u64>,
 }
 
 /// How the attempts of one logical operation went, recorded on its completion.
@@ -63,9 +69,15 @@ pub struct Attempts {
     /// The write's `request_id`, the same on every attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// The revision of the acknowledging reply (put, or delete).
+    /// The revision of the acknowledging reply (put, or delete); of a read, the key's
+    /// revision it returned (absent for a key not found); of a `conflict`, the key's current
+    /// revision the reply reported (0: absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+    /// The write's condition did not hold (`conflict`, reason `revision`): nothing was
+    /// written. Only on a `fail` of a compare-and-swap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conflict: bool,
     /// A delete's `deleted` from the acknowledging reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<bool>,

@@ -92,13 +92,15 @@ enum Step {
     Broken,
 }
 
-/// One operation to perform: its function, key, and for a write the value and request id.
+/// One operation to perform: its function, key, and for a write the value, request id and
+/// condition (`if_revision`: a compare-and-swap).
 pub struct Request<'a> {
     pub prefix: &'a str,
     pub f: Func,
     pub key: &'a str,
     pub value: &'a Value,
     pub request_id: Option<&'a str>,
+    pub if_revision: Option<u64>,
 }
 
 impl Request<'_> {
@@ -114,6 +116,9 @@ impl Request<'_> {
         };
         if let Some(id) = self.request_id {
             body["request_id"] = json!(id);
+        }
+        if let Some(rev) = self.if_revision {
+            body["if_revision"] = json!(rev);
         }
         (format!("{}.kv.{op}", self.prefix), body)
     }
@@ -149,14 +154,17 @@ pub async fn perform(
         };
         let nats = &servers[server];
         attempts.sent += 1;
-        let step = attempt(nats, req, this, policy.grace()).await;
+        let (step, revision) = attempt(nats, req, this, policy.grace()).await;
         let rotate = match step {
             Step::Done(outcome) => {
-                if let Outcome::Ok(reply) = &outcome {
-                    if req.f != Func::Read {
-                        attempts.revision = reply["revision"].as_u64();
+                // A read's revision, a write's, or the key's current one of a `conflict`.
+                attempts.revision = revision;
+                match &outcome {
+                    Outcome::Ok(reply) if req.f != Func::Read => {
                         attempts.deleted = reply["deleted"].as_bool();
                     }
+                    Outcome::Fail => attempts.conflict = true,
+                    _ => {}
                 }
                 return (outcome, attempts);
             }
@@ -206,13 +214,14 @@ fn settle(attempts: &Attempts) -> Outcome {
     }
 }
 
-/// One request with deadline `timeout` (`timeout_ms`; NATS waits `grace` more).
+/// One request with deadline `timeout` (`timeout_ms`; NATS waits `grace` more), and the
+/// revision its reply carries (`revision`, or a conflict's `error.revision`).
 async fn attempt(
     nats: &async_nats::Client,
     req: &Request<'_>,
     timeout: Duration,
     grace: Duration,
-) -> Step {
+) -> (Step, Option<u64>) {
     let timeout_ms = (timeout.as_millis() as u64).max(1);
     let (subject, body) = req.subject_and_body(timeout_ms);
     let request = async_nats::Request::new()
@@ -220,18 +229,26 @@ async fn attempt(
         .timeout(Some(Duration::from_millis(timeout_ms) + grace));
     match nats.send_request(subject, request).await {
         Ok(reply) => match serde_json::from_slice::<Value>(&reply.payload) {
-            Ok(v) => classify(req.f, &v),
-            Err(_) => Step::Broken,
+            Ok(v) => {
+                let revision = v["revision"]
+                    .as_u64()
+                    .or_else(|| v["error"]["revision"].as_u64());
+                (classify(req.f, req.if_revision.is_some(), &v), revision)
+            }
+            Err(_) => (Step::Broken, None),
         },
         // Nobody subscribed: the request was not delivered; another server may have a node.
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Step::Refused { rotate: true },
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+            (Step::Refused { rotate: true }, None)
+        }
         // No answer in time, or the connection went: the node may have acted on it.
-        Err(_) => Step::Unknown,
+        Err(_) => (Step::Unknown, None),
     }
 }
 
-/// What a reply means, by DESIGN.md's table of error codes.
-fn classify(f: Func, reply: &Value) -> Step {
+/// What a reply means, by DESIGN.md's table of error codes; `cas`: the request carried
+/// `if_revision`.
+fn classify(f: Func, cas: bool, reply: &Value) -> Step {
     if reply["ok"] == json!(true) {
         return Step::Done(Outcome::Ok(match f {
             Func::Read => reply["value"].clone(),
@@ -247,6 +264,11 @@ fn classify(f: Func, reply: &Value) -> Step {
         // This node knows no leader (a minority side, an election): another may.
         Some(ErrorKind::ClusterNotReady) => Step::Refused { rotate: true },
         Some(ErrorKind::Timeout) => Step::Unknown,
+        // The condition did not hold when the write applied: certainly nothing written, and
+        // a resend with the same id gets the same reply.
+        Some(ErrorKind::Conflict) if cas && reply["error"]["reason"] == "revision" => {
+            Step::Done(Outcome::Fail)
+        }
         Some(
             ErrorKind::BadRequest
             | ErrorKind::InvalidKey
@@ -255,8 +277,8 @@ fn classify(f: Func, reply: &Value) -> Step {
             | ErrorKind::NoSpace
             | ErrorKind::NotFound,
         ) => Step::Rejected,
-        // `internal`, `conflict` (the id known with another body: the workload never sends
-        // one, so the server is wrong), or a code this build does not know.
+        // `internal`, another `conflict` (the id known with another body: the workload never
+        // sends one, so the server is wrong), or a code this build does not know.
         Some(ErrorKind::Internal | ErrorKind::Conflict) | None => Step::Broken,
     }
 }
@@ -271,30 +293,59 @@ mod tests {
 
     #[test]
     fn replies_are_classified_by_the_design_table() {
-        let ok = classify(Func::Read, &json!({"ok": true, "value": 3, "revision": 1}));
+        let ok = classify(
+            Func::Read,
+            false,
+            &json!({"ok": true, "value": 3, "revision": 1}),
+        );
         assert_eq!(ok, Step::Done(Outcome::Ok(json!(3))));
         let put = json!({"ok": true, "revision": 7});
         assert_eq!(
-            classify(Func::Write, &put),
+            classify(Func::Write, false, &put),
             Step::Done(Outcome::Ok(put.clone()))
         );
         assert_eq!(
-            classify(Func::Read, &error("not_found")),
+            classify(Func::Read, false, &error("not_found")),
             Step::Done(Outcome::Ok(Value::Null))
         );
         assert_eq!(
-            classify(Func::Write, &error("cluster_not_ready")),
+            classify(Func::Write, false, &error("cluster_not_ready")),
             Step::Refused { rotate: true }
         );
         assert_eq!(
-            classify(Func::Write, &error("busy")),
+            classify(Func::Write, false, &error("busy")),
             Step::Refused { rotate: false }
         );
-        assert_eq!(classify(Func::Write, &error("timeout")), Step::Unknown);
-        assert_eq!(classify(Func::Write, &error("bad_request")), Step::Rejected);
-        assert_eq!(classify(Func::Write, &error("internal")), Step::Broken);
-        assert_eq!(classify(Func::Write, &error("conflict")), Step::Broken);
-        assert_eq!(classify(Func::Write, &json!({"weird": 1})), Step::Broken);
+        assert_eq!(
+            classify(Func::Write, false, &error("timeout")),
+            Step::Unknown
+        );
+        assert_eq!(
+            classify(Func::Write, false, &error("bad_request")),
+            Step::Rejected
+        );
+        assert_eq!(
+            classify(Func::Write, false, &error("internal")),
+            Step::Broken
+        );
+        assert_eq!(
+            classify(Func::Write, false, &error("conflict")),
+            Step::Broken
+        );
+        assert_eq!(
+            classify(Func::Write, false, &json!({"weird": 1})),
+            Step::Broken
+        );
+        let conflict = json!({"ok": false, "error": {"code": "conflict", "reason": "revision",
+                              "revision": 4, "message": "x"}});
+        assert_eq!(
+            classify(Func::Write, true, &conflict),
+            Step::Done(Outcome::Fail)
+        );
+        // Without a condition, or for another reason, the server is wrong: unknown.
+        assert_eq!(classify(Func::Write, false, &conflict), Step::Broken);
+        let other = json!({"ok": false, "error": {"code": "conflict", "reason": "request_id"}});
+        assert_eq!(classify(Func::Write, true, &other), Step::Broken);
     }
 
     #[test]
@@ -331,6 +382,7 @@ mod tests {
             key: "k1",
             value: &value,
             request_id: Some("6f1c9a2e-0000-4000-8000-000000000000"),
+            if_revision: None,
         };
         let (subject, body) = req.subject_and_body(1000);
         assert_eq!(subject, "concord.kv.put");

@@ -14,7 +14,7 @@ use crate::history;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
 use crate::retry::RetryPolicy;
-use crate::workload::{self, Counts, Recorder, WorkloadConfig};
+use crate::workload::{self, CasCounts, Counts, Recorder, Workload, WorkloadConfig};
 use concord_harness::mesh::{CheckCluster, Spec};
 
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct CheckOptions {
     /// The Raft timings the nodes run with.
     pub timings: Timings,
     pub faults: Vec<Fault>,
+    /// What the clients do: the register workload, or the one with compare-and-swap.
+    pub workload: Workload,
     pub clients: usize,
     pub keys: usize,
     /// Deadline of one attempt of a workload operation (sent as `timeout_ms`).
@@ -54,7 +56,10 @@ pub struct SuiteVerdict {
     /// from in time.
     pub valid: bool,
     pub checker: String,
+    pub workload: Workload,
     pub ops: Counts,
+    /// Compare-and-swap writes by outcome (all 0 in the register workload).
+    pub cas: CasCounts,
     pub faults: Vec<FaultRecord>,
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
@@ -141,16 +146,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let mut cluster = start_cluster(&opts, &progress).await?;
     let netns = cluster.netns();
 
-    let wl = WorkloadConfig {
-        urls: cluster.all_client_urls(),
-        prefix: "concord".into(),
-        clients: opts.clients.max(1),
-        keys: opts.keys.max(1),
-        policy: RetryPolicy {
-            retry: opts.retry,
-            ..RetryPolicy::retrying(opts.op_timeout, opts.op_deadline)
-        },
-    };
+    let wl = workload_config(&opts, cluster.all_client_urls());
     let mut problems = Vec::new();
     let before = probe(&wl, "before the workload", &mut problems).await;
     let recorder = Recorder::new();
@@ -193,6 +189,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let history_path = opts.workdir.join("history.jsonl");
     std::fs::write(&history_path, history::to_lines(&history))?;
     let counts = workload::count(&history);
+    let cas = workload::count_cas(&history);
     let lost = workload::lost_writes(&history, &finals);
     let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
     let exactly_once = before.zip(after).map(|(b, a)| {
@@ -218,7 +215,9 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     Ok(SuiteVerdict {
         valid,
         checker,
+        workload: opts.workload,
         ops: counts,
+        cas,
         faults,
         keys_checked,
         lost_writes: lost,
@@ -234,6 +233,21 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         netns,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The workload's configuration: its clients spread over `urls`, one per NATS server.
+fn workload_config(opts: &CheckOptions, urls: Vec<String>) -> WorkloadConfig {
+    WorkloadConfig {
+        workload: opts.workload,
+        urls,
+        prefix: "concord".into(),
+        clients: opts.clients.max(1),
+        keys: opts.keys.max(1),
+        policy: RetryPolicy {
+            retry: opts.retry,
+            ..RetryPolicy::retrying(opts.op_timeout, opts.op_deadline)
+        },
+    }
 }
 
 /// Each fault's write gap and longest write wait, from the history.

@@ -8,10 +8,16 @@
 //! and body, so an operation is one invoke and one completion however many attempts it took.
 //! With retries off (`--no-retry`), one attempt, and an unknown outcome is final.
 //!
+//! The `cas` workload ([`Workload::Cas`]) adds compare-and-swap: a process remembers the
+//! revision its last read of each key returned and sends some writes with `if_revision` set
+//! to it (some with 0, "create only"); one that answers `conflict` is recorded `fail` with
+//! the key's current revision, and the checker's model holds it to that.
+//!
 //! A process whose operation ends with an unknown outcome (every attempt timed out, or
 //! `internal`) is retired and replaced by a new process id, as in Jepsen: a process has at
 //! most one operation in flight, and an unknown one stays open forever.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,8 +27,30 @@ use serde_json::{json, Value};
 use crate::history::{Attempts, Event, EventType, Func, History};
 use crate::retry::{self, Outcome, RetryPolicy};
 
+/// Which operations the processes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Reads, writes of unique values and deletes.
+    Register,
+    /// Reads, writes of unique values, compare-and-swap writes (`if_revision`) and a few
+    /// deletes.
+    Cas,
+}
+
+impl Workload {
+    pub fn parse(s: &str) -> Option<Workload> {
+        match s {
+            "register" => Some(Workload::Register),
+            "cas" => Some(Workload::Cas),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
+    pub workload: Workload,
     /// One NATS URL per server; process `p` starts every operation on `urls[p % len]` and
     /// retries on the next ones.
     pub urls: Vec<String>,
@@ -51,8 +79,7 @@ impl Recorder {
         &self,
         process: u64,
         (kind, f): (EventType, Func),
-        key: &str,
-        value: Value,
+        (key, value, if_revision): (&str, Value, Option<u64>),
         attempts: Option<Attempts>,
     ) {
         // The time is taken under the lock so the history's order matches its times.
@@ -65,6 +92,7 @@ impl Recorder {
             value,
             time: self.start.elapsed().as_nanos() as u64,
             attempts,
+            if_revision,
         });
     }
 
@@ -79,6 +107,32 @@ impl Recorder {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// Compare-and-swap writes by outcome, for the verdict: a run that tests CAS has some of
+/// each of the first two.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CasCounts {
+    pub ok: u64,
+    /// Answered `conflict`: the key's revision was another.
+    pub conflict: u64,
+    /// Refused otherwise, or of unknown outcome.
+    pub other: u64,
+}
+
+pub fn count_cas(history: &[Event]) -> CasCounts {
+    let mut c = CasCounts::default();
+    for e in history
+        .iter()
+        .filter(|e| e.kind != EventType::Invoke && e.if_revision.is_some())
+    {
+        match e.kind {
+            EventType::Ok => c.ok += 1,
+            EventType::Fail if e.attempts.as_ref().is_some_and(|a| a.conflict) => c.conflict += 1,
+            _ => c.other += 1,
+        }
+    }
+    c
 }
 
 /// Counts by outcome, for the verdict.
@@ -141,20 +195,29 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             let mut process = slot as u64;
             let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ ((slot as u64 + 1) << 17);
+            // The revision this process's last read of each key returned (0: absent).
+            let mut last_read: HashMap<String, u64> = HashMap::new();
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("k{}", next(&mut rng) % cfg.keys.max(1) as u64);
                 let roll = next(&mut rng) % 100;
-                let (f, value) = if roll < 50 {
-                    (Func::Read, Value::Null)
-                } else if roll < 90 {
-                    (Func::Write, json!(values.fetch_add(1, Ordering::Relaxed)))
-                } else {
-                    (Func::Delete, Value::Null)
+                let (f, if_revision) = pick(cfg.workload, roll, last_read.get(&key).copied());
+                let value = match f {
+                    Func::Write => json!(values.fetch_add(1, Ordering::Relaxed)),
+                    _ => Value::Null,
                 };
-                let op = (f, key.as_str(), &value);
-                let outcome = one_op(&conns, slot, &cfg, &recorder, process, op).await;
-                if outcome == Outcome::Info {
-                    process += cfg.clients as u64;
+                let op = (f, key.as_str(), &value, if_revision);
+                let (outcome, revision) = one_op(&conns, slot, &cfg, &recorder, process, op).await;
+                match outcome {
+                    Outcome::Ok(v) if f == Func::Read => {
+                        let rev = if v.is_null() {
+                            0
+                        } else {
+                            revision.unwrap_or(0)
+                        };
+                        last_read.insert(key, rev);
+                    }
+                    Outcome::Info => process += cfg.clients as u64,
+                    _ => {}
                 }
             }
         }));
@@ -163,6 +226,26 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The next operation for a roll in 0..100: its function and, for a compare-and-swap, the
+/// expected revision (`last_read`, the revision this process last read of the key, or 0,
+/// "create only", when it read none, and for a few of them anyway).
+fn pick(workload: Workload, roll: u64, last_read: Option<u64>) -> (Func, Option<u64>) {
+    match workload {
+        Workload::Register => match roll {
+            0..50 => (Func::Read, None),
+            50..90 => (Func::Write, None),
+            _ => (Func::Delete, None),
+        },
+        Workload::Cas => match roll {
+            0..45 => (Func::Read, None),
+            45..60 => (Func::Write, None),
+            60..90 => (Func::Write, Some(last_read.unwrap_or(0))),
+            90..95 => (Func::Write, Some(0)),
+            _ => (Func::Delete, None),
+        },
+    }
 }
 
 /// One client connection per NATS server, in `urls` order.
@@ -178,16 +261,17 @@ async fn connect(urls: &[String]) -> Result<Vec<async_nats::Client>, async_nats:
     Ok(conns)
 }
 
-/// One logical operation `(f, key, value)` of `process`, starting on server `home`: its
-/// invoke, its attempts, and its completion with how the attempts went.
+/// One logical operation `(f, key, value, if_revision)` of `process`, starting on server
+/// `home`: its invoke, its attempts, and its completion with how the attempts went. Returns
+/// the outcome and the revision of its reply.
 async fn one_op(
     conns: &[async_nats::Client],
     home: usize,
     cfg: &WorkloadConfig,
     recorder: &Recorder,
     process: u64,
-    (f, key, value): (Func, &str, &Value),
-) -> Outcome {
+    (f, key, value, if_revision): (Func, &str, &Value, Option<u64>),
+) -> (Outcome, Option<u64>) {
     // A fresh id per logical operation; every attempt of it carries the same one.
     let request_id = (f != Func::Read).then(|| uuid::Uuid::new_v4().to_string());
     let req = retry::Request {
@@ -196,8 +280,10 @@ async fn one_op(
         key,
         value,
         request_id: request_id.as_deref(),
+        if_revision,
     };
-    recorder.record(process, (EventType::Invoke, f), key, value.clone(), None);
+    let invoke = (key, value.clone(), if_revision);
+    recorder.record(process, (EventType::Invoke, f), invoke, None);
     let (outcome, attempts) = retry::perform(conns, home, &cfg.policy, &req).await;
     let (kind, recorded) = match &outcome {
         Outcome::Ok(v) if f == Func::Read => (EventType::Ok, v.clone()),
@@ -205,12 +291,15 @@ async fn one_op(
         Outcome::Fail => (EventType::Fail, value.clone()),
         Outcome::Info => (EventType::Info, value.clone()),
     };
-    recorder.record(process, (kind, f), key, recorded, Some(attempts));
-    if outcome == Outcome::Fail {
+    let revision = attempts.revision;
+    let conflict = attempts.conflict;
+    let done = (key, recorded, if_revision);
+    recorder.record(process, (kind, f), done, Some(attempts));
+    if outcome == Outcome::Fail && !conflict {
         // Back off a little: a cluster without a leader answers fast.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    outcome
+    (outcome, revision)
 }
 
 /// The key the revision probes write; not one of the workload's (`k0`, `k1`, …).
@@ -240,6 +329,7 @@ pub async fn revision_probe(
         key: PROBE_KEY,
         value: &value,
         request_id: Some(&id),
+        if_revision: None,
     };
     match retry::perform(&conns, 0, &policy, &req).await {
         (Outcome::Ok(_), a) => a
@@ -275,8 +365,8 @@ pub async fn final_reads(
                     "final read of {key} did not succeed within {deadline:?}"
                 ));
             }
-            let op = (Func::Read, key.as_str(), &Value::Null);
-            match one_op(&conns, 0, cfg, recorder, process, op).await {
+            let op = (Func::Read, key.as_str(), &Value::Null, None);
+            match one_op(&conns, 0, cfg, recorder, process, op).await.0 {
                 Outcome::Ok(v) => {
                     out.push((key.clone(), v));
                     break;
@@ -376,6 +466,7 @@ mod tests {
             value,
             time,
             attempts: None,
+            if_revision: None,
         }
     }
 

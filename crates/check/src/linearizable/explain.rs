@@ -47,7 +47,7 @@ impl Impasse {
         let writes_of_state = p
             .kinds
             .iter()
-            .filter(|k| matches!(k, Kind::Write(v) if *v == state))
+            .filter(|k| !matches!(k, Kind::Delete) && result_of(**k) == Some(state))
             .count();
         let unread: Vec<usize> = (0..n)
             .filter(|&i| !done.get(i) && matches!(p.kinds[i], Kind::Read(v) if v == state))
@@ -64,7 +64,7 @@ impl Impasse {
 
 pub(super) fn explain(
     key: &str,
-    p: &Prepared<'_>,
+    (p, unknown_revision): (&Prepared<'_>, &[bool]),
     prefix: &[usize],
     state: State,
     interner: &Interner<'_>,
@@ -97,7 +97,7 @@ pub(super) fn explain(
     }
     let _ = writeln!(s, "no operation among these can be linearized next:");
     for &i in &impasse.candidates {
-        let why = why_not_next(p, &impasse, i, state, interner);
+        let why = why_not_next((p, unknown_revision), &impasse, i, state, interner);
         let _ = writeln!(s, "  {}  -- {why}", describe_op(&p.ops[i]));
     }
     if impasse.pinned {
@@ -124,21 +124,76 @@ pub(super) fn explain(
     s
 }
 
+/// The operations that must be linearized (not of unknown outcome) but observe a state no
+/// operation of the key produces: a read of a value (with a revision) nobody wrote, a
+/// compare-and-swap expecting a revision nobody wrote, a refusal that reports the revision
+/// it expected, or one naming an unknown revision where no write's revision is unknown.
+pub(super) fn impossible(p: &Prepared<'_>, unknown_revision: &[bool]) -> Vec<usize> {
+    let produced: std::collections::HashSet<State> = std::iter::once(ABSENT)
+        .chain(p.kinds.iter().filter_map(|k| result_of(*k)))
+        .collect();
+    let any_unknown = produced
+        .iter()
+        .any(|&s| unknown_revision.get(s as usize).copied().unwrap_or(false));
+    (0..p.ops.len())
+        .filter(|&i| !p.lazy[i])
+        .filter(|&i| match p.kinds[i] {
+            Kind::Read(s) | Kind::Cas { expect: s, .. } => !produced.contains(&s),
+            Kind::Refused => !any_unknown,
+            _ => false,
+        })
+        .collect()
+}
+
+/// The explanation of a key with operations no order can place (see [`impossible`]).
+pub(super) fn explain_impossible(
+    key: &str,
+    p: &Prepared<'_>,
+    never: &[usize],
+    interner: &Interner<'_>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "key {key:?}: not linearizable: {} of its {} operations observe a state no operation \
+         of the key produces, so no order can place them:",
+        never.len(),
+        p.ops.len()
+    );
+    for &i in never.iter().take(SHOWN_PREFIX) {
+        let why = match p.kinds[i] {
+            Kind::Refused => "a revision no operation is known to have written, and no write \
+                              of unknown revision could have been current"
+                .to_string(),
+            Kind::Read(v) | Kind::Cas { expect: v, .. } => interner.describe(v),
+            _ => String::new(),
+        };
+        let _ = writeln!(s, "  {}  -- observes {why}", describe_op(&p.ops[i]));
+    }
+    if never.len() > SHOWN_PREFIX {
+        let _ = writeln!(s, "  ... and {} more", never.len() - SHOWN_PREFIX);
+    }
+    let _ = write!(s, "(times: ns since the workload started)");
+    s
+}
+
 /// Why candidate `i` cannot be linearized next in `state`.
 fn why_not_next(
-    p: &Prepared<'_>,
+    (p, unknown_revision): (&Prepared<'_>, &[bool]),
     impasse: &Impasse,
     i: usize,
     state: State,
     interner: &Interner<'_>,
 ) -> String {
     let kind = p.kinds[i];
-    let helper = impasse
-        .pending_unknown
-        .iter()
-        .find(|&&u| matches!(kind, Kind::Read(seen) if result_of(p.kinds[u]) == Some(seen)));
-    let changes_state = matches!(kind, Kind::Write(_) | Kind::Delete) || helper.is_some();
-    match (step(state, kind), helper) {
+    let after = |s: State, k: Kind| step(s, k, unknown_revision);
+    // A pending unknown operation after which this one would be legal.
+    let helper = impasse.pending_unknown.iter().find(|&&u| {
+        after(state, kind).is_none()
+            && after(state, p.kinds[u]).is_some_and(|mid| after(mid, kind).is_some())
+    });
+    let changes_state = result_of(kind).is_some() || helper.is_some();
+    match (after(state, kind), helper) {
         (_, Some(&u)) if impasse.pinned => format!(
             "would need {} first, replacing {} for good while reads of it remain (below)",
             describe_op(&p.ops[u]),
@@ -155,7 +210,37 @@ fn why_not_next(
             interner.describe(state),
             describe_op(&p.ops[u])
         ),
-        (None, None) => format!("illegal: the state is {}", interner.describe(state)),
+        (None, None) => match kind {
+            Kind::Read(_) if p.ops[i].completion == Completion::Refused => {
+                match (p.ops[i].revision, p.ops[i].if_revision) {
+                    (Some(c), Some(e)) if c == e => {
+                        "illegal: refused, yet the current revision it reports is the one it \
+                         expected"
+                            .to_string()
+                    }
+                    (c, _) => format!(
+                        "illegal: refused, naming r{}, but the state is {}",
+                        c.unwrap_or(0),
+                        interner.describe(state)
+                    ),
+                }
+            }
+            Kind::Cas { expect, .. } => format!(
+                "illegal: it applied, so the state was {}, but the state is {}",
+                interner.describe(expect),
+                interner.describe(state)
+            ),
+            Kind::Refused => format!(
+                "illegal: refused, naming a revision no operation is known to have written, \
+                 but the state is {}",
+                interner.describe(state)
+            ),
+            Kind::RefusedNot(expect) => format!(
+                "illegal: refused, so the state was not {}, but it is",
+                interner.describe(expect)
+            ),
+            _ => format!("illegal: the state is {}", interner.describe(state)),
+        },
     }
 }
 
@@ -170,15 +255,29 @@ fn write_ops(s: &mut String, p: &Prepared<'_>, ops: &[usize]) {
 }
 
 /// `w(1) by p3 ok @100..250`, `r()=null by p1 ok @..`, `d() by p2 info @300..?`, and
-/// `w(4) by p5 ok after 3 attempts @400..2600` for a retried operation.
+/// `w(4) by p5 ok after 3 attempts @400..2600` for a retried operation. With revisions:
+/// `r()=1@r7`, `w(2)@r9`, a compare-and-swap `cas(3 if r7)@r12`, and one refused
+/// `cas(3 if r7) by p2 conflict(r9) @..`.
 fn describe_op(op: &Op<'_>) -> String {
-    let what = match op.f {
-        Func::Write => format!("w({})", op.value),
-        Func::Delete => "d()".to_string(),
-        Func::Read => format!("r()={}", op.value),
+    let at = |r: Option<u64>| r.map_or(String::new(), |r| format!("@r{r}"));
+    let what = match (op.f, op.if_revision, op.completion) {
+        (Func::Write, Some(e), Completion::Refused) => format!("cas({} if r{e})", op.value),
+        (Func::Write, Some(e), _) => format!("cas({} if r{e}){}", op.value, at(op.revision)),
+        (Func::Write, None, _) => format!("w({}){}", op.value, at(op.revision)),
+        (Func::Delete, ..) => "d()".to_string(),
+        (Func::Read, ..) if op.value.is_null() => "r()=null".to_string(),
+        (Func::Read, ..) => format!("r()={}{}", op.value, at(op.revision)),
     };
+    let refused;
     let how = match op.completion {
         Completion::Ok => "ok",
+        Completion::Refused => {
+            refused = match op.revision {
+                Some(r) => format!("conflict(r{r})"),
+                None => "conflict".to_string(),
+            };
+            &refused
+        }
         Completion::Info => "info",
         Completion::Missing => "no completion",
     };

@@ -18,6 +18,10 @@
 //!   `Some(value)`: write(v) sets `Some(v)`, delete sets `None`, and a read is legal iff what
 //!   it observed equals the state (a `null` observation means absent). A write of JSON
 //!   `null` is taken as absence, since no read could tell the two apart.
+//! * With compare-and-swap (writes with `if_revision`, and reads that report revisions), the
+//!   state is a value with its revision: a swap expecting revision E applies only in the
+//!   state of revision E (0: absent), and one refused with `conflict` is not dropped like
+//!   other `fail`s: it observed the key's current revision, which must not be E (`model`).
 //! * Keys are independent registers, so the history is partitioned by key and every key is
 //!   checked on its own (P-compositionality): many small searches instead of one huge one.
 //! * At equal timestamps a call is ordered before a return, i.e. an operation invoked at the
@@ -40,12 +44,15 @@
 //!   the worst-of verdict;
 //! * `ops`: the events paired into operations (`ops::collect_ops`), and the operations of
 //!   unknown outcome reduced before the search (`ops::reduce_unknown_writes`);
-//! * `model`: the register (state ids, transitions) and the interning of JSON values;
+//! * `model`: the register (state ids, transitions, compare-and-swap with revisions) and
+//!   the interning of JSON values;
 //! * `search`: the WGL search over one key, its memoization and its pruning rules;
+//! * `helpers`: the operations of unknown outcome, linearized only to explain another;
 //! * `explain`: the text of a violation, from the longest linearizable prefix found;
 //! * `tests`: hand-made histories, and random ones compared with an exhaustive search.
 
 mod explain;
+mod helpers;
 mod model;
 mod ops;
 mod search;
@@ -55,9 +62,9 @@ mod tests;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::history::{Event, Func};
-use explain::explain;
-use model::{Interner, Kind};
+use crate::history::Event;
+use explain::{explain, explain_impossible, impossible};
+use model::{kinds, Interner};
 use ops::{collect_ops, reduce_unknown_writes, Op, Prepared};
 use search::{search, SearchResult};
 
@@ -163,34 +170,60 @@ pub fn check(history: &[Event], limits: &Limits) -> Result<Report, String> {
 /// then the search, and on a violation its explanation.
 fn check_key(key: &str, all: &[Op<'_>], deadline: Option<Instant>, max_states: usize) -> KeyResult {
     let mut interner = Interner::new();
-    let all_kinds: Vec<Kind> = all
-        .iter()
-        .map(|op| match op.f {
-            Func::Write => Kind::Write(interner.intern(op.value)),
-            Func::Delete => Kind::Delete,
-            Func::Read => Kind::Read(interner.intern(op.value)),
-        })
-        .collect();
+    let (all_kinds, unknown_revision) = kinds(all, &mut interner);
     let Prepared {
         ops,
         kinds,
         times,
         lazy,
     } = reduce_unknown_writes(all, &all_kinds);
+    let prepared = Prepared {
+        ops,
+        kinds,
+        times,
+        lazy,
+    };
+    // An operation no order can place (it observes a state nothing produces) needs no
+    // search, which would only find it after trying every order of what precedes it.
+    let never = impossible(&prepared, &unknown_revision);
+    if !never.is_empty() {
+        return KeyResult {
+            key: key.to_string(),
+            verdict: Verdict::NotLinearizable,
+            ops: all.len(),
+            explanation: Some(explain_impossible(key, &prepared, &never, &interner)),
+        };
+    }
+    let Prepared {
+        ops,
+        kinds,
+        times,
+        lazy,
+    } = prepared;
 
-    let (verdict, explanation) = match search(&kinds, &times, &lazy, deadline, max_states) {
+    let searched = search(
+        (&kinds, &unknown_revision),
+        &times,
+        &lazy,
+        deadline,
+        max_states,
+    );
+    let (verdict, explanation) = match searched {
         SearchResult::Linearizable => (Verdict::Linearizable, None),
         SearchResult::Exhausted(why) => (Verdict::Unknown, Some(format!("key {key:?}: {why}"))),
         SearchResult::Violation { prefix, state } => (
             Verdict::NotLinearizable,
             Some(explain(
                 key,
-                &Prepared {
-                    ops,
-                    kinds,
-                    times,
-                    lazy,
-                },
+                (
+                    &Prepared {
+                        ops,
+                        kinds,
+                        times,
+                        lazy,
+                    },
+                    &unknown_revision,
+                ),
                 &prefix,
                 state,
                 &interner,

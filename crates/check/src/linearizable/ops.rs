@@ -7,13 +7,16 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::model::{Kind, State, ABSENT};
+use super::model::{observed, result_of, Kind, State, ABSENT};
 use crate::history::{Event, EventType, Func};
 
 /// How an operation completed, for the explanation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Completion {
     Ok,
+    /// A compare-and-swap refused with `conflict`: it wrote nothing, and what it says about
+    /// the key's revision is checked.
+    Refused,
     Info,
     /// The history ended before the operation completed.
     Missing,
@@ -27,6 +30,10 @@ pub(super) struct Op<'a> {
     pub(super) key: &'a str,
     /// The value written (writes), the value read (reads), `null` (deletes).
     pub(super) value: &'a Value,
+    /// A write's condition (compare-and-swap): the revision expected, 0 = absent.
+    pub(super) if_revision: Option<u64>,
+    /// The revision the reply reported: a write's, a read's, or a refusal's current one.
+    pub(super) revision: Option<u64>,
     pub(super) call: u64,
     /// Completion time; `None` for an unknown outcome (+infinity).
     pub(super) ret: Option<u64>,
@@ -121,9 +128,14 @@ fn invoke_of(history: &[Event], i: usize, pending: Option<usize>) -> Result<usiz
 /// The operation of invoke `inv` completed by `e`, or `None` if it cannot constrain a
 /// linearization.
 fn completed_op<'a>(inv: &'a Event, e: &'a Event) -> Option<Op<'a>> {
+    let conflict = e.attempts.as_ref().is_some_and(|a| a.conflict);
     let completion = match e.kind {
         EventType::Ok => Completion::Ok,
         EventType::Info => Completion::Info,
+        // A compare-and-swap refused: nothing written, but it observed the key's revision.
+        EventType::Fail if conflict && inv.if_revision.is_some() && inv.f == Func::Write => {
+            Completion::Refused
+        }
         // Certainly did not take effect: nothing to linearize.
         EventType::Fail | EventType::Invoke => return None,
     };
@@ -141,8 +153,10 @@ fn completed_op<'a>(inv: &'a Event, e: &'a Event) -> Option<Op<'a>> {
         } else {
             &inv.value
         },
+        if_revision: inv.if_revision,
+        revision: e.attempts.as_ref().and_then(|a| a.revision),
         call: inv.time,
-        ret: (completion == Completion::Ok).then_some(e.time),
+        ret: (completion != Completion::Info).then_some(e.time),
         completion,
         attempts: e.attempts.as_ref().map_or(1, |a| a.sent.max(1)),
     })
@@ -159,6 +173,8 @@ fn uncompleted_op(inv: &Event) -> Option<Op<'_>> {
         f: inv.f,
         key: &inv.key,
         value: &inv.value,
+        if_revision: inv.if_revision,
+        revision: None,
         call: inv.time,
         ret: None,
         completion: Completion::Missing,
@@ -187,21 +203,28 @@ fn func_name(f: Func) -> &'static str {
 ///   that becomes its return time. (Not when that read returned before the write was even
 ///   invoked: the return would precede the call; the search then finds the violation.)
 ///
+/// With compare-and-swap, a condition observes a state as a read does: a compare-and-swap
+/// that applied observed the state it expected. But a refusal that names no known state
+/// (`Kind::Refused`, `Kind::RefusedNot`) may have observed an unknown write nobody read:
+/// then none is dropped.
+///
 /// The remaining unknown operations are searched lazily (see
 /// [`search`](super::search::search)).
 pub(super) fn reduce_unknown_writes<'a>(ops: &[Op<'a>], kinds: &[Kind]) -> Prepared<'a> {
     let mut writes_of: HashMap<State, usize> = HashMap::new();
     let mut first_read_ret: HashMap<State, u64> = HashMap::new();
     for (op, kind) in ops.iter().zip(kinds) {
-        match (*kind, op.ret) {
-            (Kind::Write(v), _) => *writes_of.entry(v).or_default() += 1,
-            (Kind::Read(v), Some(ret)) => {
-                let r = first_read_ret.entry(v).or_insert(ret);
-                *r = (*r).min(ret);
-            }
-            _ => {}
+        if let Some(v) = result_of(*kind).filter(|_| !matches!(kind, Kind::Delete)) {
+            *writes_of.entry(v).or_default() += 1;
+        }
+        if let (Some(v), Some(ret)) = (observed(*kind), op.ret) {
+            let r = first_read_ret.entry(v).or_insert(ret);
+            *r = (*r).min(ret);
         }
     }
+    let keep_unobserved = kinds
+        .iter()
+        .any(|k| matches!(k, Kind::Refused | Kind::RefusedNot(_)));
 
     let mut out = Prepared {
         ops: Vec::new(),
@@ -211,10 +234,12 @@ pub(super) fn reduce_unknown_writes<'a>(ops: &[Op<'a>], kinds: &[Kind]) -> Prepa
     };
     for (op, kind) in ops.iter().zip(kinds) {
         let mut ret = op.ret.unwrap_or(u64::MAX);
-        if let (Kind::Write(v), None) = (*kind, op.ret) {
+        let written = result_of(*kind).filter(|_| !matches!(kind, Kind::Delete));
+        if let (Some(v), None) = (written, op.ret) {
             // A write of `null` is a delete for the model: reads of absence may observe it.
             if v != ABSENT {
                 match first_read_ret.get(&v) {
+                    None if keep_unobserved => {}
                     None => continue,
                     Some(&r) if r >= op.call && writes_of.get(&v) == Some(&1) => ret = r,
                     Some(_) => {}

@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
-use super::model::{result_of, step, Kind, State, ABSENT};
+use super::helpers::{Chain, Helpers};
+use super::model::{observed, step, unconditional, Kind, State, ABSENT};
 
 /// Fixed-size bitset of linearized operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl Bitset {
 /// linearized, and every linearized one after it was invoked before that one returned. So
 /// `first_zero` plus the words from it to the highest set bit describe the set in a few
 /// words, whose length is bounded by concurrency, not by history length.
-struct Linearized {
+pub(super) struct Linearized {
     /// Rank of each operation within its class.
     rank: Vec<usize>,
     lazy: Vec<bool>,
@@ -81,7 +82,7 @@ impl Linearized {
         }
     }
 
-    fn get(&self, op: usize) -> bool {
+    pub(super) fn get(&self, op: usize) -> bool {
         if self.lazy[op] {
             self.helpers.get(self.rank[op])
         } else {
@@ -339,46 +340,35 @@ pub(super) enum SearchResult {
 }
 
 /// One choice of the search: a linearized operation (its call entry), the unknown-outcome
-/// write or delete linearized just before it to explain what it read (if any, an operation
-/// index), and the state before both.
+/// operations linearized just before it to explain what it observed (if any), and the
+/// state before them all.
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     entry: usize,
-    helper: Option<usize>,
+    helper: Chain,
     /// Start of this frame's blind writes in the absorbed stack (see [`blind_writes`]).
     absorbed_from: usize,
     state: State,
     /// The node's only move (a legal read): backtracking past it fails the node.
     forced: bool,
+    /// Which of the move's alternatives this is, and whether to try the next one when it
+    /// fails (see [`alternatives`]).
+    alt: usize,
+    more: bool,
 }
 
-/// The lazy operations, by the state they leave, each list sorted by invoke time.
-struct Helpers(HashMap<State, Vec<(u64, usize)>>);
-
-impl Helpers {
-    fn new(kinds: &[Kind], times: &[(u64, u64)], lazy: &[bool]) -> Self {
-        let mut by_result: HashMap<State, Vec<(u64, usize)>> = HashMap::new();
-        for (i, kind) in kinds.iter().enumerate() {
-            if let (true, Some(result)) = (lazy[i], result_of(*kind)) {
-                by_result.entry(result).or_default().push((times[i].0, i));
-            }
-        }
-        for list in by_result.values_mut() {
-            list.sort_unstable();
-        }
-        Helpers(by_result)
-    }
-
-    /// The earliest-invoked lazy operation not yet linearized that leaves `seen` and was
-    /// invoked by `frontier`. Any such one would do: from now on each stays available
-    /// forever (infinite return time) with the same effect, so they are interchangeable.
-    fn find(&self, seen: State, frontier: u64, linearized: &Linearized) -> Option<usize> {
-        self.0
-            .get(&seen)?
-            .iter()
-            .take_while(|&&(call, _)| call <= frontier)
-            .find(|&&(_, op)| !linearized.get(op))
-            .map(|&(_, op)| op)
+/// Whether a move of `kind` with helpers `chain` has alternatives to try when it fails:
+/// a refusal's helpers leave different states, which later operations may tell apart; and
+/// a compare-and-swap legal as it is may also be tried after helpers that leave its
+/// expected state again, absorbing the blind writes that are candidates (`blind_pending`):
+/// W (blind), an unknown delete, a swap expecting absence, is an order no other move
+/// reaches (the delete is a helper only, and W may not wait until after the swap).
+fn alternatives(kind: Kind, chain: &Chain, alt: usize, blind_pending: bool) -> bool {
+    let helped = chain.iter().next().is_some();
+    match kind {
+        Kind::Refused | Kind::RefusedNot(_) => helped,
+        Kind::Cas { .. } => alt == 0 && !helped && blind_pending,
+        _ => false,
     }
 }
 
@@ -411,7 +401,7 @@ impl Helpers {
 /// [`Helpers`], and one is eligible when invoked by the time of the first return entry,
 /// exactly when its call entry would have been a candidate.
 pub(super) fn search(
-    kinds: &[Kind],
+    (kinds, unknown_revision): (&[Kind], &[bool]),
     times: &[(u64, u64)],
     lazy: &[bool],
     deadline: Option<Instant>,
@@ -420,13 +410,14 @@ pub(super) fn search(
     let n = kinds.len();
     let mut entries = Entries::new(times, lazy);
     let helpers = Helpers::new(kinds, times, lazy);
-    let blind = blind_writes(kinds, lazy);
+    let blind = blind_writes(kinds, lazy, unknown_revision);
     // Per state id: how many writes produce it, and how many reads of it are not linearized.
     let states = kinds
         .iter()
         .map(|k| match *k {
-            Kind::Write(v) | Kind::Read(v) => v as usize + 1,
-            Kind::Delete => 1,
+            Kind::Write(v) | Kind::Read(v) | Kind::RefusedNot(v) => v as usize + 1,
+            Kind::Cas { expect, write } => expect.max(write) as usize + 1,
+            Kind::Delete | Kind::Refused => 1,
         })
         .max()
         .unwrap_or(1);
@@ -434,9 +425,9 @@ pub(super) fn search(
     let mut unread = vec![0usize; states];
     for k in kinds {
         match *k {
-            Kind::Write(v) => writes_of[v as usize] += 1,
+            Kind::Write(v) | Kind::Cas { write: v, .. } => writes_of[v as usize] += 1,
             Kind::Read(v) => unread[v as usize] += 1,
-            Kind::Delete => {}
+            Kind::Delete | Kind::Refused | Kind::RefusedNot(_) => {}
         }
     }
 
@@ -459,9 +450,11 @@ pub(super) fn search(
     let mut low_water = 0usize;
 
     let mut steps: u64 = 0;
-    // `entry` is the scan position in the current node; `at_node_start` says the node was
-    // just entered and its legal reads have not been looked at yet.
+    // `entry` is the scan position in the current node, `alt` the helper chain to try for
+    // it; `at_node_start` says the node was just entered and its legal reads have not been
+    // looked at yet.
     let mut entry = entries.next[HEAD];
+    let mut alt = 0;
     let mut at_node_start = true;
     while remaining > 0 {
         steps += 1;
@@ -477,22 +470,23 @@ pub(super) fn search(
             }
         }
 
-        // The move to try: (call entry, helper, new state, forced).
-        let mut next_move: Option<(usize, Option<usize>, State, bool)> = None;
+        // The move to try: (call entry, helpers, new state, forced).
+        let mut next_move: Option<(usize, Chain, State, bool, usize)> = None;
         if at_node_start {
             at_node_start = false;
-            // A candidate read that is legal now can be linearized first without loss: in
-            // any valid continuation, moving it to the front leaves every other operation's
-            // state unchanged (reads change nothing) and breaks no real-time order (whatever
-            // returned before it was invoked is already linearized, or it would not be a
-            // candidate). So it is the node's only move, and if it fails the node fails.
+            // A candidate read (or refused compare-and-swap) that is legal now can be
+            // linearized first without loss: in any valid continuation, moving it to the
+            // front leaves every other operation's state unchanged (it changes nothing) and
+            // breaks no real-time order (whatever returned before it was invoked is already
+            // linearized, or it would not be a candidate). So it is the node's only move, and
+            // if it fails the node fails.
             let mut e = entries.next[HEAD];
             while e != NIL && entries.is_call(e) {
-                if let Kind::Read(seen) = kinds[entries.op[e]] {
-                    if seen == state {
-                        next_move = Some((e, None, state, true));
-                        break;
-                    }
+                let kind = kinds[entries.op[e]];
+                let keeps = matches!(kind, Kind::Read(_) | Kind::Refused | Kind::RefusedNot(_));
+                if keeps && step(state, kind, unknown_revision).is_some() {
+                    next_move = Some((e, Chain::EMPTY, state, true, 0));
+                    break;
                 }
                 e = entries.next[e];
             }
@@ -509,33 +503,51 @@ pub(super) fn search(
         // return anyway rather than trusted.
         if next_move.is_none() && entry != NIL && entries.is_call(entry) {
             let op = entries.op[entry];
-            next_move = match (step(state, kinds[op]), kinds[op]) {
+            next_move = match step(state, kinds[op], unknown_revision) {
                 // A blind write is absorbed by the other writes' moves (see `blind_writes`)
                 // and only a move of its own once it is due.
-                (Some(_), _) if blind[op] && entries.first_return() != entries.ret_of[entry] => {
-                    None
-                }
-                (Some(s), _) => Some((entry, None, s, false)),
-                (None, Kind::Read(seen)) => helpers
-                    .find(seen, entries.frontier(), &bits)
-                    .map(|h| (entry, Some(h), seen, false)),
-                (None, _) => None,
+                Some(_) if blind[op] && entries.first_return() != entries.ret_of[entry] => None,
+                Some(s) if alt == 0 => Some((entry, Chain::EMPTY, s, false, 0)),
+                // A swap legal as it is, tried again after helpers (see `alternatives`).
+                Some(_) => helpers
+                    .find(
+                        (kinds[op], state),
+                        entries.frontier(),
+                        &bits,
+                        (kinds, unknown_revision),
+                        alt - 1,
+                    )
+                    .map(|(h, s)| (entry, h, s, false, alt)),
+                None => helpers
+                    .find(
+                        (kinds[op], state),
+                        entries.frontier(),
+                        &bits,
+                        (kinds, unknown_revision),
+                        alt,
+                    )
+                    .map(|(h, s)| (entry, h, s, false, alt)),
             };
             if next_move.is_none() {
                 entry = entries.next[entry];
+                alt = 0;
                 continue;
             }
         }
 
-        if let Some((call, helper, new_state, forced)) = next_move {
+        if let Some((call, helper, new_state, forced, alt_now)) = next_move {
             let op = entries.op[call];
+            let pending =
+                matches!(kinds[op], Kind::Cas { .. }) && blind_candidate(&entries, &blind);
+            let more = alternatives(kinds[op], &helper, alt_now, pending);
             bits.set(op);
-            if let Some(h) = helper {
+            for h in helper.iter() {
                 bits.set(h);
             }
             let absorbed_from = absorbed.len();
-            // Writes, deletes and helpers (writes or deletes themselves) absorb.
-            if helper.is_some() || matches!(kinds[op], Kind::Write(_) | Kind::Delete) {
+            // Unconditional writes and deletes absorb, as helpers or on their own; a
+            // compare-and-swap does not (a write just before it would change what it needs).
+            if unconditional(helper.iter().next().map_or(kinds[op], |h| kinds[h])) {
                 let mut e = entries.next[HEAD];
                 while e != NIL && entries.is_call(e) {
                     let other = entries.op[e];
@@ -561,6 +573,8 @@ pub(super) fn search(
                     absorbed_from,
                     state,
                     forced,
+                    alt: alt_now,
+                    more,
                 });
                 state = new_state;
                 if let Kind::Read(v) = kinds[op] {
@@ -582,7 +596,7 @@ pub(super) fn search(
                                 .iter()
                                 .map(|&e| entries.op[e]),
                         );
-                        best_ops.extend(f.helper);
+                        best_ops.extend(f.helper.iter());
                         best_ops.push(entries.op[f.entry]);
                         best_ends.push(best_ops.len());
                     }
@@ -590,11 +604,12 @@ pub(super) fn search(
                     low_water = stack.len();
                 }
                 entry = entries.next[HEAD];
+                alt = 0;
                 at_node_start = true;
                 continue;
             }
             bits.clear(op);
-            if let Some(h) = helper {
+            for h in helper.iter() {
                 bits.clear(h);
             }
             for &e in &absorbed[absorbed_from..] {
@@ -602,7 +617,13 @@ pub(super) fn search(
             }
             absorbed.truncate(absorbed_from);
             // A forced move that leads to a known failure fails its node (NIL: backtrack).
-            entry = if forced { NIL } else { entries.next[call] };
+            (entry, alt) = if forced {
+                (NIL, 0)
+            } else if more {
+                (call, alt_now + 1)
+            } else {
+                (entries.next[call], 0)
+            };
             continue;
         }
 
@@ -616,7 +637,7 @@ pub(super) fn search(
         low_water = low_water.min(stack.len());
         state = frame.state;
         remaining += 1 + (absorbed.len() - frame.absorbed_from);
-        if let Some(h) = frame.helper {
+        for h in frame.helper.iter() {
             bits.clear(h);
         }
         // Relink in the reverse order of the lifts.
@@ -633,16 +654,33 @@ pub(super) fn search(
         bits.clear(op);
         entries.unlift(frame.entry);
         // After a forced move the node has no alternative: fail it too.
-        entry = if frame.forced {
-            NIL
+        (entry, alt) = if frame.forced {
+            (NIL, 0)
+        } else if frame.more {
+            (frame.entry, frame.alt + 1)
         } else {
-            entries.next[frame.entry]
+            (entries.next[frame.entry], 0)
         };
     }
     SearchResult::Linearizable
 }
 
-/// Writes that must be linearized (not lazy) and whose value no read observed.
+/// Whether a blind write is among the candidates (call entries before the first return).
+fn blind_candidate(entries: &Entries, blind: &[bool]) -> bool {
+    let mut e = entries.next[HEAD];
+    while e != NIL && entries.is_call(e) {
+        if blind[entries.op[e]] {
+            return true;
+        }
+        e = entries.next[e];
+    }
+    false
+}
+
+/// Writes that must be linearized (not lazy) and whose value no read observed: no read
+/// returned it, no compare-and-swap expected it, and its revision is known (a refusal that
+/// names no known revision may have observed it). None when a refusal without a current
+/// revision (`Kind::RefusedNot`) may observe any state.
 ///
 /// Such a write W is immediately followed by a write or delete in any linearization (a read
 /// right after it would observe its value), or is last. So:
@@ -655,17 +693,17 @@ pub(super) fn search(
 /// * otherwise W needs a move of its own only when its return entry is the first one: if
 ///   the write or delete following it were a candidate already, absorbing covers it, and
 ///   if not, nothing but W can come first.
-fn blind_writes(kinds: &[Kind], lazy: &[bool]) -> Vec<bool> {
-    let observed: HashSet<State> = kinds
-        .iter()
-        .filter_map(|k| match k {
-            Kind::Read(v) => Some(*v),
-            _ => None,
-        })
-        .collect();
+/// * a compare-and-swap cannot follow W (it would observe W's state), so only unconditional
+///   writes and deletes absorb.
+fn blind_writes(kinds: &[Kind], lazy: &[bool], unknown_revision: &[bool]) -> Vec<bool> {
+    if kinds.iter().any(|k| matches!(k, Kind::RefusedNot(_))) {
+        return vec![false; kinds.len()];
+    }
+    let seen: HashSet<State> = kinds.iter().filter_map(|k| observed(*k)).collect();
+    let unknown = |v: &State| unknown_revision.get(*v as usize).copied().unwrap_or(false);
     kinds
         .iter()
         .zip(lazy)
-        .map(|(k, &l)| matches!(k, Kind::Write(v) if !l && !observed.contains(v)))
+        .map(|(k, &l)| matches!(k, Kind::Write(v) if !l && !seen.contains(v) && !unknown(v)))
         .collect()
 }
