@@ -212,7 +212,8 @@ async fn nesting_body(cluster: &Cluster) -> Result<()> {
     let scanned = ok(cluster, "kv.scan", json!({"prefix": "deep/"}), None).await?;
     ensure!(
         scanned["items"]
-            == json!([{"key": "deep/at", "value": expected, "revision": revision(&at_limit)?}]),
+            == json!([{"key": "deep/at", "value": expected, "revision": revision(&at_limit)?,
+                "create_revision": revision(&at_limit)?, "version": 1, "lease": 0}]),
         "scan: {scanned}"
     );
     Ok(())

@@ -338,6 +338,7 @@ async fn orphaned_write_body(cluster: &mut CheckCluster) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let elected_at = Instant::now();
+    cut_off_leader_refuses_at_once(&on_old, old).await?;
     let on_new = cluster.client(new)?.clone();
     let purged = fill_until_purged(cluster, &on_new, new, old_last + 10).await?;
     eprintln!("new leader {new} purged its log to {purged}; healing");
@@ -418,6 +419,52 @@ async fn orphaned_write_body(cluster: &mut CheckCluster) -> Result<()> {
     ensure!(
         got["error"]["code"] == "not_found" || got["value"] == 1,
         "the write of unknown outcome reads back as {got}"
+    );
+    Ok(())
+}
+
+/// The old leader, cut off from both others, keeps leading in its own eyes (openraft 0.9
+/// steps down only on hearing of a newer term); once no quorum has acknowledged it for
+/// twice `election_timeout_max` (3.2 s here) it refuses what it has not taken, at once and
+/// with a reason, so that a client tries another node instead of waiting out its deadline.
+async fn cut_off_leader_refuses_at_once(on_old: &async_nats::Client, old: u64) -> Result<()> {
+    let subject = format!("concord.node.{old}.kv.put");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = request(
+            on_old,
+            &subject,
+            json!({"key": "cut-off", "value": 1, "timeout_ms": 300}),
+        )
+        .await?;
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        if reply["error"]["code"] == "cluster_not_ready" && message.contains("no quorum") {
+            break;
+        }
+        ensure!(
+            reply["error"]["code"] == "timeout",
+            "a put on leader {old}, cut off, answered {reply}"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "leader {old}, cut off for 15 s, still takes writes: {reply}"
+        );
+    }
+    let asked = Instant::now();
+    let reply = request(
+        on_old,
+        &subject,
+        json!({"key": "cut-off", "value": 2, "timeout_ms": 5000}),
+    )
+    .await?;
+    ensure!(
+        reply["error"]["code"] == "cluster_not_ready" && asked.elapsed() < Duration::from_secs(1),
+        "a put with 5 s to spare on cut-off leader {old} answered {reply} after {:?}",
+        asked.elapsed()
+    );
+    eprintln!(
+        "cut-off leader {old} refused a put at once: {}",
+        reply["error"]["message"]
     );
     Ok(())
 }

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{bad_request, value_too_large, ErrorKind, WireError};
 use crate::limits::{excerpt, excerpt_to};
+use crate::store::keys::KeyMeta;
 use crate::store::state_machine::Item;
 use crate::subjects::KvOp;
 
@@ -27,6 +28,8 @@ pub enum KvRequest {
     Put {
         key: String,
         value: String,
+        /// Only if the key's revision is this (0: only if absent), decided at apply.
+        if_revision: Option<u64>,
     },
     Get {
         key: String,
@@ -35,6 +38,7 @@ pub enum KvRequest {
     },
     Delete {
         key: String,
+        if_revision: Option<u64>,
     },
     Scan {
         prefix: String,
@@ -69,6 +73,7 @@ struct PutBody<'a> {
     token: Option<String>,
     timeout_ms: Option<u64>,
     request_id: Option<uuid::Uuid>,
+    if_revision: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +94,7 @@ struct DeleteBody {
     token: Option<String>,
     timeout_ms: Option<u64>,
     request_id: Option<uuid::Uuid>,
+    if_revision: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +192,7 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
                 KvRequest::Put {
                     key: b.key,
                     value: b.value.get().to_string(),
+                    if_revision: b.if_revision,
                 },
                 Common {
                     request_id: b.request_id,
@@ -207,7 +214,10 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
         KvOp::Delete => {
             let b: DeleteBody = typed(body)?;
             (
-                KvRequest::Delete { key: b.key },
+                KvRequest::Delete {
+                    key: b.key,
+                    if_revision: b.if_revision,
+                },
                 Common {
                     request_id: b.request_id,
                     ..common(b.token, b.timeout_ms)
@@ -294,6 +304,11 @@ pub struct GetReply<'a> {
     pub ok: bool,
     pub value: &'a RawValue,
     pub revision: u64,
+    pub create_revision: u64,
+    pub version: u64,
+    pub lease: u64,
+    /// The store had applied at least this revision when the key was read.
+    pub store_revision: u64,
 }
 
 #[derive(Serialize)]
@@ -308,6 +323,9 @@ struct ScanItem<'a> {
     key: &'a str,
     value: &'a RawValue,
     revision: u64,
+    create_revision: u64,
+    version: u64,
+    lease: u64,
 }
 
 /// Stored JSON was validated on the way in; a failure here means corrupt storage.
@@ -317,11 +335,17 @@ fn raw(json: &[u8]) -> Result<&RawValue, WireError> {
     serde_json::from_str(s).map_err(|_| crate::error::internal("stored value is not JSON"))
 }
 
-pub fn encode_get(revision: u64, json: &[u8]) -> Result<Vec<u8>, WireError> {
+/// A get reply: the value with its key's metadata, and where the store stood (at least
+/// `store_revision`, and never below the key's own revision).
+pub fn encode_get(meta: &KeyMeta, json: &[u8], store_revision: u64) -> Result<Vec<u8>, WireError> {
     Ok(encode_ok(&GetReply {
         ok: true,
         value: raw(json)?,
-        revision,
+        revision: meta.revision,
+        create_revision: meta.create_revision,
+        version: meta.version,
+        lease: meta.lease,
+        store_revision: store_revision.max(meta.revision),
     }))
 }
 
@@ -331,15 +355,36 @@ pub const REPLY_HEADER_ROOM: usize = 1024;
 /// One scan page: the items the store read, cut further so the encoded reply is at most
 /// `max_bytes` (the store's cut is an estimate; a key's JSON escapes can double it). `more`
 /// is the store's word that keys remain; an item left out here makes it true too.
-pub fn encode_scan(items: &[Item], more: bool, max_bytes: usize) -> Result<Vec<u8>, WireError> {
+///
+/// The page ends with `store_revision`: the store had applied at least that revision when
+/// the page was read, and no item on it is newer.
+pub fn encode_scan(
+    items: &[Item],
+    more: bool,
+    max_bytes: usize,
+    store_revision: u64,
+) -> Result<Vec<u8>, WireError> {
+    let store_revision = items
+        .iter()
+        .map(|it| it.meta.revision)
+        .fold(store_revision, u64::max);
+    let tail = format!(r#","store_revision":{store_revision}}}"#);
     let items = items.iter().map(|it| {
         Ok(ScanItem {
             key: &it.key,
             value: raw(&it.json)?,
-            revision: it.revision,
+            revision: it.meta.revision,
+            create_revision: it.meta.create_revision,
+            version: it.meta.version,
+            lease: it.meta.lease,
         })
     });
-    encode_page("items", items, usize::MAX, more, max_bytes).map(|(body, _)| body)
+    let room = max_bytes.saturating_sub(tail.len());
+    let (mut body, _) = encode_page("items", items, usize::MAX, more, room)?;
+    // `{"ok":true,"items":[…],"more":M}` ends with its brace: the field goes before it.
+    body.pop();
+    body.extend_from_slice(tail.as_bytes());
+    Ok(body)
 }
 
 /// A list reply, `{"ok":true,"<field>":[…],"more":M}`, of at most `limit` items and at most
@@ -411,10 +456,21 @@ mod tests {
             req,
             KvRequest::Put {
                 key: "a".into(),
-                value: r#"{"x": [1, 2]}"#.into()
+                value: r#"{"x": [1, 2]}"#.into(),
+                if_revision: None,
             }
         );
         assert_eq!(c.timeout, Some(Duration::from_millis(50)));
+        let (req, _) = decode_kv(KvOp::Delete, br#"{"key":"a","if_revision":0}"#).unwrap();
+        assert_eq!(
+            req,
+            KvRequest::Delete {
+                key: "a".into(),
+                if_revision: Some(0),
+            }
+        );
+        let e = decode_kv(KvOp::Put, br#"{"key":"a","value":1,"if_revision":-1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorKind::BadRequest);
     }
 
     #[test]
@@ -456,12 +512,26 @@ mod tests {
 
     #[test]
     fn replies_embed_raw_json() {
-        let r = encode_get(7, br#"{"a":1}"#).unwrap();
-        assert_eq!(r, br#"{"ok":true,"value":{"a":1},"revision":7}"#);
+        let meta = KeyMeta {
+            revision: 7,
+            create_revision: 5,
+            version: 2,
+            lease: 0,
+        };
+        let r = encode_get(&meta, br#"{"a":1}"#, 9).unwrap();
+        assert_eq!(
+            r,
+            &br#"{"ok":true,"value":{"a":1},"revision":7,"create_revision":5,"version":2,"lease":0,"store_revision":9}"#[..]
+        );
         let e = encode_error(&crate::error::not_found("key 'a' not found"));
         assert_eq!(
             e,
             br#"{"ok":false,"error":{"code":"not_found","message":"key 'a' not found"}}"#
+        );
+        let e = encode_error(&crate::error::not_found("key 'a' not found").at_store_revision(4));
+        assert_eq!(
+            e,
+            &br#"{"ok":false,"error":{"code":"not_found","message":"key 'a' not found","store_revision":4}}"#[..]
         );
     }
 
@@ -508,26 +578,27 @@ mod tests {
         let items: Vec<Item> = (0..100)
             .map(|i| Item {
                 key: format!("k{i:03}{}", "\"".repeat(100)),
-                revision: i,
+                meta: KeyMeta::plain(i),
                 json: b"1".to_vec(),
             })
             .collect();
-        let whole = encode_scan(&items, false, usize::MAX).unwrap();
-        assert!(whole.ends_with(br#"],"more":false}"#));
-        let page = encode_scan(&items, false, 4096).unwrap();
-        assert!(page.len() <= 4096 && page.ends_with(br#"],"more":true}"#));
+        let whole = encode_scan(&items, false, usize::MAX, 7).unwrap();
+        // The store revision is at least the newest item's.
+        assert!(whole.ends_with(br#"],"more":false,"store_revision":99}"#));
+        let page = encode_scan(&items, false, 4096, 500).unwrap();
+        assert!(page.len() <= 4096 && page.ends_with(br#"],"more":true,"store_revision":500}"#));
         let v: serde_json::Value = serde_json::from_slice(&page).unwrap();
         let n = v["items"].as_array().unwrap().len();
         assert!(n > 0 && n < 100);
         assert_eq!(v["items"][0]["key"], items[0].key.as_str());
         // The same shape serde gives a struct.
-        let one = encode_scan(&items[..1], false, usize::MAX).unwrap();
+        let one = encode_scan(&items[..1], false, usize::MAX, 3).unwrap();
         let expect = format!(
-            r#"{{"ok":true,"items":[{{"key":{},"value":1,"revision":0}}],"more":false}}"#,
+            r#"{{"ok":true,"items":[{{"key":{},"value":1,"revision":0,"create_revision":0,"version":1,"lease":0}}],"more":false,"store_revision":3}}"#,
             serde_json::to_string(&items[0].key).unwrap()
         );
         assert_eq!(one, expect.as_bytes());
-        let e = encode_scan(&items, false, 64).unwrap_err();
+        let e = encode_scan(&items, false, 64, 0).unwrap_err();
         assert_eq!(e.code, ErrorKind::ValueTooLarge);
         let (body, n) =
             encode_page("tokens", (0..5).map(Ok::<u32, WireError>), 3, false, 1024).unwrap();

@@ -34,6 +34,9 @@ pub struct ContactWindow {
     /// A follower that heard from its leader within this (a few heartbeats) may believe it
     /// is alive: see [`ContactWindow::heard_lately`].
     lately: Duration,
+    /// A leader no quorum acknowledged for longer than this has most likely been replaced
+    /// (see [`ContactWindow::cut_off_leader`]).
+    deposed_after: Duration,
 }
 
 impl ContactWindow {
@@ -47,7 +50,29 @@ impl ContactWindow {
             contact,
             window,
             lately: (heartbeat * 2).max(Duration::from_millis(100)),
+            deposed_after: Duration::MAX,
         }
+    }
+
+    /// Sets how long a leader may go without a quorum's acknowledgment before it stops
+    /// taking requests: twice `raft.election_timeout_max_ms` in the node.
+    pub fn deposed_after(mut self, after: Duration) -> ContactWindow {
+        self.deposed_after = after;
+        self
+    }
+
+    /// How long ago a quorum last acknowledged this node, when it is the leader and that is
+    /// longer than `deposed_after`: by then the others have campaigned and most likely
+    /// elected another (openraft 0.9 keeps the old leader leading until it hears of the new
+    /// term), so it refuses what it has not taken yet, and a client tries another node at
+    /// once instead of waiting out its deadline at a leader cut off from the rest
+    /// (etcd's CheckQuorum makes such a leader step down for the same reason).
+    pub fn cut_off_leader(&self, m: &RaftMetrics) -> Option<u64> {
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let ms = m.millis_since_quorum_ack?;
+        (u128::from(ms) > self.deposed_after.as_millis()).then_some(ms)
     }
 
     /// Whether this follower heard from its leader within two heartbeats. A write is
@@ -112,6 +137,24 @@ mod tests {
             w.check(&leader_acked(None)),
             Err(NoContact::LeaderNeverAcknowledged)
         );
+    }
+
+    /// A leader counts as cut off only past `deposed_after`, and only with an acknowledgment
+    /// to measure from (a new leader has none yet).
+    #[test]
+    fn a_leader_is_cut_off_past_deposed_after() {
+        let w = ContactWindow::new(
+            Arc::default(),
+            Duration::from_millis(300),
+            Duration::from_millis(100),
+        )
+        .deposed_after(Duration::from_millis(800));
+        assert_eq!(w.cut_off_leader(&leader_acked(Some(800))), None);
+        assert_eq!(w.cut_off_leader(&leader_acked(Some(801))), Some(801));
+        assert_eq!(w.cut_off_leader(&leader_acked(None)), None);
+        let mut follower = leader_acked(Some(5_000));
+        follower.state = ServerState::Follower;
+        assert_eq!(w.cut_off_leader(&follower), None);
     }
 
     /// A follower that never heard from a leader is not in contact.

@@ -140,22 +140,45 @@ struct WriteTag {
 impl WriteTag {
     /// The command for `op`: a client write carrying the id once the cluster writes format
     /// 2 (the proposer would turn a plain put or delete into an untagged one), the format-1
-    /// put or delete before, when ids cannot travel and are ignored.
-    fn command(&self, ctx: &Ctx, op: Op) -> Command {
-        if self.request_id.is_none()
-            || ctx.consensus.view.cluster_format() < crate::command::FORMAT_V2
-        {
-            return match op {
+    /// put or delete before, when ids cannot travel and are ignored. A condition
+    /// (`if_revision`) travels only in format 2: before the switch (a rolling upgrade in
+    /// progress) it is refused, never dropped.
+    fn command(&self, ctx: &Ctx, op: Op) -> Result<Command, WireError> {
+        let conditional = matches!(
+            op,
+            Op::Put {
+                if_revision: Some(_),
+                ..
+            } | Op::Delete {
+                if_revision: Some(_),
+                ..
+            }
+        );
+        if ctx.consensus.view.cluster_format() < crate::command::FORMAT_V2 {
+            if conditional {
+                return Err(crate::error::cluster_not_ready(
+                    "if_revision is taken once the cluster writes log format 2 (every node \
+                     upgraded; see admin.status log_format); it was not applied",
+                ));
+            }
+            return Ok(match op {
                 Op::Put { key, value, .. } => Command::Put { key, value },
                 Op::Delete { key, .. } => Command::Delete { key },
                 other => Command::Client(Request::untagged(other)),
-            };
+            });
         }
-        Command::Client(Request {
+        if self.request_id.is_none() && !conditional {
+            return Ok(match op {
+                Op::Put { key, value, .. } => Command::Put { key, value },
+                Op::Delete { key, .. } => Command::Delete { key },
+                other => Command::Client(Request::untagged(other)),
+            });
+        }
+        Ok(Command::Client(Request {
             request_id: self.request_id,
             token_id: self.token_id.clone(),
             op,
-        })
+        }))
     }
 }
 
@@ -225,19 +248,23 @@ async fn serve_on_leader(
         access.check(ctx)?;
     }
     match req {
-        KvRequest::Put { key, value } => {
+        KvRequest::Put {
+            key,
+            value,
+            if_revision,
+        } => {
             check_quota(ctx, key, value)?;
             let cmd = write.command(
                 ctx,
                 Op::Put {
                     key: key.clone(),
                     value: value.clone(),
-                    if_revision: None,
+                    if_revision: *if_revision,
                     lease: None,
                     ttl_ms: None,
                     fence: None,
                 },
-            );
+            )?;
             match propose_resendable(ctx, cmd, r).await? {
                 Applied::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
                 Applied::Conflict { reason, revision } => Err(conflict(reason, revision)),
@@ -246,15 +273,15 @@ async fn serve_on_leader(
                 )))),
             }
         }
-        KvRequest::Delete { key } => {
+        KvRequest::Delete { key, if_revision } => {
             let cmd = write.command(
                 ctx,
                 Op::Delete {
                     key: key.clone(),
-                    if_revision: None,
+                    if_revision: *if_revision,
                     fence: None,
                 },
-            );
+            )?;
             match propose_resendable(ctx, cmd, r).await? {
                 Applied::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
                     ok: true,
@@ -316,6 +343,10 @@ fn conflict(reason: ConflictReason, revision: Option<u64>) -> AttemptError {
         ConflictReason::RequestId => {
             "this request_id was already used with another command; use a new id for a new \
              operation"
+        }
+        ConflictReason::Revision => {
+            "if_revision did not match: the key changed (or was created or deleted) since that \
+             revision; read it again and retry with its current revision"
         }
     };
     AttemptError::Fail(WireError::conflict(reason.as_str(), message, revision))
@@ -423,6 +454,9 @@ async fn scan_page(
         .min(ctx.limits.sizes.max_scan_limit);
     let max_bytes = scan_page_bytes(ctx.limits.max_payload);
     let view = ctx.consensus.view.clone();
+    // Read before the page: every write up to it is visible to the page (apply publishes
+    // the revision after the writes).
+    let store_revision = view.revision();
     let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
     let (items, more) = ctx
         .workers
@@ -437,7 +471,7 @@ async fn scan_page(
         .limits
         .max_payload
         .saturating_sub(codec::REPLY_HEADER_ROOM);
-    codec::encode_scan(&items, more, reply_bytes)
+    codec::encode_scan(&items, more, reply_bytes, store_revision)
 }
 
 /// The byte budget of one scan page: the scan loop stops there. Well under the max payload
@@ -456,10 +490,16 @@ fn storage_failed(e: crate::store::Error) -> WireError {
 /// an async worker. Scans go through [`scan_page`].
 fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
     match req {
-        KvRequest::Get { key, .. } => match ctx.consensus.view.get(key).map_err(storage_failed)? {
-            Some((revision, json)) => codec::encode_get(revision, &json),
-            None => Err(not_found(format!("key '{}' not found", excerpt(key)))),
-        },
+        KvRequest::Get { key, .. } => {
+            // Read before the key: every write up to it is visible (apply publishes the
+            // revision after the writes).
+            let store_revision = ctx.consensus.view.revision();
+            match ctx.consensus.view.record(key).map_err(storage_failed)? {
+                Some((meta, json)) => codec::encode_get(&meta, &json, store_revision),
+                None => Err(not_found(format!("key '{}' not found", excerpt(key)))
+                    .at_store_revision(store_revision)),
+            }
+        }
         _ => Err(internal("read_now called for a scan or a write")),
     }
 }

@@ -249,9 +249,15 @@ where
 {
     let mut metrics = ctx.consensus.raft.metrics();
     loop {
-        let leader = metrics.borrow_and_update().current_leader;
+        let (leader, cut_off) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, ctx.consensus.contact.cut_off_leader(&m))
+        };
         let attempt = match leader {
-            Some(l) if l == ctx.cluster.me => serve().await,
+            Some(l) if l == ctx.cluster.me => match cut_off {
+                Some(ms) => return Err(cut_off_leader(ctx, r, ms)),
+                None => serve().await,
+            },
             // Boxed: forwarding is rare (leader-direct routing), and inline its future would
             // size every request task.
             Some(_) if !r.forwarded && r.is_write && !ctx.consensus.contact.heard_lately() => {
@@ -285,6 +291,23 @@ where
             Err(AttemptError::Fail(e)) => return Err(e),
             Err(AttemptError::Retry) => tokio::time::sleep(RETRY_PAUSE).await,
         }
+    }
+}
+
+/// The reply of a leader no quorum has acknowledged for `ms` ms (see
+/// [`super::contact::ContactWindow::cut_off_leader`]): `cluster_not_ready` for a request it
+/// has not taken, so the client tries another node at once; `timeout` for a write an
+/// earlier attempt may have delivered (a resendable one, sent again from here).
+fn cut_off_leader(ctx: &Ctx, r: &Routed<'_>, ms: u64) -> WireError {
+    let why = format!(
+        "node {} leads, but no quorum has acknowledged it for {ms} ms: it is likely cut off \
+         from the other nodes, which elect another leader; try another node",
+        ctx.cluster.me
+    );
+    if r.delivery.may_have_effect() {
+        timeout(format!("{why} (an earlier attempt may still be applied)"))
+    } else {
+        cluster_not_ready(why)
     }
 }
 

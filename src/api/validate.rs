@@ -91,7 +91,7 @@ pub fn value_depth(value: &str) -> Result<(), WireError> {
 
 pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
     match req {
-        KvRequest::Put { key: k, value } => {
+        KvRequest::Put { key: k, value, .. } => {
             key(k)?;
             if value.len() > limits.max_value_bytes {
                 return Err(value_too_large(format!(
@@ -110,7 +110,7 @@ pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
             }
             Ok(())
         }
-        KvRequest::Get { key: k, .. } | KvRequest::Delete { key: k } => key(k),
+        KvRequest::Get { key: k, .. } | KvRequest::Delete { key: k, .. } => key(k),
         KvRequest::Scan {
             prefix,
             limit,
@@ -171,6 +171,7 @@ mod tests {
         let put = |v: &str| KvRequest::Put {
             key: "k".into(),
             value: v.into(),
+            if_revision: None,
         };
         assert!(request(&put("12345"), &limits).is_ok());
         let e = request(&put("12345678901"), &limits).unwrap_err();

@@ -275,12 +275,15 @@ pub enum Applied {
 pub enum ConflictReason {
     /// The request id was used before with another command.
     RequestId,
+    /// `if_revision` did not match the key's revision.
+    Revision,
 }
 
 impl ConflictReason {
     pub fn as_str(self) -> &'static str {
         match self {
             ConflictReason::RequestId => "request_id",
+            ConflictReason::Revision => "revision",
         }
     }
 }

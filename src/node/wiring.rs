@@ -59,7 +59,6 @@ pub(super) async fn wire(
     mut opened: Opened,
     live_cluster: bool,
 ) -> Result<Running, Error> {
-    let me = config.node.id;
     if let Some(rx) = opened.events.take() {
         opened.tracker.spawn(observe::publish::run(
             opened.observer.clone(),
@@ -77,24 +76,7 @@ pub(super) async fn wire(
     } = start_raft(config, &opened).await?;
     let (cancel, tracker) = (opened.cancel.clone(), opened.tracker.clone());
 
-    let contact = Arc::new(LeaderContact::default());
-
-    let service = Arc::new(RaftService {
-        client: opened.client.clone(),
-        subjects: opened.subjects.clone(),
-        me,
-        cluster_name: config.cluster.name.clone(),
-        raft: raft.clone(),
-        view: opened.view.clone(),
-        contact: contact.clone(),
-        hold_votes: (opened.pristine && (live_cluster || config.cluster.join)).into(),
-        signer: opened.signer.clone(),
-        rejections: rejections.clone(),
-    });
-    tracker.spawn(log_failure(
-        "raft rpc service",
-        service.clone().run(cancel.clone(), tracker.clone()),
-    ));
+    let (service, contact) = serve_raft(config, &opened, &raft, &rejections, live_cluster);
 
     let removed = CancellationToken::new();
     let ctx = request_context(
@@ -188,7 +170,8 @@ fn request_context(
                 contact,
                 config.raft.election_timeout_min(),
                 config.raft.heartbeat_interval(),
-            ),
+            )
+            .deposed_after(config.raft.election_timeout_max() * 2),
         },
         security: api::Security {
             auth: crate::auth::Authorizer::new(config.auth.enabled, opened.admin_token.as_deref()),
@@ -333,4 +316,44 @@ fn spawn_watchers(config: &Config, opened: &Opened, raft: &Raft, contact: Arc<Le
         opened.view.clone(),
         cancel.clone(),
     ));
+}
+
+/// The Raft RPC service on this node's subjects, and the election watchdog beside it; the
+/// service's record of when the leader was last heard from.
+fn serve_raft(
+    config: &Config,
+    opened: &Opened,
+    raft: &crate::raft::types::Raft,
+    rejections: &Arc<crate::signing::Rejections>,
+    live_cluster: bool,
+) -> (Arc<RaftService>, Arc<LeaderContact>) {
+    let me = config.node.id;
+    let (cancel, tracker) = (opened.cancel.clone(), opened.tracker.clone());
+    let contact = Arc::new(LeaderContact::default());
+
+    let service = Arc::new(RaftService {
+        client: opened.client.clone(),
+        subjects: opened.subjects.clone(),
+        me,
+        cluster_name: config.cluster.name.clone(),
+        raft: raft.clone(),
+        view: opened.view.clone(),
+        contact: contact.clone(),
+        hold_votes: (opened.pristine && (live_cluster || config.cluster.join)).into(),
+        lease: config.raft.election_timeout_max(),
+        signer: opened.signer.clone(),
+        rejections: rejections.clone(),
+    });
+    tracker.spawn(log_failure(
+        "raft rpc service",
+        service.clone().run(cancel.clone(), tracker.clone()),
+    ));
+    tracker.spawn(crate::raft::watchdog::run(
+        raft.clone(),
+        me,
+        contact.clone(),
+        config.raft.election_timeout_max() * 2 + config.raft.heartbeat_interval() / 2,
+        cancel.clone(),
+    ));
+    (service, contact)
 }

@@ -5,7 +5,8 @@
 //! appends go through [`replication`], which the log store also tells what it saved (its
 //! `AppendObserver`), so a leader's entries go to followers while its own fsync runs.
 //! [`rpc`] wraps each message in the [`wire`] envelope and sends it through the node's
-//! [`inbox`], where its reply arrives. [`handoff`] passes leadership on at shutdown.
+//! [`inbox`], where its reply arrives. [`handoff`] passes leadership on at shutdown;
+//! [`watchdog`] campaigns when openraft's own election timer runs late.
 
 pub mod handoff;
 pub mod inbox;
@@ -14,6 +15,7 @@ pub mod replication;
 pub mod rpc;
 pub mod service;
 pub mod types;
+pub mod watchdog;
 pub mod wire;
 
 use std::sync::Arc;

@@ -77,6 +77,9 @@ pub struct RaftService {
     /// may have voted in the current term before its data was lost, so it grants no vote
     /// until a leader has reached it (and its vote is persisted again).
     pub hold_votes: AtomicBool,
+    /// The leader lease (`raft.election_timeout_max_ms`): a follower that heard from its
+    /// leader within it does not campaign on a candidate's request.
+    pub lease: Duration,
     /// Set with `cluster.secret`: RPCs must carry a valid MAC, replies are signed.
     pub signer: Option<Signer>,
     pub rejections: Arc<Rejections>,
@@ -161,7 +164,12 @@ impl RaftService {
             }
             Some(RaftRpc::Vote) => {
                 self.serve(msg, |req: VoteRequest<NodeId>| async move {
-                    self.raft.vote(req).await
+                    let candidate_log = req.last_log_id;
+                    let res = self.raft.vote(req).await;
+                    if let Ok(resp) = &res {
+                        self.campaign_if_ahead(resp, candidate_log);
+                    }
+                    res
                 })
                 .await
             }
@@ -183,6 +191,41 @@ impl RaftService {
             None => return None,
         };
         Some(reply)
+    }
+
+    /// Campaigns at once when a candidate whose log is behind this node's asked for its vote
+    /// after the leader went silent past its lease. That candidate cannot win, and openraft
+    /// 0.9 restarts this node's election timer when the request arrives, so the election
+    /// would otherwise wait a whole timeout more: after a partition of the leader, 1.6 s to a
+    /// new leader instead of 0.8 s. A live leader's followers never do this (they heard from
+    /// it within the lease), and a leader never does.
+    fn campaign_if_ahead(
+        &self,
+        resp: &openraft::raft::VoteResponse<NodeId>,
+        candidate_log: Option<openraft::LogId<NodeId>>,
+    ) {
+        if resp.vote_granted || resp.last_log_id <= candidate_log {
+            return;
+        }
+        if self.contact.since().is_some_and(|d| d <= self.lease) {
+            return;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let voter = m.membership_config.voter_ids().any(|id| id == self.me);
+        if !voter || m.state == openraft::ServerState::Leader {
+            return;
+        }
+        tracing::info!(
+            candidate_log = ?candidate_log,
+            mine = ?resp.last_log_id,
+            "a candidate behind this node's log asked for its vote; campaigning"
+        );
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::debug!(error = %e, "campaign not started");
+            }
+        });
     }
 
     /// Decodes and checks the envelope, runs `f`, encodes its result.

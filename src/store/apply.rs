@@ -20,7 +20,7 @@ use super::recent::BatchWrites;
 use super::view::StateView;
 use super::{keys, Error};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
-use crate::command::{Applied, Command, Op, Request, COMMAND_FORMAT, FORMAT_V2};
+use crate::command::{Applied, Command, ConflictReason, Op, Request, COMMAND_FORMAT, FORMAT_V2};
 use crate::observe::{AppliedFigures, ApplyProbe, Observer};
 use crate::types::{Entry, StoredMembership};
 
@@ -247,11 +247,42 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
             if_revision: None,
             fence: None,
         } => delete(b, key)?,
+        // Compare-and-swap: decided here, in log order, against the key as this batch
+        // leaves it, so every node decides alike and no write slips in between.
+        Op::Put {
+            key,
+            value,
+            if_revision: Some(expected),
+            lease: None,
+            ttl_ms: None,
+            fence: None,
+        } => match revision_mismatch(b, &key, expected)? {
+            Some(conflict) => conflict,
+            None => put(b, key, &value)?,
+        },
+        Op::Delete {
+            key,
+            if_revision: Some(expected),
+            fence: None,
+        } => match revision_mismatch(b, &key, expected)? {
+            Some(conflict) => conflict,
+            None => delete(b, key)?,
+        },
         // Decodable from format 2 on; given behaviour by the coordination work.
         other => Applied::Unsupported {
             operation: other.name().into(),
         },
     })
+}
+
+/// `conflict` (reason `revision`, with the key's current revision, 0 when absent) unless
+/// `key`'s revision is `expected` (0: the key is absent).
+fn revision_mismatch(b: &ApplyBatch, key: &str, expected: u64) -> Result<Option<Applied>, Error> {
+    let current = b.writes.record(key)?.map_or(0, |(meta, _)| meta.revision);
+    Ok((current != expected).then_some(Applied::Conflict {
+        reason: ConflictReason::Revision,
+        revision: Some(current),
+    }))
 }
 
 /// Whether this batch switched the cluster's log format; if so, the data directory moves to

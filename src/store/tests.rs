@@ -366,7 +366,10 @@ fn unflushed_puts_are_read_at_once_and_recovered_by_replay() {
         check(&view);
         let (items, more) = view.scan("", None, 10, usize::MAX).unwrap();
         assert!(!more);
-        let keys: Vec<_> = items.iter().map(|i| (i.key.as_str(), i.revision)).collect();
+        let keys: Vec<_> = items
+            .iter()
+            .map(|i| (i.key.as_str(), i.meta.revision))
+            .collect();
         assert_eq!(keys, vec![("a", 3), ("b", 2)]);
     });
     rt().block_on(async {

@@ -37,7 +37,7 @@ pub(crate) fn kv_options() -> KeyspaceCreateOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
     pub key: String,
-    pub revision: u64,
+    pub meta: keys::KeyMeta,
     pub json: Vec<u8>,
 }
 
@@ -238,7 +238,7 @@ impl StateView {
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            let (revision, json) = keys::decode_value(&v)
+            let (meta, json) = keys::decode_record(&v)
                 .ok_or_else(|| Error::Corrupt("short value in key space".into()))?;
             let cost = k.len() + json.len() + 48;
             if items.len() >= limit || (bytes + cost > max_bytes && !items.is_empty()) {
@@ -247,7 +247,7 @@ impl StateView {
             bytes += cost;
             items.push(Item {
                 key: String::from_utf8_lossy(&k).into_owned(),
-                revision,
+                meta,
                 json: json.to_vec(),
             });
         }
@@ -327,8 +327,15 @@ impl StateView {
         let read_view = self.store.db.snapshot();
         let mut h = Sha256::new();
         let mut n = 0u64;
+        let mut segments = Vec::new();
         for guard in read_view.iter(&kv) {
             let (k, v) = guard.into_inner()?;
+            if keys::idempotency_segment(&k).is_some() {
+                // A node's own grouping of the idempotency records: hashed below by what
+                // the segments hold, which every node agrees on.
+                segments.push((k, v));
+                continue;
+            }
             h.update((k.len() as u32).to_be_bytes());
             h.update(&k);
             h.update((v.len() as u32).to_be_bytes());
@@ -336,6 +343,10 @@ impl StateView {
             // Counted as the keys clients see; hashed with the state machine's own.
             n += u64::from(!keys::is_reserved(&k));
         }
+        h.update(b"idempotency");
+        h.update(super::idempotency::stored_digest(
+            segments.into_iter().map(Ok),
+        )?);
         for guard in read_view.iter(&self.store.tokens) {
             let (k, v) = guard.into_inner()?;
             h.update(b"token");

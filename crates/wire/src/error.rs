@@ -65,6 +65,9 @@ pub struct WireError {
     /// key's revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+    /// Where the store stood when a read found nothing (`not_found` of a get).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_revision: Option<u64>,
 }
 
 impl WireError {
@@ -74,7 +77,14 @@ impl WireError {
             message: message.into(),
             reason: None,
             revision: None,
+            store_revision: None,
         }
+    }
+
+    /// This error with the store revision a read saw.
+    pub fn at_store_revision(mut self, store_revision: u64) -> Self {
+        self.store_revision = Some(store_revision);
+        self
     }
 
     /// A `conflict` for `reason`, with the current revision when it is part of the answer.

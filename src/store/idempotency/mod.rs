@@ -389,6 +389,31 @@ impl<R: Records> Apply<'_, R> {
     }
 }
 
+/// A digest of the records that segments (in key order) hold, the same on every node
+/// whatever the grouping: each held id with its record, in id order.
+pub fn stored_digest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    segments: impl Iterator<Item = Result<(K, V), Error>>,
+) -> Result<[u8; 32], Error> {
+    use sha2::Digest as _;
+    let mut records = BTreeMap::new();
+    for stored in segments {
+        let (_, v) = stored?;
+        let segment: Segment = decode(v.as_ref())?;
+        for key in &segment.removed {
+            records.remove(key);
+        }
+        records.extend(segment.added);
+    }
+    let mut h = sha2::Sha256::new();
+    for (key, record) in &records {
+        let bytes = crate::binary::encode(&(key, record))
+            .map_err(|e| Error::Corrupt(format!("encoding an idempotency record: {e}")))?;
+        h.update((bytes.len() as u32).to_be_bytes());
+        h.update(bytes);
+    }
+    Ok(h.finalize().into())
+}
+
 fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, Error> {
     crate::binary::decode(v).map_err(|e| Error::Corrupt(format!("idempotency segment: {e}")))
 }
