@@ -230,7 +230,8 @@ async fn updates_body(cluster: &Cluster) -> Result<()> {
 /// revision (and `--json` prints the error with `reason` and `revision`); `get --json`
 /// prints the value with its metadata and plain `get` keeps the value alone on stdout;
 /// `put --if-revision` with the right revision writes, `delete --if-revision` with a stale
-/// one exits 3 and deletes nothing, with the right one deletes.
+/// one exits 3 and deletes nothing, with the right one deletes; `get --json` of the deleted
+/// key prints the `not_found` error with the `store_revision` the read saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_if_revision_and_metadata() -> Result<()> {
     let cluster = Cluster::start(1).await?;
@@ -308,7 +309,13 @@ async fn cli_body(cluster: &Cluster) -> Result<()> {
         del.code == Some(0) && del.json()?["deleted"] == json!(true),
         "delete with the current revision: {del:?}"
     );
-    let gone = cluster.run_cli(&["get", "c"]).await?;
-    ensure!(gone.code == Some(1), "c after its delete: {gone:?}");
+    let gone = cluster.run_cli(&["--json", "get", "c"]).await?;
+    let err = &gone.json()?["error"];
+    ensure!(
+        gone.code == Some(1)
+            && err["code"] == json!("not_found")
+            && err["store_revision"].as_u64().is_some_and(|s| s > r2),
+        "get --json of c after its delete: the not_found error with store_revision: {gone:?}"
+    );
     Ok(())
 }

@@ -86,7 +86,8 @@ pub async fn delete(client: &Client, global: &Global, w: &Write<'_>) -> i32 {
 }
 
 /// `concord get`: the value on stdout and its metadata on stderr, so that
-/// `$(concord get KEY)` is still the value; `--json` prints the whole reply.
+/// `$(concord get KEY)` is still the value; `--json` prints the whole reply (for an absent
+/// key, the `not_found` error with `store_revision`).
 pub async fn get(
     client: &Client,
     global: &Global,
@@ -94,11 +95,8 @@ pub async fn get(
     consistency: ReadConsistency,
     min_revision: Option<u64>,
 ) -> Result<i32, ClientError> {
-    let Some(kv) = client.get_kv_with(key, consistency, min_revision).await? else {
-        return Err(ClientError::Server(concord::error::not_found(format!(
-            "key '{key}' not found"
-        ))));
-    };
+    // Absent: the cluster's `not_found`, with the `store_revision` the read saw.
+    let kv = client.get_kv_reply(key, consistency, min_revision).await?;
     let mut reply = serde_json::to_value(&kv).unwrap_or_default();
     reply["ok"] = true.into();
     if !global.json {

@@ -89,6 +89,21 @@ impl Client {
         consistency: ReadConsistency,
         min_revision: Option<u64>,
     ) -> Result<Option<KeyValue>, ClientError> {
+        match self.get_kv_reply(key, consistency, min_revision).await {
+            Ok(kv) => Ok(Some(kv)),
+            Err(ClientError::Server(e)) if e.code == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Client::get_kv_with`] with an absent key as the cluster's `not_found` error, which
+    /// carries the `store_revision` the read saw (the CLI prints it with `--json`).
+    pub async fn get_kv_reply(
+        &self,
+        key: &str,
+        consistency: ReadConsistency,
+        min_revision: Option<u64>,
+    ) -> Result<KeyValue, ClientError> {
         let mut body = serde_json::json!({"key": key});
         if consistency == ReadConsistency::Stale {
             body["consistency"] = "stale".into();
@@ -100,11 +115,8 @@ impl Client {
             ReadConsistency::Linearizable => Retry::Idempotent,
             ReadConsistency::Stale => Retry::Refused,
         };
-        match self.send(self.subjects.kv(KvOp::Get), &body, retry).await {
-            Ok(v) => key_value(v).map(Some),
-            Err(ClientError::Server(e)) if e.code == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let v = self.send(self.subjects.kv(KvOp::Get), &body, retry).await?;
+        key_value(v)
     }
 
     /// Puts `value` at `key` only if the key's revision is `if_revision` when the write
