@@ -20,6 +20,11 @@
 //!   left; they never retry `timeout` or `internal`.
 //! - A write whose retries end in a refusal after an attempt without an answer reports
 //!   `timeout`: it may have applied.
+//!
+//! Compare-and-swap ([`cas`]): `put_if` and `delete_if` send `if_revision` and are retried
+//! like the other writes; a `conflict` comes back as [`ClientError::Conflict`] with the key's
+//! current revision and is never retried by the transport. [`Client::update`] is the
+//! optimistic read-modify-write loop built on them.
 
 use std::time::Duration;
 
@@ -34,7 +39,9 @@ use crate::config::NatsConfig;
 use crate::error::{ErrorKind, WireError};
 use crate::subjects::{AdminOp, KvOp, Subjects, HEADER_TIMEOUT_MS};
 
+pub mod cas;
 pub mod retry;
+pub use cas::KeyValue;
 pub use retry::Retry;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,16 @@ pub enum ClientError {
     /// The cluster answered with an error code.
     #[error("{0}")]
     Server(WireError),
+    /// The cluster answered `conflict`: a condition of the write did not hold and nothing was
+    /// written. `reason` says which (`revision` for `if_revision`, `request_id` for an id
+    /// reused with another command); `revision` is the key's current revision (0 when it is
+    /// absent) when the reason is `revision`. Never retried as it is: the caller decides.
+    #[error("conflict: {message}")]
+    Conflict {
+        reason: String,
+        revision: Option<u64>,
+        message: String,
+    },
     #[error(transparent)]
     Connect(#[from] crate::nats::Error),
     /// Nobody subscribes to the subject: the request was never delivered.
@@ -58,6 +75,7 @@ impl ClientError {
     pub fn code(&self) -> ErrorKind {
         match self {
             ClientError::Server(e) => e.code,
+            ClientError::Conflict { .. } => ErrorKind::Conflict,
             ClientError::Connect(_) | ClientError::NoResponders(_) => ErrorKind::ClusterNotReady,
             ClientError::Nats(_) => ErrorKind::Timeout,
             ClientError::Decode(_) => ErrorKind::Internal,
@@ -69,6 +87,18 @@ impl ClientError {
     pub fn to_json(&self) -> Value {
         match self {
             ClientError::Server(e) => serde_json::to_value(e).unwrap_or_default(),
+            ClientError::Conflict {
+                reason,
+                revision,
+                message,
+            } => {
+                let mut v = serde_json::json!({"code": ErrorKind::Conflict, "reason": reason,
+                    "message": message});
+                if let Some(r) = revision {
+                    v["revision"] = (*r).into();
+                }
+                v
+            }
             other => serde_json::json!({"code": other.code(), "message": other.message()}),
         }
     }
@@ -77,7 +107,19 @@ impl ClientError {
     pub fn message(&self) -> String {
         match self {
             ClientError::Server(e) => e.message.clone(),
+            ClientError::Conflict { message, .. } => message.clone(),
             other => other.to_string(),
+        }
+    }
+
+    /// The key's current revision when this is a `conflict` with reason `revision` (an
+    /// `if_revision` that did not hold; 0 when the key is absent), else `None`.
+    pub fn conflict_revision(&self) -> Option<u64> {
+        match self {
+            ClientError::Conflict {
+                reason, revision, ..
+            } if reason == "revision" => Some(revision.unwrap_or(0)),
+            _ => None,
         }
     }
 }
@@ -89,17 +131,28 @@ pub struct Versioned {
     pub revision: u64,
 }
 
+/// One key of a scan page, with its metadata (see [`KeyValue`]; 0 from a cluster that
+/// predates key metadata).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ScanItem {
     pub key: String,
     pub value: Value,
     pub revision: u64,
+    #[serde(default)]
+    pub create_revision: u64,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub lease: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ScanPage {
     pub items: Vec<ScanItem>,
     pub more: bool,
+    /// The revision the store stood at when the page was read (0 from an older cluster).
+    #[serde(default)]
+    pub store_revision: u64,
 }
 
 /// One page of `token.list`: tokens in id order, and whether more follow.
@@ -198,7 +251,7 @@ impl Client {
         value: &Value,
         request_id: Uuid,
     ) -> Result<u64, ClientError> {
-        let body = serde_json::json!({"key": key, "value": value, "request_id": request_id});
+        let body = cas::put_body(key, value, None, request_id);
         let r = self
             .send(self.subjects.kv(KvOp::Put), &body, Retry::Idempotent)
             .await?;
@@ -216,24 +269,11 @@ impl Client {
         consistency: ReadConsistency,
         min_revision: Option<u64>,
     ) -> Result<Option<Versioned>, ClientError> {
-        let mut body = serde_json::json!({"key": key});
-        if consistency == ReadConsistency::Stale {
-            body["consistency"] = "stale".into();
-        }
-        if let Some(min) = min_revision {
-            body["min_revision"] = min.into();
-        }
-        let retry = match consistency {
-            ReadConsistency::Linearizable => Retry::Idempotent,
-            ReadConsistency::Stale => Retry::Refused,
-        };
-        match self.send(self.subjects.kv(KvOp::Get), &body, retry).await {
-            Ok(v) => serde_json::from_value(v)
-                .map(Some)
-                .map_err(|e| ClientError::Decode(e.to_string())),
-            Err(ClientError::Server(e)) if e.code == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let kv = self.get_kv_with(key, consistency, min_revision).await?;
+        Ok(kv.map(|kv| Versioned {
+            value: kv.value,
+            revision: kv.revision,
+        }))
     }
 
     /// Deletes `key` with a fresh `request_id`. Returns whether the key existed, and the
@@ -248,12 +288,11 @@ impl Client {
         key: &str,
         request_id: Uuid,
     ) -> Result<(bool, u64), ClientError> {
-        let body = serde_json::json!({"key": key, "request_id": request_id});
+        let body = cas::delete_body(key, None, request_id);
         let r = self
             .send(self.subjects.kv(KvOp::Delete), &body, Retry::Idempotent)
             .await?;
-        let deleted = r.get("deleted").and_then(Value::as_bool).unwrap_or(false);
-        Ok((deleted, revision(&r)?))
+        cas::delete_reply(&r)
     }
 
     pub async fn scan(
@@ -477,6 +516,11 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
     }
     let code = v["error"]["code"].as_str();
     match (ErrReply::deserialize(&v), code) {
+        (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(ClientError::Conflict {
+            reason: e.error.reason.unwrap_or_default(),
+            revision: e.error.revision,
+            message: e.error.message,
+        }),
         (Ok(e), _) => Err(ClientError::Server(e.error)),
         // A code newer than this client (e.g. `conflict` from a newer cluster): final, never
         // retried, and shown as the cluster sent it.

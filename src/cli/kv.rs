@@ -1,13 +1,32 @@
-//! `concord put`, `delete` and `scan`: writes carry a `request_id` (the caller's or a new
-//! one) that `--json` shows; scan follows pages until the limit or the end of the prefix.
+//! `concord put`, `get`, `delete` and `scan`: writes carry a `request_id` (the caller's or a
+//! new one) that `--json` shows, and `--if-revision` for compare-and-swap (a `conflict` exits
+//! with [`super::EXIT_CONFLICT`]); `get` shows the key's metadata; scan follows pages until
+//! the limit or the end of the prefix.
 
 use clap::Args;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{display_value, emit, out, Global};
+use super::{display_value, emit, exit_code, out, Global};
 use concord::client::{Client, ClientError, ReadConsistency};
 use concord::ErrorKind;
+
+/// `--if-revision`, shared by `put` and `delete`.
+#[derive(Debug, Args)]
+pub struct IfRevisionArg {
+    /// Write only if the key's revision is N when the write applies (0: only if the key does
+    /// not exist), e.g. the revision `concord get` showed. Otherwise nothing is written and
+    /// the command exits 3 (conflict), showing the key's current revision.
+    #[arg(long, value_name = "N")]
+    pub if_revision: Option<u64>,
+}
+
+/// One write of the CLI: the key, its condition and its request id.
+pub struct Write<'a> {
+    pub key: &'a str,
+    pub if_revision: Option<u64>,
+    pub id: Uuid,
+}
 
 /// `--request-id`, shared by the write commands.
 #[derive(Debug, Args)]
@@ -29,23 +48,31 @@ impl RequestIdArg {
 }
 
 /// `concord put`: the exit code.
-pub async fn put(client: &Client, global: &Global, key: &str, value: &Value, id: Uuid) -> i32 {
-    match client.put_with_id(key, value, id).await {
+pub async fn put(client: &Client, global: &Global, w: &Write<'_>, value: &Value) -> i32 {
+    let res = match w.if_revision {
+        Some(n) => client.put_if_with_id(w.key, value, n, w.id).await,
+        None => client.put_with_id(w.key, value, w.id).await,
+    };
+    match res {
         Ok(rev) => out(
             global,
-            json!({"ok": true, "revision": rev, "request_id": id}),
+            json!({"ok": true, "revision": rev, "request_id": w.id}),
             || format!("OK (revision {rev})"),
         ),
-        Err(e) => report_write(global, &e, id),
+        Err(e) => report_write(global, &e, w),
     }
 }
 
 /// `concord delete`: the exit code.
-pub async fn delete(client: &Client, global: &Global, key: &str, id: Uuid) -> i32 {
-    match client.delete_with_id(key, id).await {
+pub async fn delete(client: &Client, global: &Global, w: &Write<'_>) -> i32 {
+    let res = match w.if_revision {
+        Some(n) => client.delete_if_with_id(w.key, n, w.id).await,
+        None => client.delete_with_id(w.key, w.id).await,
+    };
+    match res {
         Ok((deleted, rev)) => out(
             global,
-            json!({"ok": true, "deleted": deleted, "revision": rev, "request_id": id}),
+            json!({"ok": true, "deleted": deleted, "revision": rev, "request_id": w.id}),
             || {
                 if deleted {
                     format!("deleted (revision {rev})")
@@ -54,26 +81,75 @@ pub async fn delete(client: &Client, global: &Global, key: &str, id: Uuid) -> i3
                 }
             },
         ),
-        Err(e) => report_write(global, &e, id),
+        Err(e) => report_write(global, &e, w),
     }
 }
 
-/// Like `super::report`, with the write's id, and after `timeout` how to retry it safely.
-fn report_write(global: &Global, e: &ClientError, id: Uuid) -> i32 {
+/// `concord get`: the value on stdout and its metadata on stderr, so that
+/// `$(concord get KEY)` is still the value; `--json` prints the whole reply (for an absent
+/// key, the `not_found` error with `store_revision`).
+pub async fn get(
+    client: &Client,
+    global: &Global,
+    key: &str,
+    consistency: ReadConsistency,
+    min_revision: Option<u64>,
+) -> Result<i32, ClientError> {
+    // Absent: the cluster's `not_found`, with the `store_revision` the read saw.
+    let kv = client.get_kv_reply(key, consistency, min_revision).await?;
+    let mut reply = serde_json::to_value(&kv).unwrap_or_default();
+    reply["ok"] = true.into();
+    if !global.json {
+        eprintln!("{}", metadata_line(&kv));
+    }
+    Ok(out(global, reply, || display_value(&kv.value)))
+}
+
+/// The metadata of a key, for people.
+fn metadata_line(kv: &concord::client::KeyValue) -> String {
+    format!(
+        "revision {}, created at revision {}, version {}, lease {} (store at revision {})",
+        kv.revision, kv.create_revision, kv.version, kv.lease, kv.store_revision
+    )
+}
+
+/// The line a conflict prints, for people: what the condition expected and what the key is.
+fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
+    let current = e.conflict_revision()?;
+    let key = w.key;
+    Some(match (w.if_revision, current) {
+        (_, 0) => format!("conflict: key '{key}' does not exist (revision 0); nothing written"),
+        (Some(0), cur) => {
+            format!("conflict: key '{key}' already exists (revision {cur}); nothing written")
+        }
+        (Some(n), cur) => {
+            format!("conflict: key '{key}' changed (revision {cur}, expected {n}); nothing written")
+        }
+        (None, cur) => format!("conflict: key '{key}' changed (revision {cur})"),
+    })
+}
+
+/// Like `super::report`, with the write's id, after `timeout` how to retry it safely, and
+/// after a revision conflict the key's current revision.
+fn report_write(global: &Global, e: &ClientError, w: &Write<'_>) -> i32 {
     let code = e.code();
     let message = e.message();
+    let id = w.id;
     if global.json {
         let v = json!({"ok": false, "error": e.to_json(), "request_id": id});
         emit(&v.to_string());
     }
-    eprintln!("error: {code}: {message}");
+    match conflict_line(e, w) {
+        Some(line) => eprintln!("{line}"),
+        None => eprintln!("error: {code}: {message}"),
+    }
     if code == ErrorKind::Timeout {
         eprintln!(
             "the write may or may not have applied; to retry it safely, run the same command \
              with --request-id {id}"
         );
     }
-    1
+    exit_code(e)
 }
 
 pub async fn scan(
@@ -102,7 +178,11 @@ pub async fn scan(
             let more = page.more;
             let json_items: Vec<Value> = items
                 .iter()
-                .map(|i| json!({"key": i.key, "value": i.value, "revision": i.revision}))
+                .map(|i| {
+                    json!({"key": i.key, "value": i.value, "revision": i.revision,
+                        "create_revision": i.create_revision, "version": i.version,
+                        "lease": i.lease})
+                })
                 .collect();
             return Ok(out(
                 global,
@@ -116,5 +196,47 @@ pub async fn scan(
                 },
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(revision: Option<u64>) -> ClientError {
+        ClientError::Conflict {
+            reason: "revision".into(),
+            revision,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_revision_conflict_names_the_key_and_its_current_revision() {
+        let w = |if_revision| Write {
+            key: "k",
+            if_revision,
+            id: Uuid::nil(),
+        };
+        let line = |e: &ClientError, n| conflict_line(e, &w(n)).unwrap_or_default();
+        assert_eq!(
+            line(&conflict(Some(9)), Some(4)),
+            "conflict: key 'k' changed (revision 9, expected 4); nothing written"
+        );
+        assert_eq!(
+            line(&conflict(Some(9)), Some(0)),
+            "conflict: key 'k' already exists (revision 9); nothing written"
+        );
+        assert!(line(&conflict(None), Some(4)).contains("does not exist (revision 0)"));
+        let reused = ClientError::Conflict {
+            reason: "request_id".into(),
+            revision: None,
+            message: "m".into(),
+        };
+        assert_eq!(conflict_line(&reused, &w(Some(1))), None);
+        assert_eq!(exit_code(&conflict(Some(1))), super::super::EXIT_CONFLICT);
+        assert_eq!(exit_code(&reused), super::super::EXIT_CONFLICT);
+        let busy = ClientError::Server(concord::WireError::new(ErrorKind::Busy, "m"));
+        assert_eq!(exit_code(&busy), 1);
     }
 }

@@ -1,6 +1,6 @@
 //! The `concord` command line: `serve` runs a node; the other commands are clients of the
 //! wire protocol. Every client command takes `--json` and exits non-zero with the error
-//! code on failure.
+//! code on failure: [`EXIT_CONFLICT`] for a `conflict`, 1 for any other error.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,11 +27,17 @@ pub use cluster::ClusterCmd;
 pub use serve::ServeArgs;
 pub use token::TokenCmd;
 
+/// The exit status of a client command refused with `conflict` (e.g. `--if-revision` did not
+/// hold): nothing was written, and a script can tell it from a failure.
+pub const EXIT_CONFLICT: i32 = 3;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "concord",
     version,
-    about = "A distributed, strongly consistent key-value store on Raft and NATS"
+    about = "A distributed, strongly consistent key-value store on Raft and NATS",
+    after_help = "Exit status of client commands: 0 ok; 1 error; 2 bad command line; \
+                  3 conflict (a condition such as --if-revision did not hold; nothing was written)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -79,13 +85,19 @@ pub enum Cmd {
     /// Run one node.
     Serve(ServeArgs),
     /// Set KEY to VALUE (taken as JSON when it parses, else as a string).
+    ///
+    /// Exit status: 0 written; 3 conflict (--if-revision did not hold, nothing written; the
+    /// error shows the key's current revision); 1 any other error.
     Put {
         key: String,
         value: String,
         #[command(flatten)]
+        cond: kv::IfRevisionArg,
+        #[command(flatten)]
         id: kv::RequestIdArg,
     },
-    /// Print the value of KEY.
+    /// Print the value of KEY on stdout and its metadata on stderr (revision, create
+    /// revision, version, lease, and the store's revision); --json prints the whole reply.
     Get {
         key: String,
         /// Read from the answering node's state, without a leader round trip (may lag).
@@ -96,8 +108,13 @@ pub enum Cmd {
         min_revision: Option<u64>,
     },
     /// Delete KEY.
+    ///
+    /// Exit status: 0 done (also when the key was absent); 3 conflict (--if-revision did not
+    /// hold, nothing deleted); 1 any other error.
     Delete {
         key: String,
+        #[command(flatten)]
+        cond: kv::IfRevisionArg,
         #[command(flatten)]
         id: kv::RequestIdArg,
     },
@@ -233,8 +250,19 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
         Err(e) => return Ok(report(global, &e)),
     };
     let res = match cmd {
-        Cmd::Put { key, value, id } => {
-            return Ok(kv::put(&client, global, &key, &parse_value(&value), id.get()).await)
+        Cmd::Put {
+            key,
+            value,
+            cond,
+            id,
+        } => {
+            let value = parse_value(&value);
+            let write = kv::Write {
+                key: &key,
+                if_revision: cond.if_revision,
+                id: id.get(),
+            };
+            return Ok(kv::put(&client, global, &write, &value).await);
         }
         Cmd::Get {
             key,
@@ -246,19 +274,16 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             } else {
                 ReadConsistency::Linearizable
             };
-            match client.get_with(&key, c, min_revision).await {
-                Ok(Some(v)) => Ok(out(
-                    global,
-                    json!({"ok": true, "value": v.value, "revision": v.revision}),
-                    || display_value(&v.value),
-                )),
-                Ok(None) => Err(ClientError::Server(concord::error::not_found(format!(
-                    "key '{key}' not found"
-                )))),
-                Err(e) => Err(e),
-            }
+            kv::get(&client, global, &key, c, min_revision).await
         }
-        Cmd::Delete { key, id } => return Ok(kv::delete(&client, global, &key, id.get()).await),
+        Cmd::Delete { key, cond, id } => {
+            let write = kv::Write {
+                key: &key,
+                if_revision: cond.if_revision,
+                id: id.get(),
+            };
+            return Ok(kv::delete(&client, global, &write).await);
+        }
         Cmd::Scan {
             prefix,
             limit,
@@ -328,7 +353,16 @@ pub(crate) fn report(global: &Global, e: &ClientError) -> i32 {
         emit(&json!({"ok": false, "error": e.to_json()}).to_string());
     }
     eprintln!("error: {code}: {message}");
-    1
+    exit_code(e)
+}
+
+/// The exit status for a failed client command: [`EXIT_CONFLICT`] or 1.
+pub(crate) fn exit_code(e: &ClientError) -> i32 {
+    if e.code() == concord::ErrorKind::Conflict {
+        EXIT_CONFLICT
+    } else {
+        1
+    }
 }
 
 pub(crate) fn display_value(v: &Value) -> String {

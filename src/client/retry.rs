@@ -43,6 +43,8 @@ impl Retry {
                 ErrorKind::Timeout => self == Retry::Idempotent,
                 _ => false,
             },
+            // A condition that did not hold holds no better the second time.
+            ClientError::Conflict { .. } => false,
             ClientError::NoResponders(_) => true,
             ClientError::Nats(_) => self == Retry::Idempotent,
             ClientError::Connect(_) | ClientError::Decode(_) => false,
@@ -116,6 +118,36 @@ pub fn final_error(err: ClientError, earlier_unknown: bool) -> ClientError {
     err
 }
 
+/// The longest pause of an optimistic update ([`super::Client::update`]) after a conflict.
+pub const MAX_CONFLICT_PAUSE: Duration = Duration::from_millis(200);
+/// Its first pause, about one write's round trip: it doubles after each conflict.
+pub const FIRST_CONFLICT_PAUSE: Duration = Duration::from_millis(5);
+
+/// The pause of an optimistic update after its `conflicts`-th conflict in a row (1 for the
+/// first): 5 ms doubling to 200 ms, times `spread` (clamped to 0..=1, "full jitter").
+/// Writers that lost together then spread out instead of reading and colliding again at
+/// once; the whole range, not the half that [`backoff`] uses, because here every contender
+/// retries, not only the ones a fault hit.
+pub fn conflict_pause(conflicts: u32, spread: f64) -> Duration {
+    let full = FIRST_CONFLICT_PAUSE
+        .saturating_mul(1u32 << conflicts.saturating_sub(1).min(16))
+        .min(MAX_CONFLICT_PAUSE);
+    let spread = if spread.is_finite() {
+        spread.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    full.mul_f64(spread)
+}
+
+/// A uniform factor in 0.0..=1.0 from the OS's random source (1.0 if it fails).
+pub fn spread() -> f64 {
+    match getrandom::u32() {
+        Ok(r) => f64::from(r) / f64::from(u32::MAX),
+        Err(_) => 1.0,
+    }
+}
+
 /// A jitter factor in 0.5..=1.0 from the OS's random source (1.0 if it fails: no jitter).
 pub fn jitter() -> f64 {
     match getrandom::u32() {
@@ -182,6 +214,37 @@ mod tests {
             let j = jitter();
             assert!((0.5..=1.0).contains(&j), "{j}");
         }
+    }
+
+    #[test]
+    fn conflict_pauses_double_to_their_cap_over_the_whole_jitter_range() {
+        let ms = |c, s| conflict_pause(c, s).as_millis();
+        assert_eq!(
+            (1..8).map(|c| ms(c, 1.0)).collect::<Vec<_>>(),
+            [5, 10, 20, 40, 80, 160, 200]
+        );
+        assert_eq!(ms(0, 1.0), 5, "0 counts as the first conflict");
+        assert_eq!(ms(u32::MAX, 1.0), 200);
+        assert_eq!(ms(3, 0.0), 0);
+        assert_eq!(ms(3, 0.5), 10);
+        assert_eq!(ms(3, -2.0), 0, "spread below 0 is clamped");
+        assert_eq!(ms(3, f64::INFINITY), 20);
+        for _ in 0..100 {
+            let s = spread();
+            assert!((0.0..=1.0).contains(&s), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_is_never_retried_by_the_transport() {
+        let c = ClientError::Conflict {
+            reason: "revision".into(),
+            revision: Some(7),
+            message: "m".into(),
+        };
+        assert!(!Retry::Refused.allows(&c) && !Retry::Idempotent.allows(&c));
+        assert!(!outcome_unknown(&c));
+        assert_eq!(final_error(c, true).code(), ErrorKind::Conflict);
     }
 
     #[test]
