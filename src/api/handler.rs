@@ -154,20 +154,14 @@ impl WriteTag {
                 ..
             }
         );
-        if ctx.consensus.view.cluster_format() < crate::command::FORMAT_V2 {
-            if conditional {
-                return Err(crate::error::cluster_not_ready(
-                    "if_revision is taken once the cluster writes log format 2 (every node \
-                     upgraded; see admin.status log_format); it was not applied",
-                ));
-            }
-            return Ok(match op {
-                Op::Put { key, value, .. } => Command::Put { key, value },
-                Op::Delete { key, .. } => Command::Delete { key },
-                other => Command::Client(Request::untagged(other)),
-            });
+        let format_v2 = ctx.consensus.view.cluster_format() >= crate::command::FORMAT_V2;
+        if conditional && !format_v2 {
+            return Err(crate::error::cluster_not_ready(
+                "if_revision is taken once the cluster writes log format 2 (every node \
+                 upgraded; see admin.status log_format); it was not applied",
+            ));
         }
-        if self.request_id.is_none() && !conditional {
+        if !conditional && (!format_v2 || self.request_id.is_none()) {
             return Ok(match op {
                 Op::Put { key, value, .. } => Command::Put { key, value },
                 Op::Delete { key, .. } => Command::Delete { key },

@@ -165,23 +165,9 @@ mod tests {
         ClientError::Server(WireError::new(code, "x"))
     }
 
-    const ALL_CODES: [ErrorKind; 11] = [
-        ErrorKind::NotFound,
-        ErrorKind::InvalidKey,
-        ErrorKind::ValueTooLarge,
-        ErrorKind::BadRequest,
-        ErrorKind::Unauthorized,
-        ErrorKind::Busy,
-        ErrorKind::NoSpace,
-        ErrorKind::ClusterNotReady,
-        ErrorKind::Timeout,
-        ErrorKind::Internal,
-        ErrorKind::Conflict,
-    ];
-
     #[test]
     fn only_refusals_and_unknown_outcomes_are_retried() {
-        for code in ALL_CODES {
+        for code in ErrorKind::ALL {
             let e = server(code);
             let refusal = matches!(code, ErrorKind::Busy | ErrorKind::ClusterNotReady);
             assert_eq!(Retry::Refused.allows(&e), refusal, "{code}");
