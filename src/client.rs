@@ -25,6 +25,12 @@
 //! like the other writes; a `conflict` comes back as [`ClientError::Conflict`] with the key's
 //! current revision and is never retried by the transport. [`Client::update`] is the
 //! optimistic read-modify-write loop built on them.
+//!
+//! Counters ([`incr`]: `incr`, `incr_with` with bounds), deletes by prefix ([`prefix`]:
+//! `delete_prefix`, `delete_prefix_all` following `more`) and transactions ([`txn`]: a typed
+//! builder, `Client::txn`) are writes too: each call sends a fresh `request_id` and is retried
+//! the same way; their conflicts (`bound`, `not_integer`) are [`ClientError::Conflict`] with
+//! the key's current `value`.
 
 use std::time::Duration;
 
@@ -40,9 +46,15 @@ use crate::error::{ErrorKind, WireError};
 use crate::subjects::{AdminOp, KvOp, Subjects, HEADER_TIMEOUT_MS};
 
 pub mod cas;
+pub mod incr;
+pub mod prefix;
 pub mod retry;
+pub mod txn;
 pub use cas::KeyValue;
+pub use incr::{Counter, Incr};
+pub use prefix::PrefixDeleted;
 pub use retry::Retry;
+pub use txn::{CmpOp, Compare, Target, Txn, TxnOp, TxnReply, TxnResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -50,13 +62,18 @@ pub enum ClientError {
     #[error("{0}")]
     Server(WireError),
     /// The cluster answered `conflict`: a condition of the write did not hold and nothing was
-    /// written. `reason` says which (`revision` for `if_revision`, `request_id` for an id
-    /// reused with another command); `revision` is the key's current revision (0 when it is
-    /// absent) when the reason is `revision`. Never retried as it is: the caller decides.
+    /// written. `reason` says which (`revision` for `if_revision`, `bound` for an `incr` out
+    /// of its bounds or overflowing, `not_integer` for an `incr` of a value that is not an
+    /// integer, `request_id` for an id reused with another command); `revision` is the key's
+    /// current revision (0 when it is absent) and `value` its current value when the cluster
+    /// sends them; `key` names the key of a txn op that failed. Never retried as it is: the
+    /// caller decides.
     #[error("conflict: {message}")]
     Conflict {
         reason: String,
         revision: Option<u64>,
+        value: Option<Value>,
+        key: Option<String>,
         message: String,
     },
     #[error(transparent)]
@@ -90,12 +107,20 @@ impl ClientError {
             ClientError::Conflict {
                 reason,
                 revision,
+                value,
+                key,
                 message,
             } => {
                 let mut v = serde_json::json!({"code": ErrorKind::Conflict, "reason": reason,
                     "message": message});
                 if let Some(r) = revision {
                     v["revision"] = (*r).into();
+                }
+                if let Some(x) = value {
+                    v["value"] = x.clone();
+                }
+                if let Some(k) = key {
+                    v["key"] = k.as_str().into();
                 }
                 v
             }
@@ -119,6 +144,23 @@ impl ClientError {
             ClientError::Conflict {
                 reason, revision, ..
             } if reason == "revision" => Some(revision.unwrap_or(0)),
+            _ => None,
+        }
+    }
+
+    /// The reason of a `conflict` (`revision`, `bound`, `not_integer`, ...), else `None`.
+    pub fn conflict_reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Conflict { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The key's current value carried by a `conflict` (an `incr` that hit a bound or found
+    /// no integer), else `None`.
+    pub fn conflict_value(&self) -> Option<&Value> {
+        match self {
+            ClientError::Conflict { value, .. } => value.as_ref(),
             _ => None,
         }
     }
@@ -516,9 +558,13 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
     }
     let code = v["error"]["code"].as_str();
     match (ErrReply::deserialize(&v), code) {
+        // `value` (any JSON) and `key` are read from the body itself: the wire error type
+        // carries only what every code shares.
         (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(ClientError::Conflict {
             reason: e.error.reason.unwrap_or_default(),
             revision: e.error.revision,
+            value: v["error"].get("value").cloned(),
+            key: v["error"]["key"].as_str().map(str::to_string),
             message: e.error.message,
         }),
         (Ok(e), _) => Err(ClientError::Server(e.error)),

@@ -207,6 +207,8 @@ mod tests {
         ClientError::Conflict {
             reason: "revision".into(),
             revision,
+            value: None,
+            key: None,
             message: "m".into(),
         }
     }
@@ -231,6 +233,8 @@ mod tests {
         let reused = ClientError::Conflict {
             reason: "request_id".into(),
             revision: None,
+            value: None,
+            key: None,
             message: "m".into(),
         };
         assert_eq!(conflict_line(&reused, &w(Some(1))), None);

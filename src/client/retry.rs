@@ -226,6 +226,8 @@ mod tests {
         let c = ClientError::Conflict {
             reason: "revision".into(),
             revision: Some(7),
+            value: None,
+            key: None,
             message: "m".into(),
         };
         assert!(!Retry::Refused.allows(&c) && !Retry::Idempotent.allows(&c));
