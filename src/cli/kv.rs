@@ -1,14 +1,16 @@
-//! `concord put`, `get`, `delete` and `scan`: writes carry a `request_id` (the caller's or a
-//! new one) that `--json` shows, and `--if-revision` for compare-and-swap (a `conflict` exits
-//! with [`super::EXIT_CONFLICT`]); `get` shows the key's metadata; scan follows pages until
-//! the limit or the end of the prefix.
+//! `concord put`, `get`, `delete`, `scan` and `incr`: writes carry a `request_id` (the
+//! caller's or a new one) that `--json` shows, and `--if-revision` for compare-and-swap (a
+//! `conflict` exits with [`super::EXIT_CONFLICT`], as does an `incr` out of its bounds);
+//! `get` shows the key's metadata; scan follows pages until the limit or the end of the
+//! prefix; `delete --prefix` follows `more` until the prefix is empty.
 
 use clap::Args;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{display_value, emit, exit_code, out, Global};
-use concord::client::{Client, ClientError, ReadConsistency};
+use concord::client::prefix::{add_call, MAX_PREFIX_CALLS};
+use concord::client::{Client, ClientError, Incr, PrefixDeleted, ReadConsistency};
 use concord::ErrorKind;
 
 /// `--if-revision`, shared by `put` and `delete`.
@@ -113,8 +115,94 @@ fn metadata_line(kv: &concord::client::KeyValue) -> String {
     )
 }
 
+/// `concord incr`: prints the new value (`--json`: the reply with the request id).
+pub async fn incr(client: &Client, global: &Global, w: &Write<'_>, incr: Incr) -> i32 {
+    match client.incr_with_id(w.key, incr, w.id).await {
+        Ok(c) => out(
+            global,
+            json!({"ok": true, "value": c.value, "revision": c.revision, "request_id": w.id}),
+            || c.value.to_string(),
+        ),
+        Err(e) => report_write(global, &e, w),
+    }
+}
+
+/// `concord delete --prefix P [--all]`: calls again while the cluster says `more`, each call
+/// a write of its own (fresh id, its own revision), with progress on stderr between calls.
+/// Prints the count (`--json`: the total, and the last call's revision).
+pub async fn delete_prefix(client: &Client, global: &Global, prefix: &str, all: bool) -> i32 {
+    let mut total = PrefixDeleted {
+        count: 0,
+        more: true,
+        revision: 0,
+    };
+    let mut calls = 0u32;
+    while total.more && calls < MAX_PREFIX_CALLS {
+        let id = Uuid::new_v4();
+        let call = match client.delete_prefix_with_id(prefix, all, id).await {
+            Ok(c) => c,
+            Err(e) => {
+                if total.count > 0 {
+                    eprintln!("{} keys under '{prefix}' were deleted before", total.count);
+                }
+                let w = Write {
+                    key: prefix,
+                    if_revision: None,
+                    id,
+                };
+                return report_write(global, &e, &w);
+            }
+        };
+        calls += 1;
+        if let Err(e) = add_call(&mut total, call) {
+            return super::report(global, &e);
+        }
+        if total.more {
+            eprintln!(
+                "deleted {} keys under '{prefix}' so far (revision {}), more remain...",
+                total.count, total.revision
+            );
+        }
+    }
+    if total.more {
+        let e = ClientError::Decode(format!(
+            "keys remain under '{prefix}' after {MAX_PREFIX_CALLS} calls ({} deleted)",
+            total.count
+        ));
+        return super::report(global, &e);
+    }
+    out(
+        global,
+        json!({"ok": true, "deleted": total.count > 0, "count": total.count,
+               "revision": total.revision, "calls": calls}),
+        || total.count.to_string(),
+    )
+}
+
 /// The line a conflict prints, for people: what the condition expected and what the key is.
-fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
+/// `w.key` names the key, unless the cluster named another (an op of a txn).
+pub(crate) fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
+    if let ClientError::Conflict {
+        reason, value, key, ..
+    } = e
+    {
+        let key = key.as_deref().unwrap_or(w.key);
+        let value = value.as_ref().map_or("nothing".into(), Value::to_string);
+        match reason.as_str() {
+            "bound" => {
+                return Some(format!(
+                    "conflict: key '{key}' is {value}: the result would be out of its bounds \
+                     (or of the 64-bit range); nothing written"
+                ))
+            }
+            "not_integer" => {
+                return Some(format!(
+                    "conflict: key '{key}' holds {value}, not an integer; nothing written"
+                ))
+            }
+            _ => {}
+        }
+    }
     let current = e.conflict_revision()?;
     let key = w.key;
     Some(match (w.if_revision, current) {
@@ -131,7 +219,7 @@ fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
 
 /// Like `super::report`, with the write's id, after `timeout` how to retry it safely, and
 /// after a revision conflict the key's current revision.
-fn report_write(global: &Global, e: &ClientError, w: &Write<'_>) -> i32 {
+pub(crate) fn report_write(global: &Global, e: &ClientError, w: &Write<'_>) -> i32 {
     let code = e.code();
     let message = e.message();
     let id = w.id;
@@ -240,6 +328,30 @@ mod tests {
         assert_eq!(conflict_line(&reused, &w(Some(1))), None);
         assert_eq!(exit_code(&conflict(Some(1))), super::super::EXIT_CONFLICT);
         assert_eq!(exit_code(&reused), super::super::EXIT_CONFLICT);
+        let bound = ClientError::Conflict {
+            reason: "bound".into(),
+            revision: Some(4),
+            value: Some(json!(10)),
+            key: None,
+            message: "m".into(),
+        };
+        let l = conflict_line(&bound, &w(None)).unwrap_or_default();
+        assert!(
+            l.starts_with("conflict: key 'k' is 10: ") && l.contains("bounds"),
+            "{l}"
+        );
+        let text = ClientError::Conflict {
+            reason: "not_integer".into(),
+            revision: Some(4),
+            value: Some(json!("ten")),
+            key: Some("n".into()),
+            message: "m".into(),
+        };
+        assert_eq!(
+            conflict_line(&text, &w(None)).as_deref(),
+            Some("conflict: key 'n' holds \"ten\", not an integer; nothing written")
+        );
+        assert_eq!(exit_code(&bound), super::super::EXIT_CONFLICT);
         let busy = ClientError::Server(concord::WireError::new(ErrorKind::Busy, "m"));
         assert_eq!(exit_code(&busy), 1);
     }

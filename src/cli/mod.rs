@@ -20,6 +20,7 @@ mod membership;
 mod observe;
 pub mod serve;
 mod token;
+mod txn;
 
 pub use bench::BenchArgs;
 pub use check::CheckArgs;
@@ -107,14 +108,62 @@ pub enum Cmd {
         #[arg(long, value_name = "N")]
         min_revision: Option<u64>,
     },
-    /// Delete KEY.
+    /// Delete KEY, or every key under --prefix.
     ///
     /// Exit status: 0 done (also when the key was absent); 3 conflict (--if-revision did not
     /// hold, nothing deleted); 1 any other error.
     Delete {
-        key: String,
+        #[arg(required_unless_present = "prefix")]
+        key: Option<String>,
+        /// Delete every key under P instead of KEY, and print how many. Each call deletes up
+        /// to the cluster's limits.max_delete_keys keys at one revision; the command calls
+        /// again while keys remain (progress on stderr), so a large prefix is deleted over
+        /// several revisions. An empty P (every key) needs --all.
+        #[arg(long, value_name = "P", conflicts_with_all = ["key", "if_revision", "request_id"])]
+        prefix: Option<String>,
+        /// With --prefix "": delete every key of the cluster.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         cond: kv::IfRevisionArg,
+        #[command(flatten)]
+        id: kv::RequestIdArg,
+    },
+    /// Add N (default 1) to the integer at KEY, atomically, and print the new value; a
+    /// missing key counts as 0.
+    ///
+    /// Exit status: 0 written; 3 conflict (the result would be below --min, above --max or
+    /// overflow, or KEY holds something that is not an integer: nothing written, the error
+    /// shows the current value); 1 any other error.
+    Incr {
+        key: String,
+        /// What to add (negative to subtract).
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 1,
+            allow_negative_numbers = true
+        )]
+        by: i64,
+        /// The smallest value the result may take.
+        #[arg(long, value_name = "A", allow_negative_numbers = true)]
+        min: Option<i64>,
+        /// The largest value the result may take, e.g. a quota.
+        #[arg(long, value_name = "B", allow_negative_numbers = true)]
+        max: Option<i64>,
+        #[command(flatten)]
+        id: kv::RequestIdArg,
+    },
+    /// Run a transaction: the JSON body of P.kv.txn ({"compare":[...],"success":[...],
+    /// "failure":[...]}, see docs/protocol.md) from FILE, or stdin when FILE is - or absent.
+    /// Prints whether the compares held, the revision, and one line per result; --json
+    /// prints the reply as the cluster sent it.
+    ///
+    /// Exit status: 0 done (whichever branch ran); 3 conflict (an incr op found no integer
+    /// or left the 64-bit range: nothing written); 1 any other error.
+    Txn {
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         id: kv::RequestIdArg,
     },
@@ -234,6 +283,15 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
     if let Cmd::Bench(args) = cmd {
         return bench::run(global, args).await;
     }
+    if let Cmd::Delete {
+        key, prefix, all, ..
+    } = &cmd
+    {
+        if let Some(m) = delete_prefix_refusal(key.as_deref(), prefix.as_deref(), *all) {
+            eprintln!("error: {m}");
+            return Ok(2);
+        }
+    }
     let (config, _) = load_config(global, None)?;
     let timeout = Duration::from_millis(global.timeout_ms);
     let token = match client_token(global, &config) {
@@ -276,13 +334,39 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             };
             kv::get(&client, global, &key, c, min_revision).await
         }
-        Cmd::Delete { key, cond, id } => {
+        // `delete_prefix_refusal` ran before connecting.
+        Cmd::Delete {
+            prefix: Some(prefix),
+            all,
+            ..
+        } => {
+            return Ok(kv::delete_prefix(&client, global, &prefix, all).await);
+        }
+        Cmd::Delete { key, cond, id, .. } => {
             let write = kv::Write {
-                key: &key,
+                key: key.as_deref().unwrap_or_default(),
                 if_revision: cond.if_revision,
                 id: id.get(),
             };
             return Ok(kv::delete(&client, global, &write).await);
+        }
+        Cmd::Incr {
+            key,
+            by,
+            min,
+            max,
+            id,
+        } => {
+            let write = kv::Write {
+                key: &key,
+                if_revision: None,
+                id: id.get(),
+            };
+            let incr = concord::client::Incr { by, min, max };
+            return Ok(kv::incr(&client, global, &write, incr).await);
+        }
+        Cmd::Txn { file, id } => {
+            return Ok(txn::run(&client, global, file.as_deref(), id.get()).await)
         }
         Cmd::Scan {
             prefix,
@@ -328,6 +412,24 @@ pub(crate) fn client_token(
         return Ok(Some(t.clone()));
     }
     config.admin_token()
+}
+
+/// Why `delete --prefix P [--all]` is refused before it is sent: the empty prefix deletes
+/// every key and needs `--all`, which means nothing with any other prefix.
+fn delete_prefix_refusal(key: Option<&str>, prefix: Option<&str>, all: bool) -> Option<String> {
+    let Some(prefix) = prefix else {
+        return all.then(|| "--all goes with --prefix \"\" (every key), not with KEY".into());
+    };
+    if key.is_some() {
+        return Some("give KEY or --prefix, not both".into());
+    }
+    match (prefix.is_empty(), all) {
+        (true, false) => Some("an empty --prefix deletes every key: add --all to mean it".into()),
+        (false, true) => Some(format!(
+            "--all deletes every key and goes with --prefix \"\" only, not --prefix '{prefix}'"
+        )),
+        _ => None,
+    }
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
@@ -377,5 +479,26 @@ pub(crate) fn show(v: &Value) -> String {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_by_prefix_needs_all_exactly_for_every_key() {
+        assert_eq!(delete_prefix_refusal(Some("k"), None, false), None);
+        assert_eq!(delete_prefix_refusal(None, Some("app/"), false), None);
+        assert_eq!(delete_prefix_refusal(None, Some(""), true), None);
+        let refused = [
+            (None, Some(""), false, "add --all"),
+            (None, Some("app/"), true, "--prefix 'app/'"),
+            (Some("k"), None, true, "not with KEY"),
+        ];
+        for (key, prefix, all, says) in refused {
+            let m = delete_prefix_refusal(key, prefix, all).unwrap_or_default();
+            assert!(m.contains(says), "{key:?} {prefix:?} {all}: {m}");
+        }
     }
 }

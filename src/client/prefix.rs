@@ -46,9 +46,10 @@ pub(crate) fn prefix_deleted(reply: Value) -> Result<PrefixDeleted, ClientError>
         .map_err(|e| ClientError::Decode(format!("delete by prefix reply: {e}")))
 }
 
-/// Adds one call's result to the running total of a loop; an error when the cluster said
-/// `more` but deleted nothing, which would loop forever.
-pub(crate) fn add_call(total: &mut PrefixDeleted, call: PrefixDeleted) -> Result<(), ClientError> {
+/// Adds one call's result to the running total of a loop (the CLI runs its own loop, to
+/// show progress); an error when the cluster said `more` but deleted nothing, which would
+/// loop forever.
+pub fn add_call(total: &mut PrefixDeleted, call: PrefixDeleted) -> Result<(), ClientError> {
     if call.more && call.count == 0 {
         return Err(ClientError::Decode(
             "delete by prefix said more but deleted nothing".into(),
