@@ -307,21 +307,11 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
         Ok(c) => c.with_token(token),
         Err(e) => return Ok(report(global, &e)),
     };
+    let cmd = match run_write(&client, global, cmd).await {
+        Ok(code) => return Ok(code),
+        Err(cmd) => cmd,
+    };
     let res = match cmd {
-        Cmd::Put {
-            key,
-            value,
-            cond,
-            id,
-        } => {
-            let value = parse_value(&value);
-            let write = kv::Write {
-                key: &key,
-                if_revision: cond.if_revision,
-                id: id.get(),
-            };
-            return Ok(kv::put(&client, global, &write, &value).await);
-        }
         Cmd::Get {
             key,
             stale,
@@ -333,40 +323,6 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
                 ReadConsistency::Linearizable
             };
             kv::get(&client, global, &key, c, min_revision).await
-        }
-        // `delete_prefix_refusal` ran before connecting.
-        Cmd::Delete {
-            prefix: Some(prefix),
-            all,
-            ..
-        } => {
-            return Ok(kv::delete_prefix(&client, global, &prefix, all).await);
-        }
-        Cmd::Delete { key, cond, id, .. } => {
-            let write = kv::Write {
-                key: key.as_deref().unwrap_or_default(),
-                if_revision: cond.if_revision,
-                id: id.get(),
-            };
-            return Ok(kv::delete(&client, global, &write).await);
-        }
-        Cmd::Incr {
-            key,
-            by,
-            min,
-            max,
-            id,
-        } => {
-            let write = kv::Write {
-                key: &key,
-                if_revision: None,
-                id: id.get(),
-            };
-            let incr = concord::client::Incr { by, min, max };
-            return Ok(kv::incr(&client, global, &write, incr).await);
-        }
-        Cmd::Txn { file, id } => {
-            return Ok(txn::run(&client, global, file.as_deref(), id.get()).await)
         }
         Cmd::Scan {
             prefix,
@@ -391,11 +347,66 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Serve(_) | Cmd::Check(_) | Cmd::Restore(_) => {
             unreachable!("serve, check and restore are dispatched by main")
         }
+        Cmd::Put { .. } | Cmd::Delete { .. } | Cmd::Incr { .. } | Cmd::Txn { .. } => {
+            unreachable!("writes are dispatched by run_write")
+        }
         Cmd::Bench(_) => unreachable!("bench is dispatched above"),
     };
     Ok(match res {
         Ok(code) => code,
         Err(e) => report(global, &e),
+    })
+}
+
+/// Runs a write command (put, delete, incr, txn): its exit code, or the command back when it
+/// is not one.
+async fn run_write(client: &Client, global: &Global, cmd: Cmd) -> Result<i32, Cmd> {
+    Ok(match cmd {
+        Cmd::Put {
+            key,
+            value,
+            cond,
+            id,
+        } => {
+            let value = parse_value(&value);
+            let write = kv::Write {
+                key: &key,
+                if_revision: cond.if_revision,
+                id: id.get(),
+            };
+            kv::put(client, global, &write, &value).await
+        }
+        // `delete_prefix_refusal` ran before connecting.
+        Cmd::Delete {
+            prefix: Some(prefix),
+            all,
+            ..
+        } => kv::delete_prefix(client, global, &prefix, all).await,
+        Cmd::Delete { key, cond, id, .. } => {
+            let write = kv::Write {
+                key: key.as_deref().unwrap_or_default(),
+                if_revision: cond.if_revision,
+                id: id.get(),
+            };
+            kv::delete(client, global, &write).await
+        }
+        Cmd::Incr {
+            key,
+            by,
+            min,
+            max,
+            id,
+        } => {
+            let write = kv::Write {
+                key: &key,
+                if_revision: None,
+                id: id.get(),
+            };
+            let incr = concord::client::Incr { by, min, max };
+            kv::incr(client, global, &write, incr).await
+        }
+        Cmd::Txn { file, id } => txn::run(client, global, file.as_deref(), id.get()).await,
+        other => return Err(other),
     })
 }
 
