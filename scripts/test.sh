@@ -68,5 +68,21 @@ fi
 # feature is the root package's: the integration tests run the `concord` binary it builds.
 set -- --workspace --features concord/failpoints "$@"
 
+# tests/recipes.rs runs the examples/ binaries against a real cluster; `cargo test` with a
+# target selection (and --all-targets) builds examples only in test mode, so build them as
+# programs first, with the same features (the library build is shared).
+wants_recipes=0
+[[ "$selected" == 0 ]] && wants_recipes=1
+for arg in "$@"; do
+    case "$arg" in
+        --) break ;;
+        recipes | --test=recipes | --all-targets | --tests) wants_recipes=1 ;;
+    esac
+done
+if [[ "$wants_recipes" == 1 ]]; then
+    echo "test.sh: cargo build --features concord/failpoints --examples (for tests/recipes.rs)"
+    cargo build --features concord/failpoints --examples
+fi
+
 echo "test.sh: cargo test $*"
 exec cargo test "$@"

@@ -1,0 +1,109 @@
+//! The recipes of docs/recipes.md run against a real cluster (real `nats-server`, three real
+//! `concord serve` processes): each example in `examples/` is run as its own process, with
+//! the cluster's NATS URL as its argument and its subject prefix in the environment, and
+//! must exit 0 and print what it claims. The examples check their own claims and exit
+//! non-zero when one did not hold; this test also checks their output.
+//!
+//! The example binaries are found next to this test's executable, in
+//! `target/<profile>/examples/`: `cargo build --examples` puts them there (scripts/test.sh
+//! runs it before the suite; a plain `cargo test` builds them too).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use common::Cluster;
+
+/// Deadline for the first election of a fresh cluster.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Each example and lines its output must hold.
+const RECIPES: [(&str, &[&str]); 4] = [
+    (
+        "optimistic_update",
+        &["visits = 40, version 41", "no update lost"],
+    ),
+    ("unique_create", &["already taken", "exactly one primary"]),
+    (
+        "quota_counter",
+        &["5 allowed", "3 refused", "1 in use", "the quota held"],
+    ),
+    (
+        "config_switch",
+        &[
+            "switch to green: succeeded = true",
+            "succeeded = false, version is already 2",
+            "green everywhere",
+        ],
+    ),
+];
+
+/// `target/<profile>/examples/<name>`, from this test's own path
+/// (`target/<profile>/deps/recipes-<hash>`).
+fn example_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("this test's path")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        bin.is_file(),
+        "{} is not built: run `cargo build --examples` first (scripts/test.sh does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Runs one example against the cluster, off the async runtime.
+async fn run_example(cluster: &Cluster, name: &str) -> Result<(Option<i32>, String, String)> {
+    let mut cmd = Command::new(example_binary(name)?);
+    cmd.arg(cluster.nats_url());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CONCORD_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("CONCORD_NATS__SUBJECT_PREFIX", cluster.prefix());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await?
+        .with_context(|| format!("running example {name}"))?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Proves every recipe example runs on a 3-node cluster: exit status 0 and the lines that
+/// show what it claims (no lost update, one creator, the quota held, one switch at one
+/// revision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_recipe_example_runs_and_holds() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let r = recipes_body(&cluster).await;
+    cluster.fail_on_err(r)
+}
+
+async fn recipes_body(cluster: &Cluster) -> Result<()> {
+    cluster.wait_stable(LEADER_TIMEOUT).await?;
+    for (name, lines) in RECIPES {
+        let (code, stdout, stderr) = run_example(cluster, name).await?;
+        ensure!(
+            code == Some(0),
+            "example {name} exited {code:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        for line in lines {
+            ensure!(
+                stdout.contains(line),
+                "example {name} did not print {line:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+    }
+    Ok(())
+}
