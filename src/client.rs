@@ -72,7 +72,8 @@ pub enum ClientError {
     Conflict {
         reason: String,
         revision: Option<u64>,
-        value: Option<Value>,
+        // Boxed: keeps every `Result<_, ClientError>` small.
+        value: Option<Box<Value>>,
         key: Option<String>,
         message: String,
     },
@@ -117,7 +118,7 @@ impl ClientError {
                     v["revision"] = (*r).into();
                 }
                 if let Some(x) = value {
-                    v["value"] = x.clone();
+                    v["value"] = (**x).clone();
                 }
                 if let Some(k) = key {
                     v["key"] = k.as_str().into();
@@ -160,7 +161,7 @@ impl ClientError {
     /// no integer), else `None`.
     pub fn conflict_value(&self) -> Option<&Value> {
         match self {
-            ClientError::Conflict { value, .. } => value.as_ref(),
+            ClientError::Conflict { value, .. } => value.as_deref(),
             _ => None,
         }
     }
@@ -558,13 +559,12 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
     }
     let code = v["error"]["code"].as_str();
     match (ErrReply::deserialize(&v), code) {
-        // `value` (any JSON) and `key` are read from the body itself: the wire error type
-        // carries only what every code shares.
         (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(ClientError::Conflict {
             reason: e.error.reason.unwrap_or_default(),
             revision: e.error.revision,
-            value: v["error"].get("value").cloned(),
-            key: v["error"]["key"].as_str().map(str::to_string),
+            // `null` is a value the key may hold: present, unlike an absent field.
+            value: v["error"].get("value").cloned().map(Box::new),
+            key: e.error.key,
             message: e.error.message,
         }),
         (Ok(e), _) => Err(ClientError::Server(e.error)),

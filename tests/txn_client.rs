@@ -37,7 +37,7 @@ fn conflict<T: std::fmt::Debug>(
             value,
             revision,
             ..
-        }) => Ok((reason, value, revision)),
+        }) => Ok((reason, value.map(|v| *v), revision)),
         other => Err(anyhow!("{what}: expected a conflict, got {other:?}")),
     }
 }
@@ -231,7 +231,7 @@ async fn txn_body(cluster: &Cluster) -> Result<()> {
             ..
         }) if reason == "not_integer"
             && key.as_deref() == Some("s")
-            && value == Some(json!("text"))
+            && value.as_deref() == Some(&json!("text"))
             && revision == Some(rs) => {}
         other => return Err(anyhow!("incr op on a string: {other:?}")),
     }

@@ -187,7 +187,7 @@ pub(crate) fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
     } = e
     {
         let key = key.as_deref().unwrap_or(w.key);
-        let value = value.as_ref().map_or("nothing".into(), Value::to_string);
+        let value = value.as_deref().map_or("nothing".into(), Value::to_string);
         match reason.as_str() {
             "bound" => {
                 return Some(format!(
@@ -331,7 +331,7 @@ mod tests {
         let bound = ClientError::Conflict {
             reason: "bound".into(),
             revision: Some(4),
-            value: Some(json!(10)),
+            value: Some(Box::new(json!(10))),
             key: None,
             message: "m".into(),
         };
@@ -343,7 +343,7 @@ mod tests {
         let text = ClientError::Conflict {
             reason: "not_integer".into(),
             revision: Some(4),
-            value: Some(json!("ten")),
+            value: Some(Box::new(json!("ten"))),
             key: Some("n".into()),
             message: "m".into(),
         };

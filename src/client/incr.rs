@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Client, ClientError, Retry};
+use crate::subjects::KvOp;
 
 /// What an `incr` adds and the range the result must stay in (inclusive; unbounded when
 /// `None`). `Incr::default()` adds 1 without bounds.
@@ -111,7 +112,7 @@ impl Client {
     ) -> Result<Counter, ClientError> {
         let body = incr_body(key, incr, request_id);
         let r = self
-            .send(self.subjects.kv_incr(), &body, Retry::Idempotent)
+            .send(self.subjects.kv(KvOp::Incr), &body, Retry::Idempotent)
             .await?;
         counter(r)
     }

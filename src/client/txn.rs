@@ -27,6 +27,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Client, ClientError, KeyValue, Retry};
+use crate::subjects::KvOp;
 
 /// What a compare looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,7 +404,7 @@ impl Client {
     pub async fn txn_with_id(&self, txn: &Txn, request_id: Uuid) -> Result<TxnReply, ClientError> {
         let body = txn.body(request_id)?;
         let r = self
-            .send(self.subjects.kv_txn(), &body, Retry::Idempotent)
+            .send(self.subjects.kv(KvOp::Txn), &body, Retry::Idempotent)
             .await?;
         TxnReply::from_reply(r)
     }
@@ -411,7 +412,7 @@ impl Client {
     /// A txn from a JSON body as the wire has it (e.g. read from a file): it gets a fresh
     /// `request_id` unless it names one, and is retried like [`Client::txn`]. The raw reply.
     pub async fn txn_json(&self, body: Value) -> Result<Value, ClientError> {
-        self.write(self.subjects.kv_txn(), body).await
+        self.write(self.subjects.kv(KvOp::Txn), body).await
     }
 }
 
@@ -544,7 +545,7 @@ mod tests {
                     (reason.as_str(), key.as_deref()),
                     ("not_integer", Some("n"))
                 );
-                assert_eq!(value, &Some(json!("abc")));
+                assert_eq!(value.as_deref(), Some(&json!("abc")));
             }
             other => panic!("not a conflict: {other:?}"),
         }

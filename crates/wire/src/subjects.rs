@@ -169,17 +169,6 @@ impl Subjects {
         format!("{}.kv.{}", self.prefix, op.as_str())
     }
 
-    /// `P.kv.incr`: the counter operation (DESIGN.md "Conditional writes, counters, prefix
-    /// deletes"), routed like `P.kv.put`.
-    pub fn kv_incr(&self) -> String {
-        format!("{}.kv.incr", self.prefix)
-    }
-
-    /// `P.kv.txn`: a transaction (DESIGN.md "Transactions"), routed like `P.kv.put`.
-    pub fn kv_txn(&self) -> String {
-        format!("{}.kv.txn", self.prefix)
-    }
-
     /// `P.kv.*`: the queue-group subscription of voters.
     pub fn kv_wildcard(&self) -> String {
         format!("{}.kv.*", self.prefix)
