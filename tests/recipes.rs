@@ -29,7 +29,12 @@ const RECIPES: [(&str, &[&str]); 4] = [
     ("unique_create", &["already taken", "exactly one primary"]),
     (
         "quota_counter",
-        &["5 allowed", "3 refused", "1 in use", "the quota held"],
+        &[
+            "5 allowed",
+            "3 refused",
+            "released one unit: 4 in use",
+            "the quota held",
+        ],
     ),
     (
         "config_switch",
@@ -94,6 +99,8 @@ async fn recipes_body(cluster: &Cluster) -> Result<()> {
     cluster.wait_stable(LEADER_TIMEOUT).await?;
     for (name, lines) in RECIPES {
         let (code, stdout, stderr) = run_example(cluster, name).await?;
+        // What each recipe showed, for the test log.
+        println!("--- example {name}:\n{stdout}");
         ensure!(
             code == Some(0),
             "example {name} exited {code:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"

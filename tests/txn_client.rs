@@ -271,12 +271,14 @@ fn cli_with_stdin(cluster: &Cluster, args: &[&str], stdin: &str) -> Result<(Opti
 }
 
 /// Proves the CLI: `incr` prints the new value, `--max` past the quota exits 3 and `--json`
-/// shows the `bound` error with the value; `delete --prefix` prints the count and refuses
-/// an empty prefix without `--all` (exit 2); `txn -` reads the body from stdin and prints
-/// one line per result, `--json` the raw reply, a failed compare the failure branch.
+/// shows the `bound` error with the value; `delete --prefix` (3 keys, 2 per call) prints
+/// its progress and the count, and refuses an empty prefix without `--all` (exit 2);
+/// `txn -` reads the body from stdin and prints one line per result, `--json` the raw
+/// reply, a failed compare the failure branch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_incr_delete_prefix_and_txn() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+    let opts = ClusterOptions::default().env("CONCORD_LIMITS__MAX_DELETE_KEYS", MAX_DELETE_KEYS);
+    let cluster = Cluster::start_with(1, opts).await?;
     let r = cli_body(&cluster).await;
     cluster.fail_on_err(r)
 }
@@ -313,8 +315,10 @@ async fn cli_body(cluster: &Cluster) -> Result<()> {
     }
     let del = cluster.run_cli(&["delete", "--prefix", "c/"]).await?;
     ensure!(
-        del.code == Some(0) && del.stdout.trim() == "3",
-        "delete --prefix: {del:?}"
+        del.code == Some(0)
+            && del.stdout.trim() == "3"
+            && del.stderr.contains("deleted 2 keys under 'c/' so far"),
+        "delete --prefix over two calls, with progress: {del:?}"
     );
     let empty = cluster.run_cli(&["delete", "--prefix", ""]).await?;
     ensure!(
