@@ -35,8 +35,10 @@
 //! binary      bincode decoding of outside bytes with a size limit
 //! ```
 //!
-//! [`client::Client`] speaks the protocol for the CLI and for tests; `client::retry` holds its
-//! retry rules (writes carry a `request_id` and are retried after `timeout` too).
+//! [`client::Client`] speaks the protocol for the CLI, the tests and `examples/`; `client::retry`
+//! holds its retry rules (writes carry a `request_id` and are retried after `timeout` too);
+//! `client::{cas, incr, prefix, txn}` its conditional writes, counters, deletes by prefix and
+//! transactions.
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
