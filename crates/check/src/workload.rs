@@ -36,7 +36,8 @@ pub enum Workload {
     /// Reads, writes of unique values, compare-and-swap writes (`if_revision`) and a few
     /// deletes.
     Cas,
-    /// Transfers between accounts by txn and reads of all accounts ([`crate::bank`]).
+    /// Transfers between accounts by txn and reads of all accounts (its own client and
+    /// checker: the `bank` module).
     Bank,
 }
 
@@ -241,7 +242,7 @@ fn pick(workload: Workload, roll: u64, last_read: Option<u64>) -> (Func, Option<
             50..90 => (Func::Write, None),
             _ => (Func::Delete, None),
         },
-        // The bank workload runs its own processes (crate::bank::client); never here.
+        // The bank workload runs its own processes (the bank module's client); never here.
         Workload::Cas | Workload::Bank => match roll {
             0..45 => (Func::Read, None),
             45..60 => (Func::Write, None),

@@ -377,15 +377,20 @@ fn applied_revisions(
 /// revision and version.
 type State = (u64, i64, u64, u64);
 
+/// Every state of every account by (key, writer), and each account's last state.
+struct Chains {
+    states: HashMap<(String, u64), State>,
+    last: HashMap<String, State>,
+}
+
 /// Per account, the chain of applied transfers in revision order from the creation: each
-/// must have read exactly the state its predecessor wrote. Returns every state of every
-/// account by (key, writer), and each account's last state.
+/// must have read exactly the state its predecessor wrote.
 fn chains(
     setup: &Setup,
     transfers: &HashMap<u64, &Transfer>,
     applied: &BTreeMap<u64, u64>,
     v: &mut Violations,
-) -> (HashMap<(String, u64), State>, HashMap<String, State>) {
+) -> Chains {
     let mut states = HashMap::new();
     let mut last = HashMap::new();
     for key in &setup.accounts {
@@ -412,14 +417,14 @@ fn chains(
         }
         last.insert(key.clone(), state);
     }
-    (states, last)
+    Chains { states, last }
 }
 
 /// Every state an operation saw is a link of its account's chain, exactly.
 fn check_observations(
     setup: &Setup,
     observed: &[(&Account, String)],
-    (states, _): &(HashMap<(String, u64), State>, HashMap<String, State>),
+    chains: &Chains,
     v: &mut Violations,
 ) {
     for (a, who) in observed {
@@ -427,7 +432,8 @@ fn check_observations(
             v.push(format!("{who} saw {}, which is not an account", a.key));
             continue;
         }
-        let Some(&(by, balance, revision, version)) = states.get(&(a.key.clone(), a.by)) else {
+        let Some(&(by, balance, revision, version)) = chains.states.get(&(a.key.clone(), a.by))
+        else {
             // Already named by applied_revisions.
             continue;
         };
@@ -505,12 +511,12 @@ fn check_finals(
     finals: &[Account],
     transfers: &HashMap<u64, &Transfer>,
     fates: &BTreeMap<u64, Fate>,
-    (_, last): &(HashMap<(String, u64), State>, HashMap<String, State>),
+    chains: &Chains,
     observed: &[(&Account, String)],
     v: &mut Violations,
 ) {
     for key in &setup.accounts {
-        let Some(&(by, balance, revision, _)) = last.get(key) else {
+        let Some(&(by, balance, revision, _)) = chains.last.get(key) else {
             continue;
         };
         match finals.iter().find(|a| &a.key == key) {

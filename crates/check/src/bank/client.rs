@@ -319,17 +319,16 @@ async fn transfer(
     done.transfer = Some(t);
     done.attempts = Some(attempts);
     match &outcome {
-        Outcome::Ok(reply) => match reply["succeeded"].as_bool() {
-            Some(applied) => {
+        // Without `succeeded` (an answer the contract does not allow): unknown.
+        Outcome::Ok(reply) => {
+            if let Some(applied) = reply["succeeded"].as_bool() {
                 done.kind = EventType::Ok;
                 done.succeeded = Some(applied);
                 done.revision = reply["revision"]
                     .as_u64()
                     .or_else(|| reply["store_revision"].as_u64());
             }
-            // An answer the contract does not allow: unknown.
-            None => {}
-        },
+        }
         Outcome::Fail => done.kind = EventType::Fail,
         Outcome::Info => {}
     }
