@@ -108,6 +108,10 @@ pub async fn create_accounts(cfg: &WorkloadConfig, deadline: Duration) -> Result
         (Outcome::Ok(reply), _) => Err(format!(
             "creating the accounts: they exist already ({reply})"
         )),
+        (Outcome::Fail, a) if a.unknown == 0 => Err(format!(
+            "creating the accounts: the txn was refused ({} attempts; the cluster must serve P.kv.txn, at log format 2)",
+            a.sent
+        )),
         (other, a) => Err(format!(
             "creating the accounts did not succeed within {deadline:?} ({other:?} after {} attempts)",
             a.sent
@@ -368,4 +372,74 @@ pub async fn final_read(
     Err(format!(
         "the final read of the accounts did not succeed within {deadline:?}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_reply_is_parsed_by_the_txn_contract() {
+        let reply = json!({"ok": true, "succeeded": true, "store_revision": 40, "results": [
+            {"get": {"found": true, "value": {"balance": 90, "by": 7}, "revision": 33,
+                     "create_revision": 2, "version": 5, "lease": 0}},
+            {"get": {"found": true, "value": {"balance": 110, "by": 0}, "revision": 2,
+                     "create_revision": 2, "version": 1, "lease": 0}}]});
+        let (accounts, rev) = parse_gets(&["bank/0", "bank/1"], &reply).unwrap();
+        assert_eq!(rev, 40);
+        assert_eq!(
+            accounts[0],
+            Account {
+                key: "bank/0".into(),
+                balance: 90,
+                by: 7,
+                revision: 33,
+                version: 5
+            }
+        );
+        assert_eq!(accounts[1].by, 0);
+        // A missing account, a value of another shape, a result short: each named.
+        let missing = json!({"store_revision": 40, "results": [{"get": {"found": false}}]});
+        assert!(parse_gets(&["bank/0"], &missing)
+            .unwrap_err()
+            .contains("bank/0"));
+        let odd = json!({"store_revision": 40, "results": [{"get": {"found": true, "value": 3,
+                         "revision": 3, "version": 1}}]});
+        assert!(parse_gets(&["bank/0"], &odd).is_err());
+        assert!(parse_gets(&["bank/0", "bank/1"], &missing).is_err());
+        assert!(parse_gets(&["bank/0"], &json!({"results": []})).is_err());
+    }
+
+    #[test]
+    fn a_transfer_compares_both_revisions_and_puts_both_balances() {
+        let account = |key: &str, balance, revision| Account {
+            key: key.into(),
+            balance,
+            by: 0,
+            revision,
+            version: 1,
+        };
+        let t = Transfer {
+            id: 9,
+            amount: 15,
+            from: account("bank/1", 100, 4),
+            to: account("bank/3", 50, 6),
+            read_revision: 8,
+        };
+        assert_eq!(
+            transfer_body(&t),
+            json!({
+                "compare": [
+                    {"key": "bank/1", "target": "revision", "op": "==", "value": 4},
+                    {"key": "bank/3", "target": "revision", "op": "==", "value": 6}],
+                "success": [
+                    {"put": {"key": "bank/1", "value": {"balance": 85, "by": 9}}},
+                    {"put": {"key": "bank/3", "value": {"balance": 65, "by": 9}}}],
+                "failure": []})
+        );
+        assert_eq!(
+            gets(&["bank/0"]),
+            json!({"success": [{"get": {"key": "bank/0"}}]})
+        );
+    }
 }
