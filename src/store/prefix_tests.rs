@@ -101,3 +101,48 @@ async fn a_prefix_delete_merges_flushed_recent_and_batch_writes_in_key_order() {
     assert!(view.record("b/1").unwrap().is_some());
     assert_eq!(view.key_count(), 1);
 }
+
+#[tokio::test]
+async fn deleting_everything_leaves_the_state_machines_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (view, mut sm) = open(dir.path());
+    let switch = LogCommand::new(Command::FormatSwitch { format: 2 });
+    let tagged = Command::Client(Request {
+        request_id: Some(uuid::Uuid::from_u128(7)),
+        token_id: None,
+        op: Op::Put {
+            key: "k".into(),
+            value: "1".into(),
+            if_revision: None,
+            lease: None,
+            ttl_ms: None,
+            fence: None,
+        },
+    });
+    sm.apply(vec![
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(switch),
+        },
+        entry(2, tagged.clone()),
+    ])
+    .await
+    .unwrap();
+    // The id's segment is in the recent-writes table now, beside the key.
+    let out = sm
+        .apply(vec![entry(3, delete_prefix("", 100))])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[0],
+        Applied::DeletePrefix {
+            count: 1,
+            more: false,
+            revision: 2,
+        }
+    );
+    // The request id is still known: a retry is answered, not applied again.
+    let out = sm.apply(vec![entry(4, tagged)]).await.unwrap();
+    assert_eq!(out[0], Applied::Put { revision: 1 });
+    assert_eq!(view.key_count(), 0);
+}
