@@ -12,13 +12,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use common::Cluster;
-
-/// Deadline for the first election of a fresh cluster.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+use common::{Cluster, ClusterOptions};
 
 /// Each example and lines its output must hold.
 const RECIPES: [(&str, &[&str]); 4] = [
@@ -90,13 +86,12 @@ async fn run_example(cluster: &Cluster, name: &str) -> Result<(Option<i32>, Stri
 /// revision).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recipe_example_runs_and_holds() -> Result<()> {
-    let cluster = Cluster::start(3).await?;
+    let cluster = Cluster::start_format_2(3, ClusterOptions::default()).await?;
     let r = recipes_body(&cluster).await;
     cluster.fail_on_err(r)
 }
 
 async fn recipes_body(cluster: &Cluster) -> Result<()> {
-    cluster.wait_stable(LEADER_TIMEOUT).await?;
     for (name, lines) in RECIPES {
         let (code, stdout, stderr) = run_example(cluster, name).await?;
         // What each recipe showed, for the test log.

@@ -15,8 +15,6 @@ use common::{Cluster, ClusterOptions};
 use concord::client::{Client, ClientError, Compare, Incr, Txn, TxnOp, TxnResult};
 use serde_json::{json, Value};
 
-/// Deadline for the first election of a fresh cluster.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The client's deadline per request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys a delete by prefix may delete per call in the prefix test's cluster.
@@ -48,13 +46,12 @@ fn conflict<T: std::fmt::Debug>(
 /// nothing and answers the key's own revision; 4 tasks incrementing at once lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incr_counts_within_bounds_and_refuses_what_is_not_an_integer() -> Result<()> {
-    let cluster = Cluster::start(3).await?;
+    let cluster = Cluster::start_format_2(3, ClusterOptions::default()).await?;
     let r = incr_body(&cluster).await;
     cluster.fail_on_err(r)
 }
 
 async fn incr_body(cluster: &Cluster) -> Result<()> {
-    cluster.wait_stable(LEADER_TIMEOUT).await?;
     let client = client(cluster);
     let one = client.incr("n", 1).await.context("incr of an absent key")?;
     ensure!(one.value == 1, "an absent key counts as 0: {one:?}");
@@ -122,13 +119,12 @@ async fn incr_body(cluster: &Cluster) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_prefix_follows_more_over_several_calls() -> Result<()> {
     let opts = ClusterOptions::default().env("CONCORD_LIMITS__MAX_DELETE_KEYS", MAX_DELETE_KEYS);
-    let cluster = Cluster::start_with(3, opts).await?;
+    let cluster = Cluster::start_format_2(3, opts).await?;
     let r = prefix_body(&cluster).await;
     cluster.fail_on_err(r)
 }
 
 async fn prefix_body(cluster: &Cluster) -> Result<()> {
-    cluster.wait_stable(LEADER_TIMEOUT).await?;
     let client = client(cluster);
     for i in 0..5 {
         client.put(&format!("p/{i}"), &json!(i)).await?;
@@ -171,13 +167,12 @@ async fn prefix_body(cluster: &Cluster) -> Result<()> {
 /// txn a conflict naming the key, with nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_txn_swaps_two_keys_at_one_revision_or_runs_its_failure_branch() -> Result<()> {
-    let cluster = Cluster::start(3).await?;
+    let cluster = Cluster::start_format_2(3, ClusterOptions::default()).await?;
     let r = txn_body(&cluster).await;
     cluster.fail_on_err(r)
 }
 
 async fn txn_body(cluster: &Cluster) -> Result<()> {
-    cluster.wait_stable(LEADER_TIMEOUT).await?;
     let client = client(cluster);
     let ra = client.put("a", &json!("A")).await?;
     let rb = client.put("b", &json!("B")).await?;
@@ -278,13 +273,12 @@ fn cli_with_stdin(cluster: &Cluster, args: &[&str], stdin: &str) -> Result<(Opti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_incr_delete_prefix_and_txn() -> Result<()> {
     let opts = ClusterOptions::default().env("CONCORD_LIMITS__MAX_DELETE_KEYS", MAX_DELETE_KEYS);
-    let cluster = Cluster::start_with(1, opts).await?;
+    let cluster = Cluster::start_format_2(1, opts).await?;
     let r = cli_body(&cluster).await;
     cluster.fail_on_err(r)
 }
 
 async fn cli_body(cluster: &Cluster) -> Result<()> {
-    cluster.wait_stable(LEADER_TIMEOUT).await?;
     let incr = cluster.run_cli(&["incr", "hits", "--by", "3"]).await?;
     ensure!(
         incr.code == Some(0) && incr.stdout.trim() == "3",
