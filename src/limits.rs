@@ -14,6 +14,19 @@ pub const VALUE_HEADER_BYTES: usize = 8;
 /// item), so a value past this could be stored but never read back by any client.
 pub const MAX_VALUE_DEPTH: usize = 64;
 
+/// Most bytes a txn's get results may add to its reply (DESIGN.md's `limits.max_reply_bytes`).
+/// A constant, not a setting: it decides at apply whether a txn writes, so every node must
+/// use the same value, and the txn's log entry has no field to carry one. Below NATS's
+/// default 1 MiB `max_payload`, with room for the rest of the reply.
+pub const MAX_TXN_REPLY_BYTES: usize = 900 * 1024;
+
+/// Most keys one `delete_prefix` op of a txn deletes (the default `limits.max_delete_keys`,
+/// fixed for the same reason as [`MAX_TXN_REPLY_BYTES`]); its result says whether more remain.
+pub const TXN_DELETE_PREFIX_KEYS: usize = 10_000;
+
+/// Most compares one txn may carry.
+pub const MAX_TXN_COMPARES: usize = 64;
+
 /// Most bytes of client input an error message quotes: enough to recognise a field name, a
 /// key or a token id, never enough to make a reply that cannot be published (issue #20, item 6).
 pub const MAX_ECHO_BYTES: usize = 96;

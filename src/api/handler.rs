@@ -6,13 +6,14 @@ use async_nats::Message;
 use openraft::ServerState;
 use tokio::time::Instant;
 
-use super::codec::{self, Common, Consistency, DeleteReply, KvRequest, PutReply};
+use super::codec::{self, Common, Consistency, KvRequest};
 use super::propose::ProposeError;
 use super::read_index::ReadIndexError;
 use super::route::{self, AttemptError, Delivery, Routed};
+use super::writes::{self, WriteTag};
 use super::{validate, Ctx};
 use crate::auth::{Credential, Role};
-use crate::command::{Applied, Command, ConflictReason, Op, Request};
+use crate::command::{Applied, Command};
 use crate::error::{internal, not_found, timeout, WireError};
 use crate::limits::excerpt;
 use crate::raft::types::RaftMetrics;
@@ -131,51 +132,6 @@ impl<'a> Access<'a> {
     }
 }
 
-/// What makes a write exactly-once: the client's request id, kept per token.
-struct WriteTag {
-    request_id: Option<uuid::Uuid>,
-    token_id: Option<String>,
-}
-
-impl WriteTag {
-    /// The command for `op`: a client write carrying the id once the cluster writes format
-    /// 2 (the proposer would turn a plain put or delete into an untagged one), the format-1
-    /// put or delete before, when ids cannot travel and are ignored. A condition
-    /// (`if_revision`) travels only in format 2: before the switch (a rolling upgrade in
-    /// progress) it is refused, never dropped.
-    fn command(&self, ctx: &Ctx, op: Op) -> Result<Command, WireError> {
-        let conditional = matches!(
-            op,
-            Op::Put {
-                if_revision: Some(_),
-                ..
-            } | Op::Delete {
-                if_revision: Some(_),
-                ..
-            }
-        );
-        let format_v2 = ctx.consensus.view.cluster_format() >= crate::command::FORMAT_V2;
-        if conditional && !format_v2 {
-            return Err(crate::error::cluster_not_ready(
-                "if_revision is taken once the cluster writes log format 2 (every node \
-                 upgraded; see admin.status log_format); it was not applied",
-            ));
-        }
-        if !conditional && (!format_v2 || self.request_id.is_none()) {
-            return Ok(match op {
-                Op::Put { key, value, .. } => Command::Put { key, value },
-                Op::Delete { key, .. } => Command::Delete { key },
-                other => Command::Client(Request::untagged(other)),
-            });
-        }
-        Ok(Command::Client(Request {
-            request_id: self.request_id,
-            token_id: self.token_id.clone(),
-            op,
-        }))
-    }
-}
-
 async fn kv_route(
     ctx: &Ctx,
     op: KvOp,
@@ -241,82 +197,15 @@ async fn serve_on_leader(
         route::leader_caught_up(ctx).await?;
         access.check(ctx)?;
     }
-    match req {
-        KvRequest::Put {
-            key,
-            value,
-            if_revision,
-        } => {
-            check_quota(ctx, key, value)?;
-            let cmd = write.command(
-                ctx,
-                Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    if_revision: *if_revision,
-                    lease: None,
-                    ttl_ms: None,
-                    fence: None,
-                },
-            )?;
-            match propose_resendable(ctx, cmd, r).await? {
-                Applied::Put { revision } => Ok(codec::encode_ok(&PutReply { ok: true, revision })),
-                Applied::Conflict { reason, revision } => Err(conflict(reason, revision)),
-                other => Err(AttemptError::Fail(internal(format!(
-                    "unexpected outcome {other:?}"
-                )))),
-            }
-        }
-        KvRequest::Delete { key, if_revision } => {
-            let cmd = write.command(
-                ctx,
-                Op::Delete {
-                    key: key.clone(),
-                    if_revision: *if_revision,
-                    fence: None,
-                },
-            )?;
-            match propose_resendable(ctx, cmd, r).await? {
-                Applied::Delete { deleted, revision } => Ok(codec::encode_ok(&DeleteReply {
-                    ok: true,
-                    deleted,
-                    revision,
-                })),
-                Applied::Conflict { reason, revision } => Err(conflict(reason, revision)),
-                other => Err(AttemptError::Fail(internal(format!(
-                    "unexpected outcome {other:?}"
-                )))),
-            }
-        }
-        KvRequest::Get { .. } | KvRequest::Scan { .. } => {
-            if !is_stale_read(req) {
-                confirm_leadership(ctx).await?;
-            }
-            read_local(ctx, req, delivery, access, deadline)
-                .await
-                .map_err(AttemptError::Fail)
-        }
+    if req.is_write() {
+        return writes::serve(ctx, req, r, write).await;
     }
-}
-
-/// The storage quota, on the leader before proposing. It reads the applied state, so writes
-/// in flight may overshoot the limit by at most what is in flight.
-fn check_quota(ctx: &Ctx, key: &str, value: &str) -> Result<(), WireError> {
-    let limits = &ctx.limits.sizes;
-    if limits.max_data_bytes == 0 {
-        return Ok(());
+    if !is_stale_read(req) {
+        confirm_leadership(ctx).await?;
     }
-    let current = ctx.consensus.view.data_bytes();
-    let new = validate::put_bytes(key, value);
-    if validate::quota(limits, current, new, None).is_ok() {
-        return Ok(());
-    }
-    // Near the limit only: an overwrite counts what the key holds now.
-    let old = ctx.consensus.view.entry_bytes(key).map_err(|e| {
-        tracing::error!(error = %e, "read failed");
-        internal(format!("storage read failed: {e}"))
-    })?;
-    validate::quota(limits, current, new, old)
+    read_local(ctx, req, delivery, access, deadline)
+        .await
+        .map_err(AttemptError::Fail)
 }
 
 /// ReadIndex: the leader confirms it still leads with a quorum round that starts after the
@@ -331,41 +220,6 @@ pub(crate) async fn confirm_leadership(ctx: &Ctx) -> Result<(), AttemptError> {
     }
 }
 
-/// A `conflict` reply for a condition that did not hold at apply.
-fn conflict(reason: ConflictReason, revision: Option<u64>) -> AttemptError {
-    let message = match reason {
-        ConflictReason::RequestId => {
-            "this request_id was already used with another command; use a new id for a new \
-             operation"
-        }
-        ConflictReason::Revision => {
-            "if_revision did not match: the key changed (or was created or deleted) since that \
-             revision; read it again and retry with its current revision"
-        }
-    };
-    AttemptError::Fail(WireError::conflict(reason.as_str(), message, revision))
-}
-
-/// [`propose`] for a write the route may send again: when this node stops leading while the
-/// write is in flight, a write with a request id is routed again, to the new leader, whose
-/// state machine answers a copy that already applied from its idempotency table.
-async fn propose_resendable(
-    ctx: &Ctx,
-    cmd: Command,
-    r: &Routed<'_>,
-) -> Result<Applied, AttemptError> {
-    r.delivery.mark();
-    match ctx
-        .consensus
-        .proposer
-        .propose_resendable(cmd, r.resendable)
-        .await
-    {
-        Err(ProposeError::LeadershipLost) => Err(AttemptError::Retry),
-        other => propose_outcome(other, &r.delivery),
-    }
-}
-
 pub(crate) async fn propose(
     ctx: &Ctx,
     cmd: Command,
@@ -376,7 +230,7 @@ pub(crate) async fn propose(
 }
 
 /// The reply to a proposal's outcome; `delivery` unmarked when it certainly did not apply.
-fn propose_outcome(
+pub(super) fn propose_outcome(
     outcome: Result<Applied, ProposeError>,
     delivery: &Delivery,
 ) -> Result<Applied, AttemptError> {

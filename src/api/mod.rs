@@ -14,8 +14,10 @@ pub mod propose;
 pub mod read_index;
 pub mod route;
 pub mod server;
+pub mod txn_codec;
 pub mod validate;
 pub mod workers;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -489,6 +489,8 @@ mod tests {
                 max_value_bytes: 1024,
                 max_entry_bytes: 4096,
                 max_scan_limit: 100,
+                max_txn_ops: 128,
+                max_delete_keys: 10_000,
                 max_data_bytes: 0,
             },
             default_timeout: Duration::from_millis(default_ms),

@@ -14,6 +14,10 @@ pub struct Limits {
     pub max_scan_limit: usize,
     /// The storage quota on the live data size (`storage.max_bytes`); 0: none.
     pub max_data_bytes: u64,
+    /// Most ops in one branch of a txn.
+    pub max_txn_ops: usize,
+    /// Most keys one delete by prefix removes.
+    pub max_delete_keys: u64,
 }
 
 /// Bytes a put of `key` = `value` makes the key count for: the key, and the stored value
@@ -89,19 +93,38 @@ pub fn value_depth(value: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// A value to be stored: its size, its nesting, and the entry it makes.
+pub fn value(value: &str, limits: &Limits) -> Result<(), WireError> {
+    if value.len() > limits.max_value_bytes {
+        return Err(value_too_large(format!(
+            "value is {} bytes encoded, the limit is {} (limits.max_value_bytes)",
+            value.len(),
+            limits.max_value_bytes
+        )));
+    }
+    value_depth(value)
+}
+
+/// A prefix (scan, delete by prefix): no longer than a key, and without the control
+/// characters that no key holds and the state machine's own keys start with.
+pub fn prefix(prefix: &str) -> Result<(), WireError> {
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(invalid_key("prefix is over 1024 bytes"));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(invalid_key("prefix holds control characters"));
+    }
+    Ok(())
+}
+
 pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
     match req {
-        KvRequest::Put { key: k, value, .. } => {
+        KvRequest::Put {
+            key: k, value: v, ..
+        } => {
             key(k)?;
-            if value.len() > limits.max_value_bytes {
-                return Err(value_too_large(format!(
-                    "value is {} bytes encoded, the limit is {} (limits.max_value_bytes)",
-                    value.len(),
-                    limits.max_value_bytes
-                )));
-            }
-            value_depth(value)?;
-            let entry = k.len() + value.len() + 64;
+            value(v, limits)?;
+            let entry = k.len() + v.len() + 64;
             if entry > limits.max_entry_bytes {
                 return Err(value_too_large(format!(
                     "the entry would be {entry} bytes, over the {} that fit in one NATS message",
@@ -110,20 +133,18 @@ pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
             }
             Ok(())
         }
-        KvRequest::Get { key: k, .. } | KvRequest::Delete { key: k, .. } => key(k),
+        KvRequest::Get { key: k, .. }
+        | KvRequest::Delete { key: k, .. }
+        | KvRequest::Incr { key: k, .. } => key(k),
+        KvRequest::DeletePrefix { prefix: p } => prefix(p),
+        KvRequest::Txn(txn) => super::txn_codec::validate(txn, limits),
         KvRequest::Scan {
-            prefix,
+            prefix: p,
             limit,
             after,
             ..
         } => {
-            if prefix.len() > MAX_KEY_BYTES {
-                return Err(invalid_key("prefix is over 1024 bytes"));
-            }
-            // No key holds one; the state machine's own keys start with one.
-            if prefix.chars().any(char::is_control) {
-                return Err(invalid_key("prefix holds control characters"));
-            }
+            prefix(p)?;
             if let Some(a) = after {
                 if a.len() > MAX_KEY_BYTES {
                     return Err(invalid_key("`after` is over 1024 bytes"));
@@ -166,6 +187,8 @@ mod tests {
             max_value_bytes: 10,
             max_entry_bytes: 1000,
             max_scan_limit: 100,
+            max_txn_ops: 128,
+            max_delete_keys: 10_000,
             max_data_bytes: 0,
         };
         let put = |v: &str| KvRequest::Put {
@@ -200,6 +223,8 @@ mod tests {
             max_value_bytes: 100,
             max_entry_bytes: 1000,
             max_scan_limit: 100,
+            max_txn_ops: 128,
+            max_delete_keys: 10_000,
             max_data_bytes: 100,
         };
         assert!(quota(&limits, 90, 10, None).is_ok());

@@ -9,9 +9,11 @@
 
 mod envelope;
 mod ops;
+mod outcome;
 
 pub use envelope::{LogCommand, COMMAND_FORMAT, FORMAT_V1, FORMAT_V2};
 pub use ops::{CmpOp, Compare, Fence, Op, Request, Target, Txn, TxnOp};
+pub use outcome::{Found, TxnApplied, TxnResult};
 
 use std::cell::Cell;
 
@@ -267,6 +269,36 @@ pub enum Applied {
         /// The current revision the condition was checked against, when it has one.
         revision: Option<u64>,
     },
+    // ---- new variants at the end: replies are kept in the idempotency table ----
+    /// An incr applied: the key's new value, and the revision that holds it (the key's own
+    /// when `by` was 0 and nothing was written).
+    Incr {
+        value: i64,
+        revision: u64,
+    },
+    /// A delete by prefix: how many keys went (all at `revision`; the store's revision when
+    /// none did), and whether more remain under the prefix.
+    DeletePrefix {
+        count: u64,
+        more: bool,
+        revision: u64,
+    },
+    Txn(TxnApplied),
+    /// A condition on a key's value did not hold (`bound`, `not_integer`); nothing written.
+    ConflictValue {
+        reason: ConflictReason,
+        /// The key, when the command names more than one (a txn).
+        key: Option<String>,
+        /// The key's revision, 0 when absent.
+        revision: u64,
+        /// Its JSON value as stored (`None` when absent).
+        value: Option<String>,
+    },
+    /// The reads of a txn would make a reply past `limit` bytes; nothing written.
+    TooLarge {
+        bytes: u64,
+        limit: u64,
+    },
 }
 
 /// Which condition a [`Applied::Conflict`] failed (DESIGN.md's `reason`). Stored in the
@@ -277,6 +309,10 @@ pub enum ConflictReason {
     RequestId,
     /// `if_revision` did not match the key's revision.
     Revision,
+    /// An incr's result is outside `[min, max]`, or overflows.
+    Bound,
+    /// An incr found a value that is not a JSON integer.
+    NotInteger,
 }
 
 impl ConflictReason {
@@ -284,6 +320,8 @@ impl ConflictReason {
         match self {
             ConflictReason::RequestId => "request_id",
             ConflictReason::Revision => "revision",
+            ConflictReason::Bound => "bound",
+            ConflictReason::NotInteger => "not_integer",
         }
     }
 }

@@ -203,6 +203,10 @@ pub struct LimitsConfig {
     pub max_admin_in_flight: usize,
     /// Largest `limit` a scan may ask for.
     pub max_scan_limit: usize,
+    /// Most ops in one branch of a `P.kv.txn`.
+    pub max_txn_ops: usize,
+    /// Most keys one delete by prefix removes (the reply's `more` says to call again).
+    pub max_delete_keys: u64,
 }
 
 /// The idempotency table (exactly-once writes). Replicated: the leader proposes its own
@@ -327,6 +331,8 @@ impl Default for LimitsConfig {
             max_timeout_ms: 60_000,
             max_admin_in_flight: 64,
             max_scan_limit: 10_000,
+            max_txn_ops: 128,
+            max_delete_keys: 10_000,
         }
     }
 }

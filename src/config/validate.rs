@@ -129,6 +129,12 @@ impl Config {
         if self.limits.max_admin_in_flight == 0 {
             return Err(field("limits.max_admin_in_flight", "must be positive"));
         }
+        if self.limits.max_txn_ops == 0 {
+            return Err(field("limits.max_txn_ops", "must be positive"));
+        }
+        if self.limits.max_delete_keys == 0 {
+            return Err(field("limits.max_delete_keys", "must be positive"));
+        }
         if self.limits.max_scan_limit == 0 {
             return Err(field("limits.max_scan_limit", "must be positive"));
         }

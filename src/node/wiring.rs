@@ -184,6 +184,8 @@ fn request_context(
                 max_value_bytes: config.limits.max_value_bytes,
                 max_entry_bytes: opened.max_entry_bytes,
                 max_scan_limit: config.limits.max_scan_limit,
+                max_txn_ops: config.limits.max_txn_ops,
+                max_delete_keys: config.limits.max_delete_keys,
                 max_data_bytes: config.storage.max_bytes,
             },
             default_timeout: config.limits.default_timeout(),

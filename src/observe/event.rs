@@ -67,7 +67,7 @@ pub enum Event {
 }
 
 /// Every event path, in the order of [`Event::path_index`].
-pub const PATHS: [&str; 10] = [
+pub const PATHS: [&str; 12] = [
     "api.put",
     "api.get",
     "api.delete",
@@ -78,6 +78,8 @@ pub const PATHS: [&str; 10] = [
     "snapshot.installed",
     "cluster.status",
     "nats.connection",
+    "api.incr",
+    "api.txn",
 ];
 
 impl Event {
@@ -89,6 +91,8 @@ impl Event {
                 KvOp::Get => 1,
                 KvOp::Delete => 2,
                 KvOp::Scan => 3,
+                KvOp::Incr => 10,
+                KvOp::Txn => 11,
             },
             Event::Apply { .. } => 4,
             Event::StateChange { .. } => 5,

@@ -111,7 +111,7 @@ pub enum ReqOp {
 }
 
 impl ReqOp {
-    pub const ALL: [ReqOp; 9] = [
+    pub const ALL: [ReqOp; 11] = [
         ReqOp::Kv(KvOp::Put),
         ReqOp::Kv(KvOp::Get),
         ReqOp::Kv(KvOp::Delete),
@@ -121,6 +121,8 @@ impl ReqOp {
         ReqOp::TokenCreate,
         ReqOp::TokenRevoke,
         ReqOp::TokenList,
+        ReqOp::Kv(KvOp::Incr),
+        ReqOp::Kv(KvOp::Txn),
     ];
 
     /// The counted operation of an admin request; `None` for the ones outside the contract's
@@ -164,6 +166,8 @@ impl ReqOp {
             ReqOp::TokenCreate => 6,
             ReqOp::TokenRevoke => 7,
             ReqOp::TokenList => 8,
+            ReqOp::Kv(KvOp::Incr) => 9,
+            ReqOp::Kv(KvOp::Txn) => 10,
         }
     }
 }
@@ -291,9 +295,9 @@ impl PeerMetrics {
 
 /// Handles of every series, made once per node.
 pub struct Metrics {
-    requests: [[Counter; ERROR_KINDS.len() + 1]; 9],
-    request_duration: [Histogram; 9],
-    auth_failures: [Counter; 9],
+    requests: [[Counter; ERROR_KINDS.len() + 1]; ReqOp::ALL.len()],
+    request_duration: [Histogram; ReqOp::ALL.len()],
+    auth_failures: [Counter; ReqOp::ALL.len()],
     pub raft_term: Gauge,
     pub raft_state: [Gauge; 5],
     pub raft_leader_id: Gauge,
@@ -586,7 +590,9 @@ mod tests {
                 "members",
                 "token_create",
                 "token_revoke",
-                "token_list"
+                "token_list",
+                "incr",
+                "txn"
             ]
         );
         for (i, op) in ReqOp::ALL.iter().enumerate() {

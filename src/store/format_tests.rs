@@ -153,18 +153,14 @@ async fn applied_time_never_runs_back_and_travels_with_snapshots() {
 async fn commands_without_behaviour_yet_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, view, mut sm) = open(dir.path());
-    let incr = Command::Client(Request::untagged(Op::Incr {
+    let touch = Command::Client(Request::untagged(Op::Touch {
         key: "n".into(),
-        by: 1,
-        min: None,
-        max: None,
-        ttl_ms: None,
-        fence: None,
+        ttl_ms: Some(1_000),
     }));
     let out = sm
         .apply(vec![
             entry(1, LogCommand::new(Command::FormatSwitch { format: 2 })),
-            entry(2, LogCommand::stamped(incr, 1)),
+            entry(2, LogCommand::stamped(touch, 1)),
             entry(3, LogCommand::stamped(Command::Compact { revision: 1 }, 2)),
         ])
         .await
@@ -173,7 +169,7 @@ async fn commands_without_behaviour_yet_change_nothing() {
         out[1..],
         [
             Applied::Unsupported {
-                operation: "incr".into()
+                operation: "touch".into()
             },
             Applied::Unsupported {
                 operation: "compact".into()

@@ -13,7 +13,7 @@
 //! that waits for an applied index sees them. The table belongs to one keyspace generation:
 //! a snapshot install starts a new one, and its unflushed writes are dropped with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use fjall::{Keyspace, Slice};
@@ -77,6 +77,20 @@ impl RecentWrites {
     /// What is known of `key` in keyspace `generation`; `None` when nothing is.
     pub fn get(&self, generation: u64, key: &str) -> Option<Stored> {
         self.peek(generation, key, Stored::clone)
+    }
+
+    /// Every key under `prefix` the table knows in keyspace `generation`, with whether it
+    /// exists. A walk of the whole table: only a delete by prefix asks.
+    fn under(&self, generation: u64, prefix: &str) -> BTreeMap<String, bool> {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if g.generation != generation {
+            return BTreeMap::new();
+        }
+        g.entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k.clone(), e.stored.is_some()))
+            .collect()
     }
 
     /// `f` of what is known of `key` in keyspace `generation`, under the read lock.
@@ -257,6 +271,42 @@ impl BatchWrites<'_> {
         }
     }
 
+    /// Up to `limit` keys that exist under `prefix` as this batch sees them, in key order,
+    /// and whether more exist. The same on every node whatever it has flushed: this batch's
+    /// writes and the table override what fjall holds.
+    pub fn keys_under(&self, prefix: &str, limit: usize) -> Result<(Vec<String>, bool), Error> {
+        let mut known = self.recent.under(self.generation, prefix);
+        for (k, stored) in &self.pending {
+            if k.starts_with(prefix) {
+                known.insert(k.clone(), stored.is_some());
+            }
+        }
+        let mut found = Found::new(limit);
+        let mut known = known.into_iter().peekable();
+        for guard in self.kv.prefix(prefix.as_bytes()) {
+            let key = guard.key()?;
+            if keys::is_reserved(&key) {
+                continue;
+            }
+            let key = String::from_utf8_lossy(&key).into_owned();
+            while let Some((newer, exists)) = known.next_if(|(k, _)| *k < key) {
+                if found.offer(newer, exists) {
+                    return Ok(found.done());
+                }
+            }
+            let exists = known.next_if(|(k, _)| *k == key).is_none_or(|(_, e)| e);
+            if found.offer(key, exists) {
+                return Ok(found.done());
+            }
+        }
+        for (key, exists) in known {
+            if found.offer(key, exists) {
+                break;
+            }
+        }
+        Ok(found.done())
+    }
+
     /// Records a write of this batch: the stored bytes for a put, `None` for a delete.
     pub fn set(&mut self, key: String, stored: Stored) {
         self.pending.insert(key, stored);
@@ -267,6 +317,40 @@ impl BatchWrites<'_> {
     pub fn applied(self, meta: MetaEntries, commands: usize) {
         self.recent
             .absorb(self.generation, self.pending, meta, commands);
+    }
+}
+
+/// Keys collected by [`BatchWrites::keys_under`], up to a limit.
+struct Found {
+    keys: Vec<String>,
+    limit: usize,
+    more: bool,
+}
+
+impl Found {
+    fn new(limit: usize) -> Found {
+        Found {
+            keys: Vec::new(),
+            limit,
+            more: false,
+        }
+    }
+
+    /// Takes `key` if it exists; true once the limit is passed (one more key exists).
+    fn offer(&mut self, key: String, exists: bool) -> bool {
+        if !exists {
+            return false;
+        }
+        if self.keys.len() >= self.limit {
+            self.more = true;
+            return true;
+        }
+        self.keys.push(key);
+        false
+    }
+
+    fn done(self) -> (Vec<String>, bool) {
+        (self.keys, self.more)
     }
 }
 

@@ -84,6 +84,13 @@ pub struct WireError {
     /// Where the store stood when a read found nothing (`not_found` of a get).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_revision: Option<u64>,
+    /// The current value the condition was checked against (`conflict` of an incr: `bound`,
+    /// `not_integer`), as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Box<serde_json::Value>>,
+    /// The key whose condition failed, when the request names more than one (a txn op).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl WireError {
@@ -94,6 +101,8 @@ impl WireError {
             reason: None,
             revision: None,
             store_revision: None,
+            value: None,
+            key: None,
         }
     }
 
@@ -110,6 +119,18 @@ impl WireError {
             revision,
             ..WireError::new(ErrorKind::Conflict, message)
         }
+    }
+
+    /// This error with the current value a condition was checked against.
+    pub fn with_value(mut self, value: Option<serde_json::Value>) -> Self {
+        self.value = value.map(Box::new);
+        self
+    }
+
+    /// This error naming the key whose condition failed.
+    pub fn with_key(mut self, key: Option<String>) -> Self {
+        self.key = key;
+        self
     }
 }
 

@@ -7,10 +7,19 @@ pub enum KvOp {
     Get,
     Delete,
     Scan,
+    Incr,
+    Txn,
 }
 
 impl KvOp {
-    pub const ALL: [KvOp; 4] = [KvOp::Put, KvOp::Get, KvOp::Delete, KvOp::Scan];
+    pub const ALL: [KvOp; 6] = [
+        KvOp::Put,
+        KvOp::Get,
+        KvOp::Delete,
+        KvOp::Scan,
+        KvOp::Incr,
+        KvOp::Txn,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -18,6 +27,8 @@ impl KvOp {
             KvOp::Get => "get",
             KvOp::Delete => "delete",
             KvOp::Scan => "scan",
+            KvOp::Incr => "incr",
+            KvOp::Txn => "txn",
         }
     }
 
@@ -26,7 +37,7 @@ impl KvOp {
     }
 
     pub fn is_write(self) -> bool {
-        matches!(self, KvOp::Put | KvOp::Delete)
+        matches!(self, KvOp::Put | KvOp::Delete | KvOp::Incr | KvOp::Txn)
     }
 }
 

@@ -9,6 +9,9 @@
 //! ([`Command::flushes_at_once`]). Never blocks on the network and never fsyncs: the log is
 //! durable and openraft re-applies it past `last_applied` after a crash.
 
+mod txn;
+mod write;
+
 use fjall::Keyspace;
 use openraft::EntryPayload;
 use uuid::Uuid;
@@ -273,6 +276,20 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
             Some(conflict) => conflict,
             None => delete(b, key)?,
         },
+        Op::Incr {
+            key,
+            by,
+            min,
+            max,
+            ttl_ms: None,
+            fence: None,
+        } => write::incr(b, key, by, (min, max))?,
+        Op::DeletePrefix {
+            prefix,
+            limit,
+            fence: None,
+        } => write::delete_prefix(b, &prefix, limit)?,
+        Op::Txn(t) if t.fence.is_none() => txn::apply(b, t)?,
         // Decodable from format 2 on; given behaviour by the coordination work.
         other => Applied::Unsupported {
             operation: other.name().into(),
@@ -321,31 +338,13 @@ fn put(b: &mut ApplyBatch, key: String, value: &str) -> Result<Applied, Error> {
     let revision = b.revision;
     let (old, meta) = if b.cluster_format >= FORMAT_V2 {
         match b.writes.record(&key)? {
-            Some((old, size)) => {
-                let meta = KeyMeta {
-                    revision,
-                    create_revision: old.create_revision,
-                    version: old.version.saturating_add(1),
-                    lease: 0,
-                };
-                (Some(size), meta)
-            }
+            Some((old, size)) => (Some(size), write::next_meta(Some(old), revision)),
             None => (None, KeyMeta::plain(revision)),
         }
     } else {
         (b.writes.size(&key)?, KeyMeta::plain(revision))
     };
-    match old {
-        Some(old) => {
-            b.data_bytes = b
-                .data_bytes
-                .saturating_sub(keys::entry_bytes(key.len(), old as usize))
-        }
-        None => b.key_count += 1,
-    }
-    let stored_value = keys::encode_record(&meta, value.as_bytes());
-    b.data_bytes += keys::entry_bytes(key.len(), stored_value.len());
-    b.writes.set(key, Some(fjall::Slice::from(stored_value)));
+    write::set_record(b, key, &meta, value.as_bytes(), old);
     Ok(Applied::Put { revision })
 }
 
@@ -358,11 +357,7 @@ fn delete(b: &mut ApplyBatch, key: String) -> Result<Applied, Error> {
         });
     };
     b.revision += 1;
-    b.key_count = b.key_count.saturating_sub(1);
-    b.data_bytes = b
-        .data_bytes
-        .saturating_sub(keys::entry_bytes(key.len(), old as usize));
-    b.writes.set(key, None);
+    write::remove_record(b, key, old);
     Ok(Applied::Delete {
         deleted: true,
         revision: b.revision,

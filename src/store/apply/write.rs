@@ -1,0 +1,175 @@
+//! The key-space writes every command is made of (a record set, a record removed, with the
+//! live key count and data size kept true), and the two single-key commands built on them
+//! that read before they write: `incr` and the delete by prefix.
+
+use fjall::Slice;
+
+use super::ApplyBatch;
+use crate::command::{Applied, ConflictReason};
+use crate::store::keys::{self, KeyMeta};
+use crate::store::Error;
+
+/// The metadata of a key written at `revision` (format 2): it keeps its create revision and
+/// counts one more version, or starts again when it did not exist. A put without a lease
+/// leaves none.
+pub(super) fn next_meta(old: Option<KeyMeta>, revision: u64) -> KeyMeta {
+    match old {
+        Some(old) => KeyMeta {
+            revision,
+            create_revision: old.create_revision,
+            version: old.version.saturating_add(1),
+            lease: 0,
+        },
+        None => KeyMeta::plain(revision),
+    }
+}
+
+/// Sets `key`'s record; `old` is the stored size of the record it replaces, if any.
+pub(super) fn set_record(
+    b: &mut ApplyBatch,
+    key: String,
+    meta: &KeyMeta,
+    json: &[u8],
+    old: Option<u64>,
+) {
+    match old {
+        Some(old) => {
+            b.data_bytes = b
+                .data_bytes
+                .saturating_sub(keys::entry_bytes(key.len(), old as usize))
+        }
+        None => b.key_count += 1,
+    }
+    let stored = keys::encode_record(meta, json);
+    b.data_bytes += keys::entry_bytes(key.len(), stored.len());
+    b.writes.set(key, Some(Slice::from(stored)));
+}
+
+/// Removes `key`, whose stored record is `old` bytes.
+pub(super) fn remove_record(b: &mut ApplyBatch, key: String, old: u64) {
+    b.key_count = b.key_count.saturating_sub(1);
+    b.data_bytes = b
+        .data_bytes
+        .saturating_sub(keys::entry_bytes(key.len(), old as usize));
+    b.writes.set(key, None);
+}
+
+/// A key's record as this batch sees it: its metadata, its JSON text and its stored size.
+pub(super) struct Current {
+    pub meta: KeyMeta,
+    pub json: Slice,
+    pub size: u64,
+}
+
+pub(super) fn current(b: &ApplyBatch, key: &str) -> Result<Option<Current>, Error> {
+    let Some(stored) = b.writes.get(key)? else {
+        return Ok(None);
+    };
+    let (meta, json) = keys::decode_record(&stored)
+        .ok_or_else(|| Error::Corrupt(format!("record of key {key:?} is too short")))?;
+    let header = stored.len() - json.len();
+    Ok(Some(Current {
+        meta,
+        json: Slice::from(&stored[header..]),
+        size: stored.len() as u64,
+    }))
+}
+
+/// A counter's step: its value now as an integer, or the conflict that refuses it.
+pub(super) fn step(
+    key: Option<&str>,
+    found: Option<&Current>,
+    by: i64,
+    (min, max): (Option<i64>, Option<i64>),
+) -> Result<i64, Applied> {
+    let revision = found.map_or(0, |c| c.meta.revision);
+    let conflict = |reason, value: Option<String>| Applied::ConflictValue {
+        reason,
+        key: key.map(str::to_owned),
+        revision,
+        value,
+    };
+    let now = match found {
+        None => 0,
+        Some(c) => match serde_json::from_slice::<i64>(&c.json) {
+            Ok(n) => n,
+            Err(_) => {
+                let text = String::from_utf8_lossy(&c.json).into_owned();
+                return Err(conflict(ConflictReason::NotInteger, Some(text)));
+            }
+        },
+    };
+    now.checked_add(by)
+        .filter(|n| min.is_none_or(|m| *n >= m) && max.is_none_or(|m| *n <= m))
+        .ok_or_else(|| conflict(ConflictReason::Bound, Some(now.to_string())))
+}
+
+/// `P.kv.incr`: a missing key counts as 0; out of bounds, an overflow or a value that is not
+/// an integer is a conflict and writes nothing. `by` 0 on a key that exists writes nothing.
+pub(super) fn incr(
+    b: &mut ApplyBatch,
+    key: String,
+    by: i64,
+    bounds: (Option<i64>, Option<i64>),
+) -> Result<Applied, Error> {
+    let found = current(b, &key)?;
+    let value = match step(None, found.as_ref(), by, bounds) {
+        Ok(value) => value,
+        Err(conflict) => {
+            b.condition = Some("failed");
+            return Ok(conflict);
+        }
+    };
+    if bounds != (None, None) {
+        b.condition = Some("held");
+    }
+    if let (0, Some(c)) = (by, &found) {
+        return Ok(Applied::Incr {
+            value,
+            revision: c.meta.revision,
+        });
+    }
+    b.revision += 1;
+    let revision = b.revision;
+    let meta = next_meta(found.as_ref().map(|c| c.meta), revision);
+    let old = found.map(|c| c.size);
+    set_record(b, key, &meta, value.to_string().as_bytes(), old);
+    Ok(Applied::Incr { value, revision })
+}
+
+/// A delete by prefix: up to `limit` keys at one revision (none taken when nothing was
+/// there), and whether more remain.
+pub(super) fn delete_prefix(
+    b: &mut ApplyBatch,
+    prefix: &str,
+    limit: u64,
+) -> Result<Applied, Error> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let (keys, more) = b.writes.keys_under(prefix, limit)?;
+    if keys.is_empty() {
+        return Ok(Applied::DeletePrefix {
+            count: 0,
+            more,
+            revision: b.revision,
+        });
+    }
+    b.revision += 1;
+    let count = remove_all(b, keys)?;
+    Ok(Applied::DeletePrefix {
+        count,
+        more,
+        revision: b.revision,
+    })
+}
+
+/// Removes `keys` (each known to exist); how many went.
+pub(super) fn remove_all(b: &mut ApplyBatch, keys: Vec<String>) -> Result<u64, Error> {
+    let mut count = 0;
+    for key in keys {
+        if let Some(old) = b.writes.size(&key)? {
+            remove_record(b, key, old);
+            count += 1;
+        }
+    }
+    Ok(count)
+}
