@@ -33,13 +33,6 @@ pub struct ConcordHandle {
     conflicts: u64,
 }
 
-/// `P.kv.incr`. TEMPORARY until concord-wire's KvOp has `Incr` (the server's part of
-/// issue 23): the put subject with its last token swapped.
-fn incr_subject(subjects: &Subjects) -> String {
-    let put = subjects.kv(KvOp::Put);
-    format!("{}incr", put.trim_end_matches("put"))
-}
-
 impl ConcordHandle {
     /// `echo`: every op goes to that subject instead of the cluster's.
     pub fn new(
@@ -57,7 +50,7 @@ impl ConcordHandle {
             put: subject(KvOp::Put),
             get: subject(KvOp::Get),
             delete: subject(KvOp::Delete),
-            incr: Subject::from(echo.map_or_else(|| incr_subject(&subjects), str::to_string)),
+            incr: subject(KvOp::Incr),
             value_size,
             stale,
             timeout,
