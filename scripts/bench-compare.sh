@@ -626,9 +626,10 @@ if CAS in order_w or INCR in order_w:
     goal("successful contended updates (CAS), concord / etcd", CAS, "etcd", ops, ">= 2")
     goal("incr, concord / etcd's CAS loop", INCR, "etcd", ops, ">= 5", CAS)
     goal("incr / concord's own CAS loop (reference)", INCR, "concord", ops, "-", CAS)
-    print("- conflicts per successful CAS update, by round: " + "; ".join(
-        f"{s} " + ", ".join(f"{v:.2f}" for _, v in sorted(by_round(s, CAS, cps).items()))
-        for s in systems if (s, CAS) in runs))
+    if CAS in order_w:
+        print("- conflicts per successful CAS update, by round: " + "; ".join(
+            f"{s} " + ", ".join(f"{v:.2f}" for _, v in sorted(by_round(s, CAS, cps).items()))
+            for s in systems if (s, CAS) in runs))
 PY
 cat "$OUT_MD"
 echo
