@@ -8,26 +8,12 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{wait_until, Cluster};
+use common::Cluster;
 use serde_json::{json, Value};
-
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A fresh cluster that writes log format 2 (conditions travel only in it).
 async fn cas_cluster() -> Result<Cluster> {
-    let cluster = Cluster::start(3).await?;
-    let leader = cluster.wait_stable(LEADER_TIMEOUT).await?;
-    let c = &cluster;
-    wait_until(
-        LEADER_TIMEOUT,
-        "the cluster writes log format 2",
-        || async move {
-            let s = c.status(leader).await?;
-            Ok(s["log_format"]["cluster"].as_u64() >= Some(2))
-        },
-    )
-    .await?;
-    Ok(cluster)
+    Cluster::start_format_2(3, Default::default()).await
 }
 
 fn revision(reply: &Value) -> Result<u64> {

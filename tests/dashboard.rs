@@ -79,6 +79,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_idempotency_oldest_left_seconds",
     "concord_idempotency_replays_total",
     "concord_idempotency_conflicts_total",
+    "concord_conflicts_total",
     "concord_nats_connected",
     "concord_nats_reconnects_total",
     "concord_telemetry_events_total",
@@ -906,7 +907,8 @@ async fn run_dashboard_check(cluster: &Cluster, bin: &Path, metrics_ports: &[u16
     Ok(())
 }
 
-/// 30 puts, 30 gets, 3 gets of missing keys, 2 deletes, a scan, and one put without a token.
+/// 30 puts, 30 gets, 3 gets of missing keys, 2 deletes, a scan, incrs and a txn, and one put
+/// without a token.
 async fn put_load(cluster: &Cluster) -> Result<()> {
     let headers = cluster.admin_headers();
     let call = |suffix: &'static str, body: Json| {
@@ -947,6 +949,17 @@ async fn put_load(cluster: &Cluster) -> Result<()> {
     }
     let reply = call("kv.scan", json!({})).await?;
     ensure!(reply["ok"] == json!(true), "scan: {reply}");
+    // A counter and a txn, and one conflict of each kind the conflict panels split.
+    let reply = call("kv.incr", json!({"key": "dash:n"})).await?;
+    ensure!(reply["ok"] == json!(true), "incr: {reply}");
+    let reply = call("kv.incr", json!({"key": "dash:n", "max": 1})).await?;
+    ensure!(
+        error_code(&reply) == Some("conflict"),
+        "incr past max: {reply}"
+    );
+    let txn = json!({"success": [{"get": {"key": "dash:n"}}, {"incr": {"key": "dash:t"}}]});
+    let reply = call("kv.txn", txn).await?;
+    ensure!(reply["ok"] == json!(true), "txn: {reply}");
     let reply = cluster
         .request_raw(
             &cluster.subject("kv.put"),

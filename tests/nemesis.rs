@@ -3,7 +3,8 @@
 //! nats-server, in its own network namespace when run as root) under each nemesis, and must
 //! find the history linearizable, no acknowledged write lost, none applied twice, and the
 //! cluster writable again soon after every fault heals. The compare-and-swap workload
-//! (`--workload cas`) runs under every nemesis in turn on one cluster. With a
+//! (`--workload cas`) and the bank workload (`--workload bank`) each run under every nemesis
+//! in turn on one cluster. With a
 //! failpoint that breaks linearizable reads, the same suite must fail.
 
 mod common;
@@ -313,6 +314,83 @@ async fn cas_workload_keeps_the_history_linearizable_under_every_nemesis() -> Re
         v["ops"]["ok"].as_u64().unwrap_or(0) > 100,
         "cas: too few operations: {}",
         v["ops"]
+    );
+    Ok(())
+}
+
+/// The bank workload (transfers between 5 accounts by txn with compares on both accounts'
+/// revision, reads of all accounts by one txn of gets) under every nemesis in turn, each
+/// fault on the leader, as long as the compare-and-swap test: every read totals 5 × 100, no
+/// transfer applied twice or lost (every account's states chain from the creation through
+/// the transfers that applied, and the final read is the chain's end), reads monotonic and
+/// not stale, every store revision accounted for; and the run must have transfers that
+/// applied, compares that failed, and reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_workload_keeps_the_total_under_every_nemesis() -> Result<()> {
+    let nemesis = if is_root() {
+        "kill,pause,partition,restart"
+    } else {
+        "kill,pause,restart"
+    };
+    let duration = format!("{CAS_SECONDS}s");
+    let args = [
+        "--workload",
+        "bank",
+        "--nemesis",
+        nemesis,
+        "--duration",
+        &duration,
+        "--keys",
+        "5",
+        "--leader-only",
+    ];
+    let (ok, v) = check_with(&args).await?;
+    ensure!(ok, "bank: verdict invalid: {v:#}");
+    ensure!(
+        v["workload"] == "bank",
+        "not the bank workload: {}",
+        v["workload"]
+    );
+    ensure!(v["checker"] == "bank: consistent", "bank: {}", v["checker"]);
+    let bank = &v["bank"];
+    ensure!(
+        bank["violation_count"] == 0 && bank["total"] == 500,
+        "bank: {bank:#}"
+    );
+    let finals = bank["final_accounts"].as_array().context("no final read")?;
+    let total: i64 = finals.iter().filter_map(|a| a["balance"].as_i64()).sum();
+    ensure!(
+        finals.len() == 5 && total == 500,
+        "bank: final read {finals:?}"
+    );
+    assert_exactly_once("bank", &v)?;
+    let faults = v["faults"].as_array().context("faults")?;
+    for name in nemesis.split(',') {
+        let hit = faults
+            .iter()
+            .filter(|f| f["fault"] == name && f["was_leader"] == true)
+            .count();
+        ensure!(hit >= 1, "bank: {name} never hit the leader: {faults:?}");
+    }
+    for f in faults {
+        let ms = f["recovery_ms"]
+            .as_u64()
+            .context("a fault never recovered")?;
+        ensure!(
+            ms <= RECOVERY_LIMIT_MS,
+            "bank: writable again only after {ms} ms: {f}"
+        );
+    }
+    let t = &bank["transfers"];
+    let (applied, failed, reads) = (
+        t["ok"].as_u64().unwrap_or(0),
+        t["failed_compare"].as_u64().unwrap_or(0),
+        bank["reads"]["ok"].as_u64().unwrap_or(0),
+    );
+    ensure!(
+        applied >= 20 && failed >= 5 && reads >= 20,
+        "bank: too few transfers or reads to test anything: {t} {}",
+        bank["reads"]
     );
     Ok(())
 }

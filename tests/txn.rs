@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
-use common::{wait_until, Cluster};
-use concord_harness::cluster::ClusterOptions;
+use common::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `limits.max_delete_keys` of the test cluster: small, so pages are easy to see.
 const DELETE_PAGE: u64 = 3;
 
@@ -25,19 +21,7 @@ async fn cluster() -> Result<Cluster> {
         )],
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start_with(3, opts).await?;
-    let leader = cluster.wait_stable(LEADER_TIMEOUT).await?;
-    let c = &cluster;
-    wait_until(
-        LEADER_TIMEOUT,
-        "the cluster writes log format 2",
-        || async move {
-            let s = c.status(leader).await?;
-            Ok(s["log_format"]["cluster"].as_u64() >= Some(2))
-        },
-    )
-    .await?;
-    Ok(cluster)
+    Cluster::start_format_2(3, opts).await
 }
 
 fn ok(reply: &Value) -> Result<&Value> {

@@ -104,6 +104,10 @@ async fn body(cluster: &Cluster, previous: PathBuf) -> Result<()> {
         eprintln!("node {id} upgraded ({} of {})", n + 1, order.len());
         // Some writes in each mixed configuration.
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        if n + 1 < order.len() {
+            let leader_is_new = order[..=n].contains(&cluster.wait_stable(LEADER_TIMEOUT).await?);
+            coordination_refused(cluster, leader_is_new).await?;
+        }
     }
 
     cluster
@@ -152,6 +156,31 @@ async fn body(cluster: &Cluster, previous: PathBuf) -> Result<()> {
         said.contains("newer Concord") && said.contains("format version 3"),
         "the previous build's refusal does not name the newer format:\n{said}"
     );
+    Ok(())
+}
+
+/// While a node of the previous build is a member, counters, deletes by prefix and txns
+/// are refused, never applied: by a new leader with `cluster_not_ready` (they travel only in
+/// log format 2), by an old one as requests it does not know.
+async fn coordination_refused(cluster: &Cluster, leader_is_new: bool) -> Result<()> {
+    let calls = [
+        ("kv.incr", json!({"key": "upgrade:n"})),
+        ("kv.delete", json!({"prefix": "up"})),
+        (
+            "kv.txn",
+            json!({"success": [{"put": {"key": "upgrade:t", "value": 1}}]}),
+        ),
+    ];
+    for (subject, body) in calls {
+        let r = cluster.request(subject, body).await?;
+        let code = r["error"]["code"].as_str().unwrap_or_default();
+        ensure!(
+            r["ok"] == false
+                && (code == "cluster_not_ready" || (!leader_is_new && code == "bad_request")),
+            "{subject} in a mixed cluster (leader of the {} build): {r}",
+            if leader_is_new { "new" } else { "previous" }
+        );
+    }
     Ok(())
 }
 

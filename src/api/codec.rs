@@ -368,6 +368,22 @@ pub fn reply_code(body: &[u8]) -> Result<(), ErrorKind> {
     }
 }
 
+/// The `reason` of a `conflict` reply (`""` when it has none).
+pub fn conflict_reason(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Reason {
+        #[serde(default)]
+        reason: String,
+    }
+    #[derive(Deserialize)]
+    struct Reply {
+        error: Reason,
+    }
+    serde_json::from_slice::<Reply>(body)
+        .map(|r| r.error.reason)
+        .unwrap_or_default()
+}
+
 /// The key of a key-space request (the prefix of a scan), for telemetry events with
 /// `telemetry.include_keys`; `None` if the body has none.
 pub fn request_key(body: &[u8]) -> Option<String> {

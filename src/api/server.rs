@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::handler::Intake;
 use super::{admin, codec, handler, route, Ctx};
-use crate::error::{busy, internal, value_too_large};
+use crate::error::{busy, internal, value_too_large, ErrorKind};
 use crate::limits::excerpt;
 use crate::observe::ReqOp;
 use crate::signing::{self, HEADER_MAC};
@@ -483,9 +483,14 @@ impl Server {
 
     /// Metrics and, for key-space requests, the api event of one answered request.
     fn record(&self, op: ReqOp, msg: &Message, body: &[u8], started: Instant) {
+        let result = codec::reply_code(body);
+        if let (Err(ErrorKind::Conflict), ReqOp::Kv(kv)) = (result, op) {
+            let reason = codec::conflict_reason(body);
+            self.ctx.observer.metrics.conflict(kv, &reason);
+        }
         self.ctx
             .observer
-            .request_done(op, codec::reply_code(body), started.elapsed(), || {
+            .request_done(op, result, started.elapsed(), || {
                 codec::request_key(&msg.payload)
             });
     }

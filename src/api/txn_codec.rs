@@ -29,36 +29,9 @@ pub struct TxnBody {
 #[serde(deny_unknown_fields)]
 struct CompareBody {
     key: String,
-    target: TargetBody,
-    op: OpSymbol,
+    target: Target,
+    op: CmpOp,
     value: Box<RawValue>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum TargetBody {
-    Revision,
-    CreateRevision,
-    Version,
-    Value,
-    Lease,
-    Exists,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq)]
-enum OpSymbol {
-    #[serde(rename = "==")]
-    Eq,
-    #[serde(rename = "!=")]
-    Ne,
-    #[serde(rename = "<")]
-    Lt,
-    #[serde(rename = "<=")]
-    Le,
-    #[serde(rename = ">")]
-    Gt,
-    #[serde(rename = ">=")]
-    Ge,
 }
 
 #[derive(Deserialize)]
@@ -127,14 +100,7 @@ impl TxnBody {
 impl CompareBody {
     fn compare(self) -> Result<Compare, WireError> {
         let value = self.value.get();
-        let target = match self.target {
-            TargetBody::Revision => Target::Revision,
-            TargetBody::CreateRevision => Target::CreateRevision,
-            TargetBody::Version => Target::Version,
-            TargetBody::Lease => Target::Lease,
-            TargetBody::Value => Target::Value,
-            TargetBody::Exists => Target::Exists,
-        };
+        let target = self.target;
         match target {
             Target::Value => validate::value_depth(value)?,
             Target::Exists => {
@@ -145,7 +111,7 @@ impl CompareBody {
                         excerpt(value)
                     )));
                 }
-                if !matches!(self.op, OpSymbol::Eq | OpSymbol::Ne) {
+                if !matches!(self.op, CmpOp::Eq | CmpOp::Ne) {
                     return Err(bad_request("compare on `exists` takes == or != only"));
                 }
             }
@@ -160,18 +126,10 @@ impl CompareBody {
                 }
             }
         }
-        let op = match self.op {
-            OpSymbol::Eq => CmpOp::Eq,
-            OpSymbol::Ne => CmpOp::Ne,
-            OpSymbol::Lt => CmpOp::Lt,
-            OpSymbol::Le => CmpOp::Le,
-            OpSymbol::Gt => CmpOp::Gt,
-            OpSymbol::Ge => CmpOp::Ge,
-        };
         Ok(Compare {
             key: self.key,
             target,
-            op,
+            op: self.op,
             value: value.to_string(),
         })
     }

@@ -37,14 +37,16 @@ pub struct CheckArgs {
     /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
-    /// What the clients do: `register` (reads, writes of unique values, deletes) or `cas`
-    /// (also compare-and-swap writes with `if_revision`, checked by the same model).
-    #[arg(long, default_value = "register", value_parser = ["register", "cas"])]
+    /// What the clients do: `register` (reads, writes of unique values, deletes), `cas`
+    /// (also compare-and-swap writes with `if_revision`, checked by the same model) or `bank`
+    /// (transfers between --keys accounts by txn with compares on revision, and reads of all
+    /// accounts: the total never changes, no transfer applies twice).
+    #[arg(long, default_value = "register", value_parser = ["register", "cas", "bank"])]
     pub workload: String,
     /// Concurrent client processes, spread over the three NATS servers.
     #[arg(long, default_value_t = 6)]
     pub clients: usize,
-    /// Size of the key set.
+    /// Size of the key set (the number of accounts with --workload bank).
     #[arg(long, default_value_t = 8)]
     pub keys: usize,
     /// Deadline of one attempt of a client operation (sent as `timeout_ms`; the client waits
@@ -107,8 +109,12 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
     }
     let timings = concord_check::run::Timings::parse(&args.timings)
         .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
-    let workload = concord_check::workload::Workload::parse(&args.workload)
-        .ok_or_else(|| anyhow::anyhow!("--workload: '{}' is not register or cas", args.workload))?;
+    let workload = concord_check::workload::Workload::parse(&args.workload).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--workload: '{}' is not register, cas or bank",
+            args.workload
+        )
+    })?;
     let opts = concord_check::run::CheckOptions {
         workload,
         duration: args.duration,
@@ -228,6 +234,9 @@ fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
         verdict.max_recovery_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
         verdict.history.display()
     );
+    if let Some(b) = &verdict.bank {
+        t.push_str(&format!("\n{}", bank_line(b)));
+    }
     for line in concord_check::gaps::report_lines(&verdict.failover) {
         t.push_str(&format!("\nfailover: {line}"));
     }
@@ -246,6 +255,30 @@ fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
         t.push_str(&format!("\n{e}"));
     }
     t
+}
+
+/// The bank workload's counts in one line.
+fn bank_line(b: &concord_check::bank::check::BankVerdict) -> String {
+    let t = &b.transfers;
+    format!(
+        "bank: {} accounts, total {} ({}); transfers {} ok, {} failed compare, {} refused, {} unknown ({} of them applied; {} applied in all); reads {} ok, {} fail, {} unknown",
+        b.setup.accounts.len(),
+        b.total,
+        if b.holds() {
+            "kept by every read".to_string()
+        } else {
+            format!("{} VIOLATIONS", b.violation_count)
+        },
+        t.ok,
+        t.failed_compare,
+        t.refused,
+        t.unknown,
+        t.unknown_applied,
+        t.applied,
+        b.reads.ok,
+        b.reads.fail,
+        b.reads.unknown
+    )
 }
 
 /// The exactly-once check in one line.

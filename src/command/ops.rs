@@ -193,7 +193,10 @@ pub struct Compare {
     pub value: String,
 }
 
+/// Also the wire's names (`P.kv.txn`), in snake_case; the log encodes variants by index, so
+/// the names never reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     Revision,
     CreateRevision,
@@ -203,13 +206,20 @@ pub enum Target {
     Exists,
 }
 
+/// Named on the wire by their symbols (`==`, `!=`, `<`, `<=`, `>`, `>=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CmpOp {
+    #[serde(rename = "==")]
     Eq,
+    #[serde(rename = "!=")]
     Ne,
+    #[serde(rename = "<")]
     Lt,
+    #[serde(rename = "<=")]
     Le,
+    #[serde(rename = ">")]
     Gt,
+    #[serde(rename = ">=")]
     Ge,
 }
 

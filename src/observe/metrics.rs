@@ -21,6 +21,8 @@ pub const BUILD_INFO: &str = "concord_build_info";
 pub const REQUESTS: &str = "concord_requests_total";
 pub const REQUEST_DURATION: &str = "concord_request_duration_seconds";
 pub const AUTH_FAILURES: &str = "concord_auth_failures_total";
+/// Writes refused as `conflict`, by operation and `reason` (counted where answered).
+pub const CONFLICTS: &str = "concord_conflicts_total";
 pub const RAFT_TERM: &str = "concord_raft_term";
 pub const RAFT_STATE: &str = "concord_raft_state";
 pub const RAFT_LEADER_ID: &str = "concord_raft_leader_id";
@@ -293,11 +295,17 @@ impl PeerMetrics {
     }
 }
 
+/// The writes that can answer `conflict`, and the reasons counted (DESIGN.md's; any other
+/// counts as `other`, so the label stays bounded).
+const CONFLICT_OPS: [KvOp; 4] = [KvOp::Put, KvOp::Delete, KvOp::Incr, KvOp::Txn];
+const CONFLICT_REASONS: [&str; 5] = ["revision", "request_id", "bound", "not_integer", "other"];
+
 /// Handles of every series, made once per node.
 pub struct Metrics {
     requests: [[Counter; ERROR_KINDS.len() + 1]; ReqOp::ALL.len()],
     request_duration: [Histogram; ReqOp::ALL.len()],
     auth_failures: [Counter; ReqOp::ALL.len()],
+    conflicts: [[Counter; CONFLICT_REASONS.len()]; CONFLICT_OPS.len()],
     pub raft_term: Gauge,
     pub raft_state: [Gauge; 5],
     pub raft_leader_id: Gauge,
@@ -354,6 +362,10 @@ impl Metrics {
             }),
             request_duration: ops.map(|op| histogram!(REQUEST_DURATION, "op" => op.label())),
             auth_failures: ops.map(|op| counter!(AUTH_FAILURES, "op" => op.label())),
+            conflicts: CONFLICT_OPS.map(|op| {
+                CONFLICT_REASONS
+                    .map(|reason| counter!(CONFLICTS, "op" => op.as_str(), "reason" => reason))
+            }),
             raft_term: gauge!(RAFT_TERM),
             raft_state: RAFT_STATES.map(|s| gauge!(RAFT_STATE, "state" => s)),
             raft_leader_id: gauge!(RAFT_LEADER_ID),
@@ -397,6 +409,18 @@ impl Metrics {
         if result == Err(ErrorKind::Unauthorized) {
             self.auth_failures[i].increment(1);
         }
+    }
+
+    /// A write answered `conflict` for `reason`.
+    pub fn conflict(&self, op: KvOp, reason: &str) {
+        let Some(o) = CONFLICT_OPS.iter().position(|x| *x == op) else {
+            return;
+        };
+        let r = CONFLICT_REASONS
+            .iter()
+            .position(|x| *x == reason)
+            .unwrap_or(CONFLICT_REASONS.len() - 1);
+        self.conflicts[o][r].increment(1);
     }
 
     pub fn snapshot(&self, kind: SnapshotKind, size_bytes: u64, seconds: f64) {
@@ -516,6 +540,11 @@ fn describe_snapshots_storage_and_nats() {
     describe_counter!(
         IDEMPOTENCY_REPLAYS,
         "Retried writes answered from the idempotency table (applied once, answered again)."
+    );
+    describe_counter!(
+        CONFLICTS,
+        "Writes refused as conflict, by op and reason (revision, request_id, bound, \
+         not_integer): a condition that did not hold at apply; nothing was written."
     );
     describe_counter!(
         IDEMPOTENCY_CONFLICTS,

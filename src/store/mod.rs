@@ -32,6 +32,8 @@ pub mod keys;
 pub mod log_store;
 mod meta;
 pub mod migrations;
+#[cfg(test)]
+mod prefix_tests;
 mod recent;
 pub mod snapshot;
 pub mod state_machine;

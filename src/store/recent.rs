@@ -281,6 +281,9 @@ impl BatchWrites<'_> {
                 known.insert(k.clone(), stored.is_some());
             }
         }
+        // The state machine's own keys (the idempotency table's segments) are never a
+        // client's, even under the empty prefix of a delete of everything.
+        known.retain(|k, _| !keys::is_reserved(k.as_bytes()));
         let mut found = Found::new(limit);
         let mut known = known.into_iter().peekable();
         for guard in self.kv.prefix(prefix.as_bytes()) {

@@ -68,6 +68,21 @@ impl Cluster {
             concord_harness::cluster::Cluster::start_with(n, opts).await?,
         ))
     }
+
+    /// `n` nodes with a leader and the cluster writing log format 2, where conditions,
+    /// counters and transactions travel.
+    pub async fn start_format_2(n: u64, opts: ClusterOptions) -> Result<Cluster> {
+        const SETTLE: Duration = Duration::from_secs(30);
+        let cluster = Cluster::start_with(n, opts).await?;
+        let leader = cluster.wait_stable(SETTLE).await?;
+        let c = &cluster;
+        wait_until(SETTLE, "the cluster writes log format 2", || async move {
+            let s = c.status(leader).await?;
+            Ok(s["log_format"]["cluster"].as_u64() >= Some(2))
+        })
+        .await?;
+        Ok(cluster)
+    }
 }
 
 /// Options that need the node library.

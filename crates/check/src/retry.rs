@@ -93,7 +93,9 @@ enum Step {
 }
 
 /// One operation to perform: its function, key, and for a write the value, request id and
-/// condition (`if_revision`: a compare-and-swap).
+/// condition (`if_revision`: a compare-and-swap). With `txn`, a transaction instead
+/// (`P.kv.txn` with that body; `key`, `value` and `if_revision` unused), performed as a
+/// write: its reply is the outcome.
 pub struct Request<'a> {
     pub prefix: &'a str,
     pub f: Func,
@@ -101,18 +103,24 @@ pub struct Request<'a> {
     pub value: &'a Value,
     pub request_id: Option<&'a str>,
     pub if_revision: Option<u64>,
+    pub txn: Option<&'a Value>,
 }
 
 impl Request<'_> {
     fn subject_and_body(&self, timeout_ms: u64) -> (String, Value) {
         let mut body = json!({"key": self.key, "timeout_ms": timeout_ms});
-        let op = match self.f {
-            Func::Read => "get",
-            Func::Write => {
+        let op = match (self.txn, self.f) {
+            (Some(txn), _) => {
+                body = txn.clone();
+                body["timeout_ms"] = json!(timeout_ms);
+                "txn"
+            }
+            (None, Func::Read) => "get",
+            (None, Func::Write) => {
                 body["value"] = self.value.clone();
                 "put"
             }
-            Func::Delete => "delete",
+            (None, Func::Delete) => "delete",
         };
         if let Some(id) = self.request_id {
             body["request_id"] = json!(id);
@@ -383,6 +391,7 @@ mod tests {
             value: &value,
             request_id: Some("6f1c9a2e-0000-4000-8000-000000000000"),
             if_revision: None,
+            txn: None,
         };
         let (subject, body) = req.subject_and_body(1000);
         assert_eq!(subject, "concord.kv.put");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::bank::{self, check::BankVerdict};
 use crate::exactly_once::{self, ExactlyOnce, Probe};
 use crate::gaps::{self, GapSummary};
 use crate::history;
@@ -60,6 +61,9 @@ pub struct SuiteVerdict {
     pub ops: Counts,
     /// Compare-and-swap writes by outcome (all 0 in the register workload).
     pub cas: CasCounts,
+    /// The bank workload's checks and counts (only with `--workload bank`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bank: Option<BankVerdict>,
     pub faults: Vec<FaultRecord>,
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
@@ -145,52 +149,117 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let started = Instant::now();
     let mut cluster = start_cluster(&opts, &progress).await?;
     let netns = cluster.netns();
-
     let wl = workload_config(&opts, cluster.all_client_urls());
     let mut problems = Vec::new();
-    let before = probe(&wl, "before the workload", &mut problems).await;
-    let recorder = Recorder::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(workload::run(wl.clone(), recorder.clone(), stop.clone()));
+    let run = (&opts, &wl, started);
+    let mut c = match opts.workload {
+        Workload::Bank => run_bank(&mut cluster, run, &mut problems, &progress).await?,
+        _ => run_registers(&mut cluster, run, &mut problems, &progress).await?,
+    };
+    let max_recovery_ms = c.faults.iter().filter_map(|f| f.recovery_ms).max();
+    let failover = gaps::summarize(&c.faults);
+    let valid = c.consistent
+        && c.lost.is_empty()
+        && c.exactly_once.as_ref().is_some_and(ExactlyOnce::holds)
+        && problems.iter().all(|p| p.contains("skipped"));
+    if !valid {
+        keep_log_tails(&cluster, &opts.workdir);
+    }
+    cluster.shutdown().await;
+    Ok(SuiteVerdict {
+        valid,
+        checker: std::mem::take(&mut c.checker),
+        workload: opts.workload,
+        ops: c.ops,
+        cas: c.cas,
+        bank: c.bank,
+        faults: c.faults,
+        keys_checked: c.keys_checked,
+        lost_writes: c.lost,
+        exactly_once: c.exactly_once,
+        retry: opts.retry,
+        op_deadline_ms: opts.op_deadline.as_millis() as u64,
+        max_recovery_ms,
+        failover,
+        timings: opts.timings,
+        problems,
+        explanation: c.explanation,
+        history: c.history,
+        netns,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
+/// What one workload's run came to, for the verdict.
+struct Checked {
+    /// The checker passed (linearizable; for the bank, no violation).
+    consistent: bool,
+    checker: String,
+    explanation: Option<String>,
+    keys_checked: usize,
+    lost: Vec<String>,
+    exactly_once: Option<ExactlyOnce>,
+    ops: Counts,
+    cas: CasCounts,
+    bank: Option<BankVerdict>,
+    faults: Vec<FaultRecord>,
+    history: PathBuf,
+}
+
+/// A run's options, workload configuration and start.
+type RunOf<'a> = (&'a CheckOptions, &'a WorkloadConfig, Instant);
+
+/// The faults while the workload runs, then quiet, then the workload stopped and awaited.
+async fn faults_under_load<E: std::fmt::Display>(
+    cluster: &mut CheckCluster,
+    (opts, _, started): RunOf<'_>,
+    (stop, load): (Arc<AtomicBool>, tokio::task::JoinHandle<Result<(), E>>),
+    problems: &mut Vec<String>,
+    progress: &impl Fn(&str),
+) -> Result<Vec<FaultRecord>, Error> {
     let timing = Timing {
         hold: opts.hold,
         pause: opts.hold,
         quiet: Duration::from_secs(2),
         recovery_limit: Duration::from_secs(20),
     };
-    let mut faults = inject_faults(
-        &mut cluster,
-        &opts,
-        timing,
-        started,
-        &mut problems,
-        &progress,
-    )
-    .await?;
+    let faults = inject_faults(cluster, opts, timing, started, problems, progress).await?;
     tokio::time::sleep(timing.quiet).await;
     stop.store(true, Ordering::Relaxed);
     match load.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Error::Workload(e.to_string())),
-        Err(e) => return Err(Error::Workload(e.to_string())),
+        Ok(Ok(())) => Ok(faults),
+        Ok(Err(e)) => Err(Error::Workload(e.to_string())),
+        Err(e) => Err(Error::Workload(e.to_string())),
     }
+}
+
+/// The register and compare-and-swap workloads: per-key linearizability, lost writes and
+/// exactly-once by revisions.
+async fn run_registers(
+    cluster: &mut CheckCluster,
+    run: RunOf<'_>,
+    problems: &mut Vec<String>,
+    progress: &impl Fn(&str),
+) -> Result<Checked, Error> {
+    let (opts, wl, _) = run;
+    let before = probe(wl, "before the workload", problems).await;
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(workload::run(wl.clone(), recorder.clone(), stop.clone()));
+    let mut faults = faults_under_load(cluster, run, (stop, load), problems, progress).await?;
     progress("workload stopped; final reads");
     let finals =
-        match workload::final_reads(&wl, &recorder, 10_000_000, Duration::from_secs(30)).await {
+        match workload::final_reads(wl, &recorder, 10_000_000, Duration::from_secs(30)).await {
             Ok(f) => f,
             Err(e) => {
                 problems.push(e);
                 Vec::new()
             }
         };
-    let after = probe(&wl, "after the workload", &mut problems).await;
+    let after = probe(wl, "after the workload", problems).await;
     let history = recorder.history();
     let history_path = opts.workdir.join("history.jsonl");
     std::fs::write(&history_path, history::to_lines(&history))?;
-    let counts = workload::count(&history);
-    let cas = workload::count_cas(&history);
-    let lost = workload::lost_writes(&history, &finals);
     let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
     let exactly_once = before.zip(after).map(|(b, a)| {
         let a = Probe {
@@ -201,37 +270,88 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     });
     progress(&format!("checking {} events", history.len()));
     let (checker, explanation, keys_checked) = check_history(&history);
-    let max_recovery_ms = faults.iter().filter_map(|f| f.recovery_ms).max();
-    measure_faults(&mut faults, &history, &recorder);
-    let failover = gaps::summarize(&faults);
-    let valid = checker == "linearizable"
-        && lost.is_empty()
-        && exactly_once.as_ref().is_some_and(ExactlyOnce::holds)
-        && problems.iter().all(|p| p.contains("skipped"));
-    if !valid {
-        keep_log_tails(&cluster, &opts.workdir);
-    }
-    cluster.shutdown().await;
-    Ok(SuiteVerdict {
-        valid,
+    measure_faults(&mut faults, &history, |at| recorder.time_of(at));
+    Ok(Checked {
+        consistent: checker == "linearizable",
         checker,
-        workload: opts.workload,
-        ops: counts,
-        cas,
-        faults,
-        keys_checked,
-        lost_writes: lost,
-        exactly_once,
-        retry: opts.retry,
-        op_deadline_ms: opts.op_deadline.as_millis() as u64,
-        max_recovery_ms,
-        failover,
-        timings: opts.timings,
-        problems,
         explanation,
+        keys_checked,
+        lost: workload::lost_writes(&history, &finals),
+        exactly_once,
+        ops: workload::count(&history),
+        cas: workload::count_cas(&history),
+        bank: None,
+        faults,
         history: history_path,
-        netns,
-        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The bank workload: accounts created before the first probe, transfers and reads under
+/// the faults, a final read, and the bank checker ([`bank::check`]).
+async fn run_bank(
+    cluster: &mut CheckCluster,
+    run: RunOf<'_>,
+    problems: &mut Vec<String>,
+    progress: &impl Fn(&str),
+) -> Result<Checked, Error> {
+    let (opts, wl, _) = run;
+    let setup = bank::client::create_accounts(wl, Duration::from_secs(30))
+        .await
+        .map_err(Error::Workload)?;
+    let before = probe(wl, "before the workload", problems).await;
+    let recorder = bank::client::BankRecorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(bank::client::run(
+        wl.clone(),
+        recorder.clone(),
+        stop.clone(),
+    ));
+    let mut faults = faults_under_load(cluster, run, (stop, load), problems, progress).await?;
+    progress("workload stopped; final read");
+    let finals =
+        match bank::client::final_read(wl, &recorder, 10_000_000, Duration::from_secs(30)).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
+    let after = probe(wl, "after the workload", problems).await;
+    let history = recorder.history();
+    let history_path = opts.workdir.join("history.jsonl");
+    std::fs::write(&history_path, bank::to_lines(&history))?;
+    progress(&format!("checking {} events", history.len()));
+    let verdict = bank::check::check(&setup, &history, finals.as_deref());
+    let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
+    let exactly_once = before.zip(after).map(|(b, a)| {
+        let a = Probe {
+            outside_writes,
+            ..a
+        };
+        bank::check::exactly_once(&verdict, b, a)
+    });
+    let events = bank::as_register_events(&history);
+    measure_faults(&mut faults, &events, |at| recorder.time_of(at));
+    let explanation = (!verdict.violations.is_empty()).then(|| verdict.violations.join("\n"));
+    Ok(Checked {
+        consistent: verdict.holds(),
+        checker: if verdict.holds() {
+            "bank: consistent".into()
+        } else {
+            format!(
+                "bank: NOT consistent ({} violations)",
+                verdict.violation_count
+            )
+        },
+        explanation,
+        keys_checked: setup.accounts.len(),
+        lost: Vec::new(),
+        exactly_once,
+        ops: workload::count(&events),
+        cas: CasCounts::default(),
+        bank: Some(verdict),
+        faults,
+        history: history_path,
     })
 }
 
@@ -250,12 +370,17 @@ fn workload_config(opts: &CheckOptions, urls: Vec<String>) -> WorkloadConfig {
     }
 }
 
-/// Each fault's write gap and longest write wait, from the history.
-fn measure_faults(faults: &mut [FaultRecord], history: &[history::Event], recorder: &Recorder) {
+/// Each fault's write gap and longest write wait, from the history (`time_of`: an instant
+/// as a history time).
+fn measure_faults(
+    faults: &mut [FaultRecord],
+    history: &[history::Event],
+    time_of: impl Fn(Instant) -> u64,
+) {
     let (acks, waits) = (gaps::write_acks(history), gaps::write_waits(history));
     for f in faults {
         if let (Some(from), Some(to)) = (f.injected, f.writable) {
-            let (from, to) = (recorder.time_of(from), recorder.time_of(to));
+            let (from, to) = (time_of(from), time_of(to));
             f.write_gap_ms = gaps::gap_around(&acks, from, to);
             f.write_wait_ms = gaps::wait_around(&waits, from, to);
         }

@@ -36,6 +36,9 @@ pub enum Workload {
     /// Reads, writes of unique values, compare-and-swap writes (`if_revision`) and a few
     /// deletes.
     Cas,
+    /// Transfers between accounts by txn and reads of all accounts (its own client and
+    /// checker: the `bank` module).
+    Bank,
 }
 
 impl Workload {
@@ -43,6 +46,7 @@ impl Workload {
         match s {
             "register" => Some(Workload::Register),
             "cas" => Some(Workload::Cas),
+            "bank" => Some(Workload::Bank),
             _ => None,
         }
     }
@@ -238,7 +242,8 @@ fn pick(workload: Workload, roll: u64, last_read: Option<u64>) -> (Func, Option<
             50..90 => (Func::Write, None),
             _ => (Func::Delete, None),
         },
-        Workload::Cas => match roll {
+        // The bank workload runs its own processes (the bank module's client); never here.
+        Workload::Cas | Workload::Bank => match roll {
             0..45 => (Func::Read, None),
             45..60 => (Func::Write, None),
             60..90 => (Func::Write, Some(last_read.unwrap_or(0))),
@@ -281,6 +286,7 @@ async fn one_op(
         value,
         request_id: request_id.as_deref(),
         if_revision,
+        txn: None,
     };
     let invoke = (key, value.clone(), if_revision);
     recorder.record(process, (EventType::Invoke, f), invoke, None);
@@ -330,6 +336,7 @@ pub async fn revision_probe(
         value: &value,
         request_id: Some(&id),
         if_revision: None,
+        txn: None,
     };
     match retry::perform(&conns, 0, &policy, &req).await {
         (Outcome::Ok(_), a) => a
