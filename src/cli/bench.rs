@@ -19,7 +19,10 @@ pub struct BenchArgs {
     /// Stop after this many operations (whichever of --ops and --duration comes first).
     #[arg(long)]
     pub ops: Option<u64>,
-    /// Operation weights.
+    /// Operation weights: put, get, delete, and the counters `cas` (read + write if the
+    /// revision held, read again on a conflict, until it applies: one op is one successful
+    /// update; concord and etcd) and `incr` (`P.kv.incr` by 1; concord only). Counters live
+    /// under `bench:ctr:N`; contend with e.g. `--mix cas=100 --keys 10 --clients 64`.
     #[arg(long, default_value = "put=100")]
     pub mix: String,
     /// Size of the key space.
@@ -152,15 +155,25 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
     };
     let s = concord_bench::run(target, cfg, !global.json).await?;
     let v = serde_json::to_value(&s)?;
-    Ok(out(global, v, || {
-        let mut line = format!(
-            "{} ops in {:.1}s: {:.0} ops/s | latency us p50 {} p90 {} p99 {} p99.9 {} max {} | errors {:?}",
-            s.ops, s.seconds, s.ops_per_sec, s.latency_us["p50"], s.latency_us["p90"],
-            s.latency_us["p99"], s.latency_us["p999"], s.latency_us["max"], s.errors
-        );
-        if let (Some(c), Some(per)) = (s.cpu_seconds, s.cpu_seconds_per_10k_ops) {
-            line.push_str(&format!(" | cpu {c:.2} s, {per:.3} s per 10k ops"));
-        }
-        line
-    }))
+    Ok(out(global, v, || summary_line(&s)))
+}
+
+/// The human-readable summary of a run.
+fn summary_line(s: &concord_bench::Summary) -> String {
+    let mut line = format!(
+        "{} ops in {:.1}s: {:.0} ops/s | latency us p50 {} p90 {} p99 {} p99.9 {} max {} | errors {:?}",
+        s.ops, s.seconds, s.ops_per_sec, s.latency_us["p50"], s.latency_us["p90"],
+        s.latency_us["p99"], s.latency_us["p999"], s.latency_us["max"], s.errors
+    );
+    if s.conflicts > 0 {
+        let per = s.conflicts as f64 / s.ops.max(1) as f64;
+        line.push_str(&format!(
+            " | conflicts {} ({per:.2} per update)",
+            s.conflicts
+        ));
+    }
+    if let (Some(c), Some(per)) = (s.cpu_seconds, s.cpu_seconds_per_10k_ops) {
+        line.push_str(&format!(" | cpu {c:.2} s, {per:.3} s per 10k ops"));
+    }
+    line
 }

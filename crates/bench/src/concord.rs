@@ -1,13 +1,18 @@
 //! The `concord` and `echo` targets: a JSON request-reply on the contract subjects
-//! `P.kv.put|get|delete` (or, for `echo`, on a private subject answered at once by a
+//! `P.kv.put|get|delete|incr` (or, for `echo`, on a private subject answered at once by a
 //! responder in this process: the NATS round-trip floor).
+//!
+//! `cas` is the optimistic update loop of docs/protocol.md: a linearizable `get` of the
+//! counter (a missing key counts as 0 at revision 0), a `put` of the value + 1 with
+//! `if_revision` = the revision read, and on `conflict` a fresh `get`. `incr` is one
+//! `P.kv.incr` with `by` 1.
 
 use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
 
-use super::{Driver, Op, OpResult};
+use super::{key_name, Driver, Op, OpResult, MAX_CAS_ATTEMPTS};
 use concord_wire::subjects::{KvOp, Subjects};
 
 #[derive(Clone)]
@@ -16,13 +21,16 @@ pub struct ConcordHandle {
     put: Subject,
     get: Subject,
     delete: Subject,
+    incr: Subject,
     /// Bytes in a put's value (its JSON string, quotes included).
     value_size: usize,
     stale: bool,
     timeout: Duration,
     headers: Option<async_nats::HeaderMap>,
-    /// Every put and delete carries a fresh `request_id`.
+    /// Every write (put, delete, a `cas` put, incr) carries a fresh `request_id`.
     ids: bool,
+    /// `cas` writes refused with `conflict` (this client's; each handle is one client's).
+    conflicts: u64,
 }
 
 impl ConcordHandle {
@@ -42,11 +50,13 @@ impl ConcordHandle {
             put: subject(KvOp::Put),
             get: subject(KvOp::Get),
             delete: subject(KvOp::Delete),
+            incr: subject(KvOp::Incr),
             value_size,
             stale,
             timeout,
             headers: None,
             ids: false,
+            conflicts: 0,
         }
     }
 
@@ -67,16 +77,21 @@ impl ConcordHandle {
     }
 }
 
-/// The JSON body of `op` on key number `key`: a put's value is `value_size` bytes (its JSON
-/// string, quotes included) of fresh letters; with `ids`, a put or delete carries a new
-/// `request_id`.
-fn body(op: Op, key: u64, value_size: usize, stale: bool, ids: bool) -> Vec<u8> {
-    let key = format!("bench:{key}");
-    let id = if ids && op != Op::Get {
+/// `,"request_id":"<new UUID v4>"` with `ids`, else nothing.
+fn request_id(ids: bool) -> String {
+    if ids {
         format!(r#","request_id":"{}""#, uuid::Uuid::new_v4())
     } else {
         String::new()
-    };
+    }
+}
+
+/// The JSON body of `op` on key number `key`: a put's value is `value_size` bytes (its JSON
+/// string, quotes included) of fresh letters; with `ids`, a write carries a new
+/// `request_id`. For `cas` it is the first read.
+fn body(op: Op, key: u64, value_size: usize, stale: bool, ids: bool) -> Vec<u8> {
+    let key = key_name(op, key);
+    let id = request_id(ids && !matches!(op, Op::Get | Op::Cas));
     match op {
         Op::Put => {
             // The alphabet needs no escaping in a JSON string.
@@ -85,11 +100,89 @@ fn body(op: Op, key: u64, value_size: usize, stale: bool, ids: bool) -> Vec<u8> 
             body.extend_from_slice(br#""}"#);
             body
         }
-        Op::Get => {
-            let c = if stale { "stale" } else { "linearizable" };
+        // The read of a cas is always linearizable: a stale read would only add conflicts.
+        Op::Get | Op::Cas => {
+            let c = if stale && op == Op::Get {
+                "stale"
+            } else {
+                "linearizable"
+            };
             format!(r#"{{"key":"{key}","consistency":"{c}"}}"#).into_bytes()
         }
         Op::Delete => format!(r#"{{"key":"{key}"{id}}}"#).into_bytes(),
+        Op::Incr => format!(r#"{{"key":"{key}","by":1{id}}}"#).into_bytes(),
+    }
+}
+
+/// A `cas` write: `value` at `key` only if the key's revision is still `revision`.
+fn cas_put(key: &str, value: i64, revision: u64, ids: bool) -> Vec<u8> {
+    let id = request_id(ids);
+    format!(r#"{{"key":"{key}","value":{value},"if_revision":{revision}{id}}}"#).into_bytes()
+}
+
+/// A counter's value and revision from a get's reply: a missing key is 0 at revision 0, a
+/// value that is not an integer counts as 0 (the cas then overwrites it).
+fn read_counter(reply: &serde_json::Value) -> Result<(i64, u64), String> {
+    if reply["ok"] == true {
+        let revision = reply["revision"]
+            .as_u64()
+            .ok_or_else(|| "no_revision".to_string())?;
+        Ok((reply["value"].as_i64().unwrap_or(0), revision))
+    } else {
+        match reply["error"]["code"].as_str() {
+            Some("not_found") => Ok((0, 0)),
+            Some(code) => Err(code.to_string()),
+            None => Err("unreadable".into()),
+        }
+    }
+}
+
+/// The code of a reply that is not `{"ok":true,...}`; a get's `not_found` is a served read.
+fn failure(payload: &[u8]) -> OpResult {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    match v["error"]["code"].as_str().unwrap_or("unreadable") {
+        "not_found" => Ok(()),
+        code => Err(code.to_string()),
+    }
+}
+
+impl ConcordHandle {
+    /// One request-reply on `subject`: the reply's payload, or the NATS failure's code.
+    async fn call(&self, subject: &Subject, body: Bytes) -> Result<Bytes, String> {
+        let mut req = async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(self.timeout));
+        if let Some(h) = &self.headers {
+            req = req.headers(h.clone());
+        }
+        match self.nats.send_request(subject.clone(), req).await {
+            Ok(reply) => Ok(reply.payload),
+            Err(e) => Err(format!("nats_{:?}", e.kind())),
+        }
+    }
+
+    /// The optimistic update loop: read, write + 1 if the revision held, else read again;
+    /// at most [`MAX_CAS_ATTEMPTS`] tries.
+    async fn cas(&mut self, read: Bytes) -> OpResult {
+        let key = serde_json::from_slice::<serde_json::Value>(&read)
+            .ok()
+            .and_then(|v| v["key"].as_str().map(str::to_string))
+            .ok_or_else(|| "bad_cas_request".to_string())?;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let reply = self.call(&self.get, read.clone()).await?;
+            let reply = serde_json::from_slice(&reply).unwrap_or_default();
+            let (value, revision) = read_counter(&reply)?;
+            let put = cas_put(&key, value.wrapping_add(1), revision, self.ids);
+            let reply = self.call(&self.put, put.into()).await?;
+            if reply.starts_with(br#"{"ok":true"#) {
+                return Ok(());
+            }
+            match failure(&reply) {
+                Err(code) if code == "conflict" => self.conflicts += 1,
+                other => return other,
+            }
+        }
+        Err("cas_gave_up".into())
     }
 }
 
@@ -105,30 +198,18 @@ impl Driver for ConcordHandle {
             Op::Put => &self.put,
             Op::Get => &self.get,
             Op::Delete => &self.delete,
+            Op::Incr => &self.incr,
+            Op::Cas => return self.cas(body).await,
         };
-        let mut req = async_nats::Request::new()
-            .payload(body)
-            .timeout(Some(self.timeout));
-        if let Some(h) = &self.headers {
-            req = req.headers(h.clone());
+        let reply = self.call(subject, body).await?;
+        if reply.starts_with(br#"{"ok":true"#) {
+            return Ok(());
         }
-        match self.nats.send_request(subject.clone(), req).await {
-            Ok(reply) => {
-                if reply.payload.starts_with(br#"{"ok":true"#) {
-                    return Ok(());
-                }
-                let v: serde_json::Value =
-                    serde_json::from_slice(&reply.payload).unwrap_or_default();
-                let code = v["error"]["code"].as_str().unwrap_or("unreadable");
-                // A get of a key not yet written is a served read, not a failure.
-                if code == "not_found" {
-                    Ok(())
-                } else {
-                    Err(code.to_string())
-                }
-            }
-            Err(e) => Err(format!("nats_{:?}", e.kind())),
-        }
+        failure(&reply)
+    }
+
+    fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 }
 
@@ -178,8 +259,59 @@ mod tests {
         );
         assert_eq!(id(&parse(Op::Delete, true)).get_version_num(), 4);
         assert!(parse(Op::Get, true).get("request_id").is_none());
-        for op in [Op::Put, Op::Get, Op::Delete] {
+        assert_eq!(id(&parse(Op::Incr, true)).get_version_num(), 4);
+        // A cas starts with its read, which carries no id.
+        assert!(parse(Op::Cas, true).get("request_id").is_none());
+        for op in Op::ALL {
             assert!(parse(op, false).get("request_id").is_none());
         }
+    }
+
+    #[test]
+    fn counter_bodies() {
+        let incr = parse(Op::Incr, false);
+        assert_eq!(incr["key"], "bench:ctr:7");
+        assert_eq!(incr["by"], 1);
+        let read = serde_json::from_slice::<Value>(&body(Op::Cas, 7, 100, true, false)).unwrap();
+        assert_eq!(read["key"], "bench:ctr:7");
+        assert_eq!(
+            read["consistency"], "linearizable",
+            "even with --consistency stale"
+        );
+        let put: Value = serde_json::from_slice(&cas_put("bench:ctr:7", 5, 42, true)).unwrap();
+        assert_eq!(put["value"], 5);
+        assert_eq!(put["if_revision"], 42);
+        assert!(put["request_id"].is_string());
+        let put: Value = serde_json::from_slice(&cas_put("k", -1, 0, false)).unwrap();
+        assert_eq!(
+            (put["value"].as_i64(), put["if_revision"].as_u64()),
+            (Some(-1), Some(0))
+        );
+        assert!(put.get("request_id").is_none());
+    }
+
+    #[test]
+    fn counters_read_from_get_replies() {
+        let ok = serde_json::json!({"ok":true,"value":41,"revision":9,"store_revision":12});
+        assert_eq!(read_counter(&ok), Ok((41, 9)));
+        let text = serde_json::json!({"ok":true,"value":"x","revision":3});
+        assert_eq!(read_counter(&text), Ok((0, 3)));
+        let missing =
+            serde_json::json!({"ok":false,"error":{"code":"not_found","store_revision":4}});
+        assert_eq!(read_counter(&missing), Ok((0, 0)));
+        let busy = serde_json::json!({"ok":false,"error":{"code":"busy"}});
+        assert_eq!(read_counter(&busy), Err("busy".into()));
+        let no_rev = serde_json::json!({"ok":true,"value":1});
+        assert_eq!(read_counter(&no_rev), Err("no_revision".into()));
+        assert_eq!(read_counter(&Value::Null), Err("unreadable".into()));
+        assert_eq!(
+            failure(br#"{"ok":false,"error":{"code":"conflict","reason":"revision"}}"#),
+            Err("conflict".into())
+        );
+        assert_eq!(
+            failure(br#"{"ok":false,"error":{"code":"not_found"}}"#),
+            Ok(())
+        );
+        assert_eq!(failure(b"garbage"), Err("unreadable".into()));
     }
 }

@@ -2,7 +2,11 @@
 //! `etcd-client` crate. Put is `Put`; a linearizable get is the default `Range`
 //! (`serializable = false`: the member confirms with the leader, ReadIndex); a stale get is
 //! `Range` with `serializable = true` (served from the member's own state); delete is
-//! `DeleteRange` of the one key.
+//! `DeleteRange` of the one key. `cas` is etcd's optimistic update loop: a linearizable
+//! `Range` of the counter (a missing key is 0 at mod_revision 0), then a `Txn` comparing
+//! the key's `mod_revision` with the one read and putting the value + 1 if it holds; when
+//! it does not, a fresh `Range` and another try. Counters are decimal text (etcd values are
+//! bytes). etcd has no increment, so `incr` is refused before the run.
 //!
 //! Connections: one `etcd_client::Client` is one balanced gRPC channel with an HTTP/2
 //! connection to every endpoint (requests spread over the members, which forward writes and
@@ -17,15 +21,17 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
 
-use super::{snake_case, Driver, Op, OpResult};
+use super::{key_name, snake_case, Driver, Op, OpResult, MAX_CAS_ATTEMPTS};
 
 #[derive(Clone)]
 pub struct EtcdHandle {
     kv: KvClient,
     value_size: usize,
     stale: bool,
+    /// `cas` transactions whose compare failed (this client's).
+    conflicts: u64,
 }
 
 pub struct Etcd {
@@ -77,8 +83,44 @@ impl Etcd {
             kv: self.conns[c % self.conns.len()].kv_client(),
             value_size: self.value_size,
             stale: self.stale,
+            conflicts: 0,
         }
     }
+}
+
+impl EtcdHandle {
+    /// Read, then put value + 1 in a Txn that holds only if the key's mod_revision is still
+    /// the one read; on a failed compare read again. At most [`MAX_CAS_ATTEMPTS`] tries.
+    async fn cas(&mut self, key: String) -> Result<(), etcd_client::Error> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let read = self.kv.get(key.as_str(), None).await?;
+            let (value, revision) = match read.kvs().first() {
+                Some(kv) => (counter_value(kv.value()), kv.mod_revision()),
+                None => (0, 0),
+            };
+            let next = value.wrapping_add(1).to_string();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(key.as_str(), next, None)]);
+            if self.kv.txn(txn).await?.succeeded() {
+                return Ok(());
+            }
+            self.conflicts += 1;
+        }
+        Err(etcd_client::Error::InvalidArgs("cas_gave_up".into()))
+    }
+}
+
+/// A counter's decimal text; anything else counts as 0 (the cas then overwrites it).
+fn counter_value(bytes: &[u8]) -> i64 {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Driver for EtcdHandle {
@@ -88,9 +130,9 @@ impl Driver for EtcdHandle {
     fn prepare(&self, op: Op, key: u64) -> (String, Vec<u8>) {
         let value = match op {
             Op::Put => super::fresh_value(self.value_size),
-            Op::Get | Op::Delete => Vec::new(),
+            Op::Get | Op::Delete | Op::Cas | Op::Incr => Vec::new(),
         };
-        (format!("bench:{key}"), value)
+        (key_name(op, key), value)
     }
 
     async fn execute(&mut self, op: Op, (key, value): (String, Vec<u8>)) -> OpResult {
@@ -102,8 +144,15 @@ impl Driver for EtcdHandle {
                 self.kv.get(key, opts).await.map(drop)
             }
             Op::Delete => self.kv.delete(key, None).await.map(drop),
+            Op::Cas => self.cas(key).await,
+            // check_ops refuses a mix with incr for etcd before the run starts.
+            Op::Incr => return Err("etcd_no_incr".into()),
         };
         res.map_err(|e| error_code(&e))
+    }
+
+    fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 }
 
@@ -115,6 +164,21 @@ fn error_code(e: &etcd_client::Error) -> String {
         E::GRpcStatus(s) => format!("etcd_{}", snake_case(&format!("{:?}", s.code()))),
         E::TransportError(_) => "etcd_transport".into(),
         E::IoError(_) => "etcd_io".into(),
+        E::InvalidArgs(why) if why == "cas_gave_up" => why.clone(),
         _ => "etcd_client".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_decimal_text() {
+        assert_eq!(counter_value(b"41"), 41);
+        assert_eq!(counter_value(b"-3"), -3);
+        assert_eq!(counter_value(b""), 0);
+        assert_eq!(counter_value(b"ABC"), 0);
+        assert_eq!(counter_value(&[0xff, 0xfe]), 0);
     }
 }

@@ -8,6 +8,12 @@
 //! `concord` (JSON request-reply on `P.kv.*`), `echo` (the NATS round-trip floor), `natskv`
 //! (NATS JetStream KV), `etcd` (etcd v3 gRPC, cargo feature `bench-etcd`).
 //!
+//! Besides put, get and delete, two counter ops measure read-modify-write under contention
+//! (`concord` and `etcd` only): `cas` adds 1 to a counter key by a linearizable read and a
+//! write conditional on the revision read, reading again after each conflict until one write
+//! applies; `incr` is Concord's `P.kv.incr` (etcd has none: compare it with etcd's `cas`).
+//! One op is then one successful update, and the conflicts on the way are counted.
+//!
 //! It speaks to the cluster only over NATS and never links the node library: the `concord`
 //! binary depends on this crate, so this crate cannot depend on it.
 
@@ -30,8 +36,8 @@ pub struct BenchConfig {
     pub clients: usize,
     pub duration: Duration,
     pub ops: Option<u64>,
-    /// Weights of put, get and delete.
-    pub mix: (u32, u32, u32),
+    /// Weights of the ops.
+    pub mix: Mix,
     pub keys: u64,
     pub value_size: usize,
     pub stale: bool,
@@ -94,6 +100,10 @@ pub struct Summary {
     pub ops_per_sec: f64,
     pub latency_us: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// `cas`: conditional writes refused because another client wrote the key between the
+    /// read and the write (each was followed by a fresh read and another try).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts: u64,
     /// CPU seconds (user + system) of `--cpu-pids` during the measured run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<f64>,
@@ -102,11 +112,71 @@ pub struct Summary {
     pub cpu_seconds_per_10k_ops: Option<f64>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Put,
     Get,
     Delete,
+    /// Read a counter, write it + 1 if its revision has not moved; on a conflict read again.
+    Cas,
+    /// Concord's `P.kv.incr` of a counter by 1.
+    Incr,
+}
+
+impl Op {
+    pub const ALL: [Op; 5] = [Op::Put, Op::Get, Op::Delete, Op::Cas, Op::Incr];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Delete => "delete",
+            Op::Cas => "cas",
+            Op::Incr => "incr",
+        }
+    }
+
+    /// `cas` and `incr` work on counters, keys of their own (`bench:ctr:N`), so a put run
+    /// before them (random letters under `bench:N`) leaves no value that is not a number.
+    fn is_counter(self) -> bool {
+        matches!(self, Op::Cas | Op::Incr)
+    }
+}
+
+/// Retries of one `cas` op before it is counted as the failure `cas_gave_up`: bounds a
+/// client's loop on a key it never wins (64 clients on 10 keys need a handful).
+pub(crate) const MAX_CAS_ATTEMPTS: u32 = 1000;
+
+/// The key a target uses for key number `key` of `op`.
+pub(crate) fn key_name(op: Op, key: u64) -> String {
+    if op.is_counter() {
+        format!("bench:ctr:{key}")
+    } else {
+        format!("bench:{key}")
+    }
+}
+
+/// The weight of each op, in the order of [`Op::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix([u32; 5]);
+
+impl Mix {
+    pub fn weight(&self, op: Op) -> u32 {
+        self.0[op as usize]
+    }
+
+    fn total(&self) -> u32 {
+        self.0.iter().sum()
+    }
+
+    /// Whether the mix has any of `op`.
+    pub fn has(&self, op: Op) -> bool {
+        self.weight(op) > 0
+    }
 }
 
 /// A served operation, or the short code of the failure (`busy`, `nats_TimedOut`,
@@ -118,8 +188,13 @@ trait Driver: Send + 'static {
     type Request: Send;
     /// Builds the request for `op` on key number `key` (not timed).
     fn prepare(&self, op: Op, key: u64) -> Self::Request;
-    /// Sends it and waits for the answer (timed).
+    /// Sends it and waits for the answer (timed). A `cas` runs its whole loop here: reads
+    /// and conditional writes until one applies.
     fn execute(&mut self, op: Op, req: Self::Request) -> impl Future<Output = OpResult> + Send;
+    /// Conflicts this client met so far (`cas`).
+    fn conflicts(&self) -> u64 {
+        0
+    }
 }
 
 /// `DeadlineExceeded` → `deadline_exceeded`: error kinds as short codes.
@@ -138,19 +213,26 @@ fn snake_case(s: &str) -> String {
     out
 }
 
-/// The op of a mix `(put, get, delete)` for a draw `pick` in `0..put+get+delete`.
-fn pick_op(mix: (u32, u32, u32), pick: u32) -> Op {
-    if pick < mix.0 {
-        Op::Put
-    } else if pick < mix.0 + mix.1 {
-        Op::Get
-    } else {
-        Op::Delete
+/// The op of `mix` for a draw `pick` in `0..mix.total()`.
+fn pick_op(mix: Mix, pick: u32) -> Op {
+    let mut below = 0;
+    for op in Op::ALL {
+        below += mix.weight(op);
+        if pick < below {
+            return op;
+        }
     }
+    // Only a draw past the total gets here; the last op with a weight is as good as any.
+    Op::ALL
+        .into_iter()
+        .rev()
+        .find(|op| mix.has(*op))
+        .unwrap_or(Op::Put)
 }
-/// Parses `put=50,get=45,delete=5`.
-pub fn parse_mix(s: &str) -> Result<(u32, u32, u32), String> {
-    let (mut p, mut g, mut d) = (0, 0, 0);
+
+/// Parses `put=50,get=45,delete=5` (ops: put, get, delete, cas, incr).
+pub fn parse_mix(s: &str) -> Result<Mix, String> {
+    let mut weights = [0u32; 5];
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (name, w) = part
             .split_once('=')
@@ -159,17 +241,21 @@ pub fn parse_mix(s: &str) -> Result<(u32, u32, u32), String> {
             .trim()
             .parse()
             .map_err(|_| format!("weight '{w}' is not a number"))?;
-        match name.trim() {
-            "put" => p = w,
-            "get" => g = w,
-            "delete" => d = w,
-            other => return Err(format!("unknown op '{other}' (put, get, delete)")),
-        }
+        let op = Op::ALL
+            .into_iter()
+            .find(|op| op.as_str() == name.trim())
+            .ok_or_else(|| format!("unknown op '{}' (put, get, delete, cas, incr)", name.trim()))?;
+        weights[op as usize] = w;
     }
-    if p + g + d == 0 {
+    // u64: weights near u32::MAX must not overflow the sum.
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 {
         return Err("the mix has no weight".into());
     }
-    Ok((p, g, d))
+    if total > u64::from(u32::MAX) {
+        return Err("the weights add up to more than 4294967295".into());
+    }
+    Ok(Mix(weights))
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -267,6 +353,7 @@ fn summarize(
         ops_per_sec: ops as f64 / seconds.max(1e-9),
         latency_us,
         errors,
+        conflicts: 0,
         cpu_seconds: None,
         cpu_seconds_per_10k_ops: None,
     }
@@ -277,6 +364,7 @@ fn summarize(
 /// request in flight until `cfg.duration` or `cfg.ops`.
 pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Result<Summary> {
     let name = target.name();
+    check_ops(name, cfg.mix)?;
     match target {
         Target::Concord {
             nats,
@@ -345,6 +433,22 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
             }
             drive(name, |c| e.handle(c), &cfg, progress).await
         }
+    }
+}
+
+/// Refuses a mix with an op that `target` has no request for.
+fn check_ops(target: &str, mix: Mix) -> anyhow::Result<()> {
+    let counters = mix.has(Op::Cas) || mix.has(Op::Incr);
+    match target {
+        "concord" => Ok(()),
+        "etcd" if mix.has(Op::Incr) => anyhow::bail!(
+            "--mix incr: etcd has no increment; its counter is the compare-and-swap loop (--mix cas=100)"
+        ),
+        "etcd" => Ok(()),
+        _ if counters => {
+            anyhow::bail!("--mix cas/incr: only the concord and etcd targets have counters")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -452,13 +556,16 @@ async fn drive<D: Driver>(
     };
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for (l, e) in results.into_iter().flatten() {
+    let mut conflicts = 0;
+    for (l, e, c) in results.into_iter().flatten() {
         lat.extend(l);
         for (k, v) in e {
             *errors.entry(k).or_default() += v;
         }
+        conflicts += c;
     }
     let mut s = summarize(name, cfg.clients, lat, errors, seconds);
+    s.conflicts = conflicts;
     if let Some(t) = cpu_ticks {
         let secs = cpu::ticks_to_seconds(t);
         s.cpu_seconds = Some(secs);
@@ -468,7 +575,7 @@ async fn drive<D: Driver>(
 }
 
 /// One closed-loop client: one request in flight, until `done` or `cfg.ops` requests were
-/// issued over all clients. Returns its latencies (us) and its errors by code.
+/// issued over all clients. Returns its latencies (us), its errors by code and its conflicts.
 async fn client_loop<D: Driver>(
     c: usize,
     h: &mut D,
@@ -476,11 +583,12 @@ async fn client_loop<D: Driver>(
     done: &AtomicBool,
     issued: &AtomicU64,
     completed: &AtomicU64,
-) -> (Vec<u64>, BTreeMap<String, u64>) {
+) -> (Vec<u64>, BTreeMap<String, u64>, u64) {
     let mut lat = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64 + 1) * 0x1000_0001);
-    let total = cfg.mix.0 + cfg.mix.1 + cfg.mix.2;
+    // parse_mix refuses an empty mix; max(1) keeps a hand-built one from dividing by 0.
+    let total = cfg.mix.total().max(1);
     loop {
         if done.load(Ordering::Relaxed) {
             break;
@@ -500,7 +608,7 @@ async fn client_loop<D: Driver>(
         }
         completed.fetch_add(1, Ordering::Relaxed);
     }
-    (lat, errors)
+    (lat, errors, h.conflicts())
 }
 
 #[cfg(test)]
@@ -525,11 +633,42 @@ mod tests {
 
     #[test]
     fn mix_parses_and_rejects() {
-        assert_eq!(parse_mix("put=50,get=45,delete=5"), Ok((50, 45, 5)));
-        assert_eq!(parse_mix("get=1"), Ok((0, 1, 0)));
+        assert_eq!(
+            parse_mix("put=50,get=45,delete=5"),
+            Ok(Mix([50, 45, 5, 0, 0]))
+        );
+        assert_eq!(parse_mix("get=1"), Ok(Mix([0, 1, 0, 0, 0])));
+        assert_eq!(parse_mix("cas=100"), Ok(Mix([0, 0, 0, 100, 0])));
+        assert_eq!(parse_mix("incr=3,get=1"), Ok(Mix([0, 1, 0, 0, 3])));
         assert!(parse_mix("put=x").is_err());
         assert!(parse_mix("scan=1").is_err());
         assert!(parse_mix("put=0").is_err());
+        assert!(parse_mix("put=4294967295,get=1").is_err());
+    }
+
+    #[test]
+    fn counters_only_where_the_target_has_them() {
+        let cas = parse_mix("cas=1").unwrap();
+        let incr = parse_mix("incr=1").unwrap();
+        let put = parse_mix("put=1").unwrap();
+        assert!(check_ops("concord", cas).is_ok());
+        assert!(check_ops("concord", incr).is_ok());
+        assert!(check_ops("etcd", cas).is_ok());
+        let e = check_ops("etcd", incr).unwrap_err().to_string();
+        assert!(e.contains("cas=100"), "{e}");
+        for t in ["echo", "natskv"] {
+            assert!(check_ops(t, cas).is_err());
+            assert!(check_ops(t, incr).is_err());
+            assert!(check_ops(t, put).is_ok());
+        }
+    }
+
+    #[test]
+    fn counters_have_keys_of_their_own() {
+        assert_eq!(key_name(Op::Put, 3), "bench:3");
+        assert_eq!(key_name(Op::Get, 3), "bench:3");
+        assert_eq!(key_name(Op::Cas, 3), "bench:ctr:3");
+        assert_eq!(key_name(Op::Incr, 3), "bench:ctr:3");
     }
 
     #[test]
@@ -542,18 +681,21 @@ mod tests {
 
     #[test]
     fn mix_picks_ops_by_weight() {
-        let mix = (50, 45, 5);
+        let mix = Mix([50, 45, 5, 0, 0]);
         assert_eq!(pick_op(mix, 0), Op::Put);
         assert_eq!(pick_op(mix, 49), Op::Put);
         assert_eq!(pick_op(mix, 50), Op::Get);
         assert_eq!(pick_op(mix, 94), Op::Get);
         assert_eq!(pick_op(mix, 95), Op::Delete);
-        assert_eq!(pick_op((0, 1, 0), 0), Op::Get);
-        let counts = (0..100).fold([0; 3], |mut c, p| {
-            c[pick_op((10, 90, 0), p) as usize] += 1;
+        assert_eq!(pick_op(Mix([0, 1, 0, 0, 0]), 0), Op::Get);
+        assert_eq!(pick_op(Mix([0, 0, 0, 0, 1]), 0), Op::Incr);
+        // Past the total: the last op with a weight.
+        assert_eq!(pick_op(Mix([0, 0, 0, 2, 0]), 7), Op::Cas);
+        let counts = (0..100).fold([0; 5], |mut c, p| {
+            c[pick_op(Mix([10, 60, 0, 20, 10]), p) as usize] += 1;
             c
         });
-        assert_eq!(counts, [10, 90, 0]);
+        assert_eq!(counts, [10, 60, 0, 20, 10]);
     }
 
     #[test]
