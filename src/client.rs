@@ -158,7 +158,7 @@ impl ClientError {
     }
 
     /// The key's current value carried by a `conflict` (an `incr` that hit a bound or found
-    /// no integer), else `None`.
+    /// no integer; an `if_revision` write whose key holds at most 4 KiB), else `None`.
     pub fn conflict_value(&self) -> Option<&Value> {
         match self {
             ClientError::Conflict { value, .. } => value.as_deref(),

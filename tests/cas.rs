@@ -65,10 +65,10 @@ async fn metadata_body(c: &Cluster) -> Result<()> {
 
     // Swap from the revision read; a stale one changes nothing.
     let r2 = revision(&put(json!({"key": "cfg", "value": {"v": 2}, "if_revision": r1})).await?)?;
-    assert_conflict(
-        &put(json!({"key": "cfg", "value": {"v": 3}, "if_revision": r1})).await?,
-        r2,
-    )?;
+    let stale = put(json!({"key": "cfg", "value": {"v": 3}, "if_revision": r1})).await?;
+    assert_conflict(&stale, r2)?;
+    // The conflict carries the value it found, so a retry needs no read.
+    ensure!(stale["error"]["value"] == json!({"v": 2}), "{stale}");
     let got = c.request("kv.get", json!({"key": "cfg"})).await?;
     ensure!(
         got["value"] == json!({"v": 2})
@@ -100,10 +100,15 @@ async fn metadata_body(c: &Cluster) -> Result<()> {
         .request("kv.delete", json!({"key": "cfg", "if_revision": 0}))
         .await?;
     ensure!(del["ok"] == true && del["deleted"] == false, "{del}");
-    assert_conflict(
-        &put(json!({"key": "cfg", "value": 1, "if_revision": r2})).await?,
-        0,
-    )?;
+    let absent = put(json!({"key": "cfg", "value": 1, "if_revision": r2})).await?;
+    assert_conflict(&absent, 0)?;
+    ensure!(absent["error"].get("value").is_none(), "{absent}");
+    // A large value is not repeated in the conflict: only its revision.
+    let big = json!({"key": "big", "value": "x".repeat(5000)});
+    let rb = revision(&put(big).await?)?;
+    let r = put(json!({"key": "big", "value": 1, "if_revision": rb + 100})).await?;
+    assert_conflict(&r, rb)?;
+    ensure!(r["error"].get("value").is_none(), "{r}");
 
     // Re-created: a new create revision, the version starts again.
     let r4 = revision(&put(json!({"key": "cfg", "value": 4})).await?)?;

@@ -203,13 +203,17 @@ impl Client {
         F: FnMut(Option<&Value>) -> Value,
     {
         let mut conflicts = 0u32;
+        // What the last conflict found (`None`: read the key).
+        let mut seen: Option<(Option<Value>, u64)> = None;
         loop {
-            let current = self.get_kv(key).await?;
-            let (value, rev) = match &current {
-                Some(kv) => (Some(&kv.value), kv.revision),
-                None => (None, 0),
+            let (value, rev) = match seen.take() {
+                Some(seen) => seen,
+                None => match self.get_kv(key).await? {
+                    Some(kv) => (Some(kv.value), kv.revision),
+                    None => (None, 0),
+                },
             };
-            let new = f(value);
+            let new = f(value.as_ref());
             match self.put_if(key, &new, rev).await {
                 Ok(r) => return Ok(r),
                 Err(e) if e.conflict_revision().is_some() => {
@@ -217,12 +221,25 @@ impl Client {
                     if conflicts >= attempts {
                         return Err(e);
                     }
+                    seen = conflict_state(&e);
                     let pause = retry::conflict_pause(conflicts, retry::spread());
                     tokio::time::sleep(pause).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The key as a `revision` conflict found it in the log (a linearizable read): its value
+/// (`None`: absent) and revision; `None` when the conflict does not carry the value (one of
+/// more than 4 KiB), so the caller reads the key.
+fn conflict_state(e: &ClientError) -> Option<(Option<Value>, u64)> {
+    let revision = e.conflict_revision()?;
+    match e.conflict_value() {
+        Some(v) => Some((Some(v.clone()), revision)),
+        None if revision == 0 => Some((None, 0)),
+        None => None,
     }
 }
 

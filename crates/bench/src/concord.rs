@@ -161,28 +161,49 @@ impl ConcordHandle {
         }
     }
 
-    /// The optimistic update loop: read, write + 1 if the revision held, else read again;
-    /// at most [`MAX_CAS_ATTEMPTS`] tries.
+    /// The optimistic update loop: read, write + 1 if the revision held; a `conflict`
+    /// carries the key's revision and value as the write found them in the log, so the
+    /// next try needs no read of its own (one only if the conflict lacks the value). At
+    /// most [`MAX_CAS_ATTEMPTS`] tries.
     async fn cas(&mut self, read: Bytes) -> OpResult {
         let key = serde_json::from_slice::<serde_json::Value>(&read)
             .ok()
             .and_then(|v| v["key"].as_str().map(str::to_string))
             .ok_or_else(|| "bad_cas_request".to_string())?;
+        let mut seen = None;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let reply = self.call(&self.get, read.clone()).await?;
-            let reply = serde_json::from_slice(&reply).unwrap_or_default();
-            let (value, revision) = read_counter(&reply)?;
+            let (value, revision) = match seen.take() {
+                Some(seen) => seen,
+                None => {
+                    let reply = self.call(&self.get, read.clone()).await?;
+                    read_counter(&serde_json::from_slice(&reply).unwrap_or_default())?
+                }
+            };
             let put = cas_put(&key, value.wrapping_add(1), revision, self.ids);
             let reply = self.call(&self.put, put.into()).await?;
             if reply.starts_with(br#"{"ok":true"#) {
                 return Ok(());
             }
-            match failure(&reply) {
-                Err(code) if code == "conflict" => self.conflicts += 1,
-                other => return other,
+            let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+            match reply["error"]["code"].as_str() {
+                Some("conflict") => self.conflicts += 1,
+                Some(code) => return Err(code.to_string()),
+                None => return Err("unreadable".into()),
             }
+            seen = conflict_counter(&reply["error"]);
         }
         Err("cas_gave_up".into())
+    }
+}
+
+/// The counter a `revision` conflict found: its value and revision (an absent key is 0 at
+/// revision 0); `None` when the conflict does not carry the value (a large one).
+fn conflict_counter(error: &serde_json::Value) -> Option<(i64, u64)> {
+    let revision = error["revision"].as_u64()?;
+    match error.get("value") {
+        Some(v) => Some((v.as_i64().unwrap_or(0), revision)),
+        None if revision == 0 => Some((0, 0)),
+        None => None,
     }
 }
 

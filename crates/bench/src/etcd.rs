@@ -21,7 +21,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
+};
 
 use super::{key_name, snake_case, Driver, Op, OpResult, MAX_CAS_ATTEMPTS};
 
@@ -90,14 +92,14 @@ impl Etcd {
 
 impl EtcdHandle {
     /// Read, then put value + 1 in a Txn that holds only if the key's mod_revision is still
-    /// the one read; on a failed compare read again. At most [`MAX_CAS_ATTEMPTS`] tries.
+    /// the one read; a failed compare's `else` branch reads the key in the same Txn (the
+    /// idiom of etcd's own STM), so the next try needs no read of its own. At most
+    /// [`MAX_CAS_ATTEMPTS`] tries.
     async fn cas(&mut self, key: String) -> Result<(), etcd_client::Error> {
+        let read = self.kv.get(key.as_str(), None).await?;
+        let mut seen = counter_of(read.kvs().first());
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let read = self.kv.get(key.as_str(), None).await?;
-            let (value, revision) = match read.kvs().first() {
-                Some(kv) => (counter_value(kv.value()), kv.mod_revision()),
-                None => (0, 0),
-            };
+            let (value, revision) = seen;
             let next = value.wrapping_add(1).to_string();
             let txn = Txn::new()
                 .when([Compare::mod_revision(
@@ -105,14 +107,25 @@ impl EtcdHandle {
                     CompareOp::Equal,
                     revision,
                 )])
-                .and_then([TxnOp::put(key.as_str(), next, None)]);
-            if self.kv.txn(txn).await?.succeeded() {
+                .and_then([TxnOp::put(key.as_str(), next, None)])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let reply = self.kv.txn(txn).await?;
+            if reply.succeeded() {
                 return Ok(());
             }
             self.conflicts += 1;
+            seen = match reply.op_responses().first() {
+                Some(TxnOpResponse::Get(read)) => counter_of(read.kvs().first()),
+                _ => counter_of(self.kv.get(key.as_str(), None).await?.kvs().first()),
+            };
         }
         Err(etcd_client::Error::InvalidArgs("cas_gave_up".into()))
     }
+}
+
+/// A counter's value and mod_revision as read: a missing key is 0 at revision 0.
+fn counter_of(kv: Option<&etcd_client::KeyValue>) -> (i64, i64) {
+    kv.map_or((0, 0), |kv| (counter_value(kv.value()), kv.mod_revision()))
 }
 
 /// A counter's decimal text; anything else counts as 0 (the cas then overwrites it).

@@ -297,24 +297,46 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
     })
 }
 
-/// `conflict` (reason `revision`, with the key's current revision, 0 when absent) unless
-/// `key`'s revision is `expected` (0: the key is absent).
+/// `conflict` (reason `revision`, with the key's current revision, 0 when absent, and its
+/// value when it is at most [`CONFLICT_VALUE_BYTES`]) unless `key`'s revision is `expected`
+/// (0: the key is absent). The value lets an optimistic update retry without another read:
+/// it is the key as of this write's place in the log, a linearizable read.
 fn revision_mismatch(
     b: &mut ApplyBatch,
     key: &str,
     expected: u64,
 ) -> Result<Option<Applied>, Error> {
-    let current = b.writes.record(key)?.map_or(0, |(meta, _)| meta.revision);
+    let found = write::current(b, key)?;
+    let current = found.as_ref().map_or(0, |c| c.meta.revision);
     b.condition = Some(if current == expected {
         "held"
     } else {
         "failed"
     });
-    Ok((current != expected).then_some(Applied::Conflict {
-        reason: ConflictReason::Revision,
-        revision: Some(current),
+    if current == expected {
+        return Ok(None);
+    }
+    let value = found
+        .filter(|c| c.json.len() <= CONFLICT_VALUE_BYTES)
+        .map(|c| String::from_utf8_lossy(&c.json).into_owned());
+    Ok(Some(match value {
+        Some(value) => Applied::ConflictValue {
+            reason: ConflictReason::Revision,
+            key: None,
+            revision: current,
+            value: Some(value),
+        },
+        None => Applied::Conflict {
+            reason: ConflictReason::Revision,
+            revision: Some(current),
+        },
     }))
 }
+
+/// Largest value a `revision` conflict carries. Replies are kept in the idempotency table:
+/// larger values would make it hold many copies of large values, so past this the conflict
+/// carries the revision only (decided here, the same on every node and on every replay).
+const CONFLICT_VALUE_BYTES: usize = 4096;
 
 /// Whether this batch switched the cluster's log format; if so, the data directory moves to
 /// format 3 in the same fjall batch: from here on it may hold format-2 entries and records,
