@@ -548,7 +548,7 @@ print(f"- each row: median of {env['BC_REPS']} round(s), one run of {env['BC_SEC
       f"{env['BC_KEYS']} keys unless noted; all on loopback; whole script {env['BC_ELAPSED']} s")
 print("- etcd: 3 members, defaults + periodic compaction (1m), 8 GiB quota; linearizable get = Range, stale get = serializable Range")
 print("- natskv: 3 clustered nats-servers, bucket R3 history 1 file storage; get = direct get (any replica; no linearizable get); natskv-always = sync_interval: always (fsync per ack), natskv-default = default sync_interval")
-print("- counters (10 keys, 64 clients): CAS = linearizable read, then a write only if the key's revision is still the one read (concord: put with if_revision; etcd: Txn comparing mod_revision), a fresh read after each conflict, until it applies; ops/s = successful updates/s, conflicts/update = refused writes per successful one; incr = Concord's P.kv.incr (etcd has none: its CAS loop is the comparison)")
+print("- counters (10 keys, 64 clients): CAS = linearizable read, then a write only if the key's revision is still the one read (concord: put with if_revision; etcd: Txn comparing mod_revision), after a conflict a retry from the state the refusal reported (concord: the conflict's value and revision; etcd: the Txn's else-branch Range), until it applies; ops/s = successful updates/s, conflicts/update = refused writes per successful one; incr = Concord's P.kv.incr (etcd has none: its CAS loop is the comparison)")
 print("- cpu s/10k = CPU seconds (user+system) of the system's processes per 10,000 operations: concord = 3 nodes + its nats-server, etcd = 3 members, natskv = 3 servers")
 print()
 fl = [w for w in order_w if ("floor", w) in runs]

@@ -20,7 +20,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ops: Option<u64>,
     /// Operation weights: put, get, delete, and the counters `cas` (read + write if the
-    /// revision held, read again on a conflict, until it applies: one op is one successful
+    /// revision held, retry from what the refusal reported, until it applies: one op is one successful
     /// update; concord and etcd) and `incr` (`P.kv.incr` by 1; concord only). Counters live
     /// under `bench:ctr:N`; contend with e.g. `--mix cas=100 --keys 10 --clients 64`.
     #[arg(long, default_value = "put=100")]

@@ -101,7 +101,7 @@ pub struct Summary {
     pub latency_us: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     /// `cas`: conditional writes refused because another client wrote the key between the
-    /// read and the write (each was followed by a fresh read and another try).
+    /// read and the write (each was followed by another try from the state it reported).
     #[serde(skip_serializing_if = "is_zero")]
     pub conflicts: u64,
     /// CPU seconds (user + system) of `--cpu-pids` during the measured run.
