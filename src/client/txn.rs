@@ -29,34 +29,9 @@ use uuid::Uuid;
 use super::{Client, ClientError, KeyValue, Retry};
 use crate::subjects::KvOp;
 
-/// What a compare looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    Revision,
-    CreateRevision,
-    Version,
-    Lease,
-    Value,
-    Exists,
-}
-
-/// A compare's operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CmpOp {
-    #[serde(rename = "==")]
-    Eq,
-    #[serde(rename = "!=")]
-    Ne,
-    #[serde(rename = "<")]
-    Lt,
-    #[serde(rename = "<=")]
-    Le,
-    #[serde(rename = ">")]
-    Gt,
-    #[serde(rename = ">=")]
-    Ge,
-}
+/// What a compare looks at, and its operator: the types the log carries, whose serde names
+/// are the wire's.
+pub use crate::command::{CmpOp, Target};
 
 /// One condition of a txn. A missing key has revision, create revision, version and lease
 /// 0, value `null`, and does not exist.
