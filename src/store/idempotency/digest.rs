@@ -3,7 +3,7 @@
 use sha2::{Digest as _, Sha256};
 
 use super::CommandDigest;
-use crate::command::Op;
+use crate::command::{Op, TxnOp};
 
 /// The digest of a client write: the operation with its key, value, conditions, fence, lease
 /// and ttl; never the timeout, the token or headers. A value is digested without the
@@ -29,6 +29,20 @@ pub fn digest(op: &Op) -> CommandDigest {
             }
             let rest = (if_revision, lease, ttl_ms, fence);
             h.update(crate::binary::encode(&rest).unwrap_or_default());
+        }
+        Op::Txn(txn) => {
+            // Its values as JSON tokens too: a retry may re-serialize them.
+            let mut txn = txn.clone();
+            for c in &mut txn.compare {
+                c.value = minified(&c.value).into_owned();
+            }
+            for op in txn.success.iter_mut().chain(&mut txn.failure) {
+                if let TxnOp::Put { value, .. } = op {
+                    *value = minified(value).into_owned();
+                }
+            }
+            h.update(b"op");
+            h.update(crate::binary::encode(&Op::Txn(txn)).unwrap_or_default());
         }
         other => {
             h.update(b"op");

@@ -249,3 +249,33 @@ proptest! {
         }
     }
 }
+
+/// A txn retried with its JSON values re-serialized (other whitespace) is the same command;
+/// another value is not.
+#[test]
+fn a_txn_digest_ignores_whitespace_in_its_values() {
+    use crate::command::{CmpOp, Compare, Op, Target, Txn, TxnOp};
+    let txn = |compare: &str, put: &str| {
+        super::digest(&Op::Txn(Txn {
+            compare: vec![Compare {
+                key: "a".into(),
+                target: Target::Value,
+                op: CmpOp::Eq,
+                value: compare.into(),
+            }],
+            success: vec![TxnOp::Put {
+                key: "a".into(),
+                value: put.into(),
+                lease: None,
+                ttl_ms: None,
+            }],
+            failure: vec![],
+            fence: None,
+        }))
+    };
+    assert_eq!(
+        txn(r#"{"v":1}"#, "[1,2]"),
+        txn("{ \"v\" : 1 }", "[ 1,\n 2 ]")
+    );
+    assert_ne!(txn(r#"{"v":1}"#, "[1,2]"), txn(r#"{"v":1}"#, "[1,3]"));
+}
