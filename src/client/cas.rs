@@ -175,7 +175,8 @@ impl Client {
     /// (given the current value, `None` when the key is absent), and puts it with
     /// `if_revision` set to the revision it read. When another write got there first
     /// (`conflict`, reason `revision`) it pauses briefly ([`retry::conflict_pause`]) and
-    /// starts again from a fresh read, up to [`UPDATE_ATTEMPTS`] times. Returns the revision
+    /// starts again from the value and revision the conflict reports (a fresh read when the
+    /// conflict carries no value: one over 4 KiB), up to [`UPDATE_ATTEMPTS`] times. Returns the revision
     /// of the put that applied. `f` may run more than once: keep it free of side effects.
     ///
     /// ```no_run
