@@ -108,7 +108,7 @@ async fn create_token(cluster: &Cluster, via: &str, body: Value) -> Result<(Stri
 /// admin token and the bootstrap credential can do everything; the CLI manages tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_refused_everywhere_and_roles_hold() -> Result<()> {
-    let cluster = Cluster::start_with(3, auth_options()).await?;
+    let cluster = Cluster::start_format_2(3, auth_options()).await?;
     let r = refusals_body(&cluster).await;
     cluster.fail_on_err(r)
 }
@@ -155,6 +155,8 @@ async fn refusals_body(cluster: &Cluster) -> Result<()> {
         ("kv.get", json!({"key": "k", "consistency": "stale"})),
         ("kv.delete", json!({"key": "k"})),
         ("kv.scan", json!({})),
+        ("kv.incr", json!({"key": "n"})),
+        ("kv.txn", json!({"success": [{"get": {"key": "k"}}]})),
         ("admin.status", json!({})),
         ("admin.members", json!({})),
         ("admin.token.create", json!({"role": "read"})),
@@ -207,6 +209,26 @@ async fn refusals_body(cluster: &Cluster) -> Result<()> {
         Cred::Header(&read),
     )
     .await?;
+    // Counters, prefix deletes and a txn that may write need readwrite; a txn whose
+    // branches only read is a read.
+    let writes = [
+        ("kv.incr", json!({"key": "n"})),
+        ("kv.delete", json!({"prefix": "k"})),
+        (
+            "kv.txn",
+            json!({"failure": [{"put": {"key": "k", "value": 5}}]}),
+        ),
+    ];
+    for (op, body) in writes {
+        expect_unauthorized(cluster, op, body, Cred::Header(&read)).await?;
+    }
+    let only_reads =
+        json!({"success": [{"get": {"key": "k"}}], "failure": [{"get": {"key": "n"}}]});
+    let r = ok(cluster, "kv.txn", only_reads, Cred::Header(&read)).await?;
+    ensure!(
+        r["results"][0]["get"]["value"] == json!(1),
+        "read-only txn: {r}"
+    );
     for op in ["admin.token.create", "admin.token.list"] {
         expect_unauthorized(cluster, op, json!({}), Cred::Header(&read)).await?;
         expect_unauthorized(cluster, op, json!({}), Cred::Header(&rw)).await?;

@@ -61,8 +61,23 @@ pub enum KvRequest {
 }
 
 impl KvRequest {
+    /// Whether it goes through the log (every txn does, even one that only reads).
     pub fn is_write(&self) -> bool {
         !matches!(self, KvRequest::Get { .. } | KvRequest::Scan { .. })
+    }
+
+    /// Whether it may change the key space, so needs the `readwrite` role: every write
+    /// but a txn whose branches only read, which a `read` token may send.
+    pub fn may_change_keys(&self) -> bool {
+        match self {
+            KvRequest::Get { .. } | KvRequest::Scan { .. } => false,
+            KvRequest::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .any(|op| !matches!(op, crate::command::TxnOp::Get { .. })),
+            _ => true,
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub fn intake(ctx: &Ctx, op: KvOp, msg: &Message) -> Intake {
     {
         let caught_up = min_revision.is_none_or(|min| ctx.consensus.view.revision() >= min);
         if caught_up && may_serve_stale(ctx, &ctx.consensus.raft.metrics()) {
-            let read = Access::of(op, &common, msg)
+            let read = Access::of(&req, &common, msg)
                 .check(ctx)
                 .and_then(|()| read_now(ctx, &req));
             return Intake::Answered(read.unwrap_or_else(|e| codec::encode_error(&e)));
@@ -95,7 +95,7 @@ pub async fn handle_call(ctx: &Ctx, call: KvCall, msg: &Message) -> Vec<u8> {
     let resendable = common.request_id.is_some()
         && ctx.consensus.view.cluster_format() >= crate::command::FORMAT_V2;
     let r = Routed::new(ctx, msg, arrival, common.timeout, op.is_write()).resendable(resendable);
-    let access = Access::of(op, &common, msg);
+    let access = Access::of(&req, &common, msg);
     let write = WriteTag {
         request_id: common.request_id,
         token_id: ctx.security.auth.token_id(access.cred),
@@ -113,11 +113,11 @@ struct Access<'a> {
 }
 
 impl<'a> Access<'a> {
-    /// What `op` needs, and the credential its request presented (body or header).
-    fn of(op: KvOp, common: &'a Common, msg: &'a Message) -> Self {
+    /// What `req` needs, and the credential its request presented (body or header).
+    fn of(req: &KvRequest, common: &'a Common, msg: &'a Message) -> Self {
         Access {
             cred: Credential::of(common.token.as_deref(), msg.headers.as_ref()),
-            needed: if op.is_write() {
+            needed: if req.may_change_keys() {
                 Role::Readwrite
             } else {
                 Role::Read
