@@ -184,7 +184,7 @@ pub fn validate(txn: &Txn, limits: &Limits) -> Result<(), WireError> {
         }
         branch(name, ops, limits)?;
     }
-    let size = crate::command::Op::Txn(txn.clone()).approximate_size() + 64;
+    let size = txn.approximate_size() + 64;
     if size > limits.max_entry_bytes {
         return Err(value_too_large(format!(
             "the txn's entry would be about {size} bytes, over the {} that fit in one NATS message",

@@ -218,8 +218,9 @@ fn check_quota(ctx: &Ctx, key: &str, new: u64) -> Result<(), WireError> {
         return Ok(());
     }
     let current = ctx.consensus.view.data_bytes();
-    if validate::quota(limits, current, new, None).is_ok() || key.is_empty() {
-        return validate::quota(limits, current, new, None);
+    let as_new = validate::quota(limits, current, new, None);
+    if as_new.is_ok() || key.is_empty() {
+        return as_new;
     }
     // Near the limit only: an overwrite counts what the key holds now.
     let old = ctx.consensus.view.entry_bytes(key).map_err(|e| {

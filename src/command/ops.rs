@@ -168,7 +168,8 @@ pub struct Txn {
 }
 
 impl Txn {
-    fn approximate_size(&self) -> usize {
+    /// Bytes the txn adds to an entry.
+    pub fn approximate_size(&self) -> usize {
         let compares: usize = self
             .compare
             .iter()

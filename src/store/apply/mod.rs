@@ -264,17 +264,17 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
             lease: None,
             ttl_ms: None,
             fence: None,
-        } => match revision_mismatch(b, &key, expected)? {
-            Some(conflict) => conflict,
-            None => put(b, key, &value)?,
+        } => match revision_held(b, &key, expected)? {
+            Err(conflict) => conflict,
+            Ok(old) => put_over(b, key, &value, old.map(|c| (c.meta, c.stored.len() as u64))),
         },
         Op::Delete {
             key,
             if_revision: Some(expected),
             fence: None,
-        } => match revision_mismatch(b, &key, expected)? {
-            Some(conflict) => conflict,
-            None => delete(b, key)?,
+        } => match revision_held(b, &key, expected)? {
+            Err(conflict) => conflict,
+            Ok(old) => delete_over(b, key, old.map(|c| c.stored.len() as u64)),
         },
         Op::Incr {
             key,
@@ -297,29 +297,27 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
     })
 }
 
-/// `conflict` (reason `revision`, with the key's current revision, 0 when absent, and its
-/// value when it is at most [`CONFLICT_VALUE_BYTES`]) unless `key`'s revision is `expected`
-/// (0: the key is absent). The value lets an optimistic update retry without another read:
-/// it is the key as of this write's place in the log, a linearizable read.
-fn revision_mismatch(
+/// The key as found (`None`: absent) when its revision is `expected` (0: the key is absent),
+/// for the write to go on from without reading it again; else `conflict` (reason
+/// `revision`, with the key's current revision, 0 when absent, and its value when it is at
+/// most [`CONFLICT_VALUE_BYTES`]). The value lets an optimistic update retry without another
+/// read: it is the key as of this write's place in the log, a linearizable read.
+fn revision_held(
     b: &mut ApplyBatch,
     key: &str,
     expected: u64,
-) -> Result<Option<Applied>, Error> {
+) -> Result<Result<Option<write::Current>, Applied>, Error> {
     let found = write::current(b, key)?;
     let current = found.as_ref().map_or(0, |c| c.meta.revision);
-    b.condition = Some(if current == expected {
-        "held"
-    } else {
-        "failed"
-    });
     if current == expected {
-        return Ok(None);
+        b.condition = Some("held");
+        return Ok(Ok(found));
     }
+    b.condition = Some("failed");
     let value = found
-        .filter(|c| c.json.len() <= CONFLICT_VALUE_BYTES)
-        .map(|c| String::from_utf8_lossy(&c.json).into_owned());
-    Ok(Some(match value {
+        .filter(|c| c.json().len() <= CONFLICT_VALUE_BYTES)
+        .map(|c| String::from_utf8_lossy(c.json()).into_owned());
+    Ok(Err(match value {
         Some(value) => Applied::ConflictValue {
             reason: ConflictReason::Revision,
             key: None,
@@ -354,36 +352,50 @@ fn format_switched(view: &StateView, b: &mut ApplyBatch) -> bool {
 }
 
 /// A put: a new revision; from format 2 on the key keeps its create revision and counts
-/// its versions, before it every write gives the plain record a format-1 build would.
+/// its versions, before it every write gives the plain record a format-1 build would (and
+/// only the old record's size is read).
 fn put(b: &mut ApplyBatch, key: String, value: &str) -> Result<Applied, Error> {
+    let old = if b.cluster_format >= FORMAT_V2 {
+        b.writes.record(&key)?
+    } else {
+        b.writes.size(&key)?.map(|size| (KeyMeta::plain(0), size))
+    };
+    Ok(put_over(b, key, value, old))
+}
+
+/// A put over `old`, the key's metadata and stored size as already read (`None`: absent).
+fn put_over(b: &mut ApplyBatch, key: String, value: &str, old: Option<(KeyMeta, u64)>) -> Applied {
     b.revision += 1;
     let revision = b.revision;
-    let (old, meta) = if b.cluster_format >= FORMAT_V2 {
-        match b.writes.record(&key)? {
-            Some((old, size)) => (Some(size), write::next_meta(Some(old), revision)),
-            None => (None, KeyMeta::plain(revision)),
-        }
+    let meta = if b.cluster_format >= FORMAT_V2 {
+        write::next_meta(old.map(|(meta, _)| meta), revision)
     } else {
-        (b.writes.size(&key)?, KeyMeta::plain(revision))
+        KeyMeta::plain(revision)
     };
-    write::set_record(b, key, &meta, value.as_bytes(), old);
-    Ok(Applied::Put { revision })
+    write::set_record(b, key, &meta, value.as_bytes(), old.map(|(_, size)| size));
+    Applied::Put { revision }
 }
 
 /// A delete: a new revision only if the key was there.
 fn delete(b: &mut ApplyBatch, key: String) -> Result<Applied, Error> {
-    let Some(old) = b.writes.size(&key)? else {
-        return Ok(Applied::Delete {
+    let old = b.writes.size(&key)?;
+    Ok(delete_over(b, key, old))
+}
+
+/// A delete of a key whose stored size was already read (`None`: absent).
+fn delete_over(b: &mut ApplyBatch, key: String, old: Option<u64>) -> Applied {
+    let Some(old) = old else {
+        return Applied::Delete {
             deleted: false,
             revision: b.revision,
-        });
+        };
     };
     b.revision += 1;
     write::remove_record(b, key, old);
-    Ok(Applied::Delete {
+    Applied::Delete {
         deleted: true,
         revision: b.revision,
-    })
+    }
 }
 
 /// Applies one batch of entries (`commands` client commands in all), on the blocking pool

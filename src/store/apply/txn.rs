@@ -80,8 +80,8 @@ impl Plan {
         match self.overlay.get(key) {
             Some(Some((meta, json))) => Ok(Some(Current {
                 meta: *meta,
-                json: json.clone(),
-                size: 0,
+                stored: json.clone(),
+                header: 0,
             })),
             Some(None) => Ok(None),
             None => write::current(b, key),
@@ -161,7 +161,7 @@ impl Plan {
 
 fn found(c: &Current) -> Found {
     Found {
-        value: String::from_utf8_lossy(&c.json).into_owned(),
+        value: String::from_utf8_lossy(c.json()).into_owned(),
         revision: c.meta.revision,
         create_revision: c.meta.create_revision,
         version: c.meta.version,
@@ -184,7 +184,7 @@ fn holds(c: &Compare, found: Option<&Current>) -> bool {
         Target::Lease => number(meta.map(|m| m.lease)),
         Target::Exists => Value::Bool(found.is_some()),
         Target::Value => match found {
-            Some(f) => serde_json::from_slice(&f.json).unwrap_or(Value::Null),
+            Some(f) => serde_json::from_slice(f.json()).unwrap_or(Value::Null),
             None => Value::Null,
         },
     };

@@ -54,11 +54,18 @@ pub(super) fn remove_record(b: &mut ApplyBatch, key: String, old: u64) {
     b.writes.set(key, None);
 }
 
-/// A key's record as this batch sees it: its metadata, its JSON text and its stored size.
+/// A key's record as this batch sees it: its metadata and its stored bytes, the JSON text
+/// from `header` on (kept in place: no copy per conditional write).
 pub(super) struct Current {
     pub meta: KeyMeta,
-    pub json: Slice,
-    pub size: u64,
+    pub stored: Slice,
+    pub header: usize,
+}
+
+impl Current {
+    pub fn json(&self) -> &[u8] {
+        &self.stored[self.header..]
+    }
 }
 
 pub(super) fn current(b: &ApplyBatch, key: &str) -> Result<Option<Current>, Error> {
@@ -70,8 +77,8 @@ pub(super) fn current(b: &ApplyBatch, key: &str) -> Result<Option<Current>, Erro
     let header = stored.len() - json.len();
     Ok(Some(Current {
         meta,
-        json: Slice::from(&stored[header..]),
-        size: stored.len() as u64,
+        stored,
+        header,
     }))
 }
 
@@ -91,10 +98,10 @@ pub(super) fn step(
     };
     let now = match found {
         None => 0,
-        Some(c) => match serde_json::from_slice::<i64>(&c.json) {
+        Some(c) => match serde_json::from_slice::<i64>(c.json()) {
             Ok(n) => n,
             Err(_) => {
-                let text = String::from_utf8_lossy(&c.json).into_owned();
+                let text = String::from_utf8_lossy(c.json()).into_owned();
                 return Err(conflict(ConflictReason::NotInteger, Some(text)));
             }
         },
@@ -132,7 +139,7 @@ pub(super) fn incr(
     b.revision += 1;
     let revision = b.revision;
     let meta = next_meta(found.as_ref().map(|c| c.meta), revision);
-    let old = found.map(|c| c.size);
+    let old = found.map(|c| c.stored.len() as u64);
     set_record(b, key, &meta, value.to_string().as_bytes(), old);
     Ok(Applied::Incr { value, revision })
 }
