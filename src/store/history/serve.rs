@@ -156,8 +156,14 @@ impl StateView {
         max_bytes: u64,
     ) -> Result<Option<u64>, Error> {
         self.flush()?;
-        let (mut bytes, infos) = compact::figures(&self.history_ks())?;
+        let (_, infos) = compact::figures(&self.history_ks())?;
         let compact = self.compact_revision();
+        // What compaction has not yet given up (removed chunks may still be listed).
+        let mut bytes: u64 = infos
+            .iter()
+            .filter(|i| i.last_revision > compact)
+            .map(|i| i.bytes)
+            .sum();
         let cutoff = now.saturating_sub(retain_ms);
         let mut target = compact;
         for info in infos.iter().filter(|i| i.last_revision > compact) {
