@@ -550,3 +550,65 @@ async fn revoked_body(c: &Cluster, admin: &str) -> Result<()> {
     ensure!(end["code"] == "unauthorized", "{end}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_installed_a_snapshot_serves_watches_from_its_revision_on() -> Result<()> {
+    let opts = ClusterOptions::default()
+        .env("CONCORD_RAFT__SNAPSHOT_EVERY", 200)
+        .env("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", 0)
+        .env("CONCORD_WATCH__PROGRESS_MS", 300);
+    let c = Cluster::start_format_2(3, opts).await?;
+    let r = installed_body(&c).await;
+    c.fail_on_err(r)
+}
+
+async fn installed_body(c: &Cluster) -> Result<()> {
+    let first = put(c, "s/a", json!(1)).await?;
+    let leader = c.wait_stable(WAIT).await?;
+    let behind = if leader == 1 { 2 } else { 1 };
+    c.restart_behind_snapshot(behind).await?;
+    let c2 = c;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the node installed a snapshot",
+        || async move {
+            let s = c2.status(behind).await?;
+            Ok(s["history"]["start_revision"].as_u64() > Some(first))
+        },
+    )
+    .await?;
+    let held_from = c.status(behind).await?["history"]["start_revision"]
+        .as_u64()
+        .context("start")?;
+    // Older revisions: not this node's to serve (not compacted: another node has them).
+    let r = c
+        .node_request(
+            behind,
+            "watch.create",
+            json!({"prefix": "s/", "start_revision": first, "deliver": "x.y"}),
+        )
+        .await?;
+    ensure!(r["error"]["code"] == "cluster_not_ready", "{r}");
+    let mut elsewhere = Watcher::create(
+        c,
+        &format!("node.{leader}.watch.create"),
+        json!({"prefix": "s/", "start_revision": first}),
+    )
+    .await?;
+    // From the snapshot's revision on, it serves them.
+    let mut here = Watcher::create(
+        c,
+        &format!("node.{behind}.watch.create"),
+        json!({"prefix": "s/", "start_revision": held_from}),
+    )
+    .await?;
+    let at = put(c, "s/b", json!(2)).await?;
+    let got = here.events_through(at).await?;
+    ensure!(got.len() == 1 && got[0]["revision"] == at, "{got:?}");
+    let all = elsewhere.events_through(at).await?;
+    ensure!(
+        all.first().map(|e| &e["revision"]) == Some(&json!(first)) && all.len() == 2,
+        "{all:?}"
+    );
+    Ok(())
+}
