@@ -322,15 +322,18 @@ async fn refusals_body(c: &Cluster) -> Result<()> {
         "{end}"
     );
 
-    // Cancel: the end says so, and resumes where acknowledgements stopped.
+    // Cancel: the end says so, and resumes where acknowledgements stopped. With a window
+    // of one, the message after the last event proves its acknowledgement arrived.
     let mut w = Watcher::create(
         c,
         "node.3.watch.create",
-        json!({"prefix": "w/", "start_revision": start}),
+        json!({"prefix": "w/", "start_revision": start, "window": 1}),
     )
     .await?;
     let events = w.events_through(start + 5).await?;
     ensure!(events.len() == 6, "{events:?}");
+    let notice = w.next().await?;
+    ensure!(notice.body["events"] == json!([]), "{}", notice.body);
     let r = c
         .node_request(3, "watch.cancel", json!({"watch_id": w.id()}))
         .await?;
