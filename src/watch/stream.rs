@@ -22,6 +22,9 @@ use crate::auth::{Credential, Role};
 use crate::store::history::serve::Changes;
 use crate::store::StateView;
 
+/// Least time between two messages of a watch while writes stream in.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Bytes of events read from disk at a time by a watch that fell behind.
 const DISK_BUDGET: usize = 1 << 20;
 
@@ -109,6 +112,13 @@ impl Stream {
             }
             let room = self.inflight.len() < self.spec.window;
             if room && self.next <= self.view().revision() {
+                // Under a stream of writes, a message carries what gathered in the last
+                // moment instead of one per apply: fewer messages (and acks) per event,
+                // at most LINGER later. An idle watch sends at once.
+                let since = self.last_sent.elapsed();
+                if since < LINGER {
+                    tokio::time::sleep(LINGER - since).await;
+                }
                 if let Err(ended) = self.fill().await {
                     return ended;
                 }

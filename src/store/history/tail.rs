@@ -71,12 +71,10 @@ impl Tail {
         if from < t.first {
             return None;
         }
-        let batches = t
-            .batches
-            .iter()
-            .filter(|(b, _)| b[b.len() - 1].revision >= from)
-            .map(|(b, _)| b.clone())
-            .collect();
+        // Batches are in revision order: find the first one reaching `from` by bisection
+        // (every watch asks at every wake-up, and the tail holds thousands of batches).
+        let first = t.batches.partition_point(|(b, _)| b[b.len() - 1].revision < from);
+        let batches = t.batches.range(first..).map(|(b, _)| b.clone()).collect();
         Some(Since {
             batches,
             last: t.last,
@@ -86,9 +84,12 @@ impl Tail {
     /// The put event of `key` at `revision`, if the tail holds it.
     pub fn find(&self, key: &str, revision: u64) -> Option<ChangeEvent> {
         let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let first = t
+            .batches
+            .partition_point(|(b, _)| b[b.len() - 1].revision < revision);
         t.batches
-            .iter()
-            .filter(|(b, _)| b[0].revision <= revision && b[b.len() - 1].revision >= revision)
+            .range(first..)
+            .take_while(|(b, _)| b[0].revision <= revision)
             .flat_map(|(b, _)| b.iter())
             .find(|e| e.revision == revision && e.key == key)
             .cloned()
