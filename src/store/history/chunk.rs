@@ -252,7 +252,7 @@ mod tests {
             key: key.into(),
             record: Slice::from(encode_record(&KeyMeta::plain(revision), &vec![b'1'; value])),
             prev_revision: revision.saturating_sub(1),
-            prev_inline: (revision % 2 == 0).then(|| Slice::from(&b"x"[..])),
+            prev_inline: revision.is_multiple_of(2).then(|| Slice::from(&b"x"[..])),
             stamp: revision * 10,
         }
     }

@@ -62,6 +62,11 @@ impl StateView {
         self.history.start.load(Relaxed)
     }
 
+    /// The in-memory tail of the change log, where caught-up watches read.
+    pub fn history_tail(&self) -> &super::tail::Tail {
+        &self.history.tail
+    }
+
     /// Bytes of the change log on disk.
     pub fn history_bytes(&self) -> u64 {
         self.history.bytes.load(Relaxed)
