@@ -251,13 +251,14 @@ PY
 
 # One workload, one run of this round, bounded in time; its JSON summary goes to $RAW with
 # the system and workload names and the round. A failed run is reported and skipped, not
-# fatal: the table shows what was measured. Uses TARGET_ARGS and CPU_PIDS of the current
+# fatal: the table shows what was measured (the bound leaves room for creating 1,000 watches
+# and their drain). Uses TARGET_ARGS and CPU_PIDS of the current
 # system.
 ROUND=1
 bench() {
     local system="$1" workload="$2" out
     shift 2
-    if out="$(timeout -k 5 $((SECS + 60)) "$BIN" bench --json --duration "${SECS}s" \
+    if out="$(timeout -k 5 $((SECS + 180)) "$BIN" bench --json --duration "${SECS}s" \
         "${TARGET_ARGS[@]}" --cpu-pids "$CPU_PIDS" "$@" 2>>"$WORK/bench.err")"; then
         printf '%s\t%s\t%s\t%s\n' "$system" "$workload" "$ROUND" "$out" >>"$RAW"
         python3 -c "$SHOW_RUN_PY" "$system" "$workload" "$ROUND" "$out" >&2

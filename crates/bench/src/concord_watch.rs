@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::fanout::{Tracker, WatcherStats};
+use concord_wire::subjects::Subjects;
 
 /// Watches created at once (each is a subscribe, a flush and a request).
 const CREATE_CONCURRENCY: usize = 32;
@@ -63,7 +64,7 @@ pub(crate) struct Started {
 /// What every watcher shares.
 #[derive(Clone)]
 struct Ctx {
-    prefix: String,
+    subjects: Subjects,
     headers: Option<async_nats::HeaderMap>,
     timeout: Duration,
     tracker: Arc<Tracker>,
@@ -85,7 +86,7 @@ pub(crate) async fn start(
 ) -> anyhow::Result<Started> {
     anyhow::ensure!(!conns.is_empty(), "no NATS connection for the watchers");
     let ctx = Ctx {
-        prefix: prefix.to_string(),
+        subjects: Subjects::new(prefix, "-"),
         headers: token.map(|t| {
             let mut h = async_nats::HeaderMap::new();
             h.insert("Authorization", format!("Bearer {t}").as_str());
@@ -109,7 +110,8 @@ pub(crate) async fn start(
     }
     anyhow::ensure!(
         !created.is_empty(),
-        "no watch could be created on {prefix}.watch.create: {create_errors:?}"
+        "no watch could be created on {}: {create_errors:?}",
+        ctx.subjects.watch_create()
     );
     let base = created.iter().map(|c| c.store_revision).min().unwrap_or(0) + 1;
     ctx.tracker.set_base(base);
@@ -169,7 +171,7 @@ async fn create(
     nats.flush()
         .await
         .map_err(|e| format!("flush_{:?}", e.kind()))?;
-    let subject = format!("{}.watch.create", ctx.prefix);
+    let subject = ctx.subjects.watch_create();
     let reply = request(&nats, ctx, subject, create_body(watch_prefix, &inbox)).await?;
     if reply["ok"] != true {
         return Err(reply["error"]["code"]
@@ -212,7 +214,7 @@ async fn follow(mut c: Created, ctx: Ctx, mut stop: watch::Receiver<bool>) -> Wa
             r = stop.changed() => if r.is_err() || *stop.borrow() { break },
         }
     }
-    let subject = format!("{}.node.{}.watch.cancel", ctx.prefix, c.node);
+    let subject = ctx.subjects.node_watch(c.node, "cancel");
     let body = serde_json::json!({"watch_id": c.watch_id}).to_string();
     match request(&c.nats, &ctx, subject, body.into_bytes()).await {
         Ok(r) if r["ok"] == true => {}
