@@ -96,7 +96,7 @@ want() { [[ " $WORKLOADS " == *" $1 "* ]]; }
 # shellcheck source=scripts/tools.sh
 CONCORD_TOOLS="nats-server" source scripts/tools.sh || die "cannot install nats-server"
 NATS_SERVER="$(concord_nats_server_path)"
-nats_version="$("$NATS_SERVER" --version 2>&1 | head -n 1)"
+nats_version="$("$NATS_SERVER" --version 2>&1 | head -n 1 || true)"
 # sync_interval (and async-nats's KV bucket creation) need a recent server; Debian's 2.9 is not.
 case "$nats_version" in
     *v2.[0-9].*) die "$NATS_SERVER is $nats_version; need >= 2.10 (scripts/tools.sh installs 2.15)" ;;
@@ -106,7 +106,7 @@ if ! command -v etcd >/dev/null 2>&1; then
     log "installing etcd-server (apt)"
     _tools_apt_install etcd-server || die "cannot install etcd-server"
 fi
-etcd_version="$(etcd --version 2>&1 | head -n 1)"
+etcd_version="$(etcd --version 2>&1 | head -n 1 || true)"
 
 # --- build ------------------------------------------------------------------------------------
 

@@ -158,13 +158,7 @@ pub(crate) async fn run(
                     tasks.len()
                 );
             }
-            let fan = Fanout {
-                tracker,
-                stop: stop_tx,
-                tasks,
-                by_node: BTreeMap::new(),
-                create_errors: BTreeMap::new(),
-            };
+            let fan = Fanout::without_nodes(tracker, stop_tx, tasks);
             measure(name, |_| h.clone(), &cfg, progress, fan).await
         }
         other => anyhow::bail!(
@@ -190,6 +184,23 @@ struct Fanout {
     tasks: Vec<JoinHandle<WatcherStats>>,
     by_node: BTreeMap<String, u64>,
     create_errors: BTreeMap<String, u64>,
+}
+
+impl Fanout {
+    /// Watchers whose serving node is not known (NATS KV's).
+    fn without_nodes(
+        tracker: Arc<Tracker>,
+        stop: watch::Sender<bool>,
+        tasks: Vec<JoinHandle<WatcherStats>>,
+    ) -> Fanout {
+        Fanout {
+            tracker,
+            stop,
+            tasks,
+            by_node: BTreeMap::new(),
+            create_errors: BTreeMap::new(),
+        }
+    }
 }
 
 /// The closed loop, then the drain, the watchers' end, and the summary.
