@@ -31,6 +31,12 @@
 #              comparing mod_revision): successful updates/s and conflicts per update
 #   incr       Concord's P.kv.incr on the same 10 keys at 64 clients (etcd has none: its
 #              cas row is the comparison; NATS KV runs neither counter row)
+#   watch1 watch100 watch1000
+#              watch fan-out (issue 24; Concord and NATS KV only): puts at 16 clients with
+#              1/100/1000 watchers of their prefix (`concord bench --watchers N`), and once
+#              per round, whichever of them is selected, the same puts without watchers
+#              (the baseline of the puts' loss): delivery time from each put's ack to its
+#              event at each watcher (p50, p99), events delivered per second, the puts' rate
 # Every run also measures the CPU seconds of the system's processes (`--cpu-pids`); the
 # put-at-64 row gives CPU per 10k puts.
 #
@@ -41,7 +47,8 @@
 #   SECS=5 REPS=3     seconds per run, rounds (about 14 min in all, plus the build)
 #   QUICK=1           smoke run: SECS=3 REPS=1 unless those are set
 #   SYSTEMS="..."     subset of: concord etcd natskv-always natskv-default
-#   WORKLOADS="..."   subset of: floors put get mixed large fsync-off cas incr (default all)
+#   WORKLOADS="..."   subset of: floors put get mixed large fsync-off cas incr watch1 watch100
+#                     watch1000 (default all)
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it
 #   NO_BUILD=1        use target/release/concord as it is (must have --features bench-etcd)
 #                     (target/ is $CARGO_TARGET_DIR when that is set, as for cargo)
@@ -61,7 +68,7 @@ fi
 SECS="${SECS:-5}"
 REPS="${REPS:-3}"
 SYSTEMS="${SYSTEMS:-concord etcd natskv-always natskv-default}"
-ALL_WORKLOADS="floors put get mixed large fsync-off cas incr"
+ALL_WORKLOADS="floors put get mixed large fsync-off cas incr watch1 watch100 watch1000"
 WORKLOADS="${WORKLOADS:-$ALL_WORKLOADS}"
 # Where cargo puts the build: $CARGO_TARGET_DIR when set.
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/concord"
@@ -89,7 +96,7 @@ want() { [[ " $WORKLOADS " == *" $1 "* ]]; }
 # shellcheck source=scripts/tools.sh
 CONCORD_TOOLS="nats-server" source scripts/tools.sh || die "cannot install nats-server"
 NATS_SERVER="$(concord_nats_server_path)"
-nats_version="$("$NATS_SERVER" --version 2>&1 | head -n 1)"
+nats_version="$("$NATS_SERVER" --version 2>&1 | head -n 1 || true)"
 # sync_interval (and async-nats's KV bucket creation) need a recent server; Debian's 2.9 is not.
 case "$nats_version" in
     *v2.[0-9].*) die "$NATS_SERVER is $nats_version; need >= 2.10 (scripts/tools.sh installs 2.15)" ;;
@@ -99,7 +106,7 @@ if ! command -v etcd >/dev/null 2>&1; then
     log "installing etcd-server (apt)"
     _tools_apt_install etcd-server || die "cannot install etcd-server"
 fi
-etcd_version="$(etcd --version 2>&1 | head -n 1)"
+etcd_version="$(etcd --version 2>&1 | head -n 1 || true)"
 
 # --- build ------------------------------------------------------------------------------------
 
@@ -233,20 +240,25 @@ import json, sys
 system, workload, rep, s = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 errs = sum(s["errors"].values())
 lat = s["latency_us"]
+w = s.get("watch")
 print(f"  {system:<15} {workload:<34} #{rep}  {s['ops_per_sec']:>9,.0f} ops/s  "
       f"p50 {lat['p50'] / 1000:.2f} ms  p99 {lat['p99'] / 1000:.2f} ms"
-      + (f"  errors {errs}" if errs else ""))
+      + (f"  errors {errs}" if errs else "")
+      + (f"  | {w['watchers']} watchers: delivery p50 {w['delivery_us']['p50'] / 1000:.2f} ms "
+         f"p99 {w['delivery_us']['p99'] / 1000:.2f} ms, {w['delivered_per_sec']:,.0f} events/s, "
+         f"missing {w['missing']}" if w else ""))
 PY
 
 # One workload, one run of this round, bounded in time; its JSON summary goes to $RAW with
 # the system and workload names and the round. A failed run is reported and skipped, not
-# fatal: the table shows what was measured. Uses TARGET_ARGS and CPU_PIDS of the current
+# fatal: the table shows what was measured (the bound leaves room for creating 1,000 watches
+# and their drain). Uses TARGET_ARGS and CPU_PIDS of the current
 # system.
 ROUND=1
 bench() {
     local system="$1" workload="$2" out
     shift 2
-    if out="$(timeout -k 5 $((SECS + 60)) "$BIN" bench --json --duration "${SECS}s" \
+    if out="$(timeout -k 5 $((SECS + 180)) "$BIN" bench --json --duration "${SECS}s" \
         "${TARGET_ARGS[@]}" --cpu-pids "$CPU_PIDS" "$@" 2>>"$WORK/bench.err")"; then
         printf '%s\t%s\t%s\t%s\n' "$system" "$workload" "$ROUND" "$out" >>"$RAW"
         python3 -c "$SHOW_RUN_PY" "$system" "$workload" "$ROUND" "$out" >&2
@@ -300,7 +312,20 @@ suite() {
     if want incr && [[ "$kind" == concord ]]; then
         bench "$system" "$INCR_ROW" --clients 64 --mix incr=100 --keys 10
     fi
+    if want_watch && [[ "$kind" != etcd ]]; then
+        bench "$system" "$WATCH_BASE_ROW" --clients 16 --mix put=100 --keys "$KEYS"
+        for c in 1 100 1000; do
+            if want "watch$c"; then
+                bench "$system" "$(watch_row "$c")" --clients 16 --mix put=100 --keys "$KEYS" --watchers "$c"
+            fi
+        done
+    fi
 }
+# Is any watch row selected?
+want_watch() { want watch1 || want watch100 || want watch1000; }
+WATCH_BASE_ROW="watch: put, 16 clients, no watchers"
+watch_row() { echo "watch: put, 16 clients, $1 watcher$([[ $1 == 1 ]] || echo s)"; }
+export BC_WATCH_BASE_ROW="$WATCH_BASE_ROW"
 CAS_ROW="CAS update, 64 clients, 10 keys"
 INCR_ROW="incr, 64 clients, 10 keys"
 export BC_CAS_ROW="$CAS_ROW" BC_INCR_ROW="$INCR_ROW"
@@ -347,7 +372,8 @@ concord_nodes_up() {
     }
     # One write through the whole path, so the first measured request pays no warm-up.
     wait_for 30 "$BIN" --nats-url "$CONCORD_URL" put bench:warmup 1 || die "concord: first put failed"
-    if want cas || want incr; then
+    # The change log (and so the watch) starts with format 2, as conditional writes do.
+    if want cas || want incr || want_watch; then
         wait_for 60 concord_writes_format_2 || die "concord: the cluster did not switch to log format 2 within 60 s"
     fi
 }
@@ -630,6 +656,48 @@ if CAS in order_w or INCR in order_w:
         print("- conflicts per successful CAS update, by round: " + "; ".join(
             f"{s} " + ", ".join(f"{v:.2f}" for _, v in sorted(by_round(s, CAS, cps).items()))
             for s in systems if (s, CAS) in runs))
+    print()
+WBASE = env["BC_WATCH_BASE_ROW"]
+wrows = [(n, f"watch: put, 16 clients, {n} watcher" + ("" if n == 1 else "s")) for n in (1, 100, 1000)]
+wrows = [(n, w) for n, w in wrows if w in order_w]
+if wrows:
+    wd = lambda k: (lambda r: r["watch"]["delivery_us"][k] / 1000)
+    wall = lambda r: r["watch"]["all_watchers_us"]["p99"] / 1000
+    wrate = lambda r: r["watch"]["delivered_per_sec"]
+    wmiss = lambda r: r["watch"]["missing"]
+    def rounds(system, workload, f):
+        return ", ".join(f"{v:,.2f}" if v < 100 else f"{v:,.0f}" for _, v in sorted(by_round(system, workload, f).items()))
+    def put_kept(system, workload):
+        a, b = by_round(system, workload, ops), by_round(system, WBASE, ops)
+        return [a[k] / b[k] for k in sorted(a) if k in b and b[k]]
+    print("## Watch fan-out (issue 24): every round")
+    print()
+    print("Puts at 16 clients with N watchers of their prefix. delivery = per (put, watcher), from the put's acknowledgement to its event's arrival (one process, one clock); all = per put, until its event had reached every watcher; events/s = deliveries during the run, all watchers; puts kept = puts/s with the watchers / puts/s of the same round's run without them. Each cell lists the rounds in order.")
+    print()
+    print("| system | watchers | puts/s | puts kept | delivery p50 ms | delivery p99 ms | all p99 ms | events/s | missing |")
+    print("| --- | ---: | --- | --- | --- | --- | --- | --- | --- |")
+    for s in systems:
+        if (s, WBASE) in runs:
+            print(f"| {s} | 0 | {rounds(s, WBASE, ops)} | - | - | - | - | - | - |")
+        for n, w in wrows:
+            if (s, w) not in runs: continue
+            kept = ", ".join(f"{x:.2f}" for x in put_kept(s, w)) or "-"
+            print(f"| {s} | {n} | {rounds(s, w, ops)} | {kept} | {rounds(s, w, wd('p50'))} | {rounds(s, w, wd('p99'))} | "
+                  f"{rounds(s, w, wall)} | {rounds(s, w, wrate)} | {rounds(s, w, wmiss)} |")
+    print()
+    print("## Issue 24 goals: median over the rounds")
+    print()
+    W100 = dict(wrows).get(100)
+    if W100 and ("concord", W100) in runs:
+        p99s = sorted(by_round("concord", W100, wd("p99")).values())
+        print(f"- delivery p99 at 100 watchers, concord: **{statistics.median(p99s):.2f} ms** (goal <= 10 ms; by round: {rounds('concord', W100, wd('p99'))})")
+        kept = put_kept("concord", W100)
+        if kept:
+            print(f"- puts kept with 100 watchers, concord: **{statistics.median(kept):.2f}x** (goal >= 0.90, i.e. <= 10 % lost; by round: {', '.join(f'{x:.2f}' for x in kept)})")
+    for n, w in wrows:
+        for other in ("natskv-always", "natskv-default"):
+            if ("concord", w) in runs and (other, w) in runs:
+                goal(f"events delivered/s at {n} watcher(s), concord / {other}", w, other, wrate, ">= 1")
 PY
 cat "$OUT_MD"
 echo

@@ -4,13 +4,24 @@
 #   bench_start_nats OUT PORT        start nats-server, wait until it listens
 #   bench_start_cluster OUT ENV...   3 nodes with ENV (VAR=value words) and, per node, the
 #                                    words in BENCH_NODE_ENV_<i> if set; waits for a leader
-#                                    (status asked with BENCH_STATUS_TOKEN when set)
+#                                    (status asked with BENCH_STATUS_TOKEN when set) and for
+#                                    the switch to log format 2 (a new cluster writes format 1
+#                                    for its first moments, without the change log; a build
+#                                    whose status has no log_format passes at once)
 #   bench_stop_cluster               SIGTERM the nodes and wait for them
 # BIN, the node PIDs (bench_pids) and bench_cpids (comma-separated) are set for the caller.
 
 bench_pids=()
 bench_cpids=""
 bench_nats_pid=""
+
+# Ready: a leader, and the cluster writes log format 2 (or the build predates formats).
+read -r -d '' BENCH_READY_PY <<'PY' || true
+import json, sys
+d = json.load(sys.stdin)
+f = d.get("log_format")
+sys.exit(0 if d.get("leader") and (f is None or f.get("cluster", 0) >= 2) else 1)
+PY
 
 bench_cleanup() {
     for p in "${bench_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -52,7 +63,7 @@ bench_start_cluster() {
             kill -0 "$p" 2>/dev/null || { echo "bench: a node exited; see $out/data" >&2; return 1; }
         done
         if "$BIN" "${token[@]}" --timeout-ms 1000 cluster status --json 2>/dev/null \
-            | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("leader") else 1)' 2>/dev/null; then
+            | python3 -c "$BENCH_READY_PY" 2>/dev/null; then
             bench_cpids=$(IFS=,; echo "${bench_pids[*]}")
             return 0
         fi

@@ -68,6 +68,19 @@ pub struct BenchArgs {
     /// the cost of exactly-once writes. Requests are still sent once (no retries).
     #[arg(long)]
     pub ids: bool,
+    /// Watch fan-out (`concord`, `natskv`): N watchers of the prefix the puts write under
+    /// are in place before the first put and follow it (Concord: `P.watch.create` through
+    /// the create queue group, every message acknowledged; NATS KV: `watch("bench.>")`).
+    /// The summary adds, per (put, watcher), the time from the put's acknowledgement to its
+    /// event's arrival (p50, p99), per put until every watcher had it, events delivered per
+    /// second (all watchers) and deliveries missing. Compare the puts' rate with a run
+    /// without watchers, e.g. `--mix put=100 --clients 16 --watchers 100`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub watchers: usize,
+    /// `--watchers`: NATS connections the watchers share (watcher i on connection i mod N),
+    /// besides the puts' own.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub watch_conns: usize,
 }
 
 /// `concord bench`: connects to what `--target` names (NATS only for the targets that use
@@ -140,6 +153,12 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
             anyhow::bail!("--target: '{other}' is not concord, echo, fsync, natskv or etcd")
         }
     };
+    let mut watch_conns = Vec::new();
+    if args.watchers > 0 && matches!(args.target.as_str(), "concord" | "natskv") {
+        for _ in 0..args.watch_conns.max(1) {
+            watch_conns.push(nats().await?);
+        }
+    }
     let cfg = concord_bench::BenchConfig {
         clients: args.clients.max(1),
         duration: args.duration,
@@ -152,6 +171,8 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
         preload: args.preload,
         cpu_pids,
         ids: args.ids,
+        watchers: args.watchers,
+        watch_conns,
     };
     let s = concord_bench::run(target, cfg, !global.json).await?;
     let v = serde_json::to_value(&s)?;
@@ -174,6 +195,26 @@ fn summary_line(s: &concord_bench::Summary) -> String {
     }
     if let (Some(c), Some(per)) = (s.cpu_seconds, s.cpu_seconds_per_10k_ops) {
         line.push_str(&format!(" | cpu {c:.2} s, {per:.3} s per 10k ops"));
+    }
+    if let Some(w) = &s.watch {
+        line.push_str(&format!(
+            "\nwatch: {} watchers {:?} | {} deliveries of {} puts, {} missing, {:.0} events/s | \
+             put->watcher us p50 {} p99 {} max {} | put->all watchers us p50 {} p99 {} \
+             ({} incomplete) | ends {:?}",
+            w.watchers,
+            w.by_node,
+            w.deliveries,
+            w.puts_acked,
+            w.missing,
+            w.delivered_per_sec,
+            w.delivery_us["p50"],
+            w.delivery_us["p99"],
+            w.delivery_us["max"],
+            w.all_watchers_us["p50"],
+            w.all_watchers_us["p99"],
+            w.incomplete_puts,
+            w.ends
+        ));
     }
     line
 }

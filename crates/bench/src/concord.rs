@@ -6,13 +6,18 @@
 //! counter (a missing key counts as 0 at revision 0), a `put` of the value + 1 with
 //! `if_revision` = the revision read, and on `conflict` a fresh `get`. `incr` is one
 //! `P.kv.incr` with `by` 1.
+//!
+//! In a watch run (`--watchers N`) each acknowledged put's revision goes to the fan-out
+//! [`Tracker`] the moment its reply arrives.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
 
 use super::{key_name, Driver, Op, OpResult, MAX_CAS_ATTEMPTS};
+use crate::fanout::Tracker;
 use concord_wire::subjects::{KvOp, Subjects};
 
 #[derive(Clone)]
@@ -31,6 +36,8 @@ pub struct ConcordHandle {
     ids: bool,
     /// `cas` writes refused with `conflict` (this client's; each handle is one client's).
     conflicts: u64,
+    /// A watch run: where acknowledged puts are recorded.
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl ConcordHandle {
@@ -57,7 +64,13 @@ impl ConcordHandle {
             headers: None,
             ids: false,
             conflicts: 0,
+            tracker: None,
         }
+    }
+
+    pub(crate) fn with_tracker(mut self, tracker: Arc<Tracker>) -> ConcordHandle {
+        self.tracker = Some(tracker);
+        self
     }
 
     pub fn with_token(mut self, token: Option<&str>) -> ConcordHandle {
@@ -224,6 +237,12 @@ impl Driver for ConcordHandle {
         };
         let reply = self.call(subject, body).await?;
         if reply.starts_with(br#"{"ok":true"#) {
+            if let (Op::Put, Some(t)) = (op, &self.tracker) {
+                match reply_revision(&reply) {
+                    Some(revision) => t.ack(revision),
+                    None => return Err("put_reply_without_revision".into()),
+                }
+            }
             return Ok(());
         }
         failure(&reply)
@@ -232,6 +251,17 @@ impl Driver for ConcordHandle {
     fn conflicts(&self) -> u64 {
         self.conflicts
     }
+}
+
+/// The `revision` of a write's `{"ok":true,"revision":N,...}` reply.
+fn reply_revision(reply: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Written {
+        revision: u64,
+    }
+    serde_json::from_slice::<Written>(reply)
+        .ok()
+        .map(|w| w.revision)
 }
 
 /// Answers every request on `subject` with `{"ok":true}` at once: what a reply costs when
@@ -334,5 +364,12 @@ mod tests {
             Ok(())
         );
         assert_eq!(failure(b"garbage"), Err("unreadable".into()));
+    }
+
+    #[test]
+    fn a_put_reply_gives_its_revision() {
+        assert_eq!(reply_revision(br#"{"ok":true,"revision":42}"#), Some(42));
+        assert_eq!(reply_revision(br#"{"ok":true}"#), None);
+        assert_eq!(reply_revision(b"{"), None);
     }
 }

@@ -14,14 +14,20 @@
 //! applies; `incr` is Concord's `P.kv.incr` (etcd has none: compare it with etcd's `cas`).
 //! One op is then one successful update, and the conflicts on the way are counted.
 //!
+//! With `--watchers N` (`concord` and `natskv`) the puts run with N watchers of their
+//! prefix attached, and the summary gains the watch fan-out figures ([`watch_bench`]).
+//!
 //! It speaks to the cluster only over NATS and never links the node library: the `concord`
 //! binary depends on this crate, so this crate cannot depend on it.
 
 mod concord;
+mod concord_watch;
 pub mod cpu;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
+mod fanout;
 mod natskv;
+pub mod watch_bench;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -49,6 +55,10 @@ pub struct BenchConfig {
     pub cpu_pids: Vec<u32>,
     /// `concord`: every put and delete carries a fresh `request_id` (the cost of ids).
     pub ids: bool,
+    /// Watchers of the puts' prefix attached during the run (0: none).
+    pub watchers: usize,
+    /// NATS connections the watchers share (empty: the puts' connection).
+    pub watch_conns: Vec<async_nats::Client>,
 }
 
 /// What to load.
@@ -110,6 +120,9 @@ pub struct Summary {
     /// The same per 10,000 successful operations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_seconds_per_10k_ops: Option<f64>,
+    /// `--watchers N`: the fan-out figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<watch_bench::WatchSummary>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -356,6 +369,7 @@ fn summarize(
         conflicts: 0,
         cpu_seconds: None,
         cpu_seconds_per_10k_ops: None,
+        watch: None,
     }
 }
 
@@ -365,6 +379,9 @@ fn summarize(
 pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Result<Summary> {
     let name = target.name();
     check_ops(name, cfg.mix)?;
+    if cfg.watchers > 0 {
+        return watch_bench::run(target, cfg, progress).await;
+    }
     match target {
         Target::Concord {
             nats,
