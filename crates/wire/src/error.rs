@@ -21,12 +21,16 @@ pub enum ErrorKind {
     Internal,
     /// A condition of the command did not hold (the error's `reason` says which).
     Conflict,
+    /// The requested revision is older than the cluster's change log keeps. The error object
+    /// carries `"compact_revision": C` next to `code` (read from the reply's JSON by clients:
+    /// it is not a field of [`WireError`], which stays small).
+    Compacted,
 }
 
 impl ErrorKind {
     /// Every code, in declaration order: metrics label by it, and a new code is counted
     /// under its own name the moment it is declared.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NotFound,
         ErrorKind::InvalidKey,
         ErrorKind::ValueTooLarge,
@@ -38,6 +42,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Internal,
         ErrorKind::Conflict,
+        ErrorKind::Compacted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +58,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::Compacted => "compacted",
         }
     }
 

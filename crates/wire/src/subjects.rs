@@ -216,6 +216,21 @@ impl Subjects {
         rest.strip_prefix("admin.").map(Addressed::Admin)
     }
 
+    /// `P.watch.create`: a watch served by whichever voter or learner NATS picks.
+    pub fn watch_create(&self) -> String {
+        format!("{}.watch.create", self.prefix)
+    }
+
+    /// `P.node.<id>.watch.create`: a watch served by that node.
+    pub fn node_watch_create(&self, node: u64) -> String {
+        format!("{}.node.{}.watch.create", self.prefix, node)
+    }
+
+    /// `P.node.<id>.watch.cancel`: ends a watch that node serves.
+    pub fn node_watch_cancel(&self, node: u64) -> String {
+        format!("{}.node.{}.watch.cancel", self.prefix, node)
+    }
+
     pub fn raft(&self, node: u64, rpc: RaftRpc) -> String {
         format!(
             "{}.raft.{}.{}.{}",
