@@ -580,7 +580,7 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
             message: e.error.message,
         }),
         (Ok(e), _) if e.error.code == ErrorKind::Compacted => Err(ClientError::Compacted {
-            compact_revision: v["error"]["compact_revision"].as_u64().unwrap_or(0),
+            compact_revision: e.error.compact_revision.unwrap_or(0),
         }),
         (Ok(e), _) => Err(ClientError::Server(e.error)),
         // A code newer than this client (e.g. `conflict` from a newer cluster): final, never

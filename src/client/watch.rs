@@ -225,7 +225,7 @@ impl WatchStream {
             token: client.token.clone(),
         };
         let body = serde_json::to_value(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let subject = client.subjects().node_watch_cancel(node);
+        let subject = client.subjects().node_watch(node, "cancel");
         match client.call_once(subject, &body, client.timeout()).await {
             // The task's own cancel may have got there first.
             Ok(_) => Ok(()),

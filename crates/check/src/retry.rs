@@ -283,14 +283,12 @@ fn classify(f: Func, cas: bool, reply: &Value) -> Step {
             | ErrorKind::ValueTooLarge
             | ErrorKind::Unauthorized
             | ErrorKind::NoSpace
-            | ErrorKind::NotFound,
+            | ErrorKind::NotFound
+            | ErrorKind::Compacted,
         ) => Step::Rejected,
         // `internal`, another `conflict` (the id known with another body: the workload never
-        // sends one, so the server is wrong), `compacted` (no key-value request reads the
-        // change log), or a code this build does not know.
-        Some(ErrorKind::Internal | ErrorKind::Conflict | ErrorKind::Compacted) | None => {
-            Step::Broken
-        }
+        // sends one, so the server is wrong), or a code this build does not know.
+        Some(ErrorKind::Internal | ErrorKind::Conflict) | None => Step::Broken,
     }
 }
 

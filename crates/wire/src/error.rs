@@ -21,9 +21,7 @@ pub enum ErrorKind {
     Internal,
     /// A condition of the command did not hold (the error's `reason` says which).
     Conflict,
-    /// The requested revision is older than the cluster's change log keeps. The error object
-    /// carries `"compact_revision": C` next to `code` (read from the reply's JSON by clients:
-    /// it is not a field of [`WireError`], which stays small).
+    /// The requested revision is older than the change log keeps (`compact_revision`).
     Compacted,
 }
 
@@ -97,6 +95,9 @@ pub struct WireError {
     /// The key whose condition failed, when the request names more than one (a txn op).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The change log's compact revision (`compacted` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<u64>,
 }
 
 impl WireError {
@@ -109,6 +110,16 @@ impl WireError {
             store_revision: None,
             value: None,
             key: None,
+            compact_revision: None,
+        }
+    }
+
+    /// A `compacted` refusal: the change log no longer holds revisions up to
+    /// `compact_revision`.
+    pub fn compacted(compact_revision: u64, message: impl Into<String>) -> Self {
+        WireError {
+            compact_revision: Some(compact_revision),
+            ..WireError::new(ErrorKind::Compacted, message)
         }
     }
 

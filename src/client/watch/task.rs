@@ -101,7 +101,7 @@ impl Task {
             .request(deliver, (next > 0).then_some(next), &self.client);
         let body = serde_json::to_value(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
         let subject = match self.spec.node {
-            Some(id) => self.client.subjects().node_watch_create(id),
+            Some(id) => self.client.subjects().node_watch(id, "create"),
             None => self.client.subjects().watch_create(),
         };
         let total = self.client.timeout();
@@ -223,7 +223,7 @@ impl Task {
             token: self.client.token.clone(),
         };
         if let Ok(payload) = serde_json::to_vec(&body) {
-            let subject = self.client.subjects().node_watch_cancel(live.node);
+            let subject = self.client.subjects().node_watch(live.node, "cancel");
             let _ = self.client.nats().publish(subject, payload.into()).await;
         }
     }
