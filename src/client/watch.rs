@@ -13,7 +13,7 @@
 //! `watch/task.rs`, the bookkeeping (what was delivered, what to do with an end) in
 //! `watch/cursor.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,10 +31,10 @@ mod task;
 
 pub use concord_wire::watch::{Event as WatchEvent, EventType};
 
-/// How many events (and bookkeeping items) a stream buffers ahead of its consumer. A
-/// consumer that falls further behind stops the acknowledgements, so that the node holds the
-/// backlog (in its change log), not this process.
-const BUFFER: usize = 1024;
+/// How many messages a stream buffers ahead of its consumer. A consumer that falls further
+/// behind stops the acknowledgements, so that the node holds the backlog (in its change
+/// log), not this process.
+const BUFFER: usize = 32;
 
 /// What a watch asks for; see [`Client::watch_with`].
 #[derive(Debug, Clone)]
@@ -158,9 +158,10 @@ pub struct Resumed {
 
 /// What the task hands the stream.
 enum Item {
-    Event(Box<WatchEvent>),
-    /// Every revision below `next_revision` has been handed over.
-    Advance {
+    /// One message's events (none for a progress notice); once they are yielded, every
+    /// revision below `next_revision` has been.
+    Batch {
+        events: Vec<WatchEvent>,
         next_revision: u64,
         store_revision: u64,
     },
@@ -171,6 +172,9 @@ enum Item {
 /// Dropping it ends the server-side watch.
 pub struct WatchStream {
     rx: mpsc::Receiver<Item>,
+    /// The current batch's events not yet yielded, and where the stream stands after them.
+    pending: VecDeque<WatchEvent>,
+    pending_next: u64,
     next_revision: u64,
     store_revision: u64,
     resumed: tokio::sync::watch::Receiver<Resumed>,
@@ -240,17 +244,29 @@ impl futures::Stream for WatchStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            if let Some(e) = self.pending.pop_front() {
+                // The batch's last event completes its revisions: advance with it, so that
+                // `next_revision` is right as soon as the consumer holds the event.
+                if self.pending.is_empty() {
+                    self.next_revision = self.next_revision.max(self.pending_next);
+                }
+                return Poll::Ready(Some(Ok(e)));
+            }
             match self.rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Item::Event(e))) => return Poll::Ready(Some(Ok(*e))),
                 Poll::Ready(Some(Item::Failed(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Item::Advance {
+                Poll::Ready(Some(Item::Batch {
+                    events,
                     next_revision,
                     store_revision,
                 })) => {
-                    self.next_revision = self.next_revision.max(next_revision);
                     self.store_revision = self.store_revision.max(store_revision);
+                    if events.is_empty() {
+                        self.next_revision = self.next_revision.max(next_revision);
+                    }
+                    self.pending = events.into();
+                    self.pending_next = next_revision;
                 }
             }
         }
@@ -337,6 +353,8 @@ impl Client {
         tokio::spawn(task.run(live));
         Ok(WatchStream {
             rx,
+            pending: VecDeque::new(),
+            pending_next: next_revision,
             next_revision,
             store_revision,
             resumed,

@@ -193,16 +193,12 @@ impl Task {
                 }
                 Step::Repeat => {}
                 Step::Deliver(events) => {
-                    for e in events {
-                        if self.tx.send(Item::Event(Box::new(e))).await.is_err() {
-                            return Outcome::Closed;
-                        }
-                    }
-                    let advance = Item::Advance {
+                    let batch = Item::Batch {
+                        events,
                         next_revision: self.cursor.next_revision(),
                         store_revision,
                     };
-                    if self.tx.send(advance).await.is_err() {
+                    if self.tx.send(batch).await.is_err() {
                         return Outcome::Closed;
                     }
                 }
