@@ -159,8 +159,8 @@ async fn body(cluster: &Cluster, previous: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// While a node of the previous build is a member, counters, deletes by prefix and txns
-/// are refused, never applied: by a new leader with `cluster_not_ready` (they travel only in
+/// While a node of the previous build is a member, counters, deletes by prefix, txns and
+/// watches are refused, never applied: by a new leader with `cluster_not_ready` (they travel only in
 /// log format 2), by an old one as requests it does not know.
 async fn coordination_refused(cluster: &Cluster, leader_is_new: bool) -> Result<()> {
     let calls = [
@@ -179,6 +179,15 @@ async fn coordination_refused(cluster: &Cluster, leader_is_new: bool) -> Result<
                 && (code == "cluster_not_ready" || (!leader_is_new && code == "bad_request")),
             "{subject} in a mixed cluster (leader of the {} build): {r}",
             if leader_is_new { "new" } else { "previous" }
+        );
+    }
+    // Watches: a node of this build keeps no change log before the switch; one of the
+    // previous build does not serve the subject at all (no responders).
+    let deliver = json!({"prefix": "", "deliver": "upgrade.watch"});
+    if let Ok(r) = cluster.request("watch.create", deliver).await {
+        ensure!(
+            r["error"]["code"] == "cluster_not_ready",
+            "watch in a mixed cluster: {r}"
         );
     }
     Ok(())

@@ -322,15 +322,18 @@ async fn refusals_body(c: &Cluster) -> Result<()> {
         "{end}"
     );
 
-    // Cancel: the end says so, and resumes where acknowledgements stopped.
+    // Cancel: the end says so, and resumes where acknowledgements stopped. With a window
+    // of one, the message after the last event proves its acknowledgement arrived.
     let mut w = Watcher::create(
         c,
         "node.3.watch.create",
-        json!({"prefix": "w/", "start_revision": start}),
+        json!({"prefix": "w/", "start_revision": start, "window": 1}),
     )
     .await?;
     let events = w.events_through(start + 5).await?;
     ensure!(events.len() == 6, "{events:?}");
+    let notice = w.next().await?;
+    ensure!(notice.body["events"] == json!([]), "{}", notice.body);
     let r = c
         .node_request(3, "watch.cancel", json!({"watch_id": w.id()}))
         .await?;
@@ -455,6 +458,160 @@ async fn backlog_body(c: &Cluster) -> Result<()> {
     ensure!(
         fragments >= 2,
         "the 800 KB delete came in fragments ({fragments})"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_compacts_by_cluster_time_on_every_node() -> Result<()> {
+    let opts = ClusterOptions::default()
+        .env("CONCORD_HISTORY__RETAIN_MS", 1500)
+        .env("CONCORD_HISTORY__CHECK_MS", 200);
+    let c = Cluster::start_format_2(3, opts).await?;
+    let r = retention_body(&c).await;
+    c.fail_on_err(r)
+}
+
+async fn retention_body(c: &Cluster) -> Result<()> {
+    let first = put(c, "r/a", json!(1)).await?;
+    put(c, "r/a", json!(2)).await?;
+    // Older than history.retain_ms of cluster time: the leader compacts it by itself.
+    for id in 1..=3 {
+        common::wait_until(
+            Duration::from_secs(20),
+            "every node compacted by retention",
+            || async move {
+                let s = c.status(id).await?;
+                Ok(s["compact_revision"].as_u64() >= Some(first))
+            },
+        )
+        .await?;
+    }
+    let r = c
+        .request(
+            "watch.create",
+            json!({"key": "r/a", "start_revision": first, "deliver": "x.y"}),
+        )
+        .await?;
+    ensure!(r["error"]["code"] == "compacted", "{r}");
+    // A key whose previous version was compacted still gives it as `prev_value`.
+    let mut w =
+        Watcher::create(c, "watch.create", json!({"key": "r/a", "prev_value": true})).await?;
+    let at = put(c, "r/a", json!(3)).await?;
+    let events = w.events_through(at).await?;
+    ensure!(
+        events.len() == 1 && events[0]["prev_value"] == 2,
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_needs_a_read_token_and_ends_when_it_is_revoked() -> Result<()> {
+    const ADMIN: &str = "bootstrap-admin-credential-0123456789";
+    let opts = ClusterOptions::default()
+        .env("CONCORD_AUTH__ENABLED", "true")
+        .env("CONCORD_AUTH__ADMIN_TOKEN", ADMIN)
+        .env("CONCORD_WATCH__PROGRESS_MS", 300)
+        .admin_token(ADMIN);
+    let c = Cluster::start_format_2(3, opts).await?;
+    let r = revoked_body(&c, ADMIN).await;
+    c.fail_on_err(r)
+}
+
+async fn revoked_body(c: &Cluster, admin: &str) -> Result<()> {
+    let made = c
+        .request(
+            "admin.token.create",
+            json!({"role": "read", "token": admin}),
+        )
+        .await?;
+    let (token, id) = (made["token"].clone(), made["id"].clone());
+    ensure!(token.is_string(), "{made}");
+    let r = c
+        .request("watch.create", json!({"prefix": "", "deliver": "x.y"}))
+        .await?;
+    ensure!(r["error"]["code"] == "unauthorized", "no token: {r}");
+    let r = c
+        .request("admin.compact", json!({"revision": 1, "token": token}))
+        .await?;
+    ensure!(
+        r["error"]["code"] == "unauthorized",
+        "compaction is for admins: {r}"
+    );
+    let mut w = Watcher::create(c, "watch.create", json!({"prefix": "", "token": token})).await?;
+    ensure!(
+        w.created["ok"] == true,
+        "a read token may watch: {}",
+        w.created
+    );
+    let r = c
+        .request("admin.token.revoke", json!({"id": id, "token": admin}))
+        .await?;
+    ensure!(r["revoked"] == true, "{r}");
+    let end = w.end().await?;
+    ensure!(end["code"] == "unauthorized", "{end}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_installed_a_snapshot_serves_watches_from_its_revision_on() -> Result<()> {
+    let opts = ClusterOptions::default()
+        .env("CONCORD_RAFT__SNAPSHOT_EVERY", 200)
+        .env("CONCORD_RAFT__MAX_IN_SNAPSHOT_LOG_TO_KEEP", 0)
+        .env("CONCORD_WATCH__PROGRESS_MS", 300);
+    let c = Cluster::start_format_2(3, opts).await?;
+    let r = installed_body(&c).await;
+    c.fail_on_err(r)
+}
+
+async fn installed_body(c: &Cluster) -> Result<()> {
+    let first = put(c, "s/a", json!(1)).await?;
+    let leader = c.wait_stable(WAIT).await?;
+    let behind = if leader == 1 { 2 } else { 1 };
+    c.restart_behind_snapshot(behind).await?;
+    let c2 = c;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the node installed a snapshot",
+        || async move {
+            let s = c2.status(behind).await?;
+            Ok(s["history"]["start_revision"].as_u64() > Some(first))
+        },
+    )
+    .await?;
+    let held_from = c.status(behind).await?["history"]["start_revision"]
+        .as_u64()
+        .context("start")?;
+    // Older revisions: not this node's to serve (not compacted: another node has them).
+    let r = c
+        .node_request(
+            behind,
+            "watch.create",
+            json!({"prefix": "s/", "start_revision": first, "deliver": "x.y"}),
+        )
+        .await?;
+    ensure!(r["error"]["code"] == "cluster_not_ready", "{r}");
+    let mut elsewhere = Watcher::create(
+        c,
+        &format!("node.{leader}.watch.create"),
+        json!({"prefix": "s/", "start_revision": first}),
+    )
+    .await?;
+    // From the snapshot's revision on, it serves them.
+    let mut here = Watcher::create(
+        c,
+        &format!("node.{behind}.watch.create"),
+        json!({"prefix": "s/", "start_revision": held_from}),
+    )
+    .await?;
+    let at = put(c, "s/b", json!(2)).await?;
+    let got = here.events_through(at).await?;
+    ensure!(got.len() == 1 && got[0]["revision"] == at, "{got:?}");
+    let all = elsewhere.events_through(at).await?;
+    ensure!(
+        all.first().map(|e| &e["revision"]) == Some(&json!(first)) && all.len() == 2,
+        "{all:?}"
     );
     Ok(())
 }

@@ -40,7 +40,7 @@ pub fn quota(limits: &Limits, current: u64, new: u64, old: Option<u64>) -> Resul
         return Ok(());
     }
     Err(no_space(format!(
-        "storage quota reached: live data is {current} bytes and this put would make it {after}, over storage.max_bytes = {}; deletes still work and free space at once",
+        "storage quota reached: live data and change log are {current} bytes and this put would make it {after}, over storage.max_bytes = {}; deletes and compaction still work and free space",
         limits.max_data_bytes
     )))
 }

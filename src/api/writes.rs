@@ -217,7 +217,10 @@ fn check_quota(ctx: &Ctx, key: &str, new: u64) -> Result<(), WireError> {
     if limits.max_data_bytes == 0 {
         return Ok(());
     }
-    let current = ctx.consensus.view.data_bytes();
+    // The change log counts too: it is compacted, never refused (deletes and compaction
+    // are always let through).
+    let view = &ctx.consensus.view;
+    let current = view.data_bytes() + view.history_bytes();
     let as_new = validate::quota(limits, current, new, None);
     if as_new.is_ok() || key.is_empty() {
         return as_new;

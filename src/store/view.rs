@@ -211,6 +211,11 @@ impl StateView {
         self.history
             .bytes
             .fetch_add(history_bytes, std::sync::atomic::Ordering::Relaxed);
+        if let Some(last) = events.last() {
+            self.history
+                .flushed_through
+                .fetch_max(last.revision, std::sync::atomic::Ordering::Relaxed);
+        }
         self.recent.flushed(&unflushed);
         Ok(())
     }

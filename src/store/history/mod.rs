@@ -147,6 +147,8 @@ pub struct HistoryState {
     pub bytes: std::sync::atomic::AtomicU64,
     /// Chunks through this revision are gone from disk.
     pub removed_through: std::sync::atomic::AtomicU64,
+    /// The newest revision whose events a flush has written.
+    pub flushed_through: std::sync::atomic::AtomicU64,
     /// Counts snapshot installs: a disk read that an install overlapped is void.
     pub epoch: std::sync::atomic::AtomicU64,
 }

@@ -39,6 +39,7 @@ impl HistoryState {
         state.compact_revision.store(compact, Relaxed);
         state.bytes.store(compact::figures(history)?.0, Relaxed);
         state.tail.reset(meta.revision + 1);
+        state.flushed_through.store(meta.revision, Relaxed);
         Ok(state)
     }
 }
@@ -122,13 +123,16 @@ impl StateView {
         read::put_at(&self.history_ks(), key, revision)
     }
 
-    /// Removes the chunks at or below the compact revision from disk, if any remain.
+    /// Removes the chunks at or below the compact revision that are on disk. Never flushes
+    /// (that would undo the recent-writes table's coalescing): compacted events still in
+    /// memory are removed by a later pass, once a flush has written them.
     pub fn remove_compacted(&self) -> Result<compact::Removed, Error> {
         let compact = self.compact_revision();
-        if compact <= self.history.removed_through.load(Relaxed) {
+        let on_disk = self.history.flushed_through.load(Relaxed);
+        let through = compact.min(on_disk);
+        if through <= self.history.removed_through.load(Relaxed) {
             return Ok(compact::Removed::default());
         }
-        self.flush()?;
         // Not beside an install, which replaces the keyspace, nor a flush, which writes it.
         let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = |key: &str| -> Result<Option<u64>, Error> {
@@ -137,37 +141,47 @@ impl StateView {
                 .and_then(|v| keys::decode_value(&v).map(|(revision, _)| revision)))
         };
         let removed =
-            compact::remove_through(&self.store.db, &self.history_ks(), compact, &current)?;
+            compact::remove_through(&self.store.db, &self.history_ks(), through, &current)?;
         let _ = self
             .history
             .bytes
             .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(removed.bytes)));
-        self.history.removed_through.fetch_max(compact, Relaxed);
+        self.history.removed_through.fetch_max(through, Relaxed);
         Ok(removed)
     }
 
     /// The revision to compact to so that the change log keeps `retain_ms` of cluster time
-    /// before `now` and at most `max_bytes`, if that is past the compact revision. Judged by
-    /// whole chunks of what is on disk.
+    /// before `now` and at most `max_bytes`, if that is past the compact revision. Judged
+    /// by the events in memory and whole chunks on disk; never flushes.
     pub fn retention_target(
         &self,
         now: u64,
         retain_ms: u64,
         max_bytes: u64,
     ) -> Result<Option<u64>, Error> {
-        self.flush()?;
-        let (mut bytes, infos) = compact::figures(&self.history_ks())?;
+        let (_, infos) = compact::figures(&self.history_ks())?;
         let compact = self.compact_revision();
-        let cutoff = now.saturating_sub(retain_ms);
+        // What compaction has not yet given up (removed chunks may still be listed).
+        let mut bytes: u64 = infos
+            .iter()
+            .filter(|i| i.last_revision > compact)
+            .map(|i| i.bytes)
+            .sum();
+        // Until the cluster has run for `retain_ms`, nothing is old enough.
+        let cutoff = now.checked_sub(retain_ms);
+        let expired = |stamp: u64| cutoff.is_some_and(|c| stamp <= c);
         let mut target = compact;
         for info in infos.iter().filter(|i| i.last_revision > compact) {
-            if info.last_stamp > cutoff && bytes <= max_bytes {
+            if !expired(info.last_stamp) && bytes <= max_bytes {
                 break;
             }
             target = info.last_revision;
             bytes = bytes.saturating_sub(info.bytes);
         }
-        // Never past what every event of the last chunk taken covers.
+        if let Some(old) = cutoff.and_then(|c| self.history.tail.newest_by(c)) {
+            target = target.max(old);
+        }
+        let target = target.min(self.revision());
         Ok((target > compact).then_some(target))
     }
 }

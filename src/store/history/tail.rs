@@ -94,6 +94,21 @@ impl Tail {
             .cloned()
     }
 
+    /// The newest revision held whose events' cluster time is at most `cutoff` (stamps grow
+    /// with revisions).
+    pub fn newest_by(&self, cutoff: u64) -> Option<u64> {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut newest = None;
+        for (b, _) in &t.batches {
+            if b[0].stamp > cutoff {
+                break;
+            }
+            let upto = b.partition_point(|e| e.stamp <= cutoff);
+            newest = Some(b[upto - 1].revision);
+        }
+        newest
+    }
+
     /// The oldest revision held.
     pub fn first(&self) -> u64 {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).first
@@ -113,7 +128,7 @@ mod tests {
             record: fjall::Slice::from(vec![1u8; bytes]),
             prev_revision: 0,
             prev_inline: None,
-            stamp: 0,
+            stamp: revision * 10,
         }
     }
 
@@ -131,6 +146,10 @@ mod tests {
         assert_eq!(s.batches.len(), 1);
         assert_eq!(s.last, 7);
         assert_eq!(t.find("a", 5).map(|e| e.revision), Some(5));
+        // Stamps: revision * 10 (see `ev`).
+        assert_eq!(t.newest_by(49), None);
+        assert_eq!(t.newest_by(65), Some(6));
+        assert_eq!(t.newest_by(1000), Some(7));
         assert!(t.find("a", 6).is_none());
         t.push(vec![ev(8, "big", MAX_TAIL_BYTES)].into(), 8);
         assert_eq!(t.first(), 8, "the older batches went");

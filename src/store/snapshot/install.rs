@@ -122,6 +122,7 @@ fn reset_history(view: &StateView, installed: &SmMeta, compact_revision: u64) {
     h.start.store(installed.history_start, Relaxed);
     h.compact_revision.store(compact_revision, Relaxed);
     h.removed_through.store(compact_revision, Relaxed);
+    h.flushed_through.store(installed.revision, Relaxed);
     h.bytes.store(0, Relaxed);
     h.tail.reset(installed.revision + 1);
 }
