@@ -50,11 +50,13 @@ pub mod incr;
 pub mod prefix;
 pub mod retry;
 pub mod txn;
+pub mod watch;
 pub use cas::KeyValue;
 pub use incr::{Counter, Incr};
 pub use prefix::PrefixDeleted;
 pub use retry::Retry;
 pub use txn::{CmpOp, Compare, Target, Txn, TxnOp, TxnReply, TxnResult};
+pub use watch::{EventType, Resumed, Watch, WatchEvent, WatchStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -77,6 +79,12 @@ pub enum ClientError {
         key: Option<String>,
         message: String,
     },
+    /// The cluster answered `compacted`: the revisions asked for (a watch's start, or the
+    /// next revision of a stream that fell behind) are older than its change log keeps,
+    /// which starts after `compact_revision`. A watcher lists again and watches from the
+    /// list ([`Client::list_watch`]).
+    #[error("compacted: the change log starts after revision {compact_revision}; list again and watch from there")]
+    Compacted { compact_revision: u64 },
     #[error(transparent)]
     Connect(#[from] crate::nats::Error),
     /// Nobody subscribes to the subject: the request was never delivered.
@@ -94,6 +102,7 @@ impl ClientError {
         match self {
             ClientError::Server(e) => e.code,
             ClientError::Conflict { .. } => ErrorKind::Conflict,
+            ClientError::Compacted { .. } => ErrorKind::Compacted,
             ClientError::Connect(_) | ClientError::NoResponders(_) => ErrorKind::ClusterNotReady,
             ClientError::Nats(_) => ErrorKind::Timeout,
             ClientError::Decode(_) => ErrorKind::Internal,
@@ -125,6 +134,9 @@ impl ClientError {
                 }
                 v
             }
+            ClientError::Compacted { compact_revision } => serde_json::json!({
+                "code": ErrorKind::Compacted, "compact_revision": compact_revision,
+                "message": self.message()}),
             other => serde_json::json!({"code": other.code(), "message": other.message()}),
         }
     }
@@ -566,6 +578,9 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
             value: v["error"].get("value").cloned().map(Box::new),
             key: e.error.key,
             message: e.error.message,
+        }),
+        (Ok(e), _) if e.error.code == ErrorKind::Compacted => Err(ClientError::Compacted {
+            compact_revision: e.error.compact_revision.unwrap_or(0),
         }),
         (Ok(e), _) => Err(ClientError::Server(e.error)),
         // A code newer than this client (e.g. `conflict` from a newer cluster): final, never

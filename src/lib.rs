@@ -40,7 +40,7 @@
 //! [`client::Client`] speaks the protocol for the CLI, the tests and `examples/`; `client::retry`
 //! holds its retry rules (writes carry a `request_id` and are retried after `timeout` too);
 //! `client::{cas, incr, prefix, txn}` its conditional writes, counters, deletes by prefix and
-//! transactions.
+//! transactions; `client::watch` its watch streams (resuming by themselves) and list-watch.
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]

@@ -17,7 +17,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use common::{Cluster, ClusterOptions};
 
 /// Each example and lines its output must hold.
-const RECIPES: [(&str, &[&str]); 4] = [
+const RECIPES: [(&str, &[&str]); 7] = [
     (
         "optimistic_update",
         &["visits = 40, version 41", "no update lost"],
@@ -38,6 +38,29 @@ const RECIPES: [(&str, &[&str]); 4] = [
             "switch to green: succeeded = true",
             "succeeded = false, version is already 2",
             "green everywhere",
+        ],
+    ),
+    (
+        "config_reload",
+        &[
+            "loaded 3 settings",
+            "log_level = debug, timeout_ms added, legacy_mode removed",
+            "the service's configuration equals the store's",
+        ],
+    ),
+    (
+        "feature_flags",
+        &[
+            "new_checkout on, beta_search off (removed)",
+            "every instance saw the same flips in the same order",
+        ],
+    ),
+    (
+        "service_discovery",
+        &[
+            "1 instance(s) at start",
+            "live instances: 10.0.0.2:8080, 10.0.0.3:8080",
+            "the view follows every registration and deregistration",
         ],
     ),
 ];
@@ -83,7 +106,7 @@ async fn run_example(cluster: &Cluster, name: &str) -> Result<(Option<i32>, Stri
 
 /// Proves every recipe example runs on a 3-node cluster: exit status 0 and the lines that
 /// show what it claims (no lost update, one creator, the quota held, one switch at one
-/// revision).
+/// revision, a reloaded configuration, flags and a service view that follow the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recipe_example_runs_and_holds() -> Result<()> {
     let cluster = Cluster::start_format_2(3, ClusterOptions::default()).await?;

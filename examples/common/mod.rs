@@ -43,3 +43,44 @@ pub fn check(holds: bool, what: impl std::fmt::Display) -> Result<()> {
     }
     Ok(())
 }
+
+/// Applies the events of a watch to `state` (a put sets the key, a delete or an expiry
+/// removes it) until the stream has seen every revision up to `revision`, or fails after
+/// 30 s. Returns the events' one-line summaries (`put key=value rev=N`).
+#[allow(dead_code)] // only the watch recipes use it
+pub async fn follow_until(
+    stream: &mut concord::client::WatchStream,
+    state: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    revision: u64,
+) -> Result<Vec<String>> {
+    use concord::client::EventType;
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while stream.next_revision() <= revision {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the watch did not reach revision {revision} within 30 s");
+        }
+        // A progress notice may be what completes the revision, and it yields no event:
+        // look at `next_revision` again now and then.
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let e = match next {
+            Some(e) => e.context("the watch ended")?,
+            None => bail!("the watch ended"),
+        };
+        match (e.kind, e.value) {
+            (EventType::Put, Some(v)) => {
+                seen.push(format!("put {}={v} rev={}", e.key, e.revision));
+                state.insert(e.key, v);
+            }
+            (kind, _) => {
+                seen.push(format!("{kind} {} rev={}", e.key, e.revision));
+                state.remove(&e.key);
+            }
+        }
+    }
+    Ok(seen)
+}

@@ -21,6 +21,7 @@ mod observe;
 pub mod serve;
 mod token;
 mod txn;
+mod watch;
 
 pub use bench::BenchArgs;
 pub use check::CheckArgs;
@@ -177,6 +178,14 @@ pub enum Cmd {
         #[arg(long)]
         after: Option<String>,
     },
+    /// Print every change under PREFIX (or of one key with --key) as it comes, one line
+    /// each (`put key=value rev=N`), or one JSON event per line with --json. The watch
+    /// resumes by itself when its node dies or ends it (shown on stderr).
+    ///
+    /// Exit status: 0 after --count events or --until-revision; 130 after Ctrl-C (the watch
+    /// is cancelled); 1 on compacted (the revisions to watch from are gone: list again) or
+    /// any other error.
+    Watch(watch::WatchArgs),
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -341,6 +350,13 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Token(cmd) => token::run(&client, global, cmd).await,
         Cmd::WatchTelemetry { filter } => {
             observe::watch_telemetry(&client, global, filter.as_deref()).await
+        }
+        Cmd::Watch(args) => {
+            let res = watch::run(&client, global, &args).await;
+            if let Some(hint) = res.as_ref().err().and_then(watch::compacted_hint) {
+                eprintln!("{hint}");
+            }
+            res
         }
         Cmd::Snapshot { node } => observe::snapshot(&client, global, node).await,
         Cmd::Backup { out } => backup::backup(&client, global, &out).await,

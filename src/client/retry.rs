@@ -45,6 +45,8 @@ impl Retry {
             },
             // A condition that did not hold holds no better the second time.
             ClientError::Conflict { .. } => false,
+            // The revisions are gone for good.
+            ClientError::Compacted { .. } => false,
             ClientError::NoResponders(_) => true,
             ClientError::Nats(_) => self == Retry::Idempotent,
             ClientError::Connect(_) | ClientError::Decode(_) => false,
