@@ -58,13 +58,20 @@ pub fn message(id: &str, seq: u64, events: &[u8], store_revision: u64, fragment:
     out
 }
 
-/// The final message of a watch.
-pub fn end(id: &str, code: &str, message: &str, resume_revision: u64) -> Vec<u8> {
-    let body = serde_json::json!({
-        "watch_id": id,
-        "end": {"code": code, "message": message, "resume_revision": resume_revision},
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+/// The final message of a watch; a `compacted` end also names the compact revision.
+pub fn end(
+    id: &str,
+    code: &str,
+    message: &str,
+    resume_revision: u64,
+    compact_revision: Option<u64>,
+) -> Vec<u8> {
+    let mut end =
+        serde_json::json!({"code": code, "message": message, "resume_revision": resume_revision});
+    if let Some(c) = compact_revision {
+        end["compact_revision"] = c.into();
+    }
+    serde_json::to_vec(&serde_json::json!({"watch_id": id, "end": end})).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -148,10 +155,12 @@ mod tests {
             m,
             json!({"watch_id":"w","seq":1,"events":[],"store_revision":7})
         );
-        let e: Value = serde_json::from_slice(&end("w", "cancelled", "bye", 8)).unwrap();
+        let e: Value = serde_json::from_slice(&end("w", "cancelled", "bye", 8, None)).unwrap();
         assert_eq!(
             e,
             json!({"watch_id":"w","end":{"code":"cancelled","message":"bye","resume_revision":8}})
         );
+        let e: Value = serde_json::from_slice(&end("w", "compacted", "old", 3, Some(5))).unwrap();
+        assert_eq!(e["end"]["compact_revision"], 5);
     }
 }

@@ -32,12 +32,15 @@ const DISK_BUDGET: usize = 1 << 20;
 pub struct End {
     pub code: &'static str,
     pub message: String,
+    /// For `compacted`: the compact revision.
+    pub compact_revision: Option<u64>,
 }
 
 fn end(code: &'static str, message: impl Into<String>) -> End {
     End {
         code,
         message: message.into(),
+        compact_revision: None,
     }
 }
 
@@ -83,7 +86,13 @@ pub async fn run(w: Arc<Watches>, shared: Arc<Shared>, spec: Spec, start: u64) {
     let ended = s.serve().await;
     s.absorb_acks();
     let resume = s.acked_through + 1;
-    let body = message::end(&shared.id, ended.code, &ended.message, resume);
+    let body = message::end(
+        &shared.id,
+        ended.code,
+        &ended.message,
+        resume,
+        ended.compact_revision,
+    );
     let bulk = &w.ctx.cluster.bulk;
     if let Err(e) = bulk
         .publish(s.spec.deliver.clone(), Bytes::from(body))
@@ -302,10 +311,13 @@ fn build(
         )
     };
     match view.changes_since(next, DISK_BUDGET).map_err(storage)? {
-        Changes::Compacted(c) => Err(end(
-            "compacted",
-            format!("revision {next} is compacted (compact revision {c}): list again, then watch from the list's revision"),
-        )),
+        Changes::Compacted(c) => Err(End {
+            compact_revision: Some(c),
+            ..end(
+                "compacted",
+                format!("revision {next} is compacted (compact revision {c}): list again, then watch from the list's revision"),
+            )
+        }),
         Changes::NotHeld(start) => Err(end(
             "cluster_not_ready",
             format!("this node's change log starts at revision {start} (it installed a snapshot): resume on another node"),

@@ -73,7 +73,9 @@ impl Tail {
         }
         // Batches are in revision order: find the first one reaching `from` by bisection
         // (every watch asks at every wake-up, and the tail holds thousands of batches).
-        let first = t.batches.partition_point(|(b, _)| b[b.len() - 1].revision < from);
+        let first = t
+            .batches
+            .partition_point(|(b, _)| b[b.len() - 1].revision < from);
         let batches = t.batches.range(first..).map(|(b, _)| b.clone()).collect();
         Some(Since {
             batches,
