@@ -4,7 +4,8 @@
 //! lost message, or one it cannot read) creates the next one: from the end's
 //! `resume_revision`, else from the last revision it fully saw + 1. Creates are retried with
 //! backoff while the node is down or refuses (`busy`, `cluster_not_ready`: the latter moves
-//! it to the next node, as the contract says). Records everything ([`WatcherLog`]); drops
+//! it to the next node, as the contract says, and so do creates unanswered for longer than
+//! a fault is held); each new stream tries the home node first. Records everything ([`WatcherLog`]); drops
 //! nothing (the drop rule is the checker's, [`super::check::accepted`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +21,8 @@ use super::{Message, Stream, StreamEnd, WatcherLog};
 const CREATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backoff between refused creates: from the first, doubling to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(800));
+/// Unanswered creates in a row (about 10 s) after which the watcher tries the next node.
+const MAX_UNANSWERED: u32 = 4;
 /// How often a stream waiting for messages looks at the stop flags.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -114,6 +117,7 @@ async fn create(
 ) -> Option<(Stream, async_nats::Subscriber, Duration)> {
     let mut i = 0;
     let mut backoff = BACKOFF.0;
+    let mut unanswered = 0;
     while !control.done(next) {
         let (node, client) = &spec.nodes[i % spec.nodes.len()];
         let inbox = client.new_inbox();
@@ -154,9 +158,19 @@ async fn create(
             }
         };
         *log.refused.entry(code.clone()).or_default() += 1;
+        unanswered = if code == "no_reply" {
+            unanswered + 1
+        } else {
+            0
+        };
         match code.as_str() {
             // A node that skipped the revisions by a snapshot: another may have them.
             "cluster_not_ready" => i += 1,
+            // A node down for longer than any fault is held: follow on another meanwhile.
+            "no_reply" if unanswered >= MAX_UNANSWERED => {
+                unanswered = 0;
+                i += 1;
+            }
             "no_reply" | "no_connection" | "busy" | "timeout" | "not_leader" => {}
             // `compacted`, `bad_request`, `unauthorized`: no retry mends them.
             _ => return None,

@@ -20,6 +20,8 @@ pub mod check;
 pub mod client;
 pub mod follow;
 #[cfg(test)]
+mod follow_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
