@@ -426,7 +426,15 @@ async fn run_watch(
     ));
     let verdict = watch::check::check(&h);
     let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
-    let exactly_once = before.zip(after).map(|(b, a)| {
+    // The applied puts come from the truth: without all of it there is nothing to count.
+    let complete = h
+        .final_revision
+        .is_some_and(|f| verdict.truth_revision >= f);
+    if !complete {
+        problems
+            .push("exactly once not checked: the truth did not reach the final revision".into());
+    }
+    let exactly_once = before.zip(after).filter(|_| complete).map(|(b, a)| {
         let a = Probe {
             outside_writes,
             ..a
