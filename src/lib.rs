@@ -19,12 +19,14 @@
 //!                           │        raft::network ─▶ raft::rpc ─NATS─▶ raft::service (peers)
 //!                           ▼
 //!                        store::state_machine ─▶ store::apply (one arm per Command) ─▶ store::view ─▶ reply
+//!                                                    └─▶ store::history (change log) ─▶ watch ─NATS─▶ watchers
 //! ```
 //!
 //! Layers, each importing only those below it (scripts/layout-check.py keeps it so):
 //!
 //! ```text
 //! node        opens, wires, bootstraps, health (/readyz), shutdown order
+//! watch       watches: create/cancel, one task per watch, dispatch, acks, retention
 //! api         request handling: routing, group commit, ReadIndex, admin (status, members, tokens, backup)
 //! raft        openraft over NATS: network, rpc, service, replication, inbox, hand-off
 //! store       fjall: log_store, state_machine, apply, view, meta, snapshot/ (Raft snapshots, backups)
@@ -61,6 +63,7 @@ pub mod raft;
 pub mod signing;
 pub mod store;
 pub mod types;
+pub mod watch;
 
 // The wire vocabulary lives in its own crate, shared with the tools (harness, fault suite,
 // load generator) that must not link the node; these paths keep `crate::subjects::…` and

@@ -1,5 +1,9 @@
 //! `concord`: parse the command line, set up logging, dispatch.
 
+// The client's error carries the wire error whole (code, message and the state a refusal
+// names), as the library's does.
+#![allow(clippy::result_large_err)]
+
 mod cli;
 
 use clap::Parser;

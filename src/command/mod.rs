@@ -299,6 +299,10 @@ pub enum Applied {
         bytes: u64,
         limit: u64,
     },
+    /// The change log's compact revision after a compaction applied.
+    Compacted {
+        revision: u64,
+    },
 }
 
 /// Which condition a [`Applied::Conflict`] failed (DESIGN.md's `reason`). Stored in the

@@ -21,6 +21,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub idempotency: IdempotencyConfig,
+    pub history: HistoryConfig,
+    pub watch: WatchConfig,
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
     pub metrics: MetricsConfig,
@@ -239,6 +241,62 @@ impl IdempotencyConfig {
     }
 }
 
+/// The change log (DESIGN.md "Change log and compaction"): the leader proposes compaction
+/// past what these keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// How long (cluster time) the change log keeps a revision's events.
+    pub retain_ms: u64,
+    /// Most bytes the change log keeps on a node; the oldest revisions go first.
+    pub max_bytes: u64,
+    /// How often the leader looks for revisions to compact.
+    pub check_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            retain_ms: 5 * 60 * 1000,
+            max_bytes: 1 << 30,
+            check_ms: 1000,
+        }
+    }
+}
+
+/// Watches served by this node (DESIGN.md "Watch").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// A watch with nothing to send sends a progress notice this often.
+    pub progress_ms: u64,
+    /// A watch whose oldest message stays unacknowledged this long is ended
+    /// (`slow_consumer`).
+    pub ack_timeout_ms: u64,
+    /// Watches this node serves at once; past it, a create answers `busy`.
+    pub max_watches: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            progress_ms: 1000,
+            ack_timeout_ms: 10_000,
+            max_watches: 10_000,
+        }
+    }
+}
+
+impl WatchConfig {
+    pub fn progress(&self) -> Duration {
+        Duration::from_millis(self.progress_ms)
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
@@ -261,6 +319,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            history: HistoryConfig::default(),
+            watch: WatchConfig::default(),
             auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),

@@ -26,6 +26,7 @@ impl Config {
         self.validate_raft()?;
         self.validate_limits()?;
         self.validate_idempotency()?;
+        self.validate_watch()?;
         self.validate_credentials()?;
         self.telemetry.validate()?;
         self.metrics.validate()
@@ -71,6 +72,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The change log and watches: every period and bound positive.
+    fn validate_watch(&self) -> Result<(), Error> {
+        let checks = [
+            ("history.retain_ms", self.history.retain_ms),
+            ("history.max_bytes", self.history.max_bytes),
+            ("history.check_ms", self.history.check_ms),
+            ("watch.progress_ms", self.watch.progress_ms),
+            ("watch.ack_timeout_ms", self.watch.ack_timeout_ms),
+            ("watch.max_watches", self.watch.max_watches as u64),
+        ];
+        match checks.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(field(name, "must be positive")),
+            None => Ok(()),
+        }
     }
 
     /// The idempotency table: a window and a limit that keep at least one id.

@@ -99,6 +99,7 @@ pub(super) async fn wire(
         cancel.clone(),
     ));
     spawn_format_tasks(&ctx, &opened, config);
+    spawn_watches(config, &ctx, &intake, &intake_tracker);
     let server = api::server::Server::new(
         ctx,
         config.limits.max_in_flight,
@@ -258,6 +259,36 @@ fn spawn_format_tasks(ctx: &Arc<api::Ctx>, opened: &Opened, config: &Config) {
         cancel.clone(),
     ));
     tracker.spawn(save_clock_floor(opened.view.clone(), cancel.clone()));
+}
+
+/// Watches and the change log's retention. They stop with the client intake: every watch
+/// then ends with `node_stopping` while the NATS connection still carries its end message.
+fn spawn_watches(
+    config: &Config,
+    ctx: &Arc<api::Ctx>,
+    intake: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let watches = crate::watch::Watches::new(
+        ctx.clone(),
+        config.watch.clone(),
+        config.raft.election_timeout_max() * 3,
+        intake.clone(),
+        tracker.clone(),
+    );
+    tracker.spawn(log_failure(
+        "watch subjects",
+        crate::watch::serve::run(watches.clone()),
+    ));
+    tracker.spawn(log_failure(
+        "watch acknowledgements",
+        crate::watch::dispatch::run_acks(watches.clone()),
+    ));
+    tracker.spawn(crate::watch::dispatch::run_dispatcher(watches.clone()));
+    tracker.spawn(crate::watch::retention::run(
+        watches,
+        config.history.clone(),
+    ));
 }
 
 /// How often a node saves its cluster-time reading: a restart resumes at most this much

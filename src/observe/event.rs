@@ -64,10 +64,20 @@ pub enum Event {
     },
     /// The node's NATS connection went down or came back.
     NatsConnection { connected: bool },
+    /// A watch was created on this node (`watches`: how many it serves now).
+    WatchCreated { watches: u64 },
+    /// A watch this node served ended with `code`.
+    WatchEnded {
+        code: &'static str,
+        messages: u64,
+        events: u64,
+    },
+    /// The change log was compacted through `revision`; this node removed `removed_bytes`.
+    HistoryCompacted { revision: u64, removed_bytes: u64 },
 }
 
 /// Every event path, in the order of [`Event::path_index`].
-pub const PATHS: [&str; 12] = [
+pub const PATHS: [&str; 15] = [
     "api.put",
     "api.get",
     "api.delete",
@@ -80,6 +90,9 @@ pub const PATHS: [&str; 12] = [
     "nats.connection",
     "api.incr",
     "api.txn",
+    "watch.created",
+    "watch.ended",
+    "history.compacted",
 ];
 
 impl Event {
@@ -100,6 +113,9 @@ impl Event {
             Event::SnapshotInstalled { .. } => 7,
             Event::ClusterStatus { .. } => 8,
             Event::NatsConnection { .. } => 9,
+            Event::WatchCreated { .. } => 12,
+            Event::WatchEnded { .. } => 13,
+            Event::HistoryCompacted { .. } => 14,
         }
     }
 
@@ -155,6 +171,14 @@ impl Event {
                 m.num("storage_keys", *storage_keys);
                 m.num("storage_bytes", *storage_bytes);
             }
+            Event::WatchCreated { watches } => m.num("watches", *watches),
+            Event::WatchEnded {
+                messages, events, ..
+            } => {
+                m.num("messages", *messages);
+                m.num("events", *events);
+            }
+            Event::HistoryCompacted { removed_bytes, .. } => m.num("removed_bytes", *removed_bytes),
             Event::StateChange { .. } | Event::NatsConnection { .. } => {}
         }
     }
@@ -220,6 +244,9 @@ impl Event {
                 m.opt("commit_index", *commit_index);
                 m.opt("applied_index", *applied_index);
             }
+            Event::WatchCreated { .. } => {}
+            Event::WatchEnded { code, .. } => m.str("code", code),
+            Event::HistoryCompacted { revision, .. } => m.num("revision", *revision),
             Event::NatsConnection { connected } => {
                 m.str(
                     "status",
@@ -361,6 +388,16 @@ mod tests {
                 applied_index: Some(4),
             },
             Event::NatsConnection { connected: true },
+            Event::WatchCreated { watches: 2 },
+            Event::WatchEnded {
+                code: "cancelled",
+                messages: 3,
+                events: 4,
+            },
+            Event::HistoryCompacted {
+                revision: 9,
+                removed_bytes: 100,
+            },
         ];
         for e in &events {
             let v = render(e);

@@ -142,7 +142,8 @@ impl ReqOp {
             | AdminOp::MemberAdd
             | AdminOp::MemberPromote
             | AdminOp::MemberRemove
-            | AdminOp::MemberRemoved => None,
+            | AdminOp::MemberRemoved
+            | AdminOp::Compact => None,
         }
     }
 

@@ -18,12 +18,13 @@ pub mod metrics;
 pub mod publish;
 pub mod raft_watch;
 pub mod sample;
+pub mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::config::TelemetryConfig;
 use crate::error::ErrorKind;
@@ -54,6 +55,7 @@ pub enum NatsLink {
 pub struct Observer {
     pub node: u64,
     pub metrics: Metrics,
+    pub watch: watch::WatchMetrics,
     /// `None` with telemetry off: no event is made at all.
     queue: Option<mpsc::Sender<Stamped>>,
     api: Sampler,
@@ -62,7 +64,7 @@ pub struct Observer {
     /// Per [`NatsLink`]: whether that connection is down now.
     nats_down: [AtomicBool; 2],
     /// Snapshots this node has built, for the admin snapshot to wait on.
-    snapshots_built: watch::Sender<u64>,
+    snapshots_built: tokio::sync::watch::Sender<u64>,
 }
 
 impl Observer {
@@ -83,12 +85,13 @@ impl Observer {
         let observer = Observer {
             node,
             metrics: Metrics::register(),
+            watch: watch::WatchMetrics::register(),
             queue,
             api: sampler(&cfg.api_events),
             apply: sampler(&cfg.apply_events),
             include_keys: cfg.include_keys,
             nats_down: [AtomicBool::new(false), AtomicBool::new(false)],
-            snapshots_built: watch::channel(0).0,
+            snapshots_built: tokio::sync::watch::channel(0).0,
         };
         (Arc::new(observer), rx)
     }
@@ -189,7 +192,7 @@ impl Observer {
     }
 
     /// Counts the snapshots this node has built.
-    pub fn watch_snapshots_built(&self) -> watch::Receiver<u64> {
+    pub fn watch_snapshots_built(&self) -> tokio::sync::watch::Receiver<u64> {
         self.snapshots_built.subscribe()
     }
 

@@ -161,7 +161,10 @@ async fn commands_without_behaviour_yet_change_nothing() {
         .apply(vec![
             entry(1, LogCommand::new(Command::FormatSwitch { format: 2 })),
             entry(2, LogCommand::stamped(touch, 1)),
-            entry(3, LogCommand::stamped(Command::Compact { revision: 1 }, 2)),
+            entry(
+                3,
+                LogCommand::stamped(Command::LeaseExpire { id: 1, renewal: 1 }, 2),
+            ),
         ])
         .await
         .unwrap();
@@ -172,7 +175,7 @@ async fn commands_without_behaviour_yet_change_nothing() {
                 operation: "touch".into()
             },
             Applied::Unsupported {
-                operation: "compact".into()
+                operation: "lease_expire".into()
             }
         ]
     );

@@ -20,6 +20,8 @@ pub const SM_KV_GENERATION: &[u8] = b"kv_generation";
 pub const SM_KEY_COUNT: &[u8] = b"key_count";
 /// Live data size: key bytes + stored value bytes of every live key (format 2 on).
 pub const SM_DATA_BYTES: &[u8] = b"data_bytes";
+/// The first revision this node's change log holds (0: none kept, before format 2).
+pub const SM_HISTORY_START: &[u8] = b"history_start";
 
 /// The cluster's log format as of the applied index (1 until a format switch applied).
 pub const SM_CLUSTER_FORMAT: &[u8] = b"cluster_format";
@@ -90,6 +92,9 @@ pub const RESERVED: u8 = 0;
 pub const IDEMPOTENCY_PREFIX: &str = "\0i/";
 /// Reserved key of the idempotency table's replicated settings.
 pub const IDEMPOTENCY_SETTINGS: &str = "\0s/idempotency";
+/// Reserved key of the change log's compact revision (u64, bincode): replicated by the
+/// `Compact` entry and carried by snapshots and backups with the keys.
+pub const COMPACT_REVISION: &str = "\0s/compact";
 
 /// Whether `key` is one of the state machine's own (see [`RESERVED`]).
 pub fn is_reserved(key: &[u8]) -> bool {

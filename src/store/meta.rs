@@ -38,6 +38,9 @@ pub struct SmMeta {
     pub cluster_format: u8,
     /// Cluster time (ms) of the newest applied format-2 entry; never decreases.
     pub cluster_time: u64,
+    /// The first revision this node's change log holds: the format switch's, or an
+    /// installed snapshot's, next revision (0: no change log, before format 2).
+    pub history_start: u64,
 }
 
 impl SmMeta {
@@ -59,6 +62,7 @@ impl SmMeta {
             data_bytes: de(field(keys::SM_DATA_BYTES)?, "data_bytes")?.unwrap_or(0),
             cluster_format: de(field(keys::SM_CLUSTER_FORMAT)?, "cluster_format")?.unwrap_or(1),
             cluster_time: de(field(keys::SM_CLUSTER_TIME)?, "cluster_time")?.unwrap_or(0),
+            history_start: de(field(keys::SM_HISTORY_START)?, "history_start")?.unwrap_or(0),
         })
     }
 
@@ -75,6 +79,7 @@ impl SmMeta {
             (keys::SM_DATA_BYTES, enc(&self.data_bytes)),
             (keys::SM_CLUSTER_FORMAT, enc(&self.cluster_format.max(1))),
             (keys::SM_CLUSTER_TIME, enc(&self.cluster_time)),
+            (keys::SM_HISTORY_START, enc(&self.history_start)),
         ]
     }
 }

@@ -27,6 +27,9 @@ mod apply;
 pub mod clock;
 #[cfg(test)]
 mod format_tests;
+pub mod history;
+#[cfg(test)]
+mod history_tests;
 mod idempotency;
 pub mod keys;
 pub mod log_store;

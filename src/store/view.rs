@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::clock::ClusterClock;
+use super::history::{chunk, HistoryState};
 use super::idempotency::{IdemFigures, IdemReading, IdemTable};
 use super::meta::SmMeta;
 use super::recent::RecentWrites;
@@ -47,6 +48,9 @@ pub struct StateView {
     pub(super) store: Store,
     /// std locks: held only for a handle clone, never across `.await`.
     pub(super) kv: RwLock<(u64, Keyspace)>,
+    /// The change log of the same generation as `kv` (`history_<generation>`).
+    pub(super) history_ks: RwLock<Keyspace>,
+    pub(super) history: HistoryState,
     pub(super) revision: watch::Sender<u64>,
     pub(super) cluster_id: watch::Sender<Option<Uuid>>,
     /// The applied membership, as `sm_meta` records it: every apply writes it back.
@@ -83,10 +87,14 @@ impl StateView {
         let generation = meta.kv_generation;
         let name = keys::kv_keyspace_name(generation);
         let kv = store.db.keyspace(&name, kv_options)?;
+        let history_name = keys::Space::History.name(generation);
+        let history_ks = store.db.keyspace(&history_name, kv_options)?;
         // Drop what an interrupted install left behind.
         for other in store.db.list_keyspace_names() {
             let other: &str = other.as_ref();
-            if other.starts_with("kv_") && other != name {
+            let stale = (other.starts_with("kv_") && other != name)
+                || (other.starts_with("history_") && other != history_name);
+            if stale {
                 let ks = store.db.keyspace(other, kv_options)?;
                 store.db.delete_keyspace(ks)?;
             }
@@ -115,9 +123,12 @@ impl StateView {
         let idempotency = IdemTable::load(&kv)?;
         let idempotency_figures = IdemFigures::default();
         idempotency_figures.publish(&idempotency, 0, 0);
+        let history = HistoryState::open(&meta, &kv, &history_ks)?;
         Ok(Arc::new(StateView {
             store,
             kv: RwLock::new((generation, kv)),
+            history_ks: RwLock::new(history_ks),
+            history,
             revision: watch::channel(meta.revision).0,
             cluster_id: watch::channel(meta.cluster_id).0,
             membership: Mutex::new(meta.membership),
@@ -137,6 +148,13 @@ impl StateView {
 
     pub(super) fn kv(&self) -> (u64, Keyspace) {
         self.kv.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn history_ks(&self) -> Keyspace {
+        self.history_ks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -181,7 +199,18 @@ impl StateView {
         for (k, v) in std::mem::take(&mut unflushed.meta) {
             batch.insert(&self.store.sm_meta, k, v);
         }
+        let history = self.history_ks();
+        let events: Vec<_> = unflushed.events.iter().flat_map(|b| b.iter()).collect();
+        let mut history_bytes = 0;
+        for c in chunk::chunks(&events) {
+            batch.insert(&history, chunk::index_key(&c.key), c.info.encode());
+            batch.insert(&history, c.key, c.value);
+            history_bytes += c.info.bytes;
+        }
         batch.commit()?;
+        self.history
+            .bytes
+            .fetch_add(history_bytes, std::sync::atomic::Ordering::Relaxed);
         self.recent.flushed(&unflushed);
         Ok(())
     }

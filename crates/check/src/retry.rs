@@ -283,7 +283,8 @@ fn classify(f: Func, cas: bool, reply: &Value) -> Step {
             | ErrorKind::ValueTooLarge
             | ErrorKind::Unauthorized
             | ErrorKind::NoSpace
-            | ErrorKind::NotFound,
+            | ErrorKind::NotFound
+            | ErrorKind::Compacted,
         ) => Step::Rejected,
         // `internal`, another `conflict` (the id known with another body: the workload never
         // sends one, so the server is wrong), or a code this build does not know.

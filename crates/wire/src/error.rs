@@ -21,12 +21,14 @@ pub enum ErrorKind {
     Internal,
     /// A condition of the command did not hold (the error's `reason` says which).
     Conflict,
+    /// The requested revision is older than the change log keeps (`compact_revision`).
+    Compacted,
 }
 
 impl ErrorKind {
     /// Every code, in declaration order: metrics label by it, and a new code is counted
     /// under its own name the moment it is declared.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NotFound,
         ErrorKind::InvalidKey,
         ErrorKind::ValueTooLarge,
@@ -38,6 +40,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Internal,
         ErrorKind::Conflict,
+        ErrorKind::Compacted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::Compacted => "compacted",
         }
     }
 
@@ -91,6 +95,9 @@ pub struct WireError {
     /// The key whose condition failed, when the request names more than one (a txn op).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The change log's compact revision (`compacted` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<u64>,
 }
 
 impl WireError {
@@ -103,6 +110,16 @@ impl WireError {
             store_revision: None,
             value: None,
             key: None,
+            compact_revision: None,
+        }
+    }
+
+    /// A `compacted` refusal: the change log no longer holds revisions up to
+    /// `compact_revision`.
+    pub fn compacted(compact_revision: u64, message: impl Into<String>) -> Self {
+        WireError {
+            compact_revision: Some(compact_revision),
+            ..WireError::new(ErrorKind::Compacted, message)
         }
     }
 

@@ -63,10 +63,12 @@ pub enum AdminOp {
     MemberRemove,
     /// Sent by the leader to a node it removed (`P.node.<id>.admin.member.removed`).
     MemberRemoved,
+    /// Compact the change log through a revision (`P.admin.compact`).
+    Compact,
 }
 
 impl AdminOp {
-    pub const ALL: [AdminOp; 12] = [
+    pub const ALL: [AdminOp; 13] = [
         AdminOp::Status,
         AdminOp::Members,
         AdminOp::TokenCreate,
@@ -79,6 +81,7 @@ impl AdminOp {
         AdminOp::MemberPromote,
         AdminOp::MemberRemove,
         AdminOp::MemberRemoved,
+        AdminOp::Compact,
     ];
 
     /// The subject after `P.admin.`.
@@ -96,6 +99,7 @@ impl AdminOp {
             AdminOp::MemberPromote => "member.promote",
             AdminOp::MemberRemove => "member.remove",
             AdminOp::MemberRemoved => "member.removed",
+            AdminOp::Compact => "compact",
         }
     }
 
@@ -198,6 +202,26 @@ impl Subjects {
 
     pub fn node_admin_wildcard(&self, node: u64) -> String {
         format!("{}.node.{}.admin.>", self.prefix, node)
+    }
+
+    /// `P.watch.create`: any voter or learner, in the watch queue group.
+    pub fn watch_create(&self) -> String {
+        format!("{}.watch.create", self.prefix)
+    }
+
+    /// `P.node.<id>.watch.<op>` (`create`, `cancel`): that node's watches.
+    pub fn node_watch(&self, node: u64, op: &str) -> String {
+        format!("{}.node.{}.watch.{}", self.prefix, node, op)
+    }
+
+    pub fn node_watch_wildcard(&self, node: u64) -> String {
+        format!("{}.node.{}.watch.*", self.prefix, node)
+    }
+
+    /// The queue group of `P.watch.create`: apart from the key space's, so that the
+    /// leader's extra `P.kv.*` subscriptions do not draw the watches to it.
+    pub fn watch_queue_group(&self) -> String {
+        format!("{}-{}-watch", self.prefix, self.cluster)
     }
 
     /// What a subject this node subscribed to asks for: `kv.<op>` or `admin.<op>`, from

@@ -7,6 +7,7 @@
 //! - [`take_snapshot`]: the admin command `snapshot`, which makes this node build a Raft
 //!   snapshot now (the wire op keeps its name);
 //! - [`backup`]: `backup` written by the leader, and `backup.chunk` served in pieces;
+//! - [`compact`]: `compact`, the change log compacted through a revision by the leader;
 //! - [`control`]: a node's own signed requests to other nodes (status, members, removal);
 //! - [`format_switch`] and [`cluster_settings`]: what a leader proposes on its own (the log
 //!   format switch, the idempotency settings).
@@ -16,6 +17,7 @@
 
 pub mod backup;
 pub mod cluster_settings;
+pub mod compact;
 pub mod control;
 pub mod format_switch;
 pub mod membership;
@@ -42,6 +44,7 @@ pub async fn handle_admin(ctx: &Ctx, op: AdminOp, msg: &Message) -> Vec<u8> {
         | AdminOp::MemberRemove
         | AdminOp::MemberRemoved => membership::handle_member(ctx, op, msg).await,
         AdminOp::Snapshot => take_snapshot::handle_take_snapshot(ctx, msg).await,
+        AdminOp::Compact => compact::handle_compact(ctx, msg).await,
         AdminOp::Backup => backup::handle_backup(ctx, msg).await,
         AdminOp::BackupChunk => backup::handle_chunk(ctx, msg).await,
         AdminOp::Status | AdminOp::Members => {

@@ -43,6 +43,11 @@ pub struct Status {
     pub last_applied: Option<u64>,
     pub last_log_index: Option<u64>,
     pub revision: u64,
+    /// The change log's compact revision: no watch starts at or below it.
+    pub compact_revision: u64,
+    /// The change log on this node: the first revision it holds (0: none yet) and its
+    /// bytes on disk.
+    pub history: HistoryStatus,
     pub members: Members,
     pub storage: StorageFigures,
     pub snapshot_index: Option<u64>,
@@ -61,6 +66,13 @@ pub struct Status {
     pub log_format: super::format_switch::LogFormat,
     /// The idempotency table (exactly-once writes) as applied here.
     pub idempotency: IdempotencyStatus,
+}
+
+/// The change log in `admin.status`.
+#[derive(Debug, Serialize)]
+pub struct HistoryStatus {
+    pub start_revision: u64,
+    pub bytes: u64,
 }
 
 /// The idempotency table in `admin.status`.
@@ -175,6 +187,11 @@ pub async fn status(ctx: &Ctx, digest: Option<Instant>) -> Result<Status, WireEr
         last_applied: m.last_applied.map(|l| l.index),
         last_log_index: m.last_log_index,
         revision: ctx.consensus.view.revision(),
+        compact_revision: ctx.consensus.view.compact_revision(),
+        history: HistoryStatus {
+            start_revision: ctx.consensus.view.history_start(),
+            bytes: ctx.consensus.view.history_bytes(),
+        },
         members: Members {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),

@@ -26,6 +26,7 @@ use crate::auth::{TokenDigest, TokenRecord, TokenTable};
 use crate::command::{Applied, Command, ConflictReason, Op, Request, COMMAND_FORMAT, FORMAT_V2};
 use crate::observe::{AppliedFigures, ApplyProbe, ApplyTags, Observer};
 use crate::types::{Entry, StoredMembership};
+use write::Old;
 
 /// Whether applying `entry` writes to fjall at once: a membership change, or a command that
 /// says so. Such a batch goes to the blocking pool, never inline on the async workers.
@@ -61,6 +62,10 @@ struct ApplyBatch<'a> {
     cluster_format: u8,
     /// Cluster time of the newest format-2 entry applied so far.
     cluster_time: u64,
+    /// The first revision the change log holds (0: none kept yet), and the compact
+    /// revision: an event copies in the version it replaces when that is older than both.
+    history_start: u64,
+    compact_revision: u64,
     /// Token changes of this batch, applied to the in-memory table after the commit.
     token_changes: Vec<(TokenDigest, Option<TokenRecord>)>,
     token_table: &'a TokenTable,
@@ -98,6 +103,8 @@ impl<'a> ApplyBatch<'a> {
             data_bytes: view.data_bytes(),
             cluster_format: view.cluster_format(),
             cluster_time: view.applied_cluster_time(),
+            history_start: view.history_start(),
+            compact_revision: view.compact_revision(),
             token_changes: Vec::new(),
             token_table: &view.tokens,
             tokens_ks: &view.store.tokens,
@@ -168,15 +175,18 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
                 )));
             }
             b.cluster_format = b.cluster_format.max(format);
+            if b.cluster_format >= FORMAT_V2 && b.history_start == 0 {
+                // The change log starts with the first revision written in format 2.
+                b.history_start = b.revision + 1;
+            }
             Applied::Format {
                 format: b.cluster_format,
             }
         }
-        Command::LeaseExpire { .. } | Command::LockWithdraw { .. } | Command::Compact { .. } => {
-            Applied::Unsupported {
-                operation: cmd_name.into(),
-            }
-        }
+        Command::Compact { revision } => compact(b, revision)?,
+        Command::LeaseExpire { .. } | Command::LockWithdraw { .. } => Applied::Unsupported {
+            operation: cmd_name.into(),
+        },
         Command::Batch(parts) => {
             let mut out = Vec::with_capacity(parts.len());
             for part in parts {
@@ -266,7 +276,7 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
             fence: None,
         } => match revision_held(b, &key, expected)? {
             Err(conflict) => conflict,
-            Ok(old) => put_over(b, key, &value, old.map(|c| (c.meta, c.stored.len() as u64))),
+            Ok(old) => put_over(b, key, &value, old.map(|c| (c.meta, Old::Record(c.stored)))),
         },
         Op::Delete {
             key,
@@ -274,7 +284,7 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
             fence: None,
         } => match revision_held(b, &key, expected)? {
             Err(conflict) => conflict,
-            Ok(old) => delete_over(b, key, old.map(|c| c.stored.len() as u64)),
+            Ok(old) => delete_over(b, key, old.map(|c| Old::Record(c.stored))),
         },
         Op::Incr {
             key,
@@ -356,34 +366,49 @@ fn format_switched(view: &StateView, b: &mut ApplyBatch) -> bool {
 /// only the old record's size is read).
 fn put(b: &mut ApplyBatch, key: String, value: &str) -> Result<Applied, Error> {
     let old = if b.cluster_format >= FORMAT_V2 {
-        b.writes.record(&key)?
+        match b.writes.get(&key)? {
+            Some(stored) => Some((record_meta(&key, &stored)?, Old::Record(stored))),
+            None => None,
+        }
     } else {
-        b.writes.size(&key)?.map(|size| (KeyMeta::plain(0), size))
+        b.writes
+            .size(&key)?
+            .map(|size| (KeyMeta::plain(0), Old::Size(size)))
     };
     Ok(put_over(b, key, value, old))
 }
 
-/// A put over `old`, the key's metadata and stored size as already read (`None`: absent).
-fn put_over(b: &mut ApplyBatch, key: String, value: &str, old: Option<(KeyMeta, u64)>) -> Applied {
+fn record_meta(key: &str, stored: &[u8]) -> Result<KeyMeta, Error> {
+    keys::decode_record(stored)
+        .map(|(meta, _)| meta)
+        .ok_or_else(|| Error::Corrupt(format!("record of key {key:?} is too short")))
+}
+
+/// A put over `old`, the key's metadata and record as already read (`None`: absent).
+fn put_over(b: &mut ApplyBatch, key: String, value: &str, old: Option<(KeyMeta, Old)>) -> Applied {
     b.revision += 1;
     let revision = b.revision;
     let meta = if b.cluster_format >= FORMAT_V2 {
-        write::next_meta(old.map(|(meta, _)| meta), revision)
+        write::next_meta(old.as_ref().map(|(meta, _)| *meta), revision)
     } else {
         KeyMeta::plain(revision)
     };
-    write::set_record(b, key, &meta, value.as_bytes(), old.map(|(_, size)| size));
+    write::set_record(b, key, &meta, value.as_bytes(), old.map(|(_, old)| old));
     Applied::Put { revision }
 }
 
 /// A delete: a new revision only if the key was there.
 fn delete(b: &mut ApplyBatch, key: String) -> Result<Applied, Error> {
-    let old = b.writes.size(&key)?;
+    let old = if b.cluster_format >= FORMAT_V2 {
+        b.writes.get(&key)?.map(Old::Record)
+    } else {
+        b.writes.size(&key)?.map(Old::Size)
+    };
     Ok(delete_over(b, key, old))
 }
 
-/// A delete of a key whose stored size was already read (`None`: absent).
-fn delete_over(b: &mut ApplyBatch, key: String, old: Option<u64>) -> Applied {
+/// A delete of a key whose record was already read (`None`: absent).
+fn delete_over(b: &mut ApplyBatch, key: String, old: Option<Old>) -> Applied {
     let Some(old) = old else {
         return Applied::Delete {
             deleted: false,
@@ -464,8 +489,10 @@ pub(super) fn apply_entries(
         data_bytes: b.data_bytes,
         cluster_format: b.cluster_format,
         cluster_time: b.cluster_time,
+        history_start: b.history_start,
     };
     drop(applied_membership);
+    let compact_revision = b.compact_revision;
     let ApplyBatch {
         fjall_batch,
         writes,
@@ -479,7 +506,12 @@ pub(super) fn apply_entries(
     view.idempotency_figures
         .publish(&idem, idem_replays, idem_conflicts);
     drop(idem);
-    writes.applied(meta.write(), commands);
+    let changes = writes.applied(meta.write(), commands);
+    // Before the revision is published: a watch woken by it finds the events.
+    view.history.tail.push(changes, meta.revision);
+    view.history
+        .compact_revision
+        .store(compact_revision, std::sync::atomic::Ordering::Relaxed);
     // A due flush waits for an apply off the async workers (`apply` sends it there).
     if flush_now || (!inline && view.recent.flush_due(generation, 0)) {
         view.flush_with(fjall_batch)?;
@@ -503,6 +535,7 @@ pub(super) fn publish_figures(view: &StateView, meta: &SmMeta) {
     view.cluster_format
         .store(meta.cluster_format.max(1), Relaxed);
     view.cluster_time.store(meta.cluster_time, Relaxed);
+    view.history.start.store(meta.history_start, Relaxed);
     if meta.cluster_time > 0 {
         // Only a stamp moves the clock: before the first one it must not start counting.
         view.clock.observe(meta.cluster_time);
@@ -517,4 +550,20 @@ pub(super) fn publish_figures(view: &StateView, meta: &SmMeta) {
         *c = meta.cluster_id;
         changed
     });
+}
+
+/// Compaction of the change log through `revision` (never past the store's revision, never
+/// back): recorded under a reserved key, so snapshots carry it; each node removes the
+/// compacted chunks later (`StateView::remove_compacted`).
+fn compact(b: &mut ApplyBatch, revision: u64) -> Result<Applied, Error> {
+    let to = revision.min(b.revision).max(b.compact_revision);
+    if to != b.compact_revision {
+        b.compact_revision = to;
+        let stored = super::meta::enc(&to);
+        b.writes.set(
+            keys::COMPACT_REVISION.to_owned(),
+            Some(fjall::Slice::from(stored)),
+        );
+    }
+    Ok(Applied::Compacted { revision: to })
 }

@@ -49,7 +49,7 @@ pub(super) fn apply(b: &mut ApplyBatch, txn: Txn) -> Result<Applied, Error> {
     if wrote {
         b.revision += 1;
         for (key, record) in plan.overlay {
-            let old = b.writes.size(&key)?;
+            let old = b.writes.get(&key)?.map(write::Old::Record);
             match (record, old) {
                 (Some((meta, json)), old) => write::set_record(b, key, &meta, &json, old),
                 (None, Some(old)) => write::remove_record(b, key, old),

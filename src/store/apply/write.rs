@@ -6,8 +6,25 @@ use fjall::Slice;
 
 use super::ApplyBatch;
 use crate::command::{Applied, ConflictReason};
+use crate::store::history::{ChangeEvent, EventKind};
 use crate::store::keys::{self, KeyMeta};
 use crate::store::Error;
+
+/// The record a write replaces: read whole from format 2 on (its event names the version
+/// it replaces), only its size before (no change log is kept then).
+pub(super) enum Old {
+    Record(Slice),
+    Size(u64),
+}
+
+impl Old {
+    pub fn size(&self) -> u64 {
+        match self {
+            Old::Record(r) => r.len() as u64,
+            Old::Size(s) => *s,
+        }
+    }
+}
 
 /// The metadata of a key written at `revision` (format 2): it keeps its create revision and
 /// counts one more version, or starts again when it did not exist. A put without a lease
@@ -24,34 +41,60 @@ pub(super) fn next_meta(old: Option<KeyMeta>, revision: u64) -> KeyMeta {
     }
 }
 
-/// Sets `key`'s record; `old` is the stored size of the record it replaces, if any.
+/// Sets `key`'s record over `old`, the record it replaces, if any.
 pub(super) fn set_record(
     b: &mut ApplyBatch,
     key: String,
     meta: &KeyMeta,
     json: &[u8],
-    old: Option<u64>,
+    old: Option<Old>,
 ) {
-    match old {
+    match &old {
         Some(old) => {
             b.data_bytes = b
                 .data_bytes
-                .saturating_sub(keys::entry_bytes(key.len(), old as usize))
+                .saturating_sub(keys::entry_bytes(key.len(), old.size() as usize))
         }
         None => b.key_count += 1,
     }
-    let stored = keys::encode_record(meta, json);
+    let stored = Slice::from(keys::encode_record(meta, json));
     b.data_bytes += keys::entry_bytes(key.len(), stored.len());
-    b.writes.set(key, Some(Slice::from(stored)));
+    change(b, EventKind::Put, &key, stored.clone(), old.as_ref());
+    b.writes.set(key, Some(stored));
 }
 
-/// Removes `key`, whose stored record is `old` bytes.
-pub(super) fn remove_record(b: &mut ApplyBatch, key: String, old: u64) {
+/// Removes `key`, whose stored record is `old`.
+pub(super) fn remove_record(b: &mut ApplyBatch, key: String, old: Old) {
     b.key_count = b.key_count.saturating_sub(1);
     b.data_bytes = b
         .data_bytes
-        .saturating_sub(keys::entry_bytes(key.len(), old as usize));
+        .saturating_sub(keys::entry_bytes(key.len(), old.size() as usize));
+    change(b, EventKind::Delete, &key, Slice::from(&[][..]), Some(&old));
     b.writes.set(key, None);
+}
+
+/// The change-log event of a write at the batch's revision, once the cluster keeps one.
+/// The version it replaces is named by revision; it is copied in only when the change log
+/// no longer holds it (older than its start, or compacted).
+fn change(b: &mut ApplyBatch, kind: EventKind, key: &str, record: Slice, old: Option<&Old>) {
+    if b.history_start == 0 {
+        return;
+    }
+    let prev = match old {
+        Some(Old::Record(r)) => keys::decode_value(r).map(|(revision, _)| (revision, r)),
+        _ => None,
+    };
+    let prev_revision = prev.map_or(0, |(revision, _)| revision);
+    let gone = prev_revision < b.history_start || prev_revision <= b.compact_revision;
+    b.writes.event(ChangeEvent {
+        kind,
+        revision: b.revision,
+        key: key.to_owned(),
+        record,
+        prev_revision,
+        prev_inline: prev.filter(|_| gone).map(|(_, r)| r.clone()),
+        stamp: b.cluster_time,
+    });
 }
 
 /// A key's record as this batch sees it: its metadata and its stored bytes, the JSON text
@@ -139,7 +182,7 @@ pub(super) fn incr(
     b.revision += 1;
     let revision = b.revision;
     let meta = next_meta(found.as_ref().map(|c| c.meta), revision);
-    let old = found.map(|c| c.stored.len() as u64);
+    let old = found.map(|c| Old::Record(c.stored));
     set_record(b, key, &meta, value.to_string().as_bytes(), old);
     Ok(Applied::Incr { value, revision })
 }
@@ -173,8 +216,8 @@ pub(super) fn delete_prefix(
 pub(super) fn remove_all(b: &mut ApplyBatch, keys: Vec<String>) -> Result<u64, Error> {
     let mut count = 0;
     for key in keys {
-        if let Some(old) = b.writes.size(&key)? {
-            remove_record(b, key, old);
+        if let Some(old) = b.writes.get(&key)? {
+            remove_record(b, key, Old::Record(old));
             count += 1;
         }
     }

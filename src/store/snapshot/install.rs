@@ -33,11 +33,19 @@ pub(crate) fn install(
         store.db.delete_keyspace(stale)?;
     }
     let fresh = store.db.keyspace(&name, kv_options)?;
+    // The change log starts again, empty, at the snapshot's next revision.
+    let history_name = keys::Space::History.name(next);
+    if store.db.keyspace_exists(&history_name) {
+        let stale = store.db.keyspace(&history_name, kv_options)?;
+        store.db.delete_keyspace(stale)?;
+    }
+    let history = store.db.keyspace(&history_name, kv_options)?;
     let filled = fill(&store.db, &fresh, file);
     let (header, tokens, data_bytes) = match filled {
         Ok(filled) => filled,
         Err(e) => {
             store.db.delete_keyspace(fresh)?;
+            store.db.delete_keyspace(history)?;
             return Err(e);
         }
     };
@@ -56,7 +64,12 @@ pub(crate) fn install(
         data_bytes,
         cluster_format: header.cluster_format.max(1),
         cluster_time: header.cluster_time,
+        history_start: match header.cluster_format {
+            0 | 1 => 0,
+            _ => header.revision + 1,
+        },
     };
+    let compact_revision = crate::store::history::serve::stored_compact_revision(&fresh)?;
     let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
     if installed.cluster_format >= 2 {
         // As when the switch applies: an older build must refuse this directory now.
@@ -79,12 +92,18 @@ pub(crate) fn install(
     batch.commit()?;
     view.tokens.replace(tokens);
     publish_format(view, &installed);
-    *view.membership.lock().unwrap_or_else(|e| e.into_inner()) = installed.membership;
+    *view.membership.lock().unwrap_or_else(|e| e.into_inner()) = installed.membership.clone();
 
     view.idempotency_figures.publish(&idempotency, 0, 0);
     *view.idempotency.lock().unwrap_or_else(|e| e.into_inner()) = idempotency;
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
+    let old_history = std::mem::replace(
+        &mut *view.history_ks.write().unwrap_or_else(|e| e.into_inner()),
+        history,
+    );
+    reset_history(view, &installed, compact_revision);
     store.db.delete_keyspace(old)?;
+    store.db.delete_keyspace(old_history)?;
     view.key_count
         .store(header.key_count, std::sync::atomic::Ordering::Relaxed);
     view.data_bytes
@@ -92,6 +111,19 @@ pub(crate) fn install(
     view.revision.send_replace(header.revision);
     view.cluster_id.send_replace(header.cluster_id);
     Ok(())
+}
+
+/// The change log after an install: empty, held from the snapshot's next revision on;
+/// reads that overlapped the install see the epoch move and discard what they read.
+fn reset_history(view: &StateView, installed: &SmMeta, compact_revision: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = &view.history;
+    h.epoch.fetch_add(1, Relaxed);
+    h.start.store(installed.history_start, Relaxed);
+    h.compact_revision.store(compact_revision, Relaxed);
+    h.removed_through.store(compact_revision, Relaxed);
+    h.bytes.store(0, Relaxed);
+    h.tail.reset(installed.revision + 1);
 }
 
 /// The installed state's log format and cluster time, to the view and the node's clock.

@@ -1,0 +1,107 @@
+//! Removing what compaction left behind, on each node at its own pace: the chunks wholly at
+//! or below the compact revision, with their index entries. A removed put that a later
+//! event names as its previous version is kept as the key's anchor (one per key, replaced
+//! as compaction moves on), so `prev_value` still finds it; a key whose newest version was
+//! removed needs none (apply copies that version into the next event that replaces it).
+
+use std::collections::HashMap;
+
+use fjall::{Database, Keyspace};
+
+use super::chunk::{self, ChunkInfo, INDEX};
+use super::EventKind;
+use crate::store::Error;
+
+/// Chunks removed per fjall batch.
+const CHUNKS_PER_BATCH: usize = 256;
+
+/// What one pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+/// Removes the chunks of `ks` whose events are all at or below `compact`, up to
+/// [`CHUNKS_PER_BATCH`] per batch; `current` gives a key's revision in the state machine now.
+pub fn remove_through(
+    db: &Database,
+    ks: &Keyspace,
+    compact: u64,
+    current: &dyn Fn(&str) -> Result<Option<u64>, Error>,
+) -> Result<Removed, Error> {
+    let mut removed = Removed::default();
+    loop {
+        let done = batch_through(db, ks, compact, current)?;
+        removed.chunks += done.chunks;
+        removed.bytes += done.bytes;
+        if done.chunks < CHUNKS_PER_BATCH as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
+fn batch_through(
+    db: &Database,
+    ks: &Keyspace,
+    compact: u64,
+    current: &dyn Fn(&str) -> Result<Option<u64>, Error>,
+) -> Result<Removed, Error> {
+    let mut doomed = Vec::new();
+    for guard in ks.prefix([INDEX]) {
+        let (k, v) = guard.into_inner()?;
+        let info = ChunkInfo::decode(&k, &v)
+            .ok_or_else(|| Error::Corrupt("change log: bad index entry".into()))?;
+        if info.last_revision > compact || doomed.len() >= CHUNKS_PER_BATCH {
+            break;
+        }
+        doomed.push((k, info));
+    }
+    let mut batch = db.batch();
+    // Each key's newest removed version: `Some` for a put, `None` for a removal.
+    let mut newest: HashMap<String, Option<(u64, fjall::Slice)>> = HashMap::new();
+    let mut removed = Removed::default();
+    for (index, info) in &doomed {
+        let chunk_key = &index[1..];
+        if let Some(v) = ks.get(chunk_key)? {
+            let events = chunk::decode_chunk(&v)
+                .ok_or_else(|| Error::Corrupt("change log: a chunk does not decode".into()))?;
+            for e in events {
+                let version = (e.kind == EventKind::Put).then_some((e.revision, e.record));
+                newest.insert(e.key, version);
+            }
+        }
+        batch.remove(ks, chunk_key.to_vec());
+        batch.remove(ks, index.to_vec());
+        removed.chunks += 1;
+        removed.bytes += info.bytes;
+    }
+    for (key, version) in newest {
+        let anchor = chunk::anchor_key(&key);
+        match version {
+            // Replaced since: the event that replaced it names this version.
+            Some((revision, record)) if current(&key)? != Some(revision) => {
+                batch.insert(ks, anchor, chunk::encode_anchor(revision, &record));
+            }
+            _ => batch.remove(ks, anchor),
+        }
+    }
+    if !batch.is_empty() {
+        batch.commit()?;
+    }
+    Ok(removed)
+}
+
+/// Bytes of every chunk the index lists, and the newest chunk's last revision and stamp.
+pub fn figures(ks: &Keyspace) -> Result<(u64, Vec<ChunkInfo>), Error> {
+    let mut bytes = 0;
+    let mut infos = Vec::new();
+    for guard in ks.prefix([INDEX]) {
+        let (k, v) = guard.into_inner()?;
+        if let Some(info) = ChunkInfo::decode(&k, &v) {
+            bytes += info.bytes;
+            infos.push(info);
+        }
+    }
+    Ok((bytes, infos))
+}
