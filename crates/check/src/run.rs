@@ -364,7 +364,8 @@ async fn run_bank(
     })
 }
 
-/// The watch workload: the start revision by a scan, one watcher per node and the writers
+/// The watch workload: once every node serves watches, the start revision by a scan, one
+/// watcher per node and the writers
 /// under the faults, then the final revision by a scan, the watchers followed up to it, the
 /// truth (a fresh watch from the start), and the watch checker ([`watch::check`]).
 async fn run_watch(
@@ -376,6 +377,9 @@ async fn run_watch(
     let (opts, wl, _) = run;
     let ids = cluster.ids();
     let scan = Duration::from_secs(30);
+    watch::client::wait_watchable(wl, &ids, Duration::from_secs(60))
+        .await
+        .map_err(Error::Workload)?;
     let start_revision = watch::client::store_revision(wl, scan)
         .await
         .map_err(Error::Workload)?

@@ -92,6 +92,48 @@ pub async fn store_revision(cfg: &WorkloadConfig, deadline: Duration) -> Result<
     ))
 }
 
+/// Waits until every node of `ids` (`cfg.urls` in the same order) serves a watch: the
+/// cluster keeps a change log only once it writes log format 2, and revisions before that
+/// count as compacted. Each test watch is cancelled at once.
+pub async fn wait_watchable(
+    cfg: &WorkloadConfig,
+    ids: &[u64],
+    deadline: Duration,
+) -> Result<(), String> {
+    let conns = connect(&cfg.urls).await?;
+    let until = Instant::now() + deadline;
+    for (id, c) in ids.iter().zip(&conns) {
+        loop {
+            let inbox = c.new_inbox();
+            let body = json!({"prefix": PREFIX, "deliver": inbox, "timeout_ms": 1000});
+            let subject = format!("{}.node.{id}.watch.create", cfg.prefix);
+            let asked = c.request(subject, body.to_string().into());
+            let last = match tokio::time::timeout(Duration::from_millis(1500), asked).await {
+                Ok(Ok(m)) => match serde_json::from_slice::<Value>(&m.payload) {
+                    Ok(r) if r["ok"] == true => {
+                        let cancel = json!({"watch_id": r["watch_id"]}).to_string();
+                        let subject = format!("{}.node.{id}.watch.cancel", cfg.prefix);
+                        let asked = c.request(subject, cancel.into());
+                        let _ = tokio::time::timeout(Duration::from_secs(1), asked).await;
+                        break;
+                    }
+                    Ok(r) => r.to_string(),
+                    Err(e) => e.to_string(),
+                },
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no reply".into(),
+            };
+            if Instant::now() >= until {
+                return Err(format!(
+                    "node {id} did not serve a watch within {deadline:?} (last: {last})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
 /// The writers: `cfg.clients` of them put unique values into `cfg.keys` keys under
 /// [`PREFIX`] until `stop` is set.
 pub async fn run_writers(

@@ -86,13 +86,25 @@ async fn serve(
     }
 }
 
+/// The test's `nats-server` and its directory, gone also when the test panics.
+struct Server(NatsServer, std::path::PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_resumes_through_ends_silence_and_refusals() {
     let dir = std::env::temp_dir().join(format!("watch-follow-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let binary = nats_server::find().expect("nats-server (set CONCORD_TEST_NATS_SERVER)");
-    let mut server = NatsServer::start(&binary, &dir).await.unwrap();
-    let connect = || async_nats::connect(server.url());
+    let server = Server(NatsServer::start(&binary, &dir).await.unwrap(), dir);
+    let url = server.0.url();
+    let connect = || async_nats::connect(url.as_str());
     let (c1, c2, watcher) = (
         connect().await.unwrap(),
         connect().await.unwrap(),
@@ -167,7 +179,5 @@ async fn the_watcher_resumes_through_ends_silence_and_refusals() {
         .collect();
     assert_eq!(revisions, vec![3, 4, 5, 6, 7, 8]);
     assert_eq!((a.received, a.dropped, a.fully_seen), (7, 1, 8));
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
 }
