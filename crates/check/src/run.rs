@@ -430,21 +430,7 @@ async fn run_watch(
     ));
     let verdict = watch::check::check(&h);
     let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
-    // The applied puts come from the truth: without all of it there is nothing to count.
-    let complete = h
-        .final_revision
-        .is_some_and(|f| verdict.truth_revision >= f);
-    if !complete {
-        problems
-            .push("exactly once not checked: the truth did not reach the final revision".into());
-    }
-    let exactly_once = before.zip(after).filter(|_| complete).map(|(b, a)| {
-        let a = Probe {
-            outside_writes,
-            ..a
-        };
-        watch::check::exactly_once(&verdict, b, a)
-    });
+    let exactly_once = watch_exactly_once(&h, &verdict, (before, after, outside_writes), problems);
     let events = watch::client::as_register_events(&h.puts);
     measure_faults(&mut faults, &events, |at| recorder.time_of(at));
     let explanation = (!verdict.violations.is_empty()).then(|| verdict.violations.join("\n"));
@@ -468,6 +454,31 @@ async fn run_watch(
         watch: Some(verdict),
         faults,
         history: history_path,
+    })
+}
+
+/// The watch workload's exactly-once check, from the probes `(before, after, outside
+/// writes)`: the applied puts come from the truth, so without all of it there is nothing to
+/// count (said in `problems`).
+fn watch_exactly_once(
+    h: &watch::WatchHistory,
+    verdict: &WatchVerdict,
+    (before, after, outside_writes): (Option<Probe>, Option<Probe>, u64),
+    problems: &mut Vec<String>,
+) -> Option<ExactlyOnce> {
+    let complete = h
+        .final_revision
+        .is_some_and(|f| verdict.truth_revision >= f);
+    if !complete {
+        problems
+            .push("exactly once not checked: the truth did not reach the final revision".into());
+    }
+    before.zip(after).filter(|_| complete).map(|(b, a)| {
+        let a = Probe {
+            outside_writes,
+            ..a
+        };
+        watch::check::exactly_once(verdict, b, a)
     })
 }
 
