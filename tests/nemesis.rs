@@ -3,8 +3,8 @@
 //! nats-server, in its own network namespace when run as root) under each nemesis, and must
 //! find the history linearizable, no acknowledged write lost, none applied twice, and the
 //! cluster writable again soon after every fault heals. The compare-and-swap workload
-//! (`--workload cas`) and the bank workload (`--workload bank`) each run under every nemesis
-//! in turn on one cluster. With a
+//! (`--workload cas`), the bank workload (`--workload bank`) and the watch workload
+//! (`--workload watch`) each run under every nemesis in turn on one cluster. With a
 //! failpoint that breaks linearizable reads, the same suite must fail.
 
 mod common;
@@ -391,6 +391,74 @@ async fn bank_workload_keeps_the_total_under_every_nemesis() -> Result<()> {
         applied >= 20 && failed >= 5 && reads >= 20,
         "bank: too few transfers or reads to test anything: {t} {}",
         bank["reads"]
+    );
+    Ok(())
+}
+
+/// The watch workload (puts of unique values into 5 keys under `watch/`, one watcher per
+/// node following the prefix through every fault) under every nemesis in turn, each fault on
+/// the leader, as long as the bank test: every watcher's stream equals a fresh watch's from
+/// the start revision after the faults (every revision once, in order, the same events) up
+/// to the final revision, and every acknowledged put is in it at its revision; and the run
+/// must have puts to follow and faults the watchers had to resume through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_workload_follows_the_change_log_under_every_nemesis() -> Result<()> {
+    let nemesis = if is_root() {
+        "kill,pause,partition,restart"
+    } else {
+        "kill,pause,restart"
+    };
+    let duration = format!("{CAS_SECONDS}s");
+    let args = [
+        "--workload",
+        "watch",
+        "--nemesis",
+        nemesis,
+        "--duration",
+        &duration,
+        "--keys",
+        "5",
+        "--leader-only",
+    ];
+    let (ok, v) = check_with(&args).await?;
+    ensure!(ok, "watch: verdict invalid: {v:#}");
+    ensure!(
+        v["workload"] == "watch",
+        "not the watch workload: {}",
+        v["workload"]
+    );
+    let w = &v["watch"];
+    ensure!(w["violation_count"] == 0, "watch: {w:#}");
+    let watchers = w["watchers"].as_array().context("no watchers")?;
+    ensure!(
+        watchers.len() == 3,
+        "watch: not one watcher per node: {w:#}"
+    );
+    let final_revision = w["final_revision"].as_u64().context("no final revision")?;
+    for s in watchers {
+        ensure!(
+            s["matches_truth"] == true && s["fully_seen"].as_u64() >= Some(final_revision),
+            "watch: {s:#}"
+        );
+    }
+    assert_exactly_once("watch", &v)?;
+    let faults = v["faults"].as_array().context("faults")?;
+    for name in nemesis.split(',') {
+        let hit = faults
+            .iter()
+            .filter(|f| f["fault"] == name && f["was_leader"] == true)
+            .count();
+        ensure!(hit >= 1, "watch: {name} never hit the leader: {faults:?}");
+    }
+    let (ok_puts, events, resumes) = (
+        w["puts"]["ok"].as_u64().unwrap_or(0),
+        w["truth_events"].as_u64().unwrap_or(0),
+        w["resumes"].as_u64().unwrap_or(0),
+    );
+    // Killing the leader's node ends its watcher's stream at least (by silence or its end).
+    ensure!(
+        ok_puts >= 50 && events >= ok_puts && resumes >= 1,
+        "watch: too little to test anything: {ok_puts} puts acknowledged, {events} events, {resumes} resumes"
     );
     Ok(())
 }

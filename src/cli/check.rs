@@ -38,10 +38,13 @@ pub struct CheckArgs {
     #[arg(long, default_value = "all")]
     pub nemesis: String,
     /// What the clients do: `register` (reads, writes of unique values, deletes), `cas`
-    /// (also compare-and-swap writes with `if_revision`, checked by the same model) or `bank`
+    /// (also compare-and-swap writes with `if_revision`, checked by the same model), `bank`
     /// (transfers between --keys accounts by txn with compares on revision, and reads of all
-    /// accounts: the total never changes, no transfer applies twice).
-    #[arg(long, default_value = "register", value_parser = ["register", "cas", "bank"])]
+    /// accounts: the total never changes, no transfer applies twice) or `watch` (puts of
+    /// unique values into --keys keys under `watch/`, followed by one watcher per node
+    /// through every fault: each watcher's stream must equal a fresh watch's after the
+    /// faults, every revision once and in order, with every acknowledged put in it).
+    #[arg(long, default_value = "register", value_parser = ["register", "cas", "bank", "watch"])]
     pub workload: String,
     /// Concurrent client processes, spread over the three NATS servers.
     #[arg(long, default_value_t = 6)]
@@ -111,7 +114,7 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
         .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
     let workload = concord_check::workload::Workload::parse(&args.workload).ok_or_else(|| {
         anyhow::anyhow!(
-            "--workload: '{}' is not register, cas or bank",
+            "--workload: '{}' is not register, cas, bank or watch",
             args.workload
         )
     })?;
@@ -237,6 +240,9 @@ fn report(verdict: &concord_check::run::SuiteVerdict) -> String {
     if let Some(b) = &verdict.bank {
         t.push_str(&format!("\n{}", bank_line(b)));
     }
+    if let Some(w) = &verdict.watch {
+        t.push_str(&watch_lines(w));
+    }
     for line in concord_check::gaps::report_lines(&verdict.failover) {
         t.push_str(&format!("\nfailover: {line}"));
     }
@@ -279,6 +285,54 @@ fn bank_line(b: &concord_check::bank::check::BankVerdict) -> String {
         b.reads.fail,
         b.reads.unknown
     )
+}
+
+/// The watch workload's counts: one line, and one per watcher.
+fn watch_lines(w: &concord_check::watch::check::WatchVerdict) -> String {
+    let codes = |m: &std::collections::BTreeMap<String, u64>| {
+        let s: Vec<String> = m.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        if s.is_empty() {
+            "none".to_string()
+        } else {
+            s.join(", ")
+        }
+    };
+    let p = &w.puts;
+    let mut t = format!(
+        "\nwatch: revisions {}..={} ({} events in the change log; {}); puts {} ok, {} failed, {} unknown ({} of them applied); {} events seen, {} resumes, ends: {}",
+        w.start_revision,
+        w.final_revision.map_or("?".to_string(), |r| r.to_string()),
+        w.truth_events,
+        if w.holds() {
+            "every watcher saw exactly it".to_string()
+        } else {
+            format!("{} VIOLATIONS", w.violation_count)
+        },
+        p.ok,
+        p.failed,
+        p.unknown,
+        p.unknown_applied,
+        w.events,
+        w.resumes,
+        codes(&w.ends)
+    );
+    for s in &w.watchers {
+        t.push_str(&format!(
+            "\nwatcher {} (home n{}): {} events ({} received, {} dropped), {} progress notices, {} resumes, ends: {}; creates refused: {}; up to revision {}{}",
+            s.name,
+            s.home,
+            s.events,
+            s.received,
+            s.dropped,
+            s.progress,
+            s.resumes,
+            codes(&s.ends),
+            codes(&s.refused),
+            s.fully_seen,
+            if s.matches_truth { "" } else { ", DIFFERS from the change log" }
+        ));
+    }
+    t
 }
 
 /// The exactly-once check in one line.

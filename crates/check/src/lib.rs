@@ -1,8 +1,8 @@
 //! The fault suite behind `concord check`: a workload that records a history over the wire
 //! protocol ([`workload`], [`history`]), a nemesis that injects faults into real node processes
 //! ([`nemesis`], on the cluster of [`concord_harness::mesh`]), and a linearizability checker
-//! ([`linearizable`]); the bank workload has its own client and checker ([`bank`]); [`run`]
-//! puts them together and gives the verdict.
+//! ([`linearizable`]); the bank workload has its own client and checker ([`bank`]), and so
+//! has the watch workload ([`watch`]); [`run`] puts them together and gives the verdict.
 //!
 //! It speaks to nodes only over NATS, like any client, and never links the node library: the
 //! `concord` binary depends on this crate, so this crate cannot depend on it.
@@ -15,4 +15,5 @@ pub mod linearizable;
 pub mod nemesis;
 pub mod retry;
 pub mod run;
+pub mod watch;
 pub mod workload;

@@ -15,6 +15,7 @@ use crate::history;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
 use crate::retry::RetryPolicy;
+use crate::watch::{self, check::WatchVerdict, follow::Control};
 use crate::workload::{self, CasCounts, Counts, Recorder, Workload, WorkloadConfig};
 use concord_harness::mesh::{CheckCluster, Spec};
 
@@ -64,6 +65,9 @@ pub struct SuiteVerdict {
     /// The bank workload's checks and counts (only with `--workload bank`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bank: Option<BankVerdict>,
+    /// The watch workload's checks and counts (only with `--workload watch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchVerdict>,
     pub faults: Vec<FaultRecord>,
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
@@ -154,6 +158,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let run = (&opts, &wl, started);
     let mut c = match opts.workload {
         Workload::Bank => run_bank(&mut cluster, run, &mut problems, &progress).await?,
+        Workload::Watch => run_watch(&mut cluster, run, &mut problems, &progress).await?,
         _ => run_registers(&mut cluster, run, &mut problems, &progress).await?,
     };
     let max_recovery_ms = c.faults.iter().filter_map(|f| f.recovery_ms).max();
@@ -173,6 +178,7 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         ops: c.ops,
         cas: c.cas,
         bank: c.bank,
+        watch: c.watch,
         faults: c.faults,
         keys_checked: c.keys_checked,
         lost_writes: c.lost,
@@ -202,6 +208,7 @@ struct Checked {
     ops: Counts,
     cas: CasCounts,
     bank: Option<BankVerdict>,
+    watch: Option<WatchVerdict>,
     faults: Vec<FaultRecord>,
     history: PathBuf,
 }
@@ -281,6 +288,7 @@ async fn run_registers(
         ops: workload::count(&history),
         cas: workload::count_cas(&history),
         bank: None,
+        watch: None,
         faults,
         history: history_path,
     })
@@ -350,8 +358,127 @@ async fn run_bank(
         ops: workload::count(&events),
         cas: CasCounts::default(),
         bank: Some(verdict),
+        watch: None,
         faults,
         history: history_path,
+    })
+}
+
+/// The watch workload: once every node serves watches, the start revision by a scan, one
+/// watcher per node and the writers
+/// under the faults, then the final revision by a scan, the watchers followed up to it, the
+/// truth (a fresh watch from the start), and the watch checker ([`watch::check`]).
+async fn run_watch(
+    cluster: &mut CheckCluster,
+    run: RunOf<'_>,
+    problems: &mut Vec<String>,
+    progress: &impl Fn(&str),
+) -> Result<Checked, Error> {
+    let (opts, wl, _) = run;
+    let ids = cluster.ids();
+    let scan = Duration::from_secs(30);
+    watch::client::wait_watchable(wl, &ids, Duration::from_secs(60))
+        .await
+        .map_err(Error::Workload)?;
+    let start_revision = watch::client::store_revision(wl, scan)
+        .await
+        .map_err(Error::Workload)?
+        + 1;
+    let before = probe(wl, "before the workload", problems).await;
+    let recorder = watch::client::PutRecorder::new();
+    let control = Arc::new(Control::default());
+    let watchers =
+        watch::client::start_watchers(wl, &ids, start_revision, recorder.start, control.clone())
+            .await
+            .map_err(Error::Workload)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(watch::client::run_writers(
+        wl.clone(),
+        recorder.clone(),
+        stop.clone(),
+    ));
+    let mut faults = faults_under_load(cluster, run, (stop, load), problems, progress).await?;
+    progress("workload stopped; the watchers catch up, then the truth");
+    let mut h = watch::WatchHistory {
+        start_revision,
+        ..Default::default()
+    };
+    match watch::client::store_revision(wl, scan).await {
+        Ok(rev) => {
+            h.final_revision = Some(rev);
+            control.target.store(rev.max(1), Ordering::Relaxed);
+        }
+        Err(e) => problems.push(e),
+    }
+    let catch_up = Duration::from_secs(60);
+    h.watchers = watch::client::finish(watchers, &control, catch_up).await;
+    if let Some(rev) = h.final_revision {
+        let span = (start_revision, rev);
+        match watch::client::truth(wl, &ids, span, recorder.start, catch_up).await {
+            Ok(t) => h.truth = Some(t),
+            Err(e) => problems.push(e),
+        }
+    }
+    let after = probe(wl, "after the workload", problems).await;
+    h.puts = recorder.puts();
+    let history_path = opts.workdir.join("watch-history.json");
+    std::fs::write(&history_path, serde_json::to_vec(&h).unwrap_or_default())?;
+    progress(&format!(
+        "checking {} puts and {} watchers",
+        h.puts.len(),
+        h.watchers.len()
+    ));
+    let verdict = watch::check::check(&h);
+    let outside_writes = faults.iter().map(|f| f.probe_writes).sum();
+    let exactly_once = watch_exactly_once(&h, &verdict, (before, after, outside_writes), problems);
+    let events = watch::client::as_register_events(&h.puts);
+    measure_faults(&mut faults, &events, |at| recorder.time_of(at));
+    let explanation = (!verdict.violations.is_empty()).then(|| verdict.violations.join("\n"));
+    Ok(Checked {
+        consistent: verdict.holds(),
+        checker: if verdict.holds() {
+            "watch: every watcher saw the change log".into()
+        } else {
+            format!(
+                "watch: NOT consistent ({} violations)",
+                verdict.violation_count
+            )
+        },
+        explanation,
+        keys_checked: opts.keys,
+        lost: Vec::new(),
+        exactly_once,
+        ops: workload::count(&events),
+        cas: CasCounts::default(),
+        bank: None,
+        watch: Some(verdict),
+        faults,
+        history: history_path,
+    })
+}
+
+/// The watch workload's exactly-once check, from the probes `(before, after, outside
+/// writes)`: the applied puts come from the truth, so without all of it there is nothing to
+/// count (said in `problems`).
+fn watch_exactly_once(
+    h: &watch::WatchHistory,
+    verdict: &WatchVerdict,
+    (before, after, outside_writes): (Option<Probe>, Option<Probe>, u64),
+    problems: &mut Vec<String>,
+) -> Option<ExactlyOnce> {
+    let complete = h
+        .final_revision
+        .is_some_and(|f| verdict.truth_revision >= f);
+    if !complete {
+        problems
+            .push("exactly once not checked: the truth did not reach the final revision".into());
+    }
+    before.zip(after).filter(|_| complete).map(|(b, a)| {
+        let a = Probe {
+            outside_writes,
+            ..a
+        };
+        watch::check::exactly_once(verdict, b, a)
     })
 }
 

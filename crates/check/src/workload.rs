@@ -39,6 +39,9 @@ pub enum Workload {
     /// Transfers between accounts by txn and reads of all accounts (its own client and
     /// checker: the `bank` module).
     Bank,
+    /// Puts of unique values under a prefix, followed by one watcher per node through every
+    /// fault, and each watcher's stream checked against the change log (the `watch` module).
+    Watch,
 }
 
 impl Workload {
@@ -47,6 +50,7 @@ impl Workload {
             "register" => Some(Workload::Register),
             "cas" => Some(Workload::Cas),
             "bank" => Some(Workload::Bank),
+            "watch" => Some(Workload::Watch),
             _ => None,
         }
     }
@@ -242,8 +246,9 @@ fn pick(workload: Workload, roll: u64, last_read: Option<u64>) -> (Func, Option<
             50..90 => (Func::Write, None),
             _ => (Func::Delete, None),
         },
-        // The bank workload runs its own processes (the bank module's client); never here.
-        Workload::Cas | Workload::Bank => match roll {
+        // The bank and watch workloads run their own processes (their modules' clients);
+        // never here.
+        Workload::Cas | Workload::Bank | Workload::Watch => match roll {
             0..45 => (Func::Read, None),
             45..60 => (Func::Write, None),
             60..90 => (Func::Write, Some(last_read.unwrap_or(0))),
