@@ -26,13 +26,20 @@ pub fn put_bytes(key: &str, value: &str) -> u64 {
     keys::entry_bytes(key.len(), keys::VALUE_HEADER_BYTES + value.len())
 }
 
-/// The storage quota: a put that would take the live data size from `current` past the
-/// limit is refused. `old` is what the key counts for now (`None`: absent); the caller
-/// looks it up only when the put would not fit without it.
-pub fn quota(limits: &Limits, current: u64, new: u64, old: Option<u64>) -> Result<(), WireError> {
+/// The storage quota: a put that would take the live data size plus the change log's
+/// bytes (`used`: live data, change log) past the limit is refused. `old` is what the key
+/// counts for now (`None`: absent); the caller looks it up only when the put would not fit
+/// without it.
+pub fn quota(
+    limits: &Limits,
+    (data, history): (u64, u64),
+    new: u64,
+    old: Option<u64>,
+) -> Result<(), WireError> {
     if limits.max_data_bytes == 0 {
         return Ok(());
     }
+    let current = data.saturating_add(history);
     let after = current.saturating_sub(old.unwrap_or(0)).saturating_add(new);
     // A put that does not grow the data is let through even over the limit: it frees
     // nothing to refuse it.
@@ -40,7 +47,7 @@ pub fn quota(limits: &Limits, current: u64, new: u64, old: Option<u64>) -> Resul
         return Ok(());
     }
     Err(no_space(format!(
-        "storage quota reached: live data and change log are {current} bytes and this put would make it {after}, over storage.max_bytes = {}; deletes and compaction still work and free space",
+        "storage quota reached: live data is {data} bytes and the change log {history}, and this put would make them {after}, over storage.max_bytes = {}; deletes still work and free space at once, and compaction frees the change log",
         limits.max_data_bytes
     )))
 }
@@ -227,19 +234,23 @@ mod tests {
             max_delete_keys: 10_000,
             max_data_bytes: 100,
         };
-        assert!(quota(&limits, 90, 10, None).is_ok());
-        let e = quota(&limits, 90, 11, None).unwrap_err();
+        assert!(quota(&limits, (90, 0), 10, None).is_ok());
+        assert!(
+            quota(&limits, (80, 10), 11, None).is_err(),
+            "the change log counts"
+        );
+        let e = quota(&limits, (90, 0), 11, None).unwrap_err();
         assert_eq!(e.code, ErrorKind::NoSpace);
         assert!(e.message.contains("100") && e.message.contains("deletes still work"));
         // Overwriting a key with a value of the same size or smaller always fits.
-        assert!(quota(&limits, 150, 20, Some(20)).is_ok());
-        assert!(quota(&limits, 95, 30, Some(25)).is_ok());
-        assert!(quota(&limits, 95, 40, Some(25)).is_err());
+        assert!(quota(&limits, (150, 0), 20, Some(20)).is_ok());
+        assert!(quota(&limits, (95, 0), 30, Some(25)).is_ok());
+        assert!(quota(&limits, (95, 0), 40, Some(25)).is_err());
         let off = Limits {
             max_data_bytes: 0,
             ..limits
         };
-        assert!(quota(&off, u64::MAX, 1, None).is_ok());
+        assert!(quota(&off, (u64::MAX, 1), 1, None).is_ok());
         assert_eq!(put_bytes("ab", "123"), 2 + 8 + 3);
     }
 }

@@ -220,7 +220,7 @@ fn check_quota(ctx: &Ctx, key: &str, new: u64) -> Result<(), WireError> {
     // The change log counts too: it is compacted, never refused (deletes and compaction
     // are always let through).
     let view = &ctx.consensus.view;
-    let current = view.data_bytes() + view.history_bytes();
+    let current = (view.data_bytes(), view.history_bytes());
     let as_new = validate::quota(limits, current, new, None);
     if as_new.is_ok() || key.is_empty() {
         return as_new;

@@ -606,8 +606,10 @@ mod tests {
         let mut seen: Vec<usize> = ERROR_KINDS.iter().map(|k| result_index(Err(*k))).collect();
         seen.sort();
         assert_eq!(seen, (1..=ERROR_KINDS.len()).collect::<Vec<_>>());
-        // `conflict` is counted as itself, not as `internal`.
-        assert_eq!(result_index(Err(ErrorKind::Conflict)), ERROR_KINDS.len());
+        // `conflict` and `compacted` are counted as themselves, not as `internal`.
+        let internal = result_index(Err(ErrorKind::Internal));
+        assert_ne!(result_index(Err(ErrorKind::Conflict)), internal);
+        assert_eq!(result_index(Err(ErrorKind::Compacted)), ERROR_KINDS.len());
         let labels: Vec<&str> = ReqOp::ALL.iter().map(|o| o.label()).collect();
         assert_eq!(
             labels,

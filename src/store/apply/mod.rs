@@ -558,8 +558,9 @@ pub(super) fn publish_figures(view: &StateView, meta: &SmMeta) {
 fn compact(b: &mut ApplyBatch, revision: u64) -> Result<Applied, Error> {
     let to = revision.min(b.revision).max(b.compact_revision);
     if to != b.compact_revision {
-        b.compact_revision = to;
+        // Not counted in the live data size (an install skips it too).
         let stored = super::meta::enc(&to);
+        b.compact_revision = to;
         b.writes.set(
             keys::COMPACT_REVISION.to_owned(),
             Some(fjall::Slice::from(stored)),

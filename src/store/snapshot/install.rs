@@ -160,8 +160,11 @@ fn fill(
         match record {
             Streamed::Kv(k, v) => {
                 // Idempotency records count as the table says, not as the sender happened
-                // to group them into segments (`install` adds them).
-                if keys::idempotency_segment(&k).is_none() {
+                // to group them into segments (`install` adds them); the compact revision,
+                // a setting of the change log, not at all (as apply leaves it).
+                if keys::idempotency_segment(&k).is_none()
+                    && k.as_slice() != keys::COMPACT_REVISION.as_bytes()
+                {
                     data_bytes += keys::entry_bytes(k.len(), v.len());
                 }
                 batch.insert(fresh, k, v);
