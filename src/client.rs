@@ -379,9 +379,19 @@ impl Client {
 
     /// Every key under `prefix`, following `more` from page to page.
     pub async fn scan_all(&self, prefix: &str) -> Result<Vec<ScanItem>, ClientError> {
-        let mut out: Vec<ScanItem> = Vec::new();
+        Ok(self.scan_pages(prefix).await?.0)
+    }
+
+    /// Every key under `prefix`, page after page, and the first page's `store_revision`
+    /// (where a watch that follows the list starts from).
+    pub(crate) async fn scan_pages(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<ScanItem>, u64), ClientError> {
+        let mut items: Vec<ScanItem> = Vec::new();
+        let mut first_store_revision = None;
         loop {
-            let after = out.last().map(|i| i.key.clone());
+            let after = items.last().map(|i| i.key.clone());
             let page = self
                 .scan(
                     prefix,
@@ -390,9 +400,17 @@ impl Client {
                     ReadConsistency::Linearizable,
                 )
                 .await?;
-            out.extend(page.items);
+            first_store_revision.get_or_insert(page.store_revision);
+            let moved = !page.items.is_empty();
+            items.extend(page.items);
             if !page.more {
-                return Ok(out);
+                return Ok((items, first_store_revision.unwrap_or(0)));
+            }
+            // A page that says more but holds nothing would ask for itself forever.
+            if !moved {
+                return Err(ClientError::Decode(
+                    "scan said more but its page was empty".into(),
+                ));
             }
         }
     }

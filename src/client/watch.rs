@@ -23,7 +23,7 @@ use concord_wire::watch::{CancelRequest, CreateRequest, MAX_WINDOW};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Client, ClientError, ReadConsistency, ScanItem};
+use super::{Client, ClientError, ScanItem};
 use crate::error::bad_request;
 
 mod cursor;
@@ -297,31 +297,7 @@ impl Client {
         &self,
         prefix: &str,
     ) -> Result<(Vec<ScanItem>, u64, WatchStream), ClientError> {
-        let mut items: Vec<ScanItem> = Vec::new();
-        let mut first_store_revision = None;
-        loop {
-            let after = items.last().map(|i| i.key.clone());
-            let page = self
-                .scan(
-                    prefix,
-                    None,
-                    after.as_deref(),
-                    ReadConsistency::Linearizable,
-                )
-                .await?;
-            first_store_revision.get_or_insert(page.store_revision);
-            let moved = !page.items.is_empty();
-            items.extend(page.items);
-            if !page.more {
-                break;
-            }
-            if !moved {
-                return Err(ClientError::Decode(
-                    "scan said more but its page was empty".into(),
-                ));
-            }
-        }
-        let store_revision = first_store_revision.unwrap_or(0);
+        let (items, store_revision) = self.scan_pages(prefix).await?;
         let listed = items.iter().map(|i| (i.key.clone(), i.revision)).collect();
         let watch = Watch::prefix(prefix).from(store_revision.saturating_add(1));
         let stream = self.start_watch(watch, listed).await?;

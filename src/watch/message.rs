@@ -19,7 +19,7 @@ use crate::store::keys;
 /// Appends `e` as a JSON event; `prev` is the record of the key's previous version, when
 /// the watch asked for it and it had one.
 pub fn event(out: &mut Vec<u8>, e: &ChangeEvent, spec: &Spec, prev: Option<&Slice>) {
-    let meta = e.meta();
+    let (meta, value) = e.parts();
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(e.kind.name().as_bytes());
     out.extend_from_slice(b"\",\"key\":");
@@ -27,7 +27,7 @@ pub fn event(out: &mut Vec<u8>, e: &ChangeEvent, spec: &Spec, prev: Option<&Slic
         out.extend_from_slice(b"null");
     }
     if !spec.keys_only {
-        if let Some(json) = e.json() {
+        if let Some(json) = value {
             out.extend_from_slice(b",\"value\":");
             out.extend_from_slice(json);
         }

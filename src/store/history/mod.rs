@@ -88,26 +88,27 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
-    /// The metadata a watch reports: a put's as written, zeros (and the deleting revision)
-    /// for a delete or an expiry.
-    pub fn meta(&self) -> KeyMeta {
+    /// The metadata a watch reports and the value, from one decoding of the record: a
+    /// put's as written; zeros (and the deleting revision) and no value for a delete or an
+    /// expiry.
+    pub fn parts(&self) -> (KeyMeta, Option<&[u8]>) {
         match keys::decode_record(&self.record) {
-            Some((meta, _)) if self.kind == EventKind::Put => meta,
-            _ => KeyMeta {
-                revision: self.revision,
-                create_revision: 0,
-                version: 0,
-                lease: 0,
-            },
+            Some((meta, json)) if self.kind == EventKind::Put => (meta, Some(json)),
+            _ => (
+                KeyMeta {
+                    revision: self.revision,
+                    create_revision: 0,
+                    version: 0,
+                    lease: 0,
+                },
+                None,
+            ),
         }
     }
 
     /// A put's JSON value.
     pub fn json(&self) -> Option<&[u8]> {
-        match self.kind {
-            EventKind::Put => keys::decode_record(&self.record).map(|(_, json)| json),
-            _ => None,
-        }
+        self.parts().1
     }
 
     /// Bytes it takes in memory and in a chunk, about.
