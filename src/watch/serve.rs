@@ -1,6 +1,7 @@
 //! `P.watch.create` (a queue group of its own) and `P.node.<id>.watch.{create,cancel}`:
 //! answered by this node from its own state, never forwarded. A watch's task starts only
-//! after its create reply is published, so the reply comes before the first message.
+//! after its create reply is published, on the same connection as its messages, so the
+//! reply comes before the first message.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -70,7 +71,9 @@ async fn handle(w: Arc<Watches>, msg: Message) {
             None,
         ),
     };
-    if let Err(e) = w.ctx.cluster.client.publish(reply, Bytes::from(body)).await {
+    // On the connection the watch's messages take: NATS keeps one connection's order, so
+    // the reply is delivered before the first message.
+    if let Err(e) = w.ctx.cluster.bulk.publish(reply, Bytes::from(body)).await {
         tracing::debug!("watch reply not sent: {e}");
     }
     if let Some((shared, spec, start)) = started {
