@@ -24,7 +24,7 @@ use crate::error::{busy, internal, value_too_large, ErrorKind};
 use crate::limits::excerpt;
 use crate::observe::ReqOp;
 use crate::signing::{self, HEADER_MAC};
-use crate::subjects::{Addressed, AdminOp, KvOp};
+use crate::subjects::{last_token, Addressed, AdminOp, KvOp, KV_FAMILIES};
 
 /// Queue subscriptions the leader holds on `P.kv.*` (a follower holds one): NATS picks a
 /// queue member at random, so with 3 nodes 2 of 66 requests reach a follower first (and pay a
@@ -59,28 +59,32 @@ impl Server {
         })
     }
 
-    /// Serves `P.node.<me>.kv.*` and `P.node.<me>.admin.*` until cancelled.
+    /// Serves `P.node.<me>.{kv,lease,lock}.*` and `P.node.<me>.admin.*` until cancelled.
     pub async fn serve_node_subjects(
         self: Arc<Self>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<(), async_nats::SubscribeError> {
         let s = &self.ctx.cluster.subjects;
-        let kv = self
-            .ctx
-            .cluster
-            .client
-            .subscribe(s.node_kv_wildcard(self.ctx.cluster.me))
-            .await?;
+        let me = self.ctx.cluster.me;
+        let mut pumps = Vec::new();
+        for family in KV_FAMILIES {
+            let sub = self
+                .ctx
+                .cluster
+                .client
+                .subscribe(s.node_family_wildcard(me, family))
+                .await?;
+            pumps.push(tracker.spawn(self.clone().pump_node(sub, cancel.clone(), tracker.clone())));
+        }
         let adm = self
             .ctx
             .cluster
             .client
-            .subscribe(s.node_admin_wildcard(self.ctx.cluster.me))
+            .subscribe(s.node_admin_wildcard(me))
             .await?;
-        let a = tracker.spawn(self.clone().pump_node(kv, cancel.clone(), tracker.clone()));
-        let b = tracker.spawn(self.clone().pump_node(adm, cancel, tracker.clone()));
-        let _ = tokio::join!(a, b);
+        pumps.push(tracker.spawn(self.clone().pump_node(adm, cancel, tracker.clone())));
+        futures::future::join_all(pumps).await;
         Ok(())
     }
 
@@ -139,10 +143,15 @@ impl Server {
                 (None, true) => {
                     let child = cancel.child_token();
                     match self.subscribe_cluster().await {
-                        Ok((kv, adm)) => {
+                        Ok(subs) => {
                             tracing::info!("serving the cluster subjects");
-                            tracker.spawn(self.clone().pump(kv, child.clone(), tracker.clone()));
-                            tracker.spawn(self.clone().pump(adm, child.clone(), tracker.clone()));
+                            for sub in subs {
+                                tracker.spawn(self.clone().pump(
+                                    sub,
+                                    child.clone(),
+                                    tracker.clone(),
+                                ));
+                            }
                             active = Some(child);
                         }
                         Err(e) => {
@@ -174,23 +183,24 @@ impl Server {
             .await
     }
 
-    async fn subscribe_cluster(
-        &self,
-    ) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
+    /// `P.kv.*`, `P.lease.*`, `P.lock.*` and `P.admin.>`, in the cluster's queue group.
+    async fn subscribe_cluster(&self) -> Result<Vec<Subscriber>, async_nats::SubscribeError> {
         let s = &self.ctx.cluster.subjects;
-        let kv = self
-            .ctx
-            .cluster
-            .client
-            .queue_subscribe(s.kv_wildcard(), s.queue_group())
-            .await?;
-        let adm = self
-            .ctx
-            .cluster
-            .client
-            .queue_subscribe(s.admin_wildcard(), s.queue_group())
-            .await?;
-        Ok((kv, adm))
+        let client = &self.ctx.cluster.client;
+        let mut subs = Vec::new();
+        for family in KV_FAMILIES {
+            subs.push(
+                client
+                    .queue_subscribe(s.family_wildcard(family), s.queue_group())
+                    .await?,
+            );
+        }
+        subs.push(
+            client
+                .queue_subscribe(s.admin_wildcard(), s.queue_group())
+                .await?,
+        );
+        Ok(subs)
     }
 
     /// Takes messages off one subscription, a task each, until cancelled. Then it drains
@@ -462,7 +472,9 @@ impl Server {
     /// Whether a subject asks for a read: its reply carries data whose size the client chose.
     fn is_read(&self, subject: &str) -> bool {
         match self.ctx.cluster.subjects.classify(subject) {
-            Some(Addressed::Kv(op)) => KvOp::parse(op).is_some_and(|op| !op.is_write()),
+            Some(a @ (Addressed::Kv(_) | Addressed::Family(_))) => {
+                a.kv_op().is_some_and(|op| !op.is_write())
+            }
             Some(Addressed::Admin(op)) => matches!(
                 AdminOp::parse(op),
                 Some(
@@ -476,7 +488,7 @@ impl Server {
     /// The counted operation a subject asks for; `None` for unknown ones (bounded labels).
     fn counted_op(&self, subject: &str) -> Option<ReqOp> {
         match self.ctx.cluster.subjects.classify(subject)? {
-            Addressed::Kv(op) => KvOp::parse(op).map(ReqOp::Kv),
+            a @ (Addressed::Kv(_) | Addressed::Family(_)) => a.kv_op().map(ReqOp::Kv),
             Addressed::Admin(op) => AdminOp::parse(op).and_then(ReqOp::of_admin),
         }
     }
@@ -506,11 +518,12 @@ impl Server {
                     AdminOp::ALL.map(AdminOp::as_str).join(", ")
                 ))),
             },
-            Some(Addressed::Kv(op)) => match KvOp::parse(op) {
+            Some(a @ (Addressed::Kv(_) | Addressed::Family(_))) => match a.kv_op() {
                 Some(op) => handler::handle_kv(&self.ctx, op, msg).await,
                 None => codec::encode_error(&crate::error::bad_request(format!(
-                    "unknown operation '{}' (put, get, delete, scan)",
-                    excerpt(op)
+                    "unknown operation '{}' ({})",
+                    excerpt(last_token(&msg.subject)),
+                    KvOp::ALL.map(KvOp::subject_tail).join(", ")
                 ))),
             },
             None => codec::encode_error(&crate::error::bad_request(format!(

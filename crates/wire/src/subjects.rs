@@ -9,18 +9,38 @@ pub enum KvOp {
     Scan,
     Incr,
     Txn,
+    /// `P.kv.touch`: renews a key's lease without a new revision.
+    Touch,
+    /// `P.lease.grant`, `keepalive`, `revoke`, `get`, `list`.
+    LeaseGrant,
+    LeaseKeepalive,
+    LeaseRevoke,
+    LeaseGet,
+    LeaseList,
+    /// `P.lock.acquire`, `release`.
+    LockAcquire,
+    LockRelease,
 }
 
 impl KvOp {
-    pub const ALL: [KvOp; 6] = [
+    pub const ALL: [KvOp; 14] = [
         KvOp::Put,
         KvOp::Get,
         KvOp::Delete,
         KvOp::Scan,
         KvOp::Incr,
         KvOp::Txn,
+        KvOp::Touch,
+        KvOp::LeaseGrant,
+        KvOp::LeaseKeepalive,
+        KvOp::LeaseRevoke,
+        KvOp::LeaseGet,
+        KvOp::LeaseList,
+        KvOp::LockAcquire,
+        KvOp::LockRelease,
     ];
 
+    /// The operation's name in metrics and telemetry (`op` label, `api.<name>` events).
     pub fn as_str(self) -> &'static str {
         match self {
             KvOp::Put => "put",
@@ -29,17 +49,59 @@ impl KvOp {
             KvOp::Scan => "scan",
             KvOp::Incr => "incr",
             KvOp::Txn => "txn",
+            KvOp::Touch => "touch",
+            KvOp::LeaseGrant => "lease_grant",
+            KvOp::LeaseKeepalive => "lease_keepalive",
+            KvOp::LeaseRevoke => "lease_revoke",
+            KvOp::LeaseGet => "lease_get",
+            KvOp::LeaseList => "lease_list",
+            KvOp::LockAcquire => "lock_acquire",
+            KvOp::LockRelease => "lock_release",
         }
     }
 
-    pub fn parse(s: &str) -> Option<KvOp> {
-        KvOp::ALL.into_iter().find(|op| op.as_str() == s)
+    /// The subject after the prefix (or after `node.<id>.`): `kv.put`, `lease.grant`,
+    /// `lock.acquire`.
+    pub fn subject_tail(self) -> &'static str {
+        match self {
+            KvOp::Put => "kv.put",
+            KvOp::Get => "kv.get",
+            KvOp::Delete => "kv.delete",
+            KvOp::Scan => "kv.scan",
+            KvOp::Incr => "kv.incr",
+            KvOp::Txn => "kv.txn",
+            KvOp::Touch => "kv.touch",
+            KvOp::LeaseGrant => "lease.grant",
+            KvOp::LeaseKeepalive => "lease.keepalive",
+            KvOp::LeaseRevoke => "lease.revoke",
+            KvOp::LeaseGet => "lease.get",
+            KvOp::LeaseList => "lease.list",
+            KvOp::LockAcquire => "lock.acquire",
+            KvOp::LockRelease => "lock.release",
+        }
     }
 
+    /// The operation a subject tail names (`kv.put`, `lease.grant`, ...).
+    pub fn parse_tail(tail: &str) -> Option<KvOp> {
+        KvOp::ALL.into_iter().find(|op| op.subject_tail() == tail)
+    }
+
+    /// The operation a `kv.` subject names by its last token (`put`, `touch`, ...).
+    pub fn parse(s: &str) -> Option<KvOp> {
+        KvOp::parse_tail(&format!("kv.{s}"))
+    }
+
+    /// Whether it goes through the log (lease get and list are reads).
     pub fn is_write(self) -> bool {
-        matches!(self, KvOp::Put | KvOp::Delete | KvOp::Incr | KvOp::Txn)
+        !matches!(
+            self,
+            KvOp::Get | KvOp::Scan | KvOp::LeaseGet | KvOp::LeaseList
+        )
     }
 }
+
+/// The subject families the key-space requests come in: `P.kv.*`, `P.lease.*`, `P.lock.*`.
+pub const KV_FAMILIES: [&str; 3] = ["kv", "lease", "lock"];
 
 /// Admin operations answered by the cluster or by one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,22 +231,34 @@ impl Subjects {
     }
 
     /// `P.kv.<op>`: answered by whichever voter NATS picks.
+    /// (`P.lease.<op>` and `P.lock.<op>` for the lease and lock operations.)
     pub fn kv(&self, op: KvOp) -> String {
-        format!("{}.kv.{}", self.prefix, op.as_str())
+        format!("{}.{}", self.prefix, op.subject_tail())
     }
 
     /// `P.kv.*`: the queue-group subscription of voters.
     pub fn kv_wildcard(&self) -> String {
-        format!("{}.kv.*", self.prefix)
+        self.family_wildcard("kv")
     }
 
-    /// `P.node.<id>.kv.<op>`: one node, used for forwarding to the leader.
+    /// `P.<family>.*` for each of [`KV_FAMILIES`] (`kv`, `lease`, `lock`).
+    pub fn family_wildcard(&self, family: &str) -> String {
+        format!("{}.{family}.*", self.prefix)
+    }
+
+    /// `P.node.<id>.kv.<op>` (`.lease.<op>`, `.lock.<op>`): one node, used for forwarding
+    /// to the leader.
     pub fn node_kv(&self, node: u64, op: KvOp) -> String {
-        format!("{}.node.{}.kv.{}", self.prefix, node, op.as_str())
+        format!("{}.node.{}.{}", self.prefix, node, op.subject_tail())
     }
 
     pub fn node_kv_wildcard(&self, node: u64) -> String {
-        format!("{}.node.{}.kv.*", self.prefix, node)
+        self.node_family_wildcard(node, "kv")
+    }
+
+    /// `P.node.<id>.<family>.*`.
+    pub fn node_family_wildcard(&self, node: u64, family: &str) -> String {
+        format!("{}.node.{}.{family}.*", self.prefix, node)
     }
 
     pub fn admin(&self, op: AdminOp) -> String {
@@ -237,6 +311,10 @@ impl Subjects {
         if let Some(op) = rest.strip_prefix("kv.") {
             return Some(Addressed::Kv(op));
         }
+        if rest.starts_with("lease.") || rest.starts_with("lock.") {
+            // The whole tail: `lease.grant` is parsed by `KvOp::parse_tail`.
+            return Some(Addressed::Family(rest));
+        }
         rest.strip_prefix("admin.").map(Addressed::Admin)
     }
 
@@ -282,8 +360,22 @@ impl Subjects {
 /// The operation part of a client subject, see [`Subjects::classify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Addressed<'a> {
+    /// `kv.<op>`: the op's last token.
     Kv(&'a str),
+    /// `lease.<op>` or `lock.<op>`: the whole tail.
+    Family(&'a str),
     Admin(&'a str),
+}
+
+impl Addressed<'_> {
+    /// The key-space operation it names, if it names one this build knows.
+    pub fn kv_op(&self) -> Option<KvOp> {
+        match self {
+            Addressed::Kv(op) => KvOp::parse(op),
+            Addressed::Family(tail) => KvOp::parse_tail(tail),
+            Addressed::Admin(_) => None,
+        }
+    }
 }
 
 /// The last `.`-separated token of a subject: the operation name.
