@@ -8,11 +8,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::command::Fence;
 use crate::error::{bad_request, value_too_large, ErrorKind, WireError};
 use crate::limits::{excerpt, excerpt_to};
 use crate::store::keys::KeyMeta;
 use crate::store::state_machine::Item;
 use crate::subjects::KvOp;
+
+pub use super::coord_codec::{CoordRequest, FenceBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +33,10 @@ pub enum KvRequest {
         value: String,
         /// Only if the key's revision is this (0: only if absent), decided at apply.
         if_revision: Option<u64>,
+        /// The lease to attach it to, or a ttl for a lease of its own (not both).
+        lease: Option<u64>,
+        ttl_ms: Option<u64>,
+        fence: Option<Fence>,
     },
     Get {
         key: String,
@@ -39,6 +46,7 @@ pub enum KvRequest {
     Delete {
         key: String,
         if_revision: Option<u64>,
+        fence: Option<Fence>,
     },
     Scan {
         prefix: String,
@@ -52,18 +60,27 @@ pub enum KvRequest {
         by: i64,
         min: Option<i64>,
         max: Option<i64>,
+        ttl_ms: Option<u64>,
+        fence: Option<Fence>,
     },
     /// A delete with `prefix` instead of `key` (`""` only with `"all": true`).
     DeletePrefix {
         prefix: String,
+        fence: Option<Fence>,
     },
     Txn(crate::command::Txn),
+    /// The lease, lock and touch requests (`coord_codec`).
+    Coord(CoordRequest),
 }
 
 impl KvRequest {
     /// Whether it goes through the log (every txn does, even one that only reads).
     pub fn is_write(&self) -> bool {
-        !matches!(self, KvRequest::Get { .. } | KvRequest::Scan { .. })
+        match self {
+            KvRequest::Get { .. } | KvRequest::Scan { .. } => false,
+            KvRequest::Coord(c) => c.is_write(),
+            _ => true,
+        }
     }
 
     /// Whether it may change the key space, so needs the `readwrite` role: every write
@@ -71,6 +88,7 @@ impl KvRequest {
     pub fn may_change_keys(&self) -> bool {
         match self {
             KvRequest::Get { .. } | KvRequest::Scan { .. } => false,
+            KvRequest::Coord(c) => c.is_write(),
             KvRequest::Txn(t) => t
                 .success
                 .iter()
@@ -100,6 +118,9 @@ struct PutBody<'a> {
     timeout_ms: Option<u64>,
     request_id: Option<uuid::Uuid>,
     if_revision: Option<u64>,
+    lease: Option<u64>,
+    ttl_ms: Option<u64>,
+    fence: Option<FenceBody>,
 }
 
 #[derive(Deserialize)]
@@ -124,16 +145,19 @@ struct DeleteBody {
     timeout_ms: Option<u64>,
     request_id: Option<uuid::Uuid>,
     if_revision: Option<u64>,
+    fence: Option<FenceBody>,
 }
 
 impl DeleteBody {
     /// A delete of one key, or by prefix: exactly one of `key` and `prefix`; the empty
     /// prefix (everything) only with `all`, and `all` only with it.
     fn request(self) -> Result<KvRequest, WireError> {
+        let fence = self.fence.map(FenceBody::fence).transpose()?;
         match (self.key, self.prefix) {
             (Some(key), None) if !self.all => Ok(KvRequest::Delete {
                 key,
                 if_revision: self.if_revision,
+                fence,
             }),
             (Some(_), None) => Err(bad_request("`all` goes with `prefix`, not with `key`")),
             (Some(_), Some(_)) => Err(bad_request(
@@ -149,7 +173,7 @@ impl DeleteBody {
             (None, Some(prefix)) if !prefix.is_empty() && self.all => Err(bad_request(
                 "\"all\": true deletes every key and goes with the empty prefix only",
             )),
-            (None, Some(prefix)) => Ok(KvRequest::DeletePrefix { prefix }),
+            (None, Some(prefix)) => Ok(KvRequest::DeletePrefix { prefix, fence }),
         }
     }
 }
@@ -163,6 +187,7 @@ struct IncrBody {
     min: Option<i64>,
     max: Option<i64>,
     ttl_ms: Option<u64>,
+    fence: Option<FenceBody>,
     token: Option<String>,
     timeout_ms: Option<u64>,
     request_id: Option<uuid::Uuid>,
@@ -174,10 +199,8 @@ fn one() -> i64 {
 
 impl IncrBody {
     fn request(self) -> Result<KvRequest, WireError> {
-        if self.ttl_ms.is_some() {
-            return Err(bad_request(
-                "ttl_ms on incr needs leases, which this build does not have yet; it was not applied",
-            ));
+        if let Some(ttl) = self.ttl_ms {
+            super::coord_codec::check_ttl(ttl)?;
         }
         if let (Some(min), Some(max)) = (self.min, self.max) {
             if min > max {
@@ -191,6 +214,8 @@ impl IncrBody {
             by: self.by,
             min: self.min,
             max: self.max,
+            ttl_ms: self.ttl_ms,
+            fence: self.fence.map(FenceBody::fence).transpose()?,
         })
     }
 }
@@ -286,11 +311,25 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
     Ok(match op {
         KvOp::Put => {
             let b: PutBody = typed(body)?;
+            if b.lease.is_some() && b.ttl_ms.is_some() {
+                return Err(bad_request(
+                    "a put names either `lease` (attach to it) or `ttl_ms` (a lease of the key's own), not both",
+                ));
+            }
+            if let Some(ttl) = b.ttl_ms {
+                super::coord_codec::check_ttl(ttl)?;
+            }
+            if let Some(id) = b.lease {
+                super::coord_codec::check_lease_id(id)?;
+            }
             (
                 KvRequest::Put {
                     key: b.key,
                     value: b.value.get().to_string(),
                     if_revision: b.if_revision,
+                    lease: b.lease,
+                    ttl_ms: b.ttl_ms,
+                    fence: b.fence.map(FenceBody::fence).transpose()?,
                 },
                 Common {
                     request_id: b.request_id,
@@ -332,6 +371,17 @@ pub fn decode_kv(op: KvOp, body: &[u8]) -> Result<(KvRequest, Common), WireError
                 ..common(b.token.clone(), b.timeout_ms)
             };
             (KvRequest::Txn(b.txn()?), common)
+        }
+        KvOp::Touch
+        | KvOp::LeaseGrant
+        | KvOp::LeaseKeepalive
+        | KvOp::LeaseRevoke
+        | KvOp::LeaseGet
+        | KvOp::LeaseList
+        | KvOp::LockAcquire
+        | KvOp::LockRelease => {
+            let (req, common) = super::coord_codec::decode(op, body)?;
+            (KvRequest::Coord(req), common)
         }
         KvOp::Scan => {
             let b: ScanBody = typed(body)?;
@@ -422,6 +472,9 @@ pub fn encode_ok<T: Serialize>(body: &T) -> Vec<u8> {
 pub struct PutReply {
     pub ok: bool,
     pub revision: u64,
+    /// The lease the key is attached to, when the put named one (or a ttl).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -758,6 +811,7 @@ mod tests {
         let put = encode_ok(&PutReply {
             ok: true,
             revision: u64::MAX,
+            lease: None,
         });
         let del = encode_ok(&DeleteReply {
             ok: true,

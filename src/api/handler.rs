@@ -348,6 +348,7 @@ fn read_now(ctx: &Ctx, req: &KvRequest) -> Result<Vec<u8>, WireError> {
                     .at_store_revision(store_revision)),
             }
         }
+        KvRequest::Coord(c) => super::coord::read(ctx, c),
         _ => Err(internal("read_now called for a scan or a write")),
     }
 }

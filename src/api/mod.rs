@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod codec;
 pub mod contact;
+pub mod coord;
+pub mod coord_codec;
 pub mod forwarded;
 pub mod handler;
 pub mod propose;

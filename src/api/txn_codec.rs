@@ -23,6 +23,7 @@ pub struct TxnBody {
     pub token: Option<String>,
     pub timeout_ms: Option<u64>,
     pub request_id: Option<uuid::Uuid>,
+    fence: Option<super::coord_codec::FenceBody>,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +93,10 @@ impl TxnBody {
             compare,
             success: branch(self.success)?,
             failure: branch(self.failure)?,
-            fence: None,
+            fence: self
+                .fence
+                .map(super::coord_codec::FenceBody::fence)
+                .transpose()?,
         })
     }
 }
@@ -139,15 +143,18 @@ impl OpBody {
     fn op(self) -> Result<TxnOp, WireError> {
         Ok(match self {
             OpBody::Put(p) => {
-                if p.lease.is_some() || p.ttl_ms.is_some() {
+                if p.ttl_ms.is_some() {
                     return Err(bad_request(
-                        "lease and ttl_ms on a txn put need leases, which this build does not have yet",
+                        "ttl_ms on a txn put is not taken: grant a lease (lease.grant) and name it with `lease`",
                     ));
+                }
+                if let Some(id) = p.lease {
+                    super::coord_codec::check_lease_id(id)?;
                 }
                 TxnOp::Put {
                     key: p.key,
                     value: p.value.get().to_string(),
-                    lease: None,
+                    lease: p.lease,
                     ttl_ms: None,
                 }
             }
@@ -203,13 +210,17 @@ fn branch(name: &str, ops: &[TxnOp], limits: &Limits) -> Result<(), WireError> {
         match op {
             TxnOp::Put { key, value, .. } => {
                 validate::key(key)?;
+                validate::writable(key)?;
                 validate::value(value, limits)?;
             }
-            TxnOp::Delete { key } | TxnOp::Get { key } | TxnOp::Incr { key, .. } => {
-                validate::key(key)?
+            TxnOp::Delete { key } | TxnOp::Incr { key, .. } => {
+                validate::key(key)?;
+                validate::writable(key)?;
             }
+            TxnOp::Get { key } => validate::key(key)?,
             TxnOp::DeletePrefix { prefix } => {
                 validate::prefix(prefix)?;
+                validate::writable(prefix)?;
                 if prefix.is_empty() {
                     return Err(invalid_key(
                         "a txn's delete_prefix needs a non-empty prefix (P.kv.delete with \"all\": true deletes every key)",

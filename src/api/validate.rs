@@ -124,12 +124,25 @@ pub fn prefix(prefix: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Lock claims (`_lock/…`) are readable and watchable, never a client's to write.
+pub fn writable(key: &str) -> Result<(), WireError> {
+    if key.starts_with(super::coord_codec::LOCK_PREFIX) {
+        return Err(bad_request(format!(
+            "keys under {} are lock claims: take and release them with lock.acquire and \
+             lock.release",
+            super::coord_codec::LOCK_PREFIX
+        )));
+    }
+    Ok(())
+}
+
 pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
     match req {
         KvRequest::Put {
             key: k, value: v, ..
         } => {
             key(k)?;
+            writable(k)?;
             value(v, limits)?;
             let entry = k.len() + v.len() + 64;
             if entry > limits.max_entry_bytes {
@@ -140,10 +153,17 @@ pub fn request(req: &KvRequest, limits: &Limits) -> Result<(), WireError> {
             }
             Ok(())
         }
-        KvRequest::Get { key: k, .. }
-        | KvRequest::Delete { key: k, .. }
-        | KvRequest::Incr { key: k, .. } => key(k),
-        KvRequest::DeletePrefix { prefix: p } => prefix(p),
+        KvRequest::Get { key: k, .. } => key(k),
+        KvRequest::Delete { key: k, .. } | KvRequest::Incr { key: k, .. } => {
+            key(k)?;
+            writable(k)
+        }
+        KvRequest::DeletePrefix { prefix: p, .. } => {
+            prefix(p)?;
+            writable(p)
+        }
+        KvRequest::Coord(super::coord_codec::CoordRequest::Touch { key: k, .. }) => key(k),
+        KvRequest::Coord(_) => Ok(()),
         KvRequest::Txn(txn) => super::txn_codec::validate(txn, limits),
         KvRequest::Scan {
             prefix: p,

@@ -8,7 +8,9 @@ use super::propose::ProposeError;
 use super::route::{AttemptError, Routed};
 use super::{txn_codec, validate, Ctx};
 use crate::command::{Applied, Command, ConflictReason, Op, Request, TxnOp, FORMAT_V2};
-use crate::error::{bad_request, cluster_not_ready, internal, value_too_large, WireError};
+use crate::error::{
+    bad_request, cluster_not_ready, internal, not_found, value_too_large, WireError,
+};
 
 /// What makes a write exactly-once: the client's request id, kept per token.
 pub struct WriteTag {
@@ -24,9 +26,20 @@ impl WriteTag {
     /// switch (a rolling upgrade in progress) they are refused, never dropped.
     fn command(&self, ctx: &Ctx, op: Op) -> Result<Command, WireError> {
         let needs_v2 = match &op {
-            Op::Put { if_revision, .. } | Op::Delete { if_revision, .. } => {
-                if_revision.is_some().then_some("if_revision")
-            }
+            Op::Put {
+                if_revision: None,
+                lease: None,
+                ttl_ms: None,
+                fence: None,
+                ..
+            } => None,
+            Op::Delete {
+                if_revision: None,
+                fence: None,
+                ..
+            } => None,
+            Op::Put { .. } => Some("a put with if_revision, lease, ttl_ms or fence"),
+            Op::Delete { .. } => Some("a delete with if_revision or fence"),
             Op::DeletePrefix { .. } => Some("a delete by prefix"),
             other => Some(other.name()),
         };
@@ -64,23 +77,37 @@ pub(super) async fn serve(
             key,
             value,
             if_revision,
+            lease,
+            ttl_ms,
+            fence,
         } => {
             check_quota(ctx, key, validate::put_bytes(key, value))?;
             Op::Put {
                 key: key.clone(),
                 value: value.clone(),
                 if_revision: *if_revision,
-                lease: None,
-                ttl_ms: None,
-                fence: None,
+                lease: *lease,
+                ttl_ms: *ttl_ms,
+                fence: fence.clone(),
             }
         }
-        KvRequest::Delete { key, if_revision } => Op::Delete {
+        KvRequest::Delete {
+            key,
+            if_revision,
+            fence,
+        } => Op::Delete {
             key: key.clone(),
             if_revision: *if_revision,
-            fence: None,
+            fence: fence.clone(),
         },
-        KvRequest::Incr { key, by, min, max } => {
+        KvRequest::Incr {
+            key,
+            by,
+            min,
+            max,
+            ttl_ms,
+            fence,
+        } => {
             // At most an i64's digits.
             check_quota(ctx, key, validate::put_bytes(key, "-9223372036854775808"))?;
             Op::Incr {
@@ -88,14 +115,14 @@ pub(super) async fn serve(
                 by: *by,
                 min: *min,
                 max: *max,
-                ttl_ms: None,
-                fence: None,
+                ttl_ms: *ttl_ms,
+                fence: fence.clone(),
             }
         }
-        KvRequest::DeletePrefix { prefix } => Op::DeletePrefix {
+        KvRequest::DeletePrefix { prefix, fence } => Op::DeletePrefix {
             prefix: prefix.clone(),
             limit: ctx.limits.sizes.max_delete_keys,
-            fence: None,
+            fence: fence.clone(),
         },
         KvRequest::Txn(txn) => {
             let grows: u64 = [&txn.success, &txn.failure]
@@ -111,6 +138,7 @@ pub(super) async fn serve(
             }
             Op::Txn(txn.clone())
         }
+        KvRequest::Coord(c) => return super::coord::serve(ctx, c, r, write).await,
         KvRequest::Get { .. } | KvRequest::Scan { .. } => {
             return Err(AttemptError::Fail(internal(
                 "a read reached the write path",
@@ -121,10 +149,30 @@ pub(super) async fn serve(
     reply(propose_resendable(ctx, cmd, r).await?)
 }
 
+/// Proposes `op` with the request's exactly-once tag; what applying it gave.
+pub(super) async fn propose_op(
+    ctx: &Ctx,
+    op: Op,
+    r: &Routed<'_>,
+    write: &WriteTag,
+) -> Result<Applied, AttemptError> {
+    let cmd = write.command(ctx, op)?;
+    propose_resendable(ctx, cmd, r).await
+}
+
 /// The client's reply to an applied write.
-fn reply(applied: Applied) -> Result<Vec<u8>, AttemptError> {
+pub(super) fn reply(applied: Applied) -> Result<Vec<u8>, AttemptError> {
     let ok = match applied {
-        Applied::Put { revision } => codec::encode_ok(&PutReply { ok: true, revision }),
+        Applied::Put { revision } => codec::encode_ok(&PutReply {
+            ok: true,
+            revision,
+            lease: None,
+        }),
+        Applied::PutLeased { revision, lease } => codec::encode_ok(&PutReply {
+            ok: true,
+            revision,
+            lease: Some(lease),
+        }),
         Applied::Delete { deleted, revision } => codec::encode_ok(&DeleteReply {
             ok: true,
             deleted,
@@ -147,6 +195,16 @@ fn reply(applied: Applied) -> Result<Vec<u8>, AttemptError> {
             revision,
         }),
         Applied::Txn(t) => txn_codec::encode(&t)?,
+        Applied::Conflict {
+            reason: reason @ (ConflictReason::Fence | ConflictReason::LockHeld),
+            revision,
+        } => {
+            return Err(AttemptError::Fail(WireError::lock_conflict(
+                reason.as_str(),
+                conflict_message(reason),
+                revision.unwrap_or(0),
+            )))
+        }
         Applied::Conflict { reason, revision } => {
             return Err(AttemptError::Fail(WireError::conflict(
                 reason.as_str(),
@@ -171,6 +229,17 @@ fn reply(applied: Applied) -> Result<Vec<u8>, AttemptError> {
             return Err(AttemptError::Fail(value_too_large(format!(
                 "the txn's get results make a reply of about {bytes} bytes, over the {limit} \
                  one reply may hold (limits.max_reply_bytes); nothing was written"
+            ))))
+        }
+        Applied::LeaseNotFound { id } => {
+            return Err(AttemptError::Fail(not_found(format!(
+                "lease {id} not found (never granted, revoked, or expired)"
+            ))))
+        }
+        Applied::LeaseFull { id, limit } => {
+            return Err(AttemptError::Fail(bad_request(format!(
+                "lease {id} already holds {limit} keys, the most a lease may \
+                 (limits.max_keys_per_lease); nothing was written"
             ))))
         }
         Applied::Unsupported { operation } => {
@@ -206,6 +275,17 @@ fn conflict_message(reason: ConflictReason) -> &'static str {
             "the key holds a value that is not a JSON integer; nothing was written (value is \
              what it holds)"
         }
+        ConflictReason::Fence => {
+            "the fence is not the lock holder's (`fence` is the holder's, 0 when the lock is \
+             free); nothing was written"
+        }
+        ConflictReason::LockHeld => {
+            "the lock is held (`fence` is the holder's) and wait_ms was 0; no claim was left"
+        }
+        ConflictReason::LockWait => {
+            "wait_ms passed before the lock was granted; the claim was withdrawn"
+        }
+        ConflictReason::LeaseExists => "a lease with this id exists; pick another id or none",
     }
 }
 

@@ -125,14 +125,14 @@ impl Command {
             Command::Put { .. }
             | Command::Delete { .. }
             | Command::Client(_)
-            | Command::IdempotencySettings(_) => false,
+            | Command::IdempotencySettings(_)
+            | Command::LeaseExpire { .. }
+            | Command::LockWithdraw { .. } => false,
             Command::Batch(parts) => parts.iter().any(Command::flushes_at_once),
             Command::SetClusterId { .. }
             | Command::TokenCreate { .. }
             | Command::TokenRevoke { .. }
             | Command::FormatSwitch { .. }
-            | Command::LeaseExpire { .. }
-            | Command::LockWithdraw { .. }
             | Command::Compact { .. } => true,
         }
     }
@@ -303,6 +303,51 @@ pub enum Applied {
     Compacted {
         revision: u64,
     },
+    /// A put that attached its key to a lease (named, or one of its own from `ttl_ms`).
+    PutLeased {
+        revision: u64,
+        lease: u64,
+    },
+    /// A lease granted, renewed (keepalive, touch): its id and ttl.
+    Lease {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// A lease ended by revoke or expiry: its keys went at `revision` (the store's own
+    /// when it had none), `count` of them.
+    LeaseEnded {
+        revision: u64,
+        count: u64,
+    },
+    /// The lease named is not there (never granted, or ended).
+    LeaseNotFound {
+        id: u64,
+    },
+    /// A touch of a key that is absent or has no lease.
+    KeyNotLeased,
+    /// Lease `id` already holds the most keys a lease may.
+    LeaseFull {
+        id: u64,
+        limit: u64,
+    },
+    /// A lock claim that holds the lock: its fence (its create revision) and lease.
+    LockGranted {
+        fence: u64,
+        lease: u64,
+    },
+    /// A lock claim waiting in line: its create revision and lease.
+    LockWaiting {
+        claim: u64,
+        lease: u64,
+    },
+    /// A waiting claim withdrawn (or already gone) before it was granted.
+    LockWithdrawn,
+    /// The holder's claim deleted at `revision`.
+    LockReleased {
+        revision: u64,
+    },
+    /// A lease expiry that found a later renewal (or no lease): nothing changed.
+    LeaseKept,
 }
 
 /// Which condition a [`Applied::Conflict`] failed (DESIGN.md's `reason`). Stored in the
@@ -317,6 +362,15 @@ pub enum ConflictReason {
     Bound,
     /// An incr found a value that is not a JSON integer.
     NotInteger,
+    /// A fenced write's token is not the lock holder's fence (`revision` carries the
+    /// holder's, 0 when the lock is free).
+    Fence,
+    /// A lock acquire with `wait_ms` 0 found the lock held (`revision`: the holder's fence).
+    LockHeld,
+    /// A waiting claim was withdrawn before it was granted.
+    LockWait,
+    /// A lease grant named an id that is taken.
+    LeaseExists,
 }
 
 impl ConflictReason {
@@ -326,6 +380,10 @@ impl ConflictReason {
             ConflictReason::Revision => "revision",
             ConflictReason::Bound => "bound",
             ConflictReason::NotInteger => "not_integer",
+            ConflictReason::Fence => "fence",
+            ConflictReason::LockHeld => "lock_held",
+            ConflictReason::LockWait => "lock_wait",
+            ConflictReason::LeaseExists => "lease_exists",
         }
     }
 }

@@ -77,7 +77,7 @@ pub enum Event {
 }
 
 /// Every event path, in the order of [`Event::path_index`].
-pub const PATHS: [&str; 15] = [
+pub const PATHS: [&str; 23] = [
     "api.put",
     "api.get",
     "api.delete",
@@ -93,6 +93,14 @@ pub const PATHS: [&str; 15] = [
     "watch.created",
     "watch.ended",
     "history.compacted",
+    "api.touch",
+    "api.lease_grant",
+    "api.lease_keepalive",
+    "api.lease_revoke",
+    "api.lease_get",
+    "api.lease_list",
+    "api.lock_acquire",
+    "api.lock_release",
 ];
 
 impl Event {
@@ -106,6 +114,14 @@ impl Event {
                 KvOp::Scan => 3,
                 KvOp::Incr => 10,
                 KvOp::Txn => 11,
+                KvOp::Touch => 15,
+                KvOp::LeaseGrant => 16,
+                KvOp::LeaseKeepalive => 17,
+                KvOp::LeaseRevoke => 18,
+                KvOp::LeaseGet => 19,
+                KvOp::LeaseList => 20,
+                KvOp::LockAcquire => 21,
+                KvOp::LockRelease => 22,
             },
             Event::Apply { .. } => 4,
             Event::StateChange { .. } => 5,

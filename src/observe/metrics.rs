@@ -113,7 +113,7 @@ pub enum ReqOp {
 }
 
 impl ReqOp {
-    pub const ALL: [ReqOp; 11] = [
+    pub const ALL: [ReqOp; 19] = [
         ReqOp::Kv(KvOp::Put),
         ReqOp::Kv(KvOp::Get),
         ReqOp::Kv(KvOp::Delete),
@@ -125,6 +125,14 @@ impl ReqOp {
         ReqOp::TokenList,
         ReqOp::Kv(KvOp::Incr),
         ReqOp::Kv(KvOp::Txn),
+        ReqOp::Kv(KvOp::Touch),
+        ReqOp::Kv(KvOp::LeaseGrant),
+        ReqOp::Kv(KvOp::LeaseKeepalive),
+        ReqOp::Kv(KvOp::LeaseRevoke),
+        ReqOp::Kv(KvOp::LeaseGet),
+        ReqOp::Kv(KvOp::LeaseList),
+        ReqOp::Kv(KvOp::LockAcquire),
+        ReqOp::Kv(KvOp::LockRelease),
     ];
 
     /// The counted operation of an admin request; `None` for the ones outside the contract's
@@ -171,6 +179,14 @@ impl ReqOp {
             ReqOp::TokenList => 8,
             ReqOp::Kv(KvOp::Incr) => 9,
             ReqOp::Kv(KvOp::Txn) => 10,
+            ReqOp::Kv(KvOp::Touch) => 11,
+            ReqOp::Kv(KvOp::LeaseGrant) => 12,
+            ReqOp::Kv(KvOp::LeaseKeepalive) => 13,
+            ReqOp::Kv(KvOp::LeaseRevoke) => 14,
+            ReqOp::Kv(KvOp::LeaseGet) => 15,
+            ReqOp::Kv(KvOp::LeaseList) => 16,
+            ReqOp::Kv(KvOp::LockAcquire) => 17,
+            ReqOp::Kv(KvOp::LockRelease) => 18,
         }
     }
 }
@@ -298,8 +314,25 @@ impl PeerMetrics {
 
 /// The writes that can answer `conflict`, and the reasons counted (DESIGN.md's; any other
 /// counts as `other`, so the label stays bounded).
-const CONFLICT_OPS: [KvOp; 4] = [KvOp::Put, KvOp::Delete, KvOp::Incr, KvOp::Txn];
-const CONFLICT_REASONS: [&str; 5] = ["revision", "request_id", "bound", "not_integer", "other"];
+const CONFLICT_OPS: [KvOp; 6] = [
+    KvOp::Put,
+    KvOp::Delete,
+    KvOp::Incr,
+    KvOp::Txn,
+    KvOp::LeaseGrant,
+    KvOp::LockAcquire,
+];
+const CONFLICT_REASONS: [&str; 9] = [
+    "revision",
+    "request_id",
+    "bound",
+    "not_integer",
+    "fence",
+    "lock_held",
+    "lock_wait",
+    "lease_exists",
+    "other",
+];
 
 /// Handles of every series, made once per node.
 pub struct Metrics {

@@ -32,6 +32,7 @@ pub mod history;
 mod history_tests;
 mod idempotency;
 pub mod keys;
+pub mod lease;
 pub mod log_store;
 mod meta;
 pub mod migrations;

@@ -79,6 +79,9 @@ pub struct StateView {
     /// holds it for a batch, an install reloads it.
     pub(super) idempotency: Mutex<IdemTable>,
     pub(super) idempotency_figures: IdemFigures,
+    /// The lease table (its records are in `kv`); apply holds it for a batch, an install
+    /// reloads it.
+    pub(super) leases: Mutex<super::lease::LeaseTable>,
 }
 
 impl StateView {
@@ -121,6 +124,7 @@ impl StateView {
             .max(floor)
             .max(super::log_store::newest_stamp(&store)?);
         let idempotency = IdemTable::load(&kv)?;
+        let leases = super::lease::LeaseTable::load(&kv)?;
         let idempotency_figures = IdemFigures::default();
         idempotency_figures.publish(&idempotency, 0, 0);
         let history = HistoryState::open(&meta, &kv, &history_ks)?;
@@ -143,7 +147,32 @@ impl StateView {
             cluster_time: meta.cluster_time.into(),
             idempotency: Mutex::new(idempotency),
             idempotency_figures,
+            leases: Mutex::new(leases),
         }))
+    }
+
+    /// The claims under lock prefix `prefix` (`_lock/<name>/`) as applied: (create revision,
+    /// lease) of each, in line order, the holder first. Reads no more than a point read
+    /// per claim, and never flushes.
+    pub fn lock_line(&self, prefix: &str) -> Result<Vec<(u64, u64)>, Error> {
+        let (generation, kv) = self.kv();
+        let reader = self.recent.batch(&kv, generation, 0);
+        let (keys, _) = reader.keys_under(prefix, 100_000)?;
+        let mut line = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(stored) = reader.get(&key)? {
+                if let Some((meta, _)) = keys::decode_record(&stored) {
+                    line.push((meta.create_revision, meta.lease));
+                }
+            }
+        }
+        line.sort_unstable();
+        Ok(line)
+    }
+
+    /// Reads the lease table (never held across an await).
+    pub fn with_leases<T>(&self, f: impl FnOnce(&super::lease::LeaseTable) -> T) -> T {
+        f(&self.leases.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(super) fn kv(&self) -> (u64, Keyspace) {

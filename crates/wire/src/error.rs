@@ -98,6 +98,10 @@ pub struct WireError {
     /// The change log's compact revision (`compacted` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compact_revision: Option<u64>,
+    /// The lock holder's fence, 0 when the lock is free (`conflict` with reason `fence` or
+    /// `lock_held`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 impl WireError {
@@ -111,6 +115,7 @@ impl WireError {
             value: None,
             key: None,
             compact_revision: None,
+            fence: None,
         }
     }
 
@@ -142,6 +147,14 @@ impl WireError {
     pub fn with_value(mut self, value: Option<serde_json::Value>) -> Self {
         self.value = value.map(Box::new);
         self
+    }
+
+    /// A `conflict` about a lock (`fence`, `lock_held`), with the holder's fence.
+    pub fn lock_conflict(reason: &str, message: impl Into<String>, fence: u64) -> Self {
+        WireError {
+            fence: Some(fence),
+            ..WireError::conflict(reason, message, None)
+        }
     }
 
     /// This error naming the key whose condition failed.

@@ -9,6 +9,8 @@
 //! ([`Command::flushes_at_once`]). Never blocks on the network and never fsyncs: the log is
 //! durable and openraft re-applies it past `last_applied` after a crash.
 
+mod lease;
+mod lock;
 mod txn;
 mod write;
 
@@ -25,6 +27,7 @@ use super::{keys, Error};
 use crate::auth::{TokenDigest, TokenRecord, TokenTable};
 use crate::command::{Applied, Command, ConflictReason, Op, Request, COMMAND_FORMAT, FORMAT_V2};
 use crate::observe::{AppliedFigures, ApplyProbe, ApplyTags, Observer};
+use crate::store::history::EventKind;
 use crate::types::{Entry, StoredMembership};
 use write::Old;
 
@@ -82,6 +85,14 @@ struct ApplyBatch<'a> {
     /// for its apply event.
     idem_outcome: Option<&'static str>,
     condition: Option<&'static str>,
+    /// The lease table, held for the batch like the idempotency table.
+    leases: std::sync::MutexGuard<'a, super::lease::LeaseTable>,
+    /// Whether the batch picked lease ids (the counter is written at its end).
+    lease_next_changed: bool,
+    /// Leases this batch ended by expiry.
+    leases_expired: u64,
+    /// Locks whose claims the current command removed: their next holder is granted.
+    locks_touched: Vec<String>,
 }
 
 impl<'a> ApplyBatch<'a> {
@@ -115,6 +126,10 @@ impl<'a> ApplyBatch<'a> {
             idem_conflicts: 0,
             idem_outcome: None,
             condition: None,
+            leases: view.leases.lock().unwrap_or_else(|e| e.into_inner()),
+            lease_next_changed: false,
+            leases_expired: 0,
+            locks_touched: Vec::new(),
         }
     }
 
@@ -184,9 +199,8 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
             }
         }
         Command::Compact { revision } => compact(b, revision)?,
-        Command::LeaseExpire { .. } | Command::LockWithdraw { .. } => Applied::Unsupported {
-            operation: cmd_name.into(),
-        },
+        Command::LeaseExpire { id, renewal } => lease::expire(b, id, renewal)?,
+        Command::LockWithdraw { name, claim } => lock::withdraw(b, &name, claim)?,
         Command::Batch(parts) => {
             let mut out = Vec::with_capacity(parts.len());
             for part in parts {
@@ -212,6 +226,9 @@ fn apply_command(cmd: Command, b: &mut ApplyBatch) -> Result<Applied, Error> {
             Applied::Token { changed: present }
         }
     };
+    if !b.locks_touched.is_empty() {
+        lock::grant_next(b)?;
+    }
     // Taken whether or not the event is sampled, so they never leak into the next command's.
     let tags = ApplyTags {
         request_id: b.idem_outcome.take(),
@@ -270,40 +287,71 @@ fn apply_op(b: &mut ApplyBatch, op: Op) -> Result<Applied, Error> {
         Op::Put {
             key,
             value,
-            if_revision: Some(expected),
-            lease: None,
-            ttl_ms: None,
-            fence: None,
-        } => match revision_held(b, &key, expected)? {
-            Err(conflict) => conflict,
-            Ok(old) => put_over(b, key, &value, old.map(|c| (c.meta, Old::Record(c.stored)))),
-        },
+            if_revision,
+            lease,
+            ttl_ms,
+            fence,
+        } => write::put_full(
+            b,
+            key,
+            &value,
+            write::PutOpts {
+                if_revision,
+                lease,
+                ttl_ms,
+                fence: fence.as_ref(),
+            },
+        )?,
         Op::Delete {
             key,
-            if_revision: Some(expected),
-            fence: None,
-        } => match revision_held(b, &key, expected)? {
-            Err(conflict) => conflict,
-            Ok(old) => delete_over(b, key, old.map(|c| Old::Record(c.stored))),
-        },
+            if_revision,
+            fence,
+        } => {
+            if let Some(refused) = lock::fenced(b, fence.as_ref())? {
+                return Ok(refused);
+            }
+            match if_revision {
+                Some(expected) => match revision_held(b, &key, expected)? {
+                    Err(conflict) => conflict,
+                    Ok(old) => delete_over(b, key, old.map(|c| Old::Record(c.stored))),
+                },
+                None => delete(b, key)?,
+            }
+        }
         Op::Incr {
             key,
             by,
             min,
             max,
-            ttl_ms: None,
-            fence: None,
-        } => write::incr(b, key, by, (min, max))?,
+            ttl_ms,
+            fence,
+        } => match lock::fenced(b, fence.as_ref())? {
+            Some(refused) => refused,
+            None => write::incr(b, key, by, (min, max), ttl_ms)?,
+        },
         Op::DeletePrefix {
             prefix,
             limit,
-            fence: None,
-        } => write::delete_prefix(b, &prefix, limit)?,
-        Op::Txn(t) if t.fence.is_none() => txn::apply(b, t)?,
-        // Decodable from format 2 on; given behaviour by the coordination work.
-        other => Applied::Unsupported {
-            operation: other.name().into(),
+            fence,
+        } => match lock::fenced(b, fence.as_ref())? {
+            Some(refused) => refused,
+            None => write::delete_prefix(b, &prefix, limit)?,
         },
+        Op::Txn(t) => match lock::fenced(b, t.fence.as_ref())? {
+            Some(refused) => refused,
+            None => txn::apply(b, t)?,
+        },
+        Op::Touch { key, ttl_ms } => lease::touch(b, &key, ttl_ms)?,
+        Op::LeaseGrant { id, ttl_ms } => lease::grant(b, id, ttl_ms),
+        Op::LeaseKeepalive { id } => lease::renew(b, id, None),
+        Op::LeaseRevoke { id } => lease::end(b, id, EventKind::Delete)?,
+        Op::LockAcquire {
+            name,
+            ttl_ms,
+            lease,
+            wait,
+        } => lock::acquire(b, &name, ttl_ms, lease, wait)?,
+        Op::LockRelease { name, fence } => lock::release(b, &name, fence)?,
     })
 }
 
@@ -468,8 +516,9 @@ pub(super) fn apply_entries(
         outcomes.push(outcome);
     }
 
-    // The batch's idempotency segment goes with its writes.
+    // The batch's idempotency segment and lease id counter go with its writes.
     b.idem().finish()?;
+    lease::finish(&mut b);
     let switched = format_switched(view, &mut b);
     // Membership, cluster id, tokens and the format change rarely and are not in the write
     // table: they go to fjall with this batch, so later flushes' `sm_meta` stays true.

@@ -88,8 +88,12 @@ impl Plan {
         }
     }
 
-    fn set(&mut self, key: String, old: Option<&Current>, json: Slice) {
-        let meta = write::next_meta(old.map(|c| c.meta), self.revision);
+    /// Plans `key`'s new record, attached to `lease` (0: none).
+    fn set(&mut self, key: String, old: Option<&Current>, json: Slice, lease: u64) {
+        let meta = KeyMeta {
+            lease,
+            ..write::next_meta(old.map(|c| c.meta), self.revision)
+        };
         self.overlay.insert(key, Some((meta, json)));
     }
 
@@ -99,19 +103,24 @@ impl Plan {
             TxnOp::Put {
                 key,
                 value,
-                lease: None,
+                lease,
                 ttl_ms: None,
             } => {
+                if let Some(refused) = lease.and_then(|id| super::lease::attachable(b, id, &key)) {
+                    return Ok(Some(refused));
+                }
                 let old = self.seen(b, &key)?;
-                self.set(key, old.as_ref(), Slice::from(value.into_bytes()));
+                let json = Slice::from(value.into_bytes());
+                self.set(key, old.as_ref(), json, lease.unwrap_or(0));
                 TxnResult::Put {
                     revision: self.revision,
                 }
             }
-            // Leases are not given behaviour yet: refused alike on every node.
+            // A lease of a key's own inside a txn: refused alike on every node (grant a
+            // lease and name it instead).
             TxnOp::Put { .. } => {
                 return Ok(Some(Applied::Unsupported {
-                    operation: "txn put with lease or ttl_ms".into(),
+                    operation: "a txn put with ttl_ms (grant a lease and put with `lease`)".into(),
                 }))
             }
             TxnOp::Delete { key } => {
@@ -122,7 +131,8 @@ impl Plan {
                 TxnResult::Delete { deleted }
             }
             TxnOp::DeletePrefix { prefix } => {
-                let (keys, more) = b.writes.keys_under(&prefix, TXN_DELETE_PREFIX_KEYS)?;
+                let (mut keys, more) = b.writes.keys_under(&prefix, TXN_DELETE_PREFIX_KEYS)?;
+                keys.retain(|k| !k.starts_with(super::lock::LOCK_PREFIX));
                 let mut count = 0;
                 for key in keys {
                     if !matches!(self.overlay.get(&key), Some(None)) {
@@ -145,11 +155,10 @@ impl Plan {
                     Err(conflict) => return Ok(Some(conflict)),
                 };
                 if by != 0 || old.is_none() {
-                    self.set(
-                        key,
-                        old.as_ref(),
-                        Slice::from(value.to_string().into_bytes()),
-                    );
+                    // An incr keeps the key's lease.
+                    let lease = old.as_ref().map_or(0, |c| c.meta.lease);
+                    let json = Slice::from(value.to_string().into_bytes());
+                    self.set(key, old.as_ref(), json, lease);
                 }
                 TxnResult::Incr { value }
             }

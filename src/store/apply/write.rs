@@ -60,16 +60,32 @@ pub(super) fn set_record(
     let stored = Slice::from(keys::encode_record(meta, json));
     b.data_bytes += keys::entry_bytes(key.len(), stored.len());
     change(b, EventKind::Put, &key, stored.clone(), old.as_ref());
+    super::lease::reattach(b, &key, old_lease(old.as_ref()), meta.lease);
     b.writes.set(key, Some(stored));
+}
+
+/// The lease a replaced record was attached to (0: none, or no record read).
+fn old_lease(old: Option<&Old>) -> u64 {
+    match old {
+        Some(Old::Record(r)) => keys::decode_record(r).map_or(0, |(meta, _)| meta.lease),
+        _ => 0,
+    }
 }
 
 /// Removes `key`, whose stored record is `old`.
 pub(super) fn remove_record(b: &mut ApplyBatch, key: String, old: Old) {
+    remove_record_as(b, key, old, EventKind::Delete)
+}
+
+/// Removes `key` with a change-log event of `kind` (`expire` when its lease ended).
+pub(super) fn remove_record_as(b: &mut ApplyBatch, key: String, old: Old, kind: EventKind) {
     b.key_count = b.key_count.saturating_sub(1);
     b.data_bytes = b
         .data_bytes
         .saturating_sub(keys::entry_bytes(key.len(), old.size() as usize));
-    change(b, EventKind::Delete, &key, Slice::from(&[][..]), Some(&old));
+    change(b, kind, &key, Slice::from(&[][..]), Some(&old));
+    super::lease::reattach(b, &key, old_lease(Some(&old)), 0);
+    super::lock::note_removed(b, &key);
     b.writes.set(key, None);
 }
 
@@ -161,6 +177,7 @@ pub(super) fn incr(
     key: String,
     by: i64,
     bounds: (Option<i64>, Option<i64>),
+    ttl_ms: Option<u64>,
 ) -> Result<Applied, Error> {
     let found = current(b, &key)?;
     let value = match step(None, found.as_ref(), by, bounds) {
@@ -179,9 +196,19 @@ pub(super) fn incr(
             revision: c.meta.revision,
         });
     }
+    // An incr never changes a key's lease; `ttl_ms` gives a key it creates one of its own
+    // (a fixed window: later incrs do not renew it).
+    let lease = match (&found, ttl_ms) {
+        (Some(c), _) => c.meta.lease,
+        (None, Some(ttl)) => super::lease::grant_own(b, ttl, true),
+        (None, None) => 0,
+    };
     b.revision += 1;
     let revision = b.revision;
-    let meta = next_meta(found.as_ref().map(|c| c.meta), revision);
+    let meta = KeyMeta {
+        lease,
+        ..next_meta(found.as_ref().map(|c| c.meta), revision)
+    };
     let old = found.map(|c| Old::Record(c.stored));
     set_record(b, key, &meta, value.to_string().as_bytes(), old);
     Ok(Applied::Incr { value, revision })
@@ -195,7 +222,9 @@ pub(super) fn delete_prefix(
     limit: u64,
 ) -> Result<Applied, Error> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let (keys, more) = b.writes.keys_under(prefix, limit)?;
+    let (mut keys, more) = b.writes.keys_under(prefix, limit)?;
+    // Lock claims are not a client's to delete, even under a prefix that covers them.
+    keys.retain(|k| !k.starts_with(super::lock::LOCK_PREFIX));
     if keys.is_empty() {
         return Ok(Applied::DeletePrefix {
             count: 0,
@@ -222,4 +251,59 @@ pub(super) fn remove_all(b: &mut ApplyBatch, keys: Vec<String>) -> Result<u64, E
         }
     }
     Ok(count)
+}
+
+/// A put with any of `if_revision`, `lease`, `ttl_ms`, `fence`: every condition decided
+/// before anything is written, then the lease it names (or a new one of its own) attached.
+pub(super) fn put_full(
+    b: &mut ApplyBatch,
+    key: String,
+    value: &str,
+    opts: PutOpts,
+) -> Result<Applied, Error> {
+    if let Some(refused) = super::lock::fenced(b, opts.fence)? {
+        return Ok(refused);
+    }
+    let found = match opts.if_revision {
+        Some(expected) => match super::revision_held(b, &key, expected)? {
+            Ok(found) => found,
+            Err(conflict) => return Ok(conflict),
+        },
+        None => current(b, &key)?,
+    };
+    if let Some(id) = opts.lease {
+        if let Some(refused) = super::lease::attachable(b, id, &key) {
+            return Ok(refused);
+        }
+    }
+    let lease = match (opts.lease, opts.ttl_ms) {
+        (Some(id), _) => id,
+        (None, Some(ttl)) => super::lease::grant_own(b, ttl, true),
+        (None, None) => 0,
+    };
+    b.revision += 1;
+    let revision = b.revision;
+    let meta = KeyMeta {
+        lease,
+        ..next_meta(found.as_ref().map(|c| c.meta), revision)
+    };
+    set_record(
+        b,
+        key,
+        &meta,
+        value.as_bytes(),
+        found.map(|c| Old::Record(c.stored)),
+    );
+    Ok(match lease {
+        0 => Applied::Put { revision },
+        lease => Applied::PutLeased { revision, lease },
+    })
+}
+
+/// The conditions and lease of a [`put_full`].
+pub(super) struct PutOpts<'a> {
+    pub if_revision: Option<u64>,
+    pub lease: Option<u64>,
+    pub ttl_ms: Option<u64>,
+    pub fence: Option<&'a crate::command::Fence>,
 }

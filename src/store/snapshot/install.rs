@@ -53,6 +53,7 @@ pub(crate) fn install(
     // The installed records' expiry order, before the first apply on the new keyspace.
     let idempotency = super::super::idempotency::IdemTable::load(&fresh)?;
     let data_bytes = data_bytes + idempotency.counted_bytes();
+    let leases = crate::store::lease::LeaseTable::load(&fresh)?;
 
     let installed = SmMeta {
         last_applied: meta.last_log_id,
@@ -96,6 +97,7 @@ pub(crate) fn install(
 
     view.idempotency_figures.publish(&idempotency, 0, 0);
     *view.idempotency.lock().unwrap_or_else(|e| e.into_inner()) = idempotency;
+    *view.leases.lock().unwrap_or_else(|e| e.into_inner()) = leases;
     *view.kv.write().unwrap_or_else(|e| e.into_inner()) = (next, fresh);
     let old_history = std::mem::replace(
         &mut *view.history_ks.write().unwrap_or_else(|e| e.into_inner()),
@@ -164,6 +166,7 @@ fn fill(
                 // a setting of the change log, not at all (as apply leaves it).
                 if keys::idempotency_segment(&k).is_none()
                     && k.as_slice() != keys::COMPACT_REVISION.as_bytes()
+                    && k.as_slice() != crate::store::lease::LEASE_NEXT.as_bytes()
                 {
                     data_bytes += keys::entry_bytes(k.len(), v.len());
                 }
