@@ -47,12 +47,20 @@ use crate::subjects::{AdminOp, KvOp, Subjects, HEADER_TIMEOUT_MS};
 
 pub mod cas;
 pub mod incr;
+pub mod keeper;
+pub mod lease;
+pub mod lock;
 pub mod prefix;
+pub mod put;
 pub mod retry;
 pub mod txn;
 pub mod watch;
 pub use cas::KeyValue;
 pub use incr::{Counter, Incr};
+pub use keeper::{Lease, LeaseLoss, LeaseState, LossReason};
+pub use lease::{LeaseInfo, LeasePage, LeaseTtl, Revoked, Touched};
+pub use lock::{LockGuard, LockOptions};
+pub use put::{Fence, PutOptions, PutReply};
 pub use prefix::PrefixDeleted;
 pub use retry::Retry;
 pub use txn::{CmpOp, Compare, Target, Txn, TxnOp, TxnReply, TxnResult};
@@ -85,6 +93,19 @@ pub enum ClientError {
     /// list ([`Client::list_watch`]).
     #[error("compacted: the change log starts after revision {compact_revision}; list again and watch from there")]
     Compacted { compact_revision: u64 },
+    /// `conflict` with reason `lock_held`: a lock acquire that tried once (no wait) found
+    /// the lock held; `fence` is the holder's. No claim was left.
+    #[error("conflict: {message}")]
+    LockHeld { fence: u64, message: String },
+    /// `conflict` with reason `lock_wait`: the wait ended before the lock was granted; the
+    /// claim was withdrawn.
+    #[error("conflict: {message}")]
+    LockWait { message: String },
+    /// `conflict` with reason `fence`: a fenced write (or a release) named a fence that is
+    /// not the lock's current holder's; `current` is the holder's (0: the lock is free).
+    /// Nothing was written.
+    #[error("conflict: {message}")]
+    Fence { current: u64, message: String },
     #[error(transparent)]
     Connect(#[from] crate::nats::Error),
     /// Nobody subscribes to the subject: the request was never delivered.
@@ -101,7 +122,10 @@ impl ClientError {
     pub fn code(&self) -> ErrorKind {
         match self {
             ClientError::Server(e) => e.code,
-            ClientError::Conflict { .. } => ErrorKind::Conflict,
+            ClientError::Conflict { .. }
+            | ClientError::LockHeld { .. }
+            | ClientError::LockWait { .. }
+            | ClientError::Fence { .. } => ErrorKind::Conflict,
             ClientError::Compacted { .. } => ErrorKind::Compacted,
             ClientError::Connect(_) | ClientError::NoResponders(_) => ErrorKind::ClusterNotReady,
             ClientError::Nats(_) => ErrorKind::Timeout,
@@ -137,6 +161,14 @@ impl ClientError {
             ClientError::Compacted { compact_revision } => serde_json::json!({
                 "code": ErrorKind::Compacted, "compact_revision": compact_revision,
                 "message": self.message()}),
+            ClientError::LockHeld { fence, message } => serde_json::json!({
+                "code": ErrorKind::Conflict, "reason": "lock_held", "fence": fence,
+                "message": message}),
+            ClientError::LockWait { message } => serde_json::json!({
+                "code": ErrorKind::Conflict, "reason": "lock_wait", "message": message}),
+            ClientError::Fence { current, message } => serde_json::json!({
+                "code": ErrorKind::Conflict, "reason": "fence", "fence": current,
+                "message": message}),
             other => serde_json::json!({"code": other.code(), "message": other.message()}),
         }
     }
@@ -145,7 +177,10 @@ impl ClientError {
     pub fn message(&self) -> String {
         match self {
             ClientError::Server(e) => e.message.clone(),
-            ClientError::Conflict { message, .. } => message.clone(),
+            ClientError::Conflict { message, .. }
+            | ClientError::LockHeld { message, .. }
+            | ClientError::LockWait { message }
+            | ClientError::Fence { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -165,8 +200,27 @@ impl ClientError {
     pub fn conflict_reason(&self) -> Option<&str> {
         match self {
             ClientError::Conflict { reason, .. } => Some(reason),
+            ClientError::LockHeld { .. } => Some("lock_held"),
+            ClientError::LockWait { .. } => Some("lock_wait"),
+            ClientError::Fence { .. } => Some("fence"),
             _ => None,
         }
+    }
+
+    /// The lock's current fence carried by a `fence` or `lock_held` conflict (0: the lock
+    /// is free), else `None`.
+    pub fn conflict_fence(&self) -> Option<u64> {
+        match self {
+            ClientError::LockHeld { fence, .. } => Some(*fence),
+            ClientError::Fence { current, .. } => Some(*current),
+            _ => None,
+        }
+    }
+
+    /// Whether the cluster answered `not_found` (an absent key, or a lease that never
+    /// existed or has ended).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Server(e) if e.code == ErrorKind::NotFound)
     }
 
     /// The key's current value carried by a `conflict` (an `incr` that hit a bound or found
@@ -589,14 +643,7 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
     }
     let code = v["error"]["code"].as_str();
     match (ErrReply::deserialize(&v), code) {
-        (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(ClientError::Conflict {
-            reason: e.error.reason.unwrap_or_default(),
-            revision: e.error.revision,
-            // `null` is a value the key may hold: present, unlike an absent field.
-            value: v["error"].get("value").cloned().map(Box::new),
-            key: e.error.key,
-            message: e.error.message,
-        }),
+        (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(conflict(e.error, &v)),
         (Ok(e), _) if e.error.code == ErrorKind::Compacted => Err(ClientError::Compacted {
             compact_revision: e.error.compact_revision.unwrap_or(0),
         }),
@@ -610,6 +657,31 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
         (Err(e), None) => Err(ClientError::Decode(format!(
             "reply is neither ok nor an error: {e}"
         ))),
+    }
+}
+
+/// A `conflict` error: the lock reasons as their own variants, every other reason as
+/// [`ClientError::Conflict`].
+fn conflict(e: WireError, v: &Value) -> ClientError {
+    let fence = e.fence.unwrap_or(0);
+    match e.reason.as_deref() {
+        Some("lock_held") => ClientError::LockHeld {
+            fence,
+            message: e.message,
+        },
+        Some("lock_wait") => ClientError::LockWait { message: e.message },
+        Some("fence") => ClientError::Fence {
+            current: fence,
+            message: e.message,
+        },
+        _ => ClientError::Conflict {
+            reason: e.reason.unwrap_or_default(),
+            revision: e.revision,
+            // `null` is a value the key may hold: present, unlike an absent field.
+            value: v["error"].get("value").cloned().map(Box::new),
+            key: e.key,
+            message: e.message,
+        },
     }
 }
 
