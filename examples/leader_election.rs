@@ -36,7 +36,11 @@ async fn main() -> Result<()> {
     };
     let a = client.lock(&name, opts).await?;
     client
-        .put_with(&leader_key, &json!("a"), &PutOptions::new().fence(a.fence_token()))
+        .put_with(
+            &leader_key,
+            &json!("a"),
+            &PutOptions::new().fence(a.fence_token()),
+        )
         .await?;
     println!("candidate a leads with fence {}", a.fence);
 
@@ -52,9 +56,16 @@ async fn main() -> Result<()> {
     let b = b.await??;
     common::check(b.fence > a_fence.token, "the fence grows with the holder")?;
     client
-        .put_with(&leader_key, &json!("b"), &PutOptions::new().fence(b.fence_token()))
+        .put_with(
+            &leader_key,
+            &json!("b"),
+            &PutOptions::new().fence(b.fence_token()),
+        )
         .await?;
-    println!("candidate b leads with fence {} > {}", b.fence, a_fence.token);
+    println!(
+        "candidate b leads with fence {} > {}",
+        b.fence, a_fence.token
+    );
     common::follow_while_not(&mut stream, &mut line, |l| l.len() == 1).await?;
     println!("the observer sees the hand-off: 1 claim left");
 

@@ -41,7 +41,10 @@ async fn main() -> Result<()> {
         }
     }
     println!("{allowed} allowed, {refused} refused in the window");
-    common::check(allowed == LIMIT && refused == 3, "the limit held in the window")?;
+    common::check(
+        allowed == LIMIT && refused == 3,
+        "the limit held in the window",
+    )?;
     let lease = client.get_kv(&key).await?.map_or(0, |kv| kv.lease);
     common::check(lease != 0, "the counter has a lease of its own")?;
 

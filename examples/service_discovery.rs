@@ -51,9 +51,13 @@ async fn main() -> Result<()> {
 
     // The first one stops cleanly: it revokes its lease, and its key goes at once.
     let revoked = api1.revoke().await?;
-    common::check(revoked.count == 1, "the revoke deleted the one key of api-1")?;
+    common::check(
+        revoked.count == 1,
+        "the revoke deleted the one key of api-1",
+    )?;
     let key1 = instance(1);
-    for line in common::follow_while_not(&mut stream, &mut view, |v| !v.contains_key(&key1)).await? {
+    for line in common::follow_while_not(&mut stream, &mut view, |v| !v.contains_key(&key1)).await?
+    {
         println!("{line}");
     }
     println!("api-1 deregistered by revoking its lease");
@@ -69,7 +73,9 @@ async fn main() -> Result<()> {
         println!("{line}");
     }
     common::check(
-        lines.iter().any(|l| l.starts_with("expire ") && l.contains("api-2")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("expire ") && l.contains("api-2")),
         "the dead instance's key went by expiry",
     )?;
     common::check(

@@ -57,7 +57,10 @@ async fn main() -> Result<()> {
     // Alice logs out: her lease is revoked, her keys go at one revision.
     let revoked = alice.revoke().await?;
     common::check(revoked.count == 2, "the revoke deleted both keys")?;
-    common::check(present(&client, &alice_keys).await? == 0, "alice's keys are gone")?;
+    common::check(
+        present(&client, &alice_keys).await? == 0,
+        "alice's keys are gone",
+    )?;
     println!(
         "logout: {} keys deleted at revision {}",
         revoked.count, revoked.revision
@@ -77,7 +80,10 @@ async fn main() -> Result<()> {
             Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    common::check(present(&client, &bob_keys).await? == 0, "bob's keys are gone")?;
+    common::check(
+        present(&client, &bob_keys).await? == 0,
+        "bob's keys are gone",
+    )?;
     println!("expired session: its keys are gone");
     println!("sessions end with their lease");
     Ok(())

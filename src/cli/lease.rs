@@ -135,7 +135,10 @@ async fn keepalive(client: &Client, global: &Global, id: u64) -> Result<i32, Cli
             return Ok(super::report(global, &e));
         }
         if global.json {
-            emit(&json!({"ok": true, "id": id, "ttl_ms": s.ttl_ms, "renewals": s.renewals}).to_string());
+            emit(
+                &json!({"ok": true, "id": id, "ttl_ms": s.ttl_ms, "renewals": s.renewals})
+                    .to_string(),
+            );
         } else {
             emit(&format!(
                 "lease {id} renewed (#{}), ttl {} ms",
@@ -160,6 +163,11 @@ pub async fn touch(
     Ok(out(
         global,
         json!({"ok": true, "key": t.key, "lease": t.lease, "ttl_ms": t.ttl_ms}),
-        || format!("key '{key}': lease {} renewed, ttl {} ms", t.lease, t.ttl_ms),
+        || {
+            format!(
+                "key '{key}': lease {} renewed, ttl {} ms",
+                t.lease, t.ttl_ms
+            )
+        },
     ))
 }

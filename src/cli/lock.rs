@@ -88,10 +88,22 @@ pub async fn run(client: &Client, global: &Global, args: &LockArgs) -> Result<i3
 
 /// Waits for CMD, passing SIGINT and SIGTERM on to it. When the lock is lost first: stops
 /// CMD and returns what happened.
-async fn supervise(child: &mut Child, guard: &LockGuard, grace: Duration) -> Result<ExitStatus, String> {
-    let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+async fn supervise(
+    child: &mut Child,
+    guard: &LockGuard,
+    grace: Duration,
+) -> Result<ExitStatus, String> {
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(i), Ok(t)) => (i, t),
-        _ => return child.wait().await.map_err(|e| format!("waiting for CMD: {e}")),
+        _ => {
+            return child
+                .wait()
+                .await
+                .map_err(|e| format!("waiting for CMD: {e}"))
+        }
     };
     loop {
         tokio::select! {

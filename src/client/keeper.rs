@@ -249,18 +249,16 @@ impl Keep {
                     ),
                 );
             }
-            let client = self.client.clone().with_timeout(left.min(self.client.timeout()));
+            let client = self
+                .client
+                .clone()
+                .with_timeout(left.min(self.client.timeout()));
             let res = tokio::select! {
                 _ = self.stop.cancelled() => return Round::Stopped,
                 res = client.lease_keepalive(self.id) => res,
             };
             match res {
-                Ok(t) => {
-                    return Round::Renewed {
-                        sent,
-                        ttl: t.ttl(),
-                    }
-                }
+                Ok(t) => return Round::Renewed { sent, ttl: t.ttl() },
                 Err(e) if e.is_not_found() => {
                     return Round::Lost(
                         LossReason::NotFound,

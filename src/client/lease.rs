@@ -78,7 +78,11 @@ impl Client {
     /// Grants a lease of `ttl` (the cluster picks the id unless `id` is given: a taken one is
     /// a `conflict` with reason `lease_exists`). The countdown starts when the grant
     /// applies; keep it alive with [`Client::lease_keepalive`] or use [`Client::lease`].
-    pub async fn lease_grant(&self, ttl: Duration, id: Option<u64>) -> Result<LeaseTtl, ClientError> {
+    pub async fn lease_grant(
+        &self,
+        ttl: Duration,
+        id: Option<u64>,
+    ) -> Result<LeaseTtl, ClientError> {
         let body = grant_body(ttl, id, Uuid::new_v4());
         let r = self
             .send(self.subjects.kv(KvOp::LeaseGrant), &body, Retry::Idempotent)
@@ -91,7 +95,11 @@ impl Client {
     pub async fn lease_keepalive(&self, id: u64) -> Result<LeaseTtl, ClientError> {
         let body = serde_json::json!({"id": id});
         let r = self
-            .send(self.subjects.kv(KvOp::LeaseKeepalive), &body, Retry::Idempotent)
+            .send(
+                self.subjects.kv(KvOp::LeaseKeepalive),
+                &body,
+                Retry::Idempotent,
+            )
             .await?;
         decode("lease.keepalive", r)
     }
@@ -101,7 +109,11 @@ impl Client {
     pub async fn lease_revoke(&self, id: u64) -> Result<Revoked, ClientError> {
         let body = serde_json::json!({"id": id, "request_id": Uuid::new_v4()});
         let r = self
-            .send(self.subjects.kv(KvOp::LeaseRevoke), &body, Retry::Idempotent)
+            .send(
+                self.subjects.kv(KvOp::LeaseRevoke),
+                &body,
+                Retry::Idempotent,
+            )
             .await?;
         decode("lease.revoke", r)
     }
@@ -174,7 +186,10 @@ mod tests {
         let b = grant_body(Duration::from_secs(30), None, rid);
         assert_eq!(b, json!({"ttl_ms": 30_000, "request_id": rid.to_string()}));
         let b = grant_body(Duration::from_millis(1500), Some(42), rid);
-        assert_eq!((b["ttl_ms"].clone(), b["id"].clone()), (json!(1500), json!(42)));
+        assert_eq!(
+            (b["ttl_ms"].clone(), b["id"].clone()),
+            (json!(1500), json!(42))
+        );
     }
 
     #[test]

@@ -178,7 +178,8 @@ impl Client {
                         released: false,
                     });
                 }
-                Err(ClientError::LockWait { .. }) if Instant::now() + Duration::from_millis(5) < wait_end => {}
+                Err(ClientError::LockWait { .. })
+                    if Instant::now() + Duration::from_millis(5) < wait_end => {}
                 Err(e) => return Err(e),
             }
         }
@@ -204,7 +205,10 @@ impl Client {
             let attempt_timeout = deadline.saturating_duration_since(now);
             let wait = attempt_wait(waits, now, round_end, deadline);
             let body = acquire_body(name, ttl, wait, request_id);
-            let err = match self.call_once(subject.clone(), &body, attempt_timeout).await {
+            let err = match self
+                .call_once(subject.clone(), &body, attempt_timeout)
+                .await
+            {
                 Ok(v) => {
                     let g: Granted = serde_json::from_value(v)
                         .map_err(|e| ClientError::Decode(format!("lock.acquire reply: {e}")))?;
@@ -231,7 +235,11 @@ impl Client {
     pub async fn lock_release(&self, name: &str, fence: u64) -> Result<u64, ClientError> {
         let body = serde_json::json!({"name": name, "fence": fence, "request_id": Uuid::new_v4()});
         let r = self
-            .send(self.subjects.kv(KvOp::LockRelease), &body, Retry::Idempotent)
+            .send(
+                self.subjects.kv(KvOp::LockRelease),
+                &body,
+                Retry::Idempotent,
+            )
             .await?;
         super::revision(&r)
     }
@@ -246,7 +254,10 @@ mod tests {
     fn an_attempts_wait_ends_before_its_deadline_and_never_becomes_one_try() {
         let now = Instant::now();
         let s = Duration::from_secs;
-        assert_eq!(attempt_wait(false, now, now + s(5), now + s(20)), Duration::ZERO);
+        assert_eq!(
+            attempt_wait(false, now, now + s(5), now + s(20)),
+            Duration::ZERO
+        );
         assert_eq!(attempt_wait(true, now, now + s(5), now + s(20)), s(5));
         // The deadline is near: the wait ends DEADLINE_SLACK before it.
         assert_eq!(

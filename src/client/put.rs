@@ -148,7 +148,11 @@ impl Client {
 
     /// Deletes `key` only under `fence` ([`ClientError::Fence`] otherwise, nothing deleted).
     /// Returns whether the key existed and the revision, like [`Client::delete`].
-    pub async fn delete_fenced(&self, key: &str, fence: &Fence) -> Result<(bool, u64), ClientError> {
+    pub async fn delete_fenced(
+        &self,
+        key: &str,
+        fence: &Fence,
+    ) -> Result<(bool, u64), ClientError> {
         self.delete_fenced_with_id(key, fence, Uuid::new_v4()).await
     }
 
