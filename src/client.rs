@@ -31,6 +31,13 @@
 //! builder, `Client::txn`) are writes too: each call sends a fresh `request_id` and is retried
 //! the same way; their conflicts (`bound`, `not_integer`) are [`ClientError::Conflict`] with
 //! the key's current `value`.
+//!
+//! Leases ([`lease`]: grant, keepalive, revoke, get, list; [`keeper`]: [`Client::lease`], a
+//! lease kept alive in the background that reports its loss), puts with a lease, a ttl or a
+//! fence ([`put`]: [`PutOptions`], `touch`, `delete_fenced`) and fenced locks ([`lock`]:
+//! [`Client::lock`] and its [`LockGuard`]). Lock conflicts come back as their own errors
+//! ([`ClientError::LockHeld`], [`ClientError::LockWait`], [`ClientError::Fence`]); a lease
+//! that ended is `not_found` ([`ClientError::is_not_found`]).
 
 use std::time::Duration;
 
