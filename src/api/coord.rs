@@ -145,15 +145,17 @@ async fn acquire(
 }
 
 /// When a wait ends: `wait_ms` from now, or shortly before the deadline, whichever comes
-/// first (a resent acquire waits again within what is left); refused when `wait_ms` could
-/// never end before the request's deadline.
+/// first (a resent acquire waits again within what is left); refused, where the client's
+/// request arrived, when `wait_ms` could never end before its deadline.
 fn wait_end(r: &Routed<'_>, wait_ms: Option<u64>) -> Result<Instant, AttemptError> {
     let latest = r.deadline.checked_sub(WAIT_MARGIN).unwrap_or(r.deadline);
     let Some(ms) = wait_ms else {
         return Ok(latest);
     };
     let wait = Duration::from_millis(ms);
-    if ms > 0 && wait + WAIT_MARGIN >= r.timeout_len {
+    // Judged where the client's request arrived: a forwarded copy carries only what is left
+    // of the deadline, and a resent acquire must rejoin its claim, not be refused.
+    if ms > 0 && !r.forwarded && wait + WAIT_MARGIN >= r.timeout_len {
         return Err(AttemptError::Fail(bad_request(format!(
             "wait_ms ({ms}) must end before the request's deadline ({} ms, less {} ms to withdraw); raise timeout_ms or lower wait_ms",
             r.timeout_len.as_millis(),

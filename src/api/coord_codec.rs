@@ -127,6 +127,10 @@ struct TouchBody {
     ttl_ms: Option<u64>,
     token: Option<String>,
     timeout_ms: Option<u64>,
+    /// Taken and ignored, as on a keepalive: a touch never enters the idempotency table
+    /// (repeating one only renews again).
+    #[allow(dead_code)]
+    request_id: Option<uuid::Uuid>,
 }
 
 #[derive(Deserialize)]
