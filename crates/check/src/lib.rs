@@ -19,6 +19,5 @@ pub mod lock;
 pub mod nemesis;
 pub mod retry;
 pub mod run;
-pub mod run_coord;
 pub mod watch;
 pub mod workload;

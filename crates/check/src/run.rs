@@ -17,10 +17,11 @@ use crate::linearizable::{self, Limits, Verdict as Linearizability};
 use crate::lock::check::LockVerdict;
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
 use crate::retry::RetryPolicy;
-use crate::run_coord;
 use crate::watch::{self, check::WatchVerdict, follow::Control};
 use crate::workload::{self, CasCounts, Counts, Recorder, Workload, WorkloadConfig};
 use concord_harness::mesh::{CheckCluster, Spec};
+
+pub mod coord;
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -170,8 +171,8 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let mut c = match opts.workload {
         Workload::Bank => run_bank(&mut cluster, run, &mut problems, &progress).await?,
         Workload::Watch => run_watch(&mut cluster, run, &mut problems, &progress).await?,
-        Workload::Lease => run_coord::lease(&mut cluster, run, &mut problems, &progress).await?,
-        Workload::Lock => run_coord::lock(&mut cluster, run, &mut problems, &progress).await?,
+        Workload::Lease => coord::lease(&mut cluster, run, &mut problems, &progress).await?,
+        Workload::Lock => coord::lock(&mut cluster, run, &mut problems, &progress).await?,
         _ => run_registers(&mut cluster, run, &mut problems, &progress).await?,
     };
     let max_recovery_ms = c.faults.iter().filter_map(|f| f.recovery_ms).max();
