@@ -31,6 +31,13 @@
 //! builder, `Client::txn`) are writes too: each call sends a fresh `request_id` and is retried
 //! the same way; their conflicts (`bound`, `not_integer`) are [`ClientError::Conflict`] with
 //! the key's current `value`.
+//!
+//! Leases ([`lease`]: grant, keepalive, revoke, get, list; [`keeper`]: [`Client::lease`], a
+//! lease kept alive in the background that reports its loss), puts with a lease, a ttl or a
+//! fence ([`put`]: [`PutOptions`], `touch`, `delete_fenced`) and fenced locks ([`lock`]:
+//! [`Client::lock`] and its [`LockGuard`]). Lock conflicts come back as their own errors
+//! ([`ClientError::LockHeld`], [`ClientError::LockWait`], [`ClientError::Fence`]); a lease
+//! that ended is `not_found` ([`ClientError::is_not_found`]).
 
 use std::time::Duration;
 
@@ -47,13 +54,21 @@ use crate::subjects::{AdminOp, KvOp, Subjects, HEADER_TIMEOUT_MS};
 
 pub mod cas;
 pub mod incr;
+pub mod keeper;
+pub mod lease;
+pub mod lock;
 pub mod prefix;
+pub mod put;
 pub mod retry;
 pub mod txn;
 pub mod watch;
 pub use cas::KeyValue;
 pub use incr::{Counter, Incr};
+pub use keeper::{Lease, LeaseLoss, LeaseState, LossReason};
+pub use lease::{LeaseInfo, LeasePage, LeaseTtl, Revoked, Touched};
+pub use lock::{LockGuard, LockOptions};
 pub use prefix::PrefixDeleted;
+pub use put::{Fence, PutOptions, PutReply};
 pub use retry::Retry;
 pub use txn::{CmpOp, Compare, Target, Txn, TxnOp, TxnReply, TxnResult};
 pub use watch::{EventType, Resumed, Watch, WatchEvent, WatchStream};
@@ -85,6 +100,19 @@ pub enum ClientError {
     /// list ([`Client::list_watch`]).
     #[error("compacted: the change log starts after revision {compact_revision}; list again and watch from there")]
     Compacted { compact_revision: u64 },
+    /// `conflict` with reason `lock_held`: a lock acquire that tried once (no wait) found
+    /// the lock held; `fence` is the holder's. No claim was left.
+    #[error("conflict: {message}")]
+    LockHeld { fence: u64, message: String },
+    /// `conflict` with reason `lock_wait`: the wait ended before the lock was granted; the
+    /// claim was withdrawn.
+    #[error("conflict: {message}")]
+    LockWait { message: String },
+    /// `conflict` with reason `fence`: a fenced write (or a release) named a fence that is
+    /// not the lock's current holder's; `current` is the holder's (0: the lock is free).
+    /// Nothing was written.
+    #[error("conflict: {message}")]
+    Fence { current: u64, message: String },
     #[error(transparent)]
     Connect(#[from] crate::nats::Error),
     /// Nobody subscribes to the subject: the request was never delivered.
@@ -101,7 +129,10 @@ impl ClientError {
     pub fn code(&self) -> ErrorKind {
         match self {
             ClientError::Server(e) => e.code,
-            ClientError::Conflict { .. } => ErrorKind::Conflict,
+            ClientError::Conflict { .. }
+            | ClientError::LockHeld { .. }
+            | ClientError::LockWait { .. }
+            | ClientError::Fence { .. } => ErrorKind::Conflict,
             ClientError::Compacted { .. } => ErrorKind::Compacted,
             ClientError::Connect(_) | ClientError::NoResponders(_) => ErrorKind::ClusterNotReady,
             ClientError::Nats(_) => ErrorKind::Timeout,
@@ -137,6 +168,14 @@ impl ClientError {
             ClientError::Compacted { compact_revision } => serde_json::json!({
                 "code": ErrorKind::Compacted, "compact_revision": compact_revision,
                 "message": self.message()}),
+            ClientError::LockHeld { fence, message } => serde_json::json!({
+                "code": ErrorKind::Conflict, "reason": "lock_held", "fence": fence,
+                "message": message}),
+            ClientError::LockWait { message } => serde_json::json!({
+                "code": ErrorKind::Conflict, "reason": "lock_wait", "message": message}),
+            ClientError::Fence { current, message } => serde_json::json!({
+                "code": ErrorKind::Conflict, "reason": "fence", "fence": current,
+                "message": message}),
             other => serde_json::json!({"code": other.code(), "message": other.message()}),
         }
     }
@@ -145,7 +184,10 @@ impl ClientError {
     pub fn message(&self) -> String {
         match self {
             ClientError::Server(e) => e.message.clone(),
-            ClientError::Conflict { message, .. } => message.clone(),
+            ClientError::Conflict { message, .. }
+            | ClientError::LockHeld { message, .. }
+            | ClientError::LockWait { message }
+            | ClientError::Fence { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -165,8 +207,27 @@ impl ClientError {
     pub fn conflict_reason(&self) -> Option<&str> {
         match self {
             ClientError::Conflict { reason, .. } => Some(reason),
+            ClientError::LockHeld { .. } => Some("lock_held"),
+            ClientError::LockWait { .. } => Some("lock_wait"),
+            ClientError::Fence { .. } => Some("fence"),
             _ => None,
         }
+    }
+
+    /// The lock's current fence carried by a `fence` or `lock_held` conflict (0: the lock
+    /// is free), else `None`.
+    pub fn conflict_fence(&self) -> Option<u64> {
+        match self {
+            ClientError::LockHeld { fence, .. } => Some(*fence),
+            ClientError::Fence { current, .. } => Some(*current),
+            _ => None,
+        }
+    }
+
+    /// Whether the cluster answered `not_found` (an absent key, or a lease that never
+    /// existed or has ended).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Server(e) if e.code == ErrorKind::NotFound)
     }
 
     /// The key's current value carried by a `conflict` (an `incr` that hit a bound or found
@@ -589,14 +650,7 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
     }
     let code = v["error"]["code"].as_str();
     match (ErrReply::deserialize(&v), code) {
-        (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(ClientError::Conflict {
-            reason: e.error.reason.unwrap_or_default(),
-            revision: e.error.revision,
-            // `null` is a value the key may hold: present, unlike an absent field.
-            value: v["error"].get("value").cloned().map(Box::new),
-            key: e.error.key,
-            message: e.error.message,
-        }),
+        (Ok(e), _) if e.error.code == ErrorKind::Conflict => Err(conflict(e.error, &v)),
         (Ok(e), _) if e.error.code == ErrorKind::Compacted => Err(ClientError::Compacted {
             compact_revision: e.error.compact_revision.unwrap_or(0),
         }),
@@ -610,6 +664,31 @@ fn decode_reply(payload: &[u8]) -> Result<Value, ClientError> {
         (Err(e), None) => Err(ClientError::Decode(format!(
             "reply is neither ok nor an error: {e}"
         ))),
+    }
+}
+
+/// A `conflict` error: the lock reasons as their own variants, every other reason as
+/// [`ClientError::Conflict`].
+fn conflict(e: WireError, v: &Value) -> ClientError {
+    let fence = e.fence.unwrap_or(0);
+    match e.reason.as_deref() {
+        Some("lock_held") => ClientError::LockHeld {
+            fence,
+            message: e.message,
+        },
+        Some("lock_wait") => ClientError::LockWait { message: e.message },
+        Some("fence") => ClientError::Fence {
+            current: fence,
+            message: e.message,
+        },
+        _ => ClientError::Conflict {
+            reason: e.reason.unwrap_or_default(),
+            revision: e.revision,
+            // `null` is a value the key may hold: present, unlike an absent field.
+            value: v["error"].get("value").cloned().map(Box::new),
+            key: e.key,
+            message: e.message,
+        },
     }
 }
 

@@ -157,6 +157,14 @@ async fn refusals_body(cluster: &Cluster) -> Result<()> {
         ("kv.scan", json!({})),
         ("kv.incr", json!({"key": "n"})),
         ("kv.txn", json!({"success": [{"get": {"key": "k"}}]})),
+        ("kv.touch", json!({"key": "k"})),
+        ("lease.grant", json!({"ttl_ms": 1000})),
+        ("lease.get", json!({"id": 1})),
+        ("lease.list", json!({})),
+        (
+            "lock.acquire",
+            json!({"name": "l", "ttl_ms": 1000, "wait_ms": 0}),
+        ),
         ("admin.status", json!({})),
         ("admin.members", json!({})),
         ("admin.token.create", json!({"role": "read"})),
@@ -218,10 +226,19 @@ async fn refusals_body(cluster: &Cluster) -> Result<()> {
             "kv.txn",
             json!({"failure": [{"put": {"key": "k", "value": 5}}]}),
         ),
+        ("kv.touch", json!({"key": "k"})),
+        ("lease.grant", json!({"ttl_ms": 1000})),
+        ("lease.keepalive", json!({"id": 1})),
+        ("lease.revoke", json!({"id": 1})),
+        ("lock.acquire", json!({"name": "l", "ttl_ms": 1000})),
+        ("lock.release", json!({"name": "l", "fence": 1})),
     ];
     for (op, body) in writes {
         expect_unauthorized(cluster, op, body, Cred::Header(&read)).await?;
     }
+    // Lease reads need only read.
+    let leases = ok(cluster, "lease.list", json!({}), Cred::Header(&read)).await?;
+    ensure!(leases["leases"].is_array(), "lease.list: {leases}");
     let only_reads =
         json!({"success": [{"get": {"key": "k"}}], "failure": [{"get": {"key": "n"}}]});
     let r = ok(cluster, "kv.txn", only_reads, Cred::Header(&read)).await?;

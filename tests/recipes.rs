@@ -17,7 +17,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use common::{Cluster, ClusterOptions};
 
 /// Each example and lines its output must hold.
-const RECIPES: [(&str, &[&str]); 7] = [
+const RECIPES: [(&str, &[&str]); 10] = [
     (
         "optimistic_update",
         &["visits = 40, version 41", "no update lost"],
@@ -59,8 +59,35 @@ const RECIPES: [(&str, &[&str]); 7] = [
         "service_discovery",
         &[
             "1 instance(s) at start",
-            "live instances: 10.0.0.2:8080, 10.0.0.3:8080",
-            "the view follows every registration and deregistration",
+            "api-1 deregistered by revoking its lease",
+            "api-2 expired after its keepalives stopped",
+            "live instances: 10.0.0.3:8080",
+            "the view follows every registration, deregistration and expiry",
+        ],
+    ),
+    (
+        "sessions",
+        &[
+            "sessions live past 3 ttls while kept alive",
+            "logout: 2 keys deleted at revision",
+            "expired session: its keys are gone",
+        ],
+    ),
+    (
+        "leader_election",
+        &[
+            "the observer sees 2 claims: a holds, b waits",
+            "the observer sees the hand-off: 1 claim left",
+            "a's write with the old fence was refused",
+            "one leader at a time, fences increasing",
+        ],
+    ),
+    (
+        "rate_limit",
+        &[
+            "5 allowed, 3 refused in the window",
+            "the window ended: the counter is gone",
+            "a new window: request 1 of 5",
         ],
     ),
 ];
@@ -106,7 +133,9 @@ async fn run_example(cluster: &Cluster, name: &str) -> Result<(Option<i32>, Stri
 
 /// Proves every recipe example runs on a 3-node cluster: exit status 0 and the lines that
 /// show what it claims (no lost update, one creator, the quota held, one switch at one
-/// revision, a reloaded configuration, flags and a service view that follow the store).
+/// revision, a reloaded configuration, flags and a service view that follow the store, with
+/// registrations that end with their lease; sessions that live while kept alive and end
+/// with their lease; one leader at a time with growing fences; a fixed-window rate limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recipe_example_runs_and_holds() -> Result<()> {
     let cluster = Cluster::start_format_2(3, ClusterOptions::default()).await?;

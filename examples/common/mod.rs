@@ -84,3 +84,38 @@ pub async fn follow_until(
     }
     Ok(seen)
 }
+
+/// Applies the events of a watch to `state` (as [`follow_until`] does) until `holds(state)`
+/// is true, or fails after 30 s. Returns the events' one-line summaries.
+#[allow(dead_code)] // only the lease recipes use it
+pub async fn follow_while_not(
+    stream: &mut concord::client::WatchStream,
+    state: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    holds: impl Fn(&std::collections::BTreeMap<String, serde_json::Value>) -> bool,
+) -> Result<Vec<String>> {
+    use concord::client::EventType;
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !holds(state) {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = tokio::time::sleep_until(deadline) => bail!("the awaited change did not come within 30 s"),
+        };
+        let e = match next {
+            Some(e) => e.context("the watch ended")?,
+            None => bail!("the watch ended"),
+        };
+        match (e.kind, e.value) {
+            (EventType::Put, Some(v)) => {
+                seen.push(format!("put {}={v} rev={}", e.key, e.revision));
+                state.insert(e.key, v);
+            }
+            (kind, _) => {
+                seen.push(format!("{kind} {} rev={}", e.key, e.revision));
+                state.remove(&e.key);
+            }
+        }
+    }
+    Ok(seen)
+}

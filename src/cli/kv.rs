@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use super::{display_value, emit, exit_code, out, Global};
 use concord::client::prefix::{add_call, MAX_PREFIX_CALLS};
-use concord::client::{Client, ClientError, Incr, PrefixDeleted, ReadConsistency};
+use concord::client::{
+    Client, ClientError, Fence, Incr, PrefixDeleted, PutOptions, ReadConsistency,
+};
 use concord::ErrorKind;
 
 /// `--if-revision`, shared by `put` and `delete`.
@@ -21,6 +23,42 @@ pub struct IfRevisionArg {
     /// the command exits 3 (conflict), showing the key's current revision.
     #[arg(long, value_name = "N")]
     pub if_revision: Option<u64>,
+}
+
+/// `--ttl` and `--lease` of `put`.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Give the key a lease of its own: it is deleted this long after the put (or its last
+    /// `concord touch`), e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "lease")]
+    pub ttl: Option<std::time::Duration>,
+    /// Attach the key to lease ID (`concord lease grant`): it is deleted when the lease
+    /// ends. A put without --lease or --ttl detaches the key from its lease.
+    #[arg(long, value_name = "ID")]
+    pub lease: Option<u64>,
+}
+
+/// `--fence NAME:TOKEN`, shared by the writes.
+#[derive(Debug, Args)]
+pub struct FenceArg {
+    /// Write only if TOKEN is the current fence of lock NAME (e.g. `$CONCORD_LOCK_FENCE`
+    /// under `concord lock`); otherwise exit 3, nothing written.
+    #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
+    pub fence: Option<Fence>,
+}
+
+/// `NAME:TOKEN` (the name may hold `:`; the token is after the last one).
+pub fn parse_fence(s: &str) -> Result<Fence, String> {
+    let (name, token) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not NAME:TOKEN"))?;
+    let token = token
+        .parse::<u64>()
+        .map_err(|e| format!("the token of '{s}' is not a number: {e}"))?;
+    if name.is_empty() {
+        return Err(format!("'{s}' names no lock"));
+    }
+    Ok(Fence::new(name, token))
 }
 
 /// One write of the CLI: the key, its condition and its request id.
@@ -50,26 +88,38 @@ impl RequestIdArg {
 }
 
 /// `concord put`: the exit code.
-pub async fn put(client: &Client, global: &Global, w: &Write<'_>, value: &Value) -> i32 {
-    let res = match w.if_revision {
-        Some(n) => client.put_if_with_id(w.key, value, n, w.id).await,
-        None => client.put_with_id(w.key, value, w.id).await,
-    };
-    match res {
-        Ok(rev) => out(
-            global,
-            json!({"ok": true, "revision": rev, "request_id": w.id}),
-            || format!("OK (revision {rev})"),
-        ),
+pub async fn put(
+    client: &Client,
+    global: &Global,
+    w: &Write<'_>,
+    value: &Value,
+    opts: &PutOptions,
+) -> i32 {
+    match client.put_with_opts_id(w.key, value, opts, w.id).await {
+        Ok(r) => {
+            let rev = r.revision;
+            let mut v = json!({"ok": true, "revision": rev, "request_id": w.id});
+            if let Some(l) = r.lease {
+                v["lease"] = l.into();
+            }
+            out(global, v, || match r.lease {
+                Some(l) => format!("OK (revision {rev}, lease {l})"),
+                None => format!("OK (revision {rev})"),
+            })
+        }
         Err(e) => report_write(global, &e, w),
     }
 }
 
 /// `concord delete`: the exit code.
-pub async fn delete(client: &Client, global: &Global, w: &Write<'_>) -> i32 {
-    let res = match w.if_revision {
-        Some(n) => client.delete_if_with_id(w.key, n, w.id).await,
-        None => client.delete_with_id(w.key, w.id).await,
+pub async fn delete(client: &Client, global: &Global, w: &Write<'_>, fence: Option<&Fence>) -> i32 {
+    let res = match (w.if_revision, fence) {
+        (None, Some(f)) => client.delete_fenced_with_id(w.key, f, w.id).await,
+        (Some(_), Some(_)) => Err(ClientError::Server(concord::error::bad_request(
+            "--fence with --if-revision is not supported by delete; use a txn",
+        ))),
+        (Some(n), None) => client.delete_if_with_id(w.key, n, w.id).await,
+        (None, None) => client.delete_with_id(w.key, w.id).await,
     };
     match res {
         Ok((deleted, rev)) => out(
@@ -180,6 +230,7 @@ pub async fn delete_prefix(client: &Client, global: &Global, prefix: &str, all: 
 }
 
 /// The line a conflict prints, for people: what the condition expected and what the key is.
+/// A fence conflict names the lock's current fence.
 /// `w.key` names the key, unless the cluster named another (an op of a txn).
 pub(crate) fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
     if let ClientError::Conflict {
@@ -202,6 +253,12 @@ pub(crate) fn conflict_line(e: &ClientError, w: &Write<'_>) -> Option<String> {
             }
             _ => {}
         }
+    }
+    if let ClientError::Fence { current, .. } = e {
+        return Some(format!(
+            "conflict: the fence is not the lock holder's (the current fence is {current}, 0 = \
+             unheld); nothing written"
+        ));
     }
     let current = e.conflict_revision()?;
     let key = w.key;

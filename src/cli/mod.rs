@@ -16,6 +16,8 @@ mod bench;
 pub mod check;
 mod cluster;
 mod kv;
+mod lease;
+mod lock;
 mod membership;
 mod observe;
 pub mod serve;
@@ -96,6 +98,10 @@ pub enum Cmd {
         #[command(flatten)]
         cond: kv::IfRevisionArg,
         #[command(flatten)]
+        lease: kv::LeaseArgs,
+        #[command(flatten)]
+        fence: kv::FenceArg,
+        #[command(flatten)]
         id: kv::RequestIdArg,
     },
     /// Print the value of KEY on stdout and its metadata on stderr (revision, create
@@ -120,13 +126,15 @@ pub enum Cmd {
         /// to the cluster's limits.max_delete_keys keys at one revision; the command calls
         /// again while keys remain (progress on stderr), so a large prefix is deleted over
         /// several revisions. An empty P (every key) needs --all.
-        #[arg(long, value_name = "P", conflicts_with_all = ["key", "if_revision", "request_id"])]
+        #[arg(long, value_name = "P", conflicts_with_all = ["key", "if_revision", "request_id", "fence"])]
         prefix: Option<String>,
         /// With --prefix "": delete every key of the cluster.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
         cond: kv::IfRevisionArg,
+        #[command(flatten)]
+        fence: kv::FenceArg,
         #[command(flatten)]
         id: kv::RequestIdArg,
     },
@@ -152,9 +160,34 @@ pub enum Cmd {
         /// The largest value the result may take, e.g. a quota.
         #[arg(long, value_name = "B", allow_negative_numbers = true)]
         max: Option<i64>,
+        /// When this incr creates the key: it vanishes this long after (a fixed window,
+        /// e.g. 1m for N per minute with --max N).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        fence: kv::FenceArg,
         #[command(flatten)]
         id: kv::RequestIdArg,
     },
+    /// Renew the lease of KEY (its own, from `put --ttl`, or a shared one) without a new
+    /// revision; --ttl replaces the lease's ttl. Exit 1 (not_found) when KEY is absent or
+    /// has no lease.
+    Touch {
+        key: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Leases: keys attached to one are deleted when it ends.
+    #[command(subcommand)]
+    Lease(lease::LeaseCmd),
+    /// Run CMD while holding lock NAME: the fence is in CMD's environment
+    /// (CONCORD_LOCK_FENCE, with CONCORD_LOCK_LEASE and CONCORD_LOCK_NAME), the lock's lease
+    /// is kept alive, the lock is released when CMD exits.
+    ///
+    /// Exit status: CMD's; 3 the lock is held (no --wait) or the wait ended (nothing run);
+    /// 1 the lock was lost while CMD ran (CMD was stopped: SIGTERM, then SIGKILL after
+    /// --grace), or any other error.
+    Lock(lock::LockArgs),
     /// Run a transaction: the JSON body of P.kv.txn ({"compare":[...],"success":[...],
     /// "failure":[...]}, see docs/protocol.md) from FILE, or stdin when FILE is - or absent.
     /// Prints whether the compares held, the revision, and one line per result; --json
@@ -359,6 +392,9 @@ pub async fn run_client(global: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             res
         }
         Cmd::Snapshot { node } => observe::snapshot(&client, global, node).await,
+        Cmd::Lease(cmd) => lease::run(&client, global, cmd).await,
+        Cmd::Touch { key, ttl } => lease::touch(&client, global, &key, ttl).await,
+        Cmd::Lock(args) => lock::run(&client, global, &args).await,
         Cmd::Backup { out } => backup::backup(&client, global, &out).await,
         Cmd::Serve(_) | Cmd::Check(_) | Cmd::Restore(_) => {
             unreachable!("serve, check and restore are dispatched by main")
@@ -382,6 +418,8 @@ async fn run_write(client: &Client, global: &Global, cmd: Cmd) -> Result<i32, Cm
             key,
             value,
             cond,
+            lease,
+            fence,
             id,
         } => {
             let value = parse_value(&value);
@@ -390,7 +428,13 @@ async fn run_write(client: &Client, global: &Global, cmd: Cmd) -> Result<i32, Cm
                 if_revision: cond.if_revision,
                 id: id.get(),
             };
-            kv::put(client, global, &write, &value).await
+            let opts = concord::client::PutOptions {
+                if_revision: cond.if_revision,
+                lease: lease.lease,
+                ttl: lease.ttl,
+                fence: fence.fence,
+            };
+            kv::put(client, global, &write, &value, &opts).await
         }
         // `delete_prefix_refusal` ran before connecting.
         Cmd::Delete {
@@ -398,19 +442,27 @@ async fn run_write(client: &Client, global: &Global, cmd: Cmd) -> Result<i32, Cm
             all,
             ..
         } => kv::delete_prefix(client, global, &prefix, all).await,
-        Cmd::Delete { key, cond, id, .. } => {
+        Cmd::Delete {
+            key,
+            cond,
+            fence,
+            id,
+            ..
+        } => {
             let write = kv::Write {
                 key: key.as_deref().unwrap_or_default(),
                 if_revision: cond.if_revision,
                 id: id.get(),
             };
-            kv::delete(client, global, &write).await
+            kv::delete(client, global, &write, fence.fence.as_ref()).await
         }
         Cmd::Incr {
             key,
             by,
             min,
             max,
+            ttl,
+            fence,
             id,
         } => {
             let write = kv::Write {
@@ -418,7 +470,13 @@ async fn run_write(client: &Client, global: &Global, cmd: Cmd) -> Result<i32, Cm
                 if_revision: None,
                 id: id.get(),
             };
-            let incr = concord::client::Incr { by, min, max };
+            let incr = concord::client::Incr {
+                by,
+                min,
+                max,
+                ttl,
+                fence: fence.fence,
+            };
             kv::incr(client, global, &write, incr).await
         }
         Cmd::Txn { file, id } => txn::run(client, global, file.as_deref(), id.get()).await,

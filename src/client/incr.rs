@@ -6,20 +6,26 @@
 //! current value, a value that is not an integer is reason `not_integer`: nothing is written
 //! either way, and the client never retries either.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::put::{ttl_ms, Fence};
 use super::{Client, ClientError, Retry};
 use crate::subjects::KvOp;
 
 /// What an `incr` adds and the range the result must stay in (inclusive; unbounded when
-/// `None`). `Incr::default()` adds 1 without bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `None`); a ttl for a key the incr creates (a fixed window: the counter vanishes `ttl`
+/// after its first incr), and a fence. `Incr::default()` adds 1 without bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incr {
     pub by: i64,
     pub min: Option<i64>,
     pub max: Option<i64>,
+    pub ttl: Option<Duration>,
+    pub fence: Option<Fence>,
 }
 
 impl Default for Incr {
@@ -35,7 +41,22 @@ impl Incr {
             by,
             min: None,
             max: None,
+            ttl: None,
+            fence: None,
         }
+    }
+
+    /// When this incr creates the key, it gets a lease of its own of `ttl` (a fixed
+    /// rate-limit window; later incrs neither renew nor change it).
+    pub fn ttl(mut self, ttl: Duration) -> Incr {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Applies only under `fence`.
+    pub fn fence(mut self, fence: Fence) -> Incr {
+        self.fence = Some(fence);
+        self
     }
 
     /// The result must be at least `min`.
@@ -60,13 +81,19 @@ pub struct Counter {
 }
 
 /// An `incr` body: `by` always, the bounds only when given.
-pub(crate) fn incr_body(key: &str, incr: Incr, request_id: Uuid) -> Value {
+pub(crate) fn incr_body(key: &str, incr: &Incr, request_id: Uuid) -> Value {
     let mut body = serde_json::json!({"key": key, "by": incr.by, "request_id": request_id});
     if let Some(min) = incr.min {
         body["min"] = min.into();
     }
     if let Some(max) = incr.max {
         body["max"] = max.into();
+    }
+    if let Some(ttl) = incr.ttl {
+        body["ttl_ms"] = ttl_ms(ttl).into();
+    }
+    if let Some(f) = &incr.fence {
+        body["fence"] = serde_json::json!({"lock": f.lock, "token": f.token});
     }
     body
 }
@@ -110,7 +137,7 @@ impl Client {
         incr: Incr,
         request_id: Uuid,
     ) -> Result<Counter, ClientError> {
-        let body = incr_body(key, incr, request_id);
+        let body = incr_body(key, &incr, request_id);
         let r = self
             .send(self.subjects.kv(KvOp::Incr), &body, Retry::Idempotent)
             .await?;
@@ -129,15 +156,22 @@ mod tests {
     fn incr_bodies_carry_bounds_only_when_given() {
         let id = Uuid::new_v4();
         assert_eq!(
-            incr_body("n", Incr::default(), id),
+            incr_body("n", &Incr::default(), id),
             json!({"key": "n", "by": 1, "request_id": id.to_string()})
         );
-        let b = incr_body("n", Incr::by(-3).min(0).max(10), id);
+        let b = incr_body("n", &Incr::by(-3).min(0).max(10), id);
         assert_eq!((b["by"].clone(), b["min"].clone()), (json!(-3), json!(0)));
         assert_eq!(b["max"], json!(10));
-        let b = incr_body("n", Incr::by(i64::MIN).max(i64::MAX), id);
+        let b = incr_body("n", &Incr::by(i64::MIN).max(i64::MAX), id);
         assert_eq!(b["by"], json!(i64::MIN));
-        assert!(b.get("min").is_none());
+        assert!(b.get("min").is_none() && b.get("ttl_ms").is_none());
+        let window = Incr::by(1)
+            .max(100)
+            .ttl(Duration::from_secs(60))
+            .fence(Fence::new("l", 3));
+        let b = incr_body("n", &window, id);
+        assert_eq!(b["ttl_ms"], json!(60_000));
+        assert_eq!(b["fence"], json!({"lock": "l", "token": 3}));
     }
 
     #[test]

@@ -44,7 +44,10 @@ impl Retry {
                 _ => false,
             },
             // A condition that did not hold holds no better the second time.
-            ClientError::Conflict { .. } => false,
+            ClientError::Conflict { .. }
+            | ClientError::LockHeld { .. }
+            | ClientError::LockWait { .. }
+            | ClientError::Fence { .. } => false,
             // The revisions are gone for good.
             ClientError::Compacted { .. } => false,
             ClientError::NoResponders(_) => true,

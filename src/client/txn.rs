@@ -219,6 +219,9 @@ pub struct Txn {
     pub compare: Vec<Compare>,
     pub success: Vec<TxnOp>,
     pub failure: Vec<TxnOp>,
+    /// The txn applies only under this fence (nothing runs otherwise: `conflict`, `fence`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence: Option<super::Fence>,
 }
 
 impl Txn {
@@ -246,6 +249,12 @@ impl Txn {
     /// Adds an op to the `failure` branch.
     pub fn otherwise(mut self, op: TxnOp) -> Txn {
         self.failure.push(op);
+        self
+    }
+
+    /// Runs the txn only under `fence` (the holder's fence of a lock).
+    pub fn fenced(mut self, fence: super::Fence) -> Txn {
+        self.fence = Some(fence);
         self
     }
 

@@ -320,3 +320,53 @@ fn format_1_keys_read_as_version_1_created_at_their_revision() {
     );
     assert_eq!(json, br#"{"n":1}"#);
 }
+
+/// A lease holds at most `MAX_KEYS_PER_LEASE` keys: the next attach is refused at apply, on
+/// every node alike, and a key already attached may still be written.
+#[tokio::test]
+async fn a_lease_holds_a_bounded_number_of_keys() {
+    use super::lease::MAX_KEYS_PER_LEASE;
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, view, mut sm) = open(dir.path());
+    let put = |i: usize| {
+        client(Op::Put {
+            key: format!("k{i}"),
+            value: "1".into(),
+            if_revision: None,
+            lease: Some(1),
+            ttl_ms: None,
+            fence: None,
+        })
+    };
+    let mut entries = vec![
+        entry(1, LogCommand::new(Command::FormatSwitch { format: 2 })),
+        entry(
+            2,
+            LogCommand::stamped(
+                client(Op::LeaseGrant {
+                    id: Some(1),
+                    ttl_ms: 60_000,
+                }),
+                1,
+            ),
+        ),
+    ];
+    let parts = (0..MAX_KEYS_PER_LEASE).map(put).collect();
+    entries.push(entry(3, LogCommand::stamped(Command::Batch(parts), 2)));
+    entries.push(entry(4, LogCommand::stamped(put(MAX_KEYS_PER_LEASE), 3)));
+    entries.push(entry(5, LogCommand::stamped(put(0), 4)));
+    let out = sm.apply(entries).await.unwrap();
+    assert_eq!(
+        out[3],
+        Applied::LeaseFull {
+            id: 1,
+            limit: MAX_KEYS_PER_LEASE as u64
+        }
+    );
+    assert!(
+        matches!(out[4], Applied::PutLeased { lease: 1, .. }),
+        "{:?}",
+        out[4]
+    );
+    assert_eq!(view.with_leases(|t| t.key_count()), MAX_KEYS_PER_LEASE);
+}

@@ -203,14 +203,7 @@ pub(super) fn incr(
         (None, Some(ttl)) => super::lease::grant_own(b, ttl, true),
         (None, None) => 0,
     };
-    b.revision += 1;
-    let revision = b.revision;
-    let meta = KeyMeta {
-        lease,
-        ..next_meta(found.as_ref().map(|c| c.meta), revision)
-    };
-    let old = found.map(|c| Old::Record(c.stored));
-    set_record(b, key, &meta, value.to_string().as_bytes(), old);
+    let revision = write_next(b, key, value.to_string().as_bytes(), found, lease);
     Ok(Applied::Incr { value, revision })
 }
 
@@ -281,23 +274,30 @@ pub(super) fn put_full(
         (None, Some(ttl)) => super::lease::grant_own(b, ttl, true),
         (None, None) => 0,
     };
+    let revision = write_next(b, key, value.as_bytes(), found, lease);
+    Ok(match lease {
+        0 => Applied::Put { revision },
+        lease => Applied::PutLeased { revision, lease },
+    })
+}
+
+/// Writes `key` at a new revision over `found` (its record as read), attached to `lease`
+/// (0: none); the revision.
+fn write_next(
+    b: &mut ApplyBatch,
+    key: String,
+    json: &[u8],
+    found: Option<Current>,
+    lease: u64,
+) -> u64 {
     b.revision += 1;
     let revision = b.revision;
     let meta = KeyMeta {
         lease,
         ..next_meta(found.as_ref().map(|c| c.meta), revision)
     };
-    set_record(
-        b,
-        key,
-        &meta,
-        value.as_bytes(),
-        found.map(|c| Old::Record(c.stored)),
-    );
-    Ok(match lease {
-        0 => Applied::Put { revision },
-        lease => Applied::PutLeased { revision, lease },
-    })
+    set_record(b, key, &meta, json, found.map(|c| Old::Record(c.stored)));
+    revision
 }
 
 /// The conditions and lease of a [`put_full`].
