@@ -4,7 +4,8 @@
 //! find the history linearizable, no acknowledged write lost, none applied twice, and the
 //! cluster writable again soon after every fault heals. The compare-and-swap workload
 //! (`--workload cas`), the bank workload (`--workload bank`) and the watch workload
-//! (`--workload watch`) each run under every nemesis in turn on one cluster. With a
+//! (`--workload watch`) each run under every nemesis in turn on one cluster, and so do the
+//! lease and lock workloads (`--workload lease|lock`), with the leader-kill nemesis too. With a
 //! failpoint that breaks linearizable reads, the same suite must fail.
 
 mod common;
@@ -460,6 +461,117 @@ async fn watch_workload_follows_the_change_log_under_every_nemesis() -> Result<(
         ok_puts >= 50 && events >= ok_puts && resumes >= 1,
         "watch: too little to test anything: {ok_puts} puts acknowledged, {events} events, {resumes} resumes"
     );
+    Ok(())
+}
+
+/// Seconds each nemesis gets in the lease and lock tests: enough for abandoned leases
+/// (ttl 3 s) to end inside a phase, and for the stale lock holder's silence (about 7 s).
+const COORD_SECONDS: u64 = 8;
+
+/// Every nemesis (partition only as root) and the leader killed every 1.5 s (ttl/2 of the
+/// abandoned leases: the etcd #9888 scenario).
+fn coord_nemeses() -> &'static str {
+    if is_root() {
+        "kill,pause,partition,restart,leader-kill"
+    } else {
+        "kill,pause,restart,leader-kill"
+    }
+}
+
+/// The lease workload under every nemesis in turn, each fault on the leader: a 10 s lease
+/// with a keepalive every second never ends (no keepalive answers `not_found`, it and its
+/// key are there after the faults); abandoned leases (ttl 3 s, one keepalive) end neither
+/// before the last acknowledged keepalive's send + ttl nor after its acknowledgement + ttl
+/// + 2 × election_timeout_max + 1 s, also while the leader is killed every 1.5 s; a revoke
+/// deletes every attached key at its one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_workload_keeps_both_lease_guarantees_under_every_nemesis() -> Result<()> {
+    let duration = format!("{COORD_SECONDS}s");
+    let args = [
+        "--workload",
+        "lease",
+        "--nemesis",
+        coord_nemeses(),
+        "--duration",
+        &duration,
+        "--leader-only",
+    ];
+    let (ok, v) = check_with(&args).await?;
+    ensure!(ok, "lease: verdict invalid: {v:#}");
+    let l = &v["lease"];
+    ensure!(l["violation_count"] == 0, "lease: {l:#}");
+    ensure!(
+        l["kept"]["alive_at_end"] == true && l["kept"]["acknowledged"].as_u64() >= Some(20),
+        "lease: the kept lease: {}",
+        l["kept"]
+    );
+    let a = &l["abandoned"];
+    ensure!(
+        a["judged_late"].as_u64() >= Some(20) && a["judged_under_leader_kill"].as_u64() >= Some(3),
+        "lease: too few abandoned leases judged: {a}"
+    );
+    ensure!(
+        l["revokes"]["revoked"].as_u64() >= Some(10) && l["change_log_events"].as_u64() > Some(0),
+        "lease: too few revokes, or no change log: {l:#}"
+    );
+    assert_coord_faults("lease", &v)
+}
+
+/// The lock workload under every nemesis in turn, each fault on the leader: holders'
+/// fenced writes never interleave (fences never go down in revision order, in the replies
+/// and in the change log), the stale holder's writes are refused with `conflict` (`fence`),
+/// every acquire ends granted or `lock_wait`, a retried acquire keeps its fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_workload_keeps_mutual_exclusion_under_every_nemesis() -> Result<()> {
+    let duration = format!("{COORD_SECONDS}s");
+    let args = [
+        "--workload",
+        "lock",
+        "--nemesis",
+        coord_nemeses(),
+        "--duration",
+        &duration,
+        "--leader-only",
+    ];
+    let (ok, v) = check_with(&args).await?;
+    ensure!(ok, "lock: verdict invalid: {v:#}");
+    let l = &v["lock"];
+    ensure!(l["violation_count"] == 0, "lock: {l:#}");
+    let (w, a) = (&l["writes"], &l["acquires"]);
+    ensure!(
+        w["ok"].as_u64() >= Some(10)
+            && l["holders"].as_u64() >= Some(3)
+            && w["stale"].as_u64() >= Some(1)
+            && w["stale_refused"] == w["stale"]
+            && a["lock_wait"].as_u64() >= Some(1),
+        "lock: too little to test anything: {l:#}"
+    );
+    assert_coord_faults("lock", &v)
+}
+
+/// Every nemesis of [`coord_nemeses`] hit the leader, and the cluster was writable again in
+/// time after each fault.
+fn assert_coord_faults(workload: &str, v: &Value) -> Result<()> {
+    let faults = v["faults"].as_array().context("faults")?;
+    for name in coord_nemeses().split(',') {
+        let hit = faults
+            .iter()
+            .filter(|f| f["fault"] == name.replace('-', "_") && f["was_leader"] == true)
+            .count();
+        ensure!(
+            hit >= 1,
+            "{workload}: {name} never hit the leader: {faults:?}"
+        );
+    }
+    for f in faults {
+        let ms = f["recovery_ms"]
+            .as_u64()
+            .context("a fault never recovered")?;
+        ensure!(
+            ms <= RECOVERY_LIMIT_MS,
+            "{workload}: writable again only after {ms} ms: {f}"
+        );
+    }
     Ok(())
 }
 

@@ -25,6 +25,10 @@ pub struct CheckArgs {
     /// How long a kill, pause or partition is held before it heals.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
+    /// The leader-kill nemesis's cadence: the leader is killed (and restarted at once)
+    /// this often.
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub kill_every: Duration,
     /// Raft timings of the nodes: `suite` (heartbeat 100 ms, elections 800-1600 ms: faults
     /// heal fast) or `shipped` (the config's defaults, as deployed).
     #[arg(long, default_value = "suite", value_parser = ["suite", "shipped"])]
@@ -34,7 +38,8 @@ pub struct CheckArgs {
     /// binary.
     #[arg(long, value_name = "HB,MIN,MAX")]
     pub raft: Option<String>,
-    /// Nemeses to run one after the other: kill, pause, partition, restart (or all).
+    /// Nemeses to run one after the other: kill, pause, partition, restart (or all, which
+    /// is those four), and leader-kill (the leader killed every --kill-every).
     #[arg(long, default_value = "all")]
     pub nemesis: String,
     /// What the clients do: `register` (reads, writes of unique values, deletes), `cas`
@@ -43,8 +48,12 @@ pub struct CheckArgs {
     /// accounts: the total never changes, no transfer applies twice) or `watch` (puts of
     /// unique values into --keys keys under `watch/`, followed by one watcher per node
     /// through every fault: each watcher's stream must equal a fresh watch's after the
-    /// faults, every revision once and in order, with every acknowledged put in it).
-    #[arg(long, default_value = "register", value_parser = ["register", "cas", "bank", "watch"])]
+    /// faults, every revision once and in order, with every acknowledged put in it), `lease`
+    /// (a lease kept alive must never end, abandoned leases end neither early nor later
+    /// than ttl + 2 x election_timeout_max + 1 s, a revoke deletes its keys at one
+    /// revision) or `lock` (clients write under a lock's fence, one of them past its lease:
+    /// no two holders' writes interleave, stale fences are refused).
+    #[arg(long, default_value = "register", value_parser = ["register", "cas", "bank", "watch", "lease", "lock"])]
     pub workload: String,
     /// Concurrent client processes, spread over the three NATS servers.
     #[arg(long, default_value_t = 6)]
@@ -114,7 +123,7 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
         .ok_or_else(|| anyhow::anyhow!("--timings: '{}' is not suite or shipped", args.timings))?;
     let workload = concord_check::workload::Workload::parse(&args.workload).ok_or_else(|| {
         anyhow::anyhow!(
-            "--workload: '{}' is not register, cas, bank or watch",
+            "--workload: '{}' is not register, cas, bank, watch, lease or lock",
             args.workload
         )
     })?;
@@ -124,6 +133,7 @@ pub async fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
         leader_faults: args.faults,
         leader_only: args.leader_only,
         hold: args.hold,
+        kill_every: args.kill_every,
         timings,
         faults,
         clients: args.clients,
@@ -190,7 +200,9 @@ fn parse_nemesis(nemesis: &str) -> anyhow::Result<Vec<concord_check::nemesis::Fa
         .split(',')
         .map(|s| {
             Fault::parse(s.trim()).ok_or_else(|| {
-                anyhow::anyhow!("--nemesis: '{s}' is not kill, pause, partition, restart or all")
+                anyhow::anyhow!(
+                    "--nemesis: '{s}' is not kill, pause, partition, restart, leader-kill or all"
+                )
             })
         })
         .collect()

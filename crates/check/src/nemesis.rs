@@ -18,6 +18,9 @@ pub enum Fault {
     Partition,
     /// `kill -9` of every node, then all restarted.
     Restart,
+    /// `kill -9` of the leader, restarted at once, then the next leader killed
+    /// [`Timing::kill_every`] after (the etcd #9888 scenario: a leader change every ttl/2).
+    LeaderKill,
 }
 
 impl Fault {
@@ -27,6 +30,7 @@ impl Fault {
             "pause" => Some(Fault::Pause),
             "partition" => Some(Fault::Partition),
             "restart" => Some(Fault::Restart),
+            "leader-kill" => Some(Fault::LeaderKill),
             _ => None,
         }
     }
@@ -83,6 +87,8 @@ pub struct Timing {
     pub quiet: Duration,
     /// Longest wait for the cluster to serve a write after a heal.
     pub recovery_limit: Duration,
+    /// The leader-kill nemesis's cadence: from one kill to the next.
+    pub kill_every: Duration,
 }
 
 pub struct Nemesis {
@@ -137,7 +143,7 @@ impl Nemesis {
     ) -> Result<FaultRecord, Error> {
         let at = self.started.elapsed();
         let (node, was_leader) = match fault {
-            Fault::Pause => {
+            Fault::Pause | Fault::LeaderKill => {
                 let (n, l) = self.target(cluster, true).await;
                 (Some(n), l)
             }
@@ -149,7 +155,7 @@ impl Nemesis {
         };
         let injected = Instant::now();
         match (fault, node) {
-            (Fault::Kill, Some(n)) => cluster.kill(n).await?,
+            (Fault::Kill | Fault::LeaderKill, Some(n)) => cluster.kill(n).await?,
             (Fault::Pause, Some(n)) => cluster.pause(n).await?,
             (Fault::Partition, Some(n)) => cluster.partition(n).await?,
             _ => {
@@ -161,6 +167,8 @@ impl Nemesis {
         let held = match fault {
             Fault::Pause => self.timing.pause,
             Fault::Restart => Duration::from_millis(500),
+            // Back at once: the cluster keeps all three nodes, only the leader changes.
+            Fault::LeaderKill => Duration::from_millis(200),
             _ => self.timing.hold,
         };
         let new_leader = match node {
@@ -169,7 +177,7 @@ impl Nemesis {
         };
         tokio::time::sleep_until((injected + held).into()).await;
         match (fault, node) {
-            (Fault::Kill, Some(n)) => cluster.start_node(n).await?,
+            (Fault::Kill | Fault::LeaderKill, Some(n)) => cluster.start_node(n).await?,
             (Fault::Pause, Some(n)) => cluster.resume(n).await?,
             (Fault::Partition, Some(_)) => cluster.heal().await?,
             _ => {

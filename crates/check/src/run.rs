@@ -12,12 +12,16 @@ use crate::bank::{self, check::BankVerdict};
 use crate::exactly_once::{self, ExactlyOnce, Probe};
 use crate::gaps::{self, GapSummary};
 use crate::history;
+use crate::lease::check::LeaseVerdict;
 use crate::linearizable::{self, Limits, Verdict as Linearizability};
+use crate::lock::check::LockVerdict;
 use crate::nemesis::{Fault, FaultRecord, Nemesis, Timing};
 use crate::retry::RetryPolicy;
 use crate::watch::{self, check::WatchVerdict, follow::Control};
 use crate::workload::{self, CasCounts, Counts, Recorder, Workload, WorkloadConfig};
 use concord_harness::mesh::{CheckCluster, Spec};
+
+pub mod coord;
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -29,6 +33,8 @@ pub struct CheckOptions {
     pub leader_only: bool,
     /// How long a kill, pause or partition is held before it heals.
     pub hold: Duration,
+    /// The leader-kill nemesis's cadence.
+    pub kill_every: Duration,
     /// The Raft timings the nodes run with.
     pub timings: Timings,
     pub faults: Vec<Fault>,
@@ -68,6 +74,12 @@ pub struct SuiteVerdict {
     /// The watch workload's checks and counts (only with `--workload watch`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchVerdict>,
+    /// The lease workload's (only with `--workload lease`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseVerdict>,
+    /// The lock workload's (only with `--workload lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockVerdict>,
     pub faults: Vec<FaultRecord>,
     pub keys_checked: usize,
     pub lost_writes: Vec<String>,
@@ -159,13 +171,17 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
     let mut c = match opts.workload {
         Workload::Bank => run_bank(&mut cluster, run, &mut problems, &progress).await?,
         Workload::Watch => run_watch(&mut cluster, run, &mut problems, &progress).await?,
+        Workload::Lease => coord::lease(&mut cluster, run, &mut problems, &progress).await?,
+        Workload::Lock => coord::lock(&mut cluster, run, &mut problems, &progress).await?,
         _ => run_registers(&mut cluster, run, &mut problems, &progress).await?,
     };
     let max_recovery_ms = c.faults.iter().filter_map(|f| f.recovery_ms).max();
     let failover = gaps::summarize(&c.faults);
     let valid = c.consistent
         && c.lost.is_empty()
-        && c.exactly_once.as_ref().is_some_and(ExactlyOnce::holds)
+        && c.exactly_once
+            .as_ref()
+            .map_or(!c.exactly_once_required, ExactlyOnce::holds)
         && problems.iter().all(|p| p.contains("skipped"));
     if !valid {
         keep_log_tails(&cluster, &opts.workdir);
@@ -179,6 +195,8 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
         cas: c.cas,
         bank: c.bank,
         watch: c.watch,
+        lease: c.lease,
+        lock: c.lock,
         faults: c.faults,
         keys_checked: c.keys_checked,
         lost_writes: c.lost,
@@ -197,27 +215,32 @@ pub async fn run(opts: CheckOptions, progress: impl Fn(&str)) -> Result<SuiteVer
 }
 
 /// What one workload's run came to, for the verdict.
-struct Checked {
+pub(crate) struct Checked {
     /// The checker passed (linearizable; for the bank, no violation).
-    consistent: bool,
-    checker: String,
-    explanation: Option<String>,
-    keys_checked: usize,
-    lost: Vec<String>,
-    exactly_once: Option<ExactlyOnce>,
-    ops: Counts,
-    cas: CasCounts,
-    bank: Option<BankVerdict>,
-    watch: Option<WatchVerdict>,
-    faults: Vec<FaultRecord>,
-    history: PathBuf,
+    pub consistent: bool,
+    pub checker: String,
+    pub explanation: Option<String>,
+    pub keys_checked: usize,
+    pub lost: Vec<String>,
+    pub exactly_once: Option<ExactlyOnce>,
+    /// Whether a missing exactly-once check fails the run (the lease and lock workloads
+    /// do not count revisions).
+    pub exactly_once_required: bool,
+    pub ops: Counts,
+    pub cas: CasCounts,
+    pub bank: Option<BankVerdict>,
+    pub watch: Option<WatchVerdict>,
+    pub lease: Option<LeaseVerdict>,
+    pub lock: Option<LockVerdict>,
+    pub faults: Vec<FaultRecord>,
+    pub history: PathBuf,
 }
 
 /// A run's options, workload configuration and start.
-type RunOf<'a> = (&'a CheckOptions, &'a WorkloadConfig, Instant);
+pub(crate) type RunOf<'a> = (&'a CheckOptions, &'a WorkloadConfig, Instant);
 
 /// The faults while the workload runs, then quiet, then the workload stopped and awaited.
-async fn faults_under_load<E: std::fmt::Display>(
+pub(crate) async fn faults_under_load<E: std::fmt::Display>(
     cluster: &mut CheckCluster,
     (opts, _, started): RunOf<'_>,
     (stop, load): (Arc<AtomicBool>, tokio::task::JoinHandle<Result<(), E>>),
@@ -229,6 +252,7 @@ async fn faults_under_load<E: std::fmt::Display>(
         pause: opts.hold,
         quiet: Duration::from_secs(2),
         recovery_limit: Duration::from_secs(20),
+        kill_every: opts.kill_every,
     };
     let faults = inject_faults(cluster, opts, timing, started, problems, progress).await?;
     tokio::time::sleep(timing.quiet).await;
@@ -285,10 +309,13 @@ async fn run_registers(
         keys_checked,
         lost: workload::lost_writes(&history, &finals),
         exactly_once,
+        exactly_once_required: true,
         ops: workload::count(&history),
         cas: workload::count_cas(&history),
         bank: None,
         watch: None,
+        lease: None,
+        lock: None,
         faults,
         history: history_path,
     })
@@ -355,10 +382,13 @@ async fn run_bank(
         keys_checked: setup.accounts.len(),
         lost: Vec::new(),
         exactly_once,
+        exactly_once_required: true,
         ops: workload::count(&events),
         cas: CasCounts::default(),
         bank: Some(verdict),
         watch: None,
+        lease: None,
+        lock: None,
         faults,
         history: history_path,
     })
@@ -448,10 +478,13 @@ async fn run_watch(
         keys_checked: opts.keys,
         lost: Vec::new(),
         exactly_once,
+        exactly_once_required: true,
         ops: workload::count(&events),
         cas: CasCounts::default(),
         bank: None,
         watch: Some(verdict),
+        lease: None,
+        lock: None,
         faults,
         history: history_path,
     })
@@ -499,7 +532,7 @@ fn workload_config(opts: &CheckOptions, urls: Vec<String>) -> WorkloadConfig {
 
 /// Each fault's write gap and longest write wait, from the history (`time_of`: an instant
 /// as a history time).
-fn measure_faults(
+pub(crate) fn measure_faults(
     faults: &mut [FaultRecord],
     history: &[history::Event],
     time_of: impl Fn(Instant) -> u64,
@@ -516,7 +549,11 @@ fn measure_faults(
 
 /// The store's revision by a probe put ([`workload::revision_probe`]); a failure goes to
 /// `problems`, which fails the verdict.
-async fn probe(wl: &WorkloadConfig, when: &str, problems: &mut Vec<String>) -> Option<Probe> {
+pub(crate) async fn probe(
+    wl: &WorkloadConfig,
+    when: &str,
+    problems: &mut Vec<String>,
+) -> Option<Probe> {
     match workload::revision_probe(wl, Duration::from_secs(30)).await {
         Ok((revision, unknown_attempts)) => Some(Probe {
             revision,
@@ -585,6 +622,7 @@ async fn inject_faults(
     nemesis.leader_only = opts.leader_only;
     let mut faults: Vec<FaultRecord> = Vec::new();
     for fault in &opts.faults {
+        let mut last_kill: Option<Instant> = None;
         if *fault == Fault::Partition && !cluster.netns() {
             problems.push("partition nemesis skipped: network namespaces unavailable (needs root and `ip netns`)".into());
             continue;
@@ -593,16 +631,26 @@ async fn inject_faults(
         // Bounded: a round that finds no leader still counts towards the limit.
         let rounds = opts.leader_faults.map_or(usize::MAX, |n| 4 * n + 4);
         for _ in 0..rounds {
-            tokio::time::sleep(timing.quiet).await;
+            match last_kill {
+                // The next leader killed on the cadence, not after a quiet time.
+                Some(at) => tokio::time::sleep_until((at + timing.kill_every).into()).await,
+                None => tokio::time::sleep(timing.quiet).await,
+            }
             let this: Vec<&FaultRecord> = faults.iter().filter(|f| f.fault == *fault).collect();
             let done = match opts.leader_faults {
                 Some(n) => this.iter().filter(|f| f.was_leader).count() >= n,
+                None if *fault == Fault::LeaderKill => {
+                    Instant::now() + timing.kill_every > phase_end && !this.is_empty()
+                }
                 None => Instant::now() + timing.hold + timing.quiet > phase_end && !this.is_empty(),
             };
             if done {
                 break;
             }
             let record = nemesis.cycle(cluster, *fault).await?;
+            if *fault == Fault::LeaderKill {
+                last_kill = record.injected;
+            }
             progress(&describe(&record));
             if record.recovery_ms.is_none() {
                 problems.push(format!(

@@ -42,6 +42,12 @@ pub enum Workload {
     /// Puts of unique values under a prefix, followed by one watcher per node through every
     /// fault, and each watcher's stream checked against the change log (the `watch` module).
     Watch,
+    /// A lease kept alive, leases abandoned and leases revoked, through every fault: never
+    /// early, bounded late, revoke at one revision (the `lease` module).
+    Lease,
+    /// Clients taking a lock and writing under its fence, one of them stale: no two holders'
+    /// writes interleave, stale fences refused (the `lock` module).
+    Lock,
 }
 
 impl Workload {
@@ -51,6 +57,8 @@ impl Workload {
             "cas" => Some(Workload::Cas),
             "bank" => Some(Workload::Bank),
             "watch" => Some(Workload::Watch),
+            "lease" => Some(Workload::Lease),
+            "lock" => Some(Workload::Lock),
             _ => None,
         }
     }
@@ -246,15 +254,17 @@ fn pick(workload: Workload, roll: u64, last_read: Option<u64>) -> (Func, Option<
             50..90 => (Func::Write, None),
             _ => (Func::Delete, None),
         },
-        // The bank and watch workloads run their own processes (their modules' clients);
+        // The bank, watch, lease and lock workloads run their own processes (their modules' clients);
         // never here.
-        Workload::Cas | Workload::Bank | Workload::Watch => match roll {
-            0..45 => (Func::Read, None),
-            45..60 => (Func::Write, None),
-            60..90 => (Func::Write, Some(last_read.unwrap_or(0))),
-            90..95 => (Func::Write, Some(0)),
-            _ => (Func::Delete, None),
-        },
+        Workload::Cas | Workload::Bank | Workload::Watch | Workload::Lease | Workload::Lock => {
+            match roll {
+                0..45 => (Func::Read, None),
+                45..60 => (Func::Write, None),
+                60..90 => (Func::Write, Some(last_read.unwrap_or(0))),
+                90..95 => (Func::Write, Some(0)),
+                _ => (Func::Delete, None),
+            }
+        }
     }
 }
 

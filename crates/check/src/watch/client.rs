@@ -254,6 +254,27 @@ pub async fn truth(
     clock: Instant,
     deadline: Duration,
 ) -> Result<WatcherLog, String> {
+    change_log(
+        cfg,
+        ids,
+        PREFIX,
+        (start_revision, final_revision),
+        clock,
+        deadline,
+    )
+    .await
+}
+
+/// The change log of `prefix` from `start_revision`, by a fresh watch (on the first node of
+/// `ids` that serves it) read until it has fully seen `final_revision` or `deadline` passes.
+pub async fn change_log(
+    cfg: &WorkloadConfig,
+    ids: &[u64],
+    prefix: &str,
+    (start_revision, final_revision): (u64, u64),
+    clock: Instant,
+    deadline: Duration,
+) -> Result<WatcherLog, String> {
     let conns = connect(&cfg.urls).await?;
     let control = Arc::new(Control {
         target: AtomicU64::new(final_revision),
@@ -262,7 +283,7 @@ pub async fn truth(
     let spec = Spec {
         name: "truth".into(),
         subjects: cfg.prefix.clone(),
-        watch_prefix: PREFIX.into(),
+        watch_prefix: prefix.into(),
         nodes: ids.iter().copied().zip(conns).collect(),
         start_revision,
         window: 1024,
