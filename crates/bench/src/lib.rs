@@ -17,15 +17,24 @@
 //! With `--watchers N` (`concord` and `natskv`) the puts run with N watchers of their
 //! prefix attached, and the summary gains the watch fan-out figures ([`watch_bench`]).
 //!
+//! With `--leases N` (`concord` and `etcd`) the puts run once without leases and once
+//! beside N leases renewed every `--keepalive-every` ([`lease_bench`]); `--lock-handoff`
+//! measures lock hand-off between `--clients` contending clients ([`lock_bench`]).
+//!
 //! It speaks to the cluster only over NATS and never links the node library: the `concord`
 //! binary depends on this crate, so this crate cannot depend on it.
 
 mod concord;
+mod concord_coord;
 mod concord_watch;
 pub mod cpu;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
+#[cfg(feature = "bench-etcd")]
+mod etcd_coord;
 mod fanout;
+pub mod lease_bench;
+pub mod lock_bench;
 mod natskv;
 pub mod watch_bench;
 
@@ -59,6 +68,16 @@ pub struct BenchConfig {
     pub watchers: usize,
     /// NATS connections the watchers share (empty: the puts' connection).
     pub watch_conns: Vec<async_nats::Client>,
+    /// Leases renewed beside the puts (0: no lease run).
+    pub leases: usize,
+    /// How often each lease is renewed.
+    pub keepalive_every: Duration,
+    /// The leases' TTL (and a lock claim's, `--lock-handoff`).
+    pub lease_ttl: Duration,
+    /// Keepalives in flight at most.
+    pub keepalive_inflight: usize,
+    /// A lock hand-off run instead of the closed loop of ops.
+    pub lock_handoff: bool,
 }
 
 /// What to load.
@@ -123,6 +142,12 @@ pub struct Summary {
     /// `--watchers N`: the fan-out figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<watch_bench::WatchSummary>,
+    /// `--leases N`: the puts without leases, and the keepalives' figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<lease_bench::LeaseSummary>,
+    /// `--lock-handoff`: each step's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<lock_bench::LockSummary>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -344,20 +369,26 @@ pub fn fsync_floor(dir: &std::path::Path, n: usize) -> std::io::Result<Summary> 
     Ok(summarize("fsync", 1, lat, BTreeMap::new(), seconds))
 }
 
-fn summarize(
-    target: &str,
-    clients: usize,
-    mut lat: Vec<u64>,
-    errors: BTreeMap<String, u64>,
-    seconds: f64,
-) -> Summary {
+/// p50, p90, p99, p999 and max of latencies in microseconds.
+fn latencies(mut lat: Vec<u64>) -> BTreeMap<String, u64> {
     lat.sort_unstable();
     let mut latency_us = BTreeMap::new();
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
         latency_us.insert(name.to_string(), percentile(&lat, q));
     }
     latency_us.insert("max".into(), lat.last().copied().unwrap_or(0));
+    latency_us
+}
+
+fn summarize(
+    target: &str,
+    clients: usize,
+    lat: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    seconds: f64,
+) -> Summary {
     let ops = lat.len() as u64;
+    let latency_us = latencies(lat);
     Summary {
         target: target.to_string(),
         clients,
@@ -370,6 +401,8 @@ fn summarize(
         cpu_seconds: None,
         cpu_seconds_per_10k_ops: None,
         watch: None,
+        leases: None,
+        lock: None,
     }
 }
 
@@ -381,6 +414,9 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
     check_ops(name, cfg.mix)?;
     if cfg.watchers > 0 {
         return watch_bench::run(target, cfg, progress).await;
+    }
+    if cfg.lock_handoff || cfg.leases > 0 {
+        return run_coord(target, cfg, progress).await;
     }
     match target {
         Target::Concord {
@@ -451,6 +487,94 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
             drive(name, |c| e.handle(c), &cfg, progress).await
         }
     }
+}
+
+/// A `--leases` or `--lock-handoff` run (`concord`, `etcd`).
+async fn run_coord(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        !(cfg.lock_handoff && cfg.leases > 0),
+        "--lock-handoff and --leases are runs of their own: choose one"
+    );
+    let name = target.name();
+    // A fresh lock per run: nothing left by an earlier run stands in the queue.
+    let lock = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    match target {
+        Target::Concord {
+            nats,
+            prefix,
+            token,
+        } => {
+            let coord =
+                concord_coord::Coord::new(nats.clone(), &prefix, token.as_deref(), cfg.timeout);
+            if cfg.lock_handoff {
+                let lockers = (0..cfg.clients)
+                    .map(|_| concord_coord::ConcordLocker {
+                        coord: coord.clone(),
+                        name: lock.clone(),
+                        ttl_ms: cfg.lease_ttl.as_millis() as u64,
+                        value_size: cfg.value_size,
+                    })
+                    .collect();
+                return lock_bench::run(name, &lock, lockers, &cfg, progress).await;
+            }
+            let h = concord::ConcordHandle::new(
+                nats,
+                &prefix,
+                None,
+                cfg.value_size,
+                cfg.stale,
+                cfg.timeout,
+            )
+            .with_token(token.as_deref())
+            .with_ids(cfg.ids);
+            lease_bench::run(name, coord, |_| h.clone(), &cfg, progress).await
+        }
+        #[cfg(feature = "bench-etcd")]
+        Target::Etcd { endpoints, conns } => {
+            let e = etcd::Etcd::connect(
+                &endpoints,
+                conns.min(cfg.clients),
+                cfg.value_size,
+                cfg.stale,
+                cfg.timeout,
+            )
+            .await?;
+            if cfg.lock_handoff {
+                return etcd_lock_run(&e, &lock, &cfg, progress).await;
+            }
+            let leases = etcd_coord::EtcdLeases::new(e.client(0), cfg.timeout);
+            lease_bench::run(name, leases, |c| e.handle(c), &cfg, progress).await
+        }
+        other => anyhow::bail!(
+            "--leases, --lock-handoff: the {} target has neither (concord and etcd have)",
+            other.name()
+        ),
+    }
+}
+
+/// etcd's lock hand-off: each client's lease outlives the run and is revoked after it.
+#[cfg(feature = "bench-etcd")]
+async fn etcd_lock_run(
+    e: &etcd::Etcd,
+    lock: &str,
+    cfg: &BenchConfig,
+    progress: bool,
+) -> anyhow::Result<Summary> {
+    let ttl = cfg.duration + Duration::from_secs(60);
+    let mut lockers = Vec::new();
+    for c in 0..cfg.clients {
+        let l = etcd_coord::EtcdLocker::new(e.client(c), lock, ttl, cfg.value_size)
+            .await
+            .map_err(|code| anyhow::anyhow!("etcd: granting a lock client's lease: {code}"))?;
+        lockers.push(l);
+    }
+    let leases: Vec<i64> = lockers.iter().map(|l| l.lease()).collect();
+    let s = lock_bench::run("etcd", lock, lockers, cfg, progress).await;
+    let revoker = etcd_coord::EtcdLeases::new(e.client(0), cfg.timeout);
+    for id in leases {
+        let _ = lease_bench::Leases::revoke(&revoker, id).await;
+    }
+    s
 }
 
 /// Refuses a mix with an op that `target` has no request for.
@@ -629,8 +753,32 @@ async fn client_loop<D: Driver>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A run of `duration` with defaults, for the runners' unit tests.
+    pub(crate) fn config(duration: Duration) -> BenchConfig {
+        BenchConfig {
+            clients: 2,
+            duration,
+            ops: None,
+            mix: Mix([1, 0, 0, 0, 0]),
+            keys: 10,
+            value_size: 10,
+            stale: false,
+            timeout: Duration::from_secs(5),
+            preload: false,
+            cpu_pids: Vec::new(),
+            ids: false,
+            watchers: 0,
+            watch_conns: Vec::new(),
+            leases: 0,
+            keepalive_every: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(10),
+            keepalive_inflight: 16,
+            lock_handoff: false,
+        }
+    }
 
     #[test]
     fn put_values_are_fresh_and_need_no_json_escaping() {
