@@ -10,6 +10,7 @@ pub mod codec;
 pub mod contact;
 pub mod coord;
 pub mod coord_codec;
+pub mod expiry;
 pub mod forwarded;
 pub mod handler;
 pub mod propose;

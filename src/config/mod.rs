@@ -22,8 +22,9 @@ use std::path::PathBuf;
 
 pub use load::{known_keys, load, load_with_sources, Flag};
 pub use schema::{
-    AuthConfig, ClientConfig, ClusterConfig, Config, HistoryConfig, LimitsConfig, MetricsConfig,
-    NatsConfig, NodeConfig, RaftConfig, Sampling, StorageConfig, TelemetryConfig, WatchConfig,
+    AuthConfig, ClientConfig, ClusterConfig, Config, HistoryConfig, LeaseConfig, LimitsConfig,
+    MetricsConfig, NatsConfig, NodeConfig, RaftConfig, Sampling, StorageConfig, TelemetryConfig,
+    WatchConfig,
 };
 pub use secrets::redact_url;
 pub use sources::{settings_json, settings_text, Setting};

@@ -22,6 +22,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub idempotency: IdempotencyConfig,
     pub history: HistoryConfig,
+    pub lease: LeaseConfig,
     pub watch: WatchConfig,
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
@@ -264,6 +265,21 @@ impl Default for HistoryConfig {
     }
 }
 
+/// Leases (DESIGN.md "Leases and TTL").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// How often the leader looks for leases past their deadline (cluster time): a lease
+    /// without keepalives ends at most this much after it is due, plus the commit.
+    pub check_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { check_ms: 100 }
+    }
+}
+
 /// Watches served by this node (DESIGN.md "Watch").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -320,6 +336,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             idempotency: IdempotencyConfig::default(),
             history: HistoryConfig::default(),
+            lease: LeaseConfig::default(),
             watch: WatchConfig::default(),
             auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),

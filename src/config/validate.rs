@@ -80,6 +80,7 @@ impl Config {
             ("history.retain_ms", self.history.retain_ms),
             ("history.max_bytes", self.history.max_bytes),
             ("history.check_ms", self.history.check_ms),
+            ("lease.check_ms", self.lease.check_ms),
             ("watch.progress_ms", self.watch.progress_ms),
             ("watch.ack_timeout_ms", self.watch.ack_timeout_ms),
             ("watch.max_watches", self.watch.max_watches as u64),

@@ -100,6 +100,11 @@ pub(super) async fn wire(
     ));
     spawn_format_tasks(&ctx, &opened, config);
     spawn_watches(config, &ctx, &intake, &intake_tracker);
+    intake_tracker.spawn(api::expiry::run(
+        ctx.clone(),
+        std::time::Duration::from_millis(config.lease.check_ms),
+        intake.clone(),
+    ));
     let server = api::server::Server::new(
         ctx,
         config.limits.max_in_flight,

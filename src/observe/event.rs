@@ -74,10 +74,12 @@ pub enum Event {
     },
     /// The change log was compacted through `revision`; this node removed `removed_bytes`.
     HistoryCompacted { revision: u64, removed_bytes: u64 },
+    /// The leader ended lease `id` by expiry: `keys` keys went at `revision`.
+    LeaseExpired { id: u64, keys: u64, revision: u64 },
 }
 
 /// Every event path, in the order of [`Event::path_index`].
-pub const PATHS: [&str; 23] = [
+pub const PATHS: [&str; 24] = [
     "api.put",
     "api.get",
     "api.delete",
@@ -101,6 +103,7 @@ pub const PATHS: [&str; 23] = [
     "api.lease_list",
     "api.lock_acquire",
     "api.lock_release",
+    "lease.expired",
 ];
 
 impl Event {
@@ -132,6 +135,7 @@ impl Event {
             Event::WatchCreated { .. } => 12,
             Event::WatchEnded { .. } => 13,
             Event::HistoryCompacted { .. } => 14,
+            Event::LeaseExpired { .. } => 23,
         }
     }
 
@@ -195,6 +199,7 @@ impl Event {
                 m.num("events", *events);
             }
             Event::HistoryCompacted { removed_bytes, .. } => m.num("removed_bytes", *removed_bytes),
+            Event::LeaseExpired { keys, .. } => m.num("keys", *keys),
             Event::StateChange { .. } | Event::NatsConnection { .. } => {}
         }
     }
@@ -263,6 +268,10 @@ impl Event {
             Event::WatchCreated { .. } => {}
             Event::WatchEnded { code, .. } => m.str("code", code),
             Event::HistoryCompacted { revision, .. } => m.num("revision", *revision),
+            Event::LeaseExpired { id, revision, .. } => {
+                m.num("lease", *id);
+                m.num("revision", *revision);
+            }
             Event::NatsConnection { connected } => {
                 m.str(
                     "status",

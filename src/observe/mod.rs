@@ -14,6 +14,7 @@
 
 pub mod event;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod publish;
 pub mod raft_watch;
@@ -56,6 +57,7 @@ pub struct Observer {
     pub node: u64,
     pub metrics: Metrics,
     pub watch: watch::WatchMetrics,
+    pub lease: lease::LeaseMetrics,
     /// `None` with telemetry off: no event is made at all.
     queue: Option<mpsc::Sender<Stamped>>,
     api: Sampler,
@@ -86,6 +88,7 @@ impl Observer {
             node,
             metrics: Metrics::register(),
             watch: watch::WatchMetrics::register(),
+            lease: lease::LeaseMetrics::register(),
             queue,
             api: sampler(&cfg.api_events),
             apply: sampler(&cfg.apply_events),

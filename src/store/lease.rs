@@ -137,6 +137,11 @@ impl LeaseTable {
         self.leases.len()
     }
 
+    /// Keys attached to leases, in all.
+    pub fn key_count(&self) -> usize {
+        self.leases.values().map(|l| l.keys.len()).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.leases.is_empty()
     }
