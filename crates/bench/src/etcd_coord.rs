@@ -1,10 +1,12 @@
 //! The `etcd` target's leases and locks (issue 25), over etcd's v3 gRPC API.
 //!
-//! Leases: `LeaseGrant`, `LeaseRevoke`, and keepalives on [`KEEPALIVE_STREAMS`]
-//! `LeaseKeepAlive` streams, each carrying the keepalives of many leases as etcd's own Go
-//! client does (one stream per client for all its leases). etcd answers a stream's requests
-//! one at a time, in order, so each stream's replies are matched to its requests by lease
-//! id, first in first out. `etcd-client` binds a stream to one lease; its
+//! Leases: `LeaseGrant`, `LeaseRevoke`, and keepalives on `LeaseKeepAlive` streams, each
+//! carrying the keepalives of many leases as etcd's own Go client does (one stream per
+//! client for all its leases). etcd answers a stream's requests one at a time, in order, so
+//! each stream's replies are matched to its requests by lease id, first in first out; and
+//! so there are as many streams as keepalives in flight (`--keepalive-inflight`, at most
+//! [`MAX_KEEPALIVE_STREAMS`]), as Concord gets that many independent requests: a stream
+//! would otherwise queue keepalives behind each other. `etcd-client` binds a stream to one lease; its
 //! `pub-response-field` feature makes its keeper's fields public, so that a keeper of any
 //! lease can be made on an open stream. A reply with TTL 0 is etcd's "lease not found".
 //!
@@ -14,6 +16,7 @@
 //! the lock's key still exists (its `version` > 0).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +27,8 @@ use crate::lease_bench::{Leases, Renewal};
 use crate::lock_bench::Locker;
 use crate::OpResult;
 
-/// Keepalive streams: as many etcd clients, each renewing its share of the leases.
-pub(crate) const KEEPALIVE_STREAMS: usize = 16;
+/// Keepalive streams at most: as many etcd clients, each renewing its share of the leases.
+pub(crate) const MAX_KEEPALIVE_STREAMS: usize = 256;
 
 /// Keepalives waiting for their reply, by lease id, oldest first.
 type Waiting = Arc<Mutex<HashMap<i64, VecDeque<oneshot::Sender<Renewal>>>>>;
@@ -42,23 +45,30 @@ pub(crate) struct EtcdLeases {
     lease: LeaseClient,
     /// Opened on the first keepalive's lease, once leases exist.
     streams: Arc<tokio::sync::OnceCell<Vec<Stream>>>,
+    /// How many streams to open.
+    width: usize,
+    /// The stream of the next keepalive: round-robin, so that each has its share in flight.
+    next: Arc<AtomicUsize>,
     timeout: Duration,
 }
 
 impl EtcdLeases {
-    pub(crate) fn new(client: &Client, timeout: Duration) -> EtcdLeases {
+    /// Keepalives go over `streams` streams (1..=[`MAX_KEEPALIVE_STREAMS`]).
+    pub(crate) fn new(client: &Client, timeout: Duration, streams: usize) -> EtcdLeases {
         EtcdLeases {
             lease: client.lease_client(),
             streams: Arc::new(tokio::sync::OnceCell::new()),
+            width: streams.clamp(1, MAX_KEEPALIVE_STREAMS),
+            next: Arc::default(),
             timeout,
         }
     }
 
-    /// [`KEEPALIVE_STREAMS`] streams, each opened with a keepalive of `id` (etcd-client
-    /// opens a stream only with a first request, and waits for its reply).
+    /// The streams, each opened with a keepalive of `id` (etcd-client opens a stream only
+    /// with a first request, and waits for its reply).
     async fn open(&self, id: i64) -> Result<Vec<Stream>, String> {
-        let mut streams = Vec::with_capacity(KEEPALIVE_STREAMS);
-        for _ in 0..KEEPALIVE_STREAMS {
+        let mut streams = Vec::with_capacity(self.width);
+        for _ in 0..self.width {
             let (keeper, mut replies) = self
                 .lease
                 .clone()
@@ -102,7 +112,7 @@ impl Leases for EtcdLeases {
             Ok(s) => s,
             Err(code) => return Renewal::Failed(code),
         };
-        let stream = &streams[id.unsigned_abs() as usize % streams.len()];
+        let stream = &streams[self.next.fetch_add(1, Ordering::Relaxed) % streams.len()];
         let (tx, rx) = oneshot::channel();
         match stream.waiting.lock() {
             Ok(mut w) => w.entry(id).or_default().push_back(tx),
@@ -144,7 +154,7 @@ impl EtcdLocker {
         ttl: Duration,
         value_size: usize,
     ) -> Result<EtcdLocker, String> {
-        let lease = EtcdLeases::new(client, Duration::from_secs(5))
+        let lease = EtcdLeases::new(client, Duration::from_secs(5), 1)
             .grant(ttl)
             .await?;
         Ok(EtcdLocker {

@@ -270,7 +270,8 @@ async fn keepalive_loop<L: Leases>(
     // std Mutex: held only to record one reply, never across an await.
     let stats = Arc::new(Mutex::new(KeepaliveStats::default()));
     let slot = every.as_secs_f64() / ids.len().max(1) as f64;
-    let start = Instant::now();
+    // tokio's clock: the schedule runs on the runtime's timers (and a paused test clock).
+    let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (mut sent, mut late, mut max_lag) = (0u64, 0u64, Duration::ZERO);
@@ -293,7 +294,7 @@ async fn keepalive_loop<L: Leases>(
             sent += 1;
             let (l, stats) = (leases.clone(), stats.clone());
             tokio::spawn(async move {
-                let t0 = Instant::now();
+                let t0 = tokio::time::Instant::now();
                 let r = l.keepalive(id).await;
                 let us = t0.elapsed().as_micros() as u64;
                 if let Ok(mut st) = stats.lock() {

@@ -27,6 +27,7 @@
 mod concord;
 mod concord_coord;
 mod concord_watch;
+mod coord_run;
 pub mod cpu;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
@@ -416,7 +417,7 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
         return watch_bench::run(target, cfg, progress).await;
     }
     if cfg.lock_handoff || cfg.leases > 0 {
-        return run_coord(target, cfg, progress).await;
+        return coord_run::run(target, cfg, progress).await;
     }
     match target {
         Target::Concord {
@@ -487,94 +488,6 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
             drive(name, |c| e.handle(c), &cfg, progress).await
         }
     }
-}
-
-/// A `--leases` or `--lock-handoff` run (`concord`, `etcd`).
-async fn run_coord(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Result<Summary> {
-    anyhow::ensure!(
-        !(cfg.lock_handoff && cfg.leases > 0),
-        "--lock-handoff and --leases are runs of their own: choose one"
-    );
-    let name = target.name();
-    // A fresh lock per run: nothing left by an earlier run stands in the queue.
-    let lock = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    match target {
-        Target::Concord {
-            nats,
-            prefix,
-            token,
-        } => {
-            let coord =
-                concord_coord::Coord::new(nats.clone(), &prefix, token.as_deref(), cfg.timeout);
-            if cfg.lock_handoff {
-                let lockers = (0..cfg.clients)
-                    .map(|_| concord_coord::ConcordLocker {
-                        coord: coord.clone(),
-                        name: lock.clone(),
-                        ttl_ms: cfg.lease_ttl.as_millis() as u64,
-                        value_size: cfg.value_size,
-                    })
-                    .collect();
-                return lock_bench::run(name, &lock, lockers, &cfg, progress).await;
-            }
-            let h = concord::ConcordHandle::new(
-                nats,
-                &prefix,
-                None,
-                cfg.value_size,
-                cfg.stale,
-                cfg.timeout,
-            )
-            .with_token(token.as_deref())
-            .with_ids(cfg.ids);
-            lease_bench::run(name, coord, |_| h.clone(), &cfg, progress).await
-        }
-        #[cfg(feature = "bench-etcd")]
-        Target::Etcd { endpoints, conns } => {
-            let e = etcd::Etcd::connect(
-                &endpoints,
-                conns.min(cfg.clients),
-                cfg.value_size,
-                cfg.stale,
-                cfg.timeout,
-            )
-            .await?;
-            if cfg.lock_handoff {
-                return etcd_lock_run(&e, &lock, &cfg, progress).await;
-            }
-            let leases = etcd_coord::EtcdLeases::new(e.client(0), cfg.timeout);
-            lease_bench::run(name, leases, |c| e.handle(c), &cfg, progress).await
-        }
-        other => anyhow::bail!(
-            "--leases, --lock-handoff: the {} target has neither (concord and etcd have)",
-            other.name()
-        ),
-    }
-}
-
-/// etcd's lock hand-off: each client's lease outlives the run and is revoked after it.
-#[cfg(feature = "bench-etcd")]
-async fn etcd_lock_run(
-    e: &etcd::Etcd,
-    lock: &str,
-    cfg: &BenchConfig,
-    progress: bool,
-) -> anyhow::Result<Summary> {
-    let ttl = cfg.duration + Duration::from_secs(60);
-    let mut lockers = Vec::new();
-    for c in 0..cfg.clients {
-        let l = etcd_coord::EtcdLocker::new(e.client(c), lock, ttl, cfg.value_size)
-            .await
-            .map_err(|code| anyhow::anyhow!("etcd: granting a lock client's lease: {code}"))?;
-        lockers.push(l);
-    }
-    let leases: Vec<i64> = lockers.iter().map(|l| l.lease()).collect();
-    let s = lock_bench::run("etcd", lock, lockers, cfg, progress).await;
-    let revoker = etcd_coord::EtcdLeases::new(e.client(0), cfg.timeout);
-    for id in leases {
-        let _ = lease_bench::Leases::revoke(&revoker, id).await;
-    }
-    s
 }
 
 /// Refuses a mix with an op that `target` has no request for.
