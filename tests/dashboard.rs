@@ -86,6 +86,9 @@ const CONTRACT_METRICS: &[&str] = &[
     "concord_watch_ends_total",
     "concord_history_bytes",
     "concord_compact_revision",
+    "concord_leases",
+    "concord_lease_keys",
+    "concord_lease_expiries_total",
     "concord_nats_connected",
     "concord_nats_reconnects_total",
     "concord_telemetry_events_total",
@@ -832,7 +835,7 @@ async fn run_dashboard_check(cluster: &Cluster, bin: &Path, metrics_ports: &[u16
     let figures = [
         (
             r#"sum(concord_requests_total{op="put", result="ok"})"#,
-            30.0,
+            31.0,
         ),
         (
             r#"sum(concord_requests_total{op="get", result="ok"})"#,
@@ -913,7 +916,8 @@ async fn run_dashboard_check(cluster: &Cluster, bin: &Path, metrics_ports: &[u16
     Ok(())
 }
 
-/// 30 puts, 30 gets, 3 gets of missing keys, 2 deletes, a scan, incrs and a txn, and one put
+/// 31 puts (one with a lease), 30 gets, 3 gets of missing keys, 2 deletes, a scan, incrs, a
+/// txn, a lease grant and keepalive, a lock acquire and release, and one put
 /// without a token.
 async fn put_load(cluster: &Cluster) -> Result<()> {
     let headers = cluster.admin_headers();
@@ -966,6 +970,23 @@ async fn put_load(cluster: &Cluster) -> Result<()> {
     let txn = json!({"success": [{"get": {"key": "dash:n"}}, {"incr": {"key": "dash:t"}}]});
     let reply = call("kv.txn", txn).await?;
     ensure!(reply["ok"] == json!(true), "txn: {reply}");
+    // A lease with a key, a keepalive, and a lock taken and released.
+    let lease = call("lease.grant", json!({"ttl_ms": 60_000})).await?;
+    ensure!(lease["ok"] == json!(true), "lease.grant: {lease}");
+    let put = json!({"key": "dash:leased", "value": 1, "lease": lease["id"]});
+    ensure!(
+        call("kv.put", put).await?["ok"] == json!(true),
+        "put with a lease"
+    );
+    let keepalive = call("lease.keepalive", json!({"id": lease["id"]})).await?;
+    ensure!(keepalive["ok"] == json!(true), "keepalive: {keepalive}");
+    let lock = call("lock.acquire", json!({"name": "dash", "ttl_ms": 10_000})).await?;
+    ensure!(lock["ok"] == json!(true), "lock.acquire: {lock}");
+    let release = json!({"name": "dash", "fence": lock["fence"]});
+    ensure!(
+        call("lock.release", release).await?["ok"] == json!(true),
+        "lock.release"
+    );
     let reply = cluster
         .request_raw(
             &cluster.subject("kv.put"),

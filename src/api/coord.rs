@@ -144,24 +144,23 @@ async fn acquire(
     }
 }
 
-/// When a wait ends: `wait_ms` from now, or shortly before the deadline; refused when
-/// `wait_ms` does not end before the deadline.
+/// When a wait ends: `wait_ms` from now, or shortly before the deadline, whichever comes
+/// first (a resent acquire waits again within what is left); refused when `wait_ms` could
+/// never end before the request's deadline.
 fn wait_end(r: &Routed<'_>, wait_ms: Option<u64>) -> Result<Instant, AttemptError> {
     let latest = r.deadline.checked_sub(WAIT_MARGIN).unwrap_or(r.deadline);
-    match wait_ms {
-        None => Ok(latest),
-        Some(ms) => {
-            let end = Instant::now() + Duration::from_millis(ms);
-            if ms > 0 && end > latest {
-                return Err(AttemptError::Fail(bad_request(format!(
-                    "wait_ms ({ms}) must end before the request's deadline ({} ms, less {} ms to withdraw); raise timeout_ms or lower wait_ms",
-                    r.timeout_len.as_millis(),
-                    WAIT_MARGIN.as_millis()
-                ))));
-            }
-            Ok(end)
-        }
+    let Some(ms) = wait_ms else {
+        return Ok(latest);
+    };
+    let wait = Duration::from_millis(ms);
+    if ms > 0 && wait + WAIT_MARGIN >= r.timeout_len {
+        return Err(AttemptError::Fail(bad_request(format!(
+            "wait_ms ({ms}) must end before the request's deadline ({} ms, less {} ms to withdraw); raise timeout_ms or lower wait_ms",
+            r.timeout_len.as_millis(),
+            WAIT_MARGIN.as_millis()
+        ))));
     }
+    Ok((Instant::now() + wait).min(latest))
 }
 
 /// Watches this node's applied state until claim `claim` of lock `name` holds it (true),

@@ -92,7 +92,10 @@ pub async fn handle_call(ctx: &Ctx, call: KvCall, msg: &Message) -> Vec<u8> {
     // A write with a request id may be sent again (to a new leader) once it may have been
     // delivered: the state machine answers a second copy from its idempotency table. Only
     // from log format 2 on, where the id travels with the command.
-    let resendable = common.request_id.is_some()
+    // A keepalive or touch carries no id, but repeating one only renews again: it may be
+    // resent too.
+    let repeatable = matches!(op, KvOp::LeaseKeepalive | KvOp::Touch);
+    let resendable = (common.request_id.is_some() || repeatable)
         && ctx.consensus.view.cluster_format() >= crate::command::FORMAT_V2;
     let r = Routed::new(ctx, msg, arrival, common.timeout, op.is_write()).resendable(resendable);
     let access = Access::of(&req, &common, msg);

@@ -48,7 +48,13 @@ pub struct Server {
     /// Admin requests in progress: apart from `permits`, so that a flood of parked gets
     /// leaves the operator a way in (`admin.status`, `token revoke`).
     pub admin_permits: Arc<Semaphore>,
+    /// Lock acquires in progress: a waiting claim may take seconds, so waiters have a pool
+    /// of their own and hold none of `permits` (DESIGN.md "Locks and fencing").
+    pub waiter_permits: Arc<Semaphore>,
 }
+
+/// Lock acquires one node serves at once (each a parked task, no thread).
+const MAX_LOCK_WAITERS: usize = 10_000;
 
 impl Server {
     pub fn new(ctx: Arc<Ctx>, max_in_flight: usize, max_admin_in_flight: usize) -> Arc<Server> {
@@ -56,6 +62,7 @@ impl Server {
             ctx,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             admin_permits: Arc::new(Semaphore::new(max_admin_in_flight)),
+            waiter_permits: Arc::new(Semaphore::new(MAX_LOCK_WAITERS)),
         })
     }
 
@@ -328,6 +335,7 @@ impl Server {
             };
             let pool = match self.ctx.cluster.subjects.classify(&msg.subject) {
                 Some(Addressed::Admin(_)) => &self.admin_permits,
+                Some(a) if a.kv_op() == Some(KvOp::LockAcquire) => &self.waiter_permits,
                 _ => &self.permits,
             };
             let permit = match pool.clone().try_acquire_owned() {

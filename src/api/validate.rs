@@ -222,6 +222,9 @@ mod tests {
             key: "k".into(),
             value: v.into(),
             if_revision: None,
+            lease: None,
+            ttl_ms: None,
+            fence: None,
         };
         assert!(request(&put("12345"), &limits).is_ok());
         let e = request(&put("12345678901"), &limits).unwrap_err();

@@ -657,7 +657,15 @@ mod tests {
                 "token_revoke",
                 "token_list",
                 "incr",
-                "txn"
+                "txn",
+                "touch",
+                "lease_grant",
+                "lease_keepalive",
+                "lease_revoke",
+                "lease_get",
+                "lease_list",
+                "lock_acquire",
+                "lock_release"
             ]
         );
         for (i, op) in ReqOp::ALL.iter().enumerate() {

@@ -149,37 +149,156 @@ async fn applied_time_never_runs_back_and_travels_with_snapshots() {
     assert_eq!(migrations::format_version(&store2).unwrap(), 3);
 }
 
+fn client(op: Op) -> Command {
+    Command::Client(Request::untagged(op))
+}
+
+/// A lease's end is decided by the log alone: an expiry that names an older renewal, or
+/// comes before the deadline, changes nothing; the one that names the last renewal past its
+/// deadline deletes every attached key at one revision. Snapshots and restarts carry the
+/// table.
 #[tokio::test]
-async fn commands_without_behaviour_yet_change_nothing() {
+async fn expiry_follows_the_log_and_the_table_travels_with_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, view, mut sm) = open(dir.path());
-    let touch = Command::Client(Request::untagged(Op::Touch {
-        key: "n".into(),
-        ttl_ms: Some(1_000),
-    }));
+    let at = |i, stamp, cmd| entry(i, LogCommand::stamped(cmd, stamp));
+    let attach = |key: &str| {
+        client(Op::Put {
+            key: key.into(),
+            value: "1".into(),
+            if_revision: None,
+            lease: Some(3),
+            ttl_ms: None,
+            fence: None,
+        })
+    };
     let out = sm
         .apply(vec![
             entry(1, LogCommand::new(Command::FormatSwitch { format: 2 })),
-            entry(2, LogCommand::stamped(touch, 1)),
-            entry(
-                3,
-                LogCommand::stamped(Command::LeaseExpire { id: 1, renewal: 1 }, 2),
+            at(
+                2,
+                1_000,
+                client(Op::LeaseGrant {
+                    id: Some(3),
+                    ttl_ms: 500,
+                }),
+            ),
+            at(3, 1_001, attach("a")),
+            at(4, 1_002, attach("b")),
+            at(5, 1_200, client(Op::LeaseKeepalive { id: 3 })),
+            // Names the grant's renewal: a later keepalive applied first.
+            at(
+                6,
+                1_600,
+                Command::LeaseExpire {
+                    id: 3,
+                    renewal: 1_000,
+                },
+            ),
+            // Names the last renewal, but before its deadline (1_700).
+            at(
+                7,
+                1_650,
+                Command::LeaseExpire {
+                    id: 3,
+                    renewal: 1_200,
+                },
             ),
         ])
         .await
         .unwrap();
+    assert_eq!(out[5..], [Applied::LeaseKept, Applied::LeaseKept]);
+    assert_eq!(meta(&view, "a").lease, 3);
+
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (_store2, view2, mut sm2) = open(other.path());
+    let mut recv = sm2.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut *recv).await.unwrap();
+    sm2.install_snapshot(&snap.meta, recv).await.unwrap();
+    let installed = view2.with_leases(|t| t.info(3, true));
     assert_eq!(
-        out[1..],
-        [
-            Applied::Unsupported {
-                operation: "touch".into()
-            },
-            Applied::Unsupported {
-                operation: "lease_expire".into()
-            }
-        ]
+        installed.map(|i| (i.deadline, i.keys)),
+        Some((Some(1_700), Some(vec!["a".to_string(), "b".to_string()])))
     );
-    assert_eq!((view.revision(), view.key_count()), (0, 0));
+
+    let out = sm
+        .apply(vec![at(
+            8,
+            1_700,
+            Command::LeaseExpire {
+                id: 3,
+                renewal: 1_200,
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        [Applied::LeaseEnded {
+            revision: 3,
+            count: 2
+        }]
+    );
+    assert!(view.record("a").unwrap().is_none() && view.record("b").unwrap().is_none());
+    assert!(view.with_leases(|t| t.is_empty()));
+}
+
+/// A picked id survives a restart: the next grant does not reuse it.
+#[tokio::test]
+async fn picked_lease_ids_are_not_reused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, view, mut sm) = open(dir.path());
+    let at = |i, stamp, cmd| entry(i, LogCommand::stamped(cmd, stamp));
+    sm.apply(vec![entry(
+        1,
+        LogCommand::new(Command::FormatSwitch { format: 2 }),
+    )])
+    .await
+    .unwrap();
+    let out = sm
+        .apply(vec![at(
+            9,
+            1_800,
+            client(Op::LeaseGrant {
+                id: None,
+                ttl_ms: 500,
+            }),
+        )])
+        .await
+        .unwrap();
+    let Applied::Lease { id: picked, .. } = out[0] else {
+        panic!("a grant: {out:?}");
+    };
+    view.flush().unwrap();
+    store.sync().unwrap();
+    drop((sm, view, store));
+    let (_store, view, mut sm) = open(dir.path());
+    assert!(view.with_leases(|t| t.get(picked).is_some()));
+    let out = sm
+        .apply(vec![
+            at(10, 1_900, client(Op::LeaseRevoke { id: picked })),
+            at(
+                11,
+                1_901,
+                client(Op::LeaseGrant {
+                    id: None,
+                    ttl_ms: 500,
+                }),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(out[1], Applied::Lease { id, .. } if id > picked),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -66,6 +66,16 @@ pub struct Status {
     pub log_format: super::format_switch::LogFormat,
     /// The idempotency table (exactly-once writes) as applied here.
     pub idempotency: IdempotencyStatus,
+    /// The lease table as applied here.
+    pub leases: LeaseStatus,
+}
+
+/// Leases in `admin.status`.
+#[derive(Debug, Serialize)]
+pub struct LeaseStatus {
+    /// Leases held, and keys attached to them.
+    pub count: u64,
+    pub keys: u64,
 }
 
 /// The change log in `admin.status`.
@@ -215,6 +225,10 @@ pub async fn status(ctx: &Ctx, digest: Option<Instant>) -> Result<Status, WireEr
             reads: crate::command::COMMAND_FORMAT,
         },
         idempotency: idempotency_status(ctx),
+        leases: ctx.consensus.view.with_leases(|t| LeaseStatus {
+            count: t.len() as u64,
+            keys: t.key_count() as u64,
+        }),
     })
 }
 

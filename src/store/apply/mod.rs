@@ -516,8 +516,7 @@ pub(super) fn apply_entries(
         outcomes.push(outcome);
     }
 
-    // The batch's idempotency segment and lease id counter go with its writes.
-    b.idem().finish()?;
+    b.idem().finish()?; // The idempotency segment and lease id counter go with the writes.
     lease::finish(&mut b);
     let switched = format_switched(view, &mut b);
     // Membership, cluster id, tokens and the format change rarely and are not in the write
