@@ -94,7 +94,7 @@ async fn leases(c: &Cluster) -> Result<()> {
     ensure!(l.get("keepalive_errors").is_none(), "keepalive errors: {l}");
     let lat = &l["keepalive_latency_us"];
     ensure!(
-        lat["p50"].as_u64() > Some(0) && lat["p99"] >= lat["p50"],
+        lat["p50"].as_u64() > Some(0) && lat["p99"].as_u64() >= lat["p50"].as_u64(),
         "latency: {l}"
     );
     ensure!(l["revoked"] == LEASES, "every lease revoked: {l}");
