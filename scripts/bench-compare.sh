@@ -37,6 +37,15 @@
 #              per round, whichever of them is selected, the same puts without watchers
 #              (the baseline of the puts' loss): delivery time from each put's ack to its
 #              event at each watcher (p50, p99), events delivered per second, the puts' rate
+#   leases     lease keepalives beside puts (issue 25; Concord and etcd): puts at 64 clients,
+#              first alone, then beside LEASES leases (10,000) each renewed every second
+#              (`concord bench --leases`; etcd: LeaseKeepAlive streams): puts/s with and
+#              without, the keepalives' latency, their rate achieved vs. asked, leases lost
+#   lockhandoff
+#              two clients contending for one lock, each taking it (waiting), writing one
+#              fenced put, releasing (`concord bench --lock-handoff`; etcd: v3lock Lock/Unlock
+#              and a Txn on the lock key): hand-off latency from a release sent to the next
+#              grant received (p50, p99), hand-offs/s
 # Every run also measures the CPU seconds of the system's processes (`--cpu-pids`); the
 # put-at-64 row gives CPU per 10k puts.
 #
@@ -48,7 +57,8 @@
 #   QUICK=1           smoke run: SECS=3 REPS=1 unless those are set
 #   SYSTEMS="..."     subset of: concord etcd natskv-always natskv-default
 #   WORKLOADS="..."   subset of: floors put get mixed large fsync-off cas incr watch1 watch100
-#                     watch1000 (default all)
+#                     watch1000 leases lockhandoff (default all)
+#   LEASES=10000      leases of the `leases` workload
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it
 #   NO_BUILD=1        use target/release/concord as it is (must have --features bench-etcd)
 #                     (target/ is $CARGO_TARGET_DIR when that is set, as for cargo)
@@ -68,11 +78,12 @@ fi
 SECS="${SECS:-5}"
 REPS="${REPS:-3}"
 SYSTEMS="${SYSTEMS:-concord etcd natskv-always natskv-default}"
-ALL_WORKLOADS="floors put get mixed large fsync-off cas incr watch1 watch100 watch1000"
+ALL_WORKLOADS="floors put get mixed large fsync-off cas incr watch1 watch100 watch1000 leases lockhandoff"
 WORKLOADS="${WORKLOADS:-$ALL_WORKLOADS}"
 # Where cargo puts the build: $CARGO_TARGET_DIR when set.
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/concord"
 KEYS=10000
+LEASES="${LEASES:-10000}"
 started_at=$SECONDS
 
 CONCORD_NATS_PORT=14222
@@ -241,12 +252,18 @@ system, workload, rep, s = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys
 errs = sum(s["errors"].values())
 lat = s["latency_us"]
 w = s.get("watch")
+le, lk = s.get("leases"), s.get("lock")
 print(f"  {system:<15} {workload:<34} #{rep}  {s['ops_per_sec']:>9,.0f} ops/s  "
       f"p50 {lat['p50'] / 1000:.2f} ms  p99 {lat['p99'] / 1000:.2f} ms"
       + (f"  errors {errs}" if errs else "")
       + (f"  | {w['watchers']} watchers: delivery p50 {w['delivery_us']['p50'] / 1000:.2f} ms "
          f"p99 {w['delivery_us']['p99'] / 1000:.2f} ms, {w['delivered_per_sec']:,.0f} events/s, "
-         f"missing {w['missing']}" if w else ""))
+         f"missing {w['missing']}" if w else "")
+      + (f"  | {le['granted']} leases: puts/s without {le['puts_without_leases']['ops_per_sec']:,.0f} "
+         f"(kept {le['puts_kept']:.2f}), keepalives {le['keepalives_per_sec']:,.0f}/s of "
+         f"{le['keepalives_asked_per_sec']:,.0f}/s, p50 {le['keepalive_latency_us']['p50'] / 1000:.2f} ms "
+         f"p99 {le['keepalive_latency_us']['p99'] / 1000:.2f} ms, not_found {le['not_found']}" if le else "")
+      + (f"  | lock: {lk['handoffs_per_sec']:,.0f} hand-offs/s, overlaps {lk['overlaps']}" if lk else ""))
 PY
 
 # One workload, one run of this round, bounded in time; its JSON summary goes to $RAW with
@@ -312,6 +329,13 @@ suite() {
     if want incr && [[ "$kind" == concord ]]; then
         bench "$system" "$INCR_ROW" --clients 64 --mix incr=100 --keys 10
     fi
+    if want leases && [[ "$kind" != natskv ]]; then
+        bench "$system" "$LEASES_ROW" --clients 64 --mix put=100 --keys "$KEYS" \
+            --leases "$LEASES" --keepalive-every 1s --lease-ttl 10s
+    fi
+    if want lockhandoff && [[ "$kind" != natskv ]]; then
+        bench "$system" "$LOCK_ROW" --clients 2 --lock-handoff
+    fi
     if want_watch && [[ "$kind" != etcd ]]; then
         bench "$system" "$WATCH_BASE_ROW" --clients 16 --mix put=100 --keys "$KEYS"
         for c in 1 100 1000; do
@@ -329,6 +353,9 @@ export BC_WATCH_BASE_ROW="$WATCH_BASE_ROW"
 CAS_ROW="CAS update, 64 clients, 10 keys"
 INCR_ROW="incr, 64 clients, 10 keys"
 export BC_CAS_ROW="$CAS_ROW" BC_INCR_ROW="$INCR_ROW"
+LEASES_ROW="put, 64 clients, beside $LEASES leases renewed every 1 s"
+LOCK_ROW="lock hand-off, 2 clients"
+export BC_LEASES_ROW="$LEASES_ROW" BC_LOCK_ROW="$LOCK_ROW"
 
 # --- Concord ----------------------------------------------------------------------------------
 
@@ -372,8 +399,9 @@ concord_nodes_up() {
     }
     # One write through the whole path, so the first measured request pays no warm-up.
     wait_for 30 "$BIN" --nats-url "$CONCORD_URL" put bench:warmup 1 || die "concord: first put failed"
-    # The change log (and so the watch) starts with format 2, as conditional writes do.
-    if want cas || want incr || want_watch; then
+    # The change log (and so the watch), leases and locks start with format 2, as
+    # conditional writes do.
+    if want cas || want incr || want_watch || want leases || want lockhandoff; then
         wait_for 60 concord_writes_format_2 || die "concord: the cluster did not switch to log format 2 within 60 s"
     fi
 }
@@ -698,6 +726,62 @@ if wrows:
         for other in ("natskv-always", "natskv-default"):
             if ("concord", w) in runs and (other, w) in runs:
                 goal(f"events delivered/s at {n} watcher(s), concord / {other}", w, other, wrate, ">= 1")
+LR, KR = env["BC_LEASES_ROW"], env["BC_LOCK_ROW"]
+def each_round(system, workload, f, fmt):
+    return ", ".join(fmt(v) for _, v in sorted(by_round(system, workload, f).items()))
+def med_line(label, system, workload, f, unit, target):
+    vals = list(by_round(system, workload, f).values())
+    if vals:
+        print(f"- {label}: **{statistics.median(vals):.2f}{unit}** (goal {target}; by round: {each_round(system, workload, f, lambda v: f'{v:.2f}')})")
+if LR in order_w:
+    le = lambda k: (lambda r: r["leases"][k])
+    kal = lambda q: (lambda r: r["leases"]["keepalive_latency_us"][q] / 1000)
+    base = lambda r: r["leases"]["puts_without_leases"]["ops_per_sec"]
+    n0 = lambda v: f"{v:,.0f}"
+    n2 = lambda v: f"{v:.2f}"
+    print("## Lease keepalives beside puts (issue 25): every round")
+    print()
+    print(f"{LR}: the puts run first alone, then beside the leases (one run, one cluster); keepalive latency = send to reply; achieved = keepalives answered ok per second vs. asked (leases / 1 s); not_found = a keepalive found its lease gone (a lease lost); late = keepalives sent more than a period after they were due. Each cell lists the rounds in order.")
+    print()
+    print("| system | puts/s without | puts/s with | puts kept | keepalives/s (asked) | keepalive p50 ms | keepalive p99 ms | not_found | late | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in systems:
+        if (s, LR) not in runs: continue
+        asked = statistics.median(le("keepalives_asked_per_sec")(r) for r in runs[(s, LR)])
+        errs = sum(sum(r["leases"].get("keepalive_errors", {}).values()) + sum(r["errors"].values()) for r in runs[(s, LR)])
+        print(f"| {s} | {each_round(s, LR, base, n0)} | {each_round(s, LR, ops, n0)} | {each_round(s, LR, le('puts_kept'), n2)} | "
+              f"{each_round(s, LR, le('keepalives_per_sec'), n0)} ({asked:,.0f}) | {each_round(s, LR, kal('p50'), n2)} | "
+              f"{each_round(s, LR, kal('p99'), n2)} | {each_round(s, LR, le('not_found'), n0)} | {each_round(s, LR, le('late'), n0)} | {errs} |")
+    print()
+if KR in order_w:
+    lk = lambda k, q: (lambda r: r["lock"][k][q] / 1000)
+    hps = lambda r: r["lock"]["handoffs_per_sec"]
+    n0 = lambda v: f"{v:,.0f}"
+    n2 = lambda v: f"{v:.2f}"
+    print("## Lock hand-off (issue 25): every round")
+    print()
+    print(f"{KR}: each client acquires (waiting), writes one fenced put, releases; hand-off = from the holder's release sent to the waiter's grant received (one process, one clock). Each cell lists the rounds in order.")
+    print()
+    print("| system | hand-offs/s | hand-off p50 ms | hand-off p99 ms | acquire p50 ms | fenced put p50 ms | release p50 ms | overlaps | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in systems:
+        if (s, KR) not in runs: continue
+        errs = sum(sum(r["errors"].values()) for r in runs[(s, KR)])
+        print(f"| {s} | {each_round(s, KR, hps, n0)} | {each_round(s, KR, p50, n2)} | {each_round(s, KR, p99, n2)} | "
+              f"{each_round(s, KR, lk('acquire_us', 'p50'), n2)} | {each_round(s, KR, lk('fenced_put_us', 'p50'), n2)} | "
+              f"{each_round(s, KR, lk('release_us', 'p50'), n2)} | {each_round(s, KR, lambda r: r['lock']['overlaps'], n0)} | {errs} |")
+    print()
+if LR in order_w or KR in order_w:
+    print("## Issue 25 goals: median over the rounds")
+    print()
+    if ("concord", LR) in runs:
+        med_line("puts kept beside the leases, concord", "concord", LR, lambda r: r["leases"]["puts_kept"], "x", ">= 0.90")
+        goal("puts/s beside leases, concord / etcd", LR, "etcd", ops, "-")
+        goal("keepalive p99, concord / etcd", LR, "etcd", lambda r: r["leases"]["keepalive_latency_us"]["p99"], "-")
+    if ("concord", KR) in runs:
+        med_line("lock hand-off p99, concord", "concord", KR, p99, " ms", "<= 5 ms")
+        goal("hand-offs/s, concord / etcd", KR, "etcd", ops, "-")
+        goal("hand-off p99, concord / etcd", KR, "etcd", p99, "-")
 PY
 cat "$OUT_MD"
 echo

@@ -81,6 +81,29 @@ pub struct BenchArgs {
     /// besides the puts' own.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub watch_conns: usize,
+    /// Lease keepalives beside puts (`concord`, `etcd`): the puts run once without leases,
+    /// then N leases of --lease-ttl are granted and each renewed every --keepalive-every
+    /// (spread evenly over the period) while the same puts run again; then they are
+    /// revoked. The summary is the puts with leases, plus puts/s without them, the
+    /// keepalives' latency, their rate achieved vs. asked, and those answered not_found (a
+    /// lease lost). E.g. `--leases 10000 --keepalive-every 1s --clients 64`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub leases: usize,
+    /// `--leases`: how often each lease is renewed.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub keepalive_every: Duration,
+    /// `--leases`: the leases' TTL; `--lock-handoff`: the TTL of a lock claim's lease.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// `--leases`: keepalives in flight at most (the schedule waits when they are).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub keepalive_inflight: usize,
+    /// Lock hand-off (`concord`, `etcd`): --clients clients (at least 2) contend for one
+    /// lock; each acquires it (waiting), writes one fenced put, releases. Reports the
+    /// hand-off latency (from a release being sent to the next grant arriving, p50/p99) and
+    /// hand-offs/s, e.g. `--lock-handoff --clients 2`.
+    #[arg(long)]
+    pub lock_handoff: bool,
 }
 
 /// `concord bench`: connects to what `--target` names (NATS only for the targets that use
@@ -173,6 +196,11 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<i32> {
         ids: args.ids,
         watchers: args.watchers,
         watch_conns,
+        leases: args.leases,
+        keepalive_every: args.keepalive_every,
+        lease_ttl: args.lease_ttl,
+        keepalive_inflight: args.keepalive_inflight.max(1),
+        lock_handoff: args.lock_handoff,
     };
     let s = concord_bench::run(target, cfg, !global.json).await?;
     let v = serde_json::to_value(&s)?;
@@ -195,6 +223,51 @@ fn summary_line(s: &concord_bench::Summary) -> String {
     }
     if let (Some(c), Some(per)) = (s.cpu_seconds, s.cpu_seconds_per_10k_ops) {
         line.push_str(&format!(" | cpu {c:.2} s, {per:.3} s per 10k ops"));
+    }
+    if let Some(l) = &s.leases {
+        let b = &l.puts_without_leases;
+        line.push_str(&format!(
+            "\nleases: {} granted in {:.1}s | puts/s {:.0} without, {:.0} with ({:.2} kept) | \
+             keepalives {:.0}/s of {:.0}/s asked, us p50 {} p99 {} max {} | not_found {} \
+             ({} leases lost) | late {} (max lag {:.0} ms) | errors {:?} | revoked {}",
+            l.granted,
+            l.grant_seconds,
+            b.ops_per_sec,
+            s.ops_per_sec,
+            l.puts_kept,
+            l.keepalives_per_sec,
+            l.keepalives_asked_per_sec,
+            l.keepalive_latency_us["p50"],
+            l.keepalive_latency_us["p99"],
+            l.keepalive_latency_us["max"],
+            l.not_found,
+            l.leases_lost,
+            l.late,
+            l.max_lag_ms,
+            l.keepalive_errors,
+            l.revoked
+        ));
+    }
+    if let Some(l) = &s.lock {
+        line.push_str(&format!(
+            "\nlock '{}': {} clients, {} cycles, {} hand-offs ({:.0}/s, {} to the same client), \
+             {} waits ended, {} overlaps | us p50/p99: acquire {}/{}, fenced put {}/{}, \
+             release {}/{} (the line above: hand-off latency)",
+            l.name,
+            l.clients,
+            l.cycles,
+            l.handoffs,
+            l.handoffs_per_sec,
+            l.self_handoffs,
+            l.waits_ended,
+            l.overlaps,
+            l.acquire_us["p50"],
+            l.acquire_us["p99"],
+            l.fenced_put_us["p50"],
+            l.fenced_put_us["p99"],
+            l.release_us["p50"],
+            l.release_us["p99"]
+        ));
     }
     if let Some(w) = &s.watch {
         line.push_str(&format!(

@@ -75,6 +75,11 @@ impl Etcd {
         })
     }
 
+    /// Channel `c` (round-robin), for the lease and lock clients.
+    pub fn client(&self, c: usize) -> &Client {
+        &self.conns[c % self.conns.len()]
+    }
+
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
@@ -171,7 +176,7 @@ impl Driver for EtcdHandle {
 
 /// `etcd_<grpc code>` (`etcd_unavailable`, `etcd_deadline_exceeded`, ...), or the kind of
 /// a client-side failure.
-fn error_code(e: &etcd_client::Error) -> String {
+pub(crate) fn error_code(e: &etcd_client::Error) -> String {
     use etcd_client::Error as E;
     match e {
         E::GRpcStatus(s) => format!("etcd_{}", snake_case(&format!("{:?}", s.code()))),

@@ -17,15 +17,25 @@
 //! With `--watchers N` (`concord` and `natskv`) the puts run with N watchers of their
 //! prefix attached, and the summary gains the watch fan-out figures ([`watch_bench`]).
 //!
+//! With `--leases N` (`concord` and `etcd`) the puts run once without leases and once
+//! beside N leases renewed every `--keepalive-every` ([`lease_bench`]); `--lock-handoff`
+//! measures lock hand-off between `--clients` contending clients ([`lock_bench`]).
+//!
 //! It speaks to the cluster only over NATS and never links the node library: the `concord`
 //! binary depends on this crate, so this crate cannot depend on it.
 
 mod concord;
+mod concord_coord;
 mod concord_watch;
+mod coord_run;
 pub mod cpu;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
+#[cfg(feature = "bench-etcd")]
+mod etcd_coord;
 mod fanout;
+pub mod lease_bench;
+pub mod lock_bench;
 mod natskv;
 pub mod watch_bench;
 
@@ -59,6 +69,16 @@ pub struct BenchConfig {
     pub watchers: usize,
     /// NATS connections the watchers share (empty: the puts' connection).
     pub watch_conns: Vec<async_nats::Client>,
+    /// Leases renewed beside the puts (0: no lease run).
+    pub leases: usize,
+    /// How often each lease is renewed.
+    pub keepalive_every: Duration,
+    /// The leases' TTL (and a lock claim's, `--lock-handoff`).
+    pub lease_ttl: Duration,
+    /// Keepalives in flight at most.
+    pub keepalive_inflight: usize,
+    /// A lock hand-off run instead of the closed loop of ops.
+    pub lock_handoff: bool,
 }
 
 /// What to load.
@@ -123,6 +143,12 @@ pub struct Summary {
     /// `--watchers N`: the fan-out figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<watch_bench::WatchSummary>,
+    /// `--leases N`: the puts without leases, and the keepalives' figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<lease_bench::LeaseSummary>,
+    /// `--lock-handoff`: each step's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<lock_bench::LockSummary>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -344,20 +370,26 @@ pub fn fsync_floor(dir: &std::path::Path, n: usize) -> std::io::Result<Summary> 
     Ok(summarize("fsync", 1, lat, BTreeMap::new(), seconds))
 }
 
-fn summarize(
-    target: &str,
-    clients: usize,
-    mut lat: Vec<u64>,
-    errors: BTreeMap<String, u64>,
-    seconds: f64,
-) -> Summary {
+/// p50, p90, p99, p999 and max of latencies in microseconds.
+fn latencies(mut lat: Vec<u64>) -> BTreeMap<String, u64> {
     lat.sort_unstable();
     let mut latency_us = BTreeMap::new();
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
         latency_us.insert(name.to_string(), percentile(&lat, q));
     }
     latency_us.insert("max".into(), lat.last().copied().unwrap_or(0));
+    latency_us
+}
+
+fn summarize(
+    target: &str,
+    clients: usize,
+    lat: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    seconds: f64,
+) -> Summary {
     let ops = lat.len() as u64;
+    let latency_us = latencies(lat);
     Summary {
         target: target.to_string(),
         clients,
@@ -370,6 +402,8 @@ fn summarize(
         cpu_seconds: None,
         cpu_seconds_per_10k_ops: None,
         watch: None,
+        leases: None,
+        lock: None,
     }
 }
 
@@ -381,6 +415,9 @@ pub async fn run(target: Target, cfg: BenchConfig, progress: bool) -> anyhow::Re
     check_ops(name, cfg.mix)?;
     if cfg.watchers > 0 {
         return watch_bench::run(target, cfg, progress).await;
+    }
+    if cfg.lock_handoff || cfg.leases > 0 {
+        return coord_run::run(target, cfg, progress).await;
     }
     match target {
         Target::Concord {
@@ -629,8 +666,32 @@ async fn client_loop<D: Driver>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A run of `duration` with defaults, for the runners' unit tests.
+    pub(crate) fn config(duration: Duration) -> BenchConfig {
+        BenchConfig {
+            clients: 2,
+            duration,
+            ops: None,
+            mix: Mix([1, 0, 0, 0, 0]),
+            keys: 10,
+            value_size: 10,
+            stale: false,
+            timeout: Duration::from_secs(5),
+            preload: false,
+            cpu_pids: Vec::new(),
+            ids: false,
+            watchers: 0,
+            watch_conns: Vec::new(),
+            leases: 0,
+            keepalive_every: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(10),
+            keepalive_inflight: 16,
+            lock_handoff: false,
+        }
+    }
 
     #[test]
     fn put_values_are_fresh_and_need_no_json_escaping() {
