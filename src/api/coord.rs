@@ -109,7 +109,7 @@ async fn acquire(
     else {
         return Err(AttemptError::Fail(internal("not an acquire")));
     };
-    let wait_until = wait_end(r, *wait_ms)?;
+    let wait_until = wait_end(r, *wait_ms);
     let op = Op::LockAcquire {
         name: name.clone(),
         ttl_ms: *ttl_ms,
@@ -145,24 +145,33 @@ async fn acquire(
 }
 
 /// When a wait ends: `wait_ms` from now, or shortly before the deadline, whichever comes
-/// first (a resent acquire waits again within what is left); refused, where the client's
-/// request arrived, when `wait_ms` could never end before its deadline.
-fn wait_end(r: &Routed<'_>, wait_ms: Option<u64>) -> Result<Instant, AttemptError> {
+/// first (a resent or forwarded acquire waits within what is left of its deadline).
+fn wait_end(r: &Routed<'_>, wait_ms: Option<u64>) -> Instant {
     let latest = r.deadline.checked_sub(WAIT_MARGIN).unwrap_or(r.deadline);
-    let Some(ms) = wait_ms else {
-        return Ok(latest);
-    };
-    let wait = Duration::from_millis(ms);
-    // Judged where the client's request arrived: a forwarded copy carries only what is left
-    // of the deadline, and a resent acquire must rejoin its claim, not be refused.
-    if ms > 0 && !r.forwarded && wait + WAIT_MARGIN >= r.timeout_len {
-        return Err(AttemptError::Fail(bad_request(format!(
-            "wait_ms ({ms}) must end before the request's deadline ({} ms, less {} ms to withdraw); raise timeout_ms or lower wait_ms",
-            r.timeout_len.as_millis(),
-            WAIT_MARGIN.as_millis()
-        ))));
+    match wait_ms {
+        Some(ms) => (Instant::now() + Duration::from_millis(ms)).min(latest),
+        None => latest,
     }
-    Ok((Instant::now() + wait).min(latest))
+}
+
+/// A `wait_ms` that could never end before the request's deadline is refused where the
+/// client's request arrived, before it is routed: a forwarded copy carries only what is left
+/// of the deadline, and a resent acquire must rejoin its claim, not be refused.
+pub(super) fn check_wait(req: &CoordRequest, r: &Routed<'_>) -> Result<(), WireError> {
+    let CoordRequest::LockAcquire {
+        wait_ms: Some(ms), ..
+    } = req
+    else {
+        return Ok(());
+    };
+    if r.forwarded || *ms == 0 || Duration::from_millis(*ms) + WAIT_MARGIN < r.timeout_len {
+        return Ok(());
+    }
+    Err(bad_request(format!(
+        "wait_ms ({ms}) must end before the request's deadline ({} ms, less {} ms to withdraw); raise timeout_ms or lower wait_ms",
+        r.timeout_len.as_millis(),
+        WAIT_MARGIN.as_millis()
+    )))
 }
 
 /// Watches this node's applied state until claim `claim` of lock `name` holds it (true),

@@ -98,6 +98,11 @@ pub async fn handle_call(ctx: &Ctx, call: KvCall, msg: &Message) -> Vec<u8> {
     let resendable = (common.request_id.is_some() || repeatable)
         && ctx.consensus.view.cluster_format() >= crate::command::FORMAT_V2;
     let r = Routed::new(ctx, msg, arrival, common.timeout, op.is_write()).resendable(resendable);
+    if let KvRequest::Coord(c) = &req {
+        if let Err(e) = super::coord::check_wait(c, &r) {
+            return codec::encode_error(&e);
+        }
+    }
     let access = Access::of(&req, &common, msg);
     let write = WriteTag {
         request_id: common.request_id,

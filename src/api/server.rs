@@ -124,8 +124,14 @@ impl Server {
             match (&boost, leader) {
                 (None, true) => {
                     let child = cancel.child_token();
-                    for _ in 1..LEADER_KV_SUBSCRIPTIONS {
-                        match self.subscribe_kv().await {
+                    // `P.lease.*` too: keepalives come as often as puts in a fleet of
+                    // sessions, and every one a follower takes pays the forwarding hop.
+                    let families = ["kv", "lease"].map(|f| (f, LEADER_KV_SUBSCRIPTIONS));
+                    let extra = families
+                        .into_iter()
+                        .flat_map(|(f, n)| (1..n).map(move |_| f));
+                    for family in extra {
+                        match self.subscribe_family(family).await {
                             Ok(kv) => {
                                 tracker.spawn(self.clone().pump(
                                     kv,
@@ -181,12 +187,15 @@ impl Server {
         }
     }
 
-    async fn subscribe_kv(&self) -> Result<Subscriber, async_nats::SubscribeError> {
+    async fn subscribe_family(
+        &self,
+        family: &str,
+    ) -> Result<Subscriber, async_nats::SubscribeError> {
         let s = &self.ctx.cluster.subjects;
         self.ctx
             .cluster
             .client
-            .queue_subscribe(s.kv_wildcard(), s.queue_group())
+            .queue_subscribe(s.family_wildcard(family), s.queue_group())
             .await
     }
 
