@@ -95,6 +95,15 @@ async fn grow_to_five_and_shrink_to_three_under_load() -> Result<()> {
     ensure!(run.code == Some(0), "cluster remove {leader}: {run:?}");
     let exit = cluster.wait_exit(leader, Duration::from_secs(20)).await?;
     ensure!(exit.success(), "removed leader {leader} exited with {exit}");
+    // The next change goes to the new leader: until the others elect one, a follower may
+    // still forward to the node that left, and a membership change (no request id) is never
+    // re-sent after "no responders" (it answers `timeout`, as an operator would then see).
+    let agreed = cluster
+        .wait_until(Duration::from_secs(20), "a new leader", || async {
+            Ok(cluster.wait_for_leader(Duration::from_secs(5)).await? != leader)
+        })
+        .await;
+    agreed?;
     let second = [1, 2, 3].into_iter().find(|&i| i != leader).context("id")?;
     let run = cluster
         .run_cli(&["--json", "cluster", "remove", &second.to_string()])
