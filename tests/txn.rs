@@ -125,8 +125,8 @@ async fn incr_body(c: &Cluster) -> Result<()> {
     )?;
 
     // Refused before proposing.
-    let ttl = incr(json!({"key": "n", "ttl_ms": 1000})).await?;
-    refused(&ttl, "bad_request", "leases")?;
+    let ttl = incr(json!({"key": "n", "ttl_ms": 0})).await?;
+    refused(&ttl, "bad_request", "ttl_ms")?;
     refused(
         &incr(json!({"key": "n", "min": 5, "max": 1})).await?,
         "bad_request",
@@ -398,8 +398,9 @@ async fn limits_body(c: &Cluster) -> Result<()> {
         "bad_request",
         "",
     )?;
+    // A txn put attaches to a lease by `lease`; a lease of its own (`ttl_ms`) is refused.
     let ttl = json!({"success": [{"put": {"key": "k", "value": 1, "ttl_ms": 5}}]});
-    refused(&txn(ttl).await?, "bad_request", "leases")?;
+    refused(&txn(ttl).await?, "bad_request", "lease.grant")?;
     refused(
         &txn(json!({"success": [{"cas": {"key": "k"}}]})).await?,
         "bad_request",
