@@ -85,6 +85,9 @@ pub struct LeaseTable {
     deadlines: BTreeSet<(u64, u64)>,
     /// The id the state machine picks next (skipping taken ones).
     next_id: u64,
+    /// Keys attached to leases, in all (kept with each attach and detach: every node
+    /// publishes it every `lease.check_ms`).
+    key_count: usize,
 }
 
 pub fn lease_key(id: u64) -> String {
@@ -120,7 +123,7 @@ impl LeaseTable {
             };
             let key = String::from_utf8_lossy(key).into_owned();
             if let Some(lease) = t.leases.get_mut(&id) {
-                lease.keys.insert(key);
+                t.key_count += usize::from(lease.keys.insert(key));
             }
         }
         if let Some(v) = kv.get(LEASE_NEXT.as_bytes())? {
@@ -139,7 +142,7 @@ impl LeaseTable {
 
     /// Keys attached to leases, in all.
     pub fn key_count(&self) -> usize {
-        self.leases.values().map(|l| l.keys.len()).sum()
+        self.key_count
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,6 +167,7 @@ impl LeaseTable {
     /// Removes lease `id`, giving back its keys.
     pub fn remove(&mut self, id: u64) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
+        self.key_count -= lease.keys.len();
         if let Some(d) = lease.record.deadline() {
             self.deadlines.remove(&(d, id));
         }
@@ -172,7 +176,7 @@ impl LeaseTable {
 
     pub fn attach(&mut self, id: u64, key: &str) {
         if let Some(lease) = self.leases.get_mut(&id) {
-            lease.keys.insert(key.to_owned());
+            self.key_count += usize::from(lease.keys.insert(key.to_owned()));
         }
     }
 
@@ -181,7 +185,7 @@ impl LeaseTable {
     pub fn detach(&mut self, id: u64, key: &str) -> bool {
         match self.leases.get_mut(&id) {
             Some(lease) => {
-                lease.keys.remove(key);
+                self.key_count -= usize::from(lease.keys.remove(key));
                 lease.record.own && lease.keys.is_empty()
             }
             None => false,
