@@ -36,7 +36,12 @@ echo "build-previous: building $PREVIOUS_REV (debug) in $tree/src" >&2
 # previous tree's own crates get their own artifacts (cargo hashes their source paths), and
 # only the binary uplifted to target/debug/concord is replaced: it is copied away at once,
 # and the next cargo build or test of this tree links its own there again.
-CARGO_TARGET_DIR="$target" cargo build --quiet --bin concord --manifest-path "$tree/src/Cargo.toml" >&2
+# The same packages, features and (through --examples) dev-dependencies as scripts/test.sh
+# builds, so that the two builds resolve dependency features alike and share their compiled
+# dependencies in one target dir: `--bin concord` alone rebuilt about 40 of them (openraft,
+# fjall, async-nats, regex among them) with other features, minutes of a fresh CI run.
+CARGO_TARGET_DIR="$target" cargo build --quiet --workspace --features concord/failpoints \
+    --bin concord --examples --manifest-path "$tree/src/Cargo.toml" >&2
 mkdir -p "$(dirname "$out")"
 cp "$target/debug/concord" "$out"
 rm -f "$target/debug/concord"

@@ -8,7 +8,7 @@
 # Use:  scripts/test.sh [cargo test args...]
 #   Always --workspace (the node and the crates under crates/: wire, harness, check, bench) and
 #   --features concord/failpoints. With no target selection (--lib, --test NAME, --doc, ...)
-#   among the args, --all-targets is added (and Prometheus, which
+#   among the args, --lib --bins --tests is added (and Prometheus, which
 #   tests/dashboard.rs needs, is installed when possible). Everything is passed on to `cargo test`, e.g.
 #   scripts/test.sh -- --nocapture, or scripts/test.sh --test lifecycle (tests/lifecycle.rs).
 set -euo pipefail
@@ -30,7 +30,10 @@ for arg in "$@"; do
             --examples | --example | --example=* | --doc | --all-targets) selected=1 ;;
     esac
 done
-[[ "$selected" == 1 ]] || set -- --all-targets "$@"
+# Not --all-targets: that builds the examples a second time, as test harnesses with no tests
+# in them; they are built once below, as the programs tests/recipes.rs runs (and
+# `just lint` lints every target). There are no benches.
+[[ "$selected" == 1 ]] || set -- --lib --bins --tests "$@"
 # The whole suite includes tests/dashboard.rs, which runs a real Prometheus: try to install
 # Debian's package (needs root or sudo, as in .ci/run), but only warn when that fails, so a
 # fresh machine without root still runs every other test.

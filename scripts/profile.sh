@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# scripts/profile.sh — where a fresh 3-node release cluster spends its CPU under one
+# `concord bench` load: `perf record` samples every process of the cluster (3 nodes and their
+# nats-server) for PERF_SECS in the middle of the run, then prints the share of samples by
+# process, by thread name, and the hottest symbols of each process. With CALL_GRAPH=1 it also
+# writes folded stacks (for a flame graph: inferno-flamegraph or flamegraph.pl) of all
+# processes to OUT_DIR/<name>.folded.
+#
+# Use:  scripts/profile.sh NAME [concord bench args...]
+#   e.g. scripts/profile.sh put1 --clients 1 --mix put=100
+#        scripts/profile.sh put64 --clients 64 --mix put=100
+#        scripts/profile.sh put64k --clients 16 --mix put=100 --value-size 65536
+# Environment: SECS=8 (the bench run), PERF_SECS=4 (sampled from second 2), FREQ=499 (Hz),
+#   CALL_GRAPH=1 (DWARF call graphs; slower to record and to report), OUT_DIR=data/profile,
+#   NO_BUILD=1 (use target/release/concord as it is).
+# Needs perf (Debian: linux-perf); software sampling (cpu-clock) works where the CPU's
+# counters are not exposed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+NAME="${1:?usage: scripts/profile.sh NAME [concord bench args...]}"
+shift
+SECS="${SECS:-8}"
+PERF_SECS="${PERF_SECS:-4}"
+FREQ="${FREQ:-499}"
+OUT_DIR="${OUT_DIR:-$ROOT/data/profile}"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/concord"
+PORT=14322
+
+command -v perf >/dev/null || { echo "profile: perf is missing (apt-get install linux-perf)" >&2; exit 1; }
+# shellcheck source=scripts/tools.sh
+CONCORD_TOOLS="nats-server" source scripts/tools.sh
+NATS_SERVER="$(concord_nats_server_path)"
+[[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release --quiet
+[[ -x "$BIN" ]] || { echo "profile: $BIN not found" >&2; exit 1; }
+
+mkdir -p "$OUT_DIR" "$ROOT/data"
+WORK="$(mktemp -d "$ROOT/data/profile.XXXXXX")"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$NATS_SERVER" -a 127.0.0.1 -p "$PORT" >"$WORK/nats.log" 2>&1 &
+PIDS+=($!)
+URL="nats://127.0.0.1:$PORT"
+for i in 1 2 3; do
+    mkdir -p "$WORK/n$i"
+    env CONCORD_NODE__ID="$i" CONCORD_CLUSTER__INITIAL_MEMBERS=1,2,3 \
+        CONCORD_DATA_DIR="$WORK/n$i" CONCORD_NATS__URL="$URL" \
+        "$BIN" serve >"$WORK/n$i.log" 2>&1 &
+    PIDS+=($!)
+done
+deadline=$((SECONDS + 60))
+until "$BIN" --nats-url "$URL" --timeout-ms 2000 put profile:warmup 1 >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { tail -n 20 "$WORK"/n*.log >&2; echo "profile: no cluster in 60 s" >&2; exit 1; }
+    sleep 0.5
+done
+
+pids="$(IFS=,; echo "${PIDS[*]}")"
+"$BIN" --nats-url "$URL" bench --json --duration "${SECS}s" "$@" >"$WORK/bench.json" &
+bench_pid=$!
+sleep 2
+graph=()
+[[ "${CALL_GRAPH:-0}" == 1 ]] && graph=(--call-graph dwarf,16384)
+perf record -q -F "$FREQ" -e cpu-clock "${graph[@]}" -p "$pids" -o "$WORK/perf.data" -- sleep "$PERF_SECS" 2>/dev/null
+wait "$bench_pid"
+python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); l=s["latency_us"]; print(f"bench: {s[\"ops_per_sec\"]:,.0f} ops/s, p50 {l[\"p50\"]/1000:.3f} ms, p99 {l[\"p99\"]/1000:.3f} ms (the whole run; sampled part under perf)")' "$WORK/bench.json"
+
+# The leader: the node whose pid has the most samples is not always it, so ask.
+leader="$("$BIN" --nats-url "$URL" cluster status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader"))' || echo '?')"
+echo "leader: node $leader (node i is pid ${PIDS[1]}, ${PIDS[2]}, ${PIDS[3]} in order; nats-server ${PIDS[0]})"
+echo
+echo "## share of samples by process"
+perf report -i "$WORK/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+echo
+echo "## share of samples by thread name"
+perf report -i "$WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
+echo
+echo "## hottest symbols (all processes)"
+perf report -i "$WORK/perf.data" --no-children --sort pid,dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+if [[ "${CALL_GRAPH:-0}" == 1 ]]; then
+    perf script -i "$WORK/perf.data" 2>/dev/null | python3 "$ROOT/scripts/fold-stacks.py" >"$OUT_DIR/$NAME.folded"
+    echo
+    echo "folded stacks: ${OUT_DIR#"$ROOT"/}/$NAME.folded"
+fi
