@@ -12,6 +12,7 @@
 #   put64  puts of 100 B at 64 clients          (throughput, higher is better)
 #   get64  linearizable gets at 64 clients      (throughput, higher is better)
 #   put1   puts at 1 client                     (p50 latency, lower is better)
+#   put64k puts of 64 KiB at 16 clients         (throughput, higher is better)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +50,7 @@ run() {
         put64) args=(--clients 64 --mix put=100) ;;
         get64) args=(--clients 64 --mix get=100 --preload) ;;
         put1) args=(--clients 1 --mix put=100) ;;
+        put64k) args=(--clients 16 --mix put=100 --value-size 65536) ;;
         *) echo "bench-ab: unknown workload $workload" >&2; exit 2 ;;
     esac
     bench_start_cluster "$OUT"

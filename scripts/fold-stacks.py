@@ -7,6 +7,7 @@ share (the share of samples whose stack contains them), per thread name: what a 
 shows as its widest towers. Used by scripts/profile.sh; findings in BENCHMARKS.md.
 """
 import collections
+import os
 import re
 import sys
 
@@ -54,8 +55,51 @@ def inclusive(path, top=25):
         print(f"{100 * n / total:6.2f}%  {f[:150]}")
 
 
+def flat(roles, top=30):
+    """`perf script -F pid,tid,comm,dso,sym` on stdin (no call graphs): the share of samples
+    by role (pid -> name in `roles`, "pid=name,..."), by role and thread name, and the
+    hottest symbols by role."""
+    names = dict(r.split("=") for r in roles.split(","))
+    role_of = lambda pid: names.get(pid, pid)
+    by_role, by_thread, by_sym, by_dso = (collections.Counter() for _ in range(4))
+    total = 0
+    for line in sys.stdin:
+        m = re.match(r"\s*(\S+)\s+(\d+)/(\d+)\s+(.*)$", line.rstrip("\n"))
+        if not m:
+            continue
+        comm, pid, rest = m.group(1), m.group(2), m.group(4)
+        sym = re.sub(r"^[0-9a-f]+\s+", "", rest.strip())
+        dso = re.search(r"\(([^()]*)\)$", sym)
+        dso = os.path.basename(dso.group(1)) if dso else "?"
+        sym = HASH.sub("", re.sub(r"\+0x[0-9a-f]+", "", re.sub(r"\s*\([^()]*\)$", "", sym)))
+        by_dso[(role_of(pid), dso)] += 1
+        role = role_of(pid)
+        total += 1
+        by_role[role] += 1
+        by_thread[(role, comm)] += 1
+        by_sym[(role, sym)] += 1
+    if not total:
+        print("no samples")
+        return
+    pct = lambda n: f"{100 * n / total:6.2f}%"
+    print(f"## share of all {total} samples by process")
+    for r, n in by_role.most_common():
+        print(f"{pct(n)}  {r}")
+    print("\n## by process and object (kernel, the program, libc...)")
+    for (r, d), n in by_dso.most_common(16):
+        print(f"{pct(n)}  {r:<12} {d}")
+    print("\n## by process and thread name")
+    for (r, c), n in by_thread.most_common(12):
+        print(f"{pct(n)}  {r:<12} {c}")
+    print(f"\n## hottest symbols (self), by process")
+    for (r, sy), n in by_sym.most_common(top):
+        print(f"{pct(n)}  {r:<12} {sy[:140]}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--inclusive":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--flat":
+        flat(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--inclusive":
         inclusive(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 25)
     else:
         fold()

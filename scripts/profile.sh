@@ -49,6 +49,10 @@ trap cleanup EXIT
 "$NATS_SERVER" -a 127.0.0.1 -p "$PORT" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 URL="nats://127.0.0.1:$PORT"
+for _ in $(seq 50); do
+    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null && break
+    sleep 0.2
+done
 for i in 1 2 3; do
     mkdir -p "$WORK/n$i"
     env CONCORD_NODE__ID="$i" CONCORD_CLUSTER__INITIAL_MEMBERS=1,2,3 \
@@ -70,20 +74,22 @@ graph=()
 [[ "${CALL_GRAPH:-0}" == 1 ]] && graph=(--call-graph dwarf,16384)
 perf record -q -F "$FREQ" -e cpu-clock "${graph[@]}" -p "$pids" -o "$WORK/perf.data" -- sleep "$PERF_SECS" 2>/dev/null
 wait "$bench_pid"
-python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); l=s["latency_us"]; print(f"bench: {s[\"ops_per_sec\"]:,.0f} ops/s, p50 {l[\"p50\"]/1000:.3f} ms, p99 {l[\"p99\"]/1000:.3f} ms (the whole run; sampled part under perf)")' "$WORK/bench.json"
+cp "$WORK/perf.data" "$OUT_DIR/$NAME.perf.data"
+python3 - "$WORK/bench.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+l = s["latency_us"]
+print(f"bench: {s['ops_per_sec']:,.0f} ops/s, p50 {l['p50'] / 1000:.3f} ms, p99 {l['p99'] / 1000:.3f} ms (the whole run)")
+PY
 
-# The leader: the node whose pid has the most samples is not always it, so ask.
-leader="$("$BIN" --nats-url "$URL" cluster status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader"))' || echo '?')"
-echo "leader: node $leader (node i is pid ${PIDS[1]}, ${PIDS[2]}, ${PIDS[3]} in order; nats-server ${PIDS[0]})"
-echo
-echo "## share of samples by process"
-perf report -i "$WORK/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
-echo
-echo "## share of samples by thread name"
-perf report -i "$WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
-echo
-echo "## hottest symbols (all processes)"
-perf report -i "$WORK/perf.data" --no-children --sort pid,dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+# Who is who: the leader by its status, the others followers, and the nats-server.
+leader="$("$BIN" --nats-url "$URL" cluster status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader"))' || echo 0)"
+roles="${PIDS[0]}=nats-server"
+for i in 1 2 3; do
+    if [[ "$i" == "$leader" ]]; then roles+=",${PIDS[$i]}=leader"; else roles+=",${PIDS[$i]}=follower-$i"; fi
+done
+perf script -i "$WORK/perf.data" -F comm,pid,tid,ip,sym,dso 2>/dev/null |
+    python3 "$ROOT/scripts/fold-stacks.py" --flat "$roles"
 if [[ "${CALL_GRAPH:-0}" == 1 ]]; then
     perf script -i "$WORK/perf.data" 2>/dev/null | python3 "$ROOT/scripts/fold-stacks.py" >"$OUT_DIR/$NAME.folded"
     echo
