@@ -55,7 +55,7 @@ tools:
     scripts/tools.sh
 
 # Env: SECS=5 REPS=3 per workload, QUICK=1 (smoke run), SYSTEMS="concord etcd ...", KEEP=1.
-# Concord vs etcd 3.4 vs NATS JetStream KV, one at a time on this machine -> data/bench-compare-*.md
+# Concord vs etcd 3.4 vs NATS JetStream KV, all clusters up, each row back to back -> data/bench-compare-*.md
 bench-compare:
     scripts/bench-compare.sh
 
