@@ -252,13 +252,14 @@ show_logs() {
 
 # One line per run on stderr while the suite goes on.
 read -r -d '' SHOW_RUN_PY <<'PY' || true
-import json, sys
+import json, sys, time
 system, workload, rep, s = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 errs = sum(s["errors"].values())
 lat = s["latency_us"]
 w = s.get("watch")
 le, lk = s.get("leases"), s.get("lock")
-print(f"  {system:<15} {workload:<34} #{rep}  {s['ops_per_sec']:>9,.0f} ops/s  "
+# The time the run ended (UTC), to line it up with the servers' logs (KEEP=1).
+print(f"  {time.strftime('%H:%M:%S', time.gmtime())} {system:<15} {workload:<34} #{rep}  {s['ops_per_sec']:>9,.0f} ops/s  "
       f"p50 {lat['p50'] / 1000:.2f} ms  p99 {lat['p99'] / 1000:.2f} ms"
       + (f"  errors {errs}" if errs else "")
       + (f"  | {w['watchers']} watchers: delivery p50 {w['delivery_us']['p50'] / 1000:.2f} ms "
