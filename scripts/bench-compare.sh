@@ -281,6 +281,7 @@ ROUND=1
 bench() {
     local system="$1" workload="$2" out
     shift 2
+    settle
     if out="$(timeout -k 5 $((SECS + 180)) "$BIN" bench --json --duration "${SECS}s" \
         "${TARGET_ARGS[@]}" --cpu-pids "$CPU_PIDS" "$@" 2>>"$WORK/bench.err")"; then
         printf '%s\t%s\t%s\t%s\n' "$system" "$workload" "$ROUND" "$out" >>"$RAW"
@@ -299,6 +300,31 @@ preload() {
 }
 
 n_clients() { if [[ "$1" == 1 ]]; then echo "1 client"; else echo "$1 clients"; fi; }
+
+# Before each run: every cluster quiet. The clusters share the disk and the cores, and what a
+# heavy run leaves behind (dirty pages; a store's flushes and compactions after 64 KiB puts)
+# would otherwise fall on the next system's run: without this, whichever system ran last in
+# the 64 KiB row lost a third to half of its puts/s, every system in turn. Writes the dirty
+# pages out, then waits (at most SETTLE_MAX_SECS) until all the clusters' processes together
+# use less than SETTLE_PERCENT of one core over a second.
+SETTLE_MAX_SECS="${SETTLE_MAX_SECS:-30}"
+SETTLE_PERCENT="${SETTLE_PERCENT:-20}"
+settle() {
+    local deadline=$((SECONDS + SETTLE_MAX_SECS)) pids=() s before after hz
+    hz="$(getconf CLK_TCK)"
+    for s in "${!SYS_PIDS[@]}"; do
+        # shellcheck disable=SC2206 # the pids, one word each
+        pids+=(${SYS_PIDS[$s]})
+    done
+    sync
+    while ((SECONDS < deadline)); do
+        before="$(cpu_ticks "${pids[@]}")"
+        sleep 1
+        after="$(cpu_ticks "${pids[@]}")"
+        (((after - before) * 100 < SETTLE_PERCENT * hz)) && return 0
+    done
+    echo "  (the clusters were still busy after ${SETTLE_MAX_SECS} s; running anyway)" >&2
+}
 
 # One row of the suite: `each LABEL KINDS BENCH_ARGS...` runs the row on every started system
 # whose kind is among KINDS, back to back in this round's order, so that the runs a ratio
