@@ -63,6 +63,9 @@
 #   WORKLOADS="..."   subset of: floors put get mixed large fsync-off cas incr watch1 watch100
 #                     watch1000 leases lockhandoff (default all)
 #   LEASES=10000      leases of the `leases` workload
+#   SETTLE_PERCENT=20 SETTLE_MAX_SECS=30
+#                     before each run: wait until all clusters together use less than this
+#                     percent of one core over a second, at most this long (after `sync`)
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it
 #   NO_BUILD=1        use target/release/concord as it is (must have --features bench-etcd)
 #                     (target/ is $CARGO_TARGET_DIR when that is set, as for cargo)
