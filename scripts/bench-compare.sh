@@ -313,8 +313,7 @@ n_clients() { if [[ "$1" == 1 ]]; then echo "1 client"; else echo "$1 clients"; 
 SETTLE_MAX_SECS="${SETTLE_MAX_SECS:-30}"
 SETTLE_PERCENT="${SETTLE_PERCENT:-20}"
 settle() {
-    local deadline=$((SECONDS + SETTLE_MAX_SECS)) pids=() s before after hz
-    hz="$(getconf CLK_TCK)"
+    local deadline=$((SECONDS + SETTLE_MAX_SECS)) pids=() s before after
     for s in "${!SYS_PIDS[@]}"; do
         # shellcheck disable=SC2206 # the pids, one word each
         pids+=(${SYS_PIDS[$s]})
@@ -324,7 +323,7 @@ settle() {
         before="$(cpu_ticks "${pids[@]}")"
         sleep 1
         after="$(cpu_ticks "${pids[@]}")"
-        (((after - before) * 100 < SETTLE_PERCENT * hz)) && return 0
+        (((after - before) * 100 < SETTLE_PERCENT * HZ)) && return 0
     done
     echo "  (the clusters were still busy after ${SETTLE_MAX_SECS} s; running anyway)" >&2
 }
@@ -487,10 +486,10 @@ fsync_off() {
     log "concord: 3 nodes with storage.fsync=false (reference only)"
     stop_pids "${concord_node_pids[@]}"
     concord_nodes_up false
-    use_system concord
-    CPU_PIDS="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
-    bench concord "put, 64 clients, fsync off" --clients 64 --mix put=100 --keys "$KEYS"
+    SYS_CPU[concord]="$(IFS=,; echo "${concord_node_pids[*]},$concord_nats_pid")"
     SYS_PIDS[concord]="${concord_node_pids[*]} $concord_nats_pid"
+    use_system concord
+    bench concord "put, 64 clients, fsync off" --clients 64 --mix put=100 --keys "$KEYS"
 }
 
 # --- etcd -------------------------------------------------------------------------------------
@@ -602,13 +601,16 @@ use_system() {
     CPU_PIDS="${SYS_CPU[$1]}"
 }
 
-# CPU ticks (user + system) of the pids given.
+# Clock ticks per second of /proc's CPU times.
+HZ="$(getconf CLK_TCK)"
+# CPU ticks (user + system) of the pids given. The fields are counted after the command
+# name's closing parenthesis, since a name may hold spaces.
 cpu_ticks() {
-    local pid t=0 f
+    local pid t=0 stat rest
     for pid in "$@"; do
-        if f="$(cut -d' ' -f14,15 "/proc/$pid/stat" 2>/dev/null)"; then
-            t=$((t + ${f% *} + ${f#* }))
-        fi
+        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+        read -r -a rest <<<"${stat##*) }"
+        t=$((t + rest[11] + rest[12]))
     done
     echo "$t"
 }
@@ -619,8 +621,7 @@ IDLE_SECS=5
 IDLE="$WORK/idle.tsv"
 : >"$IDLE"
 idle_cpu() {
-    local s before=() i=0 hz
-    hz="$(getconf CLK_TCK)"
+    local s before=() i=0
     for s in $ORDER; do
         # shellcheck disable=SC2086 # the pids, one word each
         before+=("$(cpu_ticks ${SYS_PIDS[$s]})")
@@ -629,7 +630,8 @@ idle_cpu() {
     for s in $ORDER; do
         # shellcheck disable=SC2086
         printf '%s\t%s\t%s\n' "$s" "$ROUND" \
-            "$(python3 -c "print(round(($(cpu_ticks ${SYS_PIDS[$s]}) - ${before[$i]}) * 100 / $hz / $IDLE_SECS, 2))")" >>"$IDLE"
+            "$(awk -v d="$(($(cpu_ticks ${SYS_PIDS[$s]}) - before[i]))" -v hz="$HZ" -v secs="$IDLE_SECS" \
+                'BEGIN { printf "%.2f", d * 100 / hz / secs }')" >>"$IDLE"
         i=$((i + 1))
     done
 }
@@ -641,10 +643,9 @@ ROUND_LOADS=""
 read -r -a SYSTEM_LIST <<<"$SYSTEMS"
 for ROUND in $(seq "$REPS"); do
     ROUND_LOADS+="${ROUND_LOADS:+; }$ROUND: $(cut -d' ' -f1-3 /proc/loadavg)"
-    n=${#SYSTEM_LIST[@]}
-    shift_by=$(((ROUND - 1) % n))
-    ORDER="${SYSTEM_LIST[*]:shift_by} ${SYSTEM_LIST[*]:0:shift_by}"
-    ORDER="$(echo $ORDER)"
+    shift_by=$(((ROUND - 1) % ${#SYSTEM_LIST[@]}))
+    rotated=("${SYSTEM_LIST[@]:shift_by}" "${SYSTEM_LIST[@]:0:shift_by}")
+    ORDER="${rotated[*]}"
     log "round $ROUND of $REPS (load average $(cut -d' ' -f1-3 /proc/loadavg)), order: $ORDER"
     SYS_KIND=() SYS_TARGET=() SYS_CPU=() SYS_PIDS=()
     for s in $SYSTEMS; do
@@ -767,9 +768,11 @@ print()
 def by_round(system, workload, f):
     return {int(r["_round"]): f(r) for r in runs.get((system, workload), [])}
 # `other_workload`: the other system's row, when it is not the same (incr vs etcd's CAS).
-def ratios(workload, other, f, other_workload=None):
+def ratio_rounds(workload, other, f, other_workload=None):
     a, b = by_round("concord", workload, f), by_round(other, other_workload or workload, f)
-    return [a[k] / b[k] for k in sorted(a) if k in b and b[k]]
+    return {k: a[k] / b[k] for k in a if k in b and b[k]}
+def ratios(workload, other, f, other_workload=None):
+    return [v for _, v in sorted(ratio_rounds(workload, other, f, other_workload).items())]
 def goal(label, workload, other, f, target, other_workload=None):
     rs = ratios(workload, other, f, other_workload)
     if not rs:
@@ -796,9 +799,6 @@ def goal_row(label, vals, target, better):
         verdict = "met" if (m >= t if better == "higher" else m <= t) else "missed"
     each = ", ".join(f"{v:.2f}" for _, v in sorted(vals.items()))
     print(f"| {label} | {each} | **{m:.2f}** | {target} | {verdict} |")
-def ratio_rounds(workload, other, f):
-    a, b = by_round("concord", workload, f), by_round(other, workload, f)
-    return {k: a[k] / b[k] for k in a if k in b and b[k]}
 if any(w in order_w for w in (P1, P64, G64, L64)):
     print("## Issue 26 goals: every round, and the median")
     print()

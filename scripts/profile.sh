@@ -88,7 +88,8 @@ roles="${PIDS[0]}=nats-server"
 for i in 1 2 3; do
     if [[ "$i" == "$leader" ]]; then roles+=",${PIDS[$i]}=leader"; else roles+=",${PIDS[$i]}=follower-$i"; fi
 done
-perf script -i "$WORK/perf.data" -F comm,pid,tid,ip,sym,dso 2>/dev/null |
+# -G: one line per sample, also when call graphs were recorded.
+perf script -i "$WORK/perf.data" -G -F comm,pid,tid,ip,sym,dso 2>/dev/null |
     python3 "$ROOT/scripts/fold-stacks.py" --flat "$roles"
 if [[ "${CALL_GRAPH:-0}" == 1 ]]; then
     perf script -i "$WORK/perf.data" 2>/dev/null | python3 "$ROOT/scripts/fold-stacks.py" >"$OUT_DIR/$NAME.folded"
