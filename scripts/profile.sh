@@ -2,7 +2,8 @@
 # scripts/profile.sh — where a fresh 3-node release cluster spends its CPU under one
 # `concord bench` load: `perf record` samples every process of the cluster (3 nodes and their
 # nats-server) for PERF_SECS in the middle of the run, then prints the share of samples by
-# process, by thread name, and the hottest symbols of each process. With CALL_GRAPH=1 it also
+# process, by thread name, and the hottest symbols of each process, and the bytes each process's
+# threads wrote to disk per op over the run (/proc/PID/task/TID/io). With CALL_GRAPH=1 it also
 # writes folded stacks (for a flame graph: inferno-flamegraph or flamegraph.pl) of all
 # processes to OUT_DIR/<name>.folded.
 #
@@ -67,6 +68,19 @@ until "$BIN" --nats-url "$URL" --timeout-ms 2000 put profile:warmup 1 >/dev/null
 done
 
 pids="$(IFS=,; echo "${PIDS[*]}")"
+# Bytes each thread has written to disk (write_bytes: what reached the block layer or the page
+# cache to be written), by process and thread name; read before and after the run.
+io_by_thread() {
+    local p t
+    for p in "${PIDS[@]}"; do
+        for t in /proc/"$p"/task/*; do
+            [[ -r "$t/io" ]] || continue
+            printf '%s\t%s\t%s\t%s\n' "$p" "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" \
+                "$(awk '/^write_bytes/ {print $2}' "$t/io" 2>/dev/null)"
+        done
+    done
+}
+io_by_thread >"$WORK/io.before"
 "$BIN" --nats-url "$URL" bench --json --duration "${SECS}s" "$@" >"$WORK/bench.json" &
 bench_pid=$!
 sleep 2
@@ -74,6 +88,7 @@ graph=()
 [[ "${CALL_GRAPH:-0}" == 1 ]] && graph=(--call-graph dwarf,16384)
 perf record -q -F "$FREQ" -e cpu-clock "${graph[@]}" -p "$pids" -o "$WORK/perf.data" -- sleep "$PERF_SECS" 2>/dev/null
 wait "$bench_pid"
+io_by_thread >"$WORK/io.after"
 cp "$WORK/perf.data" "$OUT_DIR/$NAME.perf.data"
 python3 - "$WORK/bench.json" <<'PY'
 import json, sys
@@ -88,6 +103,28 @@ roles="${PIDS[0]}=nats-server"
 for i in 1 2 3; do
     if [[ "$i" == "$leader" ]]; then roles+=",${PIDS[$i]}=leader"; else roles+=",${PIDS[$i]}=follower-$i"; fi
 done
+python3 - "$WORK/bench.json" "$WORK/io.before" "$WORK/io.after" "$roles" "$SECS" <<'PY'
+import collections, json, sys
+s = json.load(open(sys.argv[1]))
+ops = s.get("ops") or s["ops_per_sec"] * float(sys.argv[5])
+roles = dict(r.split("=") for r in sys.argv[4].split(","))
+def read(path):
+    out = {}
+    for line in open(path):
+        pid, tid, comm, written = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
+        out[(pid, tid)] = (comm, int(written or 0))
+    return out
+before, after = read(sys.argv[2]), read(sys.argv[3])
+by = collections.Counter()
+for (pid, tid), (comm, written) in after.items():
+    # A thread that started during the run wrote all its bytes in it.
+    by[(roles.get(pid, pid), comm)] += written - before.get((pid, tid), (comm, 0))[1]
+total = sum(by.values())
+print(f"disk writes: {total / 1e6:,.1f} MB in the run, {total / max(ops, 1) / 1024:,.1f} KiB per op, by process and thread:")
+for (role, comm), n in sorted(by.items(), key=lambda kv: -kv[1]):
+    if n > 0:
+        print(f"  {role:<12} {comm:<18} {n / 1e6:>9,.1f} MB  {n / max(ops, 1) / 1024:>8,.1f} KiB/op")
+PY
 # -G: one line per sample, also when call graphs were recorded.
 perf script -i "$WORK/perf.data" -G -F comm,pid,tid,ip,sym,dso 2>/dev/null |
     python3 "$ROOT/scripts/fold-stacks.py" --flat "$roles"

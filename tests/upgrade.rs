@@ -153,7 +153,7 @@ async fn body(cluster: &Cluster, previous: PathBuf) -> Result<()> {
     );
     let said = cluster.log(victim);
     ensure!(
-        said.contains("newer Concord") && said.contains("format version 3"),
+        said.contains("newer Concord") && said.contains("format version 4"),
         "the previous build's refusal does not name the newer format:\n{said}"
     );
     Ok(())

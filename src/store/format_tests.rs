@@ -39,7 +39,7 @@ fn meta(view: &StateView, key: &str) -> KeyMeta {
 }
 
 #[tokio::test]
-async fn versions_count_only_after_the_switch_and_the_directory_moves_to_format_3() {
+async fn versions_count_only_after_the_switch_and_the_directory_moves_to_the_switched_format() {
     let dir = tempfile::tempdir().unwrap();
     let (store, view, mut sm) = open(dir.path());
     sm.apply(vec![
@@ -104,7 +104,10 @@ async fn versions_count_only_after_the_switch_and_the_directory_moves_to_format_
     drop((sm, view, store));
     let (store, view, _sm) = open(dir.path());
     assert_eq!(view.cluster_format(), 2);
-    assert_eq!(migrations::format_version(&store).unwrap(), 3);
+    assert_eq!(
+        migrations::format_version(&store).unwrap(),
+        keys::FORMAT_V2_DATA_DIR
+    );
     assert_eq!(meta(&view, "a").version, 2);
     assert!(
         view.clock().reading() >= 5_030,
@@ -146,7 +149,25 @@ async fn applied_time_never_runs_back_and_travels_with_snapshots() {
     );
     assert_eq!(view2.applied_cluster_time(), 9_000);
     assert!(view2.clock().reading() >= 9_000);
-    assert_eq!(migrations::format_version(&store2).unwrap(), 3);
+    assert_eq!(
+        migrations::format_version(&store2).unwrap(),
+        keys::FORMAT_V2_DATA_DIR
+    );
+}
+
+#[test]
+fn a_directory_past_the_switch_opens_at_the_current_format() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_unmigrated(dir.path(), 8, true).unwrap();
+        migrations::run_to(&store, 3).unwrap();
+        assert_eq!(migrations::format_version(&store).unwrap(), 3);
+    }
+    let store = Store::open(dir.path(), 8, true).unwrap();
+    assert_eq!(
+        migrations::format_version(&store).unwrap(),
+        migrations::CURRENT_FORMAT
+    );
 }
 
 fn client(op: Op) -> Command {

@@ -186,3 +186,93 @@ async fn compaction_refuses_old_starts_and_keeps_the_versions_later_events_name(
         .unwrap();
     assert_eq!(view.compact_revision(), 5);
 }
+
+/// A JSON string value whose record is large enough to stay in kv.
+fn large(fill: char) -> String {
+    format!(
+        "\"{}\"",
+        fill.to_string().repeat(super::history::chunk::LARGE_RECORD)
+    )
+}
+
+/// The events of every chunk on disk, as stored (records kept in kv left out).
+fn stored_events(view: &StateView) -> Vec<ChangeEvent> {
+    use super::history::chunk;
+    view.history_ks()
+        .range::<Vec<u8>, _>(..vec![chunk::MOVED])
+        .flat_map(|g| chunk::decode_chunk(&g.into_inner().unwrap().1).unwrap())
+        .collect()
+}
+
+fn moved_revisions(view: &StateView) -> Vec<u64> {
+    use super::history::chunk;
+    view.history_ks()
+        .prefix([chunk::MOVED])
+        .map(|g| u64::from_be_bytes(g.key().unwrap()[1..9].try_into().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn large_records_are_written_once_and_read_back_from_kv_or_their_moved_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, d) = (large('a'), large('b'), large('c'), large('d'));
+    {
+        let (view, mut sm) = open(dir.path());
+        sm.apply(vec![
+            entry(1, Command::FormatSwitch { format: 2 }),
+            entry(2, put("x", &a)),
+            entry(3, put("s", "1")),
+        ])
+        .await
+        .unwrap();
+        view.flush().unwrap();
+        sm.apply(vec![entry(4, put("x", &b))]).await.unwrap();
+        view.flush().unwrap();
+        // Two versions in one flush: only the second is kv's.
+        sm.apply(vec![entry(5, put("x", &c)), entry(6, put("x", &d))])
+            .await
+            .unwrap();
+        view.flush().unwrap();
+        sm.apply(vec![entry(7, Command::Delete { key: "x".into() })])
+            .await
+            .unwrap();
+        view.flush().unwrap();
+
+        let in_kv: Vec<(u64, bool)> = stored_events(&view)
+            .iter()
+            .map(|e| (e.revision, e.in_kv()))
+            .collect();
+        let expected = [
+            (1, true),
+            (2, false),
+            (3, true),
+            (4, false),
+            (5, true),
+            (6, false),
+        ];
+        assert_eq!(in_kv, expected);
+        assert_eq!(moved_revisions(&view), vec![1, 3, 5], "moved when replaced");
+    }
+    let (view, mut sm) = open(dir.path());
+    let values: Vec<Option<String>> = summary(&view, 1).into_iter().map(|e| e.3).collect();
+    let some = |v: &str| Some(v.to_string());
+    let all = vec![some(&a), some("1"), some(&b), some(&c), some(&d), None];
+    assert_eq!(values, all, "from disk, each version whole");
+    for (revision, value) in [(1, &a), (3, &b), (4, &c), (5, &d)] {
+        let record = view.record_at("x", revision).unwrap().expect("held");
+        assert_eq!(&value_of(&record), value, "x at {revision}");
+    }
+
+    // Compaction through 4 removes the first two flushes' chunks and their moved copies;
+    // x's newest removed version (3) is named by the put at 4, so it becomes x's anchor.
+    sm.apply(vec![entry(8, Command::Compact { revision: 4 })])
+        .await
+        .unwrap();
+    view.flush().unwrap();
+    assert!(view.remove_compacted().unwrap().chunks >= 2);
+    assert_eq!(moved_revisions(&view), vec![5]);
+    let anchored = view.record_at("x", 3).unwrap().expect("x's anchor");
+    assert_eq!(value_of(&anchored), b);
+    let later: Vec<Option<String>> = summary(&view, 5).into_iter().map(|e| e.3).collect();
+    assert_eq!(later, all[4..], "the moved copy still serves 5");
+}

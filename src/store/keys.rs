@@ -32,8 +32,9 @@ pub const SM_CLUSTER_TIME: &[u8] = b"cluster_time";
 pub const META_CLOCK_FLOOR: &[u8] = b"clock_floor";
 
 /// The data directory format a node writes once its cluster switched to log format 2: an
-/// older build refuses the directory from then on (`migrations`).
-pub const FORMAT_V2_DATA_DIR: u32 = 3;
+/// older build refuses the directory from then on (`migrations`). Format 3 was that first;
+/// format 4 adds nothing before the switch, so the switch goes straight to it.
+pub const FORMAT_V2_DATA_DIR: u32 = 4;
 
 /// The state machine's keyspaces of format 2 beside `kv_<generation>`, one set per
 /// generation (a snapshot install fills the next and switches to it). Layouts:

@@ -15,11 +15,14 @@ mod v0001_initial_layout;
 mod v0002_data_bytes;
 #[path = "../../migrations/v0003_log_format_v2.rs"]
 mod v0003_log_format_v2;
+#[path = "../../migrations/v0004_change_log_keeps_large_in_kv.rs"]
+mod v0004_change_log_keeps_large_in_kv;
 
 /// The newest format this build reads and writes.
-pub const CURRENT_FORMAT: u32 = 3;
-/// What opening a directory brings it to. Format 3 is entered by the cluster's format switch
-/// (`store::apply`, `keys::FORMAT_V2_DATA_DIR`), not at open.
+pub const CURRENT_FORMAT: u32 = 4;
+/// What opening a directory brings it to while its cluster has not switched to log format 2.
+/// The switch (`store::apply`, `keys::FORMAT_V2_DATA_DIR`) brings it to [`CURRENT_FORMAT`];
+/// a directory that is past the switch already is brought there at open.
 pub const OPEN_FORMAT: u32 = 2;
 
 /// One migration: the writes that bring a store from one format to the next.
@@ -30,6 +33,7 @@ const MIGRATIONS: [Migration; CURRENT_FORMAT as usize] = [
     v0001_initial_layout::run,
     v0002_data_bytes::run,
     v0003_log_format_v2::run,
+    v0004_change_log_keeps_large_in_kv::run,
 ];
 
 pub fn format_version(store: &Store) -> Result<u32, Error> {
@@ -45,9 +49,18 @@ pub fn format_version(store: &Store) -> Result<u32, Error> {
     }
 }
 
-/// Brings the store to [`OPEN_FORMAT`] (refusing one newer than [`CURRENT_FORMAT`]).
+/// Brings the store to [`OPEN_FORMAT`], or to [`CURRENT_FORMAT`] once its cluster switched
+/// (refusing one newer than [`CURRENT_FORMAT`]).
 pub fn run(store: &Store) -> Result<(), Error> {
-    run_to(store, OPEN_FORMAT)
+    let switched = format_version(store)? >= 3;
+    run_to(
+        store,
+        if switched {
+            CURRENT_FORMAT
+        } else {
+            OPEN_FORMAT
+        },
+    )
 }
 
 /// Brings the store to format `target` (tests stop early to build old formats).

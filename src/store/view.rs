@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::clock::ClusterClock;
-use super::history::{chunk, HistoryState};
+use super::history::{chunk, ChangeEvent, HistoryState};
 use super::idempotency::{IdemFigures, IdemReading, IdemTable};
 use super::meta::SmMeta;
 use super::recent::RecentWrites;
@@ -219,10 +219,17 @@ impl StateView {
             }
             return Ok(());
         };
-        for (key, stored) in std::mem::take(&mut unflushed.writes) {
+        // Large records this flush writes to kv, by key: their puts' events leave them there.
+        let mut large_in_kv: HashMap<&str, &fjall::Slice> = HashMap::new();
+        for (key, stored) in &unflushed.writes {
             match stored {
-                Some(v) => batch.insert(&kv, key, v),
-                None => batch.remove(&kv, key),
+                Some(v) => {
+                    if v.len() >= chunk::LARGE_RECORD {
+                        large_in_kv.insert(key, v);
+                    }
+                    batch.insert(&kv, key.as_str(), v.clone());
+                }
+                None => batch.remove(&kv, key.as_str()),
             }
         }
         for (k, v) in std::mem::take(&mut unflushed.meta) {
@@ -230,12 +237,15 @@ impl StateView {
         }
         let history = self.history_ks();
         let events: Vec<_> = unflushed.events.iter().flat_map(|b| b.iter()).collect();
+        // Exactly the version kv gets: an earlier put of the key in this flush is copied.
+        let in_kv = |e: &ChangeEvent| large_in_kv.get(e.key.as_str()) == Some(&&e.record);
         let mut history_bytes = 0;
-        for c in chunk::chunks(&events) {
+        for c in chunk::chunks(&events, &in_kv) {
             batch.insert(&history, chunk::index_key(&c.key), c.info.encode());
             batch.insert(&history, c.key, c.value);
             history_bytes += c.info.bytes;
         }
+        self.move_replaced_large(&mut batch, &history, &events);
         batch.commit()?;
         self.history
             .bytes
@@ -247,6 +257,34 @@ impl StateView {
         }
         self.recent.flushed(&unflushed);
         Ok(())
+    }
+
+    /// Into `batch`: each large version that kv held and that `events` replace there, under
+    /// its moved key, while the change log still needs it (the chunk naming it is on disk
+    /// and not removed). A version written in this same flush is in its chunk already.
+    fn move_replaced_large(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        history: &Keyspace,
+        events: &[&ChangeEvent],
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let removed_through = self.history.removed_through.load(Relaxed);
+        let first = events.first().map_or(u64::MAX, |e| e.revision);
+        for e in events {
+            let Some(record) = &e.prev_large else {
+                continue;
+            };
+            // A revision's events are all in one flush.
+            let here = e.prev_revision >= first;
+            if !here && e.prev_revision > removed_through {
+                batch.insert(
+                    history,
+                    chunk::moved_key(e.prev_revision, &e.key),
+                    record.clone(),
+                );
+            }
+        }
     }
 
     /// A key's metadata and JSON text (DESIGN.md "Key metadata"), or `None` when absent.

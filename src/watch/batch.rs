@@ -164,6 +164,7 @@ mod tests {
             )),
             prev_revision: 0,
             prev_inline: None,
+            prev_large: None,
             stamp: 0,
         }
     }

@@ -108,6 +108,7 @@ mod tests {
             record: Slice::from(keys::encode_record(&meta, json.as_bytes())),
             prev_revision: 5,
             prev_inline: None,
+            prev_large: None,
             stamp: 0,
         }
     }

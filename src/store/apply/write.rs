@@ -6,7 +6,7 @@ use fjall::Slice;
 
 use super::ApplyBatch;
 use crate::command::{Applied, ConflictReason};
-use crate::store::history::{ChangeEvent, EventKind};
+use crate::store::history::{self, ChangeEvent, EventKind};
 use crate::store::keys::{self, KeyMeta};
 use crate::store::Error;
 
@@ -102,6 +102,7 @@ fn change(b: &mut ApplyBatch, kind: EventKind, key: &str, record: Slice, old: Op
     };
     let prev_revision = prev.map_or(0, |(revision, _)| revision);
     let gone = prev_revision < b.history_start || prev_revision <= b.compact_revision;
+    let large = |r: &&Slice| r.len() >= history::chunk::LARGE_RECORD;
     b.writes.event(ChangeEvent {
         kind,
         revision: b.revision,
@@ -109,6 +110,11 @@ fn change(b: &mut ApplyBatch, kind: EventKind, key: &str, record: Slice, old: Op
         record,
         prev_revision,
         prev_inline: prev.filter(|_| gone).map(|(_, r)| r.clone()),
+        prev_large: prev
+            .filter(|_| !gone)
+            .map(|(_, r)| r)
+            .filter(large)
+            .cloned(),
         stamp: b.cluster_time,
     });
 }

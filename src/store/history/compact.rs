@@ -3,6 +3,7 @@
 //! event names as its previous version is kept as the key's anchor (one per key, replaced
 //! as compaction moves on), so `prev_value` still finds it; a key whose newest version was
 //! removed needs none (apply copies that version into the next event that replaces it).
+//! A removed put whose record kv kept takes its moved copy along (`chunk`).
 
 use std::collections::HashMap;
 
@@ -23,16 +24,18 @@ pub struct Removed {
 }
 
 /// Removes the chunks of `ks` whose events are all at or below `compact`, up to
-/// [`CHUNKS_PER_BATCH`] per batch; `current` gives a key's revision in the state machine now.
+/// [`CHUNKS_PER_BATCH`] per batch; `current` gives a key's revision in the state machine now,
+/// `kv` is where large records are kept.
 pub fn remove_through(
     db: &Database,
     ks: &Keyspace,
+    kv: &Keyspace,
     compact: u64,
     current: &dyn Fn(&str) -> Result<Option<u64>, Error>,
 ) -> Result<Removed, Error> {
     let mut removed = Removed::default();
     loop {
-        let done = batch_through(db, ks, compact, current)?;
+        let done = batch_through(db, ks, kv, compact, current)?;
         removed.chunks += done.chunks;
         removed.bytes += done.bytes;
         if done.chunks < CHUNKS_PER_BATCH as u64 {
@@ -44,6 +47,7 @@ pub fn remove_through(
 fn batch_through(
     db: &Database,
     ks: &Keyspace,
+    kv: &Keyspace,
     compact: u64,
     current: &dyn Fn(&str) -> Result<Option<u64>, Error>,
 ) -> Result<Removed, Error> {
@@ -67,6 +71,11 @@ fn batch_through(
             let events = chunk::decode_chunk(&v)
                 .ok_or_else(|| Error::Corrupt("change log: a chunk does not decode".into()))?;
             for e in events {
+                if e.kind == EventKind::Put && (e.in_kv() || e.record.len() >= chunk::LARGE_RECORD)
+                {
+                    // Its moved copy, if a later write made one, goes with it.
+                    batch.remove(ks, chunk::moved_key(e.revision, &e.key));
+                }
                 let version = (e.kind == EventKind::Put).then_some((e.revision, e.record));
                 newest.insert(e.key, version);
             }
@@ -81,6 +90,15 @@ fn batch_through(
         match version {
             // Replaced since: the event that replaced it names this version.
             Some((revision, record)) if current(&key)? != Some(revision) => {
+                let record = match record.is_empty() {
+                    // Kept in kv: kv's own until its replacement is flushed, then moved.
+                    true => super::read::kept_in_kv(ks, kv, &key, revision)?.ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "change log: the record of {key:?} at {revision} is gone"
+                        ))
+                    })?,
+                    false => record,
+                };
                 batch.insert(ks, anchor, chunk::encode_anchor(revision, &record));
             }
             _ => batch.remove(ks, anchor),

@@ -83,6 +83,9 @@ pub struct ChangeEvent {
     pub prev_revision: u64,
     /// That version's record, kept only when the change log did not hold it any more.
     pub prev_inline: Option<Slice>,
+    /// That version's record when it is large (kv held it, the change log may not): the flush
+    /// moves it into the change log. In memory only, never in a chunk.
+    pub prev_large: Option<Slice>,
     /// Cluster time of the entry that made the event.
     pub stamp: u64,
 }
@@ -104,6 +107,11 @@ impl ChangeEvent {
                 None,
             ),
         }
+    }
+
+    /// A put read from disk whose record kv holds (`chunk`): read it with `read::kept_in_kv`.
+    pub fn in_kv(&self) -> bool {
+        self.kind == EventKind::Put && self.record.is_empty()
     }
 
     /// A put's JSON value.

@@ -3,9 +3,9 @@
 
 use fjall::{Keyspace, Slice};
 
-use super::chunk::{self, ANCHOR};
+use super::chunk::{self, MOVED};
 use super::{ChangeEvent, EventKind};
-use crate::store::Error;
+use crate::store::{keys, Error};
 
 /// Events read from disk, whole revisions only.
 pub struct DiskRead {
@@ -19,10 +19,16 @@ fn corrupt(what: &str) -> Error {
 }
 
 /// Events of revision `from` and later, about `budget` bytes of them, ending at a revision's
-/// end (a revision is never cut, however large).
-pub fn from_disk(ks: &Keyspace, from: u64, budget: usize) -> Result<DiskRead, Error> {
+/// end (a revision is never cut, however large). `kv` is the state machine's keyspace of the
+/// same generation, where large records are kept.
+pub fn from_disk(
+    ks: &Keyspace,
+    kv: &Keyspace,
+    from: u64,
+    budget: usize,
+) -> Result<DiskRead, Error> {
     let start = containing(ks, from)?.unwrap_or(chunk::chunk_key(from, 0).to_vec());
-    let end = [ANCHOR];
+    let end = [MOVED];
     let mut events = Vec::new();
     let mut bytes = 0usize;
     for guard in ks.range::<Vec<u8>, _>(start..end.to_vec()) {
@@ -41,6 +47,7 @@ pub fn from_disk(ks: &Keyspace, from: u64, budget: usize) -> Result<DiskRead, Er
         }
         for e in chunk::decode_chunk(&v).ok_or_else(|| corrupt("a chunk does not decode"))? {
             if e.revision >= from {
+                let e = with_record(ks, kv, e)?;
                 bytes += e.size();
                 events.push(e);
             }
@@ -50,6 +57,36 @@ pub fn from_disk(ks: &Keyspace, from: u64, budget: usize) -> Result<DiskRead, Er
         events,
         exhausted: true,
     })
+}
+
+/// `e` with its record, read from where it is kept if the chunk left it out.
+fn with_record(ks: &Keyspace, kv: &Keyspace, mut e: ChangeEvent) -> Result<ChangeEvent, Error> {
+    if e.in_kv() {
+        e.record = kept_in_kv(ks, kv, &e.key, e.revision)?.ok_or_else(|| {
+            corrupt(&format!(
+                "the record of {:?} at {} is gone",
+                e.key, e.revision
+            ))
+        })?;
+    }
+    Ok(e)
+}
+
+/// A large record the change log left in kv: kv's while the key is at `revision`, else the
+/// copy moved into the change log when kv's was replaced (in the same fjall batch, so one
+/// of the two reads finds it unless compaction removed it).
+pub fn kept_in_kv(
+    ks: &Keyspace,
+    kv: &Keyspace,
+    key: &str,
+    revision: u64,
+) -> Result<Option<Slice>, Error> {
+    if let Some(record) = kv.get(key.as_bytes())? {
+        if keys::decode_value(&record).map(|(r, _)| r) == Some(revision) {
+            return Ok(Some(record));
+        }
+    }
+    Ok(ks.get(chunk::moved_key(revision, key))?)
 }
 
 /// The key of the chunk that holds `revision`'s first event, if any chunk starts at or
@@ -67,7 +104,12 @@ fn containing(ks: &Keyspace, revision: u64) -> Result<Option<Vec<u8>>, Error> {
 
 /// The record `key` had at `revision` (a put of the change log, or the anchor compaction
 /// left for it), if fjall holds it.
-pub fn put_at(ks: &Keyspace, key: &str, revision: u64) -> Result<Option<Slice>, Error> {
+pub fn put_at(
+    ks: &Keyspace,
+    kv: &Keyspace,
+    key: &str,
+    revision: u64,
+) -> Result<Option<Slice>, Error> {
     // The chunk holding the revision's first event, and those after it that continue it.
     let start = containing(ks, revision)?.unwrap_or(chunk::chunk_key(revision, 0).to_vec());
     let end = chunk::chunk_key(revision.saturating_add(1), 0).to_vec();
@@ -78,6 +120,13 @@ pub fn put_at(ks: &Keyspace, key: &str, revision: u64) -> Result<Option<Slice>, 
             .into_iter()
             .find(|e| e.revision == revision && e.key == key && e.kind == EventKind::Put)
         {
+            if e.in_kv() {
+                // `None` only when compaction removed it since: then its anchor has it.
+                if let Some(record) = kept_in_kv(ks, kv, key, revision)? {
+                    return Ok(Some(record));
+                }
+                break;
+            }
             return Ok(Some(e.record));
         }
     }

@@ -93,14 +93,17 @@ impl StateView {
         let epoch = self.history.epoch.load(Relaxed);
         let applied = self.revision();
         self.flush()?;
-        let disk = read::from_disk(&self.history_ks(), from, budget)?;
+        let (_, kv) = self.kv();
+        let disk = read::from_disk(&self.history_ks(), &kv, from, budget);
         if self.history.epoch.load(Relaxed) != epoch {
             return Ok(Changes::NotHeld(self.history_start()));
         }
         let compact = self.compact_revision();
         if from <= compact {
+            // Also when a large record the read needed was removed by the compaction.
             return Ok(Changes::Compacted(compact));
         }
+        let disk = disk?;
         let newest = disk.events.last().map_or(0, |e| e.revision);
         let last = match disk.exhausted {
             // Everything applied before the flush is on disk.
@@ -120,7 +123,8 @@ impl StateView {
             return Ok(Some(e.record));
         }
         self.flush()?;
-        read::put_at(&self.history_ks(), key, revision)
+        let (_, kv) = self.kv();
+        read::put_at(&self.history_ks(), &kv, key, revision)
     }
 
     /// Removes the chunks at or below the compact revision that are on disk. Never flushes
@@ -140,8 +144,9 @@ impl StateView {
                 .stored(key)?
                 .and_then(|v| keys::decode_value(&v).map(|(revision, _)| revision)))
         };
+        let (_, kv) = self.kv();
         let removed =
-            compact::remove_through(&self.store.db, &self.history_ks(), through, &current)?;
+            compact::remove_through(&self.store.db, &self.history_ks(), &kv, through, &current)?;
         let _ = self
             .history
             .bytes

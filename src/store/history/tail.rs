@@ -131,6 +131,7 @@ mod tests {
             record: fjall::Slice::from(vec![1u8; bytes]),
             prev_revision: 0,
             prev_inline: None,
+            prev_large: None,
             stamp: revision * 10,
         }
     }
