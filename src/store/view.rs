@@ -238,7 +238,9 @@ impl StateView {
         let history = self.history_ks();
         let events: Vec<_> = unflushed.events.iter().flat_map(|b| b.iter()).collect();
         // Exactly the version kv gets: an earlier put of the key in this flush is copied.
-        let in_kv = |e: &ChangeEvent| large_in_kv.get(e.key.as_str()) == Some(&&e.record);
+        let in_kv = |e: &ChangeEvent| {
+            !large_in_kv.is_empty() && large_in_kv.get(e.key.as_str()) == Some(&&e.record)
+        };
         let mut history_bytes = 0;
         for c in chunk::chunks(&events, &in_kv) {
             batch.insert(&history, chunk::index_key(&c.key), c.info.encode());

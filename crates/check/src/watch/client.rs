@@ -151,13 +151,7 @@ pub async fn run_writers(
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let key = format!("{PREFIX}{}", (writer + n) % cfg.keys.max(1) as u64);
-                put(
-                    &conns,
-                    &cfg,
-                    &recorder,
-                    (writer, &key, format!("w{writer}-{n}")),
-                )
-                .await;
+                put(&conns, &cfg, &recorder, (writer, &key, value_of(writer, n))).await;
                 tokio::time::sleep(PACE).await;
             }
         }));
@@ -166,6 +160,21 @@ pub async fn run_writers(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Every `LARGE_EVERY`th put of a writer carries a value this long: past the 16 KiB from
+/// which the change log leaves a put's record in kv instead of its chunk, so the faults cover
+/// that path too (versions read back from kv, and from the copy moved aside when replaced).
+const LARGE_VALUE_BYTES: usize = 17 * 1024;
+const LARGE_EVERY: u64 = 4;
+
+/// The `n`th value of `writer`: unique, and now and then large.
+fn value_of(writer: u64, n: u64) -> String {
+    let value = format!("w{writer}-{n}");
+    match n % LARGE_EVERY {
+        0 => format!("{value}-{}", "x".repeat(LARGE_VALUE_BYTES)),
+        _ => value,
+    }
 }
 
 /// One put with a fresh request id, retried as the policy says, and recorded.
