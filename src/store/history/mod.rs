@@ -152,7 +152,8 @@ pub struct HistoryState {
     pub compact_revision: std::sync::atomic::AtomicU64,
     /// The first revision this node's change log holds (0: none, before format 2).
     pub start: std::sync::atomic::AtomicU64,
-    /// Bytes of the chunks on disk.
+    /// Bytes of the chunks on disk, with the large records they leave in kv (`chunk`): what
+    /// retention and the storage quota judge, as when every record was in its chunk.
     pub bytes: std::sync::atomic::AtomicU64,
     /// Chunks through this revision are gone from disk.
     pub removed_through: std::sync::atomic::AtomicU64,
