@@ -66,6 +66,7 @@
 #   SETTLE_PERCENT=20 SETTLE_MAX_SECS=30
 #                     before each run: wait until all clusters together use less than this
 #                     percent of one core over a second, at most this long (after `sync`)
+#   PROBE_FSYNC=1     then print the disk's fdatasync p50 before each run (a diagnosis)
 #   KEEP=1            keep the temp dir (data, logs) instead of deleting it
 #   NO_BUILD=1        use target/release/concord as it is (must have --features bench-etcd)
 #                     (target/ is $CARGO_TARGET_DIR when that is set, as for cargo)
@@ -309,7 +310,8 @@ n_clients() { if [[ "$1" == 1 ]]; then echo "1 client"; else echo "$1 clients"; 
 # would otherwise fall on the next system's run: without this, whichever system ran last in
 # the 64 KiB row lost a third to half of its puts/s, every system in turn. Writes the dirty
 # pages out, then waits (at most SETTLE_MAX_SECS) until all the clusters' processes together
-# use less than SETTLE_PERCENT of one core over a second.
+# use less than SETTLE_PERCENT of one core over a second. PROBE_FSYNC=1 then prints the disk's
+# fdatasync p50 (a diagnosis, not a wait).
 SETTLE_MAX_SECS="${SETTLE_MAX_SECS:-30}"
 SETTLE_PERCENT="${SETTLE_PERCENT:-20}"
 settle() {
@@ -323,9 +325,22 @@ settle() {
         before="$(cpu_ticks "${pids[@]}")"
         sleep 1
         after="$(cpu_ticks "${pids[@]}")"
-        (((after - before) * 100 < SETTLE_PERCENT * HZ)) && return 0
+        if (((after - before) * 100 < SETTLE_PERCENT * HZ)); then
+            probe_fsync
+            return 0
+        fi
     done
     echo "  (the clusters were still busy after ${SETTLE_MAX_SECS} s; running anyway)" >&2
+    probe_fsync
+}
+
+# PROBE_FSYNC=1: before each run, the p50 of 200 fdatasyncs of 4 KiB on the work dir's disk,
+# printed beside the run: does a run start on a disk still busy with the runs before it?
+probe_fsync() {
+    [[ "${PROBE_FSYNC:-0}" == 1 ]] || return 0
+    local out
+    out="$("$BIN" bench --json --target fsync --fsync-dir "$WORK" --ops 200 2>/dev/null)" || return 0
+    python3 -c "import json, sys; print(f'  fdatasync p50 before the run: {json.loads(sys.argv[1])[\"latency_us\"][\"p50\"] / 1000:.3f} ms')" "$out" >&2
 }
 
 # One row of the suite: `each LABEL KINDS BENCH_ARGS...` runs the row on every started system
