@@ -276,3 +276,47 @@ async fn large_records_are_written_once_and_read_back_from_kv_or_their_moved_cop
     let later: Vec<Option<String>> = summary(&view, 5).into_iter().map(|e| e.3).collect();
     assert_eq!(later, all[4..], "the moved copy still serves 5");
 }
+
+#[tokio::test]
+async fn a_version_moved_after_compaction_passed_it_is_anchored_and_then_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (large('a'), large('b'));
+    {
+        let (view, mut sm) = open(dir.path());
+        sm.apply(vec![
+            entry(1, Command::FormatSwitch { format: 2 }),
+            entry(2, put("x", &a)),
+        ])
+        .await
+        .unwrap();
+        view.flush().unwrap();
+        // x replaced, not yet flushed, when compaction removes the chunk of its version 1:
+        // the anchor comes from kv.
+        sm.apply(vec![
+            entry(3, put("x", &b)),
+            entry(4, Command::Compact { revision: 1 }),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(view.remove_compacted().unwrap().chunks, 1);
+        // The flush of the replacing write moves version 1 aside, though no chunk names it.
+        view.flush().unwrap();
+        assert_eq!(moved_revisions(&view), vec![1]);
+    }
+    // Reopened: nothing in memory, the reads come from disk.
+    let (view, mut sm) = open(dir.path());
+    let anchored = view.record_at("x", 1).unwrap().expect("x's anchor");
+    assert_eq!(value_of(&anchored), a);
+    sm.apply(vec![entry(5, Command::Compact { revision: 2 })])
+        .await
+        .unwrap();
+    assert_eq!(view.remove_compacted().unwrap().chunks, 1);
+    assert!(
+        moved_revisions(&view).is_empty(),
+        "cleared with the last chunk"
+    );
+    // x is still at 2, which nothing can watch from: no anchor is kept for it.
+    assert!(view.record_at("x", 1).unwrap().is_none());
+    let current = view.record("x").unwrap().expect("x");
+    assert_eq!(current.1, b.as_bytes());
+}

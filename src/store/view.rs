@@ -34,6 +34,30 @@ pub(crate) fn kv_options() -> KeyspaceCreateOptions {
         .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
 }
 
+/// Into `batch`: each large version that kv held and that `events` replace there, under
+/// its moved key (compaction removes those no chunk names any more). A version written
+/// in this same flush is in its chunk already.
+fn move_replaced_large(
+    batch: &mut fjall::OwnedWriteBatch,
+    history: &Keyspace,
+    events: &[&ChangeEvent],
+) {
+    let first = events.first().map_or(u64::MAX, |e| e.revision);
+    for e in events {
+        let Some(record) = &e.prev_large else {
+            continue;
+        };
+        // A revision's events are all in one flush.
+        if e.prev_revision < first {
+            batch.insert(
+                history,
+                chunk::moved_key(e.prev_revision, &e.key),
+                record.clone(),
+            );
+        }
+    }
+}
+
 /// One key of a scan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -247,7 +271,7 @@ impl StateView {
             batch.insert(&history, c.key, c.value);
             history_bytes += c.info.bytes;
         }
-        self.move_replaced_large(&mut batch, &history, &events);
+        move_replaced_large(&mut batch, &history, &events);
         batch.commit()?;
         self.history
             .bytes
@@ -259,34 +283,6 @@ impl StateView {
         }
         self.recent.flushed(&unflushed);
         Ok(())
-    }
-
-    /// Into `batch`: each large version that kv held and that `events` replace there, under
-    /// its moved key, while the change log still needs it (the chunk naming it is on disk
-    /// and not removed). A version written in this same flush is in its chunk already.
-    fn move_replaced_large(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        history: &Keyspace,
-        events: &[&ChangeEvent],
-    ) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let removed_through = self.history.removed_through.load(Relaxed);
-        let first = events.first().map_or(u64::MAX, |e| e.revision);
-        for e in events {
-            let Some(record) = &e.prev_large else {
-                continue;
-            };
-            // A revision's events are all in one flush.
-            let here = e.prev_revision >= first;
-            if !here && e.prev_revision > removed_through {
-                batch.insert(
-                    history,
-                    chunk::moved_key(e.prev_revision, &e.key),
-                    record.clone(),
-                );
-            }
-        }
     }
 
     /// A key's metadata and JSON text (DESIGN.md "Key metadata"), or `None` when absent.

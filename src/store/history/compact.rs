@@ -3,13 +3,14 @@
 //! event names as its previous version is kept as the key's anchor (one per key, replaced
 //! as compaction moves on), so `prev_value` still finds it; a key whose newest version was
 //! removed needs none (apply copies that version into the next event that replaces it).
-//! A removed put whose record kv kept takes its moved copy along (`chunk`).
+//! A moved copy of a record that kv kept (`chunk`) goes once no chunk is left that could
+//! name it: below the oldest chunk's first revision.
 
 use std::collections::HashMap;
 
 use fjall::{Database, Keyspace};
 
-use super::chunk::{self, ChunkInfo, INDEX};
+use super::chunk::{self, ChunkInfo, INDEX, MOVED};
 use super::EventKind;
 use crate::store::Error;
 
@@ -39,6 +40,7 @@ pub fn remove_through(
         removed.chunks += done.chunks;
         removed.bytes += done.bytes;
         if done.chunks < CHUNKS_PER_BATCH as u64 {
+            remove_unnamed_moved(db, ks)?;
             return Ok(removed);
         }
     }
@@ -71,11 +73,6 @@ fn batch_through(
             let events = chunk::decode_chunk(&v)
                 .ok_or_else(|| Error::Corrupt("change log: a chunk does not decode".into()))?;
             for e in events {
-                if e.kind == EventKind::Put && (e.in_kv() || e.record.len() >= chunk::LARGE_RECORD)
-                {
-                    // Its moved copy, if a later write made one, goes with it.
-                    batch.remove(ks, chunk::moved_key(e.revision, &e.key));
-                }
                 let version = (e.kind == EventKind::Put).then_some((e.revision, e.record));
                 newest.insert(e.key, version);
             }
@@ -108,6 +105,25 @@ fn batch_through(
         batch.commit()?;
     }
     Ok(removed)
+}
+
+/// Removes the moved copies below the first revision of the oldest chunk left (all of them
+/// when none is): no read reaches them. A flush may move a version after the chunk naming it
+/// is gone (compaction passed it before the replacing write was flushed); this clears those.
+fn remove_unnamed_moved(db: &Database, ks: &Keyspace) -> Result<(), Error> {
+    let oldest = match ks.range::<Vec<u8>, _>(..vec![MOVED]).next() {
+        Some(guard) => chunk::chunk_revision(&guard.key()?),
+        None => None,
+    };
+    let below = chunk::moved_key(oldest.unwrap_or(u64::MAX), "");
+    let mut batch = db.batch();
+    for guard in ks.range::<Vec<u8>, _>(chunk::moved_key(0, "")..below) {
+        batch.remove(ks, guard.key()?);
+    }
+    if !batch.is_empty() {
+        batch.commit()?;
+    }
+    Ok(())
 }
 
 /// Bytes of every chunk the index lists, and the newest chunk's last revision and stamp.
