@@ -52,15 +52,12 @@ pub fn format_version(store: &Store) -> Result<u32, Error> {
 /// Brings the store to [`OPEN_FORMAT`], or to [`CURRENT_FORMAT`] once its cluster switched
 /// (refusing one newer than [`CURRENT_FORMAT`]).
 pub fn run(store: &Store) -> Result<(), Error> {
-    let switched = format_version(store)? >= 3;
-    run_to(
-        store,
-        if switched {
-            CURRENT_FORMAT
-        } else {
-            OPEN_FORMAT
-        },
-    )
+    // Only the cluster's format switch takes a directory past the open format.
+    let target = match format_version(store)? > OPEN_FORMAT {
+        true => CURRENT_FORMAT,
+        false => OPEN_FORMAT,
+    };
+    run_to(store, target)
 }
 
 /// Brings the store to format `target` (tests stop early to build old formats).

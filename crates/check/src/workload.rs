@@ -39,8 +39,9 @@ pub enum Workload {
     /// Transfers between accounts by txn and reads of all accounts (its own client and
     /// checker: the `bank` module).
     Bank,
-    /// Puts of unique values (every fourth of 17 KiB) under a prefix, followed by one watcher per node through every
-    /// fault, and each watcher's stream checked against the change log (the `watch` module).
+    /// Puts of unique values (every fourth of 17 KiB) under a prefix, followed by one watcher
+    /// per node through every fault, and each watcher's stream checked against the change log
+    /// (the `watch` module).
     Watch,
     /// A lease kept alive, leases abandoned and leases revoked, through every fault: never
     /// early, bounded late, revoke at one revision (the `lease` module).

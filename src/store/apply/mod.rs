@@ -395,8 +395,8 @@ fn revision_held(
 const CONFLICT_VALUE_BYTES: usize = 4096;
 
 /// Whether this batch switched the cluster's log format; if so, the data directory moves to
-/// format 4 (`keys::FORMAT_V2_DATA_DIR`) in the same fjall batch: from here on it may hold format-2 entries and records,
-/// and an older build must refuse it (`migrations`).
+/// format 4 (`keys::FORMAT_V2_DATA_DIR`) in the same fjall batch: from here on it may hold
+/// format-2 entries and records, and an older build must refuse it (`migrations`).
 fn format_switched(view: &StateView, b: &mut ApplyBatch) -> bool {
     let switched = b.cluster_format != view.cluster_format();
     if switched && b.cluster_format >= FORMAT_V2 {

@@ -102,7 +102,6 @@ fn change(b: &mut ApplyBatch, kind: EventKind, key: &str, record: Slice, old: Op
     };
     let prev_revision = prev.map_or(0, |(revision, _)| revision);
     let gone = prev_revision < b.history_start || prev_revision <= b.compact_revision;
-    let large = |r: &&Slice| r.len() >= history::chunk::LARGE_RECORD;
     b.writes.event(ChangeEvent {
         kind,
         revision: b.revision,
@@ -111,10 +110,8 @@ fn change(b: &mut ApplyBatch, kind: EventKind, key: &str, record: Slice, old: Op
         prev_revision,
         prev_inline: prev.filter(|_| gone).map(|(_, r)| r.clone()),
         prev_large: prev
-            .filter(|_| !gone)
-            .map(|(_, r)| r)
-            .filter(large)
-            .cloned(),
+            .filter(|(_, r)| !gone && r.len() >= history::chunk::LARGE_RECORD)
+            .map(|(_, r)| r.clone()),
         stamp: b.cluster_time,
     });
 }

@@ -89,11 +89,7 @@ fn batch_through(
             Some((revision, record)) if current(&key)? != Some(revision) => {
                 let record = match record.is_empty() {
                     // Kept in kv: kv's own until its replacement is flushed, then moved.
-                    true => super::read::kept_in_kv(ks, kv, &key, revision)?.ok_or_else(|| {
-                        Error::Corrupt(format!(
-                            "change log: the record of {key:?} at {revision} is gone"
-                        ))
-                    })?,
+                    true => super::read::kept_in_kv_or_gone(ks, kv, &key, revision)?,
                     false => record,
                 };
                 batch.insert(ks, anchor, chunk::encode_anchor(revision, &record));

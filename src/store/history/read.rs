@@ -62,14 +62,20 @@ pub fn from_disk(
 /// `e` with its record, read from where it is kept if the chunk left it out.
 fn with_record(ks: &Keyspace, kv: &Keyspace, mut e: ChangeEvent) -> Result<ChangeEvent, Error> {
     if e.in_kv() {
-        e.record = kept_in_kv(ks, kv, &e.key, e.revision)?.ok_or_else(|| {
-            corrupt(&format!(
-                "the record of {:?} at {} is gone",
-                e.key, e.revision
-            ))
-        })?;
+        e.record = kept_in_kv_or_gone(ks, kv, &e.key, e.revision)?;
     }
     Ok(e)
+}
+
+/// [`kept_in_kv`], where not finding it means the change log is not what it says.
+pub fn kept_in_kv_or_gone(
+    ks: &Keyspace,
+    kv: &Keyspace,
+    key: &str,
+    revision: u64,
+) -> Result<Slice, Error> {
+    kept_in_kv(ks, kv, key, revision)?
+        .ok_or_else(|| corrupt(&format!("the record of {key:?} at {revision} is gone")))
 }
 
 /// A large record the change log left in kv: kv's while the key is at `revision`, else the
